@@ -1,0 +1,324 @@
+// Package config is the one typed configuration of an edgenode process.
+//
+// A config is YAML. Decoding is strict: an unknown key is an error that names
+// its path and, when one is close, the key that was probably meant. Every key
+// has a default (Default returns them; configs/edgenode.example.yaml documents
+// them key by key), so an empty file — or no file at all — is a complete
+// embedded single node that needs no outside service.
+//
+// Secrets (keys, tokens) are of type Secret and may be given inline, as
+// {file: PATH} or as {env: NAME}, so a config can be committed and shared by
+// every clone while the secrets stay on each machine.
+//
+// Validate reports every problem at once, each with its key path, what is
+// wrong and what would be right; it does not touch the file system except to
+// read files the config names.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the whole configuration. Field tags are the YAML keys.
+type Config struct {
+	Node  Node  `yaml:"node"`
+	Log   Log   `yaml:"log"`
+	HTTPS HTTPS `yaml:"https"`
+	Admin Admin `yaml:"admin"`
+	DNS   DNS   `yaml:"dns"`
+	Mesh  Mesh  `yaml:"mesh"`
+	Mongo Mongo `yaml:"mongo"`
+}
+
+// Node describes this node and its lifecycle.
+type Node struct {
+	ID           string        `yaml:"id"`
+	Region       string        `yaml:"region"`
+	Latitude     float64       `yaml:"latitude"`
+	Longitude    float64       `yaml:"longitude"`
+	PublicIPv4   string        `yaml:"public_ipv4"`
+	PublicIPv6   string        `yaml:"public_ipv6"`
+	Tags         []string      `yaml:"tags"`
+	DataDir      string        `yaml:"data_dir"`
+	DrainTimeout time.Duration `yaml:"drain_timeout"`
+	CronLeader   bool          `yaml:"cron_leader"`
+}
+
+// Log configures log/slog output on stderr.
+type Log struct {
+	Level  string `yaml:"level"`  // debug, info, warn, error
+	Format string `yaml:"format"` // text or json
+}
+
+// HTTPS is the public TLS listener.
+type HTTPS struct {
+	Listen       string        `yaml:"listen"`
+	Certificates []Certificate `yaml:"certificates"`
+	// CertCheckInterval is how often certificate files are checked for changes.
+	CertCheckInterval time.Duration `yaml:"cert_check_interval"`
+	// AppServer is the URL of the product's application server; requests no
+	// part claims go there. Empty serves the built-in landing page instead.
+	AppServer string `yaml:"app_server"`
+	Limits    Limits `yaml:"limits"`
+}
+
+// Certificate is one certificate chain and its private key, in PEM. The key
+// is a file (key_file) or a secret (key: inline PEM, {file: PATH} or {env: NAME}).
+type Certificate struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	Key      Secret `yaml:"key"`
+}
+
+// Limits protect the public listener from clients that are slow, greedy or both.
+type Limits struct {
+	MaxHeaderBytes    ByteSize      `yaml:"max_header_bytes"`
+	MaxBodyBytes      ByteSize      `yaml:"max_body_bytes"`
+	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
+	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	MaxConnsPerIP     int           `yaml:"max_conns_per_ip"`
+}
+
+// Admin is the operators' listener: health, metrics, profiling, publish API.
+type Admin struct {
+	Listen string `yaml:"listen"`
+	// Token, when set, is required as a bearer token on /v1/ endpoints.
+	Token Secret `yaml:"token"`
+}
+
+// DNS is the authoritative GeoIP DNS server.
+type DNS struct {
+	Enabled   bool          `yaml:"enabled"`
+	Listen    string        `yaml:"listen"`
+	GeoIP     string        `yaml:"geoip_database"`
+	SlackKM   float64       `yaml:"slack_km"`
+	Zones     []Zone        `yaml:"zones"`
+	Dynamic   []DynamicName `yaml:"dynamic"`
+	Overrides []GeoOverride `yaml:"overrides"`
+	Nodes     []StaticNode  `yaml:"nodes"`
+	RRL       RRL           `yaml:"rate_limit"`
+}
+
+// Zone is one zone this server is authoritative for.
+type Zone struct {
+	Origin     string   `yaml:"origin"`
+	NS         []string `yaml:"ns"`
+	Mbox       string   `yaml:"mbox"`
+	TTL        uint32   `yaml:"ttl"`
+	NegTTL     uint32   `yaml:"negative_ttl"`
+	Records    []string `yaml:"records"` // zone-file lines, relative to the origin
+	NodesLabel string   `yaml:"nodes_label"`
+}
+
+// DynamicName is a name answered with the nearest live nodes.
+type DynamicName struct {
+	Name  string        `yaml:"name"`
+	Tag   string        `yaml:"tag"` // empty: every node
+	Count int           `yaml:"count"`
+	TTL   time.Duration `yaml:"ttl"`
+}
+
+// GeoOverride places a network at a location ahead of the GeoIP database.
+type GeoOverride struct {
+	CIDR      string  `yaml:"cidr"`
+	Latitude  float64 `yaml:"latitude"`
+	Longitude float64 `yaml:"longitude"`
+	Country   string  `yaml:"country"`
+	Continent string  `yaml:"continent"`
+}
+
+// StaticNode is a node of a cluster without a mesh.
+type StaticNode struct {
+	ID        string   `yaml:"id"`
+	Region    string   `yaml:"region"`
+	Latitude  float64  `yaml:"latitude"`
+	Longitude float64  `yaml:"longitude"`
+	IPv4      string   `yaml:"ipv4"`
+	IPv6      string   `yaml:"ipv6"`
+	Tags      []string `yaml:"tags"`
+}
+
+// RRL is response rate limiting.
+type RRL struct {
+	Enabled         bool `yaml:"enabled"`
+	ResponsesPerSec int  `yaml:"responses_per_second"`
+	Slip            int  `yaml:"slip"`
+	ExemptLoopback  bool `yaml:"exempt_loopback"`
+}
+
+// Mesh is membership and peer links.
+type Mesh struct {
+	Enabled     bool     `yaml:"enabled"`
+	Bind        string   `yaml:"bind"`
+	Advertise   string   `yaml:"advertise"`
+	LinkListen  string   `yaml:"link_listen"`
+	Seeds       []string `yaml:"seeds"`
+	GossipKeys  []Secret `yaml:"gossip_keys"`
+	Profile     string   `yaml:"profile"` // wan, lan, local
+	CACert      string   `yaml:"ca_cert"`
+	Cert        string   `yaml:"cert"`
+	Key         Secret   `yaml:"key"`
+	QueueLength int      `yaml:"queue_length"`
+}
+
+// Mongo is the multi-master Mongo wire-protocol proxy.
+type Mongo struct {
+	Enabled bool   `yaml:"enabled"`
+	Listen  string `yaml:"listen"`
+	// Upstream is the local MongoDB URI. Empty starts an embedded FerretDB
+	// (SQLite) in DATA_DIR/mongo.
+	Upstream  Secret   `yaml:"upstream"`
+	Replicate []string `yaml:"replicate"`
+	LocalOnly []string `yaml:"local_only"`
+	MaxConns  int      `yaml:"max_conns"`
+}
+
+// Default returns the embedded single node: everything on loopback, data in ./data.
+func Default() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "local"
+	}
+	return Config{
+		Node: Node{
+			ID:           host,
+			Region:       "local",
+			DataDir:      "./data",
+			DrainTimeout: 15 * time.Second,
+		},
+		Log: Log{Level: "info", Format: "text"},
+		HTTPS: HTTPS{
+			Listen:            "127.0.0.1:8443",
+			CertCheckInterval: 5 * time.Second,
+			Limits: Limits{
+				MaxHeaderBytes:    64 << 10,
+				MaxBodyBytes:      10 << 20,
+				ReadHeaderTimeout: 10 * time.Second,
+				IdleTimeout:       120 * time.Second,
+				MaxConnsPerIP:     256,
+			},
+		},
+		Admin: Admin{Listen: "127.0.0.1:9090"},
+		DNS: DNS{
+			Enabled: true,
+			Listen:  "127.0.0.1:8053",
+			SlackKM: 200,
+			Zones: []Zone{{
+				Origin: "edgenode.test.",
+				NS:     []string{"ns1.edgenode.test."},
+				Mbox:   "hostmaster.edgenode.test.",
+				TTL:    3600,
+				NegTTL: 60,
+				Records: []string{
+					"ns1 3600 IN A 127.0.0.1",
+				},
+				NodesLabel: "nodes",
+			}},
+			Dynamic: []DynamicName{{Name: "widget.edgenode.test.", Count: 2, TTL: 30 * time.Second}},
+			RRL:     RRL{ResponsesPerSec: 50, Slip: 2, ExemptLoopback: true},
+		},
+		Mesh: Mesh{
+			Bind:        "127.0.0.1:7946",
+			LinkListen:  "127.0.0.1:7947",
+			Profile:     "wan",
+			QueueLength: 4096,
+		},
+		Mongo: Mongo{
+			Enabled:   true,
+			Listen:    "127.0.0.1:27018",
+			Replicate: []string{"*"},
+			MaxConns:  4096,
+		},
+	}
+}
+
+// Load reads and validates the file at path. An empty path gives Default().
+// The returned error, when it is a *Problems, lists every problem found.
+func Load(path string) (Config, error) {
+	if path == "" {
+		c := Default()
+		return c, c.Validate()
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(data)
+}
+
+// Parse decodes a YAML config on top of the defaults and validates it.
+func Parse(data []byte) (Config, error) {
+	c := Default()
+	var probs Problems
+	var root yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
+		probs.add("", "is not valid YAML: %v", err)
+		return c, &probs
+	}
+	if root.Kind == 0 { // empty document
+		return c, c.Validate()
+	}
+	checkKeys(&probs, &root, "", typeOfConfig)
+	if len(probs.List) > 0 {
+		return c, &probs
+	}
+	if err := root.Decode(&c); err != nil {
+		probs.add("", "%v", err)
+		return c, &probs
+	}
+	return c, c.Validate()
+}
+
+// Problem is one thing wrong with a config.
+type Problem struct {
+	Path string // dotted key path, e.g. https.limits.max_body_bytes
+	Line int    // 0 when unknown
+	What string // what is wrong and what would be right
+}
+
+func (p Problem) String() string {
+	loc := p.Path
+	if loc == "" {
+		loc = "(config)"
+	}
+	if p.Line > 0 {
+		loc = fmt.Sprintf("%s (line %d)", loc, p.Line)
+	}
+	return loc + ": " + p.What
+}
+
+// Problems is every problem found in one config.
+type Problems struct{ List []Problem }
+
+func (ps *Problems) add(path, format string, args ...any) {
+	ps.List = append(ps.List, Problem{Path: path, What: fmt.Sprintf(format, args...)})
+}
+
+func (ps *Problems) addLine(path string, line int, format string, args ...any) {
+	ps.List = append(ps.List, Problem{Path: path, Line: line, What: fmt.Sprintf(format, args...)})
+}
+
+func (ps *Problems) Error() string {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "config has %d problem(s):", len(ps.List))
+	for _, p := range ps.List {
+		b.WriteString("\n  ")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+func (ps *Problems) err() error {
+	if len(ps.List) == 0 {
+		return nil
+	}
+	return ps
+}

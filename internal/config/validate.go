@@ -1,0 +1,312 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+)
+
+var nodeIDRe = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// Validate reports every problem in c. It reads the files c names (to check
+// they exist and are readable) and never writes anything.
+func (c *Config) Validate() error {
+	var ps Problems
+	c.validate(&ps)
+	return ps.err()
+}
+
+func (c *Config) validate(ps *Problems) {
+	n := &c.Node
+	if !nodeIDRe.MatchString(n.ID) {
+		ps.add("node.id", "%q is not a valid node id: use 1-63 lower-case letters, digits and '-' (it becomes a DNS label)", n.ID)
+	}
+	if n.DataDir == "" {
+		ps.add("node.data_dir", "must not be empty: a folder for certificates, caches and the op log, e.g. ./data")
+	}
+	if n.DrainTimeout <= 0 || n.DrainTimeout > 10*time.Minute {
+		ps.add("node.drain_timeout", "%v is out of range: want a duration between 1s and 10m, e.g. 15s", n.DrainTimeout)
+	}
+	if n.Latitude < -90 || n.Latitude > 90 {
+		ps.add("node.latitude", "%v is out of range: want degrees between -90 and 90", n.Latitude)
+	}
+	if n.Longitude < -180 || n.Longitude > 180 {
+		ps.add("node.longitude", "%v is out of range: want degrees between -180 and 180", n.Longitude)
+	}
+	checkIP(ps, "node.public_ipv4", n.PublicIPv4, true)
+	checkIP(ps, "node.public_ipv6", n.PublicIPv6, false)
+
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		ps.add("log.level", "%q is not a level: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		ps.add("log.format", "%q is not a format: want text or json", c.Log.Format)
+	}
+
+	h := &c.HTTPS
+	checkAddr(ps, "https.listen", h.Listen, true)
+	for i, cert := range h.Certificates {
+		p := fmt.Sprintf("https.certificates[%d]", i)
+		checkFile(ps, p+".cert_file", cert.CertFile, true)
+		switch {
+		case cert.KeyFile != "" && !cert.Key.IsZero():
+			ps.add(p+".key", "give the private key once: key_file or key, not both")
+		case cert.KeyFile != "":
+			checkFile(ps, p+".key_file", cert.KeyFile, true)
+		default:
+			checkSecret(ps, p+".key_file", cert.Key, true)
+		}
+	}
+	if h.CertCheckInterval < 0 {
+		ps.add("https.cert_check_interval", "must not be negative: 0 turns file watching off, e.g. 5s")
+	}
+	if h.AppServer != "" {
+		u, err := url.Parse(h.AppServer)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			ps.add("https.app_server", "%q is not an http(s) URL: want e.g. http://127.0.0.1:3000", h.AppServer)
+		}
+	}
+	l := &h.Limits
+	if l.MaxHeaderBytes < 1024 || l.MaxHeaderBytes > 16<<20 {
+		ps.add("https.limits.max_header_bytes", "%d is out of range: want between 1KiB and 16MiB, e.g. 64KiB", l.MaxHeaderBytes)
+	}
+	if l.MaxBodyBytes < 0 {
+		ps.add("https.limits.max_body_bytes", "must not be negative: want e.g. 10MiB (0 means no limit)")
+	}
+	if l.ReadHeaderTimeout <= 0 {
+		ps.add("https.limits.read_header_timeout", "must be positive: want e.g. 10s")
+	}
+	if l.IdleTimeout <= 0 {
+		ps.add("https.limits.idle_timeout", "must be positive: want e.g. 120s")
+	}
+	if l.MaxConnsPerIP < 0 {
+		ps.add("https.limits.max_conns_per_ip", "must not be negative: want e.g. 256 (0 means no limit)")
+	}
+
+	checkAddr(ps, "admin.listen", c.Admin.Listen, true)
+	checkSecret(ps, "admin.token", c.Admin.Token, false)
+
+	if c.DNS.Enabled {
+		d := &c.DNS
+		checkAddr(ps, "dns.listen", d.Listen, true)
+		if d.GeoIP != "" {
+			checkFile(ps, "dns.geoip_database", d.GeoIP, false)
+		}
+		if d.SlackKM < 0 {
+			ps.add("dns.slack_km", "must not be negative: want e.g. 200")
+		}
+		for i, z := range d.Zones {
+			p := fmt.Sprintf("dns.zones[%d]", i)
+			if !strings.HasSuffix(z.Origin, ".") || len(z.Origin) < 2 {
+				ps.add(p+".origin", "%q is not a fully qualified zone: want e.g. example.com. (with the final dot)", z.Origin)
+			}
+			if len(z.NS) == 0 {
+				ps.add(p+".ns", "needs at least one name server, e.g. [ns1.example.com.]")
+			}
+		}
+		for i, dn := range d.Dynamic {
+			p := fmt.Sprintf("dns.dynamic[%d]", i)
+			if !strings.HasSuffix(dn.Name, ".") {
+				ps.add(p+".name", "%q is not fully qualified: want e.g. widget.example.com.", dn.Name)
+			} else if !inAnyZone(dn.Name, d.Zones) {
+				ps.add(p+".name", "%q is in none of dns.zones: add its zone", dn.Name)
+			}
+			if dn.Count < 0 || dn.Count > 16 {
+				ps.add(p+".count", "%d is out of range: want 1 to 16 (0 means the default, 2)", dn.Count)
+			}
+			if dn.TTL < 0 || dn.TTL > 24*time.Hour {
+				ps.add(p+".ttl", "%v is out of range: want up to 24h, e.g. 30s", dn.TTL)
+			}
+		}
+		for i, o := range d.Overrides {
+			p := fmt.Sprintf("dns.overrides[%d]", i)
+			if _, err := netip.ParsePrefix(o.CIDR); err != nil {
+				ps.add(p+".cidr", "%q is not a CIDR: want e.g. 192.0.2.0/24", o.CIDR)
+			}
+		}
+		for i, sn := range d.Nodes {
+			p := fmt.Sprintf("dns.nodes[%d]", i)
+			if !nodeIDRe.MatchString(sn.ID) {
+				ps.add(p+".id", "%q is not a valid node id", sn.ID)
+			}
+			checkIP(ps, p+".ipv4", sn.IPv4, true)
+			checkIP(ps, p+".ipv6", sn.IPv6, false)
+			if sn.IPv4 == "" && sn.IPv6 == "" {
+				ps.add(p, "needs ipv4 or ipv6 (or both)")
+			}
+		}
+		if d.RRL.Enabled && d.RRL.ResponsesPerSec <= 0 {
+			ps.add("dns.rate_limit.responses_per_second", "must be positive when rate limiting is enabled, e.g. 50")
+		}
+	}
+
+	if c.Mesh.Enabled {
+		m := &c.Mesh
+		checkAddr(ps, "mesh.bind", m.Bind, true)
+		checkAddr(ps, "mesh.link_listen", m.LinkListen, true)
+		if m.Advertise != "" {
+			checkAddr(ps, "mesh.advertise", m.Advertise, false)
+		}
+		for i, s := range m.Seeds {
+			checkAddr(ps, fmt.Sprintf("mesh.seeds[%d]", i), s, false)
+		}
+		for i, k := range m.GossipKeys {
+			checkSecret(ps, fmt.Sprintf("mesh.gossip_keys[%d]", i), k, false)
+		}
+		switch m.Profile {
+		case "wan", "lan", "local":
+		default:
+			ps.add("mesh.profile", "%q is not a profile: want wan, lan or local", m.Profile)
+		}
+		checkFile(ps, "mesh.ca_cert", m.CACert, true)
+		checkFile(ps, "mesh.cert", m.Cert, true)
+		checkSecret(ps, "mesh.key", m.Key, true)
+		if m.QueueLength <= 0 {
+			ps.add("mesh.queue_length", "must be positive, e.g. 4096")
+		}
+	}
+
+	if c.Mongo.Enabled {
+		m := &c.Mongo
+		checkAddr(ps, "mongo.listen", m.Listen, true)
+		if !m.Upstream.IsZero() {
+			checkSecret(ps, "mongo.upstream", m.Upstream, false)
+			if m.Upstream.Inline != "" && !strings.HasPrefix(m.Upstream.Inline, "mongodb://") && !strings.HasPrefix(m.Upstream.Inline, "mongodb+srv://") {
+				ps.add("mongo.upstream", "is not a MongoDB URI: want mongodb://HOST:PORT/ (or leave empty for the embedded database)")
+			}
+		}
+		for i, p := range m.Replicate {
+			checkNamespacePattern(ps, fmt.Sprintf("mongo.replicate[%d]", i), p)
+		}
+		for i, p := range m.LocalOnly {
+			checkNamespacePattern(ps, fmt.Sprintf("mongo.local_only[%d]", i), p)
+		}
+		if m.MaxConns <= 0 {
+			ps.add("mongo.max_conns", "must be positive, e.g. 4096")
+		}
+	}
+
+	// Two parts on one address is a mistake the kernel would report later
+	// and less clearly.
+	seen := map[string]string{}
+	for _, a := range []struct{ key, addr string }{
+		{"https.listen", c.HTTPS.Listen}, {"admin.listen", c.Admin.Listen},
+		{"dns.listen", ifOn(c.DNS.Enabled, c.DNS.Listen)}, {"mongo.listen", ifOn(c.Mongo.Enabled, c.Mongo.Listen)},
+		{"mesh.bind", ifOn(c.Mesh.Enabled, c.Mesh.Bind)},
+	} {
+		if a.addr == "" || strings.HasSuffix(a.addr, ":0") {
+			continue
+		}
+		if other, ok := seen[a.addr]; ok {
+			ps.add(a.key, "%s is already used by %s: give each listener its own port", a.addr, other)
+		}
+		seen[a.addr] = a.key
+	}
+}
+
+func ifOn(on bool, s string) string {
+	if on {
+		return s
+	}
+	return ""
+}
+
+func inAnyZone(name string, zones []Zone) bool {
+	for _, z := range zones {
+		if strings.EqualFold(name, z.Origin) || strings.HasSuffix(strings.ToLower(name), "."+strings.ToLower(z.Origin)) {
+			return true
+		}
+	}
+	return false
+}
+
+func checkAddr(ps *Problems, key, addr string, listen bool) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		ps.add(key, "%q is not an address: want HOST:PORT, e.g. 127.0.0.1:8443", addr)
+		return
+	}
+	if listen && host != "" {
+		if _, err := netip.ParseAddr(host); err != nil && host != "localhost" {
+			ps.add(key, "%q is not an IP address to listen on: want an IP such as 127.0.0.1 or ::1 (or empty for all)", host)
+		}
+	}
+	var p int
+	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 0 || p > 65535 || fmt.Sprint(p) != port {
+		ps.add(key, "port %q is not a number between 0 and 65535", port)
+	}
+}
+
+func checkIP(ps *Problems, key, s string, v4 bool) {
+	if s == "" {
+		return
+	}
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		ps.add(key, "%q is not an IP address", s)
+	case v4 && !a.Is4():
+		ps.add(key, "%q is not an IPv4 address", s)
+	case !v4 && !a.Is6():
+		ps.add(key, "%q is not an IPv6 address", s)
+	}
+}
+
+func checkFile(ps *Problems, key, path string, required bool) {
+	if path == "" {
+		if required {
+			ps.add(key, "is required: the path of a PEM file")
+		}
+		return
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		ps.add(key, "cannot read %q: %v", path, unwrapPathError(err))
+		return
+	}
+	f.Close()
+}
+
+func checkSecret(ps *Problems, key string, s Secret, required bool) {
+	if s.IsZero() {
+		if required {
+			ps.add(key, "is required: give it inline, as {file: PATH} or as {env: NAME}")
+		}
+		return
+	}
+	if s.File != "" {
+		checkFile(ps, key+".file", s.File, true)
+		return
+	}
+	if s.Env != "" {
+		if _, ok := os.LookupEnv(s.Env); !ok {
+			ps.add(key+".env", "environment variable %s is not set", s.Env)
+		}
+	}
+}
+
+func checkNamespacePattern(ps *Problems, key, p string) {
+	if p == "*" {
+		return
+	}
+	db, coll, ok := strings.Cut(p, ".")
+	if !ok || db == "" || coll == "" || strings.ContainsAny(db, "*$ /\\\"") {
+		ps.add(key, "%q is not a namespace pattern: want *, DB.* or DB.COLLECTION", p)
+	}
+}
+
+func unwrapPathError(err error) error {
+	if pe, ok := err.(*os.PathError); ok {
+		return pe.Err
+	}
+	return err
+}
