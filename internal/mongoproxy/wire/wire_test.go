@@ -58,7 +58,7 @@ func TestMsgRejects(t *testing.T) {
 			binary.LittleEndian.PutUint32(b, uint32(len(b)+1))
 			return b
 		}),
-		"truncated": good[:len(good)-3],
+		"truncated":             good[:len(good)-3],
 		"unknown required flag": AppendMsg(nil, 1, 0, 1<<3, mustBSON(t, bson.D{{Key: "ping", Value: 1}})),
 		"no body":               AppendMsg(nil, 1, 0, 0, nil)[:HeaderLen+4],
 		"two bodies": func() []byte {
