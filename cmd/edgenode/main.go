@@ -1,0 +1,174 @@
+// Command edgenode runs one node of an edgenode cluster: GeoIP DNS, mesh,
+// TLS transport, pubsub, CDN and the multi-master Mongo proxy, in one process.
+//
+//	edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
+//	edgenode check-config FILE                    print every problem in FILE; exit 1 if any
+//	edgenode version                              print the version
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/node"
+)
+
+// version is set at build time: -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cmd := "run"
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "run":
+		return runNode(args, stderr)
+	case "check-config":
+		return checkConfig(args, stdout, stderr)
+	case "ca":
+		return caCommand(args, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "edgenode", versionString())
+		return 0
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "edgenode: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage:
+  edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
+  edgenode check-config FILE                    print every problem in FILE; exit 1 if any
+  edgenode ca init --dir DIR                    create the cluster CA
+  edgenode ca issue --dir DIR --node ID         issue a node certificate from the CA in DIR
+  edgenode version                              print the version
+`)
+}
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		rev, dirty := "", false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if rev != "" {
+			if len(rev) > 12 {
+				rev = rev[:12]
+			}
+			if dirty {
+				rev += "-dirty"
+			}
+			return "dev-" + rev
+		}
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}
+
+func runNode(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	cfgPath := fs.String("config", "", "config file (YAML); none: the embedded single node")
+	dataDir := fs.String("data", "", "data folder (overrides node.data_dir)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgenode: %v\n", err)
+		return 1
+	}
+	if *dataDir != "" {
+		cfg.Node.DataDir = *dataDir
+	}
+	log := newLogger(cfg.Log, stderr)
+	// Signals are wired before anything starts, so a SIGTERM during start-up
+	// is a clean stop rather than a kill.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	n, err := node.New(cfg, log, versionString())
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return 1
+	}
+	if err := n.Run(context.Background(), sigs); err != nil {
+		log.Error("node failed", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func newLogger(c config.Log, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	_ = lvl.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	print := fs.Bool("print", false, "print the effective config (secrets redacted)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if fs.NArg() != 1 {
+		fmt.Fprintln(stderr, "usage: edgenode check-config [-print] FILE")
+		return 2
+	}
+	cfg, err := config.Load(fs.Arg(0))
+	if err != nil {
+		var ps *config.Problems
+		if errors.As(err, &ps) {
+			fmt.Fprintf(stderr, "%s: %d problem(s)\n", fs.Arg(0), len(ps.List))
+			for _, p := range ps.List {
+				fmt.Fprintf(stderr, "  %s\n", p)
+			}
+		} else {
+			fmt.Fprintf(stderr, "%s: %v\n", fs.Arg(0), err)
+		}
+		return 1
+	}
+	if *print {
+		b, err := cfg.YAML()
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		stdout.Write(b)
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(0))
+	return 0
+}

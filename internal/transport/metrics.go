@@ -1,0 +1,48 @@
+package transport
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+type metrics struct {
+	requests   *prometheus.CounterVec
+	duration   *prometheus.HistogramVec
+	handshakes *prometheus.CounterVec
+	connsOpen  prometheus.Gauge
+	limitHits  *prometheus.CounterVec
+	certLoads  *prometheus.CounterVec
+	websockets prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_http_requests_total", Help: "HTTPS requests by route pattern, method and status code.",
+		}, []string{"route", "method", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "edgenode_http_request_duration_seconds",
+			Help:    "Time to the end of the response by route pattern (streams count their whole life).",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"route"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_tls_handshakes_total", Help: "TLS handshakes on the public listener by version and result.",
+		}, []string{"version", "result"}),
+		connsOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_http_connections_open", Help: "TCP connections open on the public listener.",
+		}),
+		limitHits: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_http_limit_hits_total", Help: "Requests or connections cut by a limit.",
+		}, []string{"limit"}),
+		certLoads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_tls_certificate_loads_total", Help: "Certificate (re)loads by result.",
+		}, []string{"result"}),
+		websockets: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_websockets_open", Help: "Websocket connections relayed to the app server.",
+		}),
+	}
+	for _, l := range []string{"header_size", "body_size", "conns_per_ip", "read_header_timeout"} {
+		m.limitHits.WithLabelValues(l)
+	}
+	reg.MustRegister(m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits, m.certLoads, m.websockets)
+	return m
+}
