@@ -67,8 +67,8 @@ var (
 // New checks that every address can be bound (keeping the public and admin
 // listeners), then builds the parts. Nothing is written to the data folder
 // before the addresses are known to be free.
-func New(cfg config.Config, log *slog.Logger, version string) (n *Node, err error) {
-	n = &Node{cfg: cfg, log: log, version: version, reg: prometheus.NewRegistry()}
+func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err error) {
+	n := &Node{cfg: cfg, log: log, version: version, reg: prometheus.NewRegistry()}
 	defer func() {
 		if err != nil {
 			n.closeListeners()
