@@ -1,0 +1,328 @@
+package dns
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"unsafe"
+
+	"github.com/edgenode/edgenode/internal/dns/geoindex"
+)
+
+// Transports, also metric label indexes.
+const (
+	trUDP = 0
+	trTCP = 1
+)
+
+// maxTCPMessage is the largest DNS message a TCP length prefix can carry.
+const maxTCPMessage = 65535
+
+// handle answers one packet into out (reused by the caller; it must have
+// room for a full response to avoid growing) and returns the response, or
+// nil to send nothing. client is the resolver's address.
+func (s *Server) handle(pkt []byte, client netip.Addr, tr int, out []byte) []byte {
+	var q query
+	outcome, rc := parse(pkt, &q)
+	if outcome == parseDrop {
+		s.m.drop(dropMalformed)
+		return nil
+	}
+	if tr == trUDP && s.rrl != nil {
+		switch s.rrl.check(client) {
+		case rrlDrop:
+			s.m.drop(dropRRL)
+			return nil
+		case rrlSlip:
+			s.m.slipped.Inc()
+			return s.errorResponse(out, &q, rcodeSuccess, true, tr)
+		}
+	}
+	if outcome == parseErr {
+		resp := s.errorResponse(out, &q, rc, false, tr)
+		s.m.query(&q, rc, tr)
+		return resp
+	}
+	resp, rc := s.answer(out, &q, client, tr)
+	s.m.query(&q, rc, tr)
+	return resp
+}
+
+// udpLimit is the largest response the client can take over UDP.
+func (s *Server) udpLimit(q *query) int {
+	if !q.edns {
+		return 512
+	}
+	return max(512, min(int(q.udpSize), s.opts.MaxUDPSize))
+}
+
+// begin writes the header (counts filled in by finish) and the question.
+func begin(out []byte, q *query) []byte {
+	out = append(out[:0], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+	if q.hasQuestion {
+		out = append(out, q.qname...)
+		out = put16(out, q.qtype)
+		out = put16(out, q.qclass)
+	}
+	return out
+}
+
+// errorResponse answers with rcode and no records, or, for tc, an empty
+// truncated answer that sends the client to TCP.
+func (s *Server) errorResponse(out []byte, q *query, rcode int, tc bool, tr int) []byte {
+	out = begin(out, q)
+	return s.finish(out, q, rcode, 0, 0, false, tc, 0, tr, len(out))
+}
+
+// finish appends the OPT record when the query had one, truncates to what
+// the transport allows and fills in the header.
+func (s *Server) finish(out []byte, q *query, rcode int, an, ns uint16, aa, tc bool, scope uint8, tr int, qEnd int) []byte {
+	limit := maxTCPMessage
+	if tr == trUDP {
+		limit = s.udpLimit(q)
+	}
+	ecs := q.ecs && (rcode == rcodeSuccess || rcode == rcodeNXDomain)
+	optLen := 0
+	if q.edns {
+		optLen = 11
+		if ecs {
+			optLen += 8 + (int(q.ecsSource)+7)/8
+		}
+	}
+	if len(out)+optLen > limit {
+		// Too big: no records at all and TC set (RFC 2181 9), so the
+		// client retries over TCP rather than caching a partial RRset.
+		out = out[:qEnd]
+		an, ns, tc = 0, 0, true
+	}
+	ar := uint16(0)
+	if q.edns {
+		ar = 1
+		out = append(out, 0)
+		out = put16(out, typeOPT)
+		out = put16(out, uint16(s.opts.MaxUDPSize))
+		flags := uint16(0)
+		if q.do {
+			flags = edns0DO
+		}
+		out = append(out, byte(rcode>>4), 0)
+		out = put16(out, flags)
+		if ecs {
+			alen := (int(q.ecsSource) + 7) / 8
+			out = put16(out, uint16(8+alen))
+			out = put16(out, optECS)
+			out = put16(out, uint16(4+alen))
+			out = put16(out, q.ecsFamily)
+			out = append(out, q.ecsSource, scope)
+			out = append(out, q.ecsAddr[:alen]...)
+		} else {
+			out = put16(out, 0)
+		}
+	}
+	flags := uint16(flagQR) | q.flags&(flagOpcode|flagRD|flagCD) | uint16(rcode&0xF)
+	if aa {
+		flags |= flagAA
+	}
+	if tc {
+		flags |= flagTC
+	}
+	qd := uint16(0)
+	if q.hasQuestion {
+		qd = 1
+	}
+	binary.BigEndian.PutUint16(out[0:], q.id)
+	binary.BigEndian.PutUint16(out[2:], flags)
+	binary.BigEndian.PutUint16(out[4:], qd)
+	binary.BigEndian.PutUint16(out[6:], an)
+	binary.BigEndian.PutUint16(out[8:], ns)
+	binary.BigEndian.PutUint16(out[10:], ar)
+	return out
+}
+
+// nameString views the lower-cased query name as a string without copying,
+// for map lookups; q outlives every use.
+func nameString(q *query) string {
+	return unsafe.String(&q.lname[0], q.nlen)
+}
+
+// answer resolves the question against the zones and the current view.
+func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte, int) {
+	out = begin(out, q)
+	qEnd := len(out)
+	switch {
+	case q.qclass != classIN:
+		return s.finish(out, q, rcodeRefused, 0, 0, false, false, 0, tr, qEnd), rcodeRefused
+	case q.qtype == typeAXFR || q.qtype == typeIXFR:
+		return s.finish(out, q, rcodeRefused, 0, 0, false, false, 0, tr, qEnd), rcodeRefused
+	case q.qtype == typeMAILA || q.qtype == typeMAILB:
+		return s.finish(out, q, rcodeNotImp, 0, 0, false, false, 0, tr, qEnd), rcodeNotImp
+	}
+	v := s.currentView()
+	var an, ns uint16
+	var scope uint8
+	rcode := rcodeSuccess
+	aa := true
+	owner := headerLen // where the current name sits in the packet
+	name := nameString(q)
+	for hop := 0; ; hop++ {
+		e := s.c.names[name]
+		var z *zone
+		node := int32(-1)
+		if e != nil {
+			z = e.zone
+		} else if ref, ok := v.ns.byName[name]; ok {
+			node, z = ref.node, ref.zone
+		} else {
+			z = s.findZone(name)
+		}
+		if z == nil {
+			if hop == 0 {
+				rcode, aa = rcodeRefused, false
+			}
+			// A CNAME leading out of our zones: the chain so far is the
+			// answer; the resolver follows it.
+			break
+		}
+		if e == nil && node < 0 {
+			rcode = rcodeNXDomain
+			out = s.putSOA(out, owner, name, z)
+			ns++
+			break
+		}
+		if e != nil && e.cname != nil {
+			out = putOwner(out, owner, name)
+			out = append(out, e.cname.tails[0]...)
+			an++
+			if q.qtype == typeCNAME || hop == maxCNAMEHops {
+				break
+			}
+			name = e.cname.target
+			owner = len(out) - len(name) // the target ends the CNAME's RDATA
+			continue
+		}
+		var n uint16
+		out, n, scope = s.putData(out, owner, name, e, node, q, client, v)
+		an += n
+		if n == 0 {
+			out = s.putSOA(out, owner, name, z) // NODATA
+			ns++
+		}
+		break
+	}
+	return s.finish(out, q, rcode, an, ns, aa, false, scope, tr, qEnd), rcode
+}
+
+// findZone returns the zone enclosing name, or nil.
+func (s *Server) findZone(name string) *zone {
+	for off := 0; off < len(name) && name[off] != 0; off += 1 + int(name[off]) {
+		if z := s.c.zones[name[off:]]; z != nil {
+			return z
+		}
+	}
+	return nil
+}
+
+// putSOA appends the zone's SOA for a negative answer. Its owner, the apex,
+// is the tail of name, which sits at owner in the packet.
+func (s *Server) putSOA(out []byte, owner int, name string, z *zone) []byte {
+	apexOff := owner + len(name) - len(z.origin)
+	out = putOwner(out, apexOff, z.origin)
+	return append(out, z.negSOA...)
+}
+
+// putData appends the records of one existing name for q.qtype.
+func (s *Server) putData(out []byte, owner int, name string, e *entry, node int32, q *query,
+	client netip.Addr, v *view) ([]byte, uint16, uint8) {
+	if q.qtype == typeANY {
+		// RFC 8482: one synthesized HINFO instead of everything.
+		if node >= 0 || e.hasData() {
+			out = putOwner(out, owner, name)
+			return append(out, s.c.hinfo...), 1, 0
+		}
+		return out, 0, 0
+	}
+	if node >= 0 {
+		ni := &v.ns.nodes[node]
+		switch {
+		case q.qtype == typeA && ni.hasV4:
+			return putAddr(out, owner, typeA, s.nodeTTL, ni.v4[:]), 1, 0
+		case q.qtype == typeAAAA && ni.hasV6:
+			return putAddr(out, owner, typeAAAA, s.nodeTTL, ni.v6[:]), 1, 0
+		}
+		return out, 0, 0
+	}
+	if e.dyn >= 0 && (q.qtype == typeA || q.qtype == typeAAAA) {
+		return s.putDynamic(out, owner, &s.c.dynamics[e.dyn], q, client, v)
+	}
+	set := e.set(q.qtype)
+	if set == nil {
+		return out, 0, 0
+	}
+	for _, t := range set.tails {
+		out = putOwner(out, owner, name)
+		out = append(out, t...)
+	}
+	return out, uint16(len(set.tails)), 0
+}
+
+func putAddr(out []byte, owner int, t uint16, ttl uint32, addr []byte) []byte {
+	out = putOwner(out, owner, "")
+	out = put16(out, t)
+	out = put16(out, classIN)
+	out = put32(out, ttl)
+	out = put16(out, uint16(len(addr)))
+	return append(out, addr...)
+}
+
+// putDynamic appends the K nearest serving nodes and returns the ECS scope.
+func (s *Server) putDynamic(out []byte, owner int, d *dynamic, q *query, client netip.Addr, v *view) ([]byte, uint16, uint8) {
+	fam := famV4
+	if q.qtype == typeAAAA {
+		fam = famV6
+	}
+	ms := &v.ns.pools[d.pool][fam]
+	loc, known, scope := locate(q, client, v.ix)
+	if len(ms.node) == 0 {
+		return out, 0, scope
+	}
+	r := v.ranking(d.pool, fam, loc, known, ms, s.opts.SlackKM)
+	var buf [32]int32
+	sel := pick(r, v.ns, ms, d.k, buf[:0])
+	for _, m := range sel {
+		ni := &v.ns.nodes[ms.node[m]]
+		if fam == famV4 {
+			out = putAddr(out, owner, typeA, d.ttl, ni.v4[:])
+		} else {
+			out = putAddr(out, owner, typeAAAA, d.ttl, ni.v6[:])
+		}
+	}
+	if len(sel) > 0 {
+		v.ns.nodes[ms.node[sel[0]]].answers.Inc()
+	}
+	return out, uint16(len(sel)), scope
+}
+
+// locate places the client: the ECS address when the query has one, else
+// the resolver. scope is the ECS scope prefix for the reply: the length of
+// the network that matched, or the source prefix when nothing did.
+func locate(q *query, client netip.Addr, ix *geoindex.Index) (loc uint32, known bool, scope uint8) {
+	if q.ecs {
+		if q.ecsSource == 0 {
+			// RFC 7871 7.1.2: the resolver asks us not to use its
+			// address; the answer suits everyone.
+			return 0, false, 0
+		}
+		var a netip.Addr
+		if q.ecsFamily == 1 {
+			a = netip.AddrFrom4([4]byte(q.ecsAddr[:4]))
+		} else {
+			a = netip.AddrFrom16(q.ecsAddr)
+		}
+		id, bits, ok := ix.Lookup(a)
+		if !ok {
+			return 0, false, q.ecsSource
+		}
+		return id, true, uint8(bits)
+	}
+	id, _, ok := ix.Lookup(client)
+	return id, ok, 0
+}

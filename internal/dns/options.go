@@ -1,0 +1,252 @@
+// Package dns is edgenode's authoritative GeoIP DNS server. It answers the
+// configured zones (SOA, NS, static records) and dynamic names whose A/AAAA
+// answers are the nodes nearest to the client that are alive and not
+// draining, read from a nodemap.Source.
+//
+// The serving path reads raw packets on reuse-port UDP sockets and a TCP
+// listener, parses queries with a small strict parser and writes answers
+// from precomputed wire-format record tails straight into a reused buffer:
+// no dns.Msg per query and no allocation. github.com/miekg/dns parses the
+// configured records and builds those tails.
+//
+// Client location comes from the EDNS Client Subnet option (RFC 7871) when
+// present, else from the resolver's address, looked up in an in-memory index
+// of a MaxMind database (package geoindex) with configured overrides ahead of
+// it. Rankings per location are cached and thrown away when the node map or
+// the index changes.
+package dns
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Defaults for zero fields of Options and the types it holds.
+const (
+	DefaultListen         = "127.0.0.1:8053"
+	DefaultK              = 2
+	DefaultDynamicTTL     = 30 * time.Second
+	DefaultRecordTTL      = 300 * time.Second
+	DefaultSlackKM        = 300.0
+	DefaultMaxUDPSize     = 1232 // the DNS flag day 2020 figure: no IP fragmentation
+	DefaultTCPIdleTimeout = 10 * time.Second
+	DefaultMaxTCPConns    = 1024
+	DefaultGeoIPPoll      = 5 * time.Second
+	DefaultRRLRate        = 200
+	DefaultRRLSlip        = 2
+
+	// NodesLabel is the label under each zone that holds per-node names:
+	// <node-id>.nodes.<zone>.
+	NodesLabel = "nodes"
+)
+
+// Options configures a Server. Zero fields take the documented defaults.
+type Options struct {
+	// Listen is the host:port for both UDP and TCP. Default 127.0.0.1:8053.
+	// Bind a specific address: replies leave from the socket's address, so a
+	// wildcard bind on a multi-homed host may answer from the wrong source.
+	Listen string
+	// UDPSockets is how many SO_REUSEPORT UDP sockets (one reader goroutine
+	// each) to open. Default GOMAXPROCS. Linux only; elsewhere one.
+	UDPSockets int
+	// MaxUDPSize is the largest UDP response, also advertised in our OPT
+	// record. Default 1232.
+	MaxUDPSize int
+	// TCPIdleTimeout closes a TCP connection with no query for this long.
+	// Default 10s.
+	TCPIdleTimeout time.Duration
+	// MaxTCPConns bounds open TCP connections; more are closed on accept.
+	// Default 1024.
+	MaxTCPConns int
+
+	// Zones this server is authoritative for. Zones may not nest.
+	Zones []Zone
+	// Dynamic names answered with the nearest serving nodes.
+	Dynamic []DynamicName
+	// NodeTTL is the TTL of per-node names <id>.nodes.<zone>. Default 30s.
+	NodeTTL time.Duration
+
+	// GeoIPPath is a MaxMind City or Country database. Empty: no database;
+	// clients are placed only by Overrides and otherwise ranked by region
+	// and load.
+	GeoIPPath string
+	// GeoIPPollInterval is how often the database file is checked for
+	// changes (modification time, size, inode). Default 5s; negative
+	// disables watching (Reload still works).
+	GeoIPPollInterval time.Duration
+	// Overrides place networks ahead of the database.
+	Overrides []Override
+	// SlackKM: nodes within this distance of the nearest one count as
+	// equally near, and the power of two random choices on load picks among
+	// them. Default 300 km; negative means no slack.
+	SlackKM float64
+
+	// RRL is response rate limiting.
+	RRL RRLOptions
+}
+
+// Zone is one zone this server is authoritative for.
+type Zone struct {
+	// Origin is the zone apex, e.g. "edgenode.test." (the final dot is
+	// optional).
+	Origin string
+	SOA    SOA
+	// NS are the zone's name servers. Default: the SOA's MName.
+	NS []string
+	// NSTTL is the TTL of the NS records. Default: SOA.TTL.
+	NSTTL time.Duration
+	// Records are static records. Types: A, AAAA, CNAME, TXT, MX, CAA.
+	Records []Record
+}
+
+// SOA holds the SOA fields. Zero fields take defaults.
+type SOA struct {
+	MName   string        // default ns1.<origin>
+	RName   string        // default hostmaster.<origin>
+	Serial  uint32        // default: the time New was called, as Unix seconds
+	Refresh time.Duration // default 1h
+	Retry   time.Duration // default 10m
+	Expire  time.Duration // default 7d
+	// Minimum is the negative-caching TTL (RFC 2308). Default 60s.
+	Minimum time.Duration
+	TTL     time.Duration // TTL of the SOA record itself, default 1h
+}
+
+// Record is one static record in presentation format.
+type Record struct {
+	// Name is relative to the zone origin ("www", "@" for the apex) or
+	// absolute with a final dot.
+	Name string
+	// Type is A, AAAA, CNAME, TXT, MX or CAA.
+	Type string
+	// TTL defaults to 300s.
+	TTL time.Duration
+	// Value is the RDATA as in a zone file, e.g. `10 mail` for MX or
+	// `"v=spf1 -all"` for TXT. Relative names are relative to the origin.
+	Value string
+}
+
+// DynamicName is a name answered with the K nearest serving nodes.
+type DynamicName struct {
+	// Name is relative to a zone ("widget") or absolute ("widget.edgenode.test.").
+	Name string
+	// Tag selects the pool: nodes carrying this tag. Empty: all nodes.
+	Tag string
+	// K is how many addresses an answer carries. Default 2.
+	K int
+	// TTL of the answer. Default 30s.
+	TTL time.Duration
+}
+
+// Override places a network at a location ahead of the database.
+type Override struct {
+	Prefix   netip.Prefix
+	Lat, Lon float64
+	// HasCoords says Lat/Lon are set (0,0 is a real place). Without it, the
+	// country's or continent's centre is used.
+	HasCoords bool
+	Country   string // ISO 3166-1 alpha-2, optional
+	Continent string // AF, AN, AS, EU, NA, OC, SA; optional
+}
+
+// RRLOptions configure response rate limiting over UDP, per client /24 (IPv4)
+// or /56 (IPv6) of the resolver address.
+type RRLOptions struct {
+	Enabled bool
+	// ResponsesPerSecond per client prefix, also the burst. Default 200.
+	ResponsesPerSecond int
+	// Slip: every Slip-th limited response is sent truncated (TC=1, no
+	// records) instead of dropped, so a real resolver behind a spoofed
+	// flood retries over TCP. 0 takes the default 2; negative drops all;
+	// 1 truncates all.
+	Slip int
+	// Loopback applies the limit to loopback clients too; they are exempt
+	// by default so local tools and tests are never limited.
+	Loopback bool
+}
+
+func (o *Options) withDefaults() Options {
+	c := *o
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.UDPSockets <= 0 {
+		c.UDPSockets = runtime.GOMAXPROCS(0)
+	}
+	if c.MaxUDPSize <= 0 {
+		c.MaxUDPSize = DefaultMaxUDPSize
+	}
+	c.MaxUDPSize = min(max(c.MaxUDPSize, 512), 65535)
+	if c.TCPIdleTimeout <= 0 {
+		c.TCPIdleTimeout = DefaultTCPIdleTimeout
+	}
+	if c.MaxTCPConns <= 0 {
+		c.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if c.NodeTTL <= 0 {
+		c.NodeTTL = DefaultDynamicTTL
+	}
+	if c.GeoIPPollInterval == 0 {
+		c.GeoIPPollInterval = DefaultGeoIPPoll
+	}
+	switch {
+	case c.SlackKM == 0:
+		c.SlackKM = DefaultSlackKM
+	case c.SlackKM < 0:
+		c.SlackKM = 0
+	}
+	if c.RRL.ResponsesPerSecond <= 0 {
+		c.RRL.ResponsesPerSecond = DefaultRRLRate
+	}
+	if c.RRL.Slip == 0 {
+		c.RRL.Slip = DefaultRRLSlip
+	}
+	c.Dynamic = append([]DynamicName(nil), c.Dynamic...)
+	for i := range c.Dynamic {
+		if c.Dynamic[i].K <= 0 {
+			c.Dynamic[i].K = DefaultK
+		}
+		if c.Dynamic[i].TTL <= 0 {
+			c.Dynamic[i].TTL = DefaultDynamicTTL
+		}
+	}
+	return c
+}
+
+// ttlSeconds converts a TTL to the wire's seconds, clamped to RFC 2181's
+// 2^31-1.
+func ttlSeconds(d time.Duration) uint32 {
+	s := d / time.Second
+	if s < 0 {
+		return 0
+	}
+	if s > 1<<31-1 {
+		return 1<<31 - 1
+	}
+	return uint32(s)
+}
+
+func (o *Override) validate() error {
+	if !o.Prefix.IsValid() {
+		return errors.New("override: invalid prefix")
+	}
+	if o.HasCoords && (o.Lat < -90 || o.Lat > 90 || o.Lon < -180 || o.Lon > 180) {
+		return fmt.Errorf("override %s: latitude/longitude out of range", o.Prefix)
+	}
+	if o.Country != "" && len(o.Country) != 2 {
+		return fmt.Errorf("override %s: country %q is not a two-letter code", o.Prefix, o.Country)
+	}
+	switch strings.ToUpper(o.Continent) {
+	case "", "AF", "AN", "AS", "EU", "NA", "OC", "SA":
+	default:
+		return fmt.Errorf("override %s: unknown continent %q", o.Prefix, o.Continent)
+	}
+	if !o.HasCoords && o.Country == "" && o.Continent == "" {
+		return fmt.Errorf("override %s: needs coordinates, a country or a continent", o.Prefix)
+	}
+	return nil
+}
