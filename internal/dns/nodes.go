@@ -53,7 +53,7 @@ type nodeState struct {
 	version    uint64
 	nodes      []nodeInfo
 	byName     map[string]nodeRef // lower-case wire <id>.nodes.<zone>
-	pools      [][2]members     // per compiled pool, per family
+	pools      [][2]members       // per compiled pool, per family
 	selfRegion string
 }
 
