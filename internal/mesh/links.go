@@ -1,0 +1,758 @@
+package mesh
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+
+	"github.com/edgenode/edgenode/internal/mesh/pki"
+)
+
+// Handler receives the messages of one topic. from is the verified node id
+// of the sender. msg belongs to the handler. Calls for one (peer, topic) are
+// sequential and in send order, on that stream's goroutine: a slow handler
+// back-pressures only that peer's topic, but it must return eventually, or
+// Leave waits for it.
+type Handler func(from string, msg []byte)
+
+// alpn names the link protocol, so a QUIC client of another kind (HTTP/3)
+// can never be mistaken for a peer.
+const alpn = "edgenode-mesh/1"
+
+// QUIC application error codes.
+const (
+	codeLeaving   quic.ApplicationErrorCode = 0
+	codeReplaced  quic.ApplicationErrorCode = 1
+	codeGone      quic.ApplicationErrorCode = 2
+	codeWriteFail quic.ApplicationErrorCode = 3
+	codeBadStream quic.StreamErrorCode      = 1
+)
+
+// Link timings.
+const (
+	dialTimeout = 5 * time.Second
+	// writeTimeout bounds one batch write. A peer that accepts nothing for
+	// this long is treated as broken: its link is closed and redialed, and
+	// the messages in flight are lost (counted as link_error).
+	writeTimeout = 30 * time.Second
+	backoffMin   = 100 * time.Millisecond
+	backoffMax   = 10 * time.Second
+	// A link that stayed up this long resets the backoff.
+	healthyLink = 2 * time.Second
+	// batchBytes bounds how much one batch collects before it is written.
+	batchBytes = 256 << 10
+)
+
+type outMsg struct {
+	topic string
+	msg   []byte
+}
+
+type links struct {
+	m     *Mesh
+	log   *slog.Logger
+	self  string
+	cert  tls.Certificate
+	roots *x509.CertPool
+	qconf *quic.Config
+
+	udp *net.UDPConn
+	tr  *quic.Transport
+	ln  *quic.Listener
+	ctx context.Context
+
+	handlers atomic.Pointer[map[string]Handler]
+	hmu      sync.Mutex
+
+	mu     sync.Mutex
+	peers  map[string]*peer
+	closed bool
+	snap   atomic.Pointer[map[string]*peer] // lock-free view for Send
+	peerWG sync.WaitGroup
+	loopWG sync.WaitGroup
+}
+
+func newLinks(m *Mesh, cert tls.Certificate, roots *x509.CertPool) *links {
+	l := &links{
+		m:     m,
+		log:   m.log,
+		self:  m.o.NodeID,
+		cert:  cert,
+		roots: roots,
+		peers: make(map[string]*peer),
+		qconf: &quic.Config{
+			HandshakeIdleTimeout: dialTimeout,
+			MaxIdleTimeout:       20 * time.Second,
+			KeepAlivePeriod:      5 * time.Second,
+			// Streams are per topic; bidirectional streams are not used.
+			MaxIncomingStreams:             -1,
+			MaxIncomingUniStreams:          256,
+			InitialStreamReceiveWindow:     1 << 20,
+			MaxStreamReceiveWindow:         8 << 20,
+			InitialConnectionReceiveWindow: 2 << 20,
+			MaxConnectionReceiveWindow:     32 << 20,
+		},
+	}
+	empty := map[string]*peer{}
+	l.snap.Store(&empty)
+	noHandlers := map[string]Handler{}
+	l.handlers.Store(&noHandlers)
+	return l
+}
+
+// start binds the link socket and accepts peers.
+func (l *links) start(ctx context.Context) error {
+	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(l.m.o.link))
+	if err != nil {
+		return fmt.Errorf("mesh: link socket %s: %w", l.m.o.LinkAddr, err)
+	}
+	l.udp = udp
+	l.tr = &quic.Transport{Conn: udp}
+	ln, err := l.tr.Listen(l.serverTLS(), l.qconf)
+	if err != nil {
+		l.tr.Close()
+		udp.Close()
+		return fmt.Errorf("mesh: link listener: %w", err)
+	}
+	l.ln = ln
+	l.ctx = ctx
+	l.loopWG.Add(1)
+	go func() { defer l.loopWG.Done(); l.acceptLoop(ctx) }()
+	return nil
+}
+
+// close stops every peer and the socket. graceful lets peers close their
+// connections with a goodbye first; otherwise connections just vanish.
+func (l *links) close(graceful bool) {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	for id, p := range l.peers {
+		p.stop(graceful)
+		delete(l.peers, id)
+	}
+	l.publishSnap()
+	l.mu.Unlock()
+	if l.ln != nil {
+		l.ln.Close()
+	}
+	l.peerWG.Wait()
+	if l.tr != nil {
+		l.tr.Close()
+	}
+	if l.udp != nil {
+		l.udp.Close()
+	}
+	l.loopWG.Wait()
+}
+
+// abort drops the socket at once, so no goodbye can be sent: a crash.
+func (l *links) abort() {
+	if l.udp != nil {
+		l.udp.Close()
+	}
+}
+
+func (l *links) publishSnap() {
+	s := make(map[string]*peer, len(l.peers))
+	for id, p := range l.peers {
+		s[id] = p
+	}
+	l.snap.Store(&s)
+}
+
+// sync makes the set of peers match want (id -> link address).
+func (l *links) sync(want map[string]netip.AddrPort) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	changed := false
+	for id, p := range l.peers {
+		if addr, ok := want[id]; !ok || addr != p.addr {
+			p.stop(true)
+			delete(l.peers, id)
+			changed = true
+		}
+	}
+	for id, addr := range want {
+		if _, ok := l.peers[id]; !ok {
+			l.addPeerLocked(id, addr)
+			changed = true
+		}
+	}
+	if changed {
+		l.publishSnap()
+	}
+}
+
+func (l *links) addPeerLocked(id string, addr netip.AddrPort) *peer {
+	ctx, cancel := context.WithCancel(l.ctx)
+	p := &peer{
+		l:       l,
+		id:      id,
+		addr:    addr,
+		dial:    l.self < id, // one side dials, so a pair never holds two links
+		q:       make(chan outMsg, l.m.o.QueueLen),
+		inbound: make(chan *quic.Conn, 1),
+		ctx:     ctx,
+		cancel:  cancel,
+	}
+	l.peers[id] = p
+	l.peerWG.Add(1)
+	go func() { defer l.peerWG.Done(); p.run() }()
+	return p
+}
+
+func (l *links) stats() []peerStat {
+	s := *l.snap.Load()
+	out := make([]peerStat, 0, len(s))
+	for id, p := range s {
+		out = append(out, peerStat{id: id, queueLen: len(p.q), queueBytes: p.qbytes.Load(), drops: p.drops.Load(), up: p.up.Load()})
+	}
+	return out
+}
+
+// ---- TLS ----
+
+func (l *links) baseTLS() *tls.Config {
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{l.cert},
+		NextProtos:   []string{alpn},
+	}
+}
+
+// serverTLS checks inbound peers: a certificate from the cluster CA naming
+// a node that is a live member whose advertised link address is the one the
+// connection comes from.
+func (l *links) serverTLS() *tls.Config {
+	c := l.baseTLS()
+	c.ClientAuth = tls.RequireAnyClientCert // verified in VerifyConnection, so refusals are logged
+	c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		var remote netip.AddrPort
+		if hello.Conn != nil {
+			remote = addrPortOf(hello.Conn.RemoteAddr())
+		}
+		cc := l.baseTLS()
+		cc.ClientAuth = tls.RequireAnyClientCert
+		cc.VerifyConnection = func(cs tls.ConnectionState) error { return l.verifyInbound(cs, remote) }
+		return cc, nil
+	}
+	return c
+}
+
+func (l *links) verifyInbound(cs tls.ConnectionState, remote netip.AddrPort) error {
+	id, err := pki.VerifyNode(cs.PeerCertificates, l.roots, time.Now())
+	if err != nil {
+		return l.refuse("bad_certificate", remote, "", err)
+	}
+	if id == l.self {
+		return l.refuse("wrong_id", remote, id, errors.New("peer presents this node's own id"))
+	}
+	want, ok := l.m.memberLink(id)
+	if !ok {
+		return l.refuse("unknown_member", remote, id, errors.New("no live member with this id"))
+	}
+	if want != remote {
+		return l.refuse("address_mismatch", remote, id, fmt.Errorf("member %s advertises link address %v", id, want))
+	}
+	return nil
+}
+
+func (l *links) clientTLS(expect string) *tls.Config {
+	c := l.baseTLS()
+	c.ServerName = expect
+	// The chain and the node id are checked in VerifyConnection instead of
+	// by host name: a peer is named by its node id, not a DNS name.
+	c.InsecureSkipVerify = true
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		remote := netip.AddrPort{}
+		id, err := pki.VerifyNode(cs.PeerCertificates, l.roots, time.Now())
+		if err != nil {
+			return l.refuse("bad_certificate", remote, expect, err)
+		}
+		if id != expect {
+			return l.refuse("wrong_id", remote, id, fmt.Errorf("dialed %s but the certificate names %s", expect, id))
+		}
+		return nil
+	}
+	return c
+}
+
+func (l *links) refuse(reason string, remote netip.AddrPort, id string, err error) error {
+	l.m.met.refused.WithLabelValues(reason).Inc()
+	lvl := slog.LevelWarn
+	if reason == "unknown_member" {
+		// Usually gossip has not told us about a brand-new node yet; it
+		// will redial.
+		lvl = slog.LevelInfo
+	}
+	l.log.Log(context.Background(), lvl, "peer link refused", "reason", reason, "remote", remote.String(), "peer", id, "err", err)
+	return fmt.Errorf("mesh: link refused (%s): %w", reason, err)
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if u, ok := a.(*net.UDPAddr); ok {
+		ap := u.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// ---- accepting ----
+
+func (l *links) acceptLoop(ctx context.Context) {
+	for {
+		conn, err := l.ln.Accept(ctx)
+		if err != nil {
+			return
+		}
+		id, err := pki.NodeIDFromCert(conn.ConnectionState().TLS.PeerCertificates[0])
+		if err != nil { // verified in the handshake; cannot happen
+			conn.CloseWithError(codeGone, "no node id")
+			continue
+		}
+		l.deliver(id, conn)
+	}
+}
+
+// deliver hands an accepted connection to its peer, creating the peer if
+// the membership sync has not got to it yet.
+func (l *links) deliver(id string, conn *quic.Conn) {
+	l.mu.Lock()
+	p := l.peers[id]
+	if p == nil && !l.closed {
+		if addr, ok := l.m.memberLink(id); ok {
+			p = l.addPeerLocked(id, addr)
+			l.publishSnap()
+		}
+	}
+	l.mu.Unlock()
+	if p == nil {
+		conn.CloseWithError(codeGone, "not a member")
+		return
+	}
+	l.m.met.connects.WithLabelValues("accepted").Inc()
+	for {
+		select {
+		case p.inbound <- conn:
+			return
+		default:
+		}
+		// A connection is already waiting; the newest one wins.
+		select {
+		case old := <-p.inbound:
+			go old.CloseWithError(codeReplaced, "replaced")
+		default:
+		}
+	}
+}
+
+// ---- sending ----
+
+func (l *links) send(node, topic string, msg []byte) error {
+	if node == l.self {
+		return ErrSelf
+	}
+	if err := ValidTopic(topic); err != nil {
+		return fmt.Errorf("mesh: %w", err)
+	}
+	if len(msg) > l.m.o.MaxMessageSize {
+		l.m.met.drops.WithLabelValues("too_large").Inc()
+		return ErrTooLarge
+	}
+	p := (*l.snap.Load())[node]
+	if p == nil {
+		l.m.met.drops.WithLabelValues("unknown_peer").Inc()
+		return fmt.Errorf("%w: %q", ErrUnknownPeer, node)
+	}
+	return p.enqueue(outMsg{topic: topic, msg: msg})
+}
+
+func (l *links) broadcast(topic string, msg []byte) {
+	if ValidTopic(topic) != nil {
+		return
+	}
+	if len(msg) > l.m.o.MaxMessageSize {
+		l.m.met.drops.WithLabelValues("too_large").Inc()
+		return
+	}
+	for _, p := range *l.snap.Load() {
+		_ = p.enqueue(outMsg{topic: topic, msg: msg})
+	}
+}
+
+func (l *links) handle(topic string, h Handler) {
+	l.hmu.Lock()
+	defer l.hmu.Unlock()
+	old := *l.handlers.Load()
+	next := make(map[string]Handler, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	if h == nil {
+		delete(next, topic)
+	} else {
+		next[topic] = h
+	}
+	l.handlers.Store(&next)
+}
+
+// ---- one peer ----
+
+// peer owns the link to one member: its send queue and a goroutine that
+// runs the state machine
+//
+//	connecting (dial with backoff, or wait for the peer to dial)
+//	  -> up (write batches; a reader goroutine dispatches inbound streams)
+//	  -> down (connection lost or replaced) -> connecting ...
+//
+// until the member goes away or the mesh stops.
+type peer struct {
+	l    *links
+	id   string
+	addr netip.AddrPort
+	dial bool
+
+	q       chan outMsg
+	qbytes  atomic.Int64
+	drops   atomic.Uint64
+	up      atomic.Bool
+	inbound chan *quic.Conn
+
+	ctx      context.Context
+	cancel   context.CancelFunc
+	graceful atomic.Bool
+}
+
+func (p *peer) enqueue(it outMsg) error {
+	n := int64(len(it.msg))
+	if p.qbytes.Add(n) > int64(p.l.m.o.QueueBytes) {
+		p.qbytes.Add(-n)
+		p.drop("queue_full", 1)
+		return ErrQueueFull
+	}
+	select {
+	case p.q <- it:
+		return nil
+	default:
+		p.qbytes.Add(-n)
+		p.drop("queue_full", 1)
+		return ErrQueueFull
+	}
+}
+
+func (p *peer) drop(reason string, n int) {
+	p.drops.Add(uint64(n))
+	p.l.m.met.drops.WithLabelValues(reason).Add(float64(n))
+}
+
+func (p *peer) stop(graceful bool) {
+	p.graceful.Store(graceful)
+	p.cancel()
+}
+
+func (p *peer) run() {
+	log := p.l.log.With("peer", p.id, "addr", p.addr.String())
+	defer func() {
+		p.up.Store(false)
+		// Whatever is still queued will never be sent.
+		n := 0
+		for {
+			select {
+			case <-p.q:
+				n++
+				continue
+			case c := <-p.inbound:
+				c.CloseWithError(codeGone, "peer removed")
+				continue
+			default:
+			}
+			break
+		}
+		if n > 0 {
+			p.drop("peer_gone", n)
+		}
+	}()
+	bo := backoff{}
+	var next *quic.Conn
+	for p.ctx.Err() == nil {
+		conn := next
+		next = nil
+		if conn == nil {
+			conn = p.connect(&bo, log)
+			if conn == nil {
+				return
+			}
+		}
+		since := time.Now()
+		p.up.Store(true)
+		log.Info("peer link up", "dialer", p.dial)
+		var err error
+		next, err = p.serve(conn)
+		p.up.Store(false)
+		if p.ctx.Err() != nil {
+			return
+		}
+		log.Info("peer link down", "err", err, "up_for", time.Since(since).Round(time.Millisecond).String())
+		if time.Since(since) >= healthyLink {
+			bo.reset()
+		}
+	}
+}
+
+// connect returns the next connection: dialed by us (lower id), or accepted
+// from the peer. nil means the peer is stopping.
+func (p *peer) connect(bo *backoff, log *slog.Logger) *quic.Conn {
+	for {
+		if !p.dial {
+			select {
+			case <-p.ctx.Done():
+				return nil
+			case c := <-p.inbound:
+				return c
+			}
+		}
+		if d := bo.next(); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-p.ctx.Done():
+				t.Stop()
+				return nil
+			case c := <-p.inbound:
+				t.Stop()
+				return c
+			case <-t.C:
+			}
+		}
+		ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+		c, err := p.l.tr.Dial(ctx, net.UDPAddrFromAddrPort(p.addr), p.l.clientTLS(p.id), p.l.qconf)
+		cancel()
+		if err == nil {
+			p.l.m.met.connects.WithLabelValues("dialed").Inc()
+			return c
+		}
+		if p.ctx.Err() != nil {
+			return nil
+		}
+		p.l.m.met.dialErrors.WithLabelValues(p.id).Inc()
+		lvl := slog.LevelDebug
+		if bo.attempt <= 2 || bo.attempt%20 == 0 {
+			lvl = slog.LevelInfo
+		}
+		log.Log(context.Background(), lvl, "peer link dial failed", "attempt", bo.attempt, "err", err)
+	}
+}
+
+// outStream is our send side of one topic on one connection.
+type outStream struct {
+	s        *quic.SendStream
+	buf      []byte
+	n        int // messages in buf
+	payload  int // payload bytes in buf
+	messages prometheus.Counter
+	bytes    prometheus.Counter
+}
+
+// serve runs one connection until it fails, the peer stops, or the peer
+// dials again (the new connection is returned to replace this one).
+func (p *peer) serve(conn *quic.Conn) (*quic.Conn, error) {
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go func() { defer readers.Done(); p.l.readConn(p.ctx, conn, p.id, &readers) }()
+	finish := func(code quic.ApplicationErrorCode, why string) {
+		conn.CloseWithError(code, why)
+		readers.Wait()
+	}
+
+	streams := map[string]*outStream{}
+	var pending int
+	add := func(it outMsg) error {
+		s := streams[it.topic]
+		if s == nil {
+			st, err := conn.OpenUniStream()
+			if err != nil {
+				ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+				st, err = conn.OpenUniStreamSync(ctx)
+				cancel()
+				if err != nil {
+					p.qbytes.Add(-int64(len(it.msg)))
+					p.drop("link_error", 1)
+					return fmt.Errorf("open stream %q: %w", it.topic, err)
+				}
+			}
+			s = &outStream{
+				s:        st,
+				buf:      appendStreamHeader(make([]byte, 0, 4096), it.topic),
+				messages: p.l.m.met.messages.WithLabelValues(it.topic, "out"),
+				bytes:    p.l.m.met.bytes.WithLabelValues(it.topic, "out"),
+			}
+			streams[it.topic] = s
+		}
+		s.buf = appendFrame(s.buf, it.msg)
+		s.n++
+		s.payload += len(it.msg)
+		pending += frameSize(len(it.msg))
+		p.qbytes.Add(-int64(len(it.msg)))
+		return nil
+	}
+	flush := func() error {
+		var firstErr error
+		for _, s := range streams {
+			if len(s.buf) == 0 {
+				continue
+			}
+			if firstErr == nil {
+				s.s.SetWriteDeadline(time.Now().Add(writeTimeout))
+				if _, err := s.s.Write(s.buf); err != nil {
+					firstErr = fmt.Errorf("write: %w", err)
+				}
+			}
+			if firstErr != nil {
+				p.drop("link_error", s.n)
+			} else {
+				s.messages.Add(float64(s.n))
+				s.bytes.Add(float64(s.payload))
+			}
+			if cap(s.buf) > 4*batchBytes {
+				s.buf = nil // don't keep a huge buffer after one big message
+			} else {
+				s.buf = s.buf[:0]
+			}
+			s.n, s.payload = 0, 0
+		}
+		pending = 0
+		return firstErr
+	}
+
+	connDone := conn.Context().Done()
+	for {
+		select {
+		case <-p.ctx.Done():
+			if p.graceful.Load() {
+				finish(codeLeaving, "leaving")
+			} else {
+				finish(codeGone, "stopped")
+			}
+			return nil, p.ctx.Err()
+		case <-connDone:
+			readers.Wait()
+			return nil, context.Cause(conn.Context())
+		case nc := <-p.inbound:
+			finish(codeReplaced, "replaced by a newer connection")
+			return nc, errors.New("replaced by a newer connection")
+		case it := <-p.q:
+			err := add(it)
+		batch:
+			for err == nil && pending < batchBytes {
+				select {
+				case it := <-p.q:
+					err = add(it)
+				default:
+					break batch
+				}
+			}
+			if ferr := flush(); err == nil {
+				err = ferr
+			}
+			if err != nil {
+				finish(codeWriteFail, "write failed")
+				return nil, err
+			}
+		}
+	}
+}
+
+// readConn accepts the peer's topic streams until the connection ends.
+func (l *links) readConn(ctx context.Context, conn *quic.Conn, from string, wg *sync.WaitGroup) {
+	for {
+		s, err := conn.AcceptUniStream(ctx)
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); l.readStream(s, from) }()
+	}
+}
+
+func (l *links) readStream(s *quic.ReceiveStream, from string) {
+	br := bufio.NewReaderSize(s, 64<<10)
+	topic, err := readStreamHeader(br)
+	if err != nil {
+		if !isClosed(err) {
+			l.log.Warn("bad link stream from peer", "peer", from, "err", err)
+		}
+		s.CancelRead(codeBadStream)
+		return
+	}
+	messages := l.m.met.messages.WithLabelValues(topic, "in")
+	bytes := l.m.met.bytes.WithLabelValues(topic, "in")
+	for {
+		msg, err := readFrame(br, l.m.o.MaxMessageSize)
+		if err != nil {
+			if err != io.EOF && !isClosed(err) {
+				l.log.Warn("bad frame from peer; stream dropped", "peer", from, "topic", topic, "err", err)
+				s.CancelRead(codeBadStream)
+			}
+			return
+		}
+		messages.Inc()
+		bytes.Add(float64(len(msg)))
+		h := (*l.handlers.Load())[topic]
+		if h == nil {
+			l.m.met.drops.WithLabelValues("no_handler").Inc()
+			continue
+		}
+		h(from, msg)
+	}
+}
+
+// isClosed reports errors that just mean the connection or stream ended.
+func isClosed(err error) bool {
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	var streamErr *quic.StreamError
+	var reset *quic.StatelessResetError
+	return errors.Is(err, net.ErrClosed) || errors.Is(err, context.Canceled) ||
+		errors.As(err, &appErr) || errors.As(err, &idle) || errors.As(err, &streamErr) || errors.As(err, &reset)
+}
+
+// backoff is exponential with jitter: each wait is uniform in [d/2, d), d
+// doubling from backoffMin to backoffMax. The first attempt does not wait.
+type backoff struct {
+	attempt int
+}
+
+func (b *backoff) next() time.Duration {
+	b.attempt++
+	if b.attempt == 1 {
+		return 0
+	}
+	d := backoffMin << min(b.attempt-2, 16)
+	if d > backoffMax || d <= 0 {
+		d = backoffMax
+	}
+	return d/2 + rand.N(d/2)
+}
+
+func (b *backoff) reset() { b.attempt = 0 }

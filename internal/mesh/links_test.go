@@ -1,0 +1,109 @@
+package mesh
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/edgenode/edgenode/internal/nodemap"
+)
+
+// rawDial connects to a node's link address the way a peer would, with any
+// certificate, and reports whether the connection survived the handshake
+// (a refused client sees its connection closed right after it).
+func rawDial(t *testing.T, c *cluster, target string, cert tls.Certificate) bool {
+	t.Helper()
+	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(c.ip())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	defer udp.Close()
+	defer tr.Close()
+	addr, err := net.ResolveUDPAddr("udp", target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := tr.Dial(ctx, addr, &tls.Config{
+		Certificates:       []tls.Certificate{cert},
+		InsecureSkipVerify: true,
+		NextProtos:         []string{alpn},
+	}, &quic.Config{})
+	if err != nil {
+		return false
+	}
+	defer conn.CloseWithError(0, "")
+	// The server checks the client certificate after the client finished
+	// its part of the handshake: give the verdict time to arrive.
+	s, err := conn.OpenUniStream()
+	if err == nil {
+		_, _ = s.Write(appendFrame(appendStreamHeader(nil, "t"), []byte("hi")))
+	}
+	select {
+	case <-conn.Context().Done():
+		return false
+	case <-time.After(time.Second):
+		return true
+	}
+}
+
+func TestInboundLinkChecks(t *testing.T) {
+	c := newCluster(t)
+	nodes := c.startN("a", "b")
+	for _, n := range nodes {
+		waitMap(t, n, settle, "2 alive", allState([]string{"a", "b"}, nodemap.Alive))
+	}
+	a := nodes[0]
+	in := newInbox()
+	a.Handle("t", in.handler("t"))
+	load := func(o Options) tls.Certificate {
+		cert, err := tls.LoadX509KeyPair(o.CertFile, o.KeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cert
+	}
+	refused := func(reason string) float64 {
+		return metricValue(t, a.reg, "edgenode_mesh_link_refused_total", map[string]string{"reason": reason})
+	}
+
+	foreign := newCluster(t).options("b")
+	cases := []struct {
+		name, reason string
+		cert         tls.Certificate
+	}{
+		// b's id, but signed by another CA.
+		{"foreign CA", "bad_certificate", load(foreign)},
+		// b's real certificate and key, but not from b's advertised address:
+		// a stolen key alone is not enough.
+		{"impostor address", "address_mismatch", load(c.nodes["b"].opts)},
+		// A valid certificate for a node that is not a member.
+		{"not a member", "unknown_member", load(c.options("zz"))},
+		// a's own identity.
+		{"own id", "wrong_id", load(a.opts)},
+	}
+	for _, tc := range cases {
+		before := refused(tc.reason)
+		if rawDial(t, c, a.opts.LinkAddr, tc.cert) {
+			t.Errorf("%s: connection accepted", tc.name)
+		}
+		waitFor(t, settle, tc.name+" counted", func() bool { return refused(tc.reason) > before })
+	}
+	if n := len(in.snapshot()); n != 0 {
+		t.Errorf("a accepted %d messages from refused peers", n)
+	}
+	// The real b is still linked.
+	waitFor(t, settle, "b's real link still works", func() bool {
+		_ = nodes[1].Send("a", "t", []byte("real"))
+		return len(in.snapshot()) > 0
+	})
+	if got := in.snapshot()[0]; got.from != "b" {
+		t.Errorf("message from %q", got.from)
+	}
+}
