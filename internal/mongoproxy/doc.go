@@ -1,0 +1,160 @@
+// Package mongoproxy is the multi-master Mongo layer's front door: a MongoDB
+// wire-protocol proxy between the application and its local database that
+// captures every write to a replicated collection as an operation, logs it
+// durably, and applies it convergently.
+//
+// # Wire
+//
+// Each client connection gets its own upstream connection, so
+// authentication, cursors, sessions and read preferences pass through
+// untouched. Messages are decoded by package wire (strict lengths, CRC-32C
+// checksums, BSON validated recursively). Everything the proxy does not
+// intercept is forwarded byte for byte. The proxy never offers compression:
+// `compression` is removed from the client's hello/isMaster, and an
+// OP_COMPRESSED message (or a legacy OP_INSERT/OP_UPDATE/OP_DELETE, which
+// would bypass capture) closes the connection with a log line. Over legacy
+// OP_QUERY only the handshake and authentication commands are accepted (as
+// in MongoDB 6+); other OP_QUERY commands get error 352. A malformed message
+// closes that client's connection with a log line and touches no other.
+//
+// Replies are rewritten only when they must be: every document field named
+// _edgenode (crdt.MetaField), at any depth, is removed from replies (find and
+// aggregate batches, getMore, findAndModify values, change events), so the
+// metadata is never visible; the proxy's database edgenode_meta is removed
+// from listDatabases. A reply that does not contain the bytes "_edgenode"
+// is relayed without being parsed.
+//
+// # What is captured
+//
+// On replicated namespaces (Options.Replicate minus Options.LocalOnly;
+// never admin, local, config, edgenode_meta or system.*), insert, update,
+// delete and findAndModify are executed by the proxy itself. A statement
+// whose filter is exactly {_id: v} names its document; any other filter is
+// first resolved to _ids with a find on this node (with the statement's
+// sort, hint, collation and let), then each document is re-read with the
+// filter under its lock, and skipped if it stopped matching. For each
+// document the proxy:
+//
+//  1. takes a striped lock keyed by namespace and canonical _id (numbers
+//     compare by value as in MongoDB), so its own read-modify-writes of one
+//     document never interleave;
+//  2. reads the document and its hidden metadata (or its tombstone);
+//  3. computes the operation: origin node, HLC timestamp (crdt.Clock, which
+//     never goes backwards; at start it resumes above the log's newest
+//     timestamp), namespace, _id and a normalized operator document
+//     ($currentDate becomes $set of the HLC's time; $setOnInsert and the
+//     filter's equality fields become $set only when the upsert creates
+//     the document);
+//  4. appends it to the op log (package oplog: fsync'd, group commit,
+//     per-origin sequence) BEFORE touching the database;
+//  5. merges it with crdt.Apply and writes data and metadata in ONE write
+//     conditional on the stored metadata version (compare-and-swap,
+//     re-read and re-merged on conflict);
+//  6. answers as MongoDB would: n, nModified (documents whose content
+//     changed), upserted [{index, _id}], writeErrors with MongoDB codes
+//     (11000 for an insert of an existing _id, 14 for $inc on a
+//     non-number, 28 for a path through a scalar, 40 for conflicting
+//     paths, 66 for _id), ordered/unordered semantics, and findAndModify's
+//     lastErrorObject and value (new, upsert, remove, fields).
+//
+// Multi-document statements are processed in groups of up to 64 documents:
+// one log append (one fsync) per group, locks taken in stripe order. An
+// unacknowledged write (w:0, moreToCome) is executed the same way and not
+// answered.
+//
+// The merge rules (last writer wins per field for $set/$unset with the node
+// id breaking ties; $inc deltas add; a $set wins over older deltas; $min,
+// $max, $addToSet; insert idempotent by _id, merging as $set; delete
+// tombstones that win over older operations only) are documented in
+// package crdt, which this package applies and never reimplements.
+//
+// # What is refused
+//
+// On replicated collections these get a MongoDB error naming the operator
+// and the escape hatch (mark the collection local-only in mongo.local_only):
+// replacement documents (update without operators, including findAndModify
+// and replaceOne), $push, $pull, $pop, $pullAll, $rename, $bit, $mul,
+// pipeline updates, positional paths ($, $[], $[id]), arrayFilters, paths
+// through arrays, $inc with decimal128, multi-document transactions
+// (startTransaction or autocommit:false), aggregate $out/$merge into a
+// replicated collection, the bulkWrite command, renameCollection and
+// mapReduce with an output collection. Writes naming _edgenode, at any
+// depth, are refused. Refusals of a statement are writeErrors (code 2
+// BadValue, or 9 FailedToParse for what MongoDB itself cannot parse);
+// refusals of a whole command are command errors with code 2.
+//
+// Index and collection DDL (create, drop, createIndexes, dropIndexes) is
+// forwarded and works through the proxy, but is not replicated by this part:
+// there is no DDL kind of op yet (part 2 will add one). Dropping a
+// collection leaves its tombstones in edgenode_meta.
+//
+// # Storage
+//
+// A live replicated document carries its metadata (per-field clocks,
+// pending commutative ops, per-origin watermark, version) in the field
+// _edgenode. A deleted document is removed from its collection and its
+// metadata kept as a tombstone in edgenode_meta.tombstones
+// ({_id: "<ns>\x00<canonical id>", ns, id, m: metadata}), where a late
+// operation finds it: an op older than the delete stays deleted, a newer
+// one re-creates the document with only the fields written after the
+// delete. Deletion writes the tombstone before removing the document;
+// re-creation inserts the document before removing the tombstone; a crash
+// in between leaves both, and a live document always wins when read, which
+// is correct because the op being applied is still unapplied in the log.
+// Documents that existed before the proxy (no metadata) are adopted on
+// their first replicated write, their fields counting as older than any
+// operation.
+//
+// # Crashes
+//
+// Ops are marked applied in the log after their write. At Start, every op
+// the log still holds as unapplied is re-applied before the listener
+// opens; applying is idempotent (the metadata recognizes an op already
+// merged), so an op is applied exactly once whatever the crash point.
+//
+// # Unique indexes
+//
+// A local write the database refuses because of a unique index other than
+// _id has already been logged (and may already be on its way to peers).
+// The proxy then logs a compensating op (restore every path the write
+// touched to its previous value, or delete the document it created),
+// applies both, answers the client with the database's 11000 error, and
+// counts it in edgenode_mongoproxy_compensations_total. Peers converge to
+// the same state. With ordered:false only that document is undone; with
+// ordered:true the documents after it in the same group are undone too.
+//
+// A peer's op (or an op replayed at start) that the local database refuses
+// for good — typically two nodes creating different documents with the same
+// natural key under a unique index — is never retried forever: it is
+// parked in edgenode_meta.conflicts ({_id: "origin:seq", ns, id, reason,
+// error, at, op}), logged at WARN, counted in
+// edgenode_mongoproxy_apply_conflicts_total{reason}, and marked applied, so
+// replication never stalls. The replicas then differ on that document until
+// an operator resolves it (for example by deleting one of the two documents
+// through the proxy, which replicates); nothing is silently dropped.
+// Transient database errors stop the apply; the ops stay unapplied in the
+// log and are applied by the next ApplyRemote or at restart.
+//
+// # FerretDB
+//
+// The embedded database (package embedded) and the tests use FerretDB v1
+// with SQLite. Where it differs from MongoDB the proxy relies only on what
+// both do:
+//
+//   - FerretDB v1 is not atomic per document: concurrent updates of one
+//     document lose writes (its update reads, computes and writes back in
+//     separate steps), and a conditional update is no compare-and-swap.
+//     The proxy serializes its own writes per document with the striped
+//     locks, so correctness through one proxy does not depend on the
+//     database; the version-conditional write still protects against other
+//     writers on MongoDB.
+//   - It refuses field names containing '.' or starting with '$' (MongoDB 5+
+//     accepts some); the proxy refuses them on replicated collections anyway.
+//   - It does not implement collation; a statement with one gets FerretDB's
+//     error back as a write error.
+//   - Its duplicate-key message does not name the index; the proxy passes
+//     the database's message through for unique-index errors and builds
+//     MongoDB's own for _id duplicates it detects itself.
+//   - It has no oplog, change streams or transactions, none of which the
+//     proxy needs.
+package mongoproxy

@@ -1,0 +1,714 @@
+package mongoproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/x/bsonx/bsoncore"
+
+	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
+)
+
+// Collections of the proxy's own database.
+const (
+	tombstoneColl = "tombstones"
+	conflictColl  = "conflicts"
+)
+
+// chunkSize bounds how many documents one log append and one set of held
+// stripes cover: multi-document writes are logged in groups (one fsync per
+// group) without holding an unbounded number of locks.
+const chunkSize = 64
+
+// errCAS means the stored metadata version changed between read and write.
+var errCAS = errors.New("mongoproxy: document changed underneath (metadata version mismatch)")
+
+// applyError is a write the database refused for good (a unique index other
+// than _id, a document it cannot store): retrying cannot help.
+type applyError struct {
+	unique bool
+	err    error
+}
+
+func (e *applyError) Error() string { return e.err.Error() }
+func (e *applyError) Unwrap() error { return e.err }
+
+// engine turns captured writes into logged ops and applies ops to the
+// local database: one read, a pure merge (crdt.Apply) and one conditional
+// write per document, under the document's stripe lock.
+type engine struct {
+	node   string
+	client *mongo.Client
+	olog   *oplog.Log
+	clock  *crdt.Clock
+	locks  *stripes
+	log    *slog.Logger
+	met    *metrics
+
+	// fault is a test hook called at named points ("after-append",
+	// "after-apply"); nil in production.
+	fault func(point string)
+
+	onLocal atomic.Pointer[func([]*crdt.Op)]
+}
+
+// docState is one document during a batch: what is stored, and the ops of
+// this batch to fold into it.
+type docState struct {
+	key     string
+	ns      string
+	id      bson.RawValue
+	base    crdt.State // as stored (Doc nil: absent, Meta from the tombstone if any)
+	inColl  bool       // the document is stored in its collection
+	hasMeta bool       // the stored document carries MetaField (else CAS on its absence)
+	cur     crdt.State // base with this batch's ops applied (pre-log preview)
+	ops     []*crdt.Op
+}
+
+func splitNS(ns string) (db, coll string) {
+	db, coll, _ = strings.Cut(ns, ".")
+	return db, coll
+}
+
+func (e *engine) coll(ns string) *mongo.Collection {
+	db, c := splitNS(ns)
+	return e.client.Database(db).Collection(c)
+}
+
+func (e *engine) metaColl(name string) *mongo.Collection {
+	return e.client.Database(metaDB).Collection(name)
+}
+
+func idFilter(id bson.RawValue) bson.D { return bson.D{{Key: "_id", Value: id}} }
+
+// load reads a document and its metadata. With a filter, the document must
+// also match it (re-checked under the lock, since the filter was resolved to
+// _ids before the lock was taken); found reports that. Without a filter,
+// found reports existence, and an absent document's tombstone is read.
+func (e *engine) load(ctx context.Context, ns string, id bson.RawValue, filter bson.Raw) (*docState, bool, error) {
+	ds := &docState{key: docKey(ns, id), ns: ns, id: id}
+	q := any(idFilter(id))
+	if filter != nil {
+		q = bson.D{{Key: "$and", Value: bson.A{filter, idFilter(id)}}}
+	}
+	raw, err := e.coll(ns).FindOne(ctx, q).Raw()
+	switch {
+	case err == nil:
+		if err := ds.setStored(raw); err != nil {
+			return nil, false, err
+		}
+		ds.cur = ds.base
+		return ds, true, nil
+	case !errors.Is(err, mongo.ErrNoDocuments):
+		return nil, false, fmt.Errorf("read %s %v: %w", ns, id, err)
+	case filter != nil:
+		// Not matching (any more). The caller skips the document, so its
+		// tombstone does not matter.
+		return ds, false, nil
+	}
+	if err := e.loadTombstone(ctx, ds); err != nil {
+		return nil, false, err
+	}
+	ds.cur = ds.base
+	return ds, false, nil
+}
+
+func (ds *docState) setStored(raw bson.Raw) error {
+	var d bson.D
+	if err := bson.Unmarshal(raw, &d); err != nil {
+		return fmt.Errorf("decode %s %v: %w", ds.ns, ds.id, err)
+	}
+	mv, err := raw.LookupErr(crdt.MetaField)
+	ds.hasMeta = err == nil
+	meta, err := crdt.DecodeMeta(mv)
+	if err != nil {
+		return fmt.Errorf("%s %v: %w", ds.ns, ds.id, err)
+	}
+	d = slices.DeleteFunc(d, func(e bson.E) bool { return e.Key == crdt.MetaField })
+	ds.base = crdt.State{Doc: d, Meta: meta}
+	ds.inColl = true
+	return nil
+}
+
+func (e *engine) loadTombstone(ctx context.Context, ds *docState) error {
+	ds.inColl, ds.hasMeta = false, false
+	ds.base = crdt.State{}
+	raw, err := e.metaColl(tombstoneColl).FindOne(ctx, bson.D{{Key: "_id", Value: ds.key}}).Raw()
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read tombstone of %s %v: %w", ds.ns, ds.id, err)
+	}
+	meta, err := crdt.DecodeMeta(raw.Lookup("m"))
+	if err != nil {
+		return fmt.Errorf("tombstone of %s %v: %w", ds.ns, ds.id, err)
+	}
+	ds.base.Meta = meta
+	return nil
+}
+
+// reload re-reads the stored state (after a CAS conflict).
+func (e *engine) reload(ctx context.Context, ds *docState) error {
+	raw, err := e.coll(ds.ns).FindOne(ctx, idFilter(ds.id)).Raw()
+	switch {
+	case err == nil:
+		return ds.setStored(raw)
+	case errors.Is(err, mongo.ErrNoDocuments):
+		return e.loadTombstone(ctx, ds)
+	default:
+		return fmt.Errorf("re-read %s %v: %w", ds.ns, ds.id, err)
+	}
+}
+
+// fold applies ops to st in order.
+func fold(st crdt.State, ops []*crdt.Op) (crdt.State, bool, error) {
+	changed := false
+	for _, op := range ops {
+		next, ch, err := crdt.Apply(st, op)
+		if err != nil {
+			return st, false, err
+		}
+		st, changed = next, changed || ch
+	}
+	return st, changed, nil
+}
+
+// withMeta encodes doc with the metadata appended as MetaField.
+func withMeta(doc bson.D, m *crdt.Meta) (bson.Raw, error) {
+	b, err := bson.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	b = b[:len(b)-1]
+	b = bsoncore.AppendDocumentElement(b, crdt.MetaField, m.Encode())
+	b = append(b, 0)
+	bsoncore.UpdateLength(b, 0, int32(len(b)))
+	return b, nil
+}
+
+func (ds *docState) casFilter() bson.D {
+	if ds.hasMeta {
+		return bson.D{{Key: "_id", Value: ds.id}, {Key: crdt.MetaField + ".v", Value: ds.base.Meta.Version()}}
+	}
+	return bson.D{{Key: "_id", Value: ds.id}, {Key: crdt.MetaField, Value: bson.D{{Key: "$exists", Value: false}}}}
+}
+
+// store writes ds.cur over ds.base with one write conditional on the stored
+// metadata version (errCAS when it moved). A deletion writes the tombstone
+// before removing the document and a re-creation inserts the document before
+// removing the tombstone: a crash in between leaves both, and the live
+// document always wins at the next read (load ignores tombstones of
+// documents that exist), which is right in both cases because the op that
+// was being applied is still unapplied in the log and is replayed.
+func (e *engine) store(ctx context.Context, ds *docState) error {
+	c := e.coll(ds.ns)
+	if ds.cur.Doc != nil {
+		full, err := withMeta(ds.cur.Doc, ds.cur.Meta)
+		if err != nil {
+			return &applyError{err: fmt.Errorf("encode %s %v: %w", ds.ns, ds.id, err)}
+		}
+		if ds.inColl {
+			res, err := c.ReplaceOne(ctx, ds.casFilter(), full)
+			if err != nil {
+				return classify(err)
+			}
+			if res.MatchedCount == 0 {
+				return errCAS
+			}
+			return nil
+		}
+		if _, err := c.InsertOne(ctx, full); err != nil {
+			if mongo.IsDuplicateKeyError(err) {
+				// Either someone created the _id meanwhile (a CAS conflict) or
+				// another unique index refused the document.
+				n, cerr := c.CountDocuments(ctx, idFilter(ds.id))
+				if cerr == nil && n > 0 {
+					return errCAS
+				}
+			}
+			return classify(err)
+		}
+		if ds.base.Meta != nil && !ds.base.Meta.Tombstone().IsZero() {
+			// Best effort: a stale tombstone next to a live document is ignored.
+			if _, err := e.metaColl(tombstoneColl).DeleteOne(ctx, bson.D{{Key: "_id", Value: ds.key}}); err != nil {
+				e.log.Warn("removing stale tombstone", "ns", ds.ns, "id", ds.id, "err", err)
+			}
+		}
+		return nil
+	}
+	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: ds.cur.Meta.Encode()}}
+	if _, err := e.metaColl(tombstoneColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: ds.key}}, tomb, options.Replace().SetUpsert(true)); err != nil {
+		return classify(err)
+	}
+	if ds.inColl {
+		res, err := c.DeleteOne(ctx, ds.casFilter())
+		if err != nil {
+			return classify(err)
+		}
+		if res.DeletedCount == 0 {
+			return errCAS
+		}
+	}
+	return nil
+}
+
+// classify wraps database errors that retrying cannot fix as *applyError.
+func classify(err error) error {
+	if mongo.IsDuplicateKeyError(err) {
+		return &applyError{unique: true, err: err}
+	}
+	if mongo.IsNetworkError(err) || mongo.IsTimeout(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	var se mongo.ServerError
+	if errors.As(err, &se) {
+		return &applyError{err: err}
+	}
+	return err
+}
+
+// storeOps folds ds.ops into the stored state and writes it, re-reading and
+// re-folding on CAS conflicts (the ops are pure and idempotent, so folding
+// them into a newer state is always right) and retrying transient errors a
+// few times. On success ds.base is the new stored state and ds.ops is empty.
+func (e *engine) storeOps(ctx context.Context, ds *docState) error {
+	backoff := 50 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		next, changed, err := fold(ds.base, ds.ops)
+		if err != nil {
+			return &applyError{err: err}
+		}
+		if !changed {
+			ds.cur, ds.ops = ds.base, nil
+			return nil
+		}
+		ds.cur = next
+		err = e.store(ctx, ds)
+		if err == nil {
+			ds.base, ds.ops = next, nil
+			ds.inColl, ds.hasMeta = next.Doc != nil, next.Doc != nil
+			return nil
+		}
+		var ae *applyError
+		if errors.As(err, &ae) || attempt >= 20 || ctx.Err() != nil {
+			return err
+		}
+		if errors.Is(err, errCAS) {
+			e.met.casRetries.Inc()
+		} else {
+			e.log.Warn("retrying document write", "ns", ds.ns, "id", ds.id, "err", err)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
+		if err := e.reload(ctx, ds); err != nil {
+			return err
+		}
+	}
+}
+
+// applyOps applies already-logged ops (from peers, or unapplied ones at
+// start) to the local database, document by document. An op the database
+// refuses for good (a peer's write colliding with a local unique index, or a
+// document this database cannot store) is parked in edgenode_meta.conflicts
+// with a log line and a metric, and counted as applied: replication never
+// stalls on it. Transient errors return early; the remaining ops stay
+// unapplied in the log and are applied by a later call or at restart.
+func (e *engine) applyOps(ctx context.Context, ops []*crdt.Op, source string) error {
+	type group struct {
+		ns  string
+		id  bson.RawValue
+		ops []*crdt.Op
+	}
+	var order []string
+	groups := map[string]*group{}
+	for _, op := range ops {
+		k := docKey(op.NS, op.ID)
+		g := groups[k]
+		if g == nil {
+			g = &group{ns: op.NS, id: op.ID}
+			groups[k] = g
+			order = append(order, k)
+		}
+		g.ops = append(g.ops, op)
+	}
+	for _, k := range order {
+		g := groups[k]
+		if err := e.applyGroup(ctx, k, g.ns, g.id, g.ops, source); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *engine) applyGroup(ctx context.Context, key, ns string, id bson.RawValue, ops []*crdt.Op, source string) error {
+	unlock := e.locks.lock(key)
+	defer unlock()
+	ds, _, err := e.load(ctx, ns, id, nil)
+	if err != nil {
+		return err
+	}
+	ds.ops = slices.Clone(ops)
+	err = e.storeOps(ctx, ds)
+	var ae *applyError
+	if errors.As(err, &ae) && len(ops) > 1 {
+		// Find the culprit(s): apply one by one, parking what fails.
+		if err := e.reload(ctx, ds); err != nil {
+			return err
+		}
+		for _, op := range ops {
+			ds.ops = []*crdt.Op{op}
+			if err := e.storeOps(ctx, ds); err != nil {
+				if !errors.As(err, &ae) {
+					return err
+				}
+				e.park(ctx, op, ae)
+				if err := e.reload(ctx, ds); err != nil {
+					return err
+				}
+			}
+		}
+	} else if errors.As(err, &ae) {
+		e.park(ctx, ops[0], ae)
+	} else if err != nil {
+		return err
+	}
+	if e.fault != nil {
+		e.fault("after-apply")
+	}
+	if err := e.olog.MarkApplied(ops...); err != nil {
+		return fmt.Errorf("mark applied: %w", err)
+	}
+	e.met.opsApplied.WithLabelValues(source).Add(float64(len(ops)))
+	return nil
+}
+
+// park records an op the local database refused for good.
+func (e *engine) park(ctx context.Context, op *crdt.Op, ae *applyError) {
+	reason := "invalid"
+	if ae.unique {
+		reason = "unique"
+	}
+	e.met.conflicts.WithLabelValues(reason).Inc()
+	e.log.Warn("operation refused by the local database; parked in edgenode_meta.conflicts",
+		"reason", reason, "ns", op.NS, "id", op.ID, "origin", op.Origin, "seq", op.Seq, "ts", op.TS.String(), "err", ae.err)
+	raw, err := op.MarshalBSON()
+	if err != nil {
+		e.log.Error("encoding parked op", "err", err)
+		return
+	}
+	rec := bson.D{{Key: "_id", Value: fmt.Sprintf("%s:%d", op.Origin, op.Seq)}, {Key: "ns", Value: op.NS}, {Key: "id", Value: op.ID},
+		{Key: "reason", Value: reason}, {Key: "error", Value: ae.err.Error()}, {Key: "at", Value: time.Now().UTC()}, {Key: "op", Value: bson.Raw(raw)}}
+	if _, err := e.metaColl(conflictColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: rec[0].Value}}, rec, options.Replace().SetUpsert(true)); err != nil {
+		e.log.Error("recording parked op", "err", err)
+	}
+}
+
+// localItem is one document-level write of a client command.
+type localItem struct {
+	stmt   int
+	id     bson.RawValue
+	filter bson.Raw // re-checked under the lock; nil when the statement names the _id
+	// compute decides the op for the document's current state (nil op:
+	// nothing to write) or refuses with a write error. found: the document
+	// exists (and matches the filter, when there is one). ts is the op's clock.
+	compute func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError)
+}
+
+// outcome is what happened to one localItem.
+type outcome struct {
+	done   bool // processed (false: skipped after an ordered failure)
+	found  bool
+	op     *crdt.Op
+	before bson.D // document before the op (nil: absent)
+	after  bson.D // document after the op (nil: absent)
+	err    *mongoError
+}
+
+// runLocal captures, logs and applies items (in order). With ordered, the
+// first failure stops the rest. It returns the ops appended to the log.
+func (e *engine) runLocal(ctx context.Context, ns string, items []localItem, ordered bool) ([]outcome, []*crdt.Op) {
+	out := make([]outcome, len(items))
+	var logged []*crdt.Op
+	for start := 0; start < len(items); start += chunkSize {
+		end := min(start+chunkSize, len(items))
+		ops, stop := e.runChunk(ctx, ns, items[start:end], out[start:end], ordered)
+		logged = append(logged, ops...)
+		if stop {
+			break
+		}
+	}
+	if len(logged) > 0 {
+		if f := e.onLocal.Load(); f != nil {
+			(*f)(logged)
+		}
+	}
+	return out, logged
+}
+
+func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out []outcome, ordered bool) (logged []*crdt.Op, stop bool) {
+	keys := make([]string, len(items))
+	for i, it := range items {
+		keys[i] = docKey(ns, it.id)
+	}
+	unlock := e.locks.lock(keys...)
+	defer unlock()
+
+	states := map[string]*docState{}
+	var order []*docState // documents with ops, in order of first op
+	owner := map[*docState][]int{}
+	var ops []*crdt.Op
+	fail := func(i int, err *mongoError) {
+		out[i] = outcome{done: true, err: err}
+		if ordered {
+			stop = true
+		}
+	}
+	for i, it := range items {
+		ds := states[keys[i]]
+		var found bool
+		if ds == nil {
+			var err error
+			ds, found, err = e.load(ctx, ns, it.id, it.filter)
+			if err != nil {
+				fail(i, errorf(codeInternalError, "edgenode: %v", err))
+				if stop {
+					break
+				}
+				continue
+			}
+			states[keys[i]] = ds
+		} else {
+			found = ds.cur.Doc != nil
+		}
+		if it.filter != nil && !found {
+			out[i] = outcome{done: true}
+			continue
+		}
+		ts := e.clock.Now()
+		op, merr := it.compute(ds.cur, found, ts)
+		if merr != nil {
+			fail(i, merr)
+			if stop {
+				break
+			}
+			continue
+		}
+		if op == nil {
+			out[i] = outcome{done: true, found: found, before: ds.cur.Doc, after: ds.cur.Doc}
+			continue
+		}
+		op.Origin, op.TS, op.NS, op.ID = e.node, ts, ns, ds.id
+		next, _, err := crdt.Apply(ds.cur, op)
+		if err != nil {
+			fail(i, errorf(codeBadValue, "edgenode: %v", err))
+			if stop {
+				break
+			}
+			continue
+		}
+		out[i] = outcome{done: true, found: found, op: op, before: ds.cur.Doc, after: next.Doc}
+		ds.cur = next
+		if len(ds.ops) == 0 {
+			order = append(order, ds)
+		}
+		ds.ops = append(ds.ops, op)
+		owner[ds] = append(owner[ds], i)
+		ops = append(ops, op)
+	}
+	if len(ops) == 0 {
+		return nil, stop
+	}
+	if err := e.olog.AppendLocal(ctx, ops); err != nil {
+		e.log.Error("op log append failed; write refused", "ns", ns, "err", err)
+		for _, ds := range order {
+			for _, i := range owner[ds] {
+				out[i] = outcome{done: true, err: errorf(codeInternalError, "edgenode: op log append failed: %v", err)}
+			}
+		}
+		return nil, true
+	}
+	for _, op := range ops {
+		e.met.opsCaptured.WithLabelValues(op.Kind.String()).Inc()
+	}
+	logged = ops
+	if e.fault != nil {
+		e.fault("after-append")
+	}
+	var applied []*crdt.Op
+	undo := false // ordered: a refused write undoes every later document of the chunk
+	for _, ds := range order {
+		mine := slices.Clone(ds.ops)
+		var err error
+		if !undo {
+			err = e.storeOps(ctx, ds)
+		}
+		var ae *applyError
+		switch {
+		case !undo && err == nil:
+			applied = append(applied, mine...)
+			continue
+		case undo || errors.As(err, &ae):
+			comp, cerr := e.compensate(ctx, ds, mine)
+			if cerr != nil {
+				e.log.Error("compensating a refused local write failed; it stays unapplied in the log and is retried at restart", "ns", ns, "id", ds.id, "err", cerr)
+			} else {
+				logged = append(logged, comp)
+				applied = append(applied, mine...)
+				applied = append(applied, comp)
+			}
+			for _, i := range owner[ds] {
+				if undo {
+					out[i] = outcome{}
+				} else {
+					out[i] = outcome{done: true, err: dbError(ae.err)}
+				}
+			}
+			if ordered {
+				undo, stop = true, true
+			}
+		default:
+			e.log.Error("applying a logged local write failed; it stays in the log and is re-applied at restart", "ns", ns, "id", ds.id, "err", err)
+			for _, i := range owner[ds] {
+				out[i] = outcome{done: true, err: errorf(codeInternalError, "edgenode: write logged but not yet applied: %v", err)}
+			}
+			if ordered {
+				stop = true
+			}
+		}
+	}
+	if len(applied) > 0 {
+		if e.fault != nil {
+			e.fault("after-apply")
+		}
+		if err := e.olog.MarkApplied(applied...); err != nil {
+			e.log.Warn("marking ops applied", "err", err)
+		}
+		e.met.opsApplied.WithLabelValues("local").Add(float64(len(applied)))
+	}
+	return logged, stop
+}
+
+// compensate undoes logged local ops the database refused (a unique index
+// other than _id): the ops are already durable and may already be on their
+// way to peers, so instead of forgetting them the proxy logs a newer op that
+// restores every path they touched (or deletes the document they created),
+// and stores the result. Every replica ends in the same state as if the
+// write had never happened (modulo writes concurrent with it).
+func (e *engine) compensate(ctx context.Context, ds *docState, ops []*crdt.Op) (*crdt.Op, error) {
+	if err := e.reload(ctx, ds); err != nil {
+		return nil, err
+	}
+	comp := &crdt.Op{Origin: e.node, TS: e.clock.Now(), NS: ds.ns, ID: ds.id}
+	if ds.base.Doc == nil {
+		comp.Kind = crdt.Delete
+	} else {
+		base, err := bson.Marshal(ds.base.Doc)
+		if err != nil {
+			return nil, err
+		}
+		var paths []string
+		for _, op := range ops {
+			paths = append(paths, opPaths(op)...)
+		}
+		slices.Sort(paths)
+		paths = slices.Compact(paths)
+		paths = slices.DeleteFunc(paths, func(p string) bool {
+			for _, q := range paths {
+				if strings.HasPrefix(p, q+".") {
+					return true
+				}
+			}
+			return false
+		})
+		var set, unset bson.D
+		for _, p := range paths {
+			if v, err := bson.Raw(base).LookupErr(strings.Split(p, ".")...); err == nil {
+				set = append(set, bson.E{Key: p, Value: v})
+			} else {
+				unset = append(unset, bson.E{Key: p, Value: ""})
+			}
+		}
+		var u bson.D
+		if len(set) > 0 {
+			u = append(u, bson.E{Key: "$set", Value: set})
+		}
+		if len(unset) > 0 {
+			u = append(u, bson.E{Key: "$unset", Value: unset})
+		}
+		if len(u) == 0 {
+			u = bson.D{{Key: "$set", Value: bson.D{}}}
+		}
+		raw, err := bson.Marshal(u)
+		if err != nil {
+			return nil, err
+		}
+		comp.Kind, comp.Update = crdt.Update, raw
+	}
+	if err := e.olog.AppendLocal(ctx, []*crdt.Op{comp}); err != nil {
+		return nil, fmt.Errorf("append compensating op: %w", err)
+	}
+	e.met.compensations.Inc()
+	ds.ops = append(ds.ops, comp)
+	if err := e.storeOps(ctx, ds); err != nil {
+		return comp, fmt.Errorf("store compensated state: %w", err)
+	}
+	return comp, nil
+}
+
+// opPaths lists the field paths an op writes.
+func opPaths(op *crdt.Op) []string {
+	var out []string
+	switch op.Kind {
+	case crdt.Insert:
+		els, _ := op.Doc.Elements()
+		for _, el := range els {
+			if el.Key() != "_id" {
+				out = append(out, el.Key())
+			}
+		}
+	case crdt.Update:
+		ops, _ := op.Update.Elements()
+		for _, o := range ops {
+			if o.Value().Type != bson.TypeEmbeddedDocument {
+				continue
+			}
+			fields, _ := bson.Raw(o.Value().Value).Elements()
+			for _, f := range fields {
+				out = append(out, f.Key())
+			}
+		}
+	}
+	return out
+}
+
+// dbError turns a database error into the client's write error, keeping
+// its code when it has one.
+func dbError(err error) *mongoError {
+	var we mongo.WriteException
+	if errors.As(err, &we) && len(we.WriteErrors) > 0 {
+		return &mongoError{Code: int32(we.WriteErrors[0].Code), Msg: we.WriteErrors[0].Message}
+	}
+	var ce mongo.CommandError
+	if errors.As(err, &ce) {
+		return &mongoError{Code: ce.Code, Msg: ce.Message}
+	}
+	if mongo.IsDuplicateKeyError(err) {
+		return &mongoError{Code: codeDuplicateKey, Msg: err.Error()}
+	}
+	return errorf(codeInternalError, "edgenode: %v", err)
+}

@@ -1,0 +1,336 @@
+package mongoproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
+
+	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
+)
+
+// Options configures a Proxy.
+type Options struct {
+	// Listen is the client address (default "127.0.0.1:27018").
+	Listen string
+	// Upstream is the mongodb:// URI of the local database (required). The
+	// proxy dials its first host for client connections (plain TCP, or a Unix
+	// socket path ending in ".sock") and uses the whole URI for its own client.
+	Upstream string
+	// NodeID is this node's id: the origin of the ops it captures (required).
+	NodeID string
+	// DataDir holds the op log (DataDir/oplog.db) (required).
+	DataDir string
+	// Replicate lists namespace patterns ("db.*", "db.coll", "*", path.Match
+	// syntax) whose writes are captured and replicated. Default ["*"]: every
+	// database except admin, local, config and edgenode_meta.
+	Replicate []string
+	// LocalOnly lists exceptions to Replicate (same patterns): writes there
+	// are forwarded untouched and every operator is allowed.
+	LocalOnly []string
+	// MaxConns caps client connections (default 4096); more are closed at once.
+	MaxConns int
+	// MaxMessageSize caps a client message (default 48,000,000, MongoDB's).
+	MaxMessageSize int
+}
+
+// Proxy is the Mongo wire-protocol proxy. See the package documentation.
+type Proxy struct {
+	opts     Options
+	log      *slog.Logger
+	reg      prometheus.Registerer
+	met      *metrics
+	ns       *nsMatcher
+	dialNet  string
+	dialAddr string
+
+	eng     *engine
+	onLocal func([]*crdt.Op)
+
+	// testFault is set by tests before Start (see engine.fault).
+	testFault func(point string)
+
+	mu       sync.Mutex
+	state    int // stateNew, stateRunning, stateStopped
+	ln       net.Listener
+	conns    map[*clientConn]struct{}
+	closing  bool
+	connWG   sync.WaitGroup
+	acceptWG sync.WaitGroup
+	baseCtx  context.Context
+	cancel   context.CancelFunc
+	reqID    atomic.Int32
+	connSeq  atomic.Uint64
+}
+
+const (
+	stateNew = iota
+	stateRunning
+	stateStopped
+)
+
+// New validates opts and builds a Proxy; nothing is opened until Start.
+func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if opts.Listen == "" {
+		opts.Listen = "127.0.0.1:27018"
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 4096
+	}
+	if opts.MaxMessageSize <= 0 {
+		opts.MaxMessageSize = 48_000_000
+	}
+	if opts.NodeID == "" {
+		return nil, errors.New("mongoproxy: NodeID is required")
+	}
+	if opts.DataDir == "" {
+		return nil, errors.New("mongoproxy: DataDir is required")
+	}
+	if opts.Upstream == "" {
+		return nil, errors.New("mongoproxy: Upstream is required")
+	}
+	cs, err := connstring.ParseAndValidate(opts.Upstream)
+	if err != nil {
+		return nil, fmt.Errorf("mongoproxy: upstream URI: %w", err)
+	}
+	if cs.SSL {
+		return nil, errors.New("mongoproxy: a TLS upstream is not supported (the local database is reached over loopback or a Unix socket)")
+	}
+	if cs.Scheme != connstring.SchemeMongoDB || len(cs.Hosts) == 0 {
+		return nil, errors.New("mongoproxy: upstream URI must be mongodb://host:port (no SRV)")
+	}
+	ns, err := newNSMatcher(opts.Replicate, opts.LocalOnly)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{opts: opts, log: log.With("component", "mongoproxy"), reg: reg, met: newMetrics(reg), ns: ns,
+		dialNet: "tcp", dialAddr: cs.Hosts[0], conns: map[*clientConn]struct{}{}}
+	if strings.HasSuffix(p.dialAddr, ".sock") {
+		p.dialNet = "unix"
+	}
+	return p, nil
+}
+
+// OnLocalOps registers fn to receive the ops of every local write once they
+// are durable in the op log and applied locally. fn runs on the client's
+// connection goroutine: it must not block (hand the ops to a queue).
+func (p *Proxy) OnLocalOps(fn func([]*crdt.Op)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onLocal = fn
+	if p.eng != nil {
+		p.eng.onLocal.Store(&fn)
+	}
+}
+
+// Start opens the op log, connects to the database, re-applies the ops the
+// log holds as unapplied (a crash between log append and apply), then
+// listens. It returns once the listener is bound.
+func (p *Proxy) Start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != stateNew {
+		return errors.New("mongoproxy: Start called twice")
+	}
+	olog, err := oplog.Open(oplog.Options{Path: filepath.Join(p.opts.DataDir, "oplog.db"), Origin: p.opts.NodeID}, p.log, p.reg)
+	if err != nil {
+		return fmt.Errorf("mongoproxy: open op log: %w", err)
+	}
+	fail := func(err error) error {
+		_ = olog.Close()
+		return err
+	}
+	client, err := mongo.Connect(options.Client().ApplyURI(p.opts.Upstream).SetAppName("edgenode-mongoproxy"))
+	if err != nil {
+		return fail(fmt.Errorf("mongoproxy: connect to upstream: %w", err))
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = client.Ping(pingCtx, nil)
+	cancel()
+	if err != nil {
+		_ = client.Disconnect(context.Background())
+		return fail(fmt.Errorf("mongoproxy: upstream %s not reachable: %w", p.dialAddr, err))
+	}
+	clock := crdt.NewClock(p.opts.NodeID, nil)
+	clock.Observe(olog.MaxTimestamp())
+	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
+		log: p.log, met: p.met, fault: p.testFault}
+	if p.onLocal != nil {
+		fn := p.onLocal
+		p.eng.onLocal.Store(&fn)
+	}
+	unapplied, err := olog.Unapplied()
+	if err != nil {
+		_ = client.Disconnect(context.Background())
+		return fail(fmt.Errorf("mongoproxy: read unapplied ops: %w", err))
+	}
+	if len(unapplied) > 0 {
+		p.log.Info("re-applying ops logged but not marked applied", "ops", len(unapplied))
+		if err := p.eng.applyOps(ctx, unapplied, "replay"); err != nil {
+			_ = client.Disconnect(context.Background())
+			return fail(fmt.Errorf("mongoproxy: re-apply unapplied ops: %w", err))
+		}
+		p.met.replayed.Add(float64(len(unapplied)))
+	}
+	ln, err := net.Listen("tcp", p.opts.Listen)
+	if err != nil {
+		_ = client.Disconnect(context.Background())
+		return fail(fmt.Errorf("mongoproxy: listen: %w", err))
+	}
+	p.ln = ln
+	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.state = stateRunning
+	p.acceptWG.Add(1)
+	go p.acceptLoop()
+	p.log.Info("mongo proxy listening", "addr", ln.Addr().String(), "upstream", p.dialAddr, "node", p.opts.NodeID)
+	return nil
+}
+
+// Addr is the bound listen address (nil before Start).
+func (p *Proxy) Addr() net.Addr {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ln == nil {
+		return nil
+	}
+	return p.ln.Addr()
+}
+
+// ApplyRemote durably logs peers' ops (duplicates are ignored) and applies
+// them to the local database. Ops are validated first; an invalid op fails
+// the whole call before anything is logged.
+func (p *Proxy) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
+	p.mu.Lock()
+	eng, running := p.eng, p.state == stateRunning
+	p.mu.Unlock()
+	if !running {
+		return errors.New("mongoproxy: not running")
+	}
+	for i, op := range ops {
+		if err := op.Validate(); err != nil {
+			return fmt.Errorf("mongoproxy: remote op %d (%s:%d): %w", i, op.Origin, op.Seq, err)
+		}
+		if op.Origin == "" || op.Seq == 0 {
+			return fmt.Errorf("mongoproxy: remote op %d has no origin/seq", i)
+		}
+	}
+	for _, op := range ops {
+		eng.clock.Observe(op.TS)
+	}
+	if err := eng.olog.AppendRemote(ctx, ops); err != nil {
+		return fmt.Errorf("mongoproxy: log remote ops: %w", err)
+	}
+	return eng.applyOps(ctx, ops, "remote")
+}
+
+// Shutdown stops accepting, closes idle client connections, lets requests
+// in flight finish (until ctx expires, then closes everything), and closes
+// the database client and the op log.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.state != stateRunning {
+		p.mu.Unlock()
+		return nil
+	}
+	p.state = stateStopped
+	p.closing = true
+	_ = p.ln.Close()
+	for c := range p.conns {
+		c.closeIfIdle()
+	}
+	p.mu.Unlock()
+	p.acceptWG.Wait()
+
+	done := make(chan struct{})
+	go func() { p.connWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		p.log.Warn("shutdown deadline reached; closing busy connections")
+		p.mu.Lock()
+		for c := range p.conns {
+			c.forceClose()
+		}
+		p.mu.Unlock()
+		p.cancel()
+		<-done
+	}
+	p.cancel()
+	var errs []error
+	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := p.eng.client.Disconnect(dctx); err != nil {
+		errs = append(errs, fmt.Errorf("mongoproxy: disconnect: %w", err))
+	}
+	if err := p.eng.olog.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("mongoproxy: close op log: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (p *Proxy) acceptLoop() {
+	defer p.acceptWG.Done()
+	var backoff time.Duration
+	var lastReject time.Time
+	for {
+		nc, err := p.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off, keep serving.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			p.log.Warn("accept failed", "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		p.mu.Lock()
+		if p.closing {
+			p.mu.Unlock()
+			_ = nc.Close()
+			return
+		}
+		if len(p.conns) >= p.opts.MaxConns {
+			p.mu.Unlock()
+			p.met.connsRejected.Inc()
+			if time.Since(lastReject) > 10*time.Second {
+				lastReject = time.Now()
+				p.log.Warn("connection limit reached; closing new client connections", "max_conns", p.opts.MaxConns)
+			}
+			_ = nc.Close()
+			continue
+		}
+		c := &clientConn{p: p, c: nc, id: p.connSeq.Add(1)}
+		p.conns[c] = struct{}{}
+		p.connWG.Add(1)
+		p.mu.Unlock()
+		p.met.conns.Inc()
+		go c.serve()
+	}
+}
+
+func (p *Proxy) removeConn(c *clientConn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.met.conns.Dec()
+	p.connWG.Done()
+}
+
+func (p *Proxy) nextRequestID() int32 { return p.reqID.Add(1) }
