@@ -235,3 +235,5 @@ func replyECS(r *mdns.Msg) *mdns.EDNS0_SUBNET {
 	}
 	return nil
 }
+
+func nodemapOf(nodes []nodemap.Node) *nodemap.Publisher { return nodemap.NewPublisher(nodes) }

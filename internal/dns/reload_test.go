@@ -1,0 +1,332 @@
+package dns
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgenode/edgenode/internal/dns/geoindex/geotest"
+)
+
+// parisMovedToTokyo is the client database with 192.0.2.0/26 moved to Tokyo.
+func parisMovedToTokyo() []geotest.Network {
+	nets := append([]geotest.Network(nil), clientNets...)
+	nets[0].Place = geotest.Tokyo
+	return nets
+}
+
+func TestReloadUnderLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "city.mmdb")
+	if err := geotest.Write(path, clientNets); err != nil {
+		t.Fatal(err)
+	}
+	a, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := geotest.Write(path+".b", parisMovedToTokyo()); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path + ".b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := startServer(t, path, fiveNodes(), func(o *Options) { o.GeoIPPollInterval = -1 })
+
+	// Clients wait for each answer before sending the next, over UDP and
+	// TCP, so a loss would be the server's, not the socket buffer's.
+	const clients, perClient = 4, 1000
+	var failures atomic.Int64
+	var seenFra, seenSin atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cl := &mdns.Client{Net: "udp", Timeout: 5 * time.Second}
+			addr := ts.udp
+			if c%2 == 1 {
+				cl.Net, addr = "tcp", ts.tcp
+			}
+			conn, err := cl.Dial(addr)
+			if err != nil {
+				t.Error(err)
+				failures.Add(perClient)
+				return
+			}
+			defer conn.Close()
+			for i := range perClient {
+				m := new(mdns.Msg)
+				m.SetQuestion("widget.edgenode.test.", mdns.TypeA)
+				m.SetEdns0(1232, false)
+				m.IsEdns0().Option = append(m.IsEdns0().Option, ecs("192.0.2.0/26"))
+				r, _, err := cl.ExchangeWithConn(m, conn)
+				if err != nil || r.Rcode != 0 || len(r.Answer) != 2 {
+					failures.Add(1)
+					if err != nil && failures.Load() < 5 {
+						t.Errorf("client %d query %d: %v", c, i, err)
+					}
+					continue
+				}
+				switch answerNodes(t, r)[0] {
+				case "fra":
+					seenFra.Add(1)
+				case "sin":
+					seenSin.Add(1)
+				default:
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	reloads := 0
+	go func() {
+		wg.Wait()
+		close(stop)
+	}()
+	for done := false; !done; {
+		select {
+		case <-stop:
+			done = true
+			continue
+		default:
+		}
+		data := b
+		if reloads%2 == 1 {
+			data = a
+		}
+		// Replace the file the way updaters do: write aside, rename over.
+		tmp := path + ".tmp"
+		if err := os.WriteFile(tmp, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+		if err := ts.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		reloads++
+	}
+	t.Logf("%d queries, %d reloads, fra first %d, sin first %d", clients*perClient, reloads, seenFra.Load(), seenSin.Load())
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d of %d queries failed during reloads", f, clients*perClient)
+	}
+	if reloads < 2 {
+		t.Fatalf("only %d reloads happened", reloads)
+	}
+	if got := metricValues(t, ts.reg)[`edgenode_dns_geoindex_builds_total{result="ok"}`]; int(got) != reloads+1 {
+		t.Errorf("builds ok = %v, want %d", got, reloads+1)
+	}
+}
+
+func TestWatcherPicksUpNewDatabase(t *testing.T) {
+	path := writeDB(t, clientNets)
+	ts := startServer(t, path, fiveNodes(), func(o *Options) { o.GeoIPPollInterval = 20 * time.Millisecond })
+	first := func() string {
+		return answerNodes(t, ts.query(t, "widget.edgenode.test.", mdns.TypeA, qopt{ecs: ecs("192.0.2.0/26")}))[0]
+	}
+	if got := first(); got != "fra" {
+		t.Fatalf("before: %s", got)
+	}
+	// A broken file is logged and ignored: answers stay.
+	if err := os.WriteFile(path+".tmp", []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(path+".tmp", path); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the broken file to be tried", func() bool {
+		return metricValues(t, ts.reg)[`edgenode_dns_geoindex_builds_total{result="error"}`] >= 1
+	})
+	if got := first(); got != "fra" {
+		t.Fatalf("after a broken file: %s", got)
+	}
+	if err := geotest.Write(path, parisMovedToTokyo()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the new database", func() bool { return first() == "sin" })
+}
+
+// waitFor polls cond; the long deadline only stops a hung test.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestLifecycle(t *testing.T) {
+	ts := startServer(t, "", fiveNodes(), nil)
+	if err := ts.Start(context.Background()); err == nil {
+		t.Error("second Start succeeded")
+	}
+	// A second server on the same port fails (TCP has no SO_REUSEPORT)
+	// rather than silently sharing the UDP traffic.
+	s2, err := New(Options{Listen: ts.tcp, Zones: []Zone{testZone()}}, ts.pub, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s2.Start(context.Background()); err == nil {
+		t.Error("second server bound the same port")
+		s2.Shutdown(context.Background())
+	}
+	// Idle TCP connections do not hold up Shutdown.
+	cl := &mdns.Client{Net: "tcp", Timeout: 5 * time.Second}
+	conn, err := cl.Dial(ts.tcp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	m := new(mdns.Msg)
+	m.SetQuestion("static.edgenode.test.", mdns.TypeA)
+	if _, _, err := cl.ExchangeWithConn(m, conn); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with an idle TCP client: %v", err)
+	}
+	if err := ts.Shutdown(ctx); err != nil {
+		t.Fatalf("second shutdown: %v", err)
+	}
+	if _, _, err := cl.ExchangeWithConn(m, conn); err == nil {
+		t.Error("connection still answered after Shutdown")
+	}
+	// Shutdown before Start is fine.
+	s3, err := New(Options{Zones: []Zone{testZone()}}, ts.pub, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s3.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	base := func() Options { return Options{Zones: []Zone{testZone()}} }
+	cases := map[string]func(o *Options){
+		"no zones":          func(o *Options) { o.Zones = nil },
+		"nested zones":      func(o *Options) { o.Zones = append(o.Zones, Zone{Origin: "sub.edgenode.test"}) },
+		"root zone":         func(o *Options) { o.Zones = []Zone{{Origin: "."}} },
+		"bad type":          func(o *Options) { o.Zones[0].Records = []Record{{Name: "x", Type: "SRV", Value: "0 0 1 x"}} },
+		"bad value":         func(o *Options) { o.Zones[0].Records = []Record{{Name: "x", Type: "A", Value: "not-an-ip"}} },
+		"outside zone":      func(o *Options) { o.Zones[0].Records = []Record{{Name: "x.example.", Type: "A", Value: "192.0.2.1"}} },
+		"cname and data":    func(o *Options) { o.Zones[0].Records = append(o.Zones[0].Records, Record{Name: "www", Type: "TXT", Value: "x"}) },
+		"cname at apex":     func(o *Options) { o.Zones[0].Records = []Record{{Name: "@", Type: "CNAME", Value: "x"}} },
+		"under nodes":       func(o *Options) { o.Zones[0].Records = []Record{{Name: "a.nodes", Type: "A", Value: "192.0.2.1"}} },
+		"dynamic outside":   func(o *Options) { o.Dynamic = []DynamicName{{Name: "w.example."}} },
+		"dynamic twice":     func(o *Options) { o.Dynamic = []DynamicName{{Name: "w"}, {Name: "w"}} },
+		"dynamic static A":  func(o *Options) { o.Dynamic = []DynamicName{{Name: "static"}} },
+		"dynamic on CNAME":  func(o *Options) { o.Dynamic = []DynamicName{{Name: "www"}} },
+		"dynamic K huge":    func(o *Options) { o.Dynamic = []DynamicName{{Name: "w", K: 100}} },
+		"override invalid":  func(o *Options) { o.Overrides = []Override{{Country: "DE"}} },
+		"override nowhere":  func(o *Options) { o.Overrides = []Override{{Prefix: pfx("10.0.0.0/8")}} },
+		"override bad lat":  func(o *Options) { o.Overrides = []Override{{Prefix: pfx("10.0.0.0/8"), Lat: 91, HasCoords: true}} },
+		"override bad cont": func(o *Options) { o.Overrides = []Override{{Prefix: pfx("10.0.0.0/8"), Continent: "XX"}} },
+		"missing database":  func(o *Options) { o.GeoIPPath = "/nonexistent/city.mmdb" },
+		"two records one line": func(o *Options) {
+			o.Zones[0].Records = []Record{{Name: "x", Type: "A", Value: "192.0.2.1\nx 300 IN A 192.0.2.2"}}
+		},
+	}
+	for name, mod := range cases {
+		o := base()
+		o.Zones = append([]Zone(nil), o.Zones...)
+		mod(&o)
+		if _, err := New(o, nodemapOf(fiveNodes()), nil, nil); err == nil {
+			t.Errorf("%s: no error", name)
+		} else if strings.TrimSpace(err.Error()) == "" {
+			t.Errorf("%s: empty error", name)
+		}
+	}
+	// Relative dynamic names need a single zone.
+	o := base()
+	o.Zones = append(o.Zones, Zone{Origin: "other.test"})
+	o.Dynamic = []DynamicName{{Name: "w"}}
+	if _, err := New(o, nodemapOf(nil), nil, nil); err == nil {
+		t.Error("relative dynamic name with two zones accepted")
+	}
+	// Two servers on one registry: the second is told, not panicked at.
+	ts := startServer(t, "", fiveNodes(), nil)
+	if _, err := New(base(), ts.pub, nil, ts.reg); err == nil {
+		t.Error("second registration accepted")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	ts := startServer(t, writeDB(t, clientNets), fiveNodes(), nil)
+	for range 3 {
+		ts.query(t, "widget.edgenode.test.", mdns.TypeA, qopt{ecs: ecs("192.0.2.0/26")})
+	}
+	ts.query(t, "nope.edgenode.test.", mdns.TypeAAAA, qopt{tcp: true})
+	ts.query(t, "example.com.", mdns.TypeA, qopt{})
+	want := map[string]float64{
+		`edgenode_dns_queries_total{qtype="A",rcode="NOERROR",transport="udp"}`:     3,
+		`edgenode_dns_queries_total{qtype="AAAA",rcode="NXDOMAIN",transport="tcp"}`: 1,
+		`edgenode_dns_queries_total{qtype="A",rcode="REFUSED",transport="udp"}`:     1,
+		`edgenode_dns_dynamic_answers_total{node="fra"}`:                            3,
+		`edgenode_dns_geoindex_networks`:                                            float64(len(clientNets)),
+	}
+	got := metricValues(t, ts.reg)
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %v, want %v", k, got[k], v)
+		}
+	}
+	if got[`edgenode_dns_geoindex_build_seconds`] <= 0 {
+		t.Errorf("build time missing: %v", got)
+	}
+	// The server observes latency after its write, so the last reply may
+	// arrive before its observation: wait for it.
+	waitFor(t, "4 UDP latency samples", func() bool {
+		return metricValues(t, ts.reg)[`edgenode_dns_answer_duration_seconds{transport="udp"}_count`] == 4
+	})
+}
+
+// metricValues flattens a registry into "name{labels}" -> value; histograms
+// give their sample count under "name{labels}_count".
+func metricValues(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, l := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
+			}
+			key := mf.GetName()
+			if len(labels) > 0 {
+				key += "{" + strings.Join(labels, ",") + "}"
+			}
+			switch {
+			case m.Counter != nil:
+				got[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				got[key] = m.Gauge.GetValue()
+			case m.Histogram != nil:
+				got[key+"_count"] = float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return got
+}
