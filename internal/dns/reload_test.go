@@ -222,13 +222,15 @@ func TestLifecycle(t *testing.T) {
 func TestConfigErrors(t *testing.T) {
 	base := func() Options { return Options{Zones: []Zone{testZone()}} }
 	cases := map[string]func(o *Options){
-		"no zones":          func(o *Options) { o.Zones = nil },
-		"nested zones":      func(o *Options) { o.Zones = append(o.Zones, Zone{Origin: "sub.edgenode.test"}) },
-		"root zone":         func(o *Options) { o.Zones = []Zone{{Origin: "."}} },
-		"bad type":          func(o *Options) { o.Zones[0].Records = []Record{{Name: "x", Type: "SRV", Value: "0 0 1 x"}} },
-		"bad value":         func(o *Options) { o.Zones[0].Records = []Record{{Name: "x", Type: "A", Value: "not-an-ip"}} },
-		"outside zone":      func(o *Options) { o.Zones[0].Records = []Record{{Name: "x.example.", Type: "A", Value: "192.0.2.1"}} },
-		"cname and data":    func(o *Options) { o.Zones[0].Records = append(o.Zones[0].Records, Record{Name: "www", Type: "TXT", Value: "x"}) },
+		"no zones":     func(o *Options) { o.Zones = nil },
+		"nested zones": func(o *Options) { o.Zones = append(o.Zones, Zone{Origin: "sub.edgenode.test"}) },
+		"root zone":    func(o *Options) { o.Zones = []Zone{{Origin: "."}} },
+		"bad type":     func(o *Options) { o.Zones[0].Records = []Record{{Name: "x", Type: "SRV", Value: "0 0 1 x"}} },
+		"bad value":    func(o *Options) { o.Zones[0].Records = []Record{{Name: "x", Type: "A", Value: "not-an-ip"}} },
+		"outside zone": func(o *Options) { o.Zones[0].Records = []Record{{Name: "x.example.", Type: "A", Value: "192.0.2.1"}} },
+		"cname and data": func(o *Options) {
+			o.Zones[0].Records = append(o.Zones[0].Records, Record{Name: "www", Type: "TXT", Value: "x"})
+		},
 		"cname at apex":     func(o *Options) { o.Zones[0].Records = []Record{{Name: "@", Type: "CNAME", Value: "x"}} },
 		"under nodes":       func(o *Options) { o.Zones[0].Records = []Record{{Name: "a.nodes", Type: "A", Value: "192.0.2.1"}} },
 		"dynamic outside":   func(o *Options) { o.Dynamic = []DynamicName{{Name: "w.example."}} },
