@@ -44,8 +44,6 @@ type query struct {
 	ecsAddr   [16]byte
 }
 
-func (q *query) name() []byte { return q.lname[:q.nlen] }
-
 // parse outcomes.
 const (
 	parseOK   = iota

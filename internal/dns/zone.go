@@ -374,7 +374,7 @@ func (c *compiled) addZone(zc *Zone, origin string) (*zone, error) {
 
 func (c *compiled) addDynamic(d *DynamicName) error {
 	if d.K > 32 {
-		return fmt.Errorf("K = %d; at most 32", d.K)
+		return fmt.Errorf("answer count %d is more than 32", d.K)
 	}
 	var name string
 	var z *zone
@@ -383,7 +383,7 @@ func (c *compiled) addDynamic(d *DynamicName) error {
 	} else if len(c.zoneList) == 1 {
 		name = mdns.CanonicalName(absName(d.Name, c.zoneList[0].name))
 	} else {
-		return errors.New("relative name with more than one zone; write it with a final dot")
+		return errors.New("the name is relative but there is more than one zone; write it with a final dot")
 	}
 	key, err := wireName(name)
 	if err != nil {
