@@ -91,9 +91,6 @@ func readFrame(r *bufio.Reader, max int) ([]byte, error) {
 		if err == io.EOF {
 			return nil, io.EOF
 		}
-		if errors.Is(err, io.EOF) {
-			return nil, io.ErrUnexpectedEOF
-		}
 		return nil, fmt.Errorf("frame length: %w", err)
 	}
 	if n > uint64(max) {
