@@ -1,6 +1,7 @@
 package mongoproxy
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -96,6 +97,8 @@ func idFilter(id bson.RawValue) bson.D { return bson.D{{Key: "_id", Value: id}} 
 // _ids before the lock was taken); found reports that. Without a filter,
 // found reports existence, and an absent document's tombstone is read.
 func (e *engine) load(ctx context.Context, ns string, id bson.RawValue, filter bson.Raw) (*docState, bool, error) {
+	// The id may alias a client's message buffer; ops built from ds keep it.
+	id = bson.RawValue{Type: id.Type, Value: bytes.Clone(id.Value)}
 	ds := &docState{key: docKey(ns, id), ns: ns, id: id}
 	q := any(idFilter(id))
 	if filter != nil {
@@ -130,7 +133,7 @@ func (ds *docState) setStored(raw bson.Raw) error {
 	}
 	mv, err := raw.LookupErr(crdt.MetaField)
 	ds.hasMeta = err == nil
-	meta, err := crdt.DecodeMeta(mv)
+	meta, err := decodeMeta(mv)
 	if err != nil {
 		return fmt.Errorf("%s %v: %w", ds.ns, ds.id, err)
 	}
@@ -150,7 +153,7 @@ func (e *engine) loadTombstone(ctx context.Context, ds *docState) error {
 	if err != nil {
 		return fmt.Errorf("read tombstone of %s %v: %w", ds.ns, ds.id, err)
 	}
-	meta, err := crdt.DecodeMeta(raw.Lookup("m"))
+	meta, err := decodeMeta(raw.Lookup("m"))
 	if err != nil {
 		return fmt.Errorf("tombstone of %s %v: %w", ds.ns, ds.id, err)
 	}
@@ -171,6 +174,13 @@ func (e *engine) reload(ctx context.Context, ds *docState) error {
 	}
 }
 
+func cloneRaw(b bson.Raw) bson.Raw {
+	if b == nil {
+		return nil
+	}
+	return bytes.Clone(b)
+}
+
 // fold applies ops to st in order.
 func fold(st crdt.State, ops []*crdt.Op) (crdt.State, bool, error) {
 	changed := false
@@ -184,6 +194,35 @@ func fold(st crdt.State, ops []*crdt.Op) (crdt.State, bool, error) {
 	return st, changed, nil
 }
 
+// encodeMeta wraps the metadata for storage as {v: version, b: BinData}.
+// The version stays queryable for the compare-and-swap filter; the rest is
+// opaque bytes. Opaque because the metadata's encoding nests arrays, which
+// FerretDB v1 refuses to store, and because nobody queries it: the database
+// only has to keep it.
+func encodeMeta(m *crdt.Meta) bsoncore.Document {
+	idx, b := bsoncore.AppendDocumentStart(nil)
+	b = bsoncore.AppendInt64Element(b, "v", m.Version())
+	b = bsoncore.AppendBinaryElement(b, "b", 0, m.Encode())
+	b, _ = bsoncore.AppendDocumentEnd(b, idx)
+	return b
+}
+
+// decodeMeta reverses encodeMeta; an absent field is empty metadata.
+func decodeMeta(rv bson.RawValue) (*crdt.Meta, error) {
+	if rv.Type == 0 {
+		return crdt.DecodeMeta(rv)
+	}
+	if rv.Type != bson.TypeEmbeddedDocument {
+		return nil, fmt.Errorf("%s is a %s, not a document", crdt.MetaField, rv.Type)
+	}
+	bin, err := bson.Raw(rv.Value).LookupErr("b")
+	if err != nil || bin.Type != bson.TypeBinary {
+		return nil, fmt.Errorf("%s has no metadata bytes", crdt.MetaField)
+	}
+	_, data := bin.Binary()
+	return crdt.DecodeMeta(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: data})
+}
+
 // withMeta encodes doc with the metadata appended as MetaField.
 func withMeta(doc bson.D, m *crdt.Meta) (bson.Raw, error) {
 	b, err := bson.Marshal(doc)
@@ -191,7 +230,7 @@ func withMeta(doc bson.D, m *crdt.Meta) (bson.Raw, error) {
 		return nil, err
 	}
 	b = b[:len(b)-1]
-	b = bsoncore.AppendDocumentElement(b, crdt.MetaField, m.Encode())
+	b = bsoncore.AppendDocumentElement(b, crdt.MetaField, encodeMeta(m))
 	b = append(b, 0)
 	bsoncore.UpdateLength(b, 0, int32(len(b)))
 	return b, nil
@@ -229,7 +268,7 @@ func (e *engine) store(ctx context.Context, ds *docState) error {
 			return nil
 		}
 		if _, err := c.InsertOne(ctx, full); err != nil {
-			if mongo.IsDuplicateKeyError(err) {
+			if isDuplicateKey(err) {
 				// Either someone created the _id meanwhile (a CAS conflict) or
 				// another unique index refused the document.
 				n, cerr := c.CountDocuments(ctx, idFilter(ds.id))
@@ -247,7 +286,7 @@ func (e *engine) store(ctx context.Context, ds *docState) error {
 		}
 		return nil
 	}
-	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: ds.cur.Meta.Encode()}}
+	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: bson.Raw(encodeMeta(ds.cur.Meta))}}
 	if _, err := e.metaColl(tombstoneColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: ds.key}}, tomb, options.Replace().SetUpsert(true)); err != nil {
 		return classify(err)
 	}
@@ -265,7 +304,7 @@ func (e *engine) store(ctx context.Context, ds *docState) error {
 
 // classify wraps database errors that retrying cannot fix as *applyError.
 func classify(err error) error {
-	if mongo.IsDuplicateKeyError(err) {
+	if isDuplicateKey(err) {
 		return &applyError{unique: true, err: err}
 	}
 	if mongo.IsNetworkError(err) || mongo.IsTimeout(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -512,7 +551,10 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 			out[i] = outcome{done: true, found: found, before: ds.cur.Doc, after: ds.cur.Doc}
 			continue
 		}
-		op.Origin, op.TS, op.NS, op.ID = e.node, ts, ns, ds.id
+		// Ops outlive the request: nothing may alias the client's message buffer.
+		op.Origin, op.TS, op.NS = e.node, ts, ns
+		op.ID = ds.id
+		op.Doc, op.Update = cloneRaw(op.Doc), cloneRaw(op.Update)
 		next, _, err := crdt.Apply(ds.cur, op)
 		if err != nil {
 			fail(i, errorf(codeBadValue, "edgenode: %v", err))
@@ -699,6 +741,9 @@ func opPaths(op *crdt.Op) []string {
 // dbError turns a database error into the client's write error, keeping
 // its code when it has one.
 func dbError(err error) *mongoError {
+	if isDuplicateKey(err) && !mongo.IsDuplicateKeyError(err) {
+		return errorf(codeDuplicateKey, "E11000 duplicate key error (%v)", err)
+	}
 	var we mongo.WriteException
 	if errors.As(err, &we) && len(we.WriteErrors) > 0 {
 		return &mongoError{Code: int32(we.WriteErrors[0].Code), Msg: we.WriteErrors[0].Message}
@@ -707,8 +752,15 @@ func dbError(err error) *mongoError {
 	if errors.As(err, &ce) {
 		return &mongoError{Code: ce.Code, Msg: ce.Message}
 	}
-	if mongo.IsDuplicateKeyError(err) {
+	if isDuplicateKey(err) {
 		return &mongoError{Code: codeDuplicateKey, Msg: err.Error()}
 	}
 	return errorf(codeInternalError, "edgenode: %v", err)
+}
+
+// isDuplicateKey recognizes unique index violations: error 11000 (MongoDB,
+// and FerretDB on insert) and FerretDB v1's update path, which reports the
+// SQLite constraint as an internal error instead.
+func isDuplicateKey(err error) bool {
+	return mongo.IsDuplicateKeyError(err) || strings.Contains(err.Error(), "UNIQUE constraint failed")
 }
