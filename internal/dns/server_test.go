@@ -362,3 +362,46 @@ func TestNoDatabaseFallsBackToRegion(t *testing.T) {
 		t.Errorf("override scope %d, want 24", e.SourceScope)
 	}
 }
+
+// TestEmbeddedSingleNode is the `make run` setup: zone edgenode.test, the
+// dynamic name widget, the node itself (no place, no database) as the only
+// member.
+func TestEmbeddedSingleNode(t *testing.T) {
+	self := []nodemap.Node{{ID: "local", State: nodemap.Alive, Self: true, IPv4: ip("127.0.0.1"), IPv6: ip("::1")}}
+	pub := nodemap.NewPublisher(self)
+	s, err := New(Options{
+		Listen:  "127.0.0.1:0",
+		Zones:   []Zone{{Origin: "edgenode.test"}},
+		Dynamic: []DynamicName{{Name: "widget"}},
+	}, pub, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(t.Context())
+	u, tc := s.Addr()
+	ts := &testServer{Server: s, pub: pub, udp: u.String(), tcp: tc.String()}
+	for _, tcp := range []bool{false, true} {
+		r := ts.query(t, "widget.edgenode.test.", mdns.TypeA, qopt{tcp: tcp})
+		if !r.Authoritative || len(r.Answer) != 1 || r.Answer[0].(*mdns.A).A.String() != "127.0.0.1" {
+			t.Errorf("tcp=%v: %v", tcp, r)
+		}
+		r = ts.query(t, "widget.edgenode.test.", mdns.TypeAAAA, qopt{tcp: tcp})
+		if len(r.Answer) != 1 || r.Answer[0].(*mdns.AAAA).AAAA.String() != "::1" {
+			t.Errorf("AAAA tcp=%v: %v", tcp, r)
+		}
+		if r := ts.query(t, "example.com.", mdns.TypeA, qopt{tcp: tcp}); r.Rcode != mdns.RcodeRefused {
+			t.Errorf("example.com: %v", r)
+		}
+		r = ts.query(t, "edgenode.test.", mdns.TypeSOA, qopt{tcp: tcp})
+		if soa, ok := r.Answer[0].(*mdns.SOA); !ok || soa.Ns != "ns1.edgenode.test." || soa.Mbox != "hostmaster.edgenode.test." {
+			t.Errorf("default SOA: %v", r)
+		}
+		r = ts.query(t, "local.nodes.edgenode.test.", mdns.TypeA, qopt{tcp: tcp})
+		if len(r.Answer) != 1 {
+			t.Errorf("per-node name: %v", r)
+		}
+	}
+}
