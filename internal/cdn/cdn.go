@@ -1,0 +1,365 @@
+// Package cdn is the media cache: GET/HEAD /media/{key} served from a bounded
+// on-disk LRU in front of an origin (S3 or a local folder).
+//
+// A hit is served from an open file with the semantics of http.ServeContent
+// (single and multiple ranges, ETag/Last-Modified validators, 304/412), with
+// headers precomputed per entry. A miss starts exactly one origin GET per key
+// however many clients ask at once (a "fill"); every client streams from the
+// fill's temporary file while it grows, and the file becomes a cache entry
+// only once complete, verified (length, and MD5 when the origin states one),
+// fsync'd and renamed. A client never receives an object's last byte before
+// that verification, so a failed download never looks complete to anyone.
+//
+// Freshness is the cache's own: an entry is served without asking the origin
+// for TTL after it was fetched or revalidated, then for StaleWhileRevalidate
+// more it is served at once while a background conditional GET revalidates it;
+// past that a request waits for the conditional GET. Whenever the origin
+// fails or times out and a copy exists, the copy is served (stale-if-error)
+// with "X-Cache: STALE-IF-ERROR". 404s are remembered for NegativeTTL.
+//
+// Objects larger than MaxObjectBytes are streamed through without caching
+// (single ranges are forwarded to the origin as ranges); so is everything while
+// the disk is full or failing.
+package cdn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Cache. Zero values take the documented defaults.
+type Options struct {
+	// Dir is the cache folder (DATA_DIR/cache). Required. The cache owns
+	// everything under it.
+	Dir string
+	// MaxBytes bounds the bytes of cached objects on disk (default 1 GiB);
+	// MaxEntries bounds their number (default 100,000). The least recently
+	// used entries are evicted to stay within both.
+	MaxBytes   int64
+	MaxEntries int
+	// Prefix is the route prefix, starting and ending with "/"; default
+	// "/media/".
+	Prefix string
+	// Origin is where misses are fetched from. Required.
+	Origin Origin
+	// MaxObjectBytes: larger objects are streamed through from the origin
+	// on every request, never cached. Default 64 MiB, and never more than
+	// MaxBytes/4 so one object cannot flush the cache.
+	MaxObjectBytes int64
+	// CacheControl is sent to browsers on every object response; default
+	// "public, max-age=300". "-" sends none.
+	CacheControl string
+	// TTL is how long an entry is served without asking the origin;
+	// default 1 minute.
+	TTL time.Duration
+	// StaleWhileRevalidate is how long past TTL an entry is still served at
+	// once while a background conditional GET revalidates it; default 10
+	// minutes, negative: none (every request past TTL waits for the
+	// conditional GET).
+	StaleWhileRevalidate time.Duration
+	// NegativeTTL is how long an origin 404 is remembered; default 10s,
+	// negative: not at all. MaxNegativeEntries bounds that memory (default
+	// 10,000).
+	NegativeTTL        time.Duration
+	MaxNegativeEntries int
+	// OriginTimeout is the longest the origin may stay silent: before it
+	// answers, and between two reads of a body. Default 10s.
+	OriginTimeout time.Duration
+	// OpenFiles is how many cached files are kept open for hits; default
+	// 1024.
+	OpenFiles int
+	// MaxRanges is the most ranges one request may ask for; default 16.
+	// More get 416.
+	MaxRanges int
+}
+
+func (o *Options) setDefaults() error {
+	if o.Dir == "" {
+		return errors.New("cdn: Options.Dir is required")
+	}
+	if o.Origin == nil {
+		return errors.New("cdn: Options.Origin is required")
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 1 << 30
+	}
+	if o.MaxEntries <= 0 {
+		o.MaxEntries = 100_000
+	}
+	if o.Prefix == "" {
+		o.Prefix = "/media/"
+	}
+	if !strings.HasPrefix(o.Prefix, "/") || !strings.HasSuffix(o.Prefix, "/") || strings.ContainsAny(o.Prefix, "{} ") {
+		return fmt.Errorf("cdn: Options.Prefix %q must start and end with '/' and hold no pattern characters", o.Prefix)
+	}
+	if o.MaxObjectBytes <= 0 {
+		o.MaxObjectBytes = 64 << 20
+	}
+	if o.MaxObjectBytes > o.MaxBytes/4 {
+		o.MaxObjectBytes = o.MaxBytes / 4
+	}
+	if o.CacheControl == "" {
+		o.CacheControl = "public, max-age=300"
+	}
+	if o.TTL <= 0 {
+		o.TTL = time.Minute
+	}
+	if o.StaleWhileRevalidate == 0 {
+		o.StaleWhileRevalidate = 10 * time.Minute
+	} else if o.StaleWhileRevalidate < 0 {
+		o.StaleWhileRevalidate = 0
+	}
+	if o.NegativeTTL == 0 {
+		o.NegativeTTL = 10 * time.Second
+	} else if o.NegativeTTL < 0 {
+		o.NegativeTTL = 0
+	}
+	if o.MaxNegativeEntries <= 0 {
+		o.MaxNegativeEntries = 10_000
+	}
+	if o.OriginTimeout <= 0 {
+		o.OriginTimeout = 10 * time.Second
+	}
+	if o.OpenFiles <= 0 {
+		o.OpenFiles = 1024
+	}
+	if o.MaxRanges <= 0 {
+		o.MaxRanges = 16
+	}
+	return nil
+}
+
+// Cache is the media cache and its HTTP handler.
+type Cache struct {
+	opts  Options
+	log   *slog.Logger
+	m     *metrics
+	store *store
+
+	// Lifetime of fills and background revalidations.
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// Precomputed header values shared by every response (never mutated).
+	hdrCacheControl []string
+
+	bufs sync.Pool // *[]byte copy buffers for fills and the hit path
+
+	mu       sync.Mutex
+	closed   bool
+	idx      *simplelru.LRU[string, *entry]   // key → entry, most recent first
+	open     *simplelru.LRU[*entry, struct{}] // entries whose file is open
+	bytes    int64                            // sum of entry sizes
+	reserved int64                            // bytes promised to running fills
+	victims  []*entry                         // removed from idx, files not yet deleted
+	fills    map[string]*fill                 // running fills by key
+	negative *simplelru.LRU[string, time.Time]
+	tooBig   *simplelru.LRU[string, time.Time] // keys found over MaxObjectBytes
+	noDisk   time.Time                         // until then, misses pass through
+	onPurge  []func(key string)
+}
+
+// New opens the cache folder, rebuilds the index from the files in it
+// (removing temporary and broken ones) and evicts down to the budget.
+func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Cache, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	c := &Cache{
+		opts:  opts,
+		log:   log.With("part", "cdn"),
+		fills: map[string]*fill{},
+	}
+	c.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
+	if opts.CacheControl != "-" {
+		c.hdrCacheControl = []string{opts.CacheControl}
+	}
+	var err error
+	c.idx, err = simplelru.NewLRU(opts.MaxEntries, c.onRemove)
+	if err != nil {
+		return nil, fmt.Errorf("cdn: index: %w", err)
+	}
+	c.open, err = simplelru.NewLRU(opts.OpenFiles, func(e *entry, _ struct{}) { e.closeFile() })
+	if err != nil {
+		return nil, fmt.Errorf("cdn: open files: %w", err)
+	}
+	c.negative, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
+	c.tooBig, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
+	c.m, err = newMetrics(reg, opts.Origin.Name())
+	if err != nil {
+		return nil, err
+	}
+	c.store, err = openStore(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	entries, stats, err := c.store.rebuild()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	for _, e := range entries { // least recent first
+		e.buildHeaders()
+		c.idx.Add(e.key, e)
+		c.bytes += e.size
+	}
+	evicted := c.evictLocked(0)
+	victims := c.takeVictimsLocked()
+	c.updateGaugesLocked()
+	c.mu.Unlock()
+	c.deleteFiles(victims)
+	c.log.Info("cache index rebuilt", "dir", opts.Dir, "entries", len(entries)-evicted, "bytes", c.bytes,
+		"removed_temp", stats.temp, "removed_broken", stats.broken, "evicted", evicted)
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	return c, nil
+}
+
+// Routes are the public routes for the transport: GET and HEAD of
+// Prefix{key...}.
+func (c *Cache) Routes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"GET " + c.opts.Prefix + "{key...}":  c,
+		"HEAD " + c.opts.Prefix + "{key...}": c,
+	}
+}
+
+// AdminRoutes are the routes for the admin listener: DELETE
+// /v1/cache/{key...} purges a key here and then calls the OnPurge hooks (so
+// the owner can tell the peers). The bearer-token check is the admin
+// server's.
+func (c *Cache) AdminRoutes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"DELETE /v1/cache/{key...}": http.HandlerFunc(c.servePurge),
+	}
+}
+
+func (c *Cache) servePurge(w http.ResponseWriter, r *http.Request) {
+	key := r.PathValue("key")
+	if err := c.Purge(key); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	c.mu.Lock()
+	hooks := append([]func(string){}, c.onPurge...)
+	c.mu.Unlock()
+	for _, h := range hooks {
+		h(key)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// OnPurge registers a hook called after each purge that came through the
+// admin route (not after Purge calls: those are how peers' purges arrive,
+// and must not echo back).
+func (c *Cache) OnPurge(fn func(key string)) {
+	c.mu.Lock()
+	c.onPurge = append(c.onPurge, fn)
+	c.mu.Unlock()
+}
+
+// Purge forgets key on this node: its cached copy, its remembered 404, and
+// any fill in flight (whose bytes still reach the clients already waiting,
+// but which will not become an entry). It is idempotent.
+func (c *Cache) Purge(key string) error {
+	if err := ValidateKey(key); err != nil {
+		return fmt.Errorf("cdn: purge: %w", err)
+	}
+	c.mu.Lock()
+	if f := c.fills[key]; f != nil {
+		f.purged = true
+		delete(c.fills, key)
+	}
+	c.idx.Remove(key)
+	c.negative.Remove(key)
+	c.tooBig.Remove(key)
+	victims := c.takeVictimsLocked()
+	c.updateGaugesLocked()
+	c.mu.Unlock()
+	c.deleteFiles(victims)
+	c.m.purges.Inc()
+	return nil
+}
+
+// Close stops fills and revalidations, waits for them, and records the LRU
+// order so that a restart keeps recency. Requests still being served keep
+// their open files until they finish.
+func (c *Cache) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	c.mu.Lock()
+	order := c.idx.Values() // oldest first
+	c.open.Purge()          // closes the files (readers keep their refs)
+	victims := c.takeVictimsLocked()
+	c.mu.Unlock()
+	c.deleteFiles(victims)
+	if err := c.store.writeOrder(order); err != nil {
+		return fmt.Errorf("cdn: close: %w", err)
+	}
+	return nil
+}
+
+// onRemove is the index's eviction callback: every entry leaving the index
+// (evicted, purged, replaced) passes here, under c.mu.
+func (c *Cache) onRemove(_ string, e *entry) {
+	c.bytes -= e.size
+	e.removed = true
+	c.open.Remove(e)
+	c.victims = append(c.victims, e)
+}
+
+// evictLocked removes least recently used entries until need more bytes
+// fit in the budget; it returns how many were evicted.
+func (c *Cache) evictLocked(need int64) int {
+	n := 0
+	for c.bytes+c.reserved+need > c.opts.MaxBytes && c.idx.Len() > 0 {
+		c.idx.RemoveOldest()
+		n++
+	}
+	c.m.evictions.Add(float64(n))
+	return n
+}
+
+func (c *Cache) takeVictimsLocked() []*entry {
+	v := c.victims
+	c.victims = nil
+	return v
+}
+
+// deleteFiles removes the files of entries that left the index; called
+// without the lock (disk I/O). Paths are unique per version, so this never
+// races with a newer copy of the same key.
+func (c *Cache) deleteFiles(victims []*entry) {
+	for _, e := range victims {
+		if err := c.store.remove(e); err != nil {
+			c.log.Warn("removing evicted files", "key", e.key, "err", err)
+		}
+	}
+}
+
+func (c *Cache) updateGaugesLocked() {
+	c.m.diskBytes.Set(float64(c.bytes))
+	c.m.entries.Set(float64(c.idx.Len()))
+}
