@@ -61,6 +61,7 @@ type engine struct {
 	fault func(point string)
 
 	onLocal atomic.Pointer[func([]*crdt.Op)]
+	stable  atomic.Pointer[func() crdt.Timestamp]
 }
 
 // docState is one document during a batch: what is stored, and the ops of
@@ -331,6 +332,11 @@ func (e *engine) storeOps(ctx context.Context, ds *docState) error {
 		if !changed {
 			ds.cur, ds.ops = ds.base, nil
 			return nil
+		}
+		if f := e.stable.Load(); f != nil {
+			if m, ok := next.Meta.Compact((*f)()); ok {
+				next.Meta = m
+			}
 		}
 		ds.cur = next
 		err = e.store(ctx, ds)

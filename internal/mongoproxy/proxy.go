@@ -58,6 +58,7 @@ type Proxy struct {
 
 	eng     *engine
 	onLocal func([]*crdt.Op)
+	stable  func() crdt.Timestamp
 
 	// testFault is set by tests before Start (see engine.fault).
 	testFault func(point string)
@@ -138,6 +139,22 @@ func (p *Proxy) OnLocalOps(fn func([]*crdt.Op)) {
 	}
 }
 
+// SetStable registers fn, which returns a causally stable clock: every op
+// with a timestamp at or below it, from any node, has already been applied
+// here (part 2 derives it from the peers' acknowledged positions). When set,
+// every document write also compacts the metadata below it (crdt
+// Meta.Compact), which keeps documents with many $inc/$min/$max/$addToSet
+// bounded. Without it, the metadata keeps every commutative op that no
+// newer $set/$unset/delete of its path has dominated.
+func (p *Proxy) SetStable(fn func() crdt.Timestamp) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stable = fn
+	if p.eng != nil {
+		p.eng.stable.Store(&fn)
+	}
+}
+
 // Start opens the op log, connects to the database, re-applies the ops the
 // log holds as unapplied (a crash between log append and apply), then
 // listens. It returns once the listener is bound.
@@ -173,6 +190,10 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.onLocal != nil {
 		fn := p.onLocal
 		p.eng.onLocal.Store(&fn)
+	}
+	if p.stable != nil {
+		fn := p.stable
+		p.eng.stable.Store(&fn)
 	}
 	unapplied, err := olog.Unapplied()
 	if err != nil {
