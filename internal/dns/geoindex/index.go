@@ -297,6 +297,9 @@ func (b *builder) addDatabase(data []byte) error {
 	// networks, and usually about half that carry data.
 	hint := int(min(r.Metadata.NodeCount/2, 8<<20))
 	b.ix.v4 = make([]uint64, 0, hint/2)
+	b.ix.v6hi = make([]uint64, 0, hint/4)
+	b.ix.v6lo = make([]uint64, 0, hint/4)
+	b.ix.v6meta = make([]uint32, 0, hint/4)
 
 	var rec record
 	for res := range r.Networks() {
@@ -436,13 +439,22 @@ func (b *builder) finish() *Index {
 	if !v6Sorted(ix) {
 		sortV6(ix)
 	}
-	ix.v4 = slices.Clip(ix.v4)
-	ix.v6hi, ix.v6lo, ix.v6meta = slices.Clip(ix.v6hi), slices.Clip(ix.v6lo), slices.Clip(ix.v6meta)
-	ix.locs = slices.Clip(ix.locs)
+	// Give back what append over-allocated: the index lives until the next
+	// reload, so a short copy now is cheaper than carrying slack.
+	ix.v4 = trim(ix.v4)
+	ix.v6hi, ix.v6lo, ix.v6meta = trim(ix.v6hi), trim(ix.v6lo), trim(ix.v6meta)
+	ix.locs = trim(ix.locs)
 	ix.stats.Networks4 = len(ix.v4)
 	ix.stats.Networks6 = len(ix.v6hi)
 	ix.stats.Locations = len(ix.locs)
 	return ix
+}
+
+func trim[T any](s []T) []T {
+	if cap(s)-len(s) > len(s)/8 {
+		return slices.Clone(s)
+	}
+	return s
 }
 
 func v6Sorted(ix *Index) bool {
