@@ -76,8 +76,6 @@ type entry struct {
 	sets  []rrset // sorted by type
 	cname *rrset
 	dyn   int // index into compiled.dynamics, or -1
-	// nodes marks nodes.<zone>: its children are per-node names.
-	nodes bool
 }
 
 func (e *entry) set(t uint16) *rrset {
@@ -106,10 +104,8 @@ type compiled struct {
 	names    map[string]*entry // by lower-case wire name
 	dynamics []dynamic
 	pools    []string // tag per pool ("" = all nodes)
-	// nodeSuffixes are the lower-case wire names "nodes.<zone>" per zone,
-	// in the order of zoneList.
-	zoneList []*zone
-	hinfo    []byte // RFC 8482 HINFO tail
+	zoneList []*zone  // in configuration order
+	hinfo    []byte   // RFC 8482 HINFO tail
 }
 
 // wireName returns the lower-case wire form of a presentation name.
@@ -324,7 +320,8 @@ func (c *compiled) addZone(zc *Zone, origin string) (*zone, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.entry(nodesKey, z).nodes = true
+	// nodes.<zone> always exists (NODATA); its children come from the node map.
+	c.entry(nodesKey, z)
 
 	for i, r := range zc.Records {
 		typ, ok := mdns.StringToType[strings.ToUpper(r.Type)]
