@@ -3,8 +3,10 @@ package dns
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -331,4 +333,47 @@ func metricValues(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
 		}
 	}
 	return got
+}
+
+// TestNoGoroutineLeak: half-sent TCP messages, idle and busy connections
+// and garbage all end with Shutdown; nothing the server started survives.
+func TestNoGoroutineLeak(t *testing.T) {
+	before := runtime.NumGoroutine()
+	pub := nodemapOf(fiveNodes())
+	s, err := New(Options{Listen: "127.0.0.1:0", Zones: []Zone{testZone()}, GeoIPPath: writeDB(t, clientNets),
+		GeoIPPollInterval: 10 * time.Millisecond, MaxTCPConns: 3}, pub, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, tcpAddr := s.Addr()
+	var conns []net.Conn
+	for i, payload := range [][]byte{
+		{0, 40},                   // a length prefix and nothing more
+		{0, 5, 1, 2},              // half a message
+		{},                        // idle
+		{0, 3, 1, 2, 3},           // too short for a header: dropped, closed
+		{0, 12, 0, 1, 0, 0, 0, 0}, // beyond MaxTCPConns
+	} {
+		c, err := net.Dial("tcp", tcpAddr.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		if _, err := c.Write(payload); err != nil {
+			t.Fatalf("conn %d: %v", i, err)
+		}
+	}
+	pub.Publish(fiveNodes()[:3])
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }
