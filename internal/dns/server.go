@@ -444,8 +444,8 @@ func (s *Server) serveTCP(c *net.TCPConn) {
 		c.Close()
 	}()
 	var client netip.Addr
-	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
-		client = ap.Addr().Unmap()
+	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		client = ta.AddrPort().Addr().Unmap()
 	}
 	var lenBuf [2]byte
 	in := make([]byte, 512)
