@@ -108,9 +108,21 @@ func childMain() int {
 
 // child is a proxy running in another process.
 type child struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	addr  string
+	cmd      *exec.Cmd
+	stdin    io.WriteCloser
+	addr     string
+	waitOnce sync.Once
+	waitErr  error
+	exited   chan struct{}
+}
+
+// wait waits for the child to exit (however it ends).
+func (c *child) wait() error {
+	c.waitOnce.Do(func() {
+		go func() { c.waitErr = c.cmd.Wait(); close(c.exited) }()
+	})
+	<-c.exited
+	return c.waitErr
 }
 
 func startChild(t testing.TB, upstream, dataDir, node, fault string, extraEnv ...string) *child {
@@ -130,7 +142,7 @@ func startChild(t testing.TB, upstream, dataDir, node, fault string, extraEnv ..
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, stdin: stdin}
+	c := &child{cmd: cmd, stdin: stdin, exited: make(chan struct{})}
 	sc := bufio.NewScanner(out)
 	for sc.Scan() {
 		if a, ok := strings.CutPrefix(sc.Text(), childAddrTag); ok {
@@ -139,7 +151,7 @@ func startChild(t testing.TB, upstream, dataDir, node, fault string, extraEnv ..
 		}
 	}
 	if c.addr == "" {
-		_ = cmd.Wait()
+		_ = c.wait()
 		t.Fatalf("child proxy did not start (exit %v)", cmd.ProcessState)
 	}
 	go func() { _, _ = io.Copy(io.Discard, out) }()
@@ -151,7 +163,7 @@ func startChild(t testing.TB, upstream, dataDir, node, fault string, extraEnv ..
 func (c *child) stop() {
 	_ = c.stdin.Close()
 	done := make(chan struct{})
-	go func() { _ = c.cmd.Wait(); close(done) }()
+	go func() { _ = c.wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(20 * time.Second):
