@@ -1,0 +1,661 @@
+package pubsub
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Mesh is what pubsub needs from the cluster mesh (internal/mesh satisfies
+// it). Broadcast must not block; Handle's handler is called for every
+// message a peer sends on the topic and must not block either.
+type Mesh interface {
+	Broadcast(topic string, msg []byte)
+	Handle(topic string, h func(from string, msg []byte))
+}
+
+// MeshTopic is the mesh topic of pubsub traffic between nodes.
+const MeshTopic = "pubsub"
+
+// Errors of Publish.
+var (
+	ErrBadChannel    = errors.New(`pubsub: channel must be "{tenant}/{thread}"`)
+	ErrUnknownTenant = errors.New("pubsub: unknown tenant")
+	ErrTooLarge      = errors.New("pubsub: message data too large")
+	ErrBadData       = errors.New("pubsub: message data is not JSON")
+	ErrClosed        = errors.New("pubsub: closed")
+)
+
+// PubSub is the live-channel service of one node.
+type PubSub struct {
+	opts    Options
+	log     *slog.Logger
+	met     *metrics
+	mesh    Mesh
+	tenants map[string]*tenant
+	up      websocket.Upgrader
+	poller  *poller // nil: a reader goroutine per websocket
+	pres    *presence
+
+	chMu     sync.RWMutex
+	channels map[string]*channel
+
+	connMu   sync.RWMutex
+	conns    map[uint64]*conn
+	perIP    map[netip.Addr]int
+	nextID   uint64
+	draining bool
+	closed   bool
+
+	stop chan struct{}
+	bg   sync.WaitGroup // sweeper, poller, presence
+	wg   sync.WaitGroup // per-connection goroutines: writers, readers, SSE handlers
+}
+
+// New builds a PubSub and starts its background work (keepalive sweeper,
+// readiness poller, presence exchange). mesh may be nil (a single node).
+func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (*PubSub, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if reg == nil {
+		reg = prometheus.NewRegistry()
+	}
+	o := opts.withDefaults()
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("pubsub: options: %w", err)
+	}
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	p := &PubSub{
+		opts:     o,
+		log:      log,
+		met:      met,
+		mesh:     mesh,
+		tenants:  make(map[string]*tenant, len(o.Tenants)),
+		channels: make(map[string]*channel),
+		conns:    make(map[uint64]*conn),
+		perIP:    make(map[netip.Addr]int),
+		stop:     make(chan struct{}),
+	}
+	for _, t := range o.Tenants {
+		nt := &tenant{name: t.Name, secret: t.Secret, publicKey: t.PublicKey, public: t.Public}
+		for _, s := range t.Origins {
+			pat, _ := parseOriginPattern(s) // validated
+			nt.origins = append(nt.origins, pat)
+		}
+		p.tenants[t.Name] = nt
+	}
+	p.up = websocket.Upgrader{
+		HandshakeTimeout: 10 * time.Second,
+		// The gorilla connection is dropped right after the handshake (see
+		// wsframe.go); tiny buffers keep the handshake cheap.
+		ReadBufferSize:  64,
+		WriteBufferSize: 64,
+		WriteBufferPool: &sync.Pool{},
+		CheckOrigin:     func(*http.Request) bool { return true }, // checked per tenant in serveWS
+		Error: func(w http.ResponseWriter, r *http.Request, status int, reason error) {
+			http.Error(w, reason.Error(), status)
+		},
+	}
+	if !o.DisablePoller {
+		pl, err := newPoller(p)
+		if err != nil {
+			log.Warn("pubsub: no readiness poller; one reader goroutine per websocket", "err", err)
+		} else {
+			p.poller = pl
+		}
+	}
+	p.bg.Add(1)
+	go p.sweeper()
+	if p.poller != nil {
+		p.bg.Add(1)
+		go p.poller.run()
+	}
+	if mesh != nil {
+		p.pres = newPresence(p)
+		mesh.Handle(MeshTopic, p.onPeer)
+		p.bg.Add(1)
+		go p.pres.run()
+	}
+	return p, nil
+}
+
+// Routes are the public routes, for the transport.
+func (p *PubSub) Routes() map[string]http.Handler {
+	return map[string]http.Handler{
+		"GET /ws":  http.HandlerFunc(p.serveWS),
+		"GET /sse": http.HandlerFunc(p.serveSSE),
+	}
+}
+
+// ---- connections ----
+
+// reserve counts a new connection from ip against the limits; "" when it
+// may proceed, else the refusal reason.
+func (p *PubSub) reserve(ip netip.Addr) string {
+	p.connMu.Lock()
+	defer p.connMu.Unlock()
+	switch {
+	case p.closed || p.draining:
+		return "draining"
+	case p.opts.MaxConnsPerIP > 0 && p.perIP[ip] >= p.opts.MaxConnsPerIP:
+		return "conns_per_ip"
+	}
+	p.perIP[ip]++
+	return ""
+}
+
+func (p *PubSub) release(ip netip.Addr) {
+	p.connMu.Lock()
+	p.releaseLocked(ip)
+	p.connMu.Unlock()
+}
+
+func (p *PubSub) releaseLocked(ip netip.Addr) {
+	if p.perIP[ip]--; p.perIP[ip] <= 0 {
+		delete(p.perIP, ip)
+	}
+}
+
+// admit makes a reserved connection visible (to fan-out, sweeper, Drain).
+// It fails when the node started draining meanwhile; the reservation is
+// then released.
+func (p *PubSub) admit(c *conn) bool {
+	p.connMu.Lock()
+	defer p.connMu.Unlock()
+	if p.closed || p.draining {
+		p.releaseLocked(c.ip)
+		return false
+	}
+	p.nextID++
+	c.id = p.nextID
+	p.conns[c.id] = c
+	// The handler's remaining work counts as one of the connection's
+	// goroutines (it calls wg.Done when it returns): Close waits for it.
+	p.wg.Add(1)
+	if c.kind == kindWS {
+		p.met.connsWS.Inc()
+	} else {
+		p.met.connsSSE.Inc()
+	}
+	return true
+}
+
+func (p *PubSub) unregister(c *conn) {
+	p.connMu.Lock()
+	delete(p.conns, c.id)
+	p.releaseLocked(c.ip)
+	p.connMu.Unlock()
+	if c.kind == kindWS {
+		p.met.connsWS.Dec()
+	} else {
+		p.met.connsSSE.Dec()
+	}
+	c.mu.Lock()
+	reason := c.reason
+	c.mu.Unlock()
+	p.met.disconnects.WithLabelValues(reason).Inc()
+}
+
+func (p *PubSub) lookup(id uint64) *conn {
+	p.connMu.RLock()
+	c := p.conns[id]
+	p.connMu.RUnlock()
+	return c
+}
+
+func (p *PubSub) connCount() int {
+	p.connMu.RLock()
+	defer p.connMu.RUnlock()
+	return len(p.conns)
+}
+
+func (p *PubSub) snapshotConns() []*conn {
+	p.connMu.RLock()
+	defer p.connMu.RUnlock()
+	out := make([]*conn, 0, len(p.conns))
+	for _, c := range p.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// ---- client frames ----
+
+func (p *PubSub) handleClientFrame(c *conn, b []byte) {
+	f, code := decodeClientFrame(b)
+	if code != "" {
+		c.clientError(code, "", f.ID, "")
+		return
+	}
+	switch f.Type {
+	case typeSubscribe:
+		p.subscribe(c, f.Channel, f.Token, f.Since, f.ID)
+	case typeUnsubscribe:
+		p.unsubscribe(c, f.Channel, f.ID)
+	case typePing:
+		c.enqueue(connFrame(c.kind, serverFrame{Type: typePong, ID: f.ID}))
+	}
+}
+
+// authorize checks that c may subscribe to name with tok. It binds an
+// unbound connection to the channel's tenant. It returns the refusal code,
+// "" when allowed; refusals are counted.
+func (p *PubSub) authorize(c *conn, name, tok string) (*tenant, string) {
+	tn, thread, ok := splitChannel(name)
+	if !ok {
+		return nil, p.refuse(codeBadChannel)
+	}
+	t := p.tenants[tn]
+	if t == nil {
+		return nil, p.refuse(codeUnknownTenant)
+	}
+	c.mu.Lock()
+	bound := c.tenant
+	c.mu.Unlock()
+	if bound != nil && bound != t {
+		return nil, p.refuse(codeTenantMismatch)
+	}
+	if !originAllowed(t.origins, c.origin) {
+		return nil, p.refuse(codeOrigin)
+	}
+	if !t.isPublic(thread) {
+		if tok == "" {
+			return nil, p.refuse(codeTokenRequired)
+		}
+		if code := verifyToken(t, tok, thread, time.Now()); code != "" {
+			return nil, p.refuse(code)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tenant == nil {
+		c.tenant = t
+	} else if c.tenant != t {
+		return nil, p.refuse(codeTenantMismatch)
+	}
+	return t, ""
+}
+
+func (p *PubSub) refuse(code string) string {
+	p.met.refusals.WithLabelValues(code).Inc()
+	return code
+}
+
+func (p *PubSub) subscribe(c *conn, name, tok string, since *Position, id string) {
+	if _, code := p.authorize(c, name, tok); code != "" {
+		c.clientError(code, refusalText[code], id, name)
+		return
+	}
+	if code := p.join(c, name, since, id); code != "" {
+		c.clientError(code, refusalText[code], id, name)
+	}
+}
+
+var refusalText = map[string]string{
+	codeBadChannel:     `channel must be "{tenant}/{thread}"`,
+	codeUnknownTenant:  "no such tenant",
+	codeTenantMismatch: "this connection belongs to another tenant",
+	codeOrigin:         "origin not allowed for this tenant",
+	codeTokenRequired:  "private channel: a token is required",
+	codeTokenInvalid:   "token is malformed or its signature is wrong",
+	codeTokenExpired:   "token expired",
+	codeTokenTenant:    "token is for another tenant",
+	codeTokenScope:     "token does not cover this channel",
+	codeTooManySubs:    "too many subscriptions on this connection",
+	codeNotSubscribed:  "not subscribed to this channel",
+}
+
+// join adds the subscription (authorized already) and queues the
+// "subscribed" reply and any history the client missed, in the same
+// critical section as live fan-out so nothing is lost or repeated.
+func (p *PubSub) join(c *conn, name string, since *Position, id string) string {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return ""
+	}
+	for _, s := range c.subs {
+		if s.ch.name == name {
+			c.mu.Unlock()
+			// Already subscribed: confirm, change nothing.
+			s.ch.mu.Lock()
+			pos := Position{s.ch.epoch, s.ch.last}
+			s.ch.mu.Unlock()
+			c.enqueue(connFrame(c.kind, serverFrame{Type: typeSubscribed, ID: id, Channel: name, Position: &pos}))
+			return ""
+		}
+	}
+	if len(c.subs) >= p.opts.MaxSubsPerConn {
+		c.mu.Unlock()
+		return p.refuse(codeTooManySubs)
+	}
+	c.mu.Unlock()
+
+	now := time.Now()
+	for {
+		ch := p.channel(name, now)
+		ch.mu.Lock()
+		if ch.dead {
+			ch.mu.Unlock()
+			continue
+		}
+		ch.trimLocked(now, p.opts.HistoryTTL)
+		pos := Position{ch.epoch, ch.last}
+		var replay []*outMsg
+		reload := false
+		if since != nil {
+			replay, reload = ch.replayLocked(*since)
+			if reload {
+				p.met.recoveries.WithLabelValues("must_reload").Inc()
+			} else {
+				p.met.recoveries.WithLabelValues("recovered").Inc()
+			}
+		}
+		c.mu.Lock()
+		if c.state != stateOpen {
+			c.mu.Unlock()
+			ch.mu.Unlock()
+			return ""
+		}
+		s := &subscription{ch: ch, c: c}
+		ch.addLocked(s)
+		c.subs = append(c.subs, s)
+		p.met.subs.Inc()
+		if reload {
+			c.enqueueLocked(connFrame(c.kind, serverFrame{Type: typeError, Code: codeMustReload, ID: id, Channel: name,
+				Reason: "history does not cover the gap: reload the channel's state"}), false)
+		}
+		sub := serverFrame{Type: typeSubscribed, ID: id, Channel: name, Position: &pos}
+		if since != nil && !reload {
+			n := len(replay)
+			sub.Recovered = &n
+		}
+		c.enqueueLocked(connFrame(c.kind, sub), false)
+		for _, m := range replay {
+			c.enqueueLocked(m, false)
+		}
+		c.mu.Unlock()
+		ch.mu.Unlock()
+		return ""
+	}
+}
+
+// channel returns the channel's state, creating it.
+func (p *PubSub) channel(name string, now time.Time) *channel {
+	p.chMu.RLock()
+	ch := p.channels[name]
+	p.chMu.RUnlock()
+	if ch != nil {
+		return ch
+	}
+	p.chMu.Lock()
+	defer p.chMu.Unlock()
+	if ch = p.channels[name]; ch == nil {
+		ch = &channel{name: name, epoch: newEpoch(), touched: now}
+		p.channels[name] = ch
+		p.met.channels.Inc()
+	}
+	return ch
+}
+
+func (p *PubSub) unsubscribe(c *conn, name, id string) {
+	c.mu.Lock()
+	var s *subscription
+	for i, x := range c.subs {
+		if x.ch.name == name {
+			s = x
+			last := len(c.subs) - 1
+			c.subs[i] = c.subs[last]
+			c.subs[last] = nil
+			c.subs = c.subs[:last]
+			break
+		}
+	}
+	c.mu.Unlock()
+	if s == nil {
+		c.clientError(codeNotSubscribed, refusalText[codeNotSubscribed], id, name)
+		return
+	}
+	s.ch.mu.Lock()
+	s.ch.removeLocked(s, time.Now())
+	s.ch.mu.Unlock()
+	p.met.subs.Dec()
+	c.enqueue(connFrame(c.kind, serverFrame{Type: typeUnsubscribed, ID: id, Channel: name}))
+}
+
+// ---- publishing ----
+
+// Publish sends data to every subscriber of channel on this node and on
+// every peer. data must be JSON; it is compacted (so that it fits one SSE
+// data line). The position is this node's; it is zero when no connection
+// on this node subscribed to the channel recently (nothing is kept then).
+func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error) {
+	if len(data) > p.opts.MaxMessageBytes {
+		return Position{}, ErrTooLarge
+	}
+	compact, err := p.checkMessage(channel, data)
+	if err != nil {
+		return Position{}, err
+	}
+	p.connMu.RLock()
+	closed := p.closed
+	p.connMu.RUnlock()
+	if closed {
+		return Position{}, ErrClosed
+	}
+	p.met.publishes.WithLabelValues("local").Inc()
+	if p.mesh != nil {
+		// Peers first: their fan-out runs while ours does.
+		p.mesh.Broadcast(MeshTopic, encodePeerMessage(channel, compact))
+	}
+	pos, _ := p.deliver(channel, compact)
+	return pos, nil
+}
+
+// checkMessage validates a message and returns its data compacted.
+func (p *PubSub) checkMessage(channel string, data []byte) ([]byte, error) {
+	tn, _, ok := splitChannel(channel)
+	if !ok {
+		return nil, ErrBadChannel
+	}
+	if p.tenants[tn] == nil {
+		return nil, ErrUnknownTenant
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(data))
+	if err := json.Compact(&buf, data); err != nil || buf.Len() == 0 {
+		return nil, ErrBadData
+	}
+	if buf.Len() > p.opts.MaxMessageBytes {
+		return nil, ErrTooLarge
+	}
+	return buf.Bytes(), nil
+}
+
+// deliver fans a checked message out to the local subscribers and records
+// it in the channel's history. It returns the position and the number of
+// subscribers it was queued for.
+func (p *PubSub) deliver(name string, data []byte) (Position, int) {
+	p.chMu.RLock()
+	ch := p.channels[name]
+	p.chMu.RUnlock()
+	if ch == nil {
+		return Position{}, 0 // nobody here can hold a position in it
+	}
+	now := time.Now()
+	ch.mu.Lock()
+	if ch.dead {
+		ch.mu.Unlock()
+		return Position{}, 0
+	}
+	ch.last++
+	pos := Position{ch.epoch, ch.last}
+	m := newMessage(name, pos, data, now)
+	ch.hist.push(m, p.opts.History)
+	ch.trimLocked(now, p.opts.HistoryTTL)
+	ch.touched = now
+	n := len(ch.subs)
+	if n > 0 {
+		m.fanout = p.met
+		m.pending.Store(int32(n) + 1) // +1 until the loop is over
+	}
+	for _, s := range ch.subs {
+		c := s.c
+		c.mu.Lock()
+		c.enqueueLocked(m, true)
+		c.mu.Unlock()
+	}
+	ch.mu.Unlock()
+	if n > 0 {
+		m.done()
+	}
+	return pos, n
+}
+
+// ---- draining and closing ----
+
+// reconnectFrame tells a client to connect again, to another node.
+func reconnectFrame(kind connKind) *outMsg {
+	return connFrame(kind, serverFrame{Type: typeReconnect, Reason: "node draining"})
+}
+
+// Drain tells every client to reconnect elsewhere (a reconnect-elsewhere
+// frame, then a websocket close 1012 or the end of the SSE stream), refuses
+// new connections, and waits until all are gone or ctx ends; then the rest
+// are cut.
+func (p *PubSub) Drain(ctx context.Context) error {
+	p.connMu.Lock()
+	p.draining = true
+	p.connMu.Unlock()
+	for _, c := range p.snapshotConns() {
+		c.mu.Lock()
+		c.enqueueLocked(reconnectFrame(c.kind), false)
+		c.beginCloseLocked(closeServiceRestart, "node draining, reconnect", "drain")
+		c.mu.Unlock()
+	}
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for p.connCount() > 0 {
+		select {
+		case <-ctx.Done():
+			for _, c := range p.snapshotConns() {
+				c.terminate("drain_timeout")
+			}
+			return fmt.Errorf("pubsub: drain: %w", ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// Close stops everything: background work, the mesh handler, every
+// connection (cut at once), and waits for all goroutines of the package.
+func (p *PubSub) Close() error {
+	p.connMu.Lock()
+	if p.closed {
+		p.connMu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.connMu.Unlock()
+	if p.mesh != nil {
+		p.mesh.Handle(MeshTopic, nil)
+	}
+	close(p.stop)
+	if p.poller != nil {
+		p.poller.wake()
+	}
+	p.bg.Wait()
+	for _, c := range p.snapshotConns() {
+		c.terminate("shutdown")
+	}
+	p.wg.Wait()
+	if p.poller != nil {
+		p.poller.close()
+	}
+	return nil
+}
+
+// ---- keepalive and housekeeping ----
+
+// sweeper pings connections, ends dead ones and forgets idle channels.
+// Pings are spread over PingInterval (one bucket of connections per tick)
+// so that they never come in one burst.
+func (p *PubSub) sweeper() {
+	defer p.bg.Done()
+	tick := time.Second
+	if p.opts.PingInterval < 4*time.Second {
+		tick = p.opts.PingInterval / 4
+	}
+	buckets := uint64(max(1, p.opts.PingInterval/tick))
+	deadAfter := p.opts.PingInterval*5/2 + 0
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var n uint64
+	var batch []*conn
+	lastChannelSweep := time.Now()
+	for {
+		select {
+		case <-p.stop:
+			return
+		case now := <-t.C:
+			n++
+			b := n % buckets
+			batch = batch[:0]
+			p.connMu.RLock()
+			for id, c := range p.conns {
+				if id%buckets == b {
+					batch = append(batch, c)
+				}
+			}
+			p.connMu.RUnlock()
+			for _, c := range batch {
+				if c.kind == kindSSE {
+					c.enqueue(sseHeartbeat)
+					continue
+				}
+				if now.Sub(time.Unix(0, c.lastRead.Load())) > deadAfter {
+					c.terminate("ping_timeout")
+					continue
+				}
+				c.enqueue(wsPing)
+			}
+			clear(batch)
+			if now.Sub(lastChannelSweep) >= min(10*time.Second, p.opts.HistoryTTL/2) {
+				lastChannelSweep = now
+				p.sweepChannels(now)
+			}
+		}
+	}
+}
+
+// sweepChannels forgets channels without subscribers whose history has
+// expired (or right away when no history is kept).
+func (p *PubSub) sweepChannels(now time.Time) {
+	p.chMu.Lock()
+	defer p.chMu.Unlock()
+	for name, ch := range p.channels {
+		ch.mu.Lock()
+		ch.trimLocked(now, p.opts.HistoryTTL)
+		if len(ch.subs) == 0 && (p.opts.History == 0 || now.Sub(ch.touched) > p.opts.HistoryTTL) {
+			ch.dead = true
+			delete(p.channels, name)
+			p.met.channels.Dec()
+		}
+		ch.mu.Unlock()
+	}
+}

@@ -1,0 +1,66 @@
+package pubsub
+
+import (
+	"encoding/json"
+	"fmt"
+	"runtime"
+	"testing"
+)
+
+func TestWebsocketAndSSEReceivePublish(t *testing.T) {
+	for _, poller := range []bool{true, false} {
+		t.Run(fmt.Sprintf("poller=%v", poller), func(t *testing.T) {
+			opts := testOptions()
+			opts.DisablePoller = !poller
+			n := newNode(t, opts, nil)
+			if (n.ps.poller != nil) != (poller && runtime.GOOS == "linux") {
+				t.Fatalf("poller in use: %v", n.ps.poller != nil)
+			}
+			ws := n.mustDial()
+			sub := ws.subscribe("demo/thread-1", "", nil)
+			if sub.Channel != "demo/thread-1" || sub.Position == nil || sub.Position.Offset != 0 {
+				t.Fatalf("subscribed: %+v", sub)
+			}
+			sse, _ := n.sse("channel=demo/thread-1", nil)
+			if f, _ := sse.expect(typeSubscribed); f.Position.Epoch != sub.Position.Epoch {
+				t.Fatalf("sse subscribed %+v", f)
+			}
+
+			pos := n.publish("demo/thread-1", map[string]any{"text": "hello\nworld", "n": 1})
+			if pos.Epoch != sub.Position.Epoch || pos.Offset != 1 {
+				t.Fatalf("publish position %+v", pos)
+			}
+			m := ws.expect(typeMessage)
+			if m.Channel != "demo/thread-1" || *m.Position != pos || string(m.Data) != `{"n":1,"text":"hello\nworld"}` {
+				t.Fatalf("ws message %+v data %s", m, m.Data)
+			}
+			f, ev := sse.expect(typeMessage)
+			if *f.Position != pos || string(f.Data) != string(m.Data) || ev.id != "demo/thread-1@"+pos.Epoch+":1" {
+				t.Fatalf("sse message %+v id %q", f, ev.id)
+			}
+			if got := n.counter("edgenode_pubsub_deliveries_total"); got < 2 {
+				t.Fatalf("deliveries %v", got)
+			}
+			if got := n.counter("edgenode_pubsub_connections", "transport", "ws"); got != 1 {
+				t.Fatalf("ws connections gauge %v", got)
+			}
+			// The fan-out latency is observed once the last socket is written.
+			waitFor(t, "fan-out observed", func() bool { return n.counter("edgenode_pubsub_fanout_seconds") == 1 })
+
+			// Messages keep their order.
+			for i := 2; i <= 50; i++ {
+				n.ps.Publish("demo/thread-1", json.RawMessage(fmt.Sprint(i)))
+			}
+			for i := 2; i <= 50; i++ {
+				m := ws.expect(typeMessage)
+				if m.Position.Offset != uint64(i) || string(m.Data) != fmt.Sprint(i) {
+					t.Fatalf("message %d: %+v", i, m)
+				}
+				f, _ := sse.expect(typeMessage)
+				if f.Position.Offset != uint64(i) {
+					t.Fatalf("sse message %d: %+v", i, f)
+				}
+			}
+		})
+	}
+}
