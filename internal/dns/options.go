@@ -12,8 +12,17 @@
 // Client location comes from the EDNS Client Subnet option (RFC 7871) when
 // present, else from the resolver's address, looked up in an in-memory index
 // of a MaxMind database (package geoindex) with configured overrides ahead of
-// it. Rankings per location are cached and thrown away when the node map or
-// the index changes.
+// it. Rankings per location are cached; a new index or a node map that
+// changes which nodes serve (or where they are) throws them away, while a
+// change of load alone keeps them, since load only matters at pick time.
+//
+// Answers follow RFC 1034/2308 (NXDOMAIN and NODATA with the zone's SOA,
+// empty non-terminals, in-zone CNAME chasing up to 8 hops), RFC 6891 (EDNS0,
+// BADVERS), RFC 7871 (ECS), RFC 8482 (one HINFO for ANY) and RFC 7766
+// (pipelined TCP). Not supported: DNSSEC (the DO bit is echoed, nothing is
+// signed), wildcards, delegations below the apex, nested zones, zone
+// transfers (REFUSED), TSIG (NOTAUTH), DNS cookies (ignored, as RFC 7873
+// allows).
 package dns
 
 import (
