@@ -108,13 +108,20 @@ type DNS struct {
 
 // Zone is one zone this server is authoritative for.
 type Zone struct {
-	Origin     string   `yaml:"origin"`
-	NS         []string `yaml:"ns"`
-	Mbox       string   `yaml:"mbox"`
-	TTL        uint32   `yaml:"ttl"`
-	NegTTL     uint32   `yaml:"negative_ttl"`
-	Records    []string `yaml:"records"` // zone-file lines, relative to the origin
-	NodesLabel string   `yaml:"nodes_label"`
+	Origin      string        `yaml:"origin"`
+	NS          []string      `yaml:"ns"`
+	Mbox        string        `yaml:"mbox"`
+	TTL         time.Duration `yaml:"ttl"`
+	NegativeTTL time.Duration `yaml:"negative_ttl"`
+	Records     []Record      `yaml:"records"`
+}
+
+// Record is one static record; Value is its data as in a zone file.
+type Record struct {
+	Name  string        `yaml:"name"` // relative to the zone ("www", "@") or absolute with the final dot
+	Type  string        `yaml:"type"` // A, AAAA, CNAME, TXT, MX, CAA
+	TTL   time.Duration `yaml:"ttl"`
+	Value string        `yaml:"value"`
 }
 
 // DynamicName is a name answered with the nearest live nodes.
@@ -127,11 +134,11 @@ type DynamicName struct {
 
 // GeoOverride places a network at a location ahead of the GeoIP database.
 type GeoOverride struct {
-	CIDR      string  `yaml:"cidr"`
-	Latitude  float64 `yaml:"latitude"`
-	Longitude float64 `yaml:"longitude"`
-	Country   string  `yaml:"country"`
-	Continent string  `yaml:"continent"`
+	CIDR      string   `yaml:"cidr"`
+	Latitude  *float64 `yaml:"latitude"`
+	Longitude *float64 `yaml:"longitude"`
+	Country   string   `yaml:"country"`
+	Continent string   `yaml:"continent"`
 }
 
 // StaticNode is a node of a cluster without a mesh.
@@ -211,15 +218,14 @@ func Default() Config {
 			Listen:  "127.0.0.1:8053",
 			SlackKM: 200,
 			Zones: []Zone{{
-				Origin: "edgenode.test.",
-				NS:     []string{"ns1.edgenode.test."},
-				Mbox:   "hostmaster.edgenode.test.",
-				TTL:    3600,
-				NegTTL: 60,
-				Records: []string{
-					"ns1 3600 IN A 127.0.0.1",
+				Origin:      "edgenode.test.",
+				NS:          []string{"ns1.edgenode.test."},
+				Mbox:        "hostmaster.edgenode.test.",
+				TTL:         time.Hour,
+				NegativeTTL: time.Minute,
+				Records: []Record{
+					{Name: "ns1", Type: "A", TTL: time.Hour, Value: "127.0.0.1"},
 				},
-				NodesLabel: "nodes",
 			}},
 			Dynamic: []DynamicName{{Name: "widget.edgenode.test.", Count: 2, TTL: 30 * time.Second}},
 			RRL:     RRL{ResponsesPerSec: 50, Slip: 2, ExemptLoopback: true},

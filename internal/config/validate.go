@@ -112,6 +112,17 @@ func (c *Config) validate(ps *Problems) {
 			if len(z.NS) == 0 {
 				ps.add(p+".ns", "needs at least one name server, e.g. [ns1.example.com.]")
 			}
+			for j, r := range z.Records {
+				rp := fmt.Sprintf("%s.records[%d]", p, j)
+				switch strings.ToUpper(r.Type) {
+				case "A", "AAAA", "CNAME", "TXT", "MX", "CAA":
+				default:
+					ps.add(rp+".type", "%q is not supported: want A, AAAA, CNAME, TXT, MX or CAA", r.Type)
+				}
+				if r.Name == "" || r.Value == "" {
+					ps.add(rp, "needs a name (\"@\" for the apex) and a value")
+				}
+			}
 		}
 		for i, dn := range d.Dynamic {
 			p := fmt.Sprintf("dns.dynamic[%d]", i)
@@ -131,6 +142,12 @@ func (c *Config) validate(ps *Problems) {
 			p := fmt.Sprintf("dns.overrides[%d]", i)
 			if _, err := netip.ParsePrefix(o.CIDR); err != nil {
 				ps.add(p+".cidr", "%q is not a CIDR: want e.g. 192.0.2.0/24", o.CIDR)
+			}
+			if (o.Latitude == nil) != (o.Longitude == nil) {
+				ps.add(p, "give latitude and longitude together")
+			}
+			if o.Latitude == nil && o.Country == "" && o.Continent == "" {
+				ps.add(p, "needs latitude/longitude, a country or a continent")
 			}
 		}
 		for i, sn := range d.Nodes {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
 )
@@ -43,6 +44,8 @@ type Node struct {
 	https *transport.Server
 	certs *transport.CertStore
 	admin *admin.Server
+
+	nodes *nodemap.Publisher // the node map without a mesh
 
 	parts []*part // in start order
 }
