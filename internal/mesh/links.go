@@ -378,12 +378,12 @@ func (l *links) send(node, topic string, msg []byte) error {
 		return fmt.Errorf("mesh: %w", err)
 	}
 	if len(msg) > l.m.o.MaxMessageSize {
-		l.m.met.drops.WithLabelValues("too_large").Inc()
+		l.m.met.drop("too_large", 1)
 		return ErrTooLarge
 	}
 	p := (*l.snap.Load())[node]
 	if p == nil {
-		l.m.met.drops.WithLabelValues("unknown_peer").Inc()
+		l.m.met.drop("unknown_peer", 1)
 		return fmt.Errorf("%w: %q", ErrUnknownPeer, node)
 	}
 	return p.enqueue(outMsg{topic: topic, msg: msg})
@@ -394,7 +394,7 @@ func (l *links) broadcast(topic string, msg []byte) {
 		return
 	}
 	if len(msg) > l.m.o.MaxMessageSize {
-		l.m.met.drops.WithLabelValues("too_large").Inc()
+		l.m.met.drop("too_large", 1)
 		return
 	}
 	for _, p := range *l.snap.Load() {
@@ -464,7 +464,7 @@ func (p *peer) enqueue(it outMsg) error {
 
 func (p *peer) drop(reason string, n int) {
 	p.drops.Add(uint64(n))
-	p.l.m.met.drops.WithLabelValues(reason).Add(float64(n))
+	p.l.m.met.drop(reason, n)
 }
 
 func (p *peer) stop(graceful bool) {
@@ -720,7 +720,7 @@ func (l *links) readStream(s *quic.ReceiveStream, from string) {
 		bytes.Add(float64(len(msg)))
 		h := (*l.handlers.Load())[topic]
 		if h == nil {
-			l.m.met.drops.WithLabelValues("no_handler").Inc()
+			l.m.met.drop("no_handler", 1)
 			continue
 		}
 		h(from, msg)

@@ -16,6 +16,7 @@ type metrics struct {
 	messages     *prometheus.CounterVec
 	bytes        *prometheus.CounterVec
 	drops        *prometheus.CounterVec
+	dropBy       map[string]prometheus.Counter // drops resolved per reason once: drops happen in hot loops
 	connects     *prometheus.CounterVec
 	dialErrors   *prometheus.CounterVec
 	refused      *prometheus.CounterVec
@@ -84,8 +85,9 @@ func newMetrics(reg prometheus.Registerer, peers func() []peerStat, health func(
 	for _, st := range []string{"alive", "draining", "suspect", "dead"} {
 		m.members.WithLabelValues(st)
 	}
+	m.dropBy = map[string]prometheus.Counter{}
 	for _, r := range []string{"queue_full", "unknown_peer", "peer_gone", "link_error", "no_handler", "too_large"} {
-		m.drops.WithLabelValues(r)
+		m.dropBy[r] = m.drops.WithLabelValues(r)
 	}
 	if reg == nil {
 		return m, nil
@@ -143,4 +145,9 @@ func (c *peerCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descLinkUp, prometheus.GaugeValue, up, p.id)
 		ch <- prometheus.MustNewConstMetric(descPeerDrops, prometheus.CounterValue, float64(p.drops), p.id)
 	}
+}
+
+// drop counts n messages dropped for reason (one of the fixed reasons).
+func (m *metrics) drop(reason string, n int) {
+	m.dropBy[reason].Add(float64(n))
 }

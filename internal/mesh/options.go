@@ -122,11 +122,11 @@ type Tuning struct {
 
 // Profiles. "wan" is the default: a direct probe tolerates a 400 ms round
 // trip (above intercontinental p99), indirect probes and a TCP ping get the
-// rest of the interval, and a suspect has 3 probe intervals (2.4 s for fewer
-// than 10 nodes) to refute before it is declared dead.
+// remaining 350 ms of the interval, and a suspect has 3 probe intervals
+// (2.25 s below 10 nodes, 2.9 s at 20) to refute before it is declared dead.
 var profiles = map[string]Tuning{
 	"wan": {
-		ProbeInterval:           800 * time.Millisecond,
+		ProbeInterval:           750 * time.Millisecond,
 		ProbeTimeout:            400 * time.Millisecond,
 		IndirectChecks:          3,
 		SuspicionMult:           3,
@@ -248,8 +248,8 @@ func (t Tuning) validate() error {
 //
 // It is an expected bound, not a hard one: an unlucky probe order can add
 // intervals, and a suspicion nobody confirms lasts up to
-// SuspicionMaxTimeoutMult times longer. With the "wan" profile it is 5.2 s
-// for 3 nodes and 5.9 s for 20; "local" gives 2.1 s for 3 nodes.
+// SuspicionMaxTimeoutMult times longer. With the "wan" profile it is 4.9 s
+// for 3 nodes and 5.6 s for 20; "local" gives 1.9 s for 3 nodes.
 func (t Tuning) DetectionBound(n int) time.Duration {
 	scale := math.Max(1, math.Log10(math.Max(1, float64(n))))
 	suspicion := time.Duration(float64(t.SuspicionMult) * scale * float64(t.ProbeInterval))

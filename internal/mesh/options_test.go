@@ -109,8 +109,8 @@ func TestDetectionBoundDocumented(t *testing.T) {
 		n    int
 		want time.Duration
 	}{
-		{wan, 3, 5200 * time.Millisecond},
-		{wan, 20, 5920 * time.Millisecond},
+		{wan, 3, 4900 * time.Millisecond},
+		{wan, 20, 5580 * time.Millisecond},
 		{local, 3, 1900 * time.Millisecond},
 	} {
 		if got := c.t.DetectionBound(c.n).Round(10 * time.Millisecond); got != c.want {
