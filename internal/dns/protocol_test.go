@@ -268,9 +268,10 @@ func TestRRL(t *testing.T) {
 			answered++
 		}
 	}
-	// Burst of 5 plus what refills while 60 packets go out (a fraction of a
-	// second, but the machine may be slow: allow a generous margin).
-	if answered < 5 || answered > 30 {
+	// The burst of 5 is answered; refills during the sending add a few more
+	// (the exact count depends on the clock, so only bound it loosely; the
+	// bucket arithmetic is tested with a fake clock in TestRRLBuckets).
+	if answered < 5 || answered >= n-10 {
 		t.Errorf("answered %d of %d at 5/s", answered, n)
 	}
 	limited := n - answered
