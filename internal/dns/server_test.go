@@ -173,12 +173,18 @@ func TestPowerOfTwoChoicesAmongEquallyNear(t *testing.T) {
 		nodes[i].Load = float64(i)
 	}
 	ts.pub.Publish(nodes)
-	busiest := "100.64.0.14" // fra4, load 7
+	busiest := "100.64.0.13" // fra4, load 7
+	seen = map[string]int{}
 	for range 200 {
 		r := ts.query(t, "one.edgenode.test.", mdns.TypeA, qopt{ecs: ecs("192.0.2.0/26")})
-		if a := r.Answer[0].(*mdns.A).A.String(); a == busiest {
+		a := r.Answer[0].(*mdns.A).A.String()
+		if a == busiest {
 			t.Fatalf("the busiest node won a power-of-two choice")
 		}
+		seen[a]++
+	}
+	if len(seen) != 3 || seen["100.64.0.1"] <= seen["100.64.0.12"] {
+		t.Errorf("with loads: %v; want the three others, the idlest most often", seen)
 	}
 }
 
