@@ -256,12 +256,15 @@ func (t Tuning) DetectionBound(n int) time.Duration {
 	return 3*t.ProbeInterval + suspicion + 2*t.GossipInterval
 }
 
-// HealBound is the expected time for both sides of a healed partition to see
-// each other alive again: two rejoin attempts (the first makes each side
-// refute the other's "dead" verdict, the second carries the refutations),
-// each bounded by the TCP timeout, plus gossip.
+// HealBound is the expected time, once a partition is repaired, until both
+// sides see each other alive again. Within GossipToTheDeadTime of the cut
+// memberlist heals by itself (it still gossips to the dead, who refute).
+// After that only the rejoin loop does: its next round comes within 1.5
+// RejoinIntervals (the interval is jittered), one push/pull merges the two
+// views (a quick follow-up round carries refutations when both sides still
+// remember each other), and gossip spreads the news on each side.
 func (t Tuning) HealBound() time.Duration {
-	return 2*t.RejoinInterval + t.PushPullInterval/10 + 4*t.GossipInterval + t.ProbeInterval
+	return t.RejoinInterval*3/2 + 4*t.GossipInterval + t.ProbeInterval
 }
 
 // Defaults.
