@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
@@ -149,6 +150,9 @@ type Cache struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// running counts fill goroutines (commit included), so tests can wait
+	// for the background work of a request to end.
+	running atomic.Int64
 
 	// Precomputed header values shared by every response (never mutated).
 	hdrCacheControl []string

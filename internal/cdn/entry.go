@@ -25,12 +25,12 @@ type entry struct {
 	dataPath  string
 
 	// Guarded by Cache.mu.
-	validated int64   // unix nanos of the last fetch or successful revalidation
+	validated int64 // unix nanos of the last fetch or successful revalidation
 	// failedUntil (unix nanos): a revalidation failed; until then the copy
 	// is served as stale-if-error without asking the origin again.
 	failedUntil int64
-	h         *handle // open file while the entry is in Cache.open
-	removed   bool
+	h           *handle // open file while the entry is in Cache.open
+	removed     bool
 }
 
 // handle is an open file shared by the requests reading it (pread only, so

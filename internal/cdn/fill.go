@@ -67,6 +67,7 @@ func (c *Cache) newFillLocked(key string, old *entry) *fill {
 	f := &fill{c: c, key: key, old: old, notify: make(chan struct{})}
 	c.fills[key] = f
 	c.wg.Add(1)
+	c.running.Add(1)
 	go c.runFill(f)
 	return f
 }
@@ -77,27 +78,35 @@ func (f *fill) changedLocked() {
 	f.notify = make(chan struct{})
 }
 
+// fillView is what a request sees of a fill once the origin answered.
+type fillView struct {
+	state   fillState
+	h       *handle // a reference to the download file, or nil
+	err     error
+	diskErr bool
+}
+
 // waitHeaders blocks until the origin answered, the fill ended, or ctx is
-// done (ok false). From streaming on it returns a reference to the
-// download file, which the caller releases; h is nil when the fill is
+// done (ok false). From streaming on, the view holds a reference to the
+// download file, which the caller releases; it is nil when the fill is
 // already over and its file belongs to the index now.
-func (f *fill) waitHeaders(ctx context.Context) (st fillState, h *handle, ok bool) {
+func (f *fill) waitHeaders(ctx context.Context) (v fillView, ok bool) {
 	for {
 		f.mu.Lock()
 		st, ch := f.state, f.notify
 		if st != fillWaiting {
 			if f.h != nil {
 				f.h.acquire()
-				h = f.h
 			}
+			v = fillView{state: st, h: f.h, err: f.err, diskErr: f.diskErr}
 			f.mu.Unlock()
-			return st, h, true
+			return v, true
 		}
 		f.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return st, nil, false
+			return v, false
 		}
 	}
 }
@@ -149,6 +158,7 @@ func (c *Cache) finish(f *fill, st fillState, err error, diskErr bool) {
 	c.mu.Unlock()
 	f.mu.Lock()
 	f.state, f.err, f.diskErr = st, err, diskErr
+	f.verified = st == fillComplete
 	h := f.h
 	f.h = nil
 	f.changedLocked()
@@ -181,6 +191,7 @@ var errOriginTimeout = errors.New("origin timed out")
 // runFill is the fill's goroutine (owned by c.wg; stops with c.ctx).
 func (c *Cache) runFill(f *fill) {
 	defer c.wg.Done()
+	defer c.running.Add(-1)
 	ctx, cancel := context.WithCancel(c.ctx)
 	defer cancel()
 	stall := newStallTimer(c.opts.OriginTimeout, cancel)
@@ -305,11 +316,6 @@ func (c *Cache) runFill(f *fill) {
 		c.fail(f, fmt.Errorf("MD5 %x does not match the origin's %x", digest, obj.MD5), "checksum", false)
 		return
 	}
-	f.mu.Lock()
-	f.verified = true
-	f.changedLocked()
-	f.mu.Unlock()
-
 	c.commit(f, tmp, obj, digest, res)
 }
 
@@ -327,14 +333,17 @@ func (c *Cache) unreserveLocked(r *reservation) {
 	}
 }
 
-// commit turns a verified download into an entry.
+// commit turns a verified download into an entry. The entry is indexed
+// before the waiting clients get their last byte, so whoever finished
+// reading finds a hit; durability (fsync, .meta) follows, and if it fails
+// the entry is dropped again.
 func (c *Cache) commit(f *fill, tmp *os.File, obj *Object, digest []byte, res *reservation) {
 	now := time.Now()
 	m := objMeta{
 		Key: f.key, Gen: c.store.gen.Add(1), Size: f.size, ETag: obj.ETag, LastModified: obj.LastModified,
 		ContentType: obj.ContentType, MD5: hex.EncodeToString(digest), FetchedAt: now, ValidatedAt: now,
 	}
-	dataPath, metaPath, err := c.store.commit(tmp, &m)
+	dataPath, metaPath, err := c.store.place(tmp, &m)
 	if err != nil {
 		os.Remove(tmp.Name())
 		c.diskTrouble(err)
@@ -373,13 +382,35 @@ func (c *Cache) commit(f *fill, tmp *os.File, obj *Object, digest []byte, res *r
 	victims := c.takeVictimsLocked()
 	c.updateGaugesLocked()
 	c.mu.Unlock()
+	c.finish(f, fillComplete, nil, false)
+	c.deleteFiles(victims)
 	if discard {
 		h.release()
-		os.Remove(metaPath)
 		os.Remove(dataPath)
+		return
+	}
+
+	err = c.store.persist(h.f, metaPath, &m)
+	c.mu.Lock()
+	gone := e.removed
+	if err != nil && !gone {
+		c.idx.Remove(f.key)
+		gone = true
+	}
+	victims = c.takeVictimsLocked()
+	c.updateGaugesLocked()
+	c.mu.Unlock()
+	if err != nil {
+		c.diskTrouble(err)
+		c.log.Warn("cache commit failed; entry dropped", "key", f.key, "err", err)
+		c.m.fillFailures.WithLabelValues("disk").Inc()
 	}
 	c.deleteFiles(victims)
-	c.finish(f, fillComplete, nil, false)
+	if gone {
+		// Evicted or purged while being persisted: make sure no .meta
+		// written after that removal survives.
+		_ = c.store.remove(e)
+	}
 }
 
 // originAnswered handles an origin answer without a body.

@@ -84,15 +84,17 @@ func NewS3Origin(ctx context.Context, opts S3Options) (*S3Origin, error) {
 	if len(opts.CredentialsFiles) > 0 {
 		lo = append(lo, config.WithSharedCredentialsFiles(opts.CredentialsFiles))
 	}
-	if opts.HTTPClient != nil {
-		lo = append(lo, config.WithHTTPClient(opts.HTTPClient))
-	}
 	cfg, err := config.LoadDefaultConfig(ctx, lo...)
 	if err != nil {
 		return nil, fmt.Errorf("cdn: s3 origin: load config: %w", err)
 	}
 	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
 		o.UsePathStyle = opts.PathStyle
+		// Set here rather than through LoadDefaultConfig, which refuses a
+		// plain *http.Client when AWS_CA_BUNDLE is in the environment.
+		if opts.HTTPClient != nil {
+			o.HTTPClient = opts.HTTPClient
+		}
 		if opts.Endpoint != "" {
 			o.BaseEndpoint = aws.String(opts.Endpoint)
 		}

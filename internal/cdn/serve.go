@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"strconv"
@@ -49,6 +50,15 @@ func (c *Cache) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.m.badReq.Inc()
 		http.Error(w, "bad key: "+err.Error(), http.StatusBadRequest)
 		return
+	}
+	// A Range that is wrong whatever the object's size is refused before
+	// anything is looked up or fetched.
+	if rh := r.Header["Range"]; len(rh) > 0 && len(r.Header["If-Range"]) == 0 {
+		if _, _, err := parseRanges(rh[0], math.MaxInt64, c.opts.MaxRanges); errors.Is(err, errRangeSyntax) || errors.Is(err, errRangeMany) {
+			c.m.rangeUnsat.Inc()
+			http.Error(w, "range not satisfiable: "+err.Error(), http.StatusRequestedRangeNotSatisfiable)
+			return
+		}
 	}
 	c.serveKey(w, r, key, true)
 }
@@ -195,10 +205,11 @@ func (c *Cache) lostEntry(w http.ResponseWriter, r *http.Request, e *entry, err 
 // serveFill serves a request from a fill: streamed from the download as it
 // arrives, or per the origin's answer.
 func (c *Cache) serveFill(w http.ResponseWriter, r *http.Request, f *fill, old *entry, retry bool) {
-	st, h, ok := f.waitHeaders(r.Context())
+	v, ok := f.waitHeaders(r.Context())
 	if !ok {
 		return // the client left
 	}
+	st, h := v.state, v.h
 	if h != nil {
 		defer h.release()
 	}
@@ -217,15 +228,29 @@ func (c *Cache) serveFill(w http.ResponseWriter, r *http.Request, f *fill, old *
 	if h == nil {
 		// Over before this request looked: failed before any byte, or
 		// complete and indexed (or purged) meanwhile.
-		if st == fillComplete && retry {
-			c.serveKey(w, r, f.key, false)
-			return
+		if st == fillComplete {
+			// This request's miss was filled before it looked: serve the
+			// new entry, still labelled as the miss it was.
+			c.mu.Lock()
+			if e, ok := c.idx.Get(f.key); ok {
+				c.serveEntryLocked(w, r, e, xMiss, c.m.miss)
+				return
+			}
+			c.mu.Unlock()
+			if retry {
+				c.serveKey(w, r, f.key, false)
+				return
+			}
 		}
 		if old != nil {
 			c.serveEntry(w, r, old, xStaleErr, c.m.staleErr)
 			return
 		}
-		c.originFailed(w, f.err)
+		if v.diskErr {
+			c.passThrough(w, r, f.key)
+			return
+		}
+		c.originFailed(w, v.err)
 		return
 	}
 	if old != nil {

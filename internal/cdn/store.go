@@ -73,32 +73,32 @@ func (s *store) createTemp() (*os.File, error) {
 	return os.CreateTemp(s.tmpDir, "fill-*")
 }
 
-// commit makes a verified download an entry: fsync the data, rename it into
-// place, write the meta beside it the same way, fsync the folder. tmp stays
-// open (readers use it); on error the caller removes what is left.
-func (s *store) commit(tmp *os.File, m *objMeta) (dataPath, metaPath string, err error) {
-	hash := keyHash(m.Key)
-	dataPath, metaPath = s.paths(hash, m.Gen)
-	if err := tmp.Sync(); err != nil {
-		return "", "", fmt.Errorf("fsync data: %w", err)
-	}
-	dir := filepath.Dir(dataPath)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// place moves a verified download to its final name (no fsync yet: the
+// entry is served from the open file at once, and it only counts on disk
+// once persist wrote its .meta). tmp stays open: readers use it.
+func (s *store) place(tmp *os.File, m *objMeta) (dataPath, metaPath string, err error) {
+	dataPath, metaPath = s.paths(keyHash(m.Key), m.Gen)
+	if err := os.MkdirAll(filepath.Dir(dataPath), 0o755); err != nil {
 		return "", "", err
 	}
 	if err := os.Rename(tmp.Name(), dataPath); err != nil {
 		return "", "", err
 	}
-	if err := s.writeMeta(metaPath, m); err != nil {
-		os.Remove(dataPath)
-		return "", "", err
-	}
-	if err := syncDir(dir); err != nil {
-		os.Remove(metaPath)
-		os.Remove(dataPath)
-		return "", "", err
-	}
 	return dataPath, metaPath, nil
+}
+
+// persist makes a placed entry durable: fsync the data, then write the
+// .meta (itself fsync'd and renamed), then fsync the folder. A crash before
+// the .meta is in place leaves an orphan .data, removed at the next start;
+// a .meta never names bytes that are not on disk.
+func (s *store) persist(data *os.File, metaPath string, m *objMeta) error {
+	if err := data.Sync(); err != nil {
+		return fmt.Errorf("fsync data: %w", err)
+	}
+	if err := s.writeMeta(metaPath, m); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(metaPath))
 }
 
 // writeMeta writes a .meta atomically (temp, fsync, rename).
