@@ -28,7 +28,6 @@ type cluster struct {
 	t      testing.TB
 	dir    string
 	caDir  string
-	nextIP atomic.Uint32
 	mu     sync.Mutex
 	nodes  map[string]*testNode
 	seed   string

@@ -752,21 +752,34 @@ func (m *Mesh) maintain(ctx context.Context, ml *memberlist.Memberlist) (quick b
 	if len(dead) > 3 {
 		dead = dead[:3]
 	}
-	targets = append(targets, dead...)
-	if len(targets) == 0 || ctx.Err() != nil {
+	if ctx.Err() != nil {
 		return false
 	}
-	n, err := ml.Join(targets)
-	switch {
-	case n > 0:
-		m.met.joinAttempts.WithLabelValues("ok").Inc()
-		m.log.Debug("joined", "targets", targets, "contacted", n)
-		return len(dead) > 0
-	case err != nil:
-		m.met.joinAttempts.WithLabelValues("failed").Inc()
-		m.log.Info("join attempt failed; will retry", "targets", targets, "err", err)
+	if len(targets) > 0 {
+		n, err := ml.Join(targets)
+		if n > 0 {
+			m.met.joinAttempts.WithLabelValues("ok").Inc()
+			m.log.Info("joined the cluster", "seeds", targets, "contacted", n)
+		} else if err != nil {
+			m.met.joinAttempts.WithLabelValues("failed").Inc()
+			m.log.Info("joining seeds failed; will retry", "seeds", targets, "err", err)
+		}
 	}
-	return false
+	// Dead members one by one, to know which one answered.
+	for _, addr := range dead {
+		if ctx.Err() != nil {
+			return false
+		}
+		if n, err := ml.Join([]string{addr}); n > 0 {
+			m.met.joinAttempts.WithLabelValues("ok").Inc()
+			m.log.Info("reached a dead member again", "addr", addr)
+			quick = true
+		} else {
+			m.met.joinAttempts.WithLabelValues("failed").Inc()
+			m.log.Debug("dead member still unreachable", "addr", addr, "err", err)
+		}
+	}
+	return quick
 }
 
 // loadLoop gossips load changes, at most once per LoadUpdateInterval.
