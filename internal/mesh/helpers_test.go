@@ -25,12 +25,12 @@ var testKey = []byte("0123456789abcdef0123456789abcdef")
 
 // cluster is a set of in-process nodes with a shared CA and gossip key.
 type cluster struct {
-	t      testing.TB
-	dir    string
-	caDir  string
-	mu     sync.Mutex
-	nodes  map[string]*testNode
-	seed   string
+	t     testing.TB
+	dir   string
+	caDir string
+	mu    sync.Mutex
+	nodes map[string]*testNode
+	seed  string
 }
 
 type testNode struct {
