@@ -180,7 +180,7 @@ func (m *Mesh) Start(ctx context.Context) error {
 	m.mu.Lock()
 	if m.life != lifeNew {
 		m.mu.Unlock()
-		return errors.New("mesh: Start called twice")
+		return errors.New("mesh: Start after Start or Leave")
 	}
 	m.life = lifeRunning
 	m.mu.Unlock()
