@@ -375,9 +375,6 @@ func isPrefixPath(p, q string) bool {
 	return len(q) > len(p) && q[len(p)] == '.' && strings.HasPrefix(q, p)
 }
 
-// prefixOrEqual reports whether p equals q or is a path prefix of it.
-func prefixOrEqual(p, q string) bool { return p == q || isPrefixPath(p, q) }
-
 func splitPath(path string) ([]string, error) {
 	if path == "" {
 		return nil, errors.New("empty field path")
