@@ -12,7 +12,7 @@ import (
 )
 
 var (
-	cases = flag.Int("crdt.cases", 3000, "random histories for the convergence property test")
+	cases = flag.Int("crdt.cases", 2000, "random histories for the convergence property test")
 	seed  = flag.Uint64("crdt.seed", 0, "seed for the convergence property test (0: fixed default)")
 )
 

@@ -616,6 +616,21 @@ func (l *Log) LastSeq(origin string) uint64 {
 	return l.last[origin]
 }
 
+// FirstSeq returns the lowest seq still stored for origin (0 if none): a peer whose position is
+// below FirstSeq-1 cannot be served from the log any more and needs an initial sync.
+func (l *Log) FirstSeq(origin string) uint64 {
+	var first uint64
+	_ = l.db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket(bucketOps).Bucket([]byte(origin)); b != nil {
+			if k, _ := b.Cursor().First(); len(k) == 8 {
+				first = binary.BigEndian.Uint64(k)
+			}
+		}
+		return nil
+	})
+	return first
+}
+
 // MaxTimestamp returns the newest Timestamp ever appended, so the HLC can resume above it
 // (crdt.Clock.Observe) after a restart even if the wall clock went back meanwhile.
 func (l *Log) MaxTimestamp() crdt.Timestamp {

@@ -275,8 +275,8 @@ func TestTrim(t *testing.T) {
 	if n, err := l.Trim(); err != nil || n != 5 {
 		t.Fatalf("Trim removed %d (%v), want 5", n, err)
 	}
-	if got := scanAll(t, l, "n1", 0); len(got) != 5 || got[0].Seq != 6 {
-		t.Fatalf("after Trim: %d ops", len(got))
+	if got := scanAll(t, l, "n1", 0); len(got) != 5 || got[0].Seq != 6 || l.FirstSeq("n1") != 6 {
+		t.Fatalf("after Trim: %d ops, FirstSeq %d", len(got), l.FirstSeq("n1"))
 	}
 	if err := l.RemovePeer("a"); err != nil {
 		t.Fatal(err)
