@@ -62,7 +62,8 @@ type conn struct {
 	nc     net.Conn        // websocket after the handshake
 	raw    syscall.RawConn // websocket watched by the poller
 
-	lastRead atomic.Int64 // unix nanoseconds of the last bytes read (websocket)
+	lastRead   atomic.Int64 // unix nanoseconds of the last bytes read (websocket)
+	writeSince atomic.Int64 // coarse unix nanoseconds a write started; 0: none in progress
 
 	// Owned by the goroutine reading at the moment.
 	rd   wsReader
@@ -275,11 +276,12 @@ func (c *conn) writeLoop() {
 
 // writeBatch writes frames in as few writes as possible (up to 16 KiB
 // each): one TLS record and one system call for several frames. It stops
-// after a close frame.
+// after a close frame. Instead of a deadline per write (a timer update per
+// delivery), the write is marked with a coarse start time and the sweeper
+// cuts a connection whose write has been stuck longer than WriteTimeout.
 func (c *conn) writeBatch(batch []qitem) (sentClose bool, err error) {
-	if err := c.nc.SetWriteDeadline(time.Now().Add(c.p.opts.WriteTimeout)); err != nil {
-		return false, err
-	}
+	c.writeSince.Store(c.p.clock.Load())
+	defer c.writeSince.Store(0)
 	if len(batch) == 1 {
 		_, err := c.nc.Write(batch[0].m.ws)
 		return batch[0].m.close, err

@@ -163,7 +163,6 @@ func (n *node) counter(name string, labels ...string) float64 {
 	return 0
 }
 
-
 // frame is any server frame as a client sees it.
 type frame struct {
 	Type      string          `json:"type"`

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -57,6 +58,8 @@ type PubSub struct {
 	draining bool
 	closed   bool
 
+	clock atomic.Int64 // unix nanoseconds, updated by the sweeper every tick
+
 	stop chan struct{}
 	bg   sync.WaitGroup // sweeper, poller, presence
 	wg   sync.WaitGroup // per-connection goroutines: writers, readers, SSE handlers
@@ -90,6 +93,7 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 		perIP:    make(map[netip.Addr]int),
 		stop:     make(chan struct{}),
 	}
+	p.clock.Store(time.Now().UnixNano())
 	for _, t := range o.Tenants {
 		nt := &tenant{name: t.Name, secret: t.Secret, publicKey: t.PublicKey, public: t.Public}
 		for _, s := range t.Origins {
@@ -592,9 +596,9 @@ func (p *PubSub) Close() error {
 
 // ---- keepalive and housekeeping ----
 
-// sweeper pings connections, ends dead ones and forgets idle channels.
-// Pings are spread over PingInterval (one bucket of connections per tick)
-// so that they never come in one burst.
+// sweeper pings connections, ends dead and stuck ones, and forgets idle
+// channels. Pings are spread over PingInterval (one bucket of connections
+// per tick) so that they never come in one burst.
 func (p *PubSub) sweeper() {
 	defer p.bg.Done()
 	tick := time.Second
@@ -602,28 +606,35 @@ func (p *PubSub) sweeper() {
 		tick = p.opts.PingInterval / 4
 	}
 	buckets := uint64(max(1, p.opts.PingInterval/tick))
-	deadAfter := p.opts.PingInterval*5/2 + 0
+	deadAfter := p.opts.PingInterval * 5 / 2
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var n uint64
-	var batch []*conn
+	var ping, stuck []*conn
 	lastChannelSweep := time.Now()
 	for {
 		select {
 		case <-p.stop:
 			return
 		case now := <-t.C:
+			p.clock.Store(now.UnixNano())
 			n++
 			b := n % buckets
-			batch = batch[:0]
+			// A write started before this (coarse clock) is stuck.
+			stuckBefore := now.Add(-p.opts.WriteTimeout - tick).UnixNano()
 			p.connMu.RLock()
 			for id, c := range p.conns {
-				if id%buckets == b {
-					batch = append(batch, c)
+				if ws := c.writeSince.Load(); ws != 0 && ws < stuckBefore {
+					stuck = append(stuck, c)
+				} else if id%buckets == b {
+					ping = append(ping, c)
 				}
 			}
 			p.connMu.RUnlock()
-			for _, c := range batch {
+			for _, c := range stuck {
+				c.terminate("slow_consumer")
+			}
+			for _, c := range ping {
 				if c.kind == kindSSE {
 					c.enqueue(sseHeartbeat)
 					continue
@@ -634,7 +645,9 @@ func (p *PubSub) sweeper() {
 				}
 				c.enqueue(wsPing)
 			}
-			clear(batch)
+			clear(stuck)
+			clear(ping)
+			stuck, ping = stuck[:0], ping[:0]
 			if now.Sub(lastChannelSweep) >= min(10*time.Second, p.opts.HistoryTTL/2) {
 				lastChannelSweep = now
 				p.sweepChannels(now)
