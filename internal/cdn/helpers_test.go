@@ -37,13 +37,13 @@ const (
 // --- versitygw: one real S3 server per test binary, started on first use.
 
 var gw struct {
-	once sync.Once
-	err  error
-	addr string // 127.0.0.1:port
+	once   sync.Once
+	err    error
+	addr   string // 127.0.0.1:port
 	proc   *os.Process
 	exited chan struct{}
 	dir    string
-	logs *lockedBuffer
+	logs   *lockedBuffer
 }
 
 func TestMain(m *testing.M) {

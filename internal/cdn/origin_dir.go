@@ -53,7 +53,7 @@ func (o *DirOrigin) Fetch(ctx context.Context, req OriginRequest) (*Object, erro
 	}
 	f, err := o.root.Open(req.Key)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) || isNotDir(err) {
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrInvalid) || isNotDir(err) || escapesRoot(err) {
 			return nil, ErrNotFound
 		}
 		return nil, fmt.Errorf("cdn: dir origin: open %q: %w", req.Key, err)
@@ -107,4 +107,11 @@ func (o *DirOrigin) Fetch(ctx context.Context, req OriginRequest) (*Object, erro
 
 // isNotDir reports "a path segment is a file" (ENOTDIR), which for a key
 // means the object does not exist.
-func isNotDir(err error) bool { return errors.Is(err, syscall.ENOTDIR) }
+func isNotDir(err error) bool { return errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP) }
+
+// escapesRoot recognises os.Root's refusal of a path (a symlink) that leads
+// outside the folder; the os package exports no sentinel for it.
+func escapesRoot(err error) bool {
+	var pe *fs.PathError
+	return errors.As(err, &pe) && pe.Err != nil && pe.Err.Error() == "path escapes from parent"
+}
