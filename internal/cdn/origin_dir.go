@@ -107,7 +107,9 @@ func (o *DirOrigin) Fetch(ctx context.Context, req OriginRequest) (*Object, erro
 
 // isNotDir reports "a path segment is a file" (ENOTDIR), which for a key
 // means the object does not exist.
-func isNotDir(err error) bool { return errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP) }
+func isNotDir(err error) bool {
+	return errors.Is(err, syscall.ENOTDIR) || errors.Is(err, syscall.ELOOP)
+}
 
 // escapesRoot recognises os.Root's refusal of a path (a symlink) that leads
 // outside the folder; the os package exports no sentinel for it.
