@@ -2,10 +2,10 @@ package mesh
 
 import (
 	"context"
-	"os"
-	"os/exec"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"sync"
