@@ -423,7 +423,7 @@ func (c *conn) consume(b []byte) bool {
 	return false
 }
 
-const maxClientErrors = 16
+const maxClientErrors = 64
 
 func (c *conn) onFrame(op byte, payload []byte) error {
 	switch op {

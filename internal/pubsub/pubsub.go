@@ -199,19 +199,21 @@ func (p *PubSub) admit(c *conn) bool {
 }
 
 func (p *PubSub) unregister(c *conn) {
-	p.connMu.Lock()
-	delete(p.conns, c.id)
-	p.releaseLocked(c.ip)
-	p.connMu.Unlock()
+	// Metrics first: once the connection is out of the map, Drain may
+	// return and someone may read them.
+	c.mu.Lock()
+	reason := c.reason
+	c.mu.Unlock()
+	p.met.disconnects.WithLabelValues(reason).Inc()
 	if c.kind == kindWS {
 		p.met.connsWS.Dec()
 	} else {
 		p.met.connsSSE.Dec()
 	}
-	c.mu.Lock()
-	reason := c.reason
-	c.mu.Unlock()
-	p.met.disconnects.WithLabelValues(reason).Inc()
+	p.connMu.Lock()
+	delete(p.conns, c.id)
+	p.releaseLocked(c.ip)
+	p.connMu.Unlock()
 }
 
 func (p *PubSub) lookup(id uint64) *conn {
