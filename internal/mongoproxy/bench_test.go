@@ -216,4 +216,3 @@ func rssMiB(b *testing.B, pid int) float64 {
 	b.Fatal("no VmRSS")
 	return 0
 }
-

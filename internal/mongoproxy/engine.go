@@ -75,6 +75,8 @@ type docState struct {
 	hasMeta bool       // the stored document carries MetaField (else CAS on its absence)
 	cur     crdt.State // base with this batch's ops applied (pre-log preview)
 	ops     []*crdt.Op
+	// inserted are the ops insertFresh stored (ds.ops is then empty).
+	inserted []*crdt.Op
 }
 
 func splitNS(ns string) (db, coll string) {
@@ -514,6 +516,15 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 	defer unlock()
 
 	states := map[string]*docState{}
+	if len(items) > 1 {
+		// One query for all the documents (and one for their tombstones)
+		// instead of one or two per document.
+		if err := e.prefetch(ctx, ns, items, keys, states); err != nil {
+			e.log.Warn("prefetching documents", "ns", ns, "err", err)
+			clear(states)
+		}
+	}
+	prefetched := len(states) > 0
 	var order []*docState // documents with ops, in order of first op
 	owner := map[*docState][]int{}
 	var ops []*crdt.Op
@@ -523,10 +534,15 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 			stop = true
 		}
 	}
+	seen := map[string]bool{}
 	for i, it := range items {
 		ds := states[keys[i]]
 		var found bool
-		if ds == nil {
+		if ds != nil && prefetched && !seen[keys[i]] {
+			// First use of a prefetched document: apply the item's filter.
+			seen[keys[i]] = true
+			found = ds.cur.Doc != nil
+		} else if ds == nil {
 			var err error
 			ds, found, err = e.load(ctx, ns, it.id, it.filter)
 			if err != nil {
@@ -598,11 +614,14 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 		e.fault("after-append")
 	}
 	var applied []*crdt.Op
+	inserted := e.insertFresh(ctx, ns, order)
 	undo := false // ordered: a refused write undoes every later document of the chunk
 	for _, ds := range order {
 		mine := slices.Clone(ds.ops)
 		var err error
-		if !undo {
+		if inserted[ds] {
+			mine = ds.inserted
+		} else if !undo {
 			err = e.storeOps(ctx, ds)
 		}
 		var ae *applyError
@@ -649,6 +668,144 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 		e.met.opsApplied.WithLabelValues("local").Add(float64(len(applied)))
 	}
 	return logged, stop
+}
+
+// prefetch loads, with one query for the documents and one for the
+// tombstones, every item that names its _id (no filter to re-check).
+func (e *engine) prefetch(ctx context.Context, ns string, items []localItem, keys []string, states map[string]*docState) error {
+	var ids bson.A
+	want := map[string]bson.RawValue{}
+	for i, it := range items {
+		if it.filter != nil {
+			continue
+		}
+		if _, dup := want[keys[i]]; !dup {
+			want[keys[i]] = bson.RawValue{Type: it.id.Type, Value: bytes.Clone(it.id.Value)}
+			ids = append(ids, it.id)
+		}
+	}
+	if len(ids) < 2 {
+		return nil
+	}
+	cur, err := e.coll(ns).Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: ids}}}})
+	if err != nil {
+		return err
+	}
+	found := map[string]*docState{}
+	for cur.Next(ctx) {
+		raw := bson.Raw(bytes.Clone(cur.Current))
+		id := raw.Lookup("_id")
+		k := docKey(ns, id)
+		if _, ok := want[k]; !ok {
+			continue
+		}
+		ds := &docState{key: k, ns: ns, id: want[k]}
+		if err := ds.setStored(raw); err != nil {
+			_ = cur.Close(ctx)
+			return err
+		}
+		ds.cur = ds.base
+		found[k] = ds
+	}
+	if err := cur.Close(ctx); err != nil {
+		return err
+	}
+	if err := cur.Err(); err != nil {
+		return err
+	}
+	var missing bson.A
+	for k := range want {
+		if found[k] == nil {
+			missing = append(missing, k)
+		}
+	}
+	if len(missing) > 0 {
+		tc, err := e.metaColl(tombstoneColl).Find(ctx, bson.D{{Key: "_id", Value: bson.D{{Key: "$in", Value: missing}}}})
+		if err != nil {
+			return err
+		}
+		for tc.Next(ctx) {
+			k, _ := tc.Current.Lookup("_id").StringValueOK()
+			if _, ok := want[k]; !ok || found[k] != nil {
+				continue
+			}
+			meta, err := decodeMeta(tc.Current.Lookup("m"))
+			if err != nil {
+				_ = tc.Close(ctx)
+				return fmt.Errorf("tombstone %q: %w", k, err)
+			}
+			ds := &docState{key: k, ns: ns, id: want[k], base: crdt.State{Meta: meta}}
+			ds.cur = ds.base
+			found[k] = ds
+		}
+		if err := tc.Close(ctx); err != nil {
+			return err
+		}
+		if err := tc.Err(); err != nil {
+			return err
+		}
+	}
+	for k, id := range want {
+		ds := found[k]
+		if ds == nil {
+			ds = &docState{key: k, ns: ns, id: id}
+		}
+		states[k] = ds
+	}
+	return nil
+}
+
+// insertFresh stores, with one unordered insertMany, the documents of a
+// chunk that did not exist and have no tombstone (the insertMany case).
+// It returns those it stored; the others (and any the database refused)
+// go through storeOps one by one.
+func (e *engine) insertFresh(ctx context.Context, ns string, order []*docState) map[*docState]bool {
+	var fresh []*docState
+	var docs []any
+	var nexts []crdt.State
+	for _, ds := range order {
+		if ds.inColl || (ds.base.Meta != nil && !ds.base.Meta.Tombstone().IsZero()) || len(ds.ops) == 0 {
+			continue
+		}
+		next, changed, err := fold(ds.base, ds.ops)
+		if err != nil || !changed || next.Doc == nil {
+			continue
+		}
+		if f := e.stable.Load(); f != nil {
+			if m, ok := next.Meta.Compact((*f)()); ok {
+				next.Meta = m
+			}
+		}
+		full, err := withMeta(next.Doc, next.Meta)
+		if err != nil {
+			continue
+		}
+		fresh, docs, nexts = append(fresh, ds), append(docs, full), append(nexts, next)
+	}
+	if len(fresh) < 2 {
+		return nil
+	}
+	failed := map[int]bool{}
+	if _, err := e.coll(ns).InsertMany(ctx, docs, options.InsertMany().SetOrdered(false)); err != nil {
+		var bwe mongo.BulkWriteException
+		if !errors.As(err, &bwe) || len(bwe.WriteErrors) == 0 {
+			return nil // nothing known to be stored: all go one by one (the _id CAS sorts it out)
+		}
+		for _, we := range bwe.WriteErrors {
+			failed[we.Index] = true
+		}
+	}
+	out := map[*docState]bool{}
+	for i, ds := range fresh {
+		if failed[i] {
+			continue
+		}
+		ds.inserted, ds.ops = ds.ops, nil
+		ds.base, ds.cur = nexts[i], nexts[i]
+		ds.inColl, ds.hasMeta = true, true
+		out[ds] = true
+	}
+	return out
 }
 
 // compensate undoes logged local ops the database refused (a unique index
