@@ -25,6 +25,7 @@ func sampleMeta() Meta {
 		BinaryVersion: "v1.2.3",
 		ConfigVersion: "sha256:abcd",
 		Link:          netip.MustParseAddrPort("203.0.113.7:7947"),
+		Boot:          0x0123456789abcdef,
 	}
 }
 

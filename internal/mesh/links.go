@@ -3,6 +3,8 @@ package mesh
 import (
 	"bufio"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -121,7 +123,7 @@ func (l *links) start(ctx context.Context) error {
 		return fmt.Errorf("mesh: link socket %s: %w", l.m.o.LinkAddr, err)
 	}
 	l.udp = udp
-	l.tr = &quic.Transport{Conn: udp}
+	l.tr = &quic.Transport{Conn: udp, StatelessResetKey: l.resetKey()}
 	ln, err := l.tr.Listen(l.serverTLS(), l.qconf)
 	if err != nil {
 		l.tr.Close()
@@ -133,6 +135,23 @@ func (l *links) start(ctx context.Context) error {
 	l.loopWG.Add(1)
 	go func() { defer l.loopWG.Done(); l.acceptLoop(ctx) }()
 	return nil
+}
+
+// resetKey derives the QUIC stateless reset key from the node's private
+// key, so it is secret and survives restarts: a node restarted before the
+// cluster noticed answers packets of its old connections with a stateless
+// reset, and the peer redials at once instead of waiting for the idle
+// timeout.
+func (l *links) resetKey() *quic.StatelessResetKey {
+	der, err := x509.MarshalPKCS8PrivateKey(l.cert.PrivateKey)
+	if err != nil {
+		return nil // resets disabled; peers fall back to the idle timeout
+	}
+	mac := hmac.New(sha256.New, der)
+	mac.Write([]byte("edgenode mesh stateless reset key"))
+	var k quic.StatelessResetKey
+	copy(k[:], mac.Sum(nil))
+	return &k
 }
 
 // close stops every peer and the socket. graceful lets peers close their
@@ -178,8 +197,15 @@ func (l *links) publishSnap() {
 	l.snap.Store(&s)
 }
 
-// sync makes the set of peers match want (id -> link address).
-func (l *links) sync(want map[string]netip.AddrPort) {
+// linkTarget is where a member's links go: its advertised link address,
+// and the boot id of the process behind it.
+type linkTarget struct {
+	addr netip.AddrPort
+	boot uint64
+}
+
+// sync makes the set of peers match want.
+func (l *links) sync(want map[string]linkTarget) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
@@ -187,15 +213,25 @@ func (l *links) sync(want map[string]netip.AddrPort) {
 	}
 	changed := false
 	for id, p := range l.peers {
-		if addr, ok := want[id]; !ok || addr != p.addr {
+		tg, ok := want[id]
+		switch {
+		case !ok || tg.addr != p.addr:
 			p.stop(true)
 			delete(l.peers, id)
 			changed = true
+		case tg.boot != p.boot.Load():
+			// Same address, new process: the queue stays, the old
+			// connection goes.
+			p.boot.Store(tg.boot)
+			select {
+			case p.restarted <- struct{}{}:
+			default:
+			}
 		}
 	}
-	for id, addr := range want {
+	for id, tg := range want {
 		if _, ok := l.peers[id]; !ok {
-			l.addPeerLocked(id, addr)
+			l.addPeerLocked(id, tg)
 			changed = true
 		}
 	}
@@ -204,18 +240,20 @@ func (l *links) sync(want map[string]netip.AddrPort) {
 	}
 }
 
-func (l *links) addPeerLocked(id string, addr netip.AddrPort) *peer {
+func (l *links) addPeerLocked(id string, tg linkTarget) *peer {
 	ctx, cancel := context.WithCancel(l.ctx)
 	p := &peer{
-		l:       l,
-		id:      id,
-		addr:    addr,
-		dial:    l.self < id, // one side dials, so a pair never holds two links
-		q:       make(chan outMsg, l.m.o.QueueLen),
-		inbound: make(chan *quic.Conn, 1),
-		ctx:     ctx,
-		cancel:  cancel,
+		l:         l,
+		id:        id,
+		addr:      tg.addr,
+		dial:      l.self < id, // one side dials, so a pair never holds two links
+		q:         make(chan outMsg, l.m.o.QueueLen),
+		inbound:   make(chan *quic.Conn, 1),
+		restarted: make(chan struct{}, 1),
+		ctx:       ctx,
+		cancel:    cancel,
 	}
+	p.boot.Store(tg.boot)
 	l.peers[id] = p
 	l.peerWG.Add(1)
 	go func() { defer l.peerWG.Done(); p.run() }()
@@ -272,8 +310,8 @@ func (l *links) verifyInbound(cs tls.ConnectionState, remote netip.AddrPort) err
 	if !ok {
 		return l.refuse("unknown_member", remote, id, errors.New("no live member with this id"))
 	}
-	if want != remote {
-		return l.refuse("address_mismatch", remote, id, fmt.Errorf("member %s advertises link address %v", id, want))
+	if want.addr != remote {
+		return l.refuse("address_mismatch", remote, id, fmt.Errorf("member %s advertises link address %v", id, want.addr))
 	}
 	return nil
 }
@@ -342,8 +380,8 @@ func (l *links) deliver(id string, conn *quic.Conn) {
 	l.mu.Lock()
 	p := l.peers[id]
 	if p == nil && !l.closed {
-		if addr, ok := l.m.memberLink(id); ok {
-			p = l.addPeerLocked(id, addr)
+		if tg, ok := l.m.memberLink(id); ok {
+			p = l.addPeerLocked(id, tg)
 			l.publishSnap()
 		}
 	}
@@ -434,11 +472,13 @@ type peer struct {
 	addr netip.AddrPort
 	dial bool
 
-	q       chan outMsg
-	qbytes  atomic.Int64
-	drops   atomic.Uint64
-	up      atomic.Bool
-	inbound chan *quic.Conn
+	q         chan outMsg
+	qbytes    atomic.Int64
+	drops     atomic.Uint64
+	up        atomic.Bool
+	inbound   chan *quic.Conn
+	boot      atomic.Uint64 // the member's boot id as gossip last told us
+	restarted chan struct{} // boot changed: the current connection is stale
 
 	ctx      context.Context
 	cancel   context.CancelFunc
@@ -515,7 +555,7 @@ func (p *peer) run() {
 			return
 		}
 		log.Info("peer link down", "err", err, "up_for", time.Since(since).Round(time.Millisecond).String())
-		if time.Since(since) >= healthyLink {
+		if time.Since(since) >= healthyLink || errors.Is(err, errPeerRestarted) {
 			bo.reset()
 		}
 	}
@@ -574,9 +614,15 @@ type outStream struct {
 	bytes    prometheus.Counter
 }
 
+var errPeerRestarted = errors.New("peer restarted")
+
 // serve runs one connection until it fails, the peer stops, or the peer
 // dials again (the new connection is returned to replace this one).
 func (p *peer) serve(conn *quic.Conn) (*quic.Conn, error) {
+	// The process this connection reaches, as far as gossip has told us.
+	// (A connection made just before gossip reports a restart is dropped
+	// once too often; the redial costs a round trip.)
+	connBoot := p.boot.Load()
 	var readers sync.WaitGroup
 	readers.Add(1)
 	go func() { defer readers.Done(); p.l.readConn(p.ctx, conn, p.id, &readers) }()
@@ -661,6 +707,11 @@ func (p *peer) serve(conn *quic.Conn) (*quic.Conn, error) {
 		case nc := <-p.inbound:
 			finish(codeReplaced, "replaced by a newer connection")
 			return nc, errors.New("replaced by a newer connection")
+		case <-p.restarted:
+			if p.boot.Load() != connBoot {
+				finish(codeGone, "peer restarted")
+				return nil, errPeerRestarted
+			}
 		case it := <-p.q:
 			err := add(it)
 		batch:

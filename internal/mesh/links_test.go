@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -105,5 +106,46 @@ func TestInboundLinkChecks(t *testing.T) {
 	})
 	if got := in.snapshot()[0]; got.from != "b" {
 		t.Errorf("message from %q", got.from)
+	}
+}
+
+// A node restarted before the cluster noticed it was gone: its peers' old
+// QUIC connections point at a process that no longer exists. Two things
+// end them quickly instead of QUIC's idle timeout: the new boot id in the
+// node's gossip metadata, and the stateless reset the new process sends for
+// the old connection (its reset key is derived from the node's key, so it
+// survives the restart). Whichever comes first, the peers redial.
+func TestQuickRestartResetsLinks(t *testing.T) {
+	c := newCluster(t)
+	nodes := c.startN("a", "b")
+	for _, n := range nodes {
+		waitMap(t, n, settle, "2 alive", allState([]string{"a", "b"}, nodemap.Alive))
+	}
+	a, b := nodes[0], nodes[1]
+	in := newInbox()
+	b.Handle("t", in.handler("t"))
+	waitFor(t, settle, "first message", func() bool {
+		_ = a.Send("b", "t", []byte("before"))
+		return len(in.snapshot()) > 0
+	})
+
+	b.kill()
+	opts := b.opts
+	opts.Seeds = []string{a.opts.BindAddr}
+	b2 := c.startNoSeedUpdate(opts)
+	in2 := newInbox()
+	b2.Handle("t", in2.handler("t"))
+	waitFor(t, settle, "message to the restarted b", func() bool {
+		_ = a.Send("b", "t", []byte("after"))
+		return len(in2.snapshot()) > 0
+	})
+	logs := a.logs.String()
+	switch {
+	case strings.Contains(logs, "err=\"peer restarted\""):
+		t.Log("old link dropped on the new boot id")
+	case strings.Contains(logs, "stateless reset"):
+		t.Log("old link ended by a stateless reset")
+	default:
+		t.Errorf("the old link was not dropped by either mechanism; a's log:\n%s", logs)
 	}
 }

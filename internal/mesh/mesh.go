@@ -578,16 +578,16 @@ func (m *Mesh) probeOK(name string, rtt time.Duration) {
 	}
 }
 
-// memberLink returns the link address of a live member, for checking
-// inbound links.
-func (m *Mesh) memberLink(id string) (netip.AddrPort, bool) {
+// memberLink returns the link address and boot id of a live member, for
+// checking inbound links.
+func (m *Mesh) memberLink(id string) (linkTarget, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	mem := m.members[id]
 	if mem == nil || mem.state == msDead {
-		return netip.AddrPort{}, false
+		return linkTarget{}, false
 	}
-	return mem.meta.Link, true
+	return linkTarget{addr: mem.meta.Link, boot: mem.meta.Boot}, true
 }
 
 // buildNodes makes the node list of a map from the current view.
@@ -643,10 +643,10 @@ func (m *Mesh) publishLoop(ctx context.Context) {
 		}
 		m.mu.Lock()
 		nodes := m.buildNodesLocked()
-		want := make(map[string]netip.AddrPort, len(m.members))
+		want := make(map[string]linkTarget, len(m.members))
 		for id, mem := range m.members {
 			if mem.state != msDead {
-				want[id] = mem.meta.Link
+				want[id] = linkTarget{addr: mem.meta.Link, boot: mem.meta.Boot}
 			}
 		}
 		m.mu.Unlock()

@@ -33,6 +33,10 @@ type Meta struct {
 	// Link is the address peers dial for this node's QUIC links, and the
 	// address its own connections come from.
 	Link netip.AddrPort
+	// Boot is random per process start. A changed Boot tells peers that the
+	// node restarted, so they drop their link to the old process at once
+	// instead of waiting for QUIC to notice.
+	Boot uint64
 }
 
 // Meta wire format, chosen to stay far below memberlist's 512-byte limit and
@@ -58,6 +62,7 @@ const (
 	fBinaryVersion = 9
 	fConfigVersion = 10
 	fLink          = 11 // 4 or 16 address bytes, then port big endian
+	fBoot          = 12 // uint64 big endian
 
 	maxMetaString = 64
 	maxTags       = 16
@@ -127,6 +132,9 @@ func encodeMeta(m Meta) ([]byte, error) {
 	}
 	if err := str(fConfigVersion, m.ConfigVersion); err != nil {
 		return nil, err
+	}
+	if m.Boot != 0 {
+		raw(fBoot, binary.BigEndian.AppendUint64(nil, m.Boot))
 	}
 	if m.Link.IsValid() {
 		a := m.Link.Addr().Unmap()
@@ -228,6 +236,11 @@ func decodeMeta(b []byte) (Meta, error) {
 			m.BinaryVersion, err = str()
 		case fConfigVersion:
 			m.ConfigVersion, err = str()
+		case fBoot:
+			if len(v) != 8 {
+				return Meta{}, errors.New("metadata boot id: want 8 bytes")
+			}
+			m.Boot = binary.BigEndian.Uint64(v)
 		case fLink:
 			if len(v) != 6 && len(v) != 18 {
 				return Meta{}, errors.New("metadata link address: want 6 or 18 bytes")

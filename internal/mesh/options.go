@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -288,10 +289,11 @@ type resolved struct {
 	advertise     netip.AddrPort
 	link          netip.AddrPort
 	linkAdvertise netip.AddrPort
+	boot          uint64
 }
 
 func (o Options) resolve() (*resolved, error) {
-	r := &resolved{Options: o}
+	r := &resolved{Options: o, boot: rand.Uint64() | 1}
 	var errs []error
 	if err := pki.ValidNodeID(o.NodeID); err != nil {
 		errs = append(errs, err)
@@ -423,6 +425,7 @@ func (r *resolved) meta(load float64, draining bool) Meta {
 		BinaryVersion: r.BinaryVersion,
 		ConfigVersion: r.ConfigVersion,
 		Link:          r.linkAdvertise,
+		Boot:          r.boot,
 	}
 }
 
