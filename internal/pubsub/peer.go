@@ -22,6 +22,16 @@ const (
 
 var errPeerMsg = errors.New("malformed peer message")
 
+// uvarint reads a minimally encoded uvarint (one spelling per value); k <= 0
+// when there is none.
+func uvarint(b []byte) (uint64, int) {
+	n, k := binary.Uvarint(b)
+	if k > 1 && b[k-1] == 0 {
+		return 0, 0 // a trailing zero group: not minimal
+	}
+	return n, k
+}
+
 func encodePeerMessage(channel string, data []byte) []byte {
 	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(channel)+len(data))
 	b = append(b, peerMessage)
@@ -34,7 +44,7 @@ func decodePeerMessage(b []byte) (channel string, data []byte, err error) {
 	if len(b) < 2 || b[0] != peerMessage {
 		return "", nil, errPeerMsg
 	}
-	n, k := binary.Uvarint(b[1:])
+	n, k := uvarint(b[1:])
 	if k <= 0 || n > uint64(len(b)-1-k) {
 		return "", nil, errPeerMsg
 	}
@@ -205,20 +215,20 @@ func decodePresence(b []byte) ([]presenceEntry, error) {
 		return nil, errPeerMsg
 	}
 	b = b[1:]
-	count, k := binary.Uvarint(b)
+	count, k := uvarint(b)
 	if k <= 0 || count > uint64(len(b)) {
 		return nil, errPeerMsg
 	}
 	b = b[k:]
 	out := make([]presenceEntry, 0, count)
 	for range count {
-		l, k := binary.Uvarint(b)
+		l, k := uvarint(b)
 		if k <= 0 || l > uint64(len(b)-k) {
 			return nil, errPeerMsg
 		}
 		ch := string(b[k : k+int(l)])
 		b = b[k+int(l):]
-		n, k2 := binary.Uvarint(b)
+		n, k2 := uvarint(b)
 		if k2 <= 0 || n > 1<<31 {
 			return nil, errPeerMsg
 		}

@@ -1,0 +1,176 @@
+package pubsub
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Every parser of bytes from outside: client JSON frames, websocket
+// framing, tokens, SSE event ids, messages from peers. The seeds run as
+// part of go test.
+
+func FuzzDecodeClientFrame(f *testing.F) {
+	for _, s := range []string{
+		`{"type":"subscribe","channel":"demo/thread-1"}`,
+		`{"type":"subscribe","channel":"demo/thread-1","token":"a.b.c","since":{"epoch":"abcdefgh","offset":12},"id":"1"}`,
+		`{"type":"unsubscribe","channel":"demo/thread-1"}`,
+		`{"type":"ping","id":"x"}`,
+		`{"type":"subscribe","channel":"demo/x","channel":"acme/y"}`,
+		`{"Type":"SUBSCRIBE"}`, `{"type":null}`, `{}`, `[]`, `"x"`, ``, ` {`, `{"since":{"offset":1e99}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, code := decodeClientFrame(b)
+		if code != "" {
+			return
+		}
+		switch fr.Type {
+		case typeSubscribe, typeUnsubscribe:
+			if fr.Channel == "" {
+				t.Fatalf("accepted %q without channel", b)
+			}
+		case typePing:
+		default:
+			t.Fatalf("accepted type %q", fr.Type)
+		}
+		if len(fr.ID) > maxIDLen || fr.Since != nil && !validEpoch(fr.Since.Epoch) {
+			t.Fatalf("accepted %q", b)
+		}
+	})
+}
+
+type wsEvent struct {
+	op      byte
+	payload string
+}
+
+func feedAll(r *wsReader, chunks [][]byte) ([]wsEvent, error) {
+	var evs []wsEvent
+	for _, c := range chunks {
+		err := r.feed(append([]byte(nil), c...), func(op byte, p []byte) error {
+			evs = append(evs, wsEvent{op, string(p)})
+			return nil
+		})
+		if err != nil {
+			return evs, err
+		}
+	}
+	return evs, nil
+}
+
+func FuzzWSReader(f *testing.F) {
+	f.Add(mkFrame(0x81, []byte(`{"type":"ping"}`), true), 3)
+	f.Add(append(mkFrame(0x01, []byte("ab"), true), mkFrame(0x80, []byte("cd"), true)...), 1)
+	f.Add(append(mkFrame(0x89, []byte("p"), true), mkFrame(0x88, []byte{3, 232}, true)...), 5)
+	f.Add(mkFrame(0x82, bytes.Repeat([]byte{7}, 300), true), 100)
+	f.Add([]byte{0x81, 0xFF, 0, 0, 0, 0, 0, 0, 1, 0}, 2)
+	f.Add(mkFrame(0x81, []byte("x"), false), 1)
+	f.Fuzz(func(t *testing.T, b []byte, split int) {
+		const max = 256
+		// Whole, and cut in pieces: the same frames, or the same error.
+		whole, errWhole := feedAll(&wsReader{max: max}, [][]byte{b})
+		var chunks [][]byte
+		step := 1 + abs(split)%17
+		for i := 0; i < len(b); i += step {
+			chunks = append(chunks, b[i:min(len(b), i+step)])
+		}
+		pieces, errPieces := feedAll(&wsReader{max: max}, chunks)
+		if (errWhole == nil) != (errPieces == nil) {
+			t.Fatalf("whole: %v, in pieces: %v", errWhole, errPieces)
+		}
+		if len(whole) != len(pieces) {
+			t.Fatalf("whole %d events, pieces %d", len(whole), len(pieces))
+		}
+		for i := range whole {
+			if whole[i] != pieces[i] {
+				t.Fatalf("event %d differs", i)
+			}
+			if whole[i].op < opClose && len(whole[i].payload) > max || whole[i].op >= opClose && len(whole[i].payload) > 125 {
+				t.Fatalf("event over the limit: %d bytes", len(whole[i].payload))
+			}
+		}
+	})
+}
+
+func abs(i int) int {
+	if i < 0 {
+		return -i
+	}
+	return i
+}
+
+func FuzzVerifyToken(f *testing.F) {
+	secret := []byte("0123456789abcdef0123456789abcdef")
+	tn := &tenant{name: "demo", secret: secret}
+	exp := time.Now().Add(24 * time.Hour).Unix()
+	for _, ch := range []string{"demo/thread-1", "demo/*", "demo/thr*", "acme/thread-1"} {
+		tok, _ := SignHS256(TokenClaims{Tenant: "demo", Channel: ch, Exp: exp}, secret)
+		f.Add(tok, "thread-1")
+	}
+	f.Add("a.b.c", "x")
+	f.Add("eyJhbGciOiJub25lIn0.e30.", "x")
+	f.Fuzz(func(t *testing.T, tok, thread string) {
+		now := time.Now()
+		if verifyToken(tn, tok, thread, now) != "" {
+			return
+		}
+		// Accepted: it must be the secret that made it valid.
+		other := &tenant{name: "demo", secret: []byte("another-secret-another-secret-00")}
+		if verifyToken(other, tok, thread, now) == "" {
+			t.Fatalf("token %q valid under two secrets", tok)
+		}
+	})
+}
+
+func FuzzParseEventID(f *testing.F) {
+	for _, s := range []string{"demo/thread-1@abcdefgh:12", "demo/t@a:0", "@:", "demo/x@@a:1", "demo/x@abc:99999999999999999999999", "x@y:z"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		ch, pos, ok := parseEventID(s)
+		if !ok {
+			return
+		}
+		if _, _, valid := splitChannel(ch); !valid || !validEpoch(pos.Epoch) {
+			t.Fatalf("accepted %q", s)
+		}
+		if id := ch + "@" + pos.Epoch + ":" + strconv.FormatUint(pos.Offset, 10); id != s {
+			if c2, p2, ok2 := parseEventID(id); !ok2 || c2 != ch || p2 != pos {
+				t.Fatalf("%q does not round-trip", s)
+			}
+		}
+	})
+}
+
+func FuzzPeerMessages(f *testing.F) {
+	f.Add(encodePeerMessage("demo/thread-1", []byte(`{"a":1}`)))
+	f.Add([]byte{peerPresence, 1, 13, 'd', 'e', 'm', 'o', '/', 't', 'h', 'r', 'e', 'a', 'd', '-', '1', 3})
+	f.Add([]byte{peerPresence, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add([]byte{peerMessage, 0x80})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if ch, data, err := decodePeerMessage(b); err == nil {
+			if !bytes.Equal(encodePeerMessage(ch, data), b) {
+				t.Fatalf("message %q does not round-trip", b)
+			}
+		}
+		if entries, err := decodePresence(b); err == nil {
+			out := []byte{peerPresence}
+			out = binary.AppendUvarint(out, uint64(len(entries)))
+			for _, e := range entries {
+				if _, _, ok := splitChannel(e.ch); !ok {
+					t.Fatalf("presence accepted channel %q", e.ch)
+				}
+				out = binary.AppendUvarint(out, uint64(len(e.ch)))
+				out = append(out, e.ch...)
+				out = binary.AppendUvarint(out, uint64(e.n))
+			}
+			if len(out) > len(b) {
+				t.Fatalf("presence %q decoded to more than it holds", b)
+			}
+		}
+	})
+}

@@ -1,0 +1,154 @@
+package pubsub
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgenode/edgenode/internal/transport"
+)
+
+// Mounted on the real transport (TLS with a self-signed certificate, its
+// limits and wrappers), the way the node does it: a websocket over
+// HTTP/1.1 and an SSE stream over HTTP/2 receive a publish; Drain then
+// Shutdown end everything.
+func TestThroughTransport(t *testing.T) {
+	base := runtime.NumGoroutine()
+	func() {
+		dir := t.TempDir()
+		quiet := slog.New(slog.DiscardHandler)
+		certFile, keyFile, err := transport.EnsureSelfSigned(dir, nil, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		certs, err := transport.NewCertStore([]transport.CertSource{{CertFile: certFile, KeyFile: keyFile}}, quiet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg := prometheus.NewRegistry()
+		srv, err := transport.New(transport.Options{Listener: ln, Certs: certs, App: http.NotFoundHandler(),
+			Limits: transport.Limits{MaxHeaderBytes: 16 << 10, ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute, MaxBodyBytes: 1 << 20}},
+			quiet, reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ps, err := New(testOptions(), nil, nil, reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for pat, h := range ps.Routes() {
+			srv.Handle(pat, h)
+		}
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve() }()
+		addr := ln.Addr().String()
+
+		d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+		ws, _, err := d.Dial("wss://"+addr+"/ws", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ws.Close()
+		c := &wsClient{t: t, ws: ws}
+		c.subscribe("demo/thread-1", "", nil)
+
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+		defer hc.CloseIdleConnections()
+		resp, err := hc.Get("https://" + addr + "/sse?channel=demo/thread-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("sse response %s %v", resp.Proto, resp.Header)
+		}
+		s := &sseClient{t: t, resp: resp, br: bufio.NewReader(resp.Body)}
+		s.expect(typeSubscribed)
+
+		if _, err := ps.Publish("demo/thread-1", json.RawMessage(`{"hello":"transport"}`)); err != nil {
+			t.Fatal(err)
+		}
+		if f := c.expect(typeMessage); string(f.Data) != `{"hello":"transport"}` {
+			t.Fatalf("ws got %s", f.Data)
+		}
+		if f, _ := s.expect(typeMessage); string(f.Data) != `{"hello":"transport"}` {
+			t.Fatalf("sse got %s", f.Data)
+		}
+		// Plain GET on /ws: not a websocket.
+		if r, err := hc.Get("https://" + addr + "/ws"); err != nil || r.StatusCode != http.StatusUpgradeRequired {
+			t.Fatalf("GET /ws: %v %v", err, r)
+		} else {
+			r.Body.Close()
+		}
+
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := ps.Drain(ctx); err != nil {
+			t.Fatal(err)
+		}
+		c.expect(typeReconnect)
+		s.expect(typeReconnect)
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-served; err != nil {
+			t.Fatal(err)
+		}
+		ps.Close()
+		if !strings.Contains(gather(t, reg), `edgenode_pubsub_disconnects_total{reason="drain"} 2`) {
+			t.Fatal("drain disconnects not counted")
+		}
+	}()
+	checkGoroutines(t, base)
+}
+
+func gather(t *testing.T, reg *prometheus.Registry) string {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			b.WriteString(mf.GetName())
+			if len(m.GetLabel()) > 0 {
+				b.WriteString("{")
+				for i, l := range m.GetLabel() {
+					if i > 0 {
+						b.WriteString(",")
+					}
+					b.WriteString(l.GetName() + `="` + l.GetValue() + `"`)
+				}
+				b.WriteString("}")
+			}
+			switch {
+			case m.Counter != nil:
+				b.WriteString(" " + strings.TrimSuffix(strings.TrimSuffix(jsonNum(m.Counter.GetValue()), ".0"), ".00"))
+			case m.Gauge != nil:
+				b.WriteString(" " + jsonNum(m.Gauge.GetValue()))
+			}
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+func jsonNum(f float64) string {
+	b, _ := json.Marshal(f)
+	return string(b)
+}
