@@ -400,7 +400,7 @@ func (l *links) deliver(id string, conn *quic.Conn) {
 		// A connection is already waiting; the newest one wins.
 		select {
 		case old := <-p.inbound:
-			go old.CloseWithError(codeReplaced, "replaced")
+			old.CloseWithError(codeReplaced, "replaced") // local close: quick
 		default:
 		}
 	}
@@ -514,8 +514,12 @@ func (p *peer) stop(graceful bool) {
 
 func (p *peer) run() {
 	log := p.l.log.With("peer", p.id, "addr", p.addr.String())
+	var next *quic.Conn // a newer connection that replaced the current one
 	defer func() {
 		p.up.Store(false)
+		if next != nil {
+			next.CloseWithError(codeGone, "peer removed")
+		}
 		// Whatever is still queued will never be sent.
 		n := 0
 		for {
@@ -535,7 +539,6 @@ func (p *peer) run() {
 		}
 	}()
 	bo := backoff{}
-	var next *quic.Conn
 	for p.ctx.Err() == nil {
 		conn := next
 		next = nil
