@@ -48,6 +48,9 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command) dispatched {
 			return p.refused(refuse(cmd.ns(), "a multi-document transaction"))
 		}
 		p.met.commands.WithLabelValues("captured").Inc()
+		// Bounded so a stuck database cannot hold a document's lock forever.
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		defer cancel()
 		start := time.Now()
 		defer func() { p.met.writeSeconds.Observe(time.Since(start).Seconds()) }()
 		var body []byte

@@ -3,7 +3,6 @@ package mongoproxy
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -201,9 +200,7 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	if err != nil {
 		return &badMessage{err}
 	}
-	ctx, cancel := context.WithTimeout(c.p.baseCtx, 2*time.Minute)
-	defer cancel()
-	d := c.p.dispatch(ctx, cmd)
+	d := c.p.dispatch(c.p.baseCtx, cmd)
 	switch {
 	case d.reply != nil:
 		if m.MoreToCome() {

@@ -56,6 +56,16 @@ type engine struct {
 	log    *slog.Logger
 	met    *metrics
 
+	// ferret is set when the database is FerretDB (buildInfo has
+	// ferretdbVersion). FerretDB v1 on SQLite uses its _id index only for a
+	// filter that is exactly {_id: <string or ObjectId>}; anything else scans
+	// the collection. There the compare-and-swap write filters on _id alone
+	// (FerretDB's conditional update is not atomic anyway, so the version
+	// condition would protect nothing; the stripe lock is what serializes
+	// the proxy's writes) and multi-document chunks read document by
+	// document instead of with one $in query.
+	ferret bool
+
 	// fault is a test hook called at named points ("after-append",
 	// "after-apply"); nil in production.
 	fault func(point string)
@@ -239,7 +249,10 @@ func withMeta(doc bson.D, m *crdt.Meta) (bson.Raw, error) {
 	return b, nil
 }
 
-func (ds *docState) casFilter() bson.D {
+func (ds *docState) casFilter(ferret bool) bson.D {
+	if ferret {
+		return idFilter(ds.id)
+	}
 	if ds.hasMeta {
 		return bson.D{{Key: "_id", Value: ds.id}, {Key: crdt.MetaField + ".v", Value: ds.base.Meta.Version()}}
 	}
@@ -261,7 +274,7 @@ func (e *engine) store(ctx context.Context, ds *docState) error {
 			return &applyError{err: fmt.Errorf("encode %s %v: %w", ds.ns, ds.id, err)}
 		}
 		if ds.inColl {
-			res, err := c.ReplaceOne(ctx, ds.casFilter(), full)
+			res, err := c.ReplaceOne(ctx, ds.casFilter(e.ferret), full)
 			if err != nil {
 				return classify(err)
 			}
@@ -294,7 +307,7 @@ func (e *engine) store(ctx context.Context, ds *docState) error {
 		return classify(err)
 	}
 	if ds.inColl {
-		res, err := c.DeleteOne(ctx, ds.casFilter())
+		res, err := c.DeleteOne(ctx, ds.casFilter(e.ferret))
 		if err != nil {
 			return classify(err)
 		}
@@ -516,7 +529,7 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 	defer unlock()
 
 	states := map[string]*docState{}
-	if len(items) > 1 {
+	if len(items) > 1 && !e.ferret {
 		// One query for all the documents (and one for their tombstones)
 		// instead of one or two per document.
 		if err := e.prefetch(ctx, ns, items, keys, states); err != nil {

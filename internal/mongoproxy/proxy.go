@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
@@ -183,10 +184,13 @@ func (p *Proxy) Start(ctx context.Context) error {
 		_ = client.Disconnect(context.Background())
 		return fail(fmt.Errorf("mongoproxy: upstream %s not reachable: %w", p.dialAddr, err))
 	}
+	// FerretDB needs a few workarounds (see engine.ferret).
+	bi, err := client.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Raw()
+	ferret := err == nil && bi.Lookup("ferretdbVersion").Type != 0
 	clock := crdt.NewClock(p.opts.NodeID, nil)
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
-		log: p.log, met: p.met, fault: p.testFault}
+		log: p.log, met: p.met, fault: p.testFault, ferret: ferret}
 	if p.onLocal != nil {
 		fn := p.onLocal
 		p.eng.onLocal.Store(&fn)

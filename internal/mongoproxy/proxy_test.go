@@ -3,6 +3,7 @@ package mongoproxy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -156,6 +157,17 @@ func TestCRUD(t *testing.T) {
 
 func TestInsertOrderedUnordered(t *testing.T) {
 	tp := newProxy(t, 0, "n1")
+	for _, prefetch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prefetch=%v", prefetch), func(t *testing.T) {
+			// FerretDB disables the one-query prefetch of multi-document
+			// chunks (see engine.ferret); force it on to test it too.
+			tp.eng.ferret = !prefetch
+			testInsertOrderedUnordered(t, tp)
+		})
+	}
+}
+
+func testInsertOrderedUnordered(t *testing.T, tp *testProxy) {
 	c := tp.client.Database(freshDB("ins")).Collection("c")
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}}); err != nil {
 		t.Fatal(err)
