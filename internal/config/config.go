@@ -171,7 +171,7 @@ type Mesh struct {
 	Profile     string   `yaml:"profile"` // wan, lan, local
 	CACert      string   `yaml:"ca_cert"`
 	Cert        string   `yaml:"cert"`
-	Key         Secret   `yaml:"key"`
+	KeyFile     string   `yaml:"key_file"`
 	QueueLength int      `yaml:"queue_length"`
 }
 
@@ -234,7 +234,7 @@ func Default() Config {
 			Bind:        "127.0.0.1:7946",
 			LinkListen:  "127.0.0.1:7947",
 			Profile:     "wan",
-			QueueLength: 4096,
+			QueueLength: 8192,
 		},
 		Mongo: Mongo{
 			Enabled:   true,

@@ -186,7 +186,7 @@ func (c *Config) validate(ps *Problems) {
 		}
 		checkFile(ps, "mesh.ca_cert", m.CACert, true)
 		checkFile(ps, "mesh.cert", m.Cert, true)
-		checkSecret(ps, "mesh.key", m.Key, true)
+		checkFile(ps, "mesh.key_file", m.KeyFile, true)
 		if m.QueueLength <= 0 {
 			ps.add("mesh.queue_length", "must be positive, e.g. 4096")
 		}

@@ -9,6 +9,8 @@ package node
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,7 +28,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
-	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
 )
@@ -45,7 +47,8 @@ type Node struct {
 	certs *transport.CertStore
 	admin *admin.Server
 
-	nodes *nodemap.Publisher // the node map without a mesh
+	mesh       *mesh.Mesh // nil without a mesh
+	cfgVersion string     // a hash of the effective config, gossiped so rolling changes show
 
 	parts []*part // in start order
 }
@@ -57,9 +60,12 @@ type part struct {
 	detail string
 	start  func(ctx context.Context) error
 	serve  func() error
-	drain  func(ctx context.Context) error // first phase of shutdown (stop taking new work)
-	stop   func(ctx context.Context) error
-	reload func() error
+	// announce runs before any part drains: tell the world this node is
+	// going (the mesh marks it draining so DNS stops handing it out).
+	announce func(ctx context.Context) error
+	drain    func(ctx context.Context) error // stop taking new work, finish in-flight work
+	stop     func(ctx context.Context) error
+	reload   func() error
 }
 
 // Errors a caller may want to tell apart.
@@ -71,7 +77,7 @@ var (
 // listeners), then builds the parts. Nothing is written to the data folder
 // before the addresses are known to be free.
 func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err error) {
-	n := &Node{cfg: cfg, log: log, version: version, reg: prometheus.NewRegistry()}
+	n := &Node{cfg: cfg, log: log, version: version, reg: prometheus.NewRegistry(), cfgVersion: configVersion(&cfg)}
 	defer func() {
 		if err != nil {
 			n.closeListeners()
@@ -343,6 +349,13 @@ func (n *Node) shutdown(count int) {
 	start := time.Now()
 	drainCtx, cancel := context.WithTimeout(context.Background(), n.cfg.Node.DrainTimeout)
 	defer cancel()
+	for i := 0; i < count; i++ {
+		if p := n.parts[i]; p.announce != nil {
+			if err := p.announce(drainCtx); err != nil {
+				n.log.Warn("announce", "part", p.name, "err", err)
+			}
+		}
+	}
 	for i := count - 1; i >= 0; i-- {
 		p := n.parts[i]
 		if p.drain == nil {
@@ -365,4 +378,15 @@ func (n *Node) shutdown(count int) {
 	}
 	n.closeListeners()
 	n.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
+}
+
+// configVersion is a short hash of the effective config (secrets redacted),
+// so the status page shows which nodes run which config.
+func configVersion(c *config.Config) string {
+	b, err := c.YAML()
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:4])
 }

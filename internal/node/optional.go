@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"os"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/dns"
+	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 	"github.com/edgenode/edgenode/internal/nodemap"
@@ -24,16 +26,29 @@ func (n *Node) probes() []probeAddr {
 	if n.cfg.Mongo.Enabled {
 		ps = append(ps, probeAddr{"mongo.listen", "tcp", n.cfg.Mongo.Listen})
 	}
+	if n.cfg.Mesh.Enabled {
+		ps = append(ps, probeAddr{"mesh.bind", "udp", n.cfg.Mesh.Bind}, probeAddr{"mesh.bind", "tcp", n.cfg.Mesh.Bind},
+			probeAddr{"mesh.link_listen", "udp", n.cfg.Mesh.LinkListen})
+	}
 	return ps
 }
 
 // buildOptionalParts adds the parts beyond the transport and admin, in start
 // order: the node map first (DNS reads it), then DNS.
 func (n *Node) buildOptionalParts() error {
-	n.nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
-	n.admin.Handle("GET /status.json", statusJSON(n.nodes, n.cfg.Node.ID, n.version))
+	var src nodemap.Source
+	if n.cfg.Mesh.Enabled {
+		m, err := n.buildMesh()
+		if err != nil {
+			return err
+		}
+		n.mesh, src = m, m
+	} else {
+		src = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
+	}
+	n.admin.Handle("GET /status.json", statusJSON(src, n.cfg.Node.ID, n.version))
 	if n.cfg.DNS.Enabled {
-		if err := n.buildDNS(n.nodes); err != nil {
+		if err := n.buildDNS(src); err != nil {
 			return err
 		}
 	}
@@ -110,6 +125,45 @@ func (n *Node) buildMongo() error {
 		},
 	})
 	return nil
+}
+
+// buildMesh adds membership and peer links. It starts first (DNS reads its
+// map) and stops last; on SIGTERM it announces draining before anything else
+// stops, so DNS everywhere stops naming this node while it drains.
+func (n *Node) buildMesh() (*mesh.Mesh, error) {
+	c := n.cfg.Mesh
+	var keys [][]byte
+	for i, k := range c.GossipKeys {
+		v, err := k.Resolve()
+		if err != nil {
+			return nil, fmt.Errorf("mesh.gossip_keys[%d]: %w", i, err)
+		}
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v))
+		if err != nil {
+			return nil, fmt.Errorf("mesh.gossip_keys[%d]: not base64: %w", i, err)
+		}
+		keys = append(keys, key)
+	}
+	self := selfNode(&n.cfg, n.version)
+	m, err := mesh.New(mesh.Options{
+		NodeID: n.cfg.Node.ID, Region: n.cfg.Node.Region, Lat: n.cfg.Node.Latitude, Lon: n.cfg.Node.Longitude,
+		PublicIPv4: self.IPv4, PublicIPv6: self.IPv6, Tags: n.cfg.Node.Tags,
+		BinaryVersion: n.version, ConfigVersion: n.cfgVersion,
+		BindAddr: c.Bind, AdvertiseAddr: c.Advertise, LinkAddr: c.LinkListen, Seeds: c.Seeds,
+		GossipKeys: keys, CACertFile: c.CACert, CertFile: c.Cert, KeyFile: c.KeyFile,
+		Profile: c.Profile, QueueLen: c.QueueLength,
+	}, n.log.With("part", "mesh"), n.reg)
+	if err != nil {
+		return nil, fmt.Errorf("mesh: %w", err)
+	}
+	n.parts = append(n.parts, &part{
+		name:     "mesh",
+		detail:   "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen,
+		start:    m.Start,
+		announce: m.Drain,
+		stop:     m.Leave,
+	})
+	return m, nil
 }
 
 func (n *Node) buildDNS(src nodemap.Source) error {
