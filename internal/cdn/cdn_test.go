@@ -795,6 +795,15 @@ func TestHTTP2(t *testing.T) {
 	if n := e.count.count(e.bucket, "h2.bin"); n != 1 {
 		t.Errorf("origin GETs = %d", n)
 	}
+	// A download that breaks off resets the HTTP/2 stream: the client
+	// sees an error, not a short body that looks complete.
+	e.put("h2cut.bin", randBytes(300_000), "")
+	e.proxy.cutAfter.Store(100_000)
+	e.proxy.set(proxyCut)
+	if r := doGet(t, client, http.MethodGet, srv.URL+"/media/h2cut.bin"); r.err == nil {
+		t.Errorf("cut download over h2: status %d, %d bytes, no error", r.status, len(r.body))
+	}
+	e.settle()
 }
 
 func TestFullDiskPassesThrough(t *testing.T) {

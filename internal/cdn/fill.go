@@ -60,8 +60,6 @@ const (
 	fillBypass
 )
 
-func (s fillState) terminal() bool { return s >= fillComplete }
-
 // newFillLocked registers and starts a fill (under c.mu).
 func (c *Cache) newFillLocked(key string, old *entry) *fill {
 	f := &fill{c: c, key: key, old: old, notify: make(chan struct{})}
@@ -243,6 +241,17 @@ func (c *Cache) runFill(f *fill) {
 		return
 	}
 	c.evictLocked(size)
+	if c.bytes+c.reserved+size > c.opts.MaxBytes {
+		// Other downloads hold the rest of the budget: this one passes
+		// through rather than overshoot it.
+		victims := c.takeVictimsLocked()
+		c.updateGaugesLocked()
+		c.mu.Unlock()
+		c.deleteFiles(victims)
+		c.m.fillFailures.WithLabelValues("no_room").Inc()
+		c.finish(f, fillBypass, nil, false)
+		return
+	}
 	c.reserved += size
 	victims := c.takeVictimsLocked()
 	c.updateGaugesLocked()

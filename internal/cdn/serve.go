@@ -32,7 +32,6 @@ var (
 	xNegative    = []string{"NEGATIVE"}
 	hBytes       = []string{"bytes"}
 	hNosniff     = []string{"nosniff"}
-	hNone        = []string{"none"}
 )
 
 // ServeHTTP answers GET and HEAD of Prefix{key...}.

@@ -2,6 +2,7 @@ package cdn
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -240,7 +241,7 @@ func (s *store) rebuild() ([]*entry, rebuildStats, error) {
 	var entries []*entry
 	for hash, vs := range byHash {
 		// The newest complete version wins; everything else goes.
-		slices.SortFunc(vs, func(a, b *version) int { return -cmpU64(a.gen, b.gen) })
+		slices.SortFunc(vs, func(a, b *version) int { return cmp.Compare(b.gen, a.gen) })
 		var kept *entry
 		for _, v := range vs {
 			dataPath, metaPath := s.paths(hash, v.gen)
@@ -272,19 +273,9 @@ func (s *store) rebuild() ([]*entry, rebuildStats, error) {
 			}
 			return 1
 		}
-		return int(a.validated - b.validated)
+		return cmp.Compare(a.validated, b.validated)
 	})
 	return entries, st, nil
-}
-
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // load reads and checks one version's .meta against its .data.
