@@ -1,0 +1,274 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"syscall"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+
+	"github.com/edgenode/edgenode/internal/mesh"
+	"github.com/edgenode/edgenode/internal/mesh/pki"
+)
+
+// cluster is several real edgenode processes on 127.0.0.1, .2, .3, ...
+// joined by the mesh, each with its own ports, data folder and certificate.
+type cluster struct {
+	t     *testing.T
+	nodes []*nodeProc
+	cfgs  []string
+}
+
+func freePortOn(t testing.TB, ip string, udp bool) int {
+	t.Helper()
+	for range 100 {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if udp {
+			c, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
+			if err != nil {
+				continue
+			}
+			c.Close()
+		}
+		return port
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func newCluster(t *testing.T, n int, extra string) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	caDir := filepath.Join(dir, "ca")
+	if err := pki.InitCA(caDir); err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	keyFile := filepath.Join(dir, "gossip.key")
+	os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
+	c := &cluster{t: t}
+	var seeds []string
+	gossip := make([]int, n)
+	for i := range n {
+		ip := fmt.Sprintf("127.0.0.%d", i+1)
+		gossip[i] = freePortOn(t, ip, true)
+		seeds = append(seeds, fmt.Sprintf("%s:%d", ip, gossip[i]))
+	}
+	seedsJSON, _ := json.Marshal(seeds)
+	for i := range n {
+		ip := fmt.Sprintf("127.0.0.%d", i+1)
+		id := fmt.Sprintf("node%d", i+1)
+		certFile, keyPath, err := pki.IssueNode(caDir, id, filepath.Join(dir, "certs"), []string{ip})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := &nodeProc{
+			t:       t,
+			https:   fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, false)),
+			admin:   fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, false)),
+			dns:     fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, true)),
+			mongo:   fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, false)),
+			dataDir: filepath.Join(dir, id),
+		}
+		cfg := fmt.Sprintf(`node:
+  id: %s
+  region: r%d
+  public_ipv4: %s
+  data_dir: %s
+  drain_timeout: 10s
+log: {level: debug}
+https: {listen: "%s"}
+admin: {listen: "%s"}
+dns:
+  listen: "%s"
+  dynamic: [{name: widget.edgenode.test., count: 3}]
+mongo: {listen: "%s"}
+mesh:
+  enabled: true
+  bind: "%s:%d"
+  link_listen: "%s:%d"
+  seeds: %s
+  gossip_keys: [{file: %s}]
+  profile: local
+  ca_cert: %s
+  cert: %s
+  key_file: %s
+`, id, i+1, ip, p.dataDir, p.https, p.admin, p.dns, p.mongo, ip, gossip[i], ip, freePortOn(t, ip, true),
+			seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
+		c.cfgs = append(c.cfgs, mergeYAML(t, cfg, extra))
+		c.nodes = append(c.nodes, p)
+	}
+	return c
+}
+
+func (c *cluster) start(i int) {
+	p := *c.nodes[i]
+	c.nodes[i] = startNode(c.t, c.cfgs[i], &p)
+}
+
+func (c *cluster) startAll() {
+	for i := range c.nodes {
+		c.start(i)
+	}
+}
+
+type memberView struct {
+	ID    string `json:"id"`
+	State string `json:"state"`
+}
+
+// states is what node i's /status.json says of every member.
+func (c *cluster) states(i int) map[string]string {
+	resp, err := http.Get("http://" + c.nodes[i].admin + "/status.json")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var st struct{ Members []memberView }
+	b, _ := io.ReadAll(resp.Body)
+	if json.Unmarshal(b, &st) != nil {
+		return nil
+	}
+	out := map[string]string{}
+	for _, m := range st.Members {
+		out[m.ID] = m.State
+	}
+	return out
+}
+
+// widget asks node i's DNS for the dynamic name and returns the addresses.
+func (c *cluster) widget(i int) []string {
+	q := new(mdns.Msg)
+	q.SetQuestion("widget.edgenode.test.", mdns.TypeA)
+	r, _, err := (&mdns.Client{Timeout: 2 * time.Second}).Exchange(q, c.nodes[i].dns)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*mdns.A); ok {
+			out = append(out, a.A.String())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func TestClusterMembershipFailureAndDrain(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts several processes")
+	}
+	app, slowStarted := testApp(t)
+	c := newCluster(t, 3, "https: {app_server: \""+app.URL+"\"}\n")
+	start := time.Now()
+	c.startAll()
+	all := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
+	waitFor(t, 15*time.Second, "three alive members on every node", func() bool {
+		for i := range 3 {
+			st := c.states(i)
+			if len(st) != 3 || st["node1"] != "alive" || st["node2"] != "alive" || st["node3"] != "alive" {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("all three alive on every node %v after the first start", time.Since(start).Round(time.Millisecond))
+	for i := range 3 {
+		if got := c.widget(i); !slices.Equal(got, all) {
+			t.Errorf("node%d DNS: %v", i+1, got)
+		}
+	}
+
+	// kill -9 node3: the others mark it dead, and their DNS stops naming it,
+	// within the documented failure-detection bound (plus polling slack).
+	tuning, _ := mesh.ProfileTuning("local")
+	bound := tuning.DetectionBound(3) + 2*time.Second
+	c.nodes[2].cmd.Process.Signal(syscall.SIGKILL)
+	killed := time.Now()
+	waitFor(t, bound, "node3 dead and gone from DNS on node1 and node2", func() bool {
+		for i := range 2 {
+			if c.states(i)["node3"] != "dead" || slices.Contains(c.widget(i), "127.0.0.3") {
+				return false
+			}
+		}
+		return true
+	})
+	t.Logf("kill -9 to dead and out of DNS on both peers: %v (bound %v)", time.Since(killed).Round(time.Millisecond), bound)
+
+	// Restart: it rejoins and is named again.
+	c.nodes[2].wait(5 * time.Second)
+	c.start(2)
+	waitFor(t, 15*time.Second, "node3 back", func() bool {
+		for i := range 3 {
+			if c.states(i)["node3"] != "alive" || !slices.Contains(c.widget(i), "127.0.0.3") {
+				return false
+			}
+		}
+		return true
+	})
+
+	// SIGTERM node2 while it has an in-flight request: the others see it
+	// draining (and DNS stops naming it) before it leaves.
+	slow := make(chan int, 1)
+	go func() {
+		resp, err := httpsClient(false).Get("https://" + c.nodes[1].https + "/slow")
+		if err != nil {
+			slow <- 0
+			return
+		}
+		resp.Body.Close()
+		slow <- resp.StatusCode
+	}()
+	waitFor(t, 10*time.Second, "slow request in flight", func() bool { return slowStarted.Load() == 1 })
+	c.nodes[1].signal(syscall.SIGTERM)
+	sawDraining, leftAt := false, time.Time{}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		st := c.states(0)
+		switch st["node2"] {
+		case "draining":
+			sawDraining = true
+			if slices.Contains(c.widget(0), "127.0.0.2") {
+				t.Error("draining node2 still named by DNS")
+			}
+		case "":
+			leftAt = time.Now()
+		}
+		if !leftAt.IsZero() {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if leftAt.IsZero() {
+		t.Fatal("node2 never left")
+	}
+	if !sawDraining {
+		t.Error("node2 left without being seen draining first")
+	}
+	if code := <-slow; code != 200 {
+		t.Errorf("in-flight request on the draining node: %d", code)
+	}
+	if code := c.nodes[1].wait(20 * time.Second); code != 0 {
+		t.Errorf("node2 exit code %d", code)
+	}
+	if st := c.states(2); st["node2"] != "" {
+		t.Errorf("node3 still lists node2 after it left: %v", st)
+	}
+}
