@@ -19,6 +19,8 @@ type dispatched struct {
 	reply   []byte // answer the client with this body (nothing goes upstream)
 	rewrite []byte // forward with this body instead of the original
 	filter  replyFilter
+	// purgeAfter: drop the document cache once the upstream has answered.
+	purgeAfter bool
 }
 
 // dispatch routes a command: captured writes on replicated namespaces are
@@ -34,6 +36,11 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command) dispatched {
 		}
 		p.met.commands.WithLabelValues("forwarded").Inc()
 		return dispatched{}
+	case "drop", "dropdatabase":
+		// Forwarded (DDL is not replicated by this part); cached documents
+		// of the dropped collections must not outlive them.
+		p.met.commands.WithLabelValues("forwarded").Inc()
+		return dispatched{purgeAfter: true}
 	case "listdatabases":
 		p.met.commands.WithLabelValues("forwarded").Inc()
 		return dispatched{filter: replyFilter{hideMetaDB: true}}

@@ -212,7 +212,11 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	case d.rewrite != nil:
 		msg = wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags, d.rewrite, m.Sequences...)
 	}
-	return c.forward(msg, !m.MoreToCome(), d.filter)
+	err = c.forward(msg, !m.MoreToCome(), d.filter)
+	if d.purgeAfter {
+		c.p.eng.purgeCache()
+	}
+	return err
 }
 
 // opQueryAllowed are the commands still accepted over legacy OP_QUERY: the

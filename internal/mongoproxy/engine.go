@@ -16,6 +16,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/x/bsonx/bsoncore"
 
+	lru "github.com/hashicorp/golang-lru/v2"
+
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
 )
@@ -72,6 +74,38 @@ type engine struct {
 
 	onLocal atomic.Pointer[func([]*crdt.Op)]
 	stable  atomic.Pointer[func() crdt.Timestamp]
+
+	// cache keeps the stored state of recently written documents, so a
+	// write to a hot document skips the read (nil: disabled). It is only
+	// read and written under the document's stripe lock, and an entry is
+	// dropped whenever a write fails. The proxy is the only writer of its
+	// replicated collections; if something else writes one behind its back,
+	// the version-conditional write notices (on MongoDB) and re-reads.
+	cache *lru.Cache[string, cachedDoc]
+}
+
+type cachedDoc struct {
+	st              crdt.State
+	inColl, hasMeta bool
+}
+
+func (e *engine) remember(ds *docState) {
+	if e.cache != nil {
+		e.cache.Add(ds.key, cachedDoc{st: ds.base, inColl: ds.inColl, hasMeta: ds.hasMeta})
+	}
+}
+
+func (e *engine) forget(key string) {
+	if e.cache != nil {
+		e.cache.Remove(key)
+	}
+}
+
+// purgeCache drops every cached document (collections were dropped or renamed).
+func (e *engine) purgeCache() {
+	if e.cache != nil {
+		e.cache.Purge()
+	}
 }
 
 // docState is one document during a batch: what is stored, and the ops of
@@ -113,6 +147,13 @@ func (e *engine) load(ctx context.Context, ns string, id bson.RawValue, filter b
 	// The id may alias a client's message buffer; ops built from ds keep it.
 	id = bson.RawValue{Type: id.Type, Value: bytes.Clone(id.Value)}
 	ds := &docState{key: docKey(ns, id), ns: ns, id: id}
+	if filter == nil && e.cache != nil {
+		if c, ok := e.cache.Get(ds.key); ok {
+			ds.base, ds.inColl, ds.hasMeta = c.st, c.inColl, c.hasMeta
+			ds.cur = ds.base
+			return ds, ds.base.Doc != nil, nil
+		}
+	}
 	q := any(idFilter(id))
 	if filter != nil {
 		q = bson.D{{Key: "$and", Value: bson.A{filter, idFilter(id)}}}
@@ -124,6 +165,9 @@ func (e *engine) load(ctx context.Context, ns string, id bson.RawValue, filter b
 			return nil, false, err
 		}
 		ds.cur = ds.base
+		if filter == nil {
+			e.remember(ds)
+		}
 		return ds, true, nil
 	case !errors.Is(err, mongo.ErrNoDocuments):
 		return nil, false, fmt.Errorf("read %s %v: %w", ns, id, err)
@@ -136,6 +180,7 @@ func (e *engine) load(ctx context.Context, ns string, id bson.RawValue, filter b
 		return nil, false, err
 	}
 	ds.cur = ds.base
+	e.remember(ds)
 	return ds, false, nil
 }
 
@@ -358,8 +403,10 @@ func (e *engine) storeOps(ctx context.Context, ds *docState) error {
 		if err == nil {
 			ds.base, ds.ops = next, nil
 			ds.inColl, ds.hasMeta = next.Doc != nil, next.Doc != nil
+			e.remember(ds)
 			return nil
 		}
+		e.forget(ds.key)
 		var ae *applyError
 		if errors.As(err, &ae) || attempt >= 20 || ctx.Err() != nil {
 			return err
@@ -816,6 +863,7 @@ func (e *engine) insertFresh(ctx context.Context, ns string, order []*docState) 
 		ds.inserted, ds.ops = ds.ops, nil
 		ds.base, ds.cur = nexts[i], nexts[i]
 		ds.inColl, ds.hasMeta = true, true
+		e.remember(ds)
 		out[ds] = true
 	}
 	return out

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
@@ -45,6 +46,11 @@ type Options struct {
 	MaxConns int
 	// MaxMessageSize caps a client message (default 48,000,000, MongoDB's).
 	MaxMessageSize int
+	// DocCache is how many recently written documents the proxy keeps in
+	// memory so that the next write to them skips the read (default 4096;
+	// negative disables it). It assumes the proxy is the only writer of its
+	// replicated collections, which it must be anyway for them to replicate.
+	DocCache int
 }
 
 // Proxy is the Mongo wire-protocol proxy. See the package documentation.
@@ -93,6 +99,9 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = 4096
+	}
+	if opts.DocCache == 0 {
+		opts.DocCache = 4096
 	}
 	if opts.MaxMessageSize <= 0 {
 		opts.MaxMessageSize = 48_000_000
@@ -191,6 +200,9 @@ func (p *Proxy) Start(ctx context.Context) error {
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
 		log: p.log, met: p.met, fault: p.testFault, ferret: ferret}
+	if p.opts.DocCache > 0 {
+		p.eng.cache, _ = lru.New[string, cachedDoc](p.opts.DocCache)
+	}
 	if p.onLocal != nil {
 		fn := p.onLocal
 		p.eng.onLocal.Store(&fn)

@@ -723,3 +723,24 @@ func TestTwoNodesViaHook(t *testing.T) {
 		t.Fatalf("merged doc: %v", da[0])
 	}
 }
+
+// TestDropThenReuse: a collection dropped through the proxy can be reused
+// at once (the proxy's document cache does not outlive it).
+func TestDropThenReuse(t *testing.T) {
+	tp := newProxy(t, 0, "n1")
+	c := tp.client.Database(freshDB("drop")).Collection("c")
+	for round := 0; round < 2; round++ {
+		if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: "x"}, {Key: "round", Value: round}}); err != nil {
+			t.Fatalf("round %d: %v", round, err)
+		}
+		if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: "x"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}}); err != nil {
+			t.Fatal(err)
+		}
+		if m := findOne(t, c, bson.D{{Key: "_id", Value: "x"}}); m["round"] != int32(round) || m["n"] != int32(1) {
+			t.Fatalf("round %d: %v", round, m)
+		}
+		if err := c.Drop(testCtx); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
