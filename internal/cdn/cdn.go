@@ -169,7 +169,7 @@ type Cache struct {
 	fills    map[string]*fill                 // running fills by key
 	negative *simplelru.LRU[string, time.Time]
 	tooBig   *simplelru.LRU[string, time.Time] // keys found over MaxObjectBytes
-	noDisk   time.Time                         // until then, misses pass through
+	noDisk   int64                             // unix nanos: until then, misses pass through
 	onPurge  []func(key string)
 }
 

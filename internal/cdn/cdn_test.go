@@ -206,7 +206,7 @@ func TestConditional(t *testing.T) {
 }
 
 func TestNegativeCache(t *testing.T) {
-	e := newEnv(t, func(o *Options) { o.NegativeTTL = 300 * time.Millisecond })
+	e := newEnv(t, func(o *Options) { o.NegativeTTL = time.Hour })
 	r := e.get("nope.png")
 	if r.status != 404 || r.header.Get("X-Cache") != "MISS" {
 		t.Fatalf("first: %d %q", r.status, r.header.Get("X-Cache"))
@@ -219,7 +219,13 @@ func TestNegativeCache(t *testing.T) {
 		t.Fatalf("origin GETs = %d, want 1 (404 remembered)", n)
 	}
 	e.put("nope.png", []byte("now here"), "image/png")
-	waitFor(t, "negative entry to expire", func() bool { return e.get("nope.png").status == 200 })
+	if r := e.get("nope.png"); r.status != 404 {
+		t.Fatalf("within NegativeTTL: %d", r.status)
+	}
+	e.expireNegative("nope.png")
+	if r := e.get("nope.png"); r.status != 200 {
+		t.Fatalf("after NegativeTTL: %d", r.status)
+	}
 	if n := e.count.count(e.bucket, "nope.png"); n != 2 {
 		t.Errorf("origin GETs = %d, want 2", n)
 	}
@@ -500,7 +506,7 @@ func TestPartialDownloadNeverServed(t *testing.T) {
 
 func TestOriginDownServesStale(t *testing.T) {
 	e := newEnv(t, func(o *Options) {
-		o.TTL = 50 * time.Millisecond
+		o.TTL = time.Hour
 		o.StaleWhileRevalidate = -1
 		o.OriginTimeout = 2 * time.Second
 	})
@@ -509,7 +515,7 @@ func TestOriginDownServesStale(t *testing.T) {
 	if r := e.get("s.txt"); r.status != 200 {
 		t.Fatal(r.status)
 	}
-	time.Sleep(60 * time.Millisecond) // past TTL
+	e.age("s.txt", time.Hour) // past TTL
 
 	e.proxy.set(proxyDown)
 	r := e.get("s.txt")
@@ -526,10 +532,7 @@ func TestOriginDownServesStale(t *testing.T) {
 	}
 
 	// A hanging origin is a timeout, handled the same way.
-	e.cache.mu.Lock()
-	ent, _ := e.cache.idx.Peek("s.txt")
-	ent.failedUntil = 0
-	e.cache.mu.Unlock()
+	e.age("s.txt", 0) // as if the failure were long ago
 	e.proxy.set(proxyHang)
 	r = e.get("s.txt")
 	if r.status != 200 || r.header.Get("X-Cache") != "STALE-IF-ERROR" {
@@ -544,9 +547,7 @@ func TestOriginDownServesStale(t *testing.T) {
 		t.Errorf("uncached key with origin down: %d", r.status)
 	}
 	e.proxy.set(proxyPass)
-	e.cache.mu.Lock()
-	ent.failedUntil = 0
-	e.cache.mu.Unlock()
+	e.age("s.txt", 0)
 	if r := e.get("s.txt"); r.header.Get("X-Cache") != "REVALIDATED" {
 		t.Errorf("origin back: %q", r.header.Get("X-Cache"))
 	}
@@ -554,13 +555,13 @@ func TestOriginDownServesStale(t *testing.T) {
 
 func TestRevalidation(t *testing.T) {
 	e := newEnv(t, func(o *Options) {
-		o.TTL = 50 * time.Millisecond
+		o.TTL = time.Hour
 		o.StaleWhileRevalidate = -1
 	})
 	v1 := []byte("version one")
 	e.put("v.txt", v1, "text/plain")
 	e.get("v.txt")
-	time.Sleep(60 * time.Millisecond)
+	e.age("v.txt", time.Hour)
 	// Unchanged: a conditional GET answered 304, the copy is fresh again.
 	r := e.get("v.txt")
 	if r.status != 200 || !bytes.Equal(r.body, v1) || r.header.Get("X-Cache") != "REVALIDATED" {
@@ -575,7 +576,7 @@ func TestRevalidation(t *testing.T) {
 	// Changed: the new version replaces the old one.
 	v2 := []byte("version two, longer")
 	e.put("v.txt", v2, "text/plain")
-	time.Sleep(60 * time.Millisecond)
+	e.age("v.txt", time.Hour)
 	r = e.get("v.txt")
 	if !bytes.Equal(r.body, v2) {
 		t.Fatalf("after change: %q", r.body)
@@ -584,7 +585,7 @@ func TestRevalidation(t *testing.T) {
 		t.Errorf("%d data files, want 1 (old version removed)", n)
 	}
 	// Deleted at the origin: gone here too.
-	time.Sleep(60 * time.Millisecond)
+	e.age("v.txt", time.Hour)
 	if _, err := e.s3.DeleteObject(t.Context(), deleteInput(e.bucket, "v.txt")); err != nil {
 		t.Fatal(err)
 	}
@@ -598,13 +599,13 @@ func TestRevalidation(t *testing.T) {
 
 func TestStaleWhileRevalidate(t *testing.T) {
 	e := newEnv(t, func(o *Options) {
-		o.TTL = 50 * time.Millisecond
+		o.TTL = time.Hour
 		o.StaleWhileRevalidate = time.Hour
 	})
 	e.put("w.txt", []byte("old"), "text/plain")
 	e.get("w.txt")
 	e.put("w.txt", []byte("new!"), "text/plain")
-	time.Sleep(60 * time.Millisecond)
+	e.age("w.txt", time.Hour+time.Second) // past TTL, within SWR
 	r := e.get("w.txt")
 	if string(r.body) != "old" || r.header.Get("X-Cache") != "STALE" {
 		t.Fatalf("within SWR: %q %q", r.body, r.header.Get("X-Cache"))

@@ -235,7 +235,7 @@ func (c *Cache) runFill(f *fill) {
 
 	// Make room first, so the budget holds while the bytes arrive.
 	c.mu.Lock()
-	if time.Now().Before(c.noDisk) || c.closed {
+	if time.Now().UnixNano() < c.noDisk || c.closed {
 		c.mu.Unlock()
 		c.finish(f, fillBypass, nil, false)
 		return
@@ -488,7 +488,7 @@ func (c *Cache) retryAfterError() time.Duration {
 func (c *Cache) diskTrouble(err error) {
 	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) {
 		c.mu.Lock()
-		c.noDisk = time.Now().Add(noDiskPause)
+		c.noDisk = time.Now().Add(noDiskPause).UnixNano()
 		c.mu.Unlock()
 		c.log.Warn("cache disk full: passing misses through", "pause", noDiskPause, "err", err)
 		return

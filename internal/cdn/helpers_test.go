@@ -524,6 +524,27 @@ func (e *env) stop() {
 	}
 }
 
+// age makes key's entry d older (as if time had passed; tests never sleep
+// through a TTL) and forgets any recent origin failure for it.
+func (e *env) age(key string, d time.Duration) {
+	e.t.Helper()
+	e.cache.mu.Lock()
+	defer e.cache.mu.Unlock()
+	ent, ok := e.cache.idx.Peek(key)
+	if !ok {
+		e.t.Fatalf("age: %s not cached", key)
+	}
+	ent.validated -= int64(d)
+	ent.failedUntil = 0
+}
+
+// expireNegative ends the remembered 404 of key, as NegativeTTL would.
+func (e *env) expireNegative(key string) {
+	e.cache.mu.Lock()
+	defer e.cache.mu.Unlock()
+	e.cache.negative.Remove(key)
+}
+
 // settle waits until the background work of earlier requests (downloads,
 // commits, revalidations) has ended.
 func (e *env) settle() {

@@ -114,7 +114,7 @@ func (c *Cache) serveKey(w http.ResponseWriter, r *http.Request, key string, ret
 		}
 		c.negative.Remove(key)
 	}
-	bypass := now < c.noDisk.UnixNano() || c.closed
+	bypass := now < c.noDisk || c.closed
 	if until, ok := c.tooBig.Get(key); ok {
 		if now < until.UnixNano() {
 			bypass = true
