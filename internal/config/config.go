@@ -35,6 +35,7 @@ type Config struct {
 	DNS   DNS   `yaml:"dns"`
 	Mesh  Mesh  `yaml:"mesh"`
 	Mongo Mongo `yaml:"mongo"`
+	CDN   CDN   `yaml:"cdn"`
 }
 
 // Node describes this node and its lifecycle.
@@ -187,6 +188,40 @@ type Mongo struct {
 	MaxConns  int      `yaml:"max_conns"`
 }
 
+// CDN is the media cache in front of an origin.
+type CDN struct {
+	Enabled              bool          `yaml:"enabled"`
+	Prefix               string        `yaml:"prefix"`
+	MaxBytes             ByteSize      `yaml:"max_bytes"`
+	MaxEntries           int           `yaml:"max_entries"`
+	MaxObjectBytes       ByteSize      `yaml:"max_object_bytes"`
+	CacheControl         string        `yaml:"cache_control"`
+	TTL                  time.Duration `yaml:"ttl"`
+	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
+	NegativeTTL          time.Duration `yaml:"negative_ttl"`
+	OriginTimeout        time.Duration `yaml:"origin_timeout"`
+	Origin               Origin        `yaml:"origin"`
+}
+
+// Origin is where cache misses are fetched from: a local folder or S3.
+type Origin struct {
+	Dir string `yaml:"dir"` // a folder; empty with no S3 bucket: DATA_DIR/origin
+	S3  S3     `yaml:"s3"`
+}
+
+// S3 is an S3 (or S3-compatible) origin.
+type S3 struct {
+	Bucket          string            `yaml:"bucket"`
+	Buckets         map[string]string `yaml:"buckets"` // tenant (first key segment) -> bucket
+	KeyPrefix       string            `yaml:"key_prefix"`
+	Region          string            `yaml:"region"`
+	Endpoint        string            `yaml:"endpoint"`
+	PathStyle       bool              `yaml:"path_style"`
+	AccessKeyID     Secret            `yaml:"access_key_id"`
+	SecretAccessKey Secret            `yaml:"secret_access_key"`
+	Profile         string            `yaml:"profile"`
+}
+
 // Default returns the embedded single node: everything on loopback, data in ./data.
 func Default() Config {
 	host, _ := os.Hostname()
@@ -241,6 +276,18 @@ func Default() Config {
 			Listen:    "127.0.0.1:27018",
 			Replicate: []string{"*"},
 			MaxConns:  4096,
+		},
+		CDN: CDN{
+			Enabled:              true,
+			Prefix:               "/media/",
+			MaxBytes:             1 << 30,
+			MaxEntries:           100000,
+			MaxObjectBytes:       64 << 20,
+			CacheControl:         "public, max-age=300",
+			TTL:                  time.Minute,
+			StaleWhileRevalidate: 10 * time.Minute,
+			NegativeTTL:          10 * time.Second,
+			OriginTimeout:        10 * time.Second,
 		},
 	}
 }

@@ -212,6 +212,39 @@ func (c *Config) validate(ps *Problems) {
 		}
 	}
 
+	if c.CDN.Enabled {
+		d := &c.CDN
+		if !strings.HasPrefix(d.Prefix, "/") || !strings.HasSuffix(d.Prefix, "/") || len(d.Prefix) < 3 {
+			ps.add("cdn.prefix", "%q is not a route prefix: want e.g. /media/", d.Prefix)
+		}
+		if d.MaxBytes < 1<<20 {
+			ps.add("cdn.max_bytes", "%d is too small: want at least 1MiB, e.g. 10GiB", d.MaxBytes)
+		}
+		if d.MaxEntries <= 0 {
+			ps.add("cdn.max_entries", "must be positive, e.g. 100000")
+		}
+		if d.MaxObjectBytes <= 0 {
+			ps.add("cdn.max_object_bytes", "must be positive, e.g. 64MiB")
+		}
+		if d.TTL < 0 || d.OriginTimeout <= 0 {
+			ps.add("cdn", "ttl must not be negative and origin_timeout must be positive")
+		}
+		o := &d.Origin
+		s3 := o.S3.Bucket != "" || len(o.S3.Buckets) > 0
+		if s3 && o.Dir != "" {
+			ps.add("cdn.origin", "give one origin: dir or s3, not both")
+		}
+		if s3 {
+			if o.S3.Endpoint != "" {
+				if u, err := url.Parse(o.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+					ps.add("cdn.origin.s3.endpoint", "%q is not an http(s) URL", o.S3.Endpoint)
+				}
+			}
+			checkSecret(ps, "cdn.origin.s3.access_key_id", o.S3.AccessKeyID, false)
+			checkSecret(ps, "cdn.origin.s3.secret_access_key", o.S3.SecretAccessKey, !o.S3.AccessKeyID.IsZero())
+		}
+	}
+
 	// Two parts on one address is a mistake the kernel would report later
 	// and less clearly.
 	seen := map[string]string{}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/edgenode/edgenode/internal/cdn"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/dns"
 	"github.com/edgenode/edgenode/internal/mesh"
@@ -57,6 +58,89 @@ func (n *Node) buildOptionalParts() error {
 			return err
 		}
 	}
+	if n.cfg.CDN.Enabled {
+		if err := n.buildCDN(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// purgeTopic carries cache purges to every peer.
+const purgeTopic = "cdn-purge"
+
+// buildCDN adds the media cache: routes on the public listener, purge on the
+// admin listener, purges fanned out through the mesh.
+func (n *Node) buildCDN() error {
+	c := n.cfg.CDN
+	var origin cdn.Origin
+	var originDesc string
+	if c.Origin.S3.Bucket != "" || len(c.Origin.S3.Buckets) > 0 {
+		s := c.Origin.S3
+		keyID, err := s.AccessKeyID.Resolve()
+		if err != nil {
+			return fmt.Errorf("cdn.origin.s3.access_key_id: %w", err)
+		}
+		secret, err := s.SecretAccessKey.Resolve()
+		if err != nil {
+			return fmt.Errorf("cdn.origin.s3.secret_access_key: %w", err)
+		}
+		o, err := cdn.NewS3Origin(context.Background(), cdn.S3Options{
+			Bucket: s.Bucket, Buckets: s.Buckets, KeyPrefix: s.KeyPrefix, Region: s.Region,
+			Endpoint: s.Endpoint, PathStyle: s.PathStyle, AccessKeyID: keyID, SecretAccessKey: secret, Profile: s.Profile,
+		})
+		if err != nil {
+			return fmt.Errorf("cdn.origin.s3: %w", err)
+		}
+		origin, originDesc = o, "S3 "+s.Endpoint+" bucket "+s.Bucket
+	} else {
+		dir := c.Origin.Dir
+		if dir == "" {
+			dir = filepath.Join(n.cfg.Node.DataDir, "origin")
+		}
+		o, err := cdn.NewDirOrigin(dir)
+		if err != nil {
+			return fmt.Errorf("cdn.origin.dir: %w", err)
+		}
+		origin, originDesc = o, "folder "+dir
+	}
+	cache, err := cdn.New(cdn.Options{
+		Dir:                  filepath.Join(n.cfg.Node.DataDir, "cache"),
+		MaxBytes:             int64(c.MaxBytes),
+		MaxEntries:           c.MaxEntries,
+		Prefix:               c.Prefix,
+		Origin:               origin,
+		MaxObjectBytes:       int64(c.MaxObjectBytes),
+		CacheControl:         c.CacheControl,
+		TTL:                  c.TTL,
+		StaleWhileRevalidate: c.StaleWhileRevalidate,
+		NegativeTTL:          c.NegativeTTL,
+		OriginTimeout:        c.OriginTimeout,
+	}, n.log.With("part", "cdn"), n.reg)
+	if err != nil {
+		return fmt.Errorf("cdn: %w", err)
+	}
+	for pattern, h := range cache.Routes() {
+		n.https.Handle(pattern, h)
+	}
+	for pattern, h := range cache.AdminRoutes() {
+		n.admin.Handle(pattern, h)
+	}
+	if n.mesh != nil {
+		m := n.mesh
+		cache.OnPurge(func(key string) { m.Broadcast(purgeTopic, []byte(key)) })
+		m.Handle(purgeTopic, func(from string, msg []byte) {
+			if err := cache.Purge(string(msg)); err != nil {
+				n.log.Warn("purge from peer", "peer", from, "err", err)
+			}
+		})
+	}
+	n.parts = append(n.parts, &part{
+		name:   "cdn",
+		detail: "media cache at " + c.Prefix + " from " + originDesc,
+		// Closed after the HTTPS side has drained (a stop, not a drain).
+		stop: func(context.Context) error { return cache.Close() },
+	})
 	return nil
 }
 

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// The embedded node serves media from its folder origin through the cache:
+// the issue 7 "done when" against the real binary.
+func TestEmbeddedNodeMedia(t *testing.T) {
+	cfg, p := nodeConfig(t, "")
+	startNode(t, cfg, p)
+	dir := filepath.Join(p.dataDir, "origin", "demo")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte("hello, media\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	url := "https://" + p.https + "/media/demo/hello.txt"
+	c := httpsClient(true)
+	resp, body := get(t, c, url)
+	if resp.StatusCode != 200 || body != "hello, media\n" || resp.Header.Get("X-Cache") != "MISS" {
+		t.Fatalf("first: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	resp, _ = get(t, c, url)
+	etag := resp.Header.Get("ETag")
+	if resp.Header.Get("X-Cache") != "HIT" || etag == "" {
+		t.Errorf("second: %v", resp.Header)
+	}
+	req, _ := http.NewRequest("GET", url, nil)
+	req.Header.Set("Range", "bytes=0-4")
+	r2, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(r2.Body)
+	r2.Body.Close()
+	if r2.StatusCode != http.StatusPartialContent || string(b) != "hello" {
+		t.Errorf("range: %d %q", r2.StatusCode, b)
+	}
+	req, _ = http.NewRequest("GET", url, nil)
+	req.Header.Set("If-None-Match", etag)
+	r3, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r3.Body.Close()
+	if r3.StatusCode != http.StatusNotModified {
+		t.Errorf("conditional: %d", r3.StatusCode)
+	}
+	// Purge on the admin listener: the next request is a miss again.
+	del, _ := http.NewRequest("DELETE", "http://"+p.admin+"/v1/cache/demo/hello.txt", nil)
+	r4, err := http.DefaultClient.Do(del)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r4.Body.Close()
+	if r4.StatusCode != http.StatusNoContent {
+		t.Errorf("purge: %d", r4.StatusCode)
+	}
+	resp, _ = get(t, c, url)
+	if resp.Header.Get("X-Cache") != "MISS" {
+		t.Errorf("after purge: %v", resp.Header.Get("X-Cache"))
+	}
+}
