@@ -21,21 +21,67 @@ type dispatched struct {
 	filter  replyFilter
 	// purgeAfter: drop the document cache once the upstream has answered.
 	purgeAfter bool
+	auth       authEffect
+}
+
+// authEffect says how a forwarded command's reply changes whether the
+// client's connection is authenticated.
+type authEffect int
+
+const (
+	authNone  authEffect = iota
+	authWatch            // saslStart/saslContinue/authenticate/hello: a successful final step authenticates
+	authReset            // logout
+)
+
+// authSucceeded reports whether an authentication reply completed a
+// successful conversation: ok:1 with done:true (SASL), ok:1 for the legacy
+// authenticate command, or a hello whose speculativeAuthenticate is done.
+func authSucceeded(cmd string, reply bson.Raw) bool {
+	if ok, _ := reply.Lookup("ok").AsFloat64OK(); ok != 1 {
+		return false
+	}
+	switch cmd {
+	case "authenticate":
+		return true
+	case "hello", "ismaster":
+		sa, err := reply.LookupErr("speculativeAuthenticate")
+		if err != nil || sa.Type != bson.TypeEmbeddedDocument {
+			return false
+		}
+		reply = bson.Raw(sa.Value)
+		if d, err := reply.LookupErr("done"); err != nil {
+			// MONGODB-X509 answers with just the user.
+			return reply.Lookup("dbname").Type == bson.TypeString
+		} else {
+			return d.Type == bson.TypeBoolean && d.Boolean()
+		}
+	default:
+		d := reply.Lookup("done")
+		return d.Type == bson.TypeBoolean && d.Boolean()
+	}
 }
 
 // dispatch routes a command: captured writes on replicated namespaces are
 // handled here; refusals are answered here; everything else is forwarded
 // (with the handshake's compression offer removed).
-func (p *Proxy) dispatch(ctx context.Context, cmd *command) dispatched {
+func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) dispatched {
 	name := cmd.name
 	lower := strings.ToLower(name)
 	switch lower {
 	case "hello", "ismaster":
-		if b, changed := removeTopLevel(cmd.body, "compression"); changed {
-			return dispatched{rewrite: b}
-		}
 		p.met.commands.WithLabelValues("forwarded").Inc()
-		return dispatched{}
+		d := dispatched{auth: authWatch}
+		if b, changed := removeTopLevel(cmd.body, "compression"); changed {
+			d.rewrite = b
+		}
+		return d
+	case "saslstart", "saslcontinue", "authenticate":
+		p.met.commands.WithLabelValues("forwarded").Inc()
+		return dispatched{auth: authWatch}
+	case "logout":
+		p.met.commands.WithLabelValues("forwarded").Inc()
+		return dispatched{auth: authReset}
 	case "drop", "dropdatabase":
 		// Forwarded (DDL is not replicated by this part); cached documents
 		// of the dropped collections must not outlive them.
@@ -53,6 +99,11 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command) dispatched {
 		}
 		if transactional(cmd.body) {
 			return p.refused(refuse(cmd.ns(), "a multi-document transaction"))
+		}
+		if p.authRequired && !authenticated {
+			// The proxy writes with its own credentials: it must not do so
+			// for a connection the database has not authenticated.
+			return p.refused(errorf(codeUnauthorized, "command %s requires authentication", name))
 		}
 		p.met.commands.WithLabelValues("captured").Inc()
 		// Bounded so a stuck database cannot hold a document's lock forever.

@@ -49,6 +49,20 @@ type clientConn struct {
 
 	cr, ur    *bufio.Reader
 	buf, ubuf []byte
+
+	// authenticated: the database accepted an authentication on this
+	// connection (see Proxy.authRequired).
+	authenticated bool
+}
+
+// lastReplyOK inspects the last reply relayed (still in ubuf) for a
+// completed authentication.
+func (c *clientConn) lastReplyOK(cmd string) bool {
+	m, err := wire.ParseMsg(c.ubuf)
+	if err != nil {
+		return false
+	}
+	return authSucceeded(cmd, bson.Raw(m.Body))
 }
 
 // badMessage is a client protocol violation: the connection is closed.
@@ -200,7 +214,7 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	if err != nil {
 		return &badMessage{err}
 	}
-	d := c.p.dispatch(c.p.baseCtx, cmd)
+	d := c.p.dispatch(c.p.baseCtx, cmd, c.authenticated)
 	switch {
 	case d.reply != nil:
 		if m.MoreToCome() {
@@ -213,6 +227,14 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 		msg = wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags, d.rewrite, m.Sequences...)
 	}
 	err = c.forward(msg, !m.MoreToCome(), d.filter)
+	switch d.auth {
+	case authWatch:
+		if err == nil && c.lastReplyOK(strings.ToLower(cmd.name)) {
+			c.authenticated = true
+		}
+	case authReset:
+		c.authenticated = false
+	}
 	if d.purgeAfter {
 		c.p.eng.purgeCache()
 	}
@@ -256,7 +278,15 @@ func (c *clientConn) handleQuery(h wire.Header, msg []byte) error {
 			msg = wire.AppendQuery(nil, q)
 		}
 	}
-	return c.forward(msg, true, replyFilter{})
+	if err := c.forward(msg, true, replyFilter{}); err != nil {
+		return err
+	}
+	// Drivers send their first hello, with speculativeAuthenticate, over
+	// OP_QUERY: track authentication here too.
+	if r, err := wire.ParseReply(c.ubuf); err == nil && len(r.Documents) == 1 && authSucceeded(name, bson.Raw(r.Documents[0])) {
+		c.authenticated = true
+	}
+	return nil
 }
 
 // forward sends msg upstream and relays the replies: one, or a stream while

@@ -16,6 +16,7 @@ const (
 	codeInvalidLength        int32 = 16
 	codePathNotViable        int32 = 28
 	codeConflictingUpdateOps int32 = 40
+	codeUnauthorized         int32 = 13
 	codeInvalidIDField       int32 = 53
 	codeImmutableField       int32 = 66
 	codeUnsupportedOpQuery   int32 = 352
@@ -30,6 +31,7 @@ var codeNames = map[int32]string{
 	codeInvalidLength:        "InvalidLength",
 	codePathNotViable:        "PathNotViable",
 	codeConflictingUpdateOps: "ConflictingUpdateOperators",
+	codeUnauthorized:         "Unauthorized",
 	codeInvalidIDField:       "InvalidIdField",
 	codeImmutableField:       "ImmutableField",
 	codeUnsupportedOpQuery:   "UnsupportedOpQueryCommand",

@@ -228,6 +228,12 @@ type proxyOpt func(*Options)
 // with driver clients through it and direct to the database.
 func newProxy(t testing.TB, db int, node string, mods ...proxyOpt) *testProxy {
 	t.Helper()
+	return newProxyWith(t, db, node, nil, mods...)
+}
+
+// newProxyWith is newProxy with a hook run on the Proxy before Start.
+func newProxyWith(t testing.TB, db int, node string, pre func(*Proxy), mods ...proxyOpt) *testProxy {
+	t.Helper()
 	tp := &testProxy{logs: &syncBuffer{}, reg: prometheus.NewRegistry(), dir: t.TempDir()}
 	opts := Options{Listen: "127.0.0.1:0", Upstream: upstream(t, db), NodeID: node, DataDir: tp.dir}
 	for _, m := range mods {
@@ -240,6 +246,9 @@ func newProxy(t testing.TB, db int, node string, mods ...proxyOpt) *testProxy {
 	p, err := New(opts, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})), tp.reg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if pre != nil {
+		pre(p)
 	}
 	if err := p.Start(testCtx); err != nil {
 		t.Fatal(err)

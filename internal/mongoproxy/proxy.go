@@ -55,13 +55,18 @@ type Options struct {
 
 // Proxy is the Mongo wire-protocol proxy. See the package documentation.
 type Proxy struct {
-	opts     Options
-	log      *slog.Logger
-	reg      prometheus.Registerer
-	met      *metrics
-	ns       *nsMatcher
-	dialNet  string
-	dialAddr string
+	opts Options
+	log  *slog.Logger
+	reg  prometheus.Registerer
+	met  *metrics
+	ns   *nsMatcher
+	// authRequired: the upstream URI carries credentials, so the database
+	// enforces authentication; captured writes, which the proxy performs
+	// with its own credentials, are then refused on connections that have
+	// not authenticated themselves.
+	authRequired bool
+	dialNet      string
+	dialAddr     string
 
 	eng     *engine
 	onLocal func([]*crdt.Op)
@@ -69,6 +74,8 @@ type Proxy struct {
 
 	// testFault is set by tests before Start (see engine.fault).
 	testFault func(point string)
+	// testNotFerret makes tests run the MongoDB code paths on FerretDB.
+	testNotFerret bool
 
 	mu       sync.Mutex
 	state    int // stateNew, stateRunning, stateStopped
@@ -129,7 +136,7 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{opts: opts, log: log.With("component", "mongoproxy"), reg: reg, met: newMetrics(reg), ns: ns,
+	p := &Proxy{opts: opts, log: log.With("component", "mongoproxy"), reg: reg, met: newMetrics(reg), ns: ns, authRequired: cs.Username != "" || cs.AuthMechanism != "",
 		dialNet: "tcp", dialAddr: cs.Hosts[0], conns: map[*clientConn]struct{}{}}
 	if strings.HasSuffix(p.dialAddr, ".sock") {
 		p.dialNet = "unix"
@@ -195,7 +202,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	}
 	// FerretDB needs a few workarounds (see engine.ferret).
 	bi, err := client.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Raw()
-	ferret := err == nil && bi.Lookup("ferretdbVersion").Type != 0
+	ferret := err == nil && bi.Lookup("ferretdbVersion").Type != 0 && !p.testNotFerret
 	clock := crdt.NewClock(p.opts.NodeID, nil)
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),

@@ -156,12 +156,12 @@ func TestCRUD(t *testing.T) {
 }
 
 func TestInsertOrderedUnordered(t *testing.T) {
-	tp := newProxy(t, 0, "n1")
 	for _, prefetch := range []bool{false, true} {
 		t.Run(fmt.Sprintf("prefetch=%v", prefetch), func(t *testing.T) {
 			// FerretDB disables the one-query prefetch of multi-document
-			// chunks (see engine.ferret); force it on to test it too.
-			tp.eng.ferret = !prefetch
+			// chunks and the version condition of writes (see
+			// engine.ferret); force the MongoDB paths to test them too.
+			tp := newProxyWith(t, 0, "n1", func(p *Proxy) { p.testNotFerret = prefetch })
 			testInsertOrderedUnordered(t, tp)
 		})
 	}
@@ -742,5 +742,38 @@ func TestDropThenReuse(t *testing.T) {
 		if err := c.Drop(testCtx); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestAuthGate(t *testing.T) {
+	for _, tc := range []struct {
+		cmd   string
+		reply bson.D
+		want  bool
+	}{
+		{"saslcontinue", bson.D{{Key: "done", Value: true}, {Key: "ok", Value: 1.0}}, true},
+		{"saslstart", bson.D{{Key: "done", Value: false}, {Key: "ok", Value: 1.0}}, false},
+		{"saslcontinue", bson.D{{Key: "done", Value: true}, {Key: "ok", Value: 0.0}}, false},
+		{"authenticate", bson.D{{Key: "ok", Value: 1.0}}, true},
+		{"hello", bson.D{{Key: "ok", Value: 1.0}}, false},
+		{"hello", bson.D{{Key: "speculativeAuthenticate", Value: bson.D{{Key: "done", Value: true}}}, {Key: "ok", Value: 1.0}}, true},
+		{"ismaster", bson.D{{Key: "speculativeAuthenticate", Value: bson.D{{Key: "done", Value: false}}}, {Key: "ok", Value: 1.0}}, false},
+		{"hello", bson.D{{Key: "speculativeAuthenticate", Value: bson.D{{Key: "dbname", Value: "$external"}, {Key: "user", Value: "CN=x"}}}, {Key: "ok", Value: 1.0}}, true},
+	} {
+		if got := authSucceeded(tc.cmd, rawDoc(t, tc.reply)); got != tc.want {
+			t.Errorf("%s %v: %v", tc.cmd, tc.reply, got)
+		}
+	}
+	// With an authenticating upstream, an unauthenticated connection cannot
+	// make the proxy write with its own credentials; reads pass through (the
+	// database judges them).
+	tp := newProxyWith(t, 0, "n1", func(p *Proxy) { p.authRequired = true })
+	c := tp.client.Database(freshDB("auth")).Collection("c")
+	_, err := c.InsertOne(testCtx, bson.D{{Key: "a", Value: 1}})
+	if err == nil || !strings.Contains(err.Error(), "requires authentication") {
+		t.Fatalf("unauthenticated insert: %v", err)
+	}
+	if err := c.FindOne(testCtx, bson.D{}).Err(); !errors.Is(err, mongo.ErrNoDocuments) {
+		t.Fatalf("read: %v", err)
 	}
 }
