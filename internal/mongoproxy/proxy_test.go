@@ -40,7 +40,14 @@ func findOne(t *testing.T, c *mongo.Collection, filter any) bson.M {
 }
 
 func TestCRUD(t *testing.T) {
-	tp := newProxy(t, 0, "n1")
+	for _, mongoPaths := range []bool{false, true} {
+		t.Run(fmt.Sprintf("mongodb-paths=%v", mongoPaths), func(t *testing.T) {
+			testCRUD(t, newProxyWith(t, 0, "n1", func(p *Proxy) { p.testNotFerret = mongoPaths }))
+		})
+	}
+}
+
+func testCRUD(t *testing.T, tp *testProxy) {
 	db := freshDB("crud")
 	c := tp.client.Database(db).Collection("things")
 
