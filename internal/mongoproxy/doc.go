@@ -132,7 +132,9 @@
 // replication never stalls. The replicas then differ on that document until
 // an operator resolves it (for example by deleting one of the two documents
 // through the proxy, which replicates); nothing is silently dropped.
-// Transient database errors stop the apply; the ops stay unapplied in the
+// A peer's op for a namespace this node does not replicate (the nodes'
+// replicate/local_only settings differ) is skipped the same way, counted
+// with reason "not_replicated". Transient database errors stop the apply; the ops stay unapplied in the
 // log and are applied by the next ApplyRemote or at restart.
 //
 // # FerretDB

@@ -75,6 +75,9 @@ type engine struct {
 	onLocal atomic.Pointer[func([]*crdt.Op)]
 	stable  atomic.Pointer[func() crdt.Timestamp]
 
+	// replicated says whether this node replicates a namespace.
+	replicated func(db, coll string) bool
+
 	// cache keeps the stored state of recently written documents, so a
 	// write to a hot document skips the read (nil: disabled). It is only
 	// read and written under the document's stripe lock, and an entry is
@@ -436,6 +439,25 @@ func (e *engine) storeOps(ctx context.Context, ds *docState) error {
 // stalls on it. Transient errors return early; the remaining ops stay
 // unapplied in the log and are applied by a later call or at restart.
 func (e *engine) applyOps(ctx context.Context, ops []*crdt.Op, source string) error {
+	var skipped []*crdt.Op
+	ops = slices.DeleteFunc(slices.Clone(ops), func(op *crdt.Op) bool {
+		db, coll := splitNS(op.NS)
+		if e.replicated == nil || e.replicated(db, coll) {
+			return false
+		}
+		skipped = append(skipped, op)
+		return true
+	})
+	if len(skipped) > 0 {
+		// A namespace this node does not replicate (configs differ between
+		// nodes, or a system namespace): never written, but accounted for.
+		e.met.conflicts.WithLabelValues("not_replicated").Add(float64(len(skipped)))
+		e.log.Warn("skipping ops for namespaces this node does not replicate (check mongo.replicate/local_only on every node)",
+			"ops", len(skipped), "first_ns", skipped[0].NS, "origin", skipped[0].Origin)
+		if err := e.olog.MarkApplied(skipped...); err != nil {
+			return fmt.Errorf("mark applied: %w", err)
+		}
+	}
 	type group struct {
 		ns  string
 		id  bson.RawValue

@@ -206,7 +206,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	clock := crdt.NewClock(p.opts.NodeID, nil)
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
-		log: p.log, met: p.met, fault: p.testFault, ferret: ferret}
+		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated}
 	if p.opts.DocCache > 0 {
 		p.eng.cache, _ = lru.New[string, cachedDoc](p.opts.DocCache)
 	}

@@ -784,3 +784,29 @@ func TestAuthGate(t *testing.T) {
 		t.Fatalf("read: %v", err)
 	}
 }
+
+// TestRemoteOpsOutsideReplication: a peer's op for a namespace this node
+// keeps local (or a system one) is skipped and counted, never written.
+func TestRemoteOpsOutsideReplication(t *testing.T) {
+	tp := newProxy(t, 0, "n1", func(o *Options) { o.LocalOnly = []string{"*.mine"} })
+	db := freshDB("skip")
+	mk := func(seq uint64, ns string) *crdt.Op {
+		return &crdt.Op{Origin: "peer", Seq: seq, TS: crdt.Timestamp{Wall: time.Now().UnixMilli(), Logical: uint32(seq), Node: "peer"}, NS: ns,
+			ID: rawValue(1), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 1}, {Key: "x", Value: 1}})}
+	}
+	if err := tp.ApplyRemote(testCtx, []*crdt.Op{mk(1, db+".mine"), mk(2, "admin.users"), mk(3, db+".shared")}); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := tp.direct.Database(db).Collection("mine").CountDocuments(testCtx, bson.D{}); n != 0 {
+		t.Fatal("local-only collection written by a peer")
+	}
+	if n, _ := tp.direct.Database("admin").Collection("users").CountDocuments(testCtx, bson.D{}); n != 0 {
+		t.Fatal("admin written by a peer")
+	}
+	if n, _ := tp.direct.Database(db).Collection("shared").CountDocuments(testCtx, bson.D{}); n != 1 {
+		t.Fatal("replicated op not applied")
+	}
+	if got := counter(t, tp.reg, "edgenode_mongoproxy_apply_conflicts_total", "reason", "not_replicated"); got != 2 {
+		t.Fatalf("metric %v", got)
+	}
+}
