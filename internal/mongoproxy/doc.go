@@ -65,8 +65,20 @@
 // The merge rules (last writer wins per field for $set/$unset with the node
 // id breaking ties; $inc deltas add; a $set wins over older deltas; $min,
 // $max, $addToSet; insert idempotent by _id, merging as $set; delete
-// tombstones that win over older operations only) are documented in
-// package crdt, which this package applies and never reimplements.
+// tombstones that win over older operations only) are documented in package
+// [github.com/edgenode/edgenode/internal/mongoproxy/crdt], which this
+// package applies and never reimplements.
+//
+// The proxy keeps the stored state of recently written documents in memory
+// (Options.DocCache), so consecutive writes to a hot document skip the read.
+// This, like the per-document locks, assumes the proxy is the only writer of
+// its replicated collections, which it must be anyway for them to replicate.
+//
+// When the upstream URI carries credentials, captured writes (which the proxy
+// performs with its own credentials) are refused with error 13 on client
+// connections that have not authenticated (SASL, authenticate, or a
+// speculative authentication in the handshake). Finer privileges (a
+// read-only user) are not checked by the proxy.
 //
 // # What is refused
 //
@@ -150,8 +162,18 @@
 //     locks, so correctness through one proxy does not depend on the
 //     database; the version-conditional write still protects against other
 //     writers on MongoDB.
-//   - It refuses field names containing '.' or starting with '$' (MongoDB 5+
-//     accepts some); the proxy refuses them on replicated collections anyway.
+//   - It uses its _id index only for a filter that is exactly {_id: <string
+//     or ObjectId>}; any other filter (numeric _ids, {_id, other: ...},
+//     $in) scans the collection. On FerretDB (detected with buildInfo) the
+//     proxy's conditional write therefore filters on _id alone (the
+//     condition would not be atomic there anyway; the stripe lock is what
+//     serializes) and multi-document chunks read document by document.
+//   - It cannot store nested arrays (hence the BinData metadata), and
+//     refuses field names containing '.' or starting with '$' (MongoDB 5+
+//     accepts some); the proxy refuses those on replicated collections.
+//   - A unique-index violation on update is reported as an internal error
+//     mentioning "UNIQUE constraint failed" rather than 11000; the proxy
+//     recognizes it and answers 11000.
 //   - It does not implement collation; a statement with one gets FerretDB's
 //     error back as a write error.
 //   - Its duplicate-key message does not name the index; the proxy passes
