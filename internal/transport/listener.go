@@ -30,23 +30,34 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		return nil, err
 	}
 	addr := remoteAddr(c)
-	l.mu.Lock()
-	l.count[addr]++
-	over := l.perIP > 0 && l.count[addr] > l.perIP
-	l.mu.Unlock()
+	over := l.acquire(addr)
 	l.metrics.connsOpen.Inc()
-	if over {
-		l.metrics.limitHits.WithLabelValues("conns_per_ip").Inc()
-	}
 	return &countedConn{Conn: c, l: l, addr: addr, overLimit: over}, nil
 }
 
-func (l *limitListener) release(addr netip.Addr) {
+// acquire counts one more connection (TCP or QUIC: the limit is per client
+// address, whatever the protocol) and reports whether it is over the limit.
+func (l *limitListener) acquire(addr netip.Addr) (over bool) {
+	l.mu.Lock()
+	l.count[addr]++
+	over = l.perIP > 0 && l.count[addr] > l.perIP
+	l.mu.Unlock()
+	if over {
+		l.metrics.limitHits.WithLabelValues("conns_per_ip").Inc()
+	}
+	return over
+}
+
+func (l *limitListener) forget(addr netip.Addr) {
 	l.mu.Lock()
 	if l.count[addr]--; l.count[addr] <= 0 {
 		delete(l.count, addr)
 	}
 	l.mu.Unlock()
+}
+
+func (l *limitListener) release(addr netip.Addr) {
+	l.forget(addr)
 	l.metrics.connsOpen.Dec()
 }
 
@@ -81,6 +92,9 @@ func connContext(ctx context.Context, c net.Conn) context.Context {
 }
 
 func overLimit(ctx context.Context) bool {
+	if qc, ok := ctx.Value(quicConnKey{}).(*quicConn); ok {
+		return qc.overLimit
+	}
 	c, _ := ctx.Value(connKey{}).(net.Conn)
 	for c != nil {
 		switch cc := c.(type) {

@@ -12,6 +12,13 @@ type metrics struct {
 	limitHits  *prometheus.CounterVec
 	certLoads  *prometheus.CounterVec
 	websockets prometheus.Gauge
+
+	// Added for HTTP/3 (issue 9). The per-protocol count is its own metric
+	// so that edgenode_http_requests_total keeps its label set.
+	byProto   *prometheus.CounterVec
+	quicOpen  prometheus.Gauge
+	resumed   *prometheus.CounterVec
+	ticketSet prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -39,10 +46,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		websockets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgenode_websockets_open", Help: "Websocket connections relayed to the app server.",
 		}),
+		byProto: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_http_requests_by_protocol_total", Help: "HTTPS requests by protocol (1.1, 2, 3).",
+		}, []string{"proto"}),
+		quicOpen: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_quic_connections_open", Help: "QUIC (HTTP/3) connections open on the public listener.",
+		}),
+		resumed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_tls_resumed_handshakes_total", Help: "TLS handshakes that resumed a session (ticket), by transport (tcp, quic).",
+		}, []string{"transport"}),
+		ticketSet: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgenode_tls_ticket_key_updates_total", Help: "Times the session-ticket keys were replaced (cluster-shared keys).",
+		}),
+	}
+	for _, p := range []string{"1.1", "2", "3"} {
+		m.byProto.WithLabelValues(p)
 	}
 	for _, l := range []string{"header_size", "body_size", "conns_per_ip", "read_header_timeout"} {
 		m.limitHits.WithLabelValues(l)
 	}
-	reg.MustRegister(m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits, m.certLoads, m.websockets)
+	reg.MustRegister(m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits, m.certLoads, m.websockets,
+		m.byProto, m.quicOpen, m.resumed, m.ticketSet)
 	return m
 }

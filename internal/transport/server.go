@@ -3,6 +3,23 @@
 // goes to the application server through a reverse proxy (or to a fallback
 // page when there is none). It knows TLS, routing and limits, never what a
 // handler does; handlers know nothing about TLS.
+//
+// Protocols: HTTP/1.1 and HTTP/2 on the TCP listener, HTTP/3 (quic-go) on
+// an optional UDP socket, all through the same ServeHTTP (routes, limits,
+// metrics); TCP responses carry Alt-Svc so browsers move to HTTP/3.
+//
+// Websockets stay HTTP/1.1 upgrades, on purpose. Websockets over HTTP/2
+// (RFC 8441) and HTTP/3 (RFC 9220) use an extended CONNECT: Go 1.26's
+// net/http only accepts it when the whole process runs with
+// GODEBUG=http2xconnect=1 (read once at start, for every server in the
+// process), and then advertises SETTINGS_ENABLE_CONNECT_PROTOCOL on every
+// HTTP/2 connection, so browsers would send all their websockets that way;
+// gorilla/websocket v1.5.3 (the app proxy's relay) only upgrades a hijacked
+// HTTP/1.1 GET and cannot serve them (golang/go#71128 is this very
+// problem). quic-go's HTTP/3 server always advertises extended CONNECT;
+// such requests get 501 here. Browsers open websockets over HTTP/1.1 when
+// the server does not offer extended CONNECT on HTTP/2, which is what they
+// get, and streaming responses (SSE, long polls) work over all three.
 package transport
 
 import (
@@ -40,7 +57,34 @@ type Options struct {
 	// proxy, or a built-in page.
 	App    http.Handler
 	Limits Limits
+
+	// UDPConn, when set, serves HTTP/3 (QUIC) on it with the same routes,
+	// limits and certificates, and TCP responses advertise it in Alt-Svc.
+	// Normally bound to the same port number as Listener. The Server owns
+	// it from New on and closes it at Shutdown.
+	UDPConn net.PacketConn
+	// AltSvcPort is the UDP port announced in Alt-Svc; 0 means UDPConn's
+	// own port (set it when a firewall maps a public port elsewhere).
+	AltSvcPort int
+	// AltSvcMaxAge is how long clients may remember the Alt-Svc entry;
+	// 0 means 24h.
+	AltSvcMaxAge time.Duration
+
+	// ACME, when set, is asked first at every TLS handshake (certificates
+	// managed for the fleet, TLS-ALPN-01 challenges); when it returns no
+	// certificate and no error, Certs answers. It also makes the TCP
+	// listener accept the "acme-tls/1" ALPN protocol.
+	ACME CertificateGetter
 }
+
+// CertificateGetter is what tls.Config.GetCertificate needs. A nil
+// certificate with a nil error means "not mine": the next source answers.
+type CertificateGetter interface {
+	GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error)
+}
+
+// acmeTLS1 is the ALPN protocol of TLS-ALPN-01 challenges (RFC 8737).
+const acmeTLS1 = "acme-tls/1"
 
 // Server is the public HTTPS listener.
 type Server struct {
@@ -60,6 +104,13 @@ type Server struct {
 	hijacked sync.WaitGroup
 
 	handshakeSeen sync.Map // *tls.Conn -> struct{}; conns whose handshake was counted
+
+	// ticketConf only holds session-ticket keys: both the TCP and the QUIC
+	// TLS configs encrypt and decrypt tickets through it, so one
+	// SetSessionTicketKeys reaches every listener (and every clone that
+	// quic-go makes of the config).
+	ticketConf *tls.Config
+	h3         *h3State // nil without UDPConn
 }
 
 // New builds a Server; Serve starts it.
@@ -70,7 +121,8 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	if opts.Limits.MaxHeaderBytes <= 0 || opts.Limits.ReadHeaderTimeout <= 0 {
 		return nil, errors.New("transport: MaxHeaderBytes and ReadHeaderTimeout must be positive")
 	}
-	s := &Server{opts: opts, log: logger, metrics: newMetrics(reg), mux: http.NewServeMux(), drainers: map[int]func(){}}
+	s := &Server{opts: opts, log: logger, metrics: newMetrics(reg), mux: http.NewServeMux(), drainers: map[int]func(){},
+		ticketConf: &tls.Config{}}
 	opts.Certs.onLoad = func(ok bool) {
 		if ok {
 			s.metrics.certLoads.WithLabelValues("ok").Inc()
@@ -82,7 +134,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	s.ln = newLimitListener(opts.Listener, opts.Limits.MaxConnsPerIP, s.metrics)
 	tlsConf := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: opts.Certs.GetCertificate,
+		GetCertificate: s.getCertificate,
 		// Forward-secret AEAD suites only; TLS 1.3 suites are not
 		// configurable and all good.
 		CipherSuites: []uint16{
@@ -91,6 +143,15 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
 		},
 		NextProtos: []string{"h2", "http/1.1"},
+		WrapSession: func(cs tls.ConnectionState, ss *tls.SessionState) ([]byte, error) {
+			return s.ticketConf.EncryptTicket(cs, ss)
+		},
+		UnwrapSession: func(identity []byte, cs tls.ConnectionState) (*tls.SessionState, error) {
+			return s.ticketConf.DecryptTicket(identity, cs)
+		},
+	}
+	if opts.ACME != nil {
+		tlsConf.NextProtos = append(tlsConf.NextProtos, acmeTLS1)
 	}
 	s.srv = &http.Server{
 		Handler:           s,
@@ -107,7 +168,51 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 		ErrorLog:       log.New(&serverErrorLog{s: s}, "", 0),
 	}
 	s.srv.RegisterOnShutdown(s.drainHijacked)
+	// A TLS-ALPN-01 validator only wants the handshake; there is no HTTP
+	// on such a connection.
+	s.srv.TLSNextProto = map[string]func(*http.Server, *tls.Conn, http.Handler){
+		acmeTLS1: func(_ *http.Server, c *tls.Conn, _ http.Handler) { c.Close() },
+	}
+	// Setting TLSNextProto disables net/http's automatic HTTP/2; Protocols
+	// turns it back on explicitly.
+	s.srv.Protocols = new(http.Protocols)
+	s.srv.Protocols.SetHTTP1(true)
+	s.srv.Protocols.SetHTTP2(true)
+	if opts.UDPConn != nil {
+		s.h3 = newH3(s, tlsConf)
+	}
 	return s, nil
+}
+
+func (s *Server) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	if s.opts.ACME != nil {
+		c, err := s.opts.ACME.GetCertificate(hello)
+		if c != nil || err != nil {
+			return c, err
+		}
+	}
+	return s.opts.Certs.GetCertificate(hello)
+}
+
+// SetSessionTicketKeys replaces the keys that encrypt and decrypt TLS
+// session tickets on every listener of this Server (TCP and QUIC). The first
+// key encrypts new tickets; all of them decrypt. Nodes given the same keys
+// resume each other's sessions. Without a call, each Server rotates its own
+// keys automatically (crypto/tls's default).
+func (s *Server) SetSessionTicketKeys(keys [][32]byte) {
+	if len(keys) == 0 {
+		return
+	}
+	s.ticketConf.SetSessionTicketKeys(keys)
+	s.metrics.ticketSet.Inc()
+}
+
+// UDPAddr is the HTTP/3 address, or nil without one.
+func (s *Server) UDPAddr() net.Addr {
+	if s.opts.UDPConn == nil {
+		return nil
+	}
+	return s.opts.UDPConn.LocalAddr()
 }
 
 // Handle registers a route, with http.ServeMux patterns ("GET /media/{key...}").
@@ -117,19 +222,46 @@ func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, 
 // Addr is the listening address.
 func (s *Server) Addr() net.Addr { return s.opts.Listener.Addr() }
 
-// Serve accepts connections until Shutdown; it returns nil after a Shutdown.
+// Serve accepts connections (TCP, and QUIC when configured) until
+// Shutdown; it returns nil after a Shutdown. When one listener fails, the
+// other is closed and the error returned.
 func (s *Server) Serve() error {
-	err := s.srv.ServeTLS(s.ln, "", "")
-	if errors.Is(err, http.ErrServerClosed) {
-		return nil
+	n := 1
+	errc := make(chan error, 2)
+	go func() {
+		err := s.srv.ServeTLS(s.ln, "", "")
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+		errc <- err
+	}()
+	if s.h3 != nil {
+		n++
+		go func() { errc <- s.h3.serve() }()
 	}
-	return err
+	var first error
+	for range n {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+			s.srv.Close()
+			if s.h3 != nil {
+				s.h3.close()
+			}
+		}
+	}
+	return first
 }
 
 // Shutdown stops accepting, lets in-flight requests finish and asks
 // websockets to reconnect elsewhere; when ctx ends first, the remaining
 // connections are closed.
 func (s *Server) Shutdown(ctx context.Context) error {
+	h3done := make(chan error, 1)
+	if s.h3 != nil {
+		go func() { h3done <- s.h3.shutdown(ctx) }()
+	} else {
+		h3done <- nil
+	}
 	err := s.srv.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { s.hijacked.Wait(); close(done) }()
@@ -142,6 +274,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if err != nil {
 		s.srv.Close()
+	}
+	if herr := <-h3done; err == nil {
+		err = herr
 	}
 	return err
 }
@@ -187,22 +322,50 @@ func (s *Server) drainHijacked() {
 // ServeHTTP applies the limits, routes, and records metrics.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	switch r.ProtoMajor {
+	case 3:
+		s.metrics.byProto.WithLabelValues("3").Inc()
+		if qc, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
+			qc.begin()
+			defer qc.end()
+		}
+	case 2:
+		s.metrics.byProto.WithLabelValues("2").Inc()
+	default:
+		s.metrics.byProto.WithLabelValues("1.1").Inc()
+	}
+	if s.h3 != nil && r.ProtoMajor < 3 {
+		if v := s.h3.altSvcValue(); v != "" {
+			w.Header().Set("Alt-Svc", v)
+		}
+	}
 	rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 	switch {
+	case r.Method == http.MethodConnect:
+		// Plain CONNECT is for forward proxies, which this is not. Extended
+		// CONNECT (websockets over HTTP/2 or HTTP/3, RFC 8441/9220) is not
+		// supported: see the package documentation. Clients then use an
+		// HTTP/1.1 upgrade.
+		code := http.StatusMethodNotAllowed
+		if r.Header.Get(":protocol") != "" || (r.ProtoMajor == 3 && r.Proto != "HTTP/3.0") {
+			code = http.StatusNotImplemented
+		}
+		http.Error(rw, http.StatusText(code), code)
+		r.Pattern = "connect"
 	case overLimit(r.Context()):
 		s.metrics.limitHits.WithLabelValues("conns_per_ip").Inc()
-		rw.Header().Set("Connection", "close")
+		closeAfter(rw, r)
 		rw.Header().Set("Retry-After", "1")
 		http.Error(rw, "too many connections from your address", http.StatusTooManyRequests)
 		r.Pattern = "limit"
 	case headerSize(r) > s.opts.Limits.MaxHeaderBytes:
 		s.metrics.limitHits.WithLabelValues("header_size").Inc()
-		rw.Header().Set("Connection", "close")
+		closeAfter(rw, r)
 		http.Error(rw, "request header fields too large", http.StatusRequestHeaderFieldsTooLarge)
 		r.Pattern = "limit"
 	case s.opts.Limits.MaxBodyBytes > 0 && r.ContentLength > s.opts.Limits.MaxBodyBytes:
 		s.metrics.limitHits.WithLabelValues("body_size").Inc()
-		rw.Header().Set("Connection", "close")
+		closeAfter(rw, r)
 		http.Error(rw, "request body too large", http.StatusRequestEntityTooLarge)
 		r.Pattern = "limit"
 	default:
@@ -217,6 +380,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(rw.code)).Inc()
 	s.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+}
+
+// closeAfter ends the connection after this response: HTTP/1.1 closes it,
+// net/http's HTTP/2 turns the header into a GOAWAY (and strips it). HTTP/3
+// has no Connection header (it is a protocol error there), so QUIC
+// connections stay up.
+func closeAfter(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor < 3 {
+		w.Header().Set("Connection", "close")
+	}
 }
 
 // limitedBody counts body-limit hits where the handler reads past the limit.
@@ -248,6 +421,9 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 			cs := tc.ConnectionState()
 			if cs.HandshakeComplete {
 				s.metrics.handshakes.WithLabelValues(tls.VersionName(cs.Version), "ok").Inc()
+				if cs.DidResume {
+					s.metrics.resumed.WithLabelValues("tcp").Inc()
+				}
 			} else {
 				s.metrics.handshakes.WithLabelValues("unknown", "error").Inc()
 			}
