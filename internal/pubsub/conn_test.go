@@ -203,7 +203,7 @@ func TestDrainTimeoutCuts(t *testing.T) {
 // rawWS is a websocket client speaking bytes, for frames gorilla refuses
 // to send.
 type rawWS struct {
-	t *testing.T
+	t testing.TB
 	c *tls.Conn
 }
 

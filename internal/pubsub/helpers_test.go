@@ -37,7 +37,7 @@ func testOptions() Options {
 // node is one PubSub served over real TLS (public routes) and plain HTTP
 // (admin routes), like the node does.
 type node struct {
-	t     *testing.T
+	t     testing.TB
 	ps    *PubSub
 	reg   *prometheus.Registry
 	pub   *httptest.Server
@@ -45,7 +45,9 @@ type node struct {
 	tls   *tls.Config
 }
 
-func newNode(t *testing.T, opts Options, mesh Mesh) *node {
+func newNode(t *testing.T, opts Options, mesh Mesh) *node { return newNodeTB(t, opts, mesh) }
+
+func newNodeTB(t testing.TB, opts Options, mesh Mesh) *node {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	ps, err := New(opts, mesh, nil, reg)
@@ -176,7 +178,7 @@ type frame struct {
 }
 
 type wsClient struct {
-	t  *testing.T
+	t  testing.TB
 	ws *websocket.Conn
 }
 
@@ -286,7 +288,7 @@ func asCloseError(err error, target **websocket.CloseError) bool {
 
 // sseClient reads an event stream.
 type sseClient struct {
-	t    *testing.T
+	t    testing.TB
 	resp *http.Response
 	br   *bufio.Reader
 }
