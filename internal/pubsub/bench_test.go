@@ -120,6 +120,9 @@ func BenchmarkFanoutQueue(b *testing.B) {
 		}
 		return n
 	}
+	for total() < subs { // the "subscribed" replies
+		time.Sleep(time.Millisecond)
+	}
 	base := total()
 	msg := json.RawMessage(`{"id":"c0ffee","author":"someone","text":"a comment of a typical size, a sentence or two long.","votes":3}`)
 	b.ReportAllocs()
