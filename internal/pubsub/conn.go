@@ -65,7 +65,10 @@ type conn struct {
 	lastRead   atomic.Int64 // unix nanoseconds of the last bytes read (websocket)
 	writeSince atomic.Int64 // coarse unix nanoseconds a write started; 0: none in progress
 
-	// Owned by the goroutine reading at the moment.
+	// Reader state. Readers come one at a time (the poller arms a socket
+	// for one report), but they are different goroutines: rmu makes each
+	// one see what the previous one left.
+	rmu  sync.Mutex
 	rd   wsReader
 	errs int
 
@@ -348,13 +351,15 @@ var aLongTimeAgo = time.Unix(1, 0)
 // (up to ReadTimeout, for the rest of a TLS record). It returns false when
 // the connection must not be read again.
 func (c *conn) readAvailable(buf []byte, wait bool) bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	if wait {
 		_ = c.nc.SetReadDeadline(time.Now().Add(c.p.opts.ReadTimeout))
 	} else {
 		_ = c.nc.SetReadDeadline(aLongTimeAgo)
 	}
 	probing := !wait
-	for range 1000 {
+	for {
 		n, err := c.nc.Read(buf)
 		if n > 0 {
 			c.lastRead.Store(time.Now().UnixNano())
@@ -374,7 +379,6 @@ func (c *conn) readAvailable(buf []byte, wait bool) bool {
 			_ = c.nc.SetReadDeadline(aLongTimeAgo)
 		}
 	}
-	return true // a flood: let others run, the poller reports it again
 }
 
 // readLoop is the reader without the poller: one goroutine per connection.

@@ -59,7 +59,7 @@ type Options struct {
 
 	// PingInterval is how often each connection is pinged (default 25s,
 	// under the 30-60s idle timeouts of common proxies). A websocket that
-	// sends nothing (no pong either) for 2*PingInterval+5s is dead.
+	// sends nothing (no pong either) for 2.5 intervals is dead.
 	PingInterval time.Duration
 	// WriteTimeout bounds one write to a client (default 10s); a client
 	// that takes longer is disconnected as a slow consumer.
