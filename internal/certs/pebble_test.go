@@ -1,0 +1,259 @@
+package certs_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// pebbleBinary finds Pebble in $TOOLS_DIR, <repo>/tools or PATH, running
+// scripts/install-test-tools once when it is in none of them.
+func pebbleBinary(t *testing.T) string {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	repo := filepath.Join(filepath.Dir(file), "..", "..")
+	find := func() string {
+		var dirs []string
+		if d := os.Getenv("TOOLS_DIR"); d != "" {
+			dirs = append(dirs, d)
+		}
+		dirs = append(dirs, filepath.Join(repo, "tools"))
+		for _, d := range dirs {
+			p := filepath.Join(d, "pebble")
+			if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+				return p
+			}
+		}
+		if p, err := exec.LookPath("pebble"); err == nil {
+			return p
+		}
+		return ""
+	}
+	if p := find(); p != "" {
+		return p
+	}
+	installOnce.Do(func() {
+		cmd := exec.Command(filepath.Join(repo, "scripts", "install-test-tools"))
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		installErr = cmd.Run()
+	})
+	if p := find(); p != "" {
+		return p
+	}
+	t.Fatalf("pebble not found in $TOOLS_DIR, %s/tools or PATH, and scripts/install-test-tools did not provide it: %v", repo, installErr)
+	return ""
+}
+
+var (
+	installOnce sync.Once
+	installErr  error
+)
+
+// pebble is a running Pebble ACME server with its own DNS server that
+// resolves every name to 127.0.0.1, so its validations reach our listeners.
+type pebble struct {
+	dir      string // ACME directory URL
+	roots    *x509.CertPool
+	issuance *x509.CertPool // Pebble's issuing root, to verify what it signs
+	mgmt     string
+}
+
+// startPebble runs Pebble with TLS-ALPN-01 validations sent to tlsPort on
+// 127.0.0.1. alwaysValid skips validation (PEBBLE_VA_ALWAYS_VALID).
+func startPebble(t *testing.T, tlsPort int, alwaysValid bool) *pebble {
+	t.Helper()
+	bin := pebbleBinary(t)
+	dir := t.TempDir()
+	dnsAddr := startDNS(t)
+	certFile, keyFile, roots := pebbleServerCert(t, dir)
+	apiPort, mgmtPort := freePort(t), freePort(t)
+	cfg := map[string]any{"pebble": map[string]any{
+		"listenAddress":                  "127.0.0.1:" + strconv.Itoa(apiPort),
+		"managementListenAddress":        "127.0.0.1:" + strconv.Itoa(mgmtPort),
+		"certificate":                    certFile,
+		"privateKey":                     keyFile,
+		"httpPort":                       freePort(t), // nobody listens: HTTP-01 must not be what passes
+		"tlsPort":                        tlsPort,
+		"ocspResponderURL":               "",
+		"externalAccountBindingRequired": false,
+		"retryAfter":                     map[string]int{"authz": 1, "order": 1},
+		"keyAlgorithm":                   "ecdsa",
+		"profiles":                       map[string]any{"default": map[string]any{"description": "test", "validityPeriod": 7776000}},
+	}}
+	b, _ := json.Marshal(cfg)
+	cfgFile := filepath.Join(dir, "pebble.json")
+	if err := os.WriteFile(cfgFile, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-config", cfgFile, "-dnsserver", dnsAddr)
+	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0", "PEBBLE_AUTHZREUSE=0")
+	if alwaysValid {
+		cmd.Env = append(cmd.Env, "PEBBLE_VA_ALWAYS_VALID=1")
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &syncWriter{w: &out}, &syncWriter{w: &out}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("pebble output:\n%s", out.String())
+		}
+	})
+	p := &pebble{dir: fmt.Sprintf("https://127.0.0.1:%d/dir", apiPort), roots: roots, mgmt: fmt.Sprintf("https://127.0.0.1:%d", mgmtPort)}
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 5 * time.Second}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := hc.Get(p.dir)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pebble did not come up: %v\n%s", err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	resp, err := hc.Get(p.mgmt + "/roots/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootPEM, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	p.issuance = x509.NewCertPool()
+	if !p.issuance.AppendCertsFromPEM(rootPEM) {
+		t.Fatalf("pebble root: %q", rootPEM)
+	}
+	return p
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startDNS answers A 127.0.0.1 for every name (and no AAAA), over TCP as
+// Pebble asks.
+func startDNS(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &dns.Server{Listener: ln, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		m.Authoritative = true
+		for _, q := range r.Question {
+			if q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 1},
+					A: net.IPv4(127, 0, 0, 1)})
+			}
+		}
+		_ = w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go func() { _ = srv.ActivateAndServe() }()
+	<-started
+	t.Cleanup(func() { _ = srv.Shutdown() })
+	return ln.Addr().String()
+}
+
+// pebbleServerCert makes the certificate of Pebble's own HTTPS API.
+func pebbleServerCert(t *testing.T, dir string) (certFile, keyFile string, roots *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "pebble test"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true, IsCA: true,
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kd, _ := x509.MarshalPKCS8PrivateKey(key)
+	certFile, keyFile = filepath.Join(dir, "api.crt"), filepath.Join(dir, "api.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kd}), 0o600)
+	roots = x509.NewCertPool()
+	c, _ := x509.ParseCertificate(der)
+	roots.AddCert(c)
+	return certFile, keyFile, roots
+}
+
+// waitFor polls cond until it holds or the (generous) deadline passes;
+// deadlines here bound a hang, they do not measure anything.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func hostPort(addr string) (string, int) {
+	h, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(p)
+	return h, n
+}
+
+var _ = strings.TrimSpace
