@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -256,4 +255,3 @@ func hostPort(addr string) (string, int) {
 	return h, n
 }
 
-var _ = strings.TrimSpace
