@@ -254,4 +254,3 @@ func hostPort(addr string) (string, int) {
 	n, _ := strconv.Atoi(p)
 	return h, n
 }
-
