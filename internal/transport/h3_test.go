@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -13,9 +14,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
+	"github.com/edgenode/edgenode/internal/pubsub"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -408,5 +411,61 @@ func handshake(t *testing.T, proto, addr string, cache tls.ClientSessionCache) t
 		}
 		readAll(t, resp)
 		return conn.ConnectionState().TLS
+	}
+}
+
+// TestPubSubSSEOverAllProtocols: the real pubsub mounted on the transport
+// streams a published message to SSE subscribers over HTTP/1.1, HTTP/2 and
+// HTTP/3.
+func TestPubSubSSEOverAllProtocols(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	ps, err := pubsub.New(pubsub.Options{Tenants: []pubsub.Tenant{{Name: "demo", Public: []string{"*"}}}}, nil, quietLog(), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	ts := startServer(t, true, echoApp(), nil, func(s *transport.Server) {
+		for pat, h := range ps.Routes() {
+			s.Handle(pat, h)
+		}
+	})
+	h3, h3tr := h3Client()
+	defer h3tr.Close()
+	for _, c := range []struct {
+		name   string
+		client *http.Client
+		major  int
+	}{{"h1", h1Client(), 1}, {"h2", h2Client(), 2}, {"h3", h3, 3}} {
+		channel := "demo/thread-" + c.name
+		resp, err := c.client.Get("https://" + ts.addr + "/sse?channel=" + channel)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if resp.StatusCode != 200 || resp.ProtoMajor != c.major || resp.Header.Get("Content-Type") != "text/event-stream" {
+			t.Fatalf("%s: %s %d %v", c.name, resp.Proto, resp.StatusCode, resp.Header)
+		}
+		br := bufio.NewReader(resp.Body)
+		nextData := func() string {
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("%s: %v", c.name, err)
+				}
+				if strings.HasPrefix(line, "data: ") {
+					return line
+				}
+			}
+		}
+		if d := nextData(); !strings.Contains(d, "subscribed") {
+			t.Fatalf("%s: first event %q", c.name, d)
+		}
+		want := `{"over":"` + c.name + `"}`
+		if _, err := ps.Publish(channel, json.RawMessage(want)); err != nil {
+			t.Fatal(err)
+		}
+		if d := nextData(); !strings.Contains(d, want) {
+			t.Errorf("%s: got %q, want the message %s", c.name, d, want)
+		}
+		resp.Body.Close()
 	}
 }
