@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -21,6 +23,7 @@ import (
 	"github.com/mholt/acmez/v3"
 	"github.com/mholt/acmez/v3/acme"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/crypto/ocsp"
 )
 
 // Options configure a Manager. Zero values take the documented defaults.
@@ -105,8 +108,9 @@ type certTable struct {
 }
 
 type loadedCert struct {
-	stamp string
-	cert  *tls.Certificate
+	stamp   string
+	cert    *tls.Certificate
+	certPEM []byte
 }
 
 // New builds a Manager; nothing runs before Start.
@@ -165,14 +169,20 @@ func (m *Manager) Start(ctx context.Context) error {
 		m.log.Warn("certs: stored certificates do not all load", "err", err)
 	}
 	certCh, cancelCerts := m.kv.Subscribe(certmagic.StorageKeys.CertsPrefix(m.issuerKey))
+	ocspCh, cancelOCSP := m.kv.Subscribe("ocsp")
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer cancelCerts()
+		defer cancelOCSP()
 		for {
 			select {
 			case <-m.ctx.Done():
 				return
+			case <-ocspCh:
+				if err := m.reload(m.ctx); err != nil {
+					m.log.Warn("certs: stored certificates do not all load", "err", err)
+				}
 			case <-certCh:
 				if err := m.reload(m.ctx); err != nil {
 					m.log.Warn("certs: stored certificates do not all load", "err", err)
@@ -325,8 +335,12 @@ func (m *Manager) reload(ctx context.Context) error {
 		}
 		stamp := fmt.Sprintf("%d/%d/%d/%d", st1.Size, st1.Modified.UnixNano(), st2.Size, st2.Modified.UnixNano())
 		lc, ok := old.stamps[k]
+		if ok {
+			// A new OCSP staple (the leader refreshes them) is a change too.
+			stamp += m.stapleStamp(ctx, lc.cert, lc.certPEM)
+		}
 		if !ok || lc.stamp != stamp {
-			c, err := m.loadPair(ctx, k, keyKey)
+			c, certPEM, err := m.loadPair(ctx, k, keyKey)
 			if err != nil {
 				errs = append(errs, err)
 				if ok {
@@ -335,7 +349,11 @@ func (m *Manager) reload(ctx context.Context) error {
 				}
 				continue
 			}
-			lc = loadedCert{stamp: stamp, cert: c}
+			m.staple(ctx, c, certPEM)
+			lc = loadedCert{stamp: stamp, cert: c, certPEM: certPEM}
+			if !ok {
+				lc.stamp += m.stapleStamp(ctx, c, certPEM)
+			}
 		}
 		next.stamps[k] = lc
 	}
@@ -363,25 +381,87 @@ func (m *Manager) reload(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (m *Manager) loadPair(ctx context.Context, certKey, keyKey string) (*tls.Certificate, error) {
+func (m *Manager) loadPair(ctx context.Context, certKey, keyKey string) (*tls.Certificate, []byte, error) {
 	certPEM, err := m.kv.Get(ctx, certKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	keyPEM, err := m.kv.Get(ctx, keyKey)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	c, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", certKey, err)
+		return nil, nil, fmt.Errorf("%s: %w", certKey, err)
 	}
 	if c.Leaf == nil {
 		if c.Leaf, err = x509.ParseCertificate(c.Certificate[0]); err != nil {
-			return nil, fmt.Errorf("%s: %w", certKey, err)
+			return nil, nil, fmt.Errorf("%s: %w", certKey, err)
 		}
 	}
-	return &c, nil
+	return &c, certPEM, nil
+}
+
+// stapleKeys are where certmagic (on the leader) stores the OCSP response
+// of a certificate: "ocsp/<first name>-<FNV-32a of the PEM chain>", where
+// the PEM is either the stored file or the chain re-encoded (certmagic
+// uses both, depending on the path that stapled).
+func stapleKeys(c *tls.Certificate, certPEM []byte) []string {
+	if len(c.Leaf.OCSPServer) == 0 {
+		return nil
+	}
+	first := ""
+	if c.Leaf.Subject.CommonName != "" {
+		first = strings.ToLower(c.Leaf.Subject.CommonName)
+	} else if len(c.Leaf.DNSNames) > 0 {
+		first = strings.ToLower(c.Leaf.DNSNames[0])
+	}
+	var reenc []byte
+	for _, der := range c.Certificate {
+		reenc = append(reenc, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	var keys []string
+	for _, b := range [][]byte{certPEM, reenc} {
+		h := fnv.New32a()
+		h.Write(b)
+		k := path.Join("ocsp", certmagic.StorageKeys.Safe(first)+"-"+fmt.Sprintf("%x", h.Sum32()))
+		if len(keys) == 0 || keys[0] != k {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+func (m *Manager) stapleStamp(ctx context.Context, c *tls.Certificate, certPEM []byte) string {
+	var b strings.Builder
+	for _, k := range stapleKeys(c, certPEM) {
+		if st, err := m.kv.Stat(ctx, k); err == nil {
+			fmt.Fprintf(&b, "/%s:%d:%d", k, st.Size, st.Modified.UnixNano())
+		}
+	}
+	return b.String()
+}
+
+// staple attaches the leader's OCSP response to c when there is a good,
+// current one in storage, so every node staples what the leader fetched
+// (followers never ask the CA's responder themselves).
+func (m *Manager) staple(ctx context.Context, c *tls.Certificate, certPEM []byte) {
+	for _, k := range stapleKeys(c, certPEM) {
+		b, err := m.kv.Get(ctx, k)
+		if err != nil {
+			continue
+		}
+		var issuer *x509.Certificate
+		if len(c.Certificate) > 1 {
+			issuer, _ = x509.ParseCertificate(c.Certificate[1])
+		}
+		resp, err := ocsp.ParseResponseForCert(b, c.Leaf, issuer)
+		if err != nil || resp.Status != ocsp.Good || time.Now().After(resp.NextUpdate) {
+			continue
+		}
+		c.OCSPStaple = b
+		return
+	}
 }
 
 // Has reports whether a certificate for name is being served.
