@@ -3,10 +3,28 @@
 // cron_leader only and served by every node, and session-ticket keys
 // rotated by the leader so that a session from one node resumes on another.
 //
-// Everything goes through KV, a small key-value interface with change
-// notifications. The node backs it with replicated storage (the mesh or the
-// Mongo layer); this package provides a folder-backed KV (several processes
-// may share the folder) and an in-memory one.
+// Roles. The leader runs certmagic (orders, renewals, OCSP fetches) with
+// its Storage in the KV. Every node, the leader included, serves the
+// certificates it finds in the KV (reloaded on the KV's change signal, so
+// followers pick up new and renewed certificates without a restart),
+// answers TLS-ALPN-01 validations from the challenge the leader stored
+// (the CA may reach any clone, since DNS sends it to any of them), staples
+// the OCSP response the leader stored, and for on-demand names asks the
+// app server, then asks the leader (a key under "ondemand/") and waits.
+// Followers never talk to the CA.
+//
+// Storage. Everything goes through KV, a small key-value interface with
+// change notifications. This package provides a folder-backed KV (several
+// processes may share the folder: one machine, or a shared volume) and an
+// in-memory one. For a fleet, back it with the Mongo layer's replicated
+// collection rather than the mesh: certificates, private keys and the ACME
+// account must survive a restart of the whole fleet (the mesh keeps
+// nothing), otherwise every restart re-orders and runs into the CA's rate
+// limits; each node reads its local replica at handshake time; and the
+// locks need no cross-node atomicity because only the leader takes them
+// (Create is atomic per replica, which also stops a misconfigured second
+// leader on the same replica). The change signal comes from the
+// replication apply stream.
 package certs
 
 import (

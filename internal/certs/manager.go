@@ -52,7 +52,8 @@ type Options struct {
 	MaxOnDemandNames int
 	// OnDemandWait is how long a handshake for a new approved name waits
 	// for the leader's certificate before the fallback certificate answers
-	// (default 15s).
+	// (default 8s). Keep it under the listener's handshake timeout
+	// (https.limits.read_header_timeout), or the wait is cut there.
 	OnDemandWait time.Duration
 
 	// ChallengeHost and ChallengePort are the public TLS listener's
@@ -125,7 +126,7 @@ func New(opts Options, kv KV, log *slog.Logger, reg prometheus.Registerer) (*Man
 		opts.MaxOnDemandNames = 1000
 	}
 	if opts.OnDemandWait <= 0 {
-		opts.OnDemandWait = 15 * time.Second
+		opts.OnDemandWait = 8 * time.Second
 	}
 	if opts.ChallengePort == 0 {
 		opts.ChallengePort = 443
