@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,6 +41,8 @@ type benchConfig struct {
 	perSource int
 	settle    time.Duration
 	wait      time.Duration
+
+	cpuProfile string
 }
 
 func runCmd(args []string) error {
@@ -63,7 +66,9 @@ func runCmd(args []string) error {
 	fs.DurationVar(&c.settle, "settle", 3*time.Second, "wait after connecting before reading the server's RSS")
 	fs.DurationVar(&c.wait, "wait", 15*time.Second, "how long to wait for stragglers after the last publish")
 	header := fs.Bool("header", true, "print the header line")
+	cpuProfile := fs.String("cpuprofile", "", "write the load tool's CPU profile of the publish phase here")
 	_ = fs.Parse(args)
+	c.cpuProfile = *cpuProfile
 	if *tokenFile != "" {
 		b, err := os.ReadFile(*tokenFile)
 		if err != nil {
@@ -201,6 +206,7 @@ func runBench(c benchConfig) (result, error) {
 			continue
 		}
 		s.seen = make([]uint64, (c.messages+63)/64)
+		s.lat = make([]int32, 0, c.messages/max(1, c.channels)+1)
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
@@ -213,6 +219,16 @@ func runBench(c benchConfig) (result, error) {
 		r.expected += perChannel[j%c.channels]
 	}
 	cpu0 := readCPU(c.pid)
+	if c.cpuProfile != "" {
+		f, err := os.Create(c.cpuProfile)
+		if err != nil {
+			return r, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return r, err
+		}
+	}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	pad := strings.Repeat("x", max(0, c.size-40))
 	start := time.Now()
@@ -235,6 +251,9 @@ func runBench(c benchConfig) (result, error) {
 	deadline := time.Now().Add(c.wait)
 	for delivered.Load() < r.expected && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
+	}
+	if c.cpuProfile != "" {
+		pprof.StopCPUProfile()
 	}
 	if cpu1 := readCPU(c.pid); cpu0 >= 0 && cpu1 >= 0 && delivered.Load() > 0 {
 		r.cpuPerDelivery = (cpu1 - cpu0) * 1e6 / float64(delivered.Load())
@@ -345,13 +364,31 @@ var (
 	tsKey  = []byte(`"ts":`)
 )
 
-// read records every message until the connection ends.
+// read records every message until the connection ends. One buffer per
+// subscriber, reused: the load tool should cost as little CPU as it can,
+// since it shares the machine with the server.
 func (s *subscriber) read(messages int, delivered *atomic.Int64) {
+	buf := make([]byte, 0, 1024)
 	for {
-		_, b, err := s.ws.ReadMessage()
+		_, rd, err := s.ws.NextReader()
 		if err != nil {
 			return
 		}
+		b := buf[:0]
+		for {
+			if len(b) == cap(b) {
+				b = append(b, 0)[:len(b)]
+			}
+			n, err := rd.Read(b[len(b):cap(b)])
+			b = b[:len(b)+n]
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				return
+			}
+		}
+		buf = b
 		now := time.Now().UnixNano()
 		if !bytes.HasPrefix(b, []byte(`{"type":"message"`)) {
 			if bytes.Contains(b, []byte(`"type":"error"`)) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"runtime"
 	"strings"
 	"testing"
@@ -151,4 +152,59 @@ func gather(t *testing.T, reg *prometheus.Registry) string {
 func jsonNum(f float64) string {
 	b, _ := json.Marshal(f)
 	return string(b)
+}
+
+// wrapListener wraps accepted connections the way a limiting listener does
+// (internal/transport counts connections per address this way).
+type wrapListener struct{ net.Listener }
+
+type wrappedConn struct{ net.Conn }
+
+// NetConn exposes the socket, as the poller needs.
+func (c *wrappedConn) NetConn() net.Conn { return c.Conn }
+
+func (l wrapListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &wrappedConn{c}, nil
+}
+
+// The poller finds the socket under TLS and wrappers that expose NetConn.
+func TestPollerUnderWrappedConn(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("epoll poller is Linux-only")
+	}
+	ps, err := New(testOptions(), nil, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.Close()
+	mux := http.NewServeMux()
+	for pat, h := range ps.Routes() {
+		mux.Handle(pat, h)
+	}
+	srv := httptest.NewUnstartedServer(mux)
+	srv.Listener = wrapListener{srv.Listener}
+	srv.StartTLS()
+	defer srv.Close()
+	cfg := srv.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
+	cfg.NextProtos = nil
+	d := websocket.Dialer{TLSClientConfig: cfg}
+	ws, _, err := d.Dial(strings.Replace(srv.URL, "https", "wss", 1)+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	c := &wsClient{t: t, ws: ws}
+	c.subscribe("demo/thread-1", "", nil)
+	for _, cc := range ps.snapshotConns() {
+		if cc.raw == nil {
+			t.Fatal("websocket not on the poller")
+		}
+	}
+	ps.Publish("demo/thread-1", json.RawMessage(`1`))
+	c.expect(typeMessage)
+	c.sync()
 }
