@@ -60,8 +60,9 @@ type Options struct {
 
 	// UDPConn, when set, serves HTTP/3 (QUIC) on it with the same routes,
 	// limits and certificates, and TCP responses advertise it in Alt-Svc.
-	// Normally bound to the same port number as Listener. The Server owns
-	// it from New on and closes it at Shutdown.
+	// Normally bound to the same port number as Listener. Once New has
+	// succeeded the Server owns it and closes it at Shutdown (or when
+	// Serve fails).
 	UDPConn net.PacketConn
 	// AltSvcPort is the UDP port announced in Alt-Svc; 0 means UDPConn's
 	// own port (set it when a firewall maps a public port elsewhere).
