@@ -68,6 +68,40 @@ type HTTPS struct {
 	// part claims go there. Empty serves the built-in landing page instead.
 	AppServer string `yaml:"app_server"`
 	Limits    Limits `yaml:"limits"`
+	// HTTP3 serves HTTP/3 on UDP at the same address as Listen.
+	HTTP3          bool           `yaml:"http3"`
+	AltSvcPort     int            `yaml:"alt_svc_port"`
+	SessionTickets SessionTickets `yaml:"session_tickets"`
+	ACME           ACME           `yaml:"acme"`
+	// FleetStorage is the folder shared by the fleet for ACME certificates
+	// and session-ticket keys; empty: DATA_DIR/fleet-tls.
+	FleetStorage string `yaml:"fleet_storage"`
+}
+
+// SessionTickets are TLS session-ticket keys shared by the cluster.
+type SessionTickets struct {
+	Rotation time.Duration `yaml:"rotation"`
+}
+
+// ACME is automatic certificates for the fleet: only node.cron_leader orders.
+type ACME struct {
+	Enabled            bool          `yaml:"enabled"`
+	CA                 string        `yaml:"ca"`
+	Email              string        `yaml:"email"`
+	Names              []string      `yaml:"names"`
+	ChallengePort      int           `yaml:"challenge_port"`
+	RenewCheckInterval time.Duration `yaml:"renew_check_interval"`
+	OnDemand           OnDemand      `yaml:"on_demand"`
+}
+
+// OnDemand issues certificates for names the app server approves at handshake time.
+type OnDemand struct {
+	Ask       string        `yaml:"ask"`
+	PerClient int           `yaml:"per_client"`
+	Global    int           `yaml:"global"`
+	Window    time.Duration `yaml:"window"`
+	MaxNames  int           `yaml:"max_names"`
+	Wait      time.Duration `yaml:"wait"`
 }
 
 // Certificate is one certificate chain and its private key, in PEM. The key
@@ -239,6 +273,13 @@ func Default() Config {
 		HTTPS: HTTPS{
 			Listen:            "127.0.0.1:8443",
 			CertCheckInterval: 5 * time.Second,
+			HTTP3:             true,
+			SessionTickets:    SessionTickets{Rotation: 24 * time.Hour},
+			ACME: ACME{
+				CA:                 "https://acme-v02.api.letsencrypt.org/directory",
+				RenewCheckInterval: 10 * time.Minute,
+				OnDemand:           OnDemand{PerClient: 5, Global: 60, Window: time.Minute, MaxNames: 1000, Wait: 8 * time.Second},
+			},
 			Limits: Limits{
 				MaxHeaderBytes:    64 << 10,
 				MaxBodyBytes:      10 << 20,

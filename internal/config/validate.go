@@ -92,6 +92,34 @@ func (c *Config) validate(ps *Problems) {
 		ps.add("https.limits.max_conns_per_ip", "must not be negative: want e.g. 256 (0 means no limit)")
 	}
 
+	if h.AltSvcPort < 0 || h.AltSvcPort > 65535 {
+		ps.add("https.alt_svc_port", "%d is not a port: want 0 (the listen port) to 65535", h.AltSvcPort)
+	}
+	if h.SessionTickets.Rotation < time.Minute {
+		ps.add("https.session_tickets.rotation", "%v is too short: want e.g. 24h", h.SessionTickets.Rotation)
+	}
+	if a := &h.ACME; a.Enabled {
+		if u, err := url.Parse(a.CA); err != nil || u.Scheme != "https" {
+			ps.add("https.acme.ca", "%q is not an https ACME directory URL", a.CA)
+		}
+		if len(a.Names) == 0 && a.OnDemand.Ask == "" {
+			ps.add("https.acme", "needs names or on_demand.ask, else there is nothing to order")
+		}
+		for i, n := range a.Names {
+			if strings.ContainsAny(n, "*/: ") || net.ParseIP(n) != nil || !strings.Contains(n, ".") {
+				ps.add(fmt.Sprintf("https.acme.names[%d]", i), "%q is not a host name ACME can issue for (no wildcards, no IPs)", n)
+			}
+		}
+		if a.OnDemand.Ask != "" {
+			if u, err := url.Parse(a.OnDemand.Ask); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+				ps.add("https.acme.on_demand.ask", "%q is not an http(s) URL", a.OnDemand.Ask)
+			}
+		}
+		if a.ChallengePort < 0 || a.ChallengePort > 65535 {
+			ps.add("https.acme.challenge_port", "%d is not a port", a.ChallengePort)
+		}
+	}
+
 	checkAddr(ps, "admin.listen", c.Admin.Listen, true)
 	checkSecret(ps, "admin.token", c.Admin.Token, false)
 

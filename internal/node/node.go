@@ -40,8 +40,9 @@ type Node struct {
 	version string
 	reg     *prometheus.Registry
 
-	httpsLn net.Listener
-	adminLn net.Listener
+	httpsLn  net.Listener
+	httpsUDP net.PacketConn // HTTP/3; nil when https.http3 is off
+	adminLn  net.Listener
 
 	https *transport.Server
 	certs *transport.CertStore
@@ -121,6 +122,12 @@ func (n *Node) bind() error {
 	if n.httpsLn, err = net.Listen("tcp", n.cfg.HTTPS.Listen); err != nil {
 		return fmt.Errorf("https.listen: %w: %w", ErrListen, err)
 	}
+	if n.cfg.HTTPS.HTTP3 {
+		// The same port number as TCP (which may have been chosen by the kernel).
+		if n.httpsUDP, err = net.ListenPacket("udp", n.httpsLn.Addr().String()); err != nil {
+			return fmt.Errorf("https.listen (udp, for http3): %w: %w", ErrListen, err)
+		}
+	}
 	if n.adminLn, err = net.Listen("tcp", n.cfg.Admin.Listen); err != nil {
 		return fmt.Errorf("admin.listen: %w: %w", ErrListen, err)
 	}
@@ -156,6 +163,10 @@ func (n *Node) closeListeners() {
 		if l != nil {
 			l.Close()
 		}
+	}
+	// Once transport.New succeeds the transport owns the UDP socket.
+	if n.httpsUDP != nil && n.https == nil {
+		n.httpsUDP.Close()
 	}
 }
 
@@ -198,10 +209,15 @@ func (n *Node) buildHTTPS() error {
 	} else {
 		app = web.Landing(n.cfg.Node.ID, n.version, n.partList)
 	}
-	srv, err := transport.New(transport.Options{
-		Listener: n.httpsLn,
-		Certs:    certs,
-		App:      app,
+	fleetParts, acme, err := n.buildFleetTLS()
+	if err != nil {
+		return err
+	}
+	opts := transport.Options{
+		Listener:   n.httpsLn,
+		Certs:      certs,
+		App:        app,
+		AltSvcPort: h.AltSvcPort,
 		Limits: transport.Limits{
 			MaxHeaderBytes:    int(h.Limits.MaxHeaderBytes),
 			MaxBodyBytes:      int64(h.Limits.MaxBodyBytes),
@@ -209,9 +225,21 @@ func (n *Node) buildHTTPS() error {
 			IdleTimeout:       h.Limits.IdleTimeout,
 			MaxConnsPerIP:     h.Limits.MaxConnsPerIP,
 		},
-	}, n.log.With("part", "https"), n.reg)
+	}
+	if n.httpsUDP != nil {
+		opts.UDPConn = n.httpsUDP
+	}
+	if acme != nil {
+		opts.ACME = acme
+	}
+	srv, err := transport.New(opts, n.log.With("part", "https"), n.reg)
 	if err != nil {
 		return err
+	}
+	// Ticket keys and ACME start before the listener serves and stop after
+	// it has drained.
+	for _, fp := range fleetParts {
+		n.parts = append(n.parts, fp(srv))
 	}
 	if proxy != nil {
 		proxy.Attach(srv)
@@ -221,7 +249,7 @@ func (n *Node) buildHTTPS() error {
 	var watchDone sync.WaitGroup
 	n.parts = append(n.parts, &part{
 		name:   "https",
-		detail: "TLS (HTTP/2, HTTP/1.1) on " + n.httpsLn.Addr().String() + appDetail(h.AppServer),
+		detail: "TLS (" + protoList(n.httpsUDP != nil) + ") on " + n.httpsLn.Addr().String() + appDetail(h.AppServer),
 		start: func(context.Context) error {
 			watchDone.Add(1)
 			go func() { defer watchDone.Done(); certs.Watch(h.CertCheckInterval, stopWatch) }()
@@ -237,6 +265,13 @@ func (n *Node) buildHTTPS() error {
 		reload: certs.Reload,
 	})
 	return nil
+}
+
+func protoList(h3 bool) string {
+	if h3 {
+		return "HTTP/3, HTTP/2, HTTP/1.1"
+	}
+	return "HTTP/2, HTTP/1.1"
 }
 
 func appDetail(app string) string {
