@@ -341,6 +341,22 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	rw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+	// Recorded in a defer: a handler that aborts its response (panic with
+	// http.ErrAbortHandler, e.g. the CDN when an origin download breaks
+	// off) is counted too, as code "aborted".
+	finished := false
+	defer func() {
+		route := r.Pattern
+		if route == "/" {
+			route = "app"
+		}
+		code := strconv.Itoa(rw.code)
+		if !finished {
+			code = "aborted"
+		}
+		s.metrics.requests.WithLabelValues(route, r.Method, code).Inc()
+		s.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	}()
 	switch {
 	case r.Method == http.MethodConnect:
 		// Plain CONNECT is for forward proxies, which this is not. Extended
@@ -375,12 +391,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.mux.ServeHTTP(rw, r)
 	}
-	route := r.Pattern
-	if route == "/" {
-		route = "app"
-	}
-	s.metrics.requests.WithLabelValues(route, r.Method, strconv.Itoa(rw.code)).Inc()
-	s.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	finished = true
 }
 
 // closeAfter ends the connection after this response: HTTP/1.1 closes it,
