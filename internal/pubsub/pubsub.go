@@ -450,9 +450,6 @@ func (p *PubSub) unsubscribe(c *conn, name, id string) {
 // data line). The position is this node's; it is zero when no connection
 // on this node subscribed to the channel recently (nothing is kept then).
 func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error) {
-	if len(data) > p.opts.MaxMessageBytes {
-		return Position{}, ErrTooLarge
-	}
 	compact, err := p.checkMessage(channel, data)
 	if err != nil {
 		return Position{}, err

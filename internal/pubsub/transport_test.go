@@ -67,6 +67,11 @@ func TestThroughTransport(t *testing.T) {
 		defer ws.Close()
 		c := &wsClient{t: t, ws: ws}
 		c.subscribe("demo/thread-1", "", nil)
+		for _, cc := range ps.snapshotConns() {
+			// Until the transport's connection wrapper exposes NetConn, the
+			// websocket has a reader goroutine instead of the poller.
+			t.Logf("websocket on the poller: %v", cc.raw != nil)
+		}
 
 		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
 		defer hc.CloseIdleConnections()
