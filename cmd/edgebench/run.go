@@ -121,8 +121,12 @@ func printRow(r result) {
 		cpu = fmt.Sprintf("%.1f", r.cpuPerDelivery)
 	}
 	conn := fmt.Sprintf("%.0f", float64(r.connected)/r.connectTime.Seconds())
+	rate := r.cfg.rate // achieved, when the publisher could not keep up
+	if r.publishDur > 0 && r.cfg.messages > 1 {
+		rate = min(rate, float64(r.cfg.messages-1)/r.publishDur.Seconds())
+	}
 	fmt.Printf("%-16s %6d %6d %6d %6.0f %8.1fs %8s %21s %5d %9s %9s %9s %13s %12s\n",
-		label, r.cfg.n, r.cfg.channels, r.cfg.messages, r.cfg.rate, r.connectTime.Seconds(), conn,
+		label, r.cfg.n, r.cfg.channels, r.cfg.messages, rate, r.connectTime.Seconds(), conn,
 		fmt.Sprintf("%d/%d", r.delivered, r.expected), r.dups, ms(r.p50), ms(r.p99), ms(r.max), kib, cpu)
 	if r.failed > 0 || r.publishErrs > 0 || r.errFrames > 0 {
 		fmt.Printf("%-16s failed connections %d, failed publishes %d, error frames %d\n", "", r.failed, r.publishErrs, r.errFrames)
