@@ -21,6 +21,10 @@ type dispatched struct {
 	filter  replyFilter
 	// purgeAfter: drop the document cache once the upstream has answered.
 	purgeAfter bool
+	// after, when set, runs once the forwarded command is done, with the
+	// reply body (nil when there was none or it failed); it must run
+	// whatever happened (it releases what dispatch took).
+	after func(reply bson.Raw)
 	auth       authEffect
 }
 
@@ -82,11 +86,14 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) 
 	case "logout":
 		p.met.commands.WithLabelValues("forwarded").Inc()
 		return dispatched{auth: authReset}
-	case "drop", "dropdatabase":
-		// Forwarded (DDL is not replicated by this part); cached documents
-		// of the dropped collections must not outlive them.
+	case "drop", "dropdatabase", "create", "createindexes", "dropindexes":
+		if d, ok := p.dispatchDDL(ctx, cmd, lower, authenticated); ok {
+			return d
+		}
+		// Not replicated: forwarded. Cached documents of dropped
+		// collections must not outlive them.
 		p.met.commands.WithLabelValues("forwarded").Inc()
-		return dispatched{purgeAfter: true}
+		return dispatched{purgeAfter: lower == "drop" || lower == "dropdatabase"}
 	case "listdatabases":
 		p.met.commands.WithLabelValues("forwarded").Inc()
 		return dispatched{filter: replyFilter{hideMetaDB: true}}
@@ -105,6 +112,10 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) 
 			// for a connection the database has not authenticated.
 			return p.refused(errorf(codeUnauthorized, "command %s requires authentication", name))
 		}
+		if reason, ok := p.eng.enterWrite(); !ok {
+			return p.refused(errorf(codeNotWritablePrimary, "edgenode: this node does not accept writes to replicated collections right now (%s); retry, or write through another node", reason))
+		}
+		defer p.eng.exitWrite()
 		p.met.commands.WithLabelValues("captured").Inc()
 		// Bounded so a stuck database cannot hold a document's lock forever.
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)

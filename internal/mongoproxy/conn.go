@@ -227,6 +227,15 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 		msg = wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags, d.rewrite, m.Sequences...)
 	}
 	err = c.forward(msg, !m.MoreToCome(), d.filter)
+	if d.after != nil {
+		var body bson.Raw
+		if err == nil && !m.MoreToCome() {
+			if rm, perr := wire.ParseMsg(c.ubuf); perr == nil {
+				body = bson.Raw(rm.Body)
+			}
+		}
+		d.after(body)
+	}
 	switch d.auth {
 	case authWatch:
 		if err == nil && c.lastReplyOK(strings.ToLower(cmd.name)) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -85,7 +86,71 @@ type engine struct {
 	// replicated collections; if something else writes one behind its back,
 	// the version-conditional write notices (on MongoDB) and re-reads.
 	cache *lru.Cache[string, cachedDoc]
+
+	// holds are the clock readings taken by local writes that may still
+	// hand out timestamps whose ops are not yet in the log (see hold).
+	holdMu  sync.Mutex
+	holds   map[uint64]crdt.Timestamp
+	holdSeq uint64
+
+	// gate lets BlockWrites wait for local writes in flight; blocked is the
+	// reason captured writes are refused (nil: accepted).
+	gate    sync.RWMutex
+	blocked atomic.Pointer[string]
+
+	// nsl serializes DDL against document writes per namespace; nsDrops is
+	// the newest drop of each namespace (see ddl.go).
+	nsl     *nsLocks
+	ddlMu   sync.Mutex
+	nsDrops map[string]crdt.Timestamp
 }
+
+// hold registers a local write about to take timestamps from the clock: until
+// release, Frontier stays at or below the clock reading at this moment, so
+// every op with a timestamp at or below the frontier is already in the log.
+func (e *engine) hold() (release func()) {
+	e.holdMu.Lock()
+	if e.holds == nil {
+		e.holds = map[uint64]crdt.Timestamp{}
+	}
+	e.holdSeq++
+	id := e.holdSeq
+	e.holds[id] = e.clock.Last()
+	e.holdMu.Unlock()
+	return func() {
+		e.holdMu.Lock()
+		delete(e.holds, id)
+		e.holdMu.Unlock()
+	}
+}
+
+// frontier is a clock reading F such that every local op with a timestamp at
+// or below F has been appended to the log already, and every later one will
+// be above F.
+func (e *engine) frontier() crdt.Timestamp {
+	e.holdMu.Lock()
+	defer e.holdMu.Unlock()
+	f := e.clock.Last()
+	for _, h := range e.holds {
+		if h.Compare(f) < 0 {
+			f = h
+		}
+	}
+	return f
+}
+
+// enterWrite admits a captured write unless writes are blocked; exitWrite
+// must follow when it returns true.
+func (e *engine) enterWrite() (string, bool) {
+	e.gate.RLock()
+	if r := e.blocked.Load(); r != nil {
+		e.gate.RUnlock()
+		return *r, false
+	}
+	return "", true
+}
+
+func (e *engine) exitWrite() { e.gate.RUnlock() }
 
 type cachedDoc struct {
 	st              crdt.State
@@ -388,7 +453,7 @@ func classify(err error) error {
 func (e *engine) storeOps(ctx context.Context, ds *docState) error {
 	backoff := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		next, changed, err := fold(ds.base, ds.ops)
+		next, changed, err := fold(e.withDrop(ds.ns, ds.id, ds.base), ds.ops)
 		if err != nil {
 			return &applyError{err: err}
 		}
@@ -458,6 +523,46 @@ func (e *engine) applyOps(ctx context.Context, ops []*crdt.Op, source string) er
 			return fmt.Errorf("mark applied: %w", err)
 		}
 	}
+	// DDL ops split the batch: the document ops before one are applied
+	// before it, those after it after it.
+	for len(ops) > 0 {
+		i := slices.IndexFunc(ops, func(op *crdt.Op) bool { return op.Kind == crdt.DDL })
+		if i < 0 {
+			return e.applyDocOps(ctx, ops, source)
+		}
+		if err := e.applyDocOps(ctx, ops[:i], source); err != nil {
+			return err
+		}
+		if err := e.applyDDLOp(ctx, ops[i], source); err != nil {
+			return err
+		}
+		ops = ops[i+1:]
+	}
+	return nil
+}
+
+// applyDDLOp applies one logged DDL op and marks it applied.
+func (e *engine) applyDDLOp(ctx context.Context, op *crdt.Op, source string) error {
+	unlock := e.nsl.lock(op.NS)
+	err := e.applyDDL(ctx, op)
+	unlock()
+	var ae *applyError
+	if errors.As(err, &ae) {
+		e.park(ctx, op, ae)
+	} else if err != nil {
+		return err
+	}
+	if err := e.olog.MarkApplied(op); err != nil {
+		return fmt.Errorf("mark applied: %w", err)
+	}
+	e.met.opsApplied.WithLabelValues(source).Inc()
+	return nil
+}
+
+func (e *engine) applyDocOps(ctx context.Context, ops []*crdt.Op, source string) error {
+	if len(ops) == 0 {
+		return nil
+	}
 	type group struct {
 		ns  string
 		id  bson.RawValue
@@ -485,6 +590,8 @@ func (e *engine) applyOps(ctx context.Context, ops []*crdt.Op, source string) er
 }
 
 func (e *engine) applyGroup(ctx context.Context, key, ns string, id bson.RawValue, ops []*crdt.Op, source string) error {
+	unlockNS := e.nsl.rlock(ns)
+	defer unlockNS()
 	unlock := e.locks.lock(key)
 	defer unlock()
 	ds, _, err := e.load(ctx, ns, id, nil)
@@ -590,6 +697,10 @@ func (e *engine) runLocal(ctx context.Context, ns string, items []localItem, ord
 }
 
 func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out []outcome, ordered bool) (logged []*crdt.Op, stop bool) {
+	release := e.hold()
+	defer release()
+	unlockNS := e.nsl.rlock(ns)
+	defer unlockNS()
 	keys := make([]string, len(items))
 	for i, it := range items {
 		keys[i] = docKey(ns, it.id)
@@ -849,7 +960,7 @@ func (e *engine) insertFresh(ctx context.Context, ns string, order []*docState) 
 		if ds.inColl || (ds.base.Meta != nil && !ds.base.Meta.Tombstone().IsZero()) || len(ds.ops) == 0 {
 			continue
 		}
-		next, changed, err := fold(ds.base, ds.ops)
+		next, changed, err := fold(e.withDrop(ds.ns, ds.id, ds.base), ds.ops)
 		if err != nil || !changed || next.Doc == nil {
 			continue
 		}

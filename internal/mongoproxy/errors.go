@@ -21,6 +21,7 @@ const (
 	codeImmutableField       int32 = 66
 	codeUnsupportedOpQuery   int32 = 352
 	codeDuplicateKey         int32 = 11000
+	codeNotWritablePrimary   int32 = 10107
 )
 
 var codeNames = map[int32]string{
@@ -36,6 +37,7 @@ var codeNames = map[int32]string{
 	codeImmutableField:       "ImmutableField",
 	codeUnsupportedOpQuery:   "UnsupportedOpQueryCommand",
 	codeDuplicateKey:         "DuplicateKey",
+	codeNotWritablePrimary:   "NotWritablePrimary",
 }
 
 // mongoError is an error the client sees as a MongoDB error (code + message).

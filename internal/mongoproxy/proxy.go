@@ -46,6 +46,10 @@ type Options struct {
 	MaxConns int
 	// MaxMessageSize caps a client message (default 48,000,000, MongoDB's).
 	MaxMessageSize int
+	// HoldWrites, when set, makes the proxy start with captured writes
+	// refused (error 10107 NotWritablePrimary naming this reason) until
+	// AllowWrites: replication sets it until the node is a complete replica.
+	HoldWrites string
 	// DocCache is how many recently written documents the proxy keeps in
 	// memory so that the next write to them skips the read (default 4096;
 	// negative disables it). It assumes the proxy is the only writer of its
@@ -206,7 +210,16 @@ func (p *Proxy) Start(ctx context.Context) error {
 	clock := crdt.NewClock(p.opts.NodeID, nil)
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
-		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated}
+		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated,
+		nsl: newNSLocks(), nsDrops: map[string]crdt.Timestamp{}}
+	if p.opts.HoldWrites != "" {
+		reason := p.opts.HoldWrites
+		p.eng.blocked.Store(&reason)
+	}
+	if err := p.eng.loadDDL(ctx); err != nil {
+		_ = client.Disconnect(context.Background())
+		return fail(fmt.Errorf("mongoproxy: %w", err))
+	}
 	if p.opts.DocCache > 0 {
 		p.eng.cache, _ = lru.New[string, cachedDoc](p.opts.DocCache)
 	}

@@ -28,6 +28,9 @@ func Apply(st State, op *Op) (next State, changed bool, err error) {
 	if err != nil {
 		return st, false, err
 	}
+	if op.Kind == DDL {
+		return st, false, invalid("a DDL op does not apply to a document")
+	}
 	m := st.Meta
 	if m.isEmpty() && st.Doc != nil {
 		if m, err = legacyMeta(st.Doc); err != nil {

@@ -20,6 +20,9 @@ const (
 	Insert Kind = iota + 1
 	Update
 	Delete
+	// DDL is a collection or index change (see DDLCommand). It has no
+	// document semantics: Apply refuses it, the proxy executes it.
+	DDL
 )
 
 func (k Kind) String() string {
@@ -30,6 +33,8 @@ func (k Kind) String() string {
 		return "update"
 	case Delete:
 		return "delete"
+	case DDL:
+		return "ddl"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -42,7 +47,7 @@ type Op struct {
 	NS     string        // "db.collection"
 	ID     bson.RawValue // the document's _id
 	Kind   Kind
-	Doc    bson.Raw // Insert: the full document (including _id)
+	Doc    bson.Raw // Insert: the full document (including _id); DDL: the command (see DDLCommand)
 	Update bson.Raw // Update: operator document using only $set, $unset, $inc, $min, $max, $addToSet
 }
 
@@ -226,7 +231,7 @@ func (o *Op) Validate() error {
 // idx = rank in that order. Delete: none.
 func (o *Op) fieldOps() ([]fieldOp, error) {
 	switch o.Kind {
-	case Insert, Update, Delete:
+	case Insert, Update, Delete, DDL:
 	default:
 		return nil, invalid("unknown kind %d", o.Kind)
 	}
@@ -247,6 +252,9 @@ func (o *Op) fieldOps() ([]fieldOp, error) {
 		return nil, invalid("timestamp node %q differs from origin %q", o.TS.Node, o.Origin)
 	}
 	switch o.Kind {
+	case DDL:
+		_, err := o.DDLCommand()
+		return nil, err
 	case Delete:
 		if o.Doc != nil || o.Update != nil {
 			return nil, invalid("delete carries a document")
@@ -422,4 +430,83 @@ func addToSetElements(path string, v bsoncore.Value) (bsoncore.Value, error) {
 		}
 	}
 	return bsoncore.Value{Type: bsoncore.TypeArray, Data: bsoncore.BuildArray(nil, v)}, nil
+}
+
+// DDL commands, the first key of a DDL op's document.
+const (
+	DDLCreate        = "create"        // {create: coll, <options>}; ID "collection"
+	DDLDrop          = "drop"          // {drop: coll}; ID "collection"
+	DDLCreateIndexes = "createIndexes" // {createIndexes: coll, indexes: [spec]} (one spec with a name); ID "index:<name>"
+	DDLDropIndexes   = "dropIndexes"   // {dropIndexes: coll, index: name}; ID "index:<name>"
+)
+
+// DDLKey returns the ID a DDL op on an index or on the collection itself carries: operations
+// with the same namespace and key are ordered last-writer-wins by Timestamp.
+func DDLKey(index string) string {
+	if index == "" {
+		return "collection"
+	}
+	return "index:" + index
+}
+
+// DDLCommand validates a DDL op and returns its command name (one of the DDL* constants). The
+// command's collection must be the op's, and its ID the DDLKey of what it changes.
+func (o *Op) DDLCommand() (string, error) {
+	if o.Kind != DDL {
+		return "", invalid("not a DDL op")
+	}
+	if o.Update != nil || o.Doc == nil {
+		return "", invalid("DDL op needs a command document and no update")
+	}
+	if err := validateDoc(o.Doc, 0); err != nil {
+		return "", invalid("DDL command: %v", err)
+	}
+	if o.ID.Type != bson.TypeString {
+		return "", invalid("DDL op _id must be a string key")
+	}
+	key := o.ID.StringValue()
+	_, coll, _ := strings.Cut(o.NS, ".")
+	first, err := o.Doc.IndexErr(0)
+	if err != nil {
+		return "", invalid("empty DDL command")
+	}
+	name := first.Key()
+	if c, ok := first.Value().StringValueOK(); !ok || c != coll {
+		return "", invalid("DDL command %s names a collection other than %q", name, coll)
+	}
+	switch name {
+	case DDLCreate, DDLDrop:
+		if key != DDLKey("") {
+			return "", invalid("DDL %s must have the key %q", name, DDLKey(""))
+		}
+		if name == DDLDrop && len(mustElements(o.Doc)) != 1 {
+			return "", invalid("DDL drop takes no options")
+		}
+	case DDLCreateIndexes:
+		idx, err := o.Doc.LookupErr("indexes")
+		if err != nil || idx.Type != bson.TypeArray {
+			return "", invalid("DDL createIndexes needs an indexes array")
+		}
+		vals, err := bson.Raw(idx.Value).Values()
+		if err != nil || len(vals) != 1 || vals[0].Type != bson.TypeEmbeddedDocument {
+			return "", invalid("DDL createIndexes carries exactly one index specification")
+		}
+		n, ok := bson.Raw(vals[0].Value).Lookup("name").StringValueOK()
+		if !ok || n == "" || key != DDLKey(n) {
+			return "", invalid("DDL createIndexes: the index needs a name matching the key %q", key)
+		}
+	case DDLDropIndexes:
+		n, ok := o.Doc.Lookup("index").StringValueOK()
+		if !ok || n == "" || n == "*" || key != DDLKey(n) {
+			return "", invalid("DDL dropIndexes needs one index name matching the key %q", key)
+		}
+	default:
+		return "", invalid("unknown DDL command %q", name)
+	}
+	return name, nil
+}
+
+func mustElements(d bson.Raw) []bson.RawElement {
+	els, _ := d.Elements()
+	return els
 }

@@ -37,12 +37,14 @@
 package oplog
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -108,6 +110,7 @@ type request struct {
 	ctx    context.Context
 	ops    []*crdt.Op
 	local  bool
+	fence  crdt.Timestamp // raise the persisted max timestamp to at least this (Fence)
 	result chan error
 }
 
@@ -251,11 +254,27 @@ func (l *Log) AppendRemote(ctx context.Context, ops []*crdt.Op) error {
 	return l.submit(ctx, ops, false)
 }
 
+// Fence durably raises the newest timestamp the log remembers (MaxTimestamp) to at least ts,
+// sharing a transaction with concurrent appends. The HLC resumes above MaxTimestamp after a
+// restart, so once Fence returns no op this node creates later, even after a crash, has a
+// timestamp at or below ts: replication announces clock readings to peers only once they are
+// fenced (see package repl).
+func (l *Log) Fence(ctx context.Context, ts crdt.Timestamp) error {
+	if ts.Compare(l.MaxTimestamp()) <= 0 {
+		return nil
+	}
+	return l.enqueue(&request{ctx: ctx, fence: ts, result: make(chan error, 1)})
+}
+
 func (l *Log) submit(ctx context.Context, ops []*crdt.Op, local bool) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	r := &request{ctx: ctx, ops: ops, local: local, result: make(chan error, 1)}
+	return l.enqueue(&request{ctx: ctx, ops: ops, local: local, result: make(chan error, 1)})
+}
+
+func (l *Log) enqueue(r *request) error {
+	ctx := r.ctx
 	l.closeMu.RLock()
 	if l.closed {
 		l.closeMu.RUnlock()
@@ -405,6 +424,9 @@ func (l *Log) commit(batch []*request) error {
 					local = append(local, assigned{op, seq})
 				}
 				written++
+			}
+			if r.fence.Compare(maxTS) > 0 {
+				maxTS = r.fence
 			}
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -693,13 +715,17 @@ func (l *Log) PeerAcks() map[string]uint64 {
 // Trim deletes what no one needs any more: local ops at or below both the applied watermark and
 // every known peer's acknowledgement (with no known peer, the applied watermark alone), and other
 // origins' ops at or below their applied watermark (their origin keeps them for its peers).
-func (l *Log) Trim() (removed int, err error) {
+func (l *Log) Trim() (removed int, err error) { return l.TrimBelow(math.MaxUint64) }
+
+// TrimBelow is Trim with local ops above maxLocal kept in any case (replication keeps a
+// retention window so a node doing an initial sync can still stream from a peer's position).
+func (l *Log) TrimBelow(maxLocal uint64) (removed int, err error) {
 	l.mu.Lock()
 	limits := map[string]uint64{}
 	for origin, w := range l.applied {
 		limits[origin] = w
 	}
-	local := l.applied[l.opts.Origin]
+	local := min(l.applied[l.opts.Origin], maxLocal)
 	for _, a := range l.acks {
 		local = min(local, a)
 	}
@@ -735,6 +761,100 @@ func (l *Log) Trim() (removed int, err error) {
 		l.log.Debug("op log trimmed", "removed", removed)
 	}
 	return removed, nil
+}
+
+// AppliedAll returns the applied watermark of every origin the log knows.
+func (l *Log) AppliedAll() map[string]uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.applied)
+}
+
+// ResetApplied replaces every origin's applied watermark with the one in w (origins missing from
+// w go to 0) and persists it at once. It is for an initial sync: the database now holds a copy of
+// a peer's documents, which reflect exactly w, so whatever this log believed it had applied
+// before no longer holds. Ops stored above the new watermarks stay and count as unapplied.
+func (l *Log) ResetApplied(w map[string]uint64) error {
+	l.closeMu.RLock()
+	defer l.closeMu.RUnlock()
+	if l.closed {
+		return ErrClosed
+	}
+	l.mu.Lock()
+	next := map[string]uint64{}
+	for o := range l.applied {
+		next[o] = 0
+	}
+	for o, s := range w {
+		next[o] = s
+	}
+	l.mu.Unlock()
+	err := l.db.Update(func(tx *bolt.Tx) error { return putWatermarks(tx.Bucket(bucketMeta), next) })
+	if err != nil {
+		return fmt.Errorf("oplog: reset applied watermarks: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	clear(l.pending)
+	maps.Copy(l.applied, next)
+	maps.Copy(l.persisted, next)
+	l.dirty = false
+	return nil
+}
+
+// Get returns origin's op with that seq, or nil if the log does not hold it.
+func (l *Log) Get(origin string, seq uint64) (*crdt.Op, error) {
+	var op *crdt.Op
+	err := l.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOps).Bucket([]byte(origin))
+		if b == nil {
+			return nil
+		}
+		v := b.Get(seqKey(seq))
+		if v == nil {
+			return nil
+		}
+		var err error
+		op, err = decodeOp(seqKey(seq), v)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("oplog: get %s:%d: %w", origin, seq, err)
+	}
+	return op, nil
+}
+
+// ReadRaw returns the stored encodings (crdt.Op stable BSON, copied) of origin's ops with
+// seq > afterSeq, in order and contiguous, at most maxOps of them and, beyond the first, at most
+// maxBytes in total. It stops early at a gap (a trimmed or missing seq): the caller sees it from
+// the returned ops' seqs. The bytes are not validated again; the reader of a peer's message
+// must decode and validate them.
+func (l *Log) ReadRaw(origin string, afterSeq uint64, maxOps, maxBytes int) (raws [][]byte, err error) {
+	err = l.db.View(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketOps).Bucket([]byte(origin))
+		if b == nil {
+			return nil
+		}
+		c := b.Cursor()
+		size := 0
+		next := afterSeq + 1
+		for k, v := c.Seek(seqKey(next)); k != nil && len(raws) < maxOps; k, v = c.Next() {
+			if len(k) != 8 || binary.BigEndian.Uint64(k) != next {
+				return nil
+			}
+			if len(raws) > 0 && size+len(v) > maxBytes {
+				return nil
+			}
+			raws = append(raws, bytes.Clone(v))
+			size += len(v)
+			next++
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("oplog: read %s after %d: %w", origin, afterSeq, err)
+	}
+	return raws, nil
 }
 
 // Entries returns the number of ops stored.
