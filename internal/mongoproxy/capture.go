@@ -25,7 +25,7 @@ type dispatched struct {
 	// reply body (nil when there was none or it failed); it must run
 	// whatever happened (it releases what dispatch took).
 	after func(reply bson.Raw)
-	auth       authEffect
+	auth  authEffect
 }
 
 // authEffect says how a forwarded command's reply changes whether the
