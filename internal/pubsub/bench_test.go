@@ -96,7 +96,9 @@ func (d *discardConn) SetWriteDeadline(time.Time) error {
 // subscribers whose sockets take writes at once.
 func BenchmarkFanoutQueue(b *testing.B) {
 	const subs = 10000
-	ps, err := New(testOptions(), nil, nil, nil)
+	opts := testOptions()
+	opts.PingInterval = time.Hour // no pings in the count
+	ps, err := New(opts, nil, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -105,6 +107,7 @@ func BenchmarkFanoutQueue(b *testing.B) {
 	for i := range subs {
 		d := &discardConn{}
 		c := &conn{p: ps, kind: kindWS, nc: d}
+		c.lastRead.Store(time.Now().UnixNano())
 		if ps.reserve(addrFor(i)) != "" || !ps.admit(c) {
 			b.Fatal("admit")
 		}
