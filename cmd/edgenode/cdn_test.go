@@ -54,6 +54,7 @@ func TestEmbeddedNodeMedia(t *testing.T) {
 	}
 	// Purge on the admin listener: the next request is a miss again.
 	del, _ := http.NewRequest("DELETE", "http://"+p.admin+"/v1/cache/demo/hello.txt", nil)
+	del.Header.Set("Authorization", "Bearer "+adminTokenOf(t, p))
 	r4, err := http.DefaultClient.Do(del)
 	if err != nil {
 		t.Fatal(err)

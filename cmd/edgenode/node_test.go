@@ -53,7 +53,7 @@ func testApp(t *testing.T) (*httptest.Server, *atomic.Int32) {
 		}
 		fmt.Fprintf(w, "got %d", n)
 	})
-	mux.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("/echo-ws", func(w http.ResponseWriter, r *http.Request) {
 		c, err := up.Upgrade(w, r, nil)
 		if err != nil {
 			return
@@ -165,7 +165,7 @@ func TestReverseProxyToAppServer(t *testing.T) {
 
 	// Websocket echo through the node.
 	d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
-	ws, _, err := d.Dial("wss://"+p.https+"/ws", nil)
+	ws, _, err := d.Dial("wss://"+p.https+"/echo-ws", nil)
 	if err != nil {
 		t.Fatalf("websocket dial: %v", err)
 	}
@@ -272,7 +272,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	startNode(t, cfg, p)
 
 	d := websocket.Dialer{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
-	ws, _, err := d.Dial("wss://"+p.https+"/ws", nil)
+	ws, _, err := d.Dial("wss://"+p.https+"/echo-ws", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,6 +294,7 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		resp.Body.Close()
 		res <- result{resp.StatusCode, string(b), err}
 	}()
+	sub := subscribeWS(t, p, "demo/thread-1")
 	waitFor(t, 10*time.Second, "slow request reached the app", func() bool { return slowStarted.Load() == 1 })
 	p.signal(syscall.SIGTERM)
 
@@ -311,6 +312,15 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 	_, _, err = ws.ReadMessage()
 	if !websocket.IsCloseError(err, websocket.CloseServiceRestart) {
 		t.Errorf("websocket: want close 1012, got %v", err)
+	}
+	// So is the pubsub subscriber, with a frame first.
+	sub.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var f frame
+	if err := sub.ReadJSON(&f); err != nil || f.Type != "reconnect-elsewhere" {
+		t.Errorf("pubsub: want reconnect-elsewhere, got %+v %v", f, err)
+	}
+	if _, _, err := sub.ReadMessage(); !websocket.IsCloseError(err, websocket.CloseServiceRestart) {
+		t.Errorf("pubsub: want close 1012, got %v", err)
 	}
 	r := <-res
 	if r.err != nil || r.status != 200 || r.body != "slow done" {

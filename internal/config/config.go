@@ -28,14 +28,39 @@ import (
 
 // Config is the whole configuration. Field tags are the YAML keys.
 type Config struct {
-	Node  Node  `yaml:"node"`
-	Log   Log   `yaml:"log"`
-	HTTPS HTTPS `yaml:"https"`
-	Admin Admin `yaml:"admin"`
-	DNS   DNS   `yaml:"dns"`
-	Mesh  Mesh  `yaml:"mesh"`
-	Mongo Mongo `yaml:"mongo"`
-	CDN   CDN   `yaml:"cdn"`
+	Node   Node   `yaml:"node"`
+	Log    Log    `yaml:"log"`
+	HTTPS  HTTPS  `yaml:"https"`
+	Admin  Admin  `yaml:"admin"`
+	DNS    DNS    `yaml:"dns"`
+	Mesh   Mesh   `yaml:"mesh"`
+	Mongo  Mongo  `yaml:"mongo"`
+	CDN    CDN    `yaml:"cdn"`
+	PubSub PubSub `yaml:"pubsub"`
+}
+
+// PubSub is live channels for browsers (websocket and SSE).
+type PubSub struct {
+	Enabled         bool          `yaml:"enabled"`
+	Tenants         []Tenant      `yaml:"tenants"`
+	History         int           `yaml:"history"`
+	HistoryTTL      time.Duration `yaml:"history_ttl"`
+	MaxMessageBytes int           `yaml:"max_message_bytes"`
+	MaxSubsPerConn  int           `yaml:"max_subscriptions_per_conn"`
+	MaxConnsPerIP   int           `yaml:"max_conns_per_ip"`
+	QueueLen        int           `yaml:"queue_length"`
+	PingInterval    time.Duration `yaml:"ping_interval"`
+}
+
+// Tenant owns the channels {tenant}/{thread}.
+type Tenant struct {
+	Name string `yaml:"name"`
+	// Secret signs HS256 tokens for private channels; PublicKey (base64
+	// Ed25519) verifies EdDSA tokens instead. Either may be empty.
+	Secret    Secret   `yaml:"secret"`
+	PublicKey string   `yaml:"public_key"`
+	Origins   []string `yaml:"origins"` // allowed Origin headers; empty: any
+	Public    []string `yaml:"public"`  // thread patterns anyone may subscribe to ("*": all)
 }
 
 // Node describes this node and its lifecycle.
@@ -317,6 +342,17 @@ func Default() Config {
 			Listen:    "127.0.0.1:27018",
 			Replicate: []string{"*"},
 			MaxConns:  4096,
+		},
+		PubSub: PubSub{
+			Enabled:         true,
+			Tenants:         []Tenant{{Name: "demo", Public: []string{"*"}}},
+			History:         100,
+			HistoryTTL:      5 * time.Minute,
+			MaxMessageBytes: 64 << 10,
+			MaxSubsPerConn:  100,
+			MaxConnsPerIP:   256,
+			QueueLen:        256,
+			PingInterval:    25 * time.Second,
 		},
 		CDN: CDN{
 			Enabled:              true,

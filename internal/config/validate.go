@@ -240,6 +240,27 @@ func (c *Config) validate(ps *Problems) {
 		}
 	}
 
+	if c.PubSub.Enabled {
+		seenT := map[string]bool{}
+		for i, t := range c.PubSub.Tenants {
+			p := fmt.Sprintf("pubsub.tenants[%d]", i)
+			if !nodeIDRe.MatchString(t.Name) {
+				ps.add(p+".name", "%q is not a tenant name: lower-case letters, digits and '-'", t.Name)
+			}
+			if seenT[t.Name] {
+				ps.add(p+".name", "tenant %q appears twice", t.Name)
+			}
+			seenT[t.Name] = true
+			checkSecret(ps, p+".secret", t.Secret, false)
+		}
+		if c.PubSub.QueueLen <= 0 || c.PubSub.MaxMessageBytes <= 0 || c.PubSub.MaxSubsPerConn <= 0 {
+			ps.add("pubsub", "queue_length, max_message_bytes and max_subscriptions_per_conn must be positive")
+		}
+		if c.PubSub.PingInterval < time.Second {
+			ps.add("pubsub.ping_interval", "%v is too short: want e.g. 25s", c.PubSub.PingInterval)
+		}
+	}
+
 	if c.CDN.Enabled {
 		d := &c.CDN
 		if !strings.HasPrefix(d.Prefix, "/") || !strings.HasSuffix(d.Prefix, "/") || len(d.Prefix) < 3 {

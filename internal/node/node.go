@@ -29,6 +29,7 @@ import (
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mesh"
+	"github.com/edgenode/edgenode/internal/pubsub"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
 )
@@ -48,8 +49,9 @@ type Node struct {
 	certs *transport.CertStore
 	admin *admin.Server
 
-	mesh       *mesh.Mesh // nil without a mesh
-	cfgVersion string     // a hash of the effective config, gossiped so rolling changes show
+	mesh       *mesh.Mesh     // nil without a mesh
+	pubsub     *pubsub.PubSub // nil when pubsub is off
+	cfgVersion string         // a hash of the effective config, gossiped so rolling changes show
 
 	parts []*part // in start order
 }
@@ -98,7 +100,9 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := n.buildHTTPS(); err != nil {
 		return nil, err
 	}
-	n.buildAdmin()
+	if err := n.buildAdmin(); err != nil {
+		return nil, err
+	}
 	if err := n.buildOptionalParts(); err != nil {
 		return nil, err
 	}
@@ -281,8 +285,15 @@ func appDetail(app string) string {
 	return "; app server " + app
 }
 
-func (n *Node) buildAdmin() {
-	token, _ := n.cfg.Admin.Token.Resolve() // validated by config
+func (n *Node) buildAdmin() error {
+	configured, _ := n.cfg.Admin.Token.Resolve() // validated by config
+	token, file, err := adminToken(configured, n.cfg.Node.DataDir)
+	if err != nil {
+		return err
+	}
+	if file != "" {
+		n.log.Info("admin /v1/ routes need the bearer token in this file", "file", file)
+	}
 	n.admin = admin.New(n.adminLn, n.reg, token, n.log.With("part", "admin"))
 	n.parts = append(n.parts, &part{
 		name:   "admin",
@@ -290,6 +301,7 @@ func (n *Node) buildAdmin() {
 		serve:  n.admin.Serve,
 		stop:   n.admin.Shutdown,
 	})
+	return nil
 }
 
 func (n *Node) partList() []web.Part {

@@ -60,6 +60,11 @@ func (n *Node) buildOptionalParts() error {
 			return err
 		}
 	}
+	if n.cfg.PubSub.Enabled {
+		if err := n.buildPubSub(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

@@ -1,14 +1,9 @@
 package node
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
-	"strings"
 	"time"
 
 	"github.com/edgenode/edgenode/internal/config"
@@ -25,7 +20,7 @@ import (
 //	  demo:
 //	    enabled: false        # the demo comment app at /demo/ on the public listener; never in production
 //	    database: edgenode_demo
-//	    tenant: demo          # its pubsub tenant; threads "comments-*" must be public
+//	    tenant: demo          # its pubsub tenant: threads "comments-*" public, or a secret for tokens
 type webSettings struct {
 	Status         bool
 	StatusInterval time.Duration
@@ -44,7 +39,7 @@ func webConfig(c *config.Config) webSettings {
 // buildWeb adds the built-in pages: the status page on the admin listener
 // and, when enabled, the demo comment app on the public listener. It runs
 // last in buildOptionalParts: the status page reads every part's metrics,
-// and the demo needs the Mongo proxy and pubsub.
+// and the demo needs the Mongo proxy and pubsub (n.pubsub).
 func (n *Node) buildWeb() error {
 	ws := webConfig(&n.cfg)
 	if ws.Status {
@@ -82,12 +77,35 @@ func (n *Node) buildWeb() error {
 		if !n.cfg.Mongo.Enabled {
 			return fmt.Errorf("web.demo.enabled: the demo stores comments through the Mongo proxy: set mongo.enabled")
 		}
+		if n.pubsub == nil {
+			return fmt.Errorf("web.demo.enabled: the demo announces comments on pubsub: set pubsub.enabled")
+		}
+		var secret []byte
+		found := false
+		for _, t := range n.cfg.PubSub.Tenants {
+			if t.Name == ws.DemoTenant {
+				found = true
+				if v, _ := t.Secret.Resolve(); v != "" { // validated by config
+					secret = []byte(v)
+				}
+			}
+		}
+		if !found {
+			return fmt.Errorf("web.demo.tenant: %q is not a pubsub tenant (pubsub.tenants)", ws.DemoTenant)
+		}
+		ps := n.pubsub
 		app, err := demo.New(demo.Options{
 			NodeID:   n.cfg.Node.ID,
 			MongoURI: "mongodb://" + dialable(n.cfg.Mongo.Listen) + "/",
 			Database: ws.DemoDatabase,
 			Tenant:   ws.DemoTenant,
-			Publish:  n.adminPublisher(),
+			// With a secret, threads that are not public get a token.
+			TokenSecret: secret,
+			// In process: the same Publish that POST /v1/publish calls.
+			Publish: func(_ context.Context, channel string, data []byte) error {
+				_, err := ps.Publish(channel, data)
+				return err
+			},
 		}, n.log.With("part", "demo"), n.reg)
 		if err != nil {
 			return fmt.Errorf("web.demo: %w", err)
@@ -116,40 +134,4 @@ func dialable(addr string) string {
 		host = "127.0.0.1"
 	}
 	return net.JoinHostPort(host, port)
-}
-
-// adminPublisher publishes through this node's own POST /v1/publish on the
-// admin listener, exactly as an outside app server does (with the admin
-// token when one is set), so the demo exercises the product's real path.
-func (n *Node) adminPublisher() func(ctx context.Context, channel string, data []byte) error {
-	url := "http://" + dialable(n.adminLn.Addr().String()) + "/v1/publish"
-	token, _ := n.cfg.Admin.Token.Resolve() // validated by config
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 16, IdleConnTimeout: time.Minute}}
-	return func(ctx context.Context, channel string, data []byte) error {
-		body, err := json.Marshal(struct {
-			Channel string          `json:"channel"`
-			Data    json.RawMessage `json:"data"`
-		}{channel, data})
-		if err != nil {
-			return err
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
-		if err != nil {
-			return err
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := client.Do(req)
-		if err != nil {
-			return fmt.Errorf("publish: %w", err)
-		}
-		defer resp.Body.Close()
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		if resp.StatusCode != http.StatusOK {
-			return fmt.Errorf("publish: %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-		}
-		return nil
-	}
 }

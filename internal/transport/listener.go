@@ -108,3 +108,7 @@ func overLimit(ctx context.Context) bool {
 	}
 	return false
 }
+
+// NetConn exposes the TCP connection underneath, so handlers that take over
+// a connection (pubsub's epoll reader) can reach the file descriptor.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }

@@ -1,0 +1,95 @@
+package node
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/edgenode/edgenode/internal/pubsub"
+)
+
+// buildPubSub adds live channels: /ws and /sse on the public listener,
+// /v1/publish and /v1/presence on the admin listener, fan-out to peers
+// through the mesh. It drains before the HTTPS listener does, so clients get
+// reconnect-elsewhere before their connections close.
+func (n *Node) buildPubSub() error {
+	c := n.cfg.PubSub
+	opts := pubsub.Options{
+		History: c.History, HistoryTTL: c.HistoryTTL, MaxMessageBytes: c.MaxMessageBytes,
+		MaxSubsPerConn: c.MaxSubsPerConn, MaxConnsPerIP: c.MaxConnsPerIP, QueueLen: c.QueueLen, PingInterval: c.PingInterval,
+	}
+	for i, t := range c.Tenants {
+		secret, err := t.Secret.Resolve()
+		if err != nil {
+			return fmt.Errorf("pubsub.tenants[%d].secret: %w", i, err)
+		}
+		pt := pubsub.Tenant{Name: t.Name, Origins: t.Origins, Public: t.Public}
+		if secret != "" {
+			pt.Secret = []byte(secret)
+		}
+		if t.PublicKey != "" {
+			k, err := base64.StdEncoding.DecodeString(t.PublicKey)
+			if err != nil || len(k) != ed25519.PublicKeySize {
+				return fmt.Errorf("pubsub.tenants[%d].public_key: want a base64 Ed25519 public key", i)
+			}
+			pt.PublicKey = ed25519.PublicKey(k)
+		}
+		opts.Tenants = append(opts.Tenants, pt)
+	}
+	var m pubsub.Mesh
+	if n.mesh != nil {
+		m = n.mesh
+	}
+	ps, err := pubsub.New(opts, m, n.log.With("part", "pubsub"), n.reg)
+	if err != nil {
+		return fmt.Errorf("pubsub: %w", err)
+	}
+	for pattern, h := range ps.Routes() {
+		n.https.Handle(pattern, h)
+	}
+	for pattern, h := range ps.AdminRoutes() {
+		n.admin.Handle(pattern, h)
+	}
+	n.pubsub = ps
+	n.parts = append(n.parts, &part{
+		name:   "pubsub",
+		detail: "websocket /ws and SSE /sse; publish with POST /v1/publish on the admin listener",
+		drain:  ps.Drain,
+		stop:   func(context.Context) error { return ps.Close() },
+	})
+	return nil
+}
+
+// adminToken is the bearer token of the admin /v1/ routes: the configured
+// one, or a random one made once in DATA_DIR/publish.secret, so the publish
+// and purge APIs are never open by accident.
+func adminToken(configured, dataDir string) (token, file string, err error) {
+	if configured != "" {
+		return configured, "", nil
+	}
+	file = filepath.Join(dataDir, "publish.secret")
+	b, err := os.ReadFile(file)
+	if err == nil {
+		return strings.TrimSpace(string(b)), file, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return "", "", fmt.Errorf("admin token: %w", err)
+	}
+	raw := make([]byte, 24)
+	if _, err := rand.Read(raw); err != nil {
+		return "", "", err
+	}
+	token = hex.EncodeToString(raw)
+	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("admin token: %w", err)
+	}
+	return token, file, nil
+}
