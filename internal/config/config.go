@@ -245,6 +245,17 @@ type Mongo struct {
 	Replicate []string `yaml:"replicate"`
 	LocalOnly []string `yaml:"local_only"`
 	MaxConns  int      `yaml:"max_conns"`
+	// MaxLag: once this node has known for longer than this of a live
+	// peer's ops it has not applied, replication reports it not ready
+	// (writes are still accepted); 0 never does.
+	MaxLag time.Duration `yaml:"max_lag"`
+	// LogRetention keeps this node's own ops in its op log at least this
+	// long, even once every peer has them (for new nodes' initial syncs).
+	LogRetention time.Duration `yaml:"log_retention"`
+	// ForgetPeerAfter is how long a node may be missing from the cluster
+	// before it stops holding back op log trimming and compaction; it
+	// resyncs if it comes back later.
+	ForgetPeerAfter time.Duration `yaml:"forget_peer_after"`
 }
 
 // CDN is the media cache in front of an origin.
@@ -338,10 +349,13 @@ func Default() Config {
 			QueueLength: 8192,
 		},
 		Mongo: Mongo{
-			Enabled:   true,
-			Listen:    "127.0.0.1:27018",
-			Replicate: []string{"*"},
-			MaxConns:  4096,
+			Enabled:         true,
+			Listen:          "127.0.0.1:27018",
+			Replicate:       []string{"*"},
+			MaxConns:        4096,
+			MaxLag:          30 * time.Second,
+			LogRetention:    10 * time.Minute,
+			ForgetPeerAfter: 24 * time.Hour,
 		},
 		PubSub: PubSub{
 			Enabled:         true,

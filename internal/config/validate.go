@@ -238,6 +238,15 @@ func (c *Config) validate(ps *Problems) {
 		if m.MaxConns <= 0 {
 			ps.add("mongo.max_conns", "must be positive, e.g. 4096")
 		}
+		if m.MaxLag < 0 {
+			ps.add("mongo.max_lag", "must not be negative: want e.g. 30s (0: never report not ready for lag)")
+		}
+		if m.LogRetention < 0 {
+			ps.add("mongo.log_retention", "must not be negative: want e.g. 10m")
+		}
+		if m.ForgetPeerAfter < time.Minute {
+			ps.add("mongo.forget_peer_after", "%v is too short: want at least 1m, e.g. 24h", m.ForgetPeerAfter)
+		}
 	}
 
 	if c.PubSub.Enabled {

@@ -2,12 +2,18 @@ package node
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
+	"time"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
+	"github.com/edgenode/edgenode/internal/mongoproxy/repl"
 )
 
 // buildMongo adds the local database (embedded FerretDB when no upstream is
@@ -46,32 +52,88 @@ func (n *Node) buildMongo() error {
 		})
 	}
 	var proxy *mongoproxy.Proxy
+	var rep atomic.Pointer[repl.Replicator]
+	detail := "Mongo wire-protocol proxy on " + c.Listen + " (multi-master capture of writes)"
+	if n.mesh != nil {
+		detail += ", replicated over the mesh"
+	}
+	n.admin.Handle("GET /mongo/status.json", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		r := rep.Load()
+		if r == nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"state":"stopped"}`))
+			return
+		}
+		_ = json.NewEncoder(w).Encode(r.Status())
+	}))
 	n.parts = append(n.parts, &part{
 		name:   "mongo",
-		detail: "Mongo wire-protocol proxy on " + c.Listen + " (multi-master capture of writes)",
+		detail: detail,
 		start: func(ctx context.Context) error {
-			var err error
+			// A wiped data folder gets a new origin id, so its ops never
+			// collide with the ones its peers have from before.
+			origin, err := repl.Incarnation(n.cfg.Node.DataDir, n.cfg.Node.ID)
+			if err != nil {
+				return err
+			}
+			hold := ""
+			if n.mesh != nil {
+				hold = "replication is starting"
+			}
 			proxy, err = mongoproxy.New(mongoproxy.Options{
-				Listen:    c.Listen,
-				Upstream:  upstream,
-				NodeID:    n.cfg.Node.ID,
-				DataDir:   n.cfg.Node.DataDir,
-				Replicate: c.Replicate,
-				LocalOnly: c.LocalOnly,
-				MaxConns:  c.MaxConns,
+				Listen:     c.Listen,
+				Upstream:   upstream,
+				NodeID:     origin,
+				DataDir:    n.cfg.Node.DataDir,
+				Replicate:  c.Replicate,
+				LocalOnly:  c.LocalOnly,
+				MaxConns:   c.MaxConns,
+				HoldWrites: hold,
 			}, n.log.With("part", "mongo"), n.reg)
 			if err != nil {
 				return err
 			}
-			return proxy.Start(ctx)
+			if err := proxy.Start(ctx); err != nil {
+				return err
+			}
+			opts := repl.Options{
+				NodeID:          n.cfg.Node.ID,
+				MaxLag:          c.MaxLag,
+				LogRetention:    c.LogRetention,
+				ForgetPeerAfter: c.ForgetPeerAfter,
+			}
+			if c.MaxLag == 0 {
+				opts.MaxLag = -1 // the config's 0 means "never"; the package's 0 means "default"
+			}
+			if n.mesh != nil {
+				opts.Transport = n.mesh
+			}
+			r, err := repl.New(opts, proxy, n.log.With("part", "mongo-repl"), n.reg)
+			if err == nil {
+				err = r.Start(ctx)
+			}
+			if err != nil {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = proxy.Shutdown(sctx)
+				return err
+			}
+			rep.Store(r)
+			return nil
 		},
 		// A stop, not a drain: the app server's in-flight requests may still
-		// need the database while the HTTPS side drains.
+		// need the database while the HTTPS side drains. Replication stops
+		// first: the proxy closes the op log it reads.
 		stop: func(ctx context.Context) error {
-			if proxy == nil {
-				return nil
+			var errs []error
+			if r := rep.Swap(nil); r != nil {
+				errs = append(errs, r.Stop(ctx))
 			}
-			return proxy.Shutdown(ctx)
+			if proxy != nil {
+				errs = append(errs, proxy.Shutdown(ctx))
+			}
+			return errors.Join(errs...)
 		},
 	})
 	return nil

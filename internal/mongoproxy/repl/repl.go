@@ -1,0 +1,698 @@
+package repl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgenode/edgenode/internal/mongoproxy"
+	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
+	"github.com/edgenode/edgenode/internal/nodemap"
+)
+
+// Topics on the mesh.
+const (
+	Topic     = "repl"
+	SyncTopic = "repl-sync"
+)
+
+// Transport is what replication needs from the mesh (*mesh.Mesh implements
+// it): at-most-once, per-pair ordered messages on named topics, and the node
+// map.
+type Transport interface {
+	Send(node, topic string, msg []byte) error
+	Broadcast(topic string, msg []byte)
+	Handle(topic string, h func(from string, msg []byte))
+	Current() (*nodemap.Map, <-chan struct{})
+}
+
+// Options configures a Replicator. Zero values take the defaults named.
+type Options struct {
+	// NodeID is this node's id in the mesh (required with a Transport).
+	NodeID string
+	// Transport is the mesh; nil runs standalone: no peers, the node is a
+	// complete replica at once, and only the compaction frontier is kept.
+	Transport Transport
+	// MaxLag bounds how far behind a live peer's ops this node may fall
+	// before Ready reports it not ready (default 30s; negative: never).
+	MaxLag time.Duration
+	// ForgetPeerAfter is how long a node may be absent from the node map
+	// before its acknowledgements stop holding back the trimming of the op
+	// log and its clock stops holding back compaction (default 24h). A node
+	// that comes back later resyncs.
+	ForgetPeerAfter time.Duration
+	// LogRetention keeps this node's own ops in its log at least this long
+	// even when every peer has them (default 10m), so a node doing an
+	// initial sync from another peer can still stream them.
+	LogRetention time.Duration
+	// HeartbeatInterval is how often the node announces its clock and
+	// positions (default 200ms).
+	HeartbeatInterval time.Duration
+	// BatchOps and BatchBytes bound one ops message (defaults 512 ops,
+	// 1 MiB); WindowOps bounds the ops sent to a peer and not yet
+	// acknowledged (default 8192).
+	BatchOps   int
+	BatchBytes int
+	WindowOps  int
+	// ResendAfter is how long a sender waits for an acknowledgement before
+	// sending again from the peer's last acknowledged position (default 2s).
+	ResendAfter time.Duration
+	// StableMargin keeps the compaction frontier this far behind the wall
+	// clock (default 1s), so a node whose clock lags by less than that can
+	// never write below a frontier it has not heard of.
+	StableMargin time.Duration
+	// BootstrapWait is how long a node that needs an initial sync waits for
+	// a synced peer before deciding it starts the cluster (default 5s).
+	BootstrapWait time.Duration
+	// SyncTimeout aborts an initial sync that makes no progress for this
+	// long (default 30s); another attempt follows.
+	SyncTimeout time.Duration
+	// CronLeaderTag is the node map tag of the node claiming cron_leader
+	// (default "cron-leader").
+	CronLeaderTag string
+}
+
+func (o *Options) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&o.MaxLag, 30*time.Second)
+	def(&o.ForgetPeerAfter, 24*time.Hour)
+	def(&o.LogRetention, 10*time.Minute)
+	def(&o.HeartbeatInterval, 200*time.Millisecond)
+	def(&o.ResendAfter, 2*time.Second)
+	def(&o.StableMargin, time.Second)
+	def(&o.BootstrapWait, 5*time.Second)
+	def(&o.SyncTimeout, 30*time.Second)
+	if o.BatchOps <= 0 {
+		o.BatchOps = 512
+	}
+	if o.BatchBytes <= 0 {
+		o.BatchBytes = 1 << 20
+	}
+	if o.WindowOps <= 0 {
+		o.WindowOps = 8192
+	}
+	if o.CronLeaderTag == "" {
+		o.CronLeaderTag = "cron-leader"
+	}
+}
+
+// Replica states (see the package documentation).
+const (
+	stateChecking int32 = iota // at start: is the database a synced replica?
+	stateWaiting               // needs an initial sync: looking for a source
+	stateSyncing               // copying a peer's snapshot
+	stateSynced                // a complete replica, streaming
+)
+
+var stateNames = []string{"checking", "waiting_for_source", "initial_sync", "synced"}
+
+// Replicator streams this node's ops to its peers, applies theirs, keeps
+// the compaction frontier and runs initial syncs. See the package doc.
+type Replicator struct {
+	opts   Options
+	log    *slog.Logger
+	proxy  *mongoproxy.Proxy
+	olog   *oplog.Log
+	origin string
+	met    *metrics
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	state      atomic.Int32
+	syncWake   chan struct{} // wakes the sync loop (resync needed, map changed)
+	resync     atomic.Pointer[string]
+	maxStable  atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the proxy
+	stable     atomic.Pointer[crdt.Timestamp]
+	started    time.Time
+	readyAfter time.Time // after a sync: writes wait until every live peer has been heard
+	// applyGate: receivers hold it shared while applying; a sync takes it
+	// exclusively so that nothing is applied while the database is reset.
+	applyGate sync.RWMutex
+
+	mu        sync.Mutex
+	nodes     map[string]*nodeState // by node id, peers only
+	self      *hbQueue
+	senders   map[string]*sender
+	receivers map[string]*receiver // by origin
+	leaders   []string
+	sessions  map[uint64]*syncServer // sync sessions this node serves
+	client    *syncClient            // the sync this node runs, if any
+	samples   []seqSample            // own last seq over time, for LogRetention
+	sendersP  atomic.Pointer[[]*sender]
+}
+
+// nodeState is what this node knows of a peer.
+type nodeState struct {
+	id        string
+	origin    string // its current origin (incarnation); "" until heard
+	heard     time.Time
+	last      uint64 // its origin's last seq, as announced
+	first     uint64
+	flags     byte
+	applied   map[string]uint64
+	hbs       hbQueue
+	behind    time.Time // since when we know it has ops we have not applied (zero: caught up)
+	inMap     bool
+	mapState  nodemap.State
+	goneSince time.Time // absent from the node map since (zero: present)
+	seenAt    time.Time // first seen in the map
+	frozen    crdt.Timestamp
+}
+
+// hbQueue keeps recent (frontier, last) announcements of one origin and the
+// newest frontier whose ops this node has all applied.
+type hbQueue struct {
+	pending []hbEntry
+	safe    crdt.Timestamp
+}
+
+type hbEntry struct {
+	frontier crdt.Timestamp
+	last     uint64
+}
+
+const hbQueueMax = 128
+
+func (q *hbQueue) push(f crdt.Timestamp, last uint64) {
+	if n := len(q.pending); n > 0 && q.pending[n-1].last == last && q.pending[n-1].frontier.Compare(f) >= 0 {
+		return
+	}
+	if len(q.pending) >= hbQueueMax {
+		// Keep the newest: the old ones would only give an older frontier.
+		q.pending = slices.Delete(q.pending, 0, len(q.pending)-hbQueueMax/2)
+	}
+	q.pending = append(q.pending, hbEntry{f, last})
+}
+
+// advance moves safe to the newest announced frontier whose ops are all
+// applied (applied >= its last).
+func (q *hbQueue) advance(applied uint64) {
+	i := 0
+	for i < len(q.pending) && q.pending[i].last <= applied {
+		if q.pending[i].frontier.Compare(q.safe) > 0 {
+			q.safe = q.pending[i].frontier
+		}
+		i++
+	}
+	q.pending = q.pending[i:]
+}
+
+type seqSample struct {
+	at  time.Time
+	seq uint64
+}
+
+// New builds a Replicator for a started proxy. Nothing runs until Start.
+func New(opts Options, proxy *mongoproxy.Proxy, log *slog.Logger, reg prometheus.Registerer) (*Replicator, error) {
+	opts.defaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	if proxy == nil || proxy.OpLog() == nil {
+		return nil, errors.New("repl: the proxy must be started first")
+	}
+	if opts.Transport != nil && opts.NodeID == "" {
+		return nil, errors.New("repl: NodeID is required with a Transport")
+	}
+	if opts.Transport != nil && NodeOf(proxy.Origin()) != opts.NodeID {
+		return nil, fmt.Errorf("repl: the proxy's origin %q is not an incarnation of node %q", proxy.Origin(), opts.NodeID)
+	}
+	r := &Replicator{
+		opts: opts, log: log.With("component", "repl"), proxy: proxy, olog: proxy.OpLog(), origin: proxy.Origin(),
+		syncWake: make(chan struct{}, 1), nodes: map[string]*nodeState{}, self: &hbQueue{},
+		senders: map[string]*sender{}, receivers: map[string]*receiver{}, sessions: map[uint64]*syncServer{},
+	}
+	zero := crdt.Timestamp{}
+	r.stable.Store(&zero)
+	r.maxStable.Store(&zero)
+	r.sendersP.Store(&[]*sender{})
+	r.met = newMetrics(reg, r)
+	return r, nil
+}
+
+// NodeOf returns the node id of an origin ("node1~lx3k" -> "node1").
+func NodeOf(origin string) string {
+	n, _, _ := strings.Cut(origin, "~")
+	return n
+}
+
+// Start begins replication: it registers the mesh handlers, wires the
+// compaction frontier and local-op notifications into the proxy, and starts
+// the heartbeat, membership and sync loops. It returns at once; the
+// initial sync, if one is needed, runs in the background with the proxy's
+// writes blocked (Status and Ready show it).
+func (r *Replicator) Start(ctx context.Context) error {
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.started = time.Now()
+	origin, err := r.proxy.SyncedOrigin(ctx)
+	if err != nil {
+		return fmt.Errorf("repl: %w", err)
+	}
+	r.proxy.SetStable(r.stableNow)
+	r.proxy.OnLocalOps(func([]*crdt.Op) {
+		for _, s := range *r.sendersP.Load() {
+			s.poke()
+		}
+	})
+	switch {
+	case origin == r.origin:
+		r.state.Store(stateSynced)
+		r.proxy.AllowWrites()
+	case r.opts.Transport == nil:
+		// Standalone: whatever the database holds is the data; the op log
+		// starts over with it.
+		if err := r.proxy.FinishSync(ctx, nil); err != nil {
+			return fmt.Errorf("repl: %w", err)
+		}
+		r.state.Store(stateSynced)
+		r.proxy.AllowWrites()
+	default:
+		r.state.Store(stateWaiting)
+		reason := "waiting for an initial sync from a peer"
+		if origin != "" {
+			reason = "the op log does not belong to this database (wiped?): waiting for an initial sync"
+		}
+		r.proxy.BlockWrites(reason)
+		r.log.Info("this database is not a synced replica; an initial sync will run", "origin", r.origin, "database_origin", origin)
+	}
+	if t := r.opts.Transport; t != nil {
+		t.Handle(Topic, r.handle)
+		t.Handle(SyncTopic, r.handleSync)
+		r.wg.Add(2)
+		go r.membershipLoop()
+		go r.syncLoop()
+	}
+	r.wg.Add(2)
+	go r.heartbeatLoop()
+	go r.trimLoop()
+	return nil
+}
+
+// Stop stops every goroutine, unregisters the handlers and persists the
+// peers' acknowledged positions. Call it before the proxy shuts down (the
+// proxy closes the op log).
+func (r *Replicator) Stop(ctx context.Context) error {
+	if r.cancel == nil {
+		return nil
+	}
+	if t := r.opts.Transport; t != nil {
+		t.Handle(Topic, nil)
+		t.Handle(SyncTopic, nil)
+	}
+	r.cancel()
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return fmt.Errorf("repl: stop: %w", ctx.Err())
+	}
+	var errs []error
+	r.mu.Lock()
+	senders := make([]*sender, 0, len(r.senders))
+	for _, s := range r.senders {
+		senders = append(senders, s)
+	}
+	r.mu.Unlock()
+	for _, s := range senders {
+		if err := s.persistAck(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// stableNow is the compaction frontier handed to the proxy.
+func (r *Replicator) stableNow() crdt.Timestamp {
+	return *r.stable.Load()
+}
+
+func (r *Replicator) isSynced() bool { return r.state.Load() == stateSynced }
+
+func (r *Replicator) wakeSync() {
+	select {
+	case r.syncWake <- struct{}{}:
+	default:
+	}
+}
+
+// handle dispatches messages of topic repl. It runs on the mesh's stream
+// reader for the peer: it only decodes and hands over, never waits.
+func (r *Replicator) handle(from string, msg []byte) {
+	if len(msg) == 0 {
+		return
+	}
+	switch msg[0] {
+	case msgOps:
+		r.onOps(from, msg)
+	case msgAck:
+		m, err := decodeAck(msg)
+		if err != nil {
+			r.bad(from, "ack", err)
+			return
+		}
+		if m.origin != r.origin {
+			return // an ack for a previous incarnation of this node
+		}
+		r.mu.Lock()
+		s := r.senders[from]
+		r.mu.Unlock()
+		if s != nil {
+			s.onAck(m.pos, m.flags)
+		}
+	case msgHeartbeat:
+		m, err := decodeHeartbeat(msg)
+		if err != nil {
+			r.bad(from, "heartbeat", err)
+			return
+		}
+		r.onHeartbeat(from, m)
+	default:
+		r.bad(from, "message", errMalformed)
+	}
+}
+
+func (r *Replicator) bad(from, what string, err error) {
+	r.met.badMessages.Inc()
+	r.log.Warn("malformed replication message dropped", "peer", from, "what", what, "err", err)
+}
+
+// onHeartbeat records a peer's announcement.
+func (r *Replicator) onHeartbeat(from string, m heartbeat) {
+	if NodeOf(m.origin) != from {
+		r.bad(from, "heartbeat", fmt.Errorf("origin %q is not an incarnation of %q", m.origin, from))
+		return
+	}
+	r.proxy.ObserveClock(m.frontier)
+	applied := r.olog.Applied(m.origin)
+	r.mu.Lock()
+	n := r.node(from)
+	if n.origin != m.origin {
+		if n.origin != "" {
+			r.log.Info("peer has a new incarnation (its op log was wiped)", "peer", from, "old", n.origin, "new", m.origin)
+		}
+		n.origin = m.origin
+		n.hbs = hbQueue{}
+		n.behind = time.Time{}
+	}
+	n.heard = time.Now()
+	n.last, n.first, n.flags, n.applied = m.last, m.first, m.flags, m.applied
+	n.hbs.push(m.frontier, m.last)
+	n.hbs.advance(applied)
+	if applied < m.last {
+		if n.behind.IsZero() {
+			n.behind = time.Now()
+		}
+	} else {
+		n.behind = time.Time{}
+	}
+	s := r.senders[from]
+	r.mu.Unlock()
+	if s != nil {
+		s.onHeartbeat(m.applied[r.origin], m.flags)
+	}
+	// A position below what the origin still has in its log can never be
+	// streamed again: resync.
+	if r.isSynced() && ((m.first == 0 && m.last > applied) || (m.first > 0 && applied+1 < m.first)) {
+		reason := fmt.Sprintf("behind %s's trimmed op log (at %d, its log starts at %d)", m.origin, applied, m.first)
+		if r.resync.CompareAndSwap(nil, &reason) {
+			r.log.Warn("resync needed", "reason", reason)
+			r.wakeSync()
+		}
+	}
+}
+
+// node returns (creating) the state of peer id; r.mu held.
+func (r *Replicator) node(id string) *nodeState {
+	n := r.nodes[id]
+	if n == nil {
+		n = &nodeState{id: id, seenAt: time.Now(), frozen: *r.maxStable.Load()}
+		r.nodes[id] = n
+	}
+	return n
+}
+
+// heartbeatLoop announces this node's clock and positions, fences the
+// clock in the op log, and recomputes the compaction frontier.
+func (r *Replicator) heartbeatLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(r.opts.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		r.beat()
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (r *Replicator) beat() {
+	f := r.proxy.Frontier()
+	if f.IsZero() {
+		return
+	}
+	// Announce only what is fenced: after a crash the clock resumes above
+	// the log's max timestamp, so a fenced frontier stays true forever.
+	// The fence runs a second ahead so that an idle node commits about once
+	// a second, not once per heartbeat.
+	if mt := r.olog.MaxTimestamp(); mt.Compare(f) < 0 {
+		fence := crdt.Timestamp{Wall: f.Wall + 1000, Node: r.origin}
+		if err := r.olog.Fence(r.ctx, fence); err != nil {
+			if r.ctx.Err() == nil {
+				r.log.Warn("fencing the clock in the op log", "err", err)
+			}
+			return
+		}
+	}
+	if mt := r.olog.MaxTimestamp(); mt.Compare(f) < 0 {
+		f = mt
+	}
+	last := r.olog.LastSeq(r.origin) // read after the frontier: see Proxy.Frontier
+	applied := r.olog.AppliedAll()
+	r.mu.Lock()
+	r.self.push(f, last)
+	r.self.advance(applied[r.origin])
+	r.mu.Unlock()
+	r.updateStable()
+	if t := r.opts.Transport; t != nil {
+		var flags byte
+		switch r.state.Load() {
+		case stateSynced:
+			flags |= hbSynced
+		case stateSyncing:
+			flags |= hbSyncing
+		}
+		hb := heartbeat{origin: r.origin, frontier: f, last: last, first: r.olog.FirstSeq(r.origin), flags: flags, applied: applied}
+		t.Broadcast(Topic, hb.encode())
+	}
+}
+
+// updateStable recomputes the compaction frontier: the minimum, over this
+// node and every peer it knows (present or absent from the node map, until
+// forgotten), of the newest frontier of theirs whose ops are all applied
+// here, and never later than the wall clock minus StableMargin. A peer seen
+// in the map but not heard yet freezes it where it was.
+func (r *Replicator) updateStable() {
+	stable := crdt.Timestamp{Wall: time.Now().Add(-r.opts.StableMargin).UnixMilli()}
+	if !r.isSynced() {
+		stable = crdt.Timestamp{}
+	}
+	r.mu.Lock()
+	if r.self.safe.Compare(stable) < 0 {
+		stable = r.self.safe
+	}
+	for _, n := range r.nodes {
+		if n.forgotten(r.opts.ForgetPeerAfter) {
+			continue
+		}
+		var s crdt.Timestamp
+		if n.origin == "" {
+			s = n.frozen
+		} else {
+			s = n.hbs.safe
+		}
+		if s.Compare(stable) < 0 {
+			stable = s
+		}
+	}
+	r.mu.Unlock()
+	r.stable.Store(&stable)
+	if stable.Compare(*r.maxStable.Load()) > 0 {
+		r.maxStable.Store(&stable)
+	}
+}
+
+func (n *nodeState) forgotten(after time.Duration) bool {
+	return !n.inMap && !n.goneSince.IsZero() && time.Since(n.goneSince) > after
+}
+
+// membershipLoop follows the node map: senders for present peers, absence
+// times, the cron leader check.
+func (r *Replicator) membershipLoop() {
+	defer r.wg.Done()
+	t := r.opts.Transport
+	var warned string
+	check := time.NewTimer(10 * time.Second) // let membership settle before judging the cron leader
+	defer check.Stop()
+	for {
+		m, changed := t.Current()
+		r.applyMap(m)
+		if !time.Now().Before(r.started.Add(10 * time.Second)) {
+			warned = r.checkCronLeader(m, warned)
+		}
+		r.wakeSync()
+		select {
+		case <-r.ctx.Done():
+			r.stopSenders()
+			return
+		case <-changed:
+		case <-check.C:
+		}
+	}
+}
+
+func (r *Replicator) applyMap(m *nodemap.Map) {
+	now := time.Now()
+	present := map[string]nodemap.Node{}
+	for _, n := range m.Nodes {
+		if n.ID != r.opts.NodeID && !n.Self {
+			present[n.ID] = n
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, mn := range present {
+		n := r.node(id)
+		n.inMap, n.mapState, n.goneSince = true, mn.State, time.Time{}
+		if r.senders[id] == nil {
+			s := newSender(r, id)
+			r.senders[id] = s
+			r.wg.Add(1)
+			go s.run()
+		}
+	}
+	for id, n := range r.nodes {
+		if _, ok := present[id]; ok {
+			continue
+		}
+		if n.inMap || n.goneSince.IsZero() {
+			n.inMap, n.goneSince = false, now
+		}
+		if s := r.senders[id]; s != nil {
+			s.stop()
+			delete(r.senders, id)
+		}
+		if n.forgotten(r.opts.ForgetPeerAfter) {
+			r.log.Warn("forgetting a node absent from the cluster", "node", id, "absent_for", now.Sub(n.goneSince).Round(time.Second))
+			if err := r.olog.RemovePeer(id); err != nil {
+				r.log.Warn("forgetting peer", "node", id, "err", err)
+			}
+			delete(r.nodes, id)
+		}
+	}
+	list := make([]*sender, 0, len(r.senders))
+	for _, s := range r.senders {
+		list = append(list, s)
+	}
+	r.sendersP.Store(&list)
+}
+
+func (r *Replicator) stopSenders() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, s := range r.senders {
+		s.stop()
+	}
+}
+
+// checkCronLeader warns (log and metric) when the live cluster has no node,
+// or more than one, claiming cron_leader. It returns what it last warned.
+func (r *Replicator) checkCronLeader(m *nodemap.Map, warned string) string {
+	var leaders []string
+	for _, n := range m.Nodes {
+		if n.State != nodemap.Dead && n.HasTag(r.opts.CronLeaderTag) {
+			leaders = append(leaders, n.ID)
+		}
+	}
+	r.mu.Lock()
+	r.leaders = leaders
+	r.mu.Unlock()
+	r.met.cronLeaders.Set(float64(len(leaders)))
+	msg := ""
+	switch len(leaders) {
+	case 1:
+		if warned != "" {
+			r.log.Info("exactly one node claims cron_leader again", "node", leaders[0])
+		}
+		return ""
+	case 0:
+		msg = "no live node claims cron_leader: jobs that must run once run nowhere"
+	default:
+		msg = "several live nodes claim cron_leader: jobs that must run once run on each of them"
+	}
+	key := msg + strings.Join(leaders, ",")
+	if key != warned {
+		r.log.Warn(msg+" (set node.cron_leader: true on exactly one node)", "claiming", leaders)
+	}
+	return key
+}
+
+// trimLoop trims the op log below what every peer has applied (and outside
+// LogRetention) and forgets long-gone peers.
+func (r *Replicator) trimLoop() {
+	defer r.wg.Done()
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		last := r.olog.LastSeq(r.origin)
+		r.mu.Lock()
+		r.samples = append(r.samples, seqSample{now, last})
+		var limit uint64
+		cut := 0
+		for i, s := range r.samples {
+			if now.Sub(s.at) < r.opts.LogRetention {
+				break
+			}
+			limit, cut = s.seq, i
+		}
+		r.samples = r.samples[cut:]
+		r.mu.Unlock()
+		for _, s := range r.sendersSnapshot() {
+			if err := s.persistAck(); err != nil && r.ctx.Err() == nil {
+				r.log.Warn("persisting a peer's position", "peer", s.peer, "err", err)
+			}
+		}
+		if n, err := r.olog.TrimBelow(limit); err != nil {
+			if r.ctx.Err() == nil {
+				r.log.Warn("trimming the op log", "err", err)
+			}
+		} else if n > 0 {
+			r.met.trimmed.Add(float64(n))
+		}
+	}
+}
+
+func (r *Replicator) sendersSnapshot() []*sender { return *r.sendersP.Load() }
