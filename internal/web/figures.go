@@ -20,10 +20,11 @@ const (
 	metricDNSQueries  = "edgenode_dns_queries_total"
 	metricCDNRequests = "edgenode_cdn_requests_total"
 	metricCDNBytes    = "edgenode_cdn_disk_bytes"
-	// MetricReplicationLag is the gauge the Mongo replication publishes:
-	// seconds behind, with a "peer" label (other labels, such as
-	// "origin", are folded: the page shows the largest value per peer).
-	MetricReplicationLag = "edgenode_mongoproxy_replication_lag_seconds"
+	// The Mongo replication's lag to each peer ("peer" label): the age of
+	// this node's oldest op the peer has not acknowledged, and how many
+	// ops that is. Any other label is folded (largest value per peer).
+	metricReplLagSeconds = "edgenode_mongo_repl_peer_lag_seconds"
+	metricReplLagOps     = "edgenode_mongo_repl_peer_lag_ops"
 )
 
 // cacheHitResults are the cdn results answered from the cache without the
@@ -42,6 +43,7 @@ type Figures struct {
 	CacheHit   *float64           `json:"cache_hit,omitempty"`   // 0..1 over the last minute; nil without requests
 	CacheBytes *float64           `json:"cache_bytes,omitempty"` // bytes in the media cache
 	Lag        map[string]float64 `json:"lag,omitempty"`         // peer id -> replication lag in seconds
+	LagOps     map[string]float64 `json:"lag_ops,omitempty"`     // peer id -> ops the peer has not acknowledged
 }
 
 // Limits on figures from peers: they come over authenticated links, but a
@@ -71,12 +73,14 @@ func decodeFigures(b []byte) (*Figures, error) {
 	if f.CacheHit != nil && *f.CacheHit > 1 {
 		return nil, errBadFigures
 	}
-	if len(f.Lag) > maxLagPeers {
-		return nil, errBadFigures
-	}
-	for k, v := range f.Lag {
-		if k == "" || len(k) > maxPeerIDLen || math.IsNaN(v) || math.IsInf(v, 0) {
+	for _, m := range []map[string]float64{f.Lag, f.LagOps} {
+		if len(m) > maxLagPeers {
 			return nil, errBadFigures
+		}
+		for k, v := range m {
+			if k == "" || len(k) > maxPeerIDLen || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+				return nil, errBadFigures
+			}
 		}
 	}
 	return &f, nil
@@ -94,8 +98,7 @@ type sample struct {
 	hasCDN                bool
 	cacheHits, cacheTotal float64
 	cacheBytes            float64
-	lag                   map[string]float64
-	hasLag                bool
+	lag, lagOps           map[string]float64
 }
 
 // takeSample reads the families the page shows. parts are the node's
@@ -130,22 +133,29 @@ func takeSample(fams []*dto.MetricFamily, at time.Time, parts map[string]bool) s
 		case metricCDNBytes:
 			s.hasCDN = true
 			s.cacheBytes = sum(f)
-		case MetricReplicationLag:
-			s.hasLag = true
-			s.lag = map[string]float64{}
-			for _, m := range f.GetMetric() {
-				peer := label(m, "peer")
-				if peer == "" {
-					continue
-				}
-				v := value(m)
-				if old, ok := s.lag[peer]; !ok || v > old {
-					s.lag[peer] = v
-				}
-			}
+		case metricReplLagSeconds:
+			s.lag = perPeer(f)
+		case metricReplLagOps:
+			s.lagOps = perPeer(f)
 		}
 	}
 	return s
+}
+
+// perPeer is the largest value of each "peer" label.
+func perPeer(f *dto.MetricFamily) map[string]float64 {
+	out := map[string]float64{}
+	for _, m := range f.GetMetric() {
+		peer := label(m, "peer")
+		if peer == "" {
+			continue
+		}
+		v := value(m)
+		if old, ok := out[peer]; !ok || v > old {
+			out[peer] = v
+		}
+	}
+	return out
 }
 
 func sum(f *dto.MetricFamily) float64 {
@@ -232,8 +242,11 @@ func (h *history) figures() *Figures {
 	if last.hasCDN {
 		f.CacheBytes = ptr(last.cacheBytes)
 	}
-	if last.hasLag {
+	if len(last.lag) > 0 {
 		f.Lag = last.lag
+	}
+	if len(last.lagOps) > 0 {
+		f.LagOps = last.lagOps
 	}
 	if b, ok := h.base(rateWindow); ok {
 		secs := last.at.Sub(b.at).Seconds()

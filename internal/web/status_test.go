@@ -34,6 +34,7 @@ type partMetrics struct {
 	cdn     *prometheus.CounterVec
 	cdnDisk prometheus.Gauge
 	lag     *prometheus.GaugeVec
+	lagOps  *prometheus.GaugeVec
 }
 
 func newPartMetrics(reg *prometheus.Registry) *partMetrics {
@@ -44,9 +45,10 @@ func newPartMetrics(reg *prometheus.Registry) *partMetrics {
 		dns:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: metricDNSQueries, Help: "x"}, []string{"type"}),
 		cdn:     prometheus.NewCounterVec(prometheus.CounterOpts{Name: metricCDNRequests, Help: "x"}, []string{"result"}),
 		cdnDisk: prometheus.NewGauge(prometheus.GaugeOpts{Name: metricCDNBytes, Help: "x"}),
-		lag:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: MetricReplicationLag, Help: "x"}, []string{"peer", "origin"}),
+		lag:     prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: metricReplLagSeconds, Help: "x"}, []string{"peer", "shard"}),
+		lagOps:  prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: metricReplLagOps, Help: "x"}, []string{"peer"}),
 	}
-	reg.MustRegister(m.conns, m.reqs, m.subs, m.dns, m.cdn, m.cdnDisk, m.lag)
+	reg.MustRegister(m.conns, m.reqs, m.subs, m.dns, m.cdn, m.cdnDisk, m.lag, m.lagOps)
 	return m
 }
 
@@ -74,6 +76,7 @@ func TestFiguresFromRegistry(t *testing.T) {
 	m.lag.WithLabelValues("node2", "node1").Set(0.25)
 	m.lag.WithLabelValues("node2", "node3").Set(0.5)
 	m.lag.WithLabelValues("node3", "node1").Set(0)
+	m.lagOps.WithLabelValues("node2").Set(12)
 	fams, _ = reg.Gather()
 	h.add(takeSample(fams, t0.Add(10*time.Second), parts))
 	f = h.figures()
@@ -89,8 +92,8 @@ func TestFiguresFromRegistry(t *testing.T) {
 	check("dns q/s", f.DNSQPS, 10)
 	check("cache hit", f.CacheHit, 0.5)
 	check("cache bytes", f.CacheBytes, 4096)
-	if f.Lag["node2"] != 0.5 || f.Lag["node3"] != 0 || len(f.Lag) != 2 {
-		t.Errorf("lag %v", f.Lag)
+	if f.Lag["node2"] != 0.5 || f.Lag["node3"] != 0 || len(f.Lag) != 2 || f.LagOps["node2"] != 12 {
+		t.Errorf("lag %v %v", f.Lag, f.LagOps)
 	}
 	// Old samples fall out of the windows.
 	for i := 2; i < 100; i++ {
@@ -337,6 +340,7 @@ func FuzzDecodeFigures(f *testing.F) {
 	f.Add([]byte(`{}`))
 	f.Add([]byte(`{"lag":{"":1}}`))
 	f.Add([]byte(`{"conns":1e400}`))
+	f.Add([]byte(`{"lag_ops":{"node2":-1}}`))
 	f.Add([]byte(`[`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fig, err := decodeFigures(b)
