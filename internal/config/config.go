@@ -37,6 +37,21 @@ type Config struct {
 	Mongo  Mongo  `yaml:"mongo"`
 	CDN    CDN    `yaml:"cdn"`
 	PubSub PubSub `yaml:"pubsub"`
+	Web    Web    `yaml:"web"`
+}
+
+// Web is the built-in pages.
+type Web struct {
+	Status         bool          `yaml:"status"`
+	StatusInterval time.Duration `yaml:"status_interval"`
+	Demo           Demo          `yaml:"demo"`
+}
+
+// Demo is the demo comment app (never in production).
+type Demo struct {
+	Enabled  bool   `yaml:"enabled"`
+	Database string `yaml:"database"`
+	Tenant   string `yaml:"tenant"`
 }
 
 // PubSub is live channels for browsers (websocket and SSE).
@@ -367,6 +382,11 @@ func Default() Config {
 			MaxConnsPerIP:   256,
 			QueueLen:        256,
 			PingInterval:    25 * time.Second,
+		},
+		Web: Web{
+			Status:         true,
+			StatusInterval: 2 * time.Second,
+			Demo:           Demo{Database: "edgenode_demo", Tenant: "demo"},
 		},
 		CDN: CDN{
 			Enabled:              true,

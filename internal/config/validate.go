@@ -270,6 +270,25 @@ func (c *Config) validate(ps *Problems) {
 		}
 	}
 
+	if c.Web.Status && c.Web.StatusInterval < 100*time.Millisecond {
+		ps.add("web.status_interval", "%v is too short: want e.g. 2s", c.Web.StatusInterval)
+	}
+	if d := c.Web.Demo; d.Enabled {
+		if !c.Mongo.Enabled || !c.PubSub.Enabled {
+			ps.add("web.demo.enabled", "the demo needs mongo.enabled and pubsub.enabled")
+		}
+		if d.Database == "" || strings.ContainsAny(d.Database, "./\\ \"$") {
+			ps.add("web.demo.database", "%q is not a database name", d.Database)
+		}
+		found := false
+		for _, t := range c.PubSub.Tenants {
+			found = found || t.Name == d.Tenant
+		}
+		if !found {
+			ps.add("web.demo.tenant", "%q is not one of pubsub.tenants", d.Tenant)
+		}
+	}
+
 	if c.CDN.Enabled {
 		d := &c.CDN
 		if !strings.HasPrefix(d.Prefix, "/") || !strings.HasSuffix(d.Prefix, "/") || len(d.Prefix) < 3 {

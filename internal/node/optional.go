@@ -65,7 +65,9 @@ func (n *Node) buildOptionalParts() error {
 			return err
 		}
 	}
-	return nil
+	// Last: the status page reads every part's metrics, the demo uses the
+	// Mongo proxy and pubsub.
+	return n.buildWeb()
 }
 
 // purgeTopic carries cache purges to every peer.

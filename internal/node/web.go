@@ -29,11 +29,10 @@ type webSettings struct {
 	DemoTenant     string
 }
 
-// webConfig reads the web.* keys. Until internal/config has them, the
-// status page is on with its defaults and the demo is off.
+// webConfig reads the web.* keys.
 func webConfig(c *config.Config) webSettings {
-	_ = c
-	return webSettings{Status: true, StatusInterval: web.DefaultStatusInterval, DemoDatabase: demo.DefaultDatabase, DemoTenant: demo.DefaultTenant}
+	w := c.Web
+	return webSettings{Status: w.Status, StatusInterval: w.StatusInterval, Demo: w.Demo.Enabled, DemoDatabase: w.Demo.Database, DemoTenant: w.Demo.Tenant}
 }
 
 // buildWeb adds the built-in pages: the status page on the admin listener
