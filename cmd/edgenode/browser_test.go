@@ -38,8 +38,8 @@ import (
 
 // browserCoords put the three nodes on three continents on the status map.
 var browserCoords = []string{
-	"node: {latitude: 50.11, longitude: 8.68, region: eu-central}",     // Frankfurt
-	"node: {latitude: 38.95, longitude: -77.45, region: us-east}",      // Virginia
+	"node: {latitude: 50.11, longitude: 8.68, region: eu-central}",    // Frankfurt
+	"node: {latitude: 38.95, longitude: -77.45, region: us-east}",     // Virginia
 	"node: {latitude: 1.35, longitude: 103.82, region: ap-southeast}", // Singapore
 }
 
@@ -356,7 +356,9 @@ func TestBrowserDemoAndStatus(t *testing.T) {
 		}
 	}
 	slices.Sort(lat)
-	pick := func(q float64) time.Duration { return lat[min(len(lat)-1, int(q*float64(len(lat))))].Round(10 * time.Microsecond) }
+	pick := func(q float64) time.Duration {
+		return lat[min(len(lat)-1, int(q*float64(len(lat))))].Round(10 * time.Microsecond)
+	}
 	t.Logf("MEASURE widget post on node1 -> visible on node2 over %d posts: p50 %v p99 %v max %v (target p99 < 300ms)",
 		len(lat), pick(0.50), pick(0.99), lat[len(lat)-1].Round(10*time.Microsecond))
 
