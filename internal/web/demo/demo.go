@@ -40,8 +40,11 @@
 //	<script src="https://NODE/demo/widget.js" async></script>
 //
 // The widget talks to the node that served the script. The API answers any
-// origin (CORS); the live stream is pubsub's, which follows the tenant's
-// origin list.
+// origin (CORS). The live stream is pubsub's /sse, which checks the tenant's
+// origin list but sends no Access-Control-Allow-Origin, so on a page of
+// another origin the browser refuses the stream: the widget then loads and
+// posts but is not live. Same-origin pages (the node's own /demo/, or a
+// site served through the node) are live.
 package demo
 
 import (
