@@ -1,5 +1,14 @@
 // Package web serves the node's built-in pages. Assets are embedded so the
 // binary is the whole product.
+//
+// Landing is the page at / when no app server is configured. Status is the
+// operators' page on the admin listener: GET /status is one self-contained
+// HTML response (inline SVG world map, CSS and script; no other host is ever
+// asked for anything) and GET /status/events streams snapshots of the node
+// map and every node's Figures as Server-Sent Events. Each node computes its
+// own Figures from its metrics registry and shares them with its peers on
+// the mesh topic StatusTopic, so any node's page shows the whole cluster.
+// The demo comment app and its widget are in package demo.
 package web
 
 import (
