@@ -32,8 +32,8 @@ import (
 // It measures (and logs, never asserts) the status page's weight and first
 // render, and the widget's post-on-A to visible-on-B latency over 100 posts.
 //
-// Screenshots go to $EDGENODE_BROWSER_ARTIFACTS (else a temporary folder,
-// named in the log); with EDGENODE_UPDATE_SCREENSHOTS=1 they are also
+// Screenshots go to $EDGENODE_BROWSER_ARTIFACTS (else a new folder
+// $TMPDIR/edgenode-browser-*, named in the log, kept after the test); with EDGENODE_UPDATE_SCREENSHOTS=1 they are also
 // copied to docs/screenshots/ for the README.
 
 // browserCoords put the three nodes on three continents on the status map.
@@ -79,9 +79,14 @@ func newBrowser(t *testing.T, pins []string) *browser {
 	if exe == "" {
 		t.Skip("no Chromium: apt-get install chromium chromium-driver (.ci/run does)")
 	}
+	// The screenshots outlive the test (they are its artifacts).
 	artifacts := os.Getenv("EDGENODE_BROWSER_ARTIFACTS")
 	if artifacts == "" {
-		artifacts = t.TempDir()
+		dir, err := os.MkdirTemp("", "edgenode-browser-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		artifacts = dir
 	}
 	if err := os.MkdirAll(artifacts, 0o755); err != nil {
 		t.Fatal(err)
