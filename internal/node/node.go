@@ -29,6 +29,7 @@ import (
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mesh"
+	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/pubsub"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
@@ -50,6 +51,7 @@ type Node struct {
 	admin *admin.Server
 
 	mesh       *mesh.Mesh     // nil without a mesh
+	nodes      nodemap.Source // the node map: the mesh's, or a static one
 	pubsub     *pubsub.PubSub // nil when pubsub is off
 	cfgVersion string         // a hash of the effective config, gossiped so rolling changes show
 

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/edgenode/edgenode/internal/cdn"
 	"github.com/edgenode/edgenode/internal/config"
@@ -34,16 +35,16 @@ func (n *Node) probes() []probeAddr {
 // buildOptionalParts adds the parts beyond the transport and admin, in start
 // order: the node map first (DNS reads it), then DNS.
 func (n *Node) buildOptionalParts() error {
-	var src nodemap.Source
 	if n.cfg.Mesh.Enabled {
 		m, err := n.buildMesh()
 		if err != nil {
 			return err
 		}
-		n.mesh, src = m, m
+		n.mesh, n.nodes = m, m
 	} else {
-		src = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
+		n.nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
 	}
+	src := n.nodes
 	n.admin.Handle("GET /status.json", statusJSON(src, n.cfg.Node.ID, n.version))
 	if n.cfg.DNS.Enabled {
 		if err := n.buildDNS(src); err != nil {
@@ -177,12 +178,18 @@ func (n *Node) buildMesh() (*mesh.Mesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
+	load := newLoadReporter(m.SetLoad, 2*time.Second)
 	n.parts = append(n.parts, &part{
 		name:     "mesh",
 		detail:   "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen,
 		start:    m.Start,
 		announce: m.Drain,
 		stop:     m.Leave,
+	}, &part{
+		name:   "load",
+		detail: "this process's share of the machine's CPU, gossiped every 2s as the node's load",
+		start:  load.Start,
+		stop:   load.Stop,
 	})
 	return m, nil
 }

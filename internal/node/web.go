@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/edgenode/edgenode/internal/config"
-	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/web"
 	"github.com/edgenode/edgenode/internal/web/demo"
 )
@@ -42,12 +41,10 @@ func webConfig(c *config.Config) webSettings {
 func (n *Node) buildWeb() error {
 	ws := webConfig(&n.cfg)
 	if ws.Status {
-		var src nodemap.Source
+		src := n.nodes
 		var mesh web.Mesh
 		if n.mesh != nil {
-			src, mesh = n.mesh, n.mesh
-		} else {
-			src = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
+			mesh = n.mesh
 		}
 		var parts []string
 		for _, p := range n.parts {
