@@ -3,6 +3,7 @@ package pubsub
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"runtime"
 	"testing"
 )
@@ -62,5 +63,20 @@ func TestWebsocketAndSSEReceivePublish(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A widget embedded on another site reads the stream: an allowed Origin is
+// echoed in Access-Control-Allow-Origin; a stream with no Origin gets none.
+func TestSSECrossOriginHeader(t *testing.T) {
+	n := newNode(t, testOptions(), nil)
+	s, resp := n.sse("channel=demo/thread-1", http.Header{"Origin": {"https://blog.example"}})
+	s.expect(typeSubscribed)
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "https://blog.example" {
+		t.Errorf("Access-Control-Allow-Origin %q", got)
+	}
+	_, resp = n.sse("channel=demo/thread-2", nil)
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
+		t.Errorf("without Origin: Access-Control-Allow-Origin %q", got)
 	}
 }

@@ -107,6 +107,13 @@ func (p *PubSub) serveSSE(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no") // nginx and friends: do not buffer
+	if o := r.Header.Get("Origin"); o != "" {
+		// The Origin passed the tenant's allow-list in authorize: let a
+		// widget embedded on that site read the stream (EventSource is
+		// subject to CORS).
+		h.Set("Access-Control-Allow-Origin", o)
+		h.Add("Vary", "Origin")
+	}
 	w.WriteHeader(http.StatusOK)
 	// retry: how long EventSource waits before reconnecting.
 	if _, err := w.Write([]byte("retry: 2000\n\n")); err != nil {

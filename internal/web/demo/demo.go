@@ -41,10 +41,8 @@
 //
 // The widget talks to the node that served the script. The API answers any
 // origin (CORS). The live stream is pubsub's /sse, which checks the tenant's
-// origin list but sends no Access-Control-Allow-Origin, so on a page of
-// another origin the browser refuses the stream: the widget then loads and
-// posts but is not live. Same-origin pages (the node's own /demo/, or a
-// site served through the node) are live.
+// origin list and echoes an allowed Origin in Access-Control-Allow-Origin,
+// so the widget is live on other sites too.
 package demo
 
 import (
