@@ -145,7 +145,11 @@ func TestDrainSendsReconnectElsewhere(t *testing.T) {
 		s.expect(typeSubscribed)
 		// One client never reads: Drain still ends (close grace, then cut).
 		silent := n.dialSmallBuffer()
-		_ = silent
+		// The server registers a websocket just after the handshake the
+		// client has seen: wait for it, or Drain may start before it.
+		waitFor(t, "six websockets registered", func() bool {
+			return n.counter("edgenode_pubsub_connections", "transport", "ws") == 6
+		})
 
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
