@@ -310,11 +310,12 @@ func (e *engine) ddlDrop(ctx context.Context, op *crdt.Op) error {
 // returns how many remain (documents written after the drop). Documents
 // that survive are rewritten with the drop folded into their metadata.
 func (e *engine) dropDocs(ctx context.Context, ns string, dts crdt.Timestamp) (int, error) {
-	var survivors []bson.RawValue
+	var survivors, ids []bson.RawValue
 	n := 0
 	err := eachDoc(ctx, e.coll(ns), func(raw bson.Raw) error {
 		n++
 		ds := &docState{ns: ns, id: raw.Lookup("_id")}
+		ids = append(ids, ds.id)
 		if err := ds.setStored(raw); err != nil {
 			return err
 		}
@@ -339,20 +340,19 @@ func (e *engine) dropDocs(ctx context.Context, ns string, dts crdt.Timestamp) (i
 	// Some documents were written after the drop: each one goes through the
 	// ordinary apply, which folds the drop in (withDrop) and stores what
 	// is left; the documents older than it get tombstones like any delete.
-	err = eachDoc(ctx, e.coll(ns), func(raw bson.Raw) error {
-		id := raw.Lookup("_id")
+	// (The ids were collected first: a cursor does not survive the writes.)
+	for _, id := range ids {
 		key := docKey(ns, id)
 		unlock := e.locks.lock(key)
-		defer unlock()
 		ds, _, err := e.load(ctx, ns, id, nil)
-		if err != nil {
-			return err
+		if err == nil {
+			ds.ops = []*crdt.Op{{Origin: dts.Node, TS: dts, NS: ns, ID: ds.id, Kind: crdt.Delete}}
+			err = e.storeOps(ctx, ds)
 		}
-		ds.ops = []*crdt.Op{{Origin: dts.Node, TS: dts, NS: ns, ID: ds.id, Kind: crdt.Delete}}
-		return e.storeOps(ctx, ds)
-	})
-	if err != nil {
-		return 0, fmt.Errorf("drop %s: %w", ns, err)
+		unlock()
+		if err != nil {
+			return 0, fmt.Errorf("drop %s: %w", ns, err)
+		}
 	}
 	return len(survivors), nil
 }

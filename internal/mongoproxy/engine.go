@@ -453,9 +453,15 @@ func classify(err error) error {
 func (e *engine) storeOps(ctx context.Context, ds *docState) error {
 	backoff := 50 * time.Millisecond
 	for attempt := 0; ; attempt++ {
-		next, changed, err := fold(e.withDrop(ds.ns, ds.id, ds.base), ds.ops)
+		// A drop of the namespace newer than the stored state deletes what
+		// it holds: that is a change to store even if the ops add nothing.
+		start := e.withDrop(ds.ns, ds.id, ds.base)
+		next, changed, err := fold(start, ds.ops)
 		if err != nil {
 			return &applyError{err: err}
+		}
+		if !changed && start.Meta != ds.base.Meta && (ds.inColl || start.Doc != nil) {
+			changed = true // (a document absent anyway needs no tombstone: the drop record covers it)
 		}
 		if !changed {
 			ds.cur, ds.ops = ds.base, nil

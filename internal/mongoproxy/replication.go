@@ -429,7 +429,10 @@ func (e *engine) createIndex(ctx context.Context, ns string, spec bson.Raw) erro
 		return err
 	}
 	for _, el := range els {
-		if el.Key() == "ns" { // listIndexes of old servers; createIndexes refuses it
+		switch el.Key() {
+		case "ns", "v":
+			// Reported by listIndexes; createIndexes does not need them
+			// (MongoDB picks the version) and FerretDB refuses them.
 			continue
 		}
 		clean = append(clean, bson.E{Key: el.Key(), Value: el.Value()})

@@ -79,6 +79,8 @@ type Options struct {
 	// CronLeaderTag is the node map tag of the node claiming cron_leader
 	// (default "cron-leader").
 	CronLeaderTag string
+	// TrimInterval is how often the op log is trimmed (default 5s).
+	TrimInterval time.Duration
 }
 
 func (o *Options) defaults() {
@@ -95,6 +97,7 @@ func (o *Options) defaults() {
 	def(&o.StableMargin, time.Second)
 	def(&o.BootstrapWait, 5*time.Second)
 	def(&o.SyncTimeout, 30*time.Second)
+	def(&o.TrimInterval, 5*time.Second)
 	if o.BatchOps <= 0 {
 		o.BatchOps = 512
 	}
@@ -133,13 +136,12 @@ type Replicator struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	state      atomic.Int32
-	syncWake   chan struct{} // wakes the sync loop (resync needed, map changed)
-	resync     atomic.Pointer[string]
-	maxStable  atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the proxy
-	stable     atomic.Pointer[crdt.Timestamp]
-	started    time.Time
-	readyAfter time.Time // after a sync: writes wait until every live peer has been heard
+	state     atomic.Int32
+	syncWake  chan struct{} // wakes the sync loop (resync needed, map changed)
+	resync    atomic.Pointer[string]
+	maxStable atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the proxy
+	stable    atomic.Pointer[crdt.Timestamp]
+	started   time.Time
 	// applyGate: receivers hold it shared while applying; a sync takes it
 	// exclusively so that nothing is applied while the database is reset.
 	applyGate sync.RWMutex
@@ -549,8 +551,10 @@ func (r *Replicator) membershipLoop() {
 	defer r.wg.Done()
 	t := r.opts.Transport
 	var warned string
-	check := time.NewTimer(10 * time.Second) // let membership settle before judging the cron leader
-	defer check.Stop()
+	// The map is also looked at periodically: absences age into
+	// forgetting, and the cron leader is judged once membership settled.
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
 	for {
 		m, changed := t.Current()
 		r.applyMap(m)
@@ -563,7 +567,7 @@ func (r *Replicator) membershipLoop() {
 			r.stopSenders()
 			return
 		case <-changed:
-		case <-check.C:
+		case <-tick.C:
 		}
 	}
 }
@@ -658,7 +662,7 @@ func (r *Replicator) checkCronLeader(m *nodemap.Map, warned string) string {
 // LogRetention) and forgets long-gone peers.
 func (r *Replicator) trimLoop() {
 	defer r.wg.Done()
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(r.opts.TrimInterval)
 	defer t.Stop()
 	for {
 		select {

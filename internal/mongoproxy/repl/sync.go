@@ -12,6 +12,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
+	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
@@ -114,6 +115,10 @@ func (r *Replicator) syncLoop() {
 				r.met.syncDocsPerSecond.Set(float64(docs) / took.Seconds())
 				r.log.Info("initial sync done", "source", src, "documents", docs, "took", took.Round(time.Millisecond))
 				r.resync.Store(nil)
+				// The documents now carry the source's compaction floors; what
+				// this node used before says nothing about them.
+				zero := crdt.Timestamp{}
+				r.maxStable.Store(&zero)
 				r.state.Store(stateSynced)
 				backoff, failed, syncedAt = time.Second, "", time.Now()
 				continue
