@@ -442,7 +442,11 @@ func TestInitialSyncAndTrimmedResync(t *testing.T) {
 	ctx := context.Background()
 	coll := n1.cl.Database("app").Collection("s")
 	var docs []any
-	for i := range 3000 {
+	nDocs := 3000
+	if raceEnabled {
+		nDocs = 300
+	}
+	for i := range nDocs {
 		docs = append(docs, bson.D{{Key: "_id", Value: fmt.Sprintf("d%05d", i)}, {Key: "n", Value: i}, {Key: "pad", Value: strings.Repeat("p", 100)}})
 	}
 	_, err := coll.InsertMany(ctx, docs)
