@@ -5,6 +5,11 @@
 // FerretDB logs every error reply at its default level, which floods the log
 // with ordinary client mistakes (duplicate keys, unknown commands), so the
 // logger handed to it only passes ERROR records.
+//
+// FerretDB v1's own _id index cannot serve its lookups by _id (see
+// idindex.go), so every lookup scanned the collection; the server adds the
+// index those lookups need to every collection table, outside FerretDB's
+// knowledge, within a second of the table's creation.
 package embedded
 
 import (
@@ -15,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/FerretDB/FerretDB/ferretdb"
 )
@@ -53,10 +59,26 @@ func Start(ctx context.Context, dir string, log *slog.Logger) (*Server, error) {
 	}
 	runCtx, cancel := context.WithCancel(ctx)
 	s := &Server{cancel: cancel, done: make(chan struct{})}
+	indexed := make(chan struct{})
 	go func() {
 		defer close(s.done)
 		if err := f.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("embedded ferretdb stopped", "err", err)
+		}
+		<-indexed
+	}()
+	// See idindex.go: the _id lookup index FerretDB v1 lacks.
+	go func() {
+		defer close(indexed)
+		t := time.NewTicker(indexInterval)
+		defer t.Stop()
+		for {
+			indexTables(runCtx, abs, log)
+			select {
+			case <-runCtx.Done():
+				return
+			case <-t.C:
+			}
 		}
 	}()
 	// The listener is bound in ferretdb.New, so the URI is available now.
