@@ -797,11 +797,13 @@ func TestHTTP2(t *testing.T) {
 		t.Errorf("origin GETs = %d", n)
 	}
 	// A download that breaks off resets the HTTP/2 stream: the client
-	// sees an error, not a short body that looks complete.
+	// sees an error, not a short body that looks complete. (When the
+	// download has already failed before anything was sent to this client,
+	// a 502 is the honest answer too.)
 	e.put("h2cut.bin", randBytes(300_000), "")
 	e.proxy.cutAfter.Store(100_000)
 	e.proxy.set(proxyCut)
-	if r := doGet(t, client, http.MethodGet, srv.URL+"/media/h2cut.bin"); r.err == nil {
+	if r := doGet(t, client, http.MethodGet, srv.URL+"/media/h2cut.bin"); r.err == nil && r.status < 500 {
 		t.Errorf("cut download over h2: status %d, %d bytes, no error", r.status, len(r.body))
 	}
 	e.settle()
