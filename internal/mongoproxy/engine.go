@@ -74,6 +74,9 @@ type engine struct {
 	fault func(point string)
 
 	onLocal atomic.Pointer[func([]*crdt.Op)]
+	// onAppend is told as soon as local ops are durable in the log, before
+	// they are applied here (replication can send them at once).
+	onAppend atomic.Pointer[func()]
 	stable  atomic.Pointer[func() crdt.Timestamp]
 
 	// replicated says whether this node replicates a namespace.
@@ -586,14 +589,48 @@ func (e *engine) applyDocOps(ctx context.Context, ops []*crdt.Op, source string)
 		}
 		g.ops = append(g.ops, op)
 	}
-	for _, k := range order {
-		g := groups[k]
-		if err := e.applyGroup(ctx, k, g.ns, g.id, g.ops, source); err != nil {
-			return err
+	if len(order) < 2*applyWorkers {
+		for _, k := range order {
+			g := groups[k]
+			if err := e.applyGroup(ctx, k, g.ns, g.id, g.ops, source); err != nil {
+				return err
+			}
 		}
+		return nil
+	}
+	// Documents are independent: apply several at once (the database
+	// serves connections in parallel; each document is still one
+	// read-merge-write under its own lock).
+	var (
+		next     atomic.Int64
+		firstErr atomic.Pointer[error]
+		wg       sync.WaitGroup
+	)
+	for range applyWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for firstErr.Load() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= len(order) {
+					return
+				}
+				g := groups[order[i]]
+				if err := e.applyGroup(ctx, order[i], g.ns, g.id, g.ops, source); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		return *err
 	}
 	return nil
 }
+
+// applyWorkers is how many documents applyOps writes at once.
+const applyWorkers = 4
 
 func (e *engine) applyGroup(ctx context.Context, key, ns string, id bson.RawValue, ops []*crdt.Op, source string) error {
 	unlockNS := e.nsl.rlock(ns)
@@ -807,6 +844,9 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 	}
 	for _, op := range ops {
 		e.met.opsCaptured.WithLabelValues(op.Kind.String()).Inc()
+	}
+	if f := e.onAppend.Load(); f != nil {
+		(*f)()
 	}
 	logged = ops
 	if e.fault != nil {

@@ -46,6 +46,12 @@ type Options struct {
 	MaxConns int
 	// MaxMessageSize caps a client message (default 48,000,000, MongoDB's).
 	MaxMessageSize int
+	// SyncDatabase, when set, makes every database write completed before
+	// the call durable (the embedded database does not fsync each commit).
+	// The op log then keeps ops until the database holds them durably (see
+	// oplog.Options.SyncApplied). Without it, writes the database
+	// acknowledged count as durable, as with MongoDB and j:true.
+	SyncDatabase func() error
 	// HoldWrites, when set, makes the proxy start with captured writes
 	// refused (error 10107 NotWritablePrimary naming this reason) until
 	// AllowWrites: replication sets it until the node is a complete replica.
@@ -185,7 +191,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.state != stateNew {
 		return errors.New("mongoproxy: Start called twice")
 	}
-	olog, err := oplog.Open(oplog.Options{Path: filepath.Join(p.opts.DataDir, "oplog.db"), Origin: p.opts.NodeID}, p.log, p.reg)
+	olog, err := oplog.Open(oplog.Options{Path: filepath.Join(p.opts.DataDir, "oplog.db"), Origin: p.opts.NodeID, SyncApplied: p.opts.SyncDatabase}, p.log, p.reg)
 	if err != nil {
 		return fmt.Errorf("mongoproxy: open op log: %w", err)
 	}

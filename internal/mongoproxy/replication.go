@@ -49,6 +49,19 @@ func (p *Proxy) OpLog() *oplog.Log {
 	return p.eng.olog
 }
 
+// OnLocalAppend registers fn, called (on the client's goroutine; it must
+// not block) as soon as a local write's ops are durable in the op log,
+// before they are applied locally: replication sends them from the log at
+// once. Valid after Start.
+func (p *Proxy) OnLocalAppend(fn func()) {
+	p.mu.Lock()
+	eng := p.eng
+	p.mu.Unlock()
+	if eng != nil {
+		eng.onAppend.Store(&fn)
+	}
+}
+
 // Frontier returns a clock reading F such that every op this node has
 // captured or will capture with a timestamp at or below F is already in the
 // op log (local writes in progress hold it back), and every op it captures
@@ -467,6 +480,12 @@ func (p *Proxy) FinishSync(ctx context.Context, vector map[string]uint64) error 
 		return err
 	}
 	eng.purgeCache()
+	if f := p.opts.SyncDatabase; f != nil {
+		// The snapshot must be durable before the log says it is applied.
+		if err := f(); err != nil {
+			return fmt.Errorf("mongoproxy: finish sync: %w", err)
+		}
+	}
 	if err := eng.olog.ResetApplied(vector); err != nil {
 		return fmt.Errorf("mongoproxy: finish sync: %w", err)
 	}

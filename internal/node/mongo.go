@@ -25,6 +25,7 @@ func (n *Node) buildMongo() error {
 	if err != nil {
 		return fmt.Errorf("mongo.upstream: %w", err)
 	}
+	var syncDB func() error // set with the embedded database, see embedded.Server.Sync
 	if upstream == "" {
 		var db *embedded.Server
 		dir := filepath.Join(n.cfg.Node.DataDir, "mongo")
@@ -41,6 +42,7 @@ func (n *Node) buildMongo() error {
 					return err
 				}
 				upstream = db.URI()
+				syncDB = db.Sync
 				return nil
 			},
 			stop: func(context.Context) error {
@@ -82,14 +84,15 @@ func (n *Node) buildMongo() error {
 				hold = "replication is starting"
 			}
 			proxy, err = mongoproxy.New(mongoproxy.Options{
-				Listen:     c.Listen,
-				Upstream:   upstream,
-				NodeID:     origin,
-				DataDir:    n.cfg.Node.DataDir,
-				Replicate:  c.Replicate,
-				LocalOnly:  c.LocalOnly,
-				MaxConns:   c.MaxConns,
-				HoldWrites: hold,
+				Listen:       c.Listen,
+				Upstream:     upstream,
+				NodeID:       origin,
+				DataDir:      n.cfg.Node.DataDir,
+				Replicate:    c.Replicate,
+				LocalOnly:    c.LocalOnly,
+				MaxConns:     c.MaxConns,
+				HoldWrites:   hold,
+				SyncDatabase: syncDB,
 			}, n.log.With("part", "mongo"), n.reg)
 			if err != nil {
 				return err

@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -27,6 +28,7 @@ import (
 
 // Server is a running embedded FerretDB.
 type Server struct {
+	dir    string
 	uri    string
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -51,14 +53,14 @@ func Start(ctx context.Context, dir string, log *slog.Logger) (*Server, error) {
 	f, err := ferretdb.New(&ferretdb.Config{
 		Listener:  ferretdb.ListenerConfig{TCP: "127.0.0.1:0"},
 		Handler:   "sqlite",
-		SQLiteURL: "file:" + abs + "/",
+		SQLiteURL: "file:" + abs + "/?_pragma=synchronous(normal)",
 		Logger:    fl,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("embedded ferretdb: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(ctx)
-	s := &Server{cancel: cancel, done: make(chan struct{})}
+	s := &Server{cancel: cancel, done: make(chan struct{}), dir: abs}
 	indexed := make(chan struct{})
 	go func() {
 		defer close(s.done)
@@ -85,6 +87,41 @@ func Start(ctx context.Context, dir string, log *slog.Logger) (*Server, error) {
 	s.uri = f.MongoDBURI()
 	log.Info("embedded ferretdb started", "uri", s.uri, "dir", abs)
 	return s, nil
+}
+
+// Sync makes every write the server has completed durable: it fsyncs
+// every database file and its write-ahead log. The server runs SQLite in
+// WAL mode with synchronous=NORMAL: a commit is written but not fsync'd,
+// which survives a crash of the process but not of the machine, and about
+// doubles the write rate (measured here: ReplaceOne by _id 630/s -> 1,270/s).
+// The proxy calls Sync before its op log forgets that an op still needs
+// applying (mongoproxy.Options.SyncDatabase), so a power loss only makes
+// it apply again what the database lost.
+func (s *Server) Sync() error {
+	files, err := filepath.Glob(filepath.Join(s.dir, "*.sqlite"))
+	if err != nil {
+		return err
+	}
+	for _, f := range files {
+		for _, name := range []string{f + "-wal", f} {
+			if err := fsyncFile(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("embedded ferretdb: sync %s: %w", name, err)
+			}
+		}
+	}
+	return fsyncFile(s.dir)
+}
+
+func fsyncFile(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = f.Sync()
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // URI is the mongodb:// URI of the server.

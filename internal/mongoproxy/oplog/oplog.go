@@ -33,7 +33,10 @@
 // context is cancelled after it was taken into a batch still completes: it is then durable).
 //
 // The applied watermark is persisted lazily (with the next commit, every FlushInterval, and on
-// Close): a lagging watermark only makes Unapplied return ops that were already applied.
+// Close): a lagging watermark only makes Unapplied return ops that were already applied. With
+// Options.SyncApplied (a database that does not make each write durable on return) it is
+// persisted only after that sync, so the log keeps every op until the database holds it durably.
+// Trim only removes ops below the persisted watermarks.
 package oplog
 
 import (
@@ -68,6 +71,13 @@ type Options struct {
 	FlushInterval time.Duration
 	// LockTimeout bounds the wait for the file lock held by another process (default 5s).
 	LockTimeout time.Duration
+	// SyncApplied, when set, is called before applied watermarks are persisted and must make
+	// durable every database write completed before the call (an embedded database that does
+	// not fsync each commit, say). Watermarks are then persisted only by the flush tick, Trim
+	// and Close, after it returns nil; Trim removes only ops below persisted watermarks. So an
+	// op leaves the log only once the database holds it durably, and after a power loss
+	// whatever the database lost is applied again from the log.
+	SyncApplied func() error
 }
 
 // ErrClosed is returned by operations on a closed Log.
@@ -372,7 +382,7 @@ func (l *Log) commit(batch []*request) error {
 	last := maps.Clone(l.last)
 	applied := maps.Clone(l.applied)
 	var flush map[string]uint64
-	if l.dirty {
+	if l.dirty && l.opts.SyncApplied == nil {
 		flush = applied
 	}
 	maxTS := l.maxTS
@@ -508,6 +518,14 @@ func (l *Log) flushWatermarks() {
 	}
 	w := maps.Clone(l.applied)
 	l.mu.Unlock()
+	if l.opts.SyncApplied != nil {
+		// Every op in w was applied before this point: make the database
+		// hold it durably before the log forgets it needs applying.
+		if err := l.opts.SyncApplied(); err != nil {
+			l.log.Error("op log: database sync failed; applied watermark not persisted", "err", err)
+			return
+		}
+	}
 	err := l.db.Update(func(tx *bolt.Tx) error { return putWatermarks(tx.Bucket(bucketMeta), w) })
 	if err != nil {
 		l.log.Error("op log: persist applied watermark", "err", err)
@@ -720,12 +738,14 @@ func (l *Log) Trim() (removed int, err error) { return l.TrimBelow(math.MaxUint6
 // TrimBelow is Trim with local ops above maxLocal kept in any case (replication keeps a
 // retention window so a node doing an initial sync can still stream from a peer's position).
 func (l *Log) TrimBelow(maxLocal uint64) (removed int, err error) {
+	// Only what is durably applied may go: persist the watermark first.
+	l.flushWatermarks()
 	l.mu.Lock()
 	limits := map[string]uint64{}
-	for origin, w := range l.applied {
+	for origin, w := range l.persisted {
 		limits[origin] = w
 	}
-	local := min(l.applied[l.opts.Origin], maxLocal)
+	local := min(l.persisted[l.opts.Origin], maxLocal)
 	for _, a := range l.acks {
 		local = min(local, a)
 	}

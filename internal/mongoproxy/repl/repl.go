@@ -266,11 +266,15 @@ func (r *Replicator) Start(ctx context.Context) error {
 		return fmt.Errorf("repl: %w", err)
 	}
 	r.proxy.SetStable(r.stableNow)
-	r.proxy.OnLocalOps(func([]*crdt.Op) {
+	poke := func() {
 		for _, s := range *r.sendersP.Load() {
 			s.poke()
 		}
-	})
+	}
+	r.proxy.OnLocalAppend(poke)
+	// DDL ops are logged outside the write path: their notification comes
+	// with OnLocalOps.
+	r.proxy.OnLocalOps(func([]*crdt.Op) { poke() })
 	switch {
 	case origin == r.origin:
 		r.state.Store(stateSynced)

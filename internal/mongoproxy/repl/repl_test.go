@@ -174,7 +174,7 @@ func (nd *tnode) start() {
 	}
 	nd.reg = prometheus.NewRegistry()
 	nd.proxy, err = mongoproxy.New(mongoproxy.Options{Listen: nd.ip + ":0", Upstream: nd.db.URI(), NodeID: origin, DataDir: nd.dir,
-		HoldWrites: "replication is starting"}, log, nd.reg)
+		HoldWrites: "replication is starting", SyncDatabase: nd.db.Sync}, log, nd.reg)
 	if err != nil {
 		t.Fatal(err)
 	}
