@@ -77,7 +77,7 @@ type engine struct {
 	// onAppend is told as soon as local ops are durable in the log, before
 	// they are applied here (replication can send them at once).
 	onAppend atomic.Pointer[func()]
-	stable  atomic.Pointer[func() crdt.Timestamp]
+	stable   atomic.Pointer[func() crdt.Timestamp]
 
 	// replicated says whether this node replicates a namespace.
 	replicated func(db, coll string) bool
