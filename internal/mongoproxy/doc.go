@@ -95,10 +95,46 @@
 // BadValue, or 9 FailedToParse for what MongoDB itself cannot parse);
 // refusals of a whole command are command errors with code 2.
 //
-// Index and collection DDL (create, drop, createIndexes, dropIndexes) is
-// forwarded and works through the proxy, but is not replicated by this part:
-// there is no DDL kind of op yet (part 2 will add one). Dropping a
-// collection leaves its tombstones in edgenode_meta.
+// # DDL
+//
+// Index and collection DDL on replicated namespaces replicates as ops of
+// kind crdt.DDL, one per change: create and drop carry the key
+// "collection", createIndexes and dropIndexes one op per index with the key
+// "index:<name>". Per (namespace, key), the op with the newest timestamp
+// wins whatever the order of arrival; the winner is recorded in
+// edgenode_meta.ddl and older ops arriving later are ignored. create,
+// createIndexes and dropIndexes are forwarded to the database (the client
+// gets its own answer) and logged once it succeeded; a crash in between
+// leaves the change local (running it again replicates it). A dropIndexes
+// of "*" or of a key pattern is resolved to index names first.
+//
+// drop is executed by the proxy: logged first, then applied like a peer's
+// drop, as a delete of every document of the collection at the drop's
+// timestamp. A document written after it (by clock, on any node) survives
+// with only what was written after it, exactly as after a per-document
+// delete; indexes created before it go; the collection itself is dropped
+// when nothing newer remains. The newest drop of each namespace is kept and
+// folded into every document of it read afterwards, so an op older than the
+// drop that arrives later changes nothing. dropDatabase drops the
+// database's replicated collections that way, then is forwarded.
+// Concurrent conflicting DDL (two nodes creating the same index name with
+// different keys) ends with the newest everywhere; an index the database
+// refuses to build is parked in edgenode_meta.conflicts.
+//
+// # Replication hooks
+//
+// Package repl streams the op log between nodes. The proxy gives it: the
+// op log (OpLog), a clock frontier (Frontier: local writes in progress hold
+// it back, so every op at or below it is already in the log), clock
+// observation, notifications of local appends, a write gate (BlockWrites,
+// Options.HoldWrites: captured writes and DDL get 10107 NotWritablePrimary
+// while a node is not a complete replica), and the two halves of an initial
+// sync (AppliedVector and Snapshot on the source; BeginSync, LoadSnapshot
+// and FinishSync on the new node), plus the marker that the database is a
+// synced replica of this op log (SyncedOrigin, MarkSynced).
+//
+// Peers' ops are applied several documents at a time (each still one
+// read-merge-write under its document's lock).
 //
 // # Storage
 //
@@ -181,4 +217,11 @@
 //     MongoDB's own for _id duplicates it detects itself.
 //   - It has no oplog, change streams or transactions, none of which the
 //     proxy needs.
+//   - Its lookups by _id use a SQL expression its own _id index does not
+//     cover, so they scan the collection; package embedded adds the index
+//     they need (see embedded/idindex.go).
+//   - The embedded database runs SQLite with synchronous=NORMAL (a commit
+//     survives a process crash, not a power loss); Options.SyncDatabase
+//     makes the op log keep every op until the database has been fsync'd
+//     after applying it.
 package mongoproxy

@@ -13,6 +13,10 @@
 // seeing another gets a larger Timestamp. Each origin hands out distinct Timestamps, and Apply uses
 // them to recognize duplicates; Validate insists that TS.Node equals Origin.
 //
+// A fourth kind, DDL, carries a collection or index change (DDLCommand validates it); it has no
+// document semantics: Apply refuses it and the proxy executes it (last writer wins per namespace
+// and key, see package mongoproxy).
+//
 // Updates use only $set, $unset, $inc, $min, $max and $addToSet (with or without $each); capture
 // turns $setOnInsert and $currentDate (HLC time, Timestamp.Time) into $set beforehand. Validate
 // refuses everything else, positional paths, paths through _id or the hidden field, and paths that

@@ -1,0 +1,156 @@
+// Package repl replicates the Mongo layer between nodes: every node streams
+// the ops its proxy captured (package mongoproxy, op log in package oplog)
+// to every peer over the mesh, applies the peers' ops, keeps the compaction
+// frontier that lets documents fold their commutative history, and brings
+// new, wiped or lagging nodes up to date with an initial sync.
+//
+// # Streaming
+//
+// Each node streams its own ops, and only its own, to each peer on mesh
+// topic "repl" (package mesh: per-pair ordered, at most once, bounded
+// queues). A sender per peer keeps the peer's position in this node's ops
+// (the highest seq it has applied: its checkpoint) and sends from there, in
+// seq order, in messages of up to BatchOps ops, never more than WindowOps
+// beyond the last acknowledged position (flow control: the mesh drops what
+// does not fit a peer's queue, so the window keeps the queue from
+// overflowing and a slow peer from being flooded).
+//
+// The receiver applies each origin's ops in order on a goroutine of that
+// origin (proxy.ApplyRemote: logged durably, then applied), and answers
+// with an ack carrying its applied position. A message that does not follow
+// its position (one before it was lost) is answered with a gap ack, and the
+// sender goes back to the acknowledged position; when acks stop coming for
+// ResendAfter (messages lost on a broken link), the sender does the same. A
+// restart of either side resumes from the position the peer reports in its
+// heartbeats (or the one persisted with oplog.SetPeerAck). In the steady
+// state nothing is sent twice; after a loss, what is sent again and was
+// already applied is skipped by position, and applying an op twice would
+// change nothing anyway (crdt.Apply is idempotent).
+//
+// Peers acknowledge what they applied (and so logged durably). The origin
+// persists those positions and trims its log below the smallest of them,
+// but never the last LogRetention of its ops (a new node syncing from a
+// third node may need them). A node missing from the node map for
+// ForgetPeerAfter stops holding the log back; if it comes back, its
+// position is below what the log still holds, which it sees in heartbeats,
+// and it resyncs.
+//
+// # Heartbeats and incarnations
+//
+// Every HeartbeatInterval a node broadcasts its origin, its frontier (below),
+// its last seq, the first seq its log still holds, whether it is a synced
+// replica, and its applied position for every origin. Peers learn positions
+// from it (a sender's starting point, progress whose ack was lost), fold the
+// clock into their own HLC, and compute lag.
+//
+// An origin is a node id plus an incarnation ("node1~lx3k9a2"): a node whose
+// data folder is wiped loses its op log, and would otherwise number new ops
+// from 1 again, which its peers would take for ops they already have.
+// Incarnation gives the folder a new origin when it has no op log (see
+// DATA_DIR/mongo-origin); a folder from before incarnations keeps the plain
+// node id.
+//
+// # Compaction frontier (causal stability)
+//
+// Commutative ops ($inc, $min, $max, $addToSet) stay in a document's
+// metadata until a $set of the path dominates them; crdt.Meta.Compact folds
+// them into the value once they are causally stable: every op with a
+// timestamp at or below the frontier has been applied on this node. Without
+// it a hot counter's metadata grows with every increment (measured in part
+// 1: 40 s instead of 9 s for the same run).
+//
+// The frontier is computed here, per node, from heartbeats: a node
+// announces F (mongoproxy.Proxy.Frontier: a clock reading such that all its
+// ops at or below F are in its log; local writes in progress hold it back)
+// with L, its last seq read after F. Once this node has applied that
+// origin's ops up to L, every op of that origin at or below F is applied
+// here. The frontier is the minimum of that over every origin this node
+// knows, its own included, and never later than the wall clock minus
+// StableMargin. F is only announced once fenced in the log (oplog.Fence),
+// so a node that crashes resumes its clock above anything it announced. A
+// node present in the map but not heard yet freezes the frontier; a node
+// absent from the map keeps its last value until forgotten.
+//
+// Stability at this node is all compaction needs: compaction changes how a
+// document's metadata is stored, never the document, so replicas may
+// compact at different points. A snapshot copied to another node carries
+// its floor, and every op at or below that floor is already in the copy.
+// What this cannot cover is a node it has never heard of writing with a
+// clock behind the frontier: a brand new node observes the cluster's clocks
+// (heartbeats, the sync source's clock) before it takes writes, and
+// StableMargin covers wall-clock skew below it. Ops that arrive below a
+// frontier already used anyway are counted
+// (edgenode_mongo_repl_late_ops_total) and logged as errors.
+//
+// # Initial sync
+//
+// A node whose database is not marked as a synced replica of its op log
+// (new, wiped database, wiped op log) starts with captured writes refused
+// (10107 NotWritablePrimary; reads and local-only collections work) and
+// runs this state machine (see sync.go): wait for an alive peer that says it
+// is synced; ask it for a snapshot; it answers first with its applied vector
+// (its applied position for every origin) and its clock, then with every
+// replicated collection (options, indexes), document (with metadata),
+// tombstone and DDL record, in numbered chunks with a window of
+// acknowledgements; the node empties its replicated data when the vector
+// arrives, stores the chunks, and at the end sets its op log's applied
+// positions to the vector (ops of its own above it, from an intact log, are
+// applied again) and marks its database synced. Streaming then takes over
+// from the vector.
+//
+// The vector is read before the first document: documents only move
+// forward, so every op at or below it is in what is copied, and an op above
+// it that the copy already holds is harmless to apply again. Writes on the
+// source during the copy are therefore handled by the positions, not by a
+// consistent snapshot.
+//
+// With no synced peer after BootstrapWait, and every alive peer heard and
+// unsynced (or no peer at all), the node starts the cluster's data as it
+// is. A node that finds itself behind a peer's trimmed log resyncs the same
+// way, from any synced peer, with writes refused meanwhile; it never
+// bootstraps. Writes are allowed after a sync once every alive peer has
+// been heard (its clock observed), or after 3 s.
+//
+// # Lag and readiness
+//
+// For each origin, this node's lag is the ops it has not applied
+// (announced last seq minus applied) and the time since it learned of the
+// oldest of them; for each peer, the ops of this node it has not
+// acknowledged and the age of the oldest. Both are on /metrics
+// (edgenode_mongo_repl_lag_ops{origin}, _lag_seconds{origin},
+// _peer_lag_ops{peer}, _peer_lag_seconds{peer}) and in Status (for
+// /status.json, with every peer's applied position for every origin).
+// edgenode_mongo_repl_delay_seconds{origin} is the distribution of apply
+// time minus capture time of every applied op.
+//
+// Ready reports an error while the node is not a synced replica, or when
+// some alive peer's ops have waited here longer than MaxLag. The choice: a
+// lagging node reports itself not ready (so /readyz can take it out of DNS
+// and load balancers, and clients go to a fresher node), but it keeps
+// accepting writes. Refusing writes would not make its data fresher, the
+// writes converge anyway, and in a multi-master cluster the node that lags
+// is often the one that is cut off, where local writes are the point. Only
+// the lag of alive peers counts: a dead peer has nothing to send, and must
+// not make the whole cluster unready.
+//
+// # cron_leader
+//
+// Exactly one node may carry cron_leader. The node map shows it as the tag
+// CronLeaderTag; when the live nodes (not dead) claiming it are not exactly
+// one, every node logs a warning and edgenode_cron_leader_claims shows the
+// count.
+//
+// # Limits
+//
+//   - A node streams only its own ops. If a node's data folder is destroyed
+//     before its ops reached every peer, the peers that missed them never get
+//     them (the others keep them): before wiping a node, let its peers catch
+//     up (peer lag 0).
+//   - An op larger than the mesh's maximum message size (8 MiB by default)
+//     cannot be sent: logged and counted, and that peer's stream stops
+//     there. Snapshot chunks are limited the same way.
+//   - Clocks must agree within StableMargin for the compaction frontier's
+//     guarantee (see above).
+//   - DDL replicates as ops too (mongoproxy, crdt.DDL); a collection drop
+//     deletes only what is older than it, everywhere.
+package repl
