@@ -139,6 +139,35 @@ func mongoClient(t testing.TB, p *nodeProc) *mongo.Client {
 type ledger struct {
 	acked, unsure [nCounters]atomic.Int64
 	ops, errs     atomic.Int64
+	mu            sync.Mutex
+	kinds         map[string]int // errors by kind, for the logs
+}
+
+func (l *ledger) noteErr(err error) {
+	kind := "other"
+	var se mongo.ServerError
+	switch {
+	case errors.As(err, &se) && se.HasErrorCode(10107):
+		kind = "refused (not writable)"
+	case mongo.IsTimeout(err):
+		kind = "timeout"
+	case mongo.IsNetworkError(err):
+		kind = "network"
+	case errors.As(err, &se):
+		kind = fmt.Sprintf("server error %v", se.ErrorCodes())
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.kinds == nil {
+		l.kinds = map[string]int{}
+	}
+	l.kinds[kind]++
+}
+
+func (l *ledger) errKinds() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return fmt.Sprint(l.kinds)
 }
 
 // workload writes to one node until ctx ends: inserts of fresh documents,
@@ -188,6 +217,7 @@ func workload(ctx context.Context, cl *mongo.Client, node int, seed uint64, led 
 		led.ops.Add(1)
 		if err != nil {
 			led.errs.Add(1)
+			led.noteErr(err)
 			if ctx.Err() == nil {
 				time.Sleep(20 * time.Millisecond)
 			}
@@ -463,7 +493,7 @@ func TestReplKillAndRestart(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	stop()
 	n := checkConverged(t, cs.get(), names(3), led, 60*time.Second)
-	t.Logf("%d writes (%d failed or unsure), node2 killed and restarted; %d documents identical", led.ops.Load(), led.errs.Load(), n)
+	t.Logf("%d writes (%d failed or unsure: %s), node2 killed and restarted; %d documents identical", led.ops.Load(), led.errs.Load(), led.errKinds(), n)
 }
 
 func TestReplWipedNodeResyncs(t *testing.T) {
@@ -502,7 +532,7 @@ func TestReplWipedNodeResyncs(t *testing.T) {
 	if !strings.Contains(c.nodes[2].out.String(), "initial sync done") {
 		t.Error("node3 did not log an initial sync")
 	}
-	t.Logf("%d writes (%d failed or unsure); node3 wiped (origin %s -> %s) and resynced; %d documents identical", led.ops.Load(), led.errs.Load(), before.Origin, after.Origin, n)
+	t.Logf("%d writes (%d failed or unsure: %s); node3 wiped (origin %s -> %s) and resynced; %d documents identical", led.ops.Load(), led.errs.Load(), led.errKinds(), before.Origin, after.Origin, n)
 }
 
 func TestReplFourthNodeJoins(t *testing.T) {
@@ -745,4 +775,107 @@ func TestReplPartitionHeals(t *testing.T) {
 	if led.errs.Load() > 0 {
 		t.Errorf("%d writes failed: a partitioned node must keep taking writes", led.errs.Load())
 	}
+}
+
+// waitAcked is waitOwnOpsAcked with a bound.
+func waitAcked(t *testing.T, c *cluster, i, peers int, d time.Duration) {
+	t.Helper()
+	waitFor(t, d, fmt.Sprintf("node%d's ops acknowledged by every peer", i+1), func() bool {
+		st, err := replStatus(c.nodes[i])
+		if err != nil || len(st.Peers) < peers {
+			return false
+		}
+		for _, p := range st.Peers {
+			if p.LagOps != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestReplSoak is a randomized run of the faults above, one after another,
+// under a continuous write load on every node, for -repl.soak (in network
+// namespaces with partitions when root; SIGSTOP pauses stand in for them
+// otherwise). It reports the writes, the faults and the final check.
+func TestReplSoak(t *testing.T) {
+	if *flagSoak <= 0 {
+		t.Skip("set -repl.soak=5m (for example) to run the randomized replication soak")
+	}
+	const n = 3
+	var c *cluster
+	var rn *replNet
+	var start func(i int)
+	netns := os.Geteuid() == 0 && exec.Command("ip", "netns", "list").Run() == nil
+	if netns {
+		rn = setupReplNet(t, n)
+		c = nsCluster(t, rn, n)
+		start = func(i int) {
+			p := *c.nodes[i]
+			c.nodes[i] = startNodeIn(t, rn.ns[i], c.cfgs[i], &p)
+		}
+	} else {
+		c = replCluster(t, n)
+		start = c.start
+	}
+	for i := range n {
+		start(i)
+	}
+	waitWritable(t, c, 90*time.Second, 0, 1, 2)
+	cs := &clientSet{cl: make([]*mongo.Client, n)}
+	for i := range n {
+		cs.cl[i] = mongoClient(t, c.nodes[i])
+	}
+	led := &ledger{}
+	stop := runWorkload(cs.get, 9, led)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	faults := map[string]int{}
+	kinds := []string{"kill9", "pause", "wipe"}
+	if netns {
+		kinds = append(kinds, "partition")
+	}
+	deadline := time.Now().Add(*flagSoak)
+	for time.Now().Before(deadline) {
+		time.Sleep(time.Duration(3+rng.IntN(8)) * time.Second)
+		i := rng.IntN(n)
+		kind := kinds[rng.IntN(len(kinds))]
+		t.Logf("%s: %s node%d", time.Now().Format("15:04:05"), kind, i+1)
+		switch kind {
+		case "kill9":
+			cs.set(i, nil)
+			kill9(t, c, i)
+			time.Sleep(time.Duration(1+rng.IntN(5)) * time.Second)
+			start(i)
+		case "pause":
+			_ = c.nodes[i].cmd.Process.Signal(syscall.SIGSTOP)
+			time.Sleep(time.Duration(3+rng.IntN(8)) * time.Second)
+			_ = c.nodes[i].cmd.Process.Signal(syscall.SIGCONT)
+		case "wipe":
+			cs.set(i, nil)
+			time.Sleep(500 * time.Millisecond)
+			waitAcked(t, c, i, n-1, 3*time.Minute)
+			kill9(t, c, i)
+			if err := os.RemoveAll(c.nodes[i].dataDir); err != nil {
+				t.Fatal(err)
+			}
+			start(i)
+		case "partition":
+			rn.cut(i, true)
+			time.Sleep(time.Duration(5+rng.IntN(10)) * time.Second)
+			rn.cut(i, false)
+		}
+		faults[kind]++
+		waitWritable(t, c, 3*time.Minute, i)
+		if cs.get()[i] == nil {
+			cs.set(i, mongoClient(t, c.nodes[i]))
+		}
+	}
+	stop()
+	docs := checkConverged(t, cs.get(), names(n), led, 5*time.Minute)
+	var acked int64
+	for k := range nCounters {
+		acked += led.acked[k].Load()
+	}
+	t.Logf("soak %v: %d writes (%d failed or unsure: %s), faults %v; %d documents identical on %d nodes; counters hold all %d acknowledged increments",
+		*flagSoak, led.ops.Load(), led.errs.Load(), led.errKinds(), faults, docs, n, acked)
 }

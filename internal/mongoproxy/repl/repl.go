@@ -25,6 +25,10 @@ const (
 	SyncTopic = "repl-sync"
 )
 
+// CronLeaderTag is the default node map tag of the node claiming
+// cron_leader (the node adds it to its mesh tags).
+const CronLeaderTag = "cron-leader"
+
 // Transport is what replication needs from the mesh (*mesh.Mesh implements
 // it): at-most-once, per-pair ordered messages on named topics, and the node
 // map.
@@ -108,7 +112,7 @@ func (o *Options) defaults() {
 		o.WindowOps = 8192
 	}
 	if o.CronLeaderTag == "" {
-		o.CronLeaderTag = "cron-leader"
+		o.CronLeaderTag = CronLeaderTag
 	}
 }
 
