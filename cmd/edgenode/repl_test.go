@@ -139,6 +139,7 @@ func mongoClient(t testing.TB, p *nodeProc) *mongo.Client {
 type ledger struct {
 	acked, unsure [nCounters]atomic.Int64
 	ops, errs     atomic.Int64
+	fresh         atomic.Int64 // ids of inserted documents, unique across writers and restarts
 	mu            sync.Mutex
 	kinds         map[string]int // errors by kind, for the logs
 }
@@ -177,7 +178,7 @@ func workload(ctx context.Context, cl *mongo.Client, node int, seed uint64, led 
 	rng := rand.New(rand.NewPCG(seed, uint64(node)))
 	docs := cl.Database(replDB).Collection(docColl)
 	ctrs := cl.Database(replDB).Collection(counterColl)
-	fresh := 0
+	var mine []int64 // documents this writer inserted
 	for ctx.Err() == nil {
 		wctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		var err error
@@ -206,11 +207,12 @@ func workload(ctx context.Context, cl *mongo.Client, node int, seed uint64, led 
 		case k < 72:
 			_, err = docs.DeleteOne(wctx, bson.D{{Key: "_id", Value: shared}})
 		case k < 92:
-			fresh++
-			_, err = docs.InsertOne(wctx, bson.D{{Key: "_id", Value: fmt.Sprintf("n%d-%d-%d", node, seed%1000, fresh)}, {Key: "node", Value: node}, {Key: "body", Value: strings.Repeat("x", rng.IntN(200))}})
+			id := led.fresh.Add(1)
+			mine = append(mine, id)
+			_, err = docs.InsertOne(wctx, bson.D{{Key: "_id", Value: fmt.Sprintf("n%d", id)}, {Key: "node", Value: node}, {Key: "body", Value: strings.Repeat("x", rng.IntN(200))}})
 		default:
-			if fresh > 0 {
-				_, err = docs.DeleteOne(wctx, bson.D{{Key: "_id", Value: fmt.Sprintf("n%d-%d-%d", node, seed%1000, rng.IntN(fresh)+1)}})
+			if len(mine) > 0 {
+				_, err = docs.DeleteOne(wctx, bson.D{{Key: "_id", Value: fmt.Sprintf("n%d", mine[rng.IntN(len(mine))])}})
 			}
 		}
 		cancel()

@@ -47,6 +47,10 @@ func (r *Replicator) onOps(from string, msg []byte) {
 		return
 	}
 	r.mu.Lock()
+	if r.stopping {
+		r.mu.Unlock()
+		return
+	}
 	rc := r.receivers[origin]
 	if rc == nil {
 		rc = &receiver{r: r, origin: origin, q: make(chan inbound, 256)}

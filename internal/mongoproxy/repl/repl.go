@@ -151,6 +151,7 @@ type Replicator struct {
 	applyGate sync.RWMutex
 
 	mu        sync.Mutex
+	stopping  bool                  // Stop was called: start no goroutine
 	nodes     map[string]*nodeState // by node id, peers only
 	self      *hbQueue
 	senders   map[string]*sender
@@ -324,6 +325,9 @@ func (r *Replicator) Stop(ctx context.Context) error {
 		t.Handle(Topic, nil)
 		t.Handle(SyncTopic, nil)
 	}
+	r.mu.Lock()
+	r.stopping = true // handlers still running must not start goroutines now
+	r.mu.Unlock()
 	r.cancel()
 	done := make(chan struct{})
 	go func() { r.wg.Wait(); close(done) }()
@@ -593,7 +597,7 @@ func (r *Replicator) applyMap(m *nodemap.Map) {
 	for id, mn := range present {
 		n := r.node(id)
 		n.inMap, n.mapState, n.goneSince = true, mn.State, time.Time{}
-		if r.senders[id] == nil {
+		if r.senders[id] == nil && !r.stopping {
 			s := newSender(r, id)
 			r.senders[id] = s
 			r.wg.Add(1)

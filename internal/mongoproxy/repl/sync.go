@@ -363,13 +363,26 @@ func (r *Replicator) handleSync(from string, msg []byte) {
 // serveSync starts serving a snapshot to peer.
 func (r *Replicator) serveSync(peer string, session uint64) {
 	refuse := func(why string) {
-		go func() { _ = r.sendSync(peer, &syncMsg{typ: msgSyncEnd, session: session, errText: why}) }()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.stopping {
+			return
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			_ = r.sendSync(peer, &syncMsg{typ: msgSyncEnd, session: session, errText: why})
+		}()
 	}
 	if !r.isSynced() {
 		refuse("not a synced replica")
 		return
 	}
 	r.mu.Lock()
+	if r.stopping {
+		r.mu.Unlock()
+		return
+	}
 	if len(r.sessions) >= maxSyncServers {
 		r.mu.Unlock()
 		refuse("busy")
