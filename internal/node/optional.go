@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/dns"
 	"github.com/edgenode/edgenode/internal/mesh"
+	"github.com/edgenode/edgenode/internal/mongoproxy/repl"
 	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
@@ -167,9 +169,14 @@ func (n *Node) buildMesh() (*mesh.Mesh, error) {
 		keys = append(keys, key)
 	}
 	self := selfNode(&n.cfg, n.version)
+	tags := slices.Clone(n.cfg.Node.Tags)
+	if n.cfg.Node.CronLeader {
+		// Peers check from the node map that exactly one node claims it.
+		tags = append(tags, repl.CronLeaderTag)
+	}
 	m, err := mesh.New(mesh.Options{
 		NodeID: n.cfg.Node.ID, Region: n.cfg.Node.Region, Lat: n.cfg.Node.Latitude, Lon: n.cfg.Node.Longitude,
-		PublicIPv4: self.IPv4, PublicIPv6: self.IPv6, Tags: n.cfg.Node.Tags,
+		PublicIPv4: self.IPv4, PublicIPv6: self.IPv6, Tags: tags,
 		BinaryVersion: n.version, ConfigVersion: n.cfgVersion,
 		BindAddr: c.Bind, AdvertiseAddr: c.Advertise, LinkAddr: c.LinkListen, Seeds: c.Seeds,
 		GossipKeys: keys, CACertFile: c.CACert, CertFile: c.Cert, KeyFile: c.KeyFile,
