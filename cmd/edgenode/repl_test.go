@@ -50,13 +50,6 @@ const (
 	nShared     = 24
 )
 
-// replNode is a test node's Mongo side.
-type replNode struct {
-	c      *cluster
-	i      int
-	client *mongo.Client
-}
-
 func replCluster(t *testing.T, n int) *cluster {
 	t.Helper()
 	if testing.Short() {

@@ -75,7 +75,7 @@ type Options struct {
 	// never write below a frontier it has not heard of.
 	StableMargin time.Duration
 	// BootstrapWait is how long a node that needs an initial sync waits for
-	// a synced peer before deciding it starts the cluster (default 5s).
+	// a synced peer before deciding it starts the cluster (default 3s).
 	BootstrapWait time.Duration
 	// SyncTimeout aborts an initial sync that makes no progress for this
 	// long (default 30s); another attempt follows.
@@ -99,7 +99,7 @@ func (o *Options) defaults() {
 	def(&o.HeartbeatInterval, 200*time.Millisecond)
 	def(&o.ResendAfter, 2*time.Second)
 	def(&o.StableMargin, time.Second)
-	def(&o.BootstrapWait, 5*time.Second)
+	def(&o.BootstrapWait, 3*time.Second)
 	def(&o.SyncTimeout, 30*time.Second)
 	def(&o.TrimInterval, 5*time.Second)
 	if o.BatchOps <= 0 {
