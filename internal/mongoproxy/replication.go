@@ -102,7 +102,7 @@ func (p *Proxy) BlockWrites(reason string) {
 	}
 	p.mu.Unlock()
 	eng.blocked.Store(&reason)
-	eng.gate.Lock() // waits for writes in flight (they hold the gate shared)
+	eng.gate.Lock()   // waits for writes in flight (they hold the gate shared)
 	eng.gate.Unlock() //lint:ignore SA2001 the empty section is the point: a barrier
 }
 
