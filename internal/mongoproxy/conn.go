@@ -203,6 +203,9 @@ func (c *clientConn) handle(msg []byte) error {
 // replyFilter says how to rewrite replies on their way back.
 type replyFilter struct {
 	hideMetaDB bool // listDatabases: drop edgenode_meta
+	// onReply, when set, sees the first reply's body before the client does
+	// (DDL is logged before the client learns it succeeded).
+	onReply func(body bson.Raw)
 }
 
 func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
@@ -226,15 +229,14 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	case d.rewrite != nil:
 		msg = wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags, d.rewrite, m.Sequences...)
 	}
-	err = c.forward(msg, !m.MoreToCome(), d.filter)
+	f := d.filter
+	called := false
 	if d.after != nil {
-		var body bson.Raw
-		if err == nil && !m.MoreToCome() {
-			if rm, perr := wire.ParseMsg(c.ubuf); perr == nil {
-				body = bson.Raw(rm.Body)
-			}
-		}
-		d.after(body)
+		f.onReply = func(body bson.Raw) { called = true; d.after(body) }
+	}
+	err = c.forward(msg, !m.MoreToCome(), f)
+	if d.after != nil && !called {
+		d.after(nil)
 	}
 	switch d.auth {
 	case authWatch:
@@ -313,6 +315,14 @@ func (c *clientConn) forward(msg []byte, expectReply bool, f replyFilter) error 
 			return fmt.Errorf("upstream read: %w", err)
 		}
 		c.ubuf = reply
+		if f.onReply != nil {
+			var body bson.Raw
+			if rm, perr := wire.ParseMsg(reply); perr == nil {
+				body = bson.Raw(rm.Body)
+			}
+			f.onReply(body)
+			f.onReply = nil
+		}
 		out, more, err := filterReply(reply, f)
 		if err != nil {
 			return fmt.Errorf("upstream reply: %w", err)

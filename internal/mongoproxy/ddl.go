@@ -423,8 +423,9 @@ func (e *engine) localDrop(ctx context.Context, ns string) (int, error) {
 
 // afterLocalDDL logs DDL the database has just accepted from a client
 // (create, createIndexes, dropIndexes), records it as the newest for its
-// keys and hands it to replication. A crash between the database's answer
-// and this leaves the change local; running the command again replicates it.
+// keys and hands it to replication, before the client gets the answer. A
+// crash between the database's answer and this leaves the change local;
+// running the command again replicates it.
 func (e *engine) afterLocalDDL(ctx context.Context, ns string, cmds []ddlCmd) {
 	if len(cmds) == 0 {
 		return
