@@ -129,6 +129,9 @@ func run() error {
 	}
 	var rows [][3]string
 	for _, s := range strings.Split(*flagRates, ",") {
+		if strings.TrimSpace(s) == "" {
+			continue
+		}
 		rate, err := strconv.Atoi(strings.TrimSpace(s))
 		if err != nil || rate <= 0 {
 			return fmt.Errorf("bad rate %q", s)
