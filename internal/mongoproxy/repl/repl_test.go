@@ -491,7 +491,6 @@ func TestInitialSyncAndTrimmedResync(t *testing.T) {
 	waitSame(t, "app", 30*time.Second, n1, n2)
 }
 
-
 // TestDatabaseWipedUnderIntactLog: a node whose database is lost but whose
 // op log survives resyncs from a peer, then applies again its own ops the
 // peer never got (they are still in its log), and those reach the peer.
