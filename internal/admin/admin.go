@@ -7,11 +7,13 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +28,16 @@ type Server struct {
 	srv   *http.Server
 	ready atomic.Bool
 	token string
+
+	checksMu sync.Mutex
+	checks   []readyCheck
+}
+
+// readyCheck is a part's own condition for readiness (e.g. a replica that
+// lags too far behind): /readyz is 503 while it returns an error.
+type readyCheck struct {
+	name string
+	fn   func() error
 }
 
 // New builds the admin server on a bound listener. gatherer is the node's
@@ -41,6 +53,11 @@ func New(ln net.Listener, gatherer prometheus.Gatherer, token string, log *slog.
 		if !s.ready.Load() {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte("not ready\n"))
+			return
+		}
+		if err := s.failingCheck(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
@@ -82,6 +99,25 @@ func (s *Server) requireToken(h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
+}
+
+// AddCheck adds a condition /readyz also requires once the node is ready.
+func (s *Server) AddCheck(name string, fn func() error) {
+	s.checksMu.Lock()
+	s.checks = append(s.checks, readyCheck{name, fn})
+	s.checksMu.Unlock()
+}
+
+func (s *Server) failingCheck() error {
+	s.checksMu.Lock()
+	checks := s.checks
+	s.checksMu.Unlock()
+	for _, c := range checks {
+		if err := c.fn(); err != nil {
+			return fmt.Errorf("%s: %w", c.name, err)
+		}
+	}
+	return nil
 }
 
 // SetReady flips /readyz.
