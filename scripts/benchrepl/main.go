@@ -3,7 +3,7 @@
 // each node's proxy) and prints a table:
 //
 //   - replication lag p50/p99 at a target write rate (default 1,000 and
-//     10,000 writes/s, spread over the three nodes): from every node's
+//     10,000 writes/s, spread over the three nodes): from every node.s
 //     edgenode_mongo_repl_delay_seconds histogram (apply time minus the
 //     origin's clock at capture), the run's delta, merged over nodes and
 //     origins, interpolated within buckets;
@@ -17,7 +17,7 @@
 //
 // Nothing is asserted; targets are printed beside the figures. Usage:
 //
-//	go run ./scripts/benchrepl -bin bin/edgenode [-duration 10s] [-rates 1000,10000]
+//	go run ./scripts/benchrepl -bin bin/edgenode [-duration 10s] [-rates 100,1000,10000]
 //	    [-partition 60s] [-partition-rate 1000] [-sync-docs 50000]
 package main
 
@@ -54,7 +54,7 @@ import (
 var (
 	flagBin       = flag.String("bin", "bin/edgenode", "the edgenode binary")
 	flagDuration  = flag.Duration("duration", 10*time.Second, "length of each lag run")
-	flagRates     = flag.String("rates", "1000,10000", "write rates (writes/s over the three nodes) for the lag runs")
+	flagRates     = flag.String("rates", "100,1000,10000", "write rates (writes/s over the three nodes) for the lag runs")
 	flagPartition = flag.Duration("partition", 60*time.Second, "how long one node is cut off for the catch-up run (the issue's figure: 5m)")
 	flagPartRate  = flag.Int("partition-rate", 1000, "writes/s on the other two nodes during the partition")
 	flagSyncDocs  = flag.Int("sync-docs", 50000, "documents on node1 for the initial-sync run")

@@ -141,6 +141,7 @@ type Replicator struct {
 	wg     sync.WaitGroup
 
 	state     atomic.Int32
+	badLogged atomic.Int64  // unix nanos of the last malformed-message log line
 	syncWake  chan struct{} // wakes the sync loop (resync needed, map changed)
 	resync    atomic.Pointer[string]
 	maxStable atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the proxy
@@ -403,7 +404,12 @@ func (r *Replicator) handle(from string, msg []byte) {
 
 func (r *Replicator) bad(from, what string, err error) {
 	r.met.badMessages.Inc()
-	r.log.Warn("malformed replication message dropped", "peer", from, "what", what, "err", err)
+	// At most one line every 10 s: a peer of another version could send
+	// many messages this one does not understand.
+	now := time.Now().UnixNano()
+	if last := r.badLogged.Load(); now-last > int64(10*time.Second) && r.badLogged.CompareAndSwap(last, now) {
+		r.log.Warn("malformed replication message dropped (more are only counted for 10s)", "peer", from, "what", what, "err", err)
+	}
 }
 
 // onHeartbeat records a peer's announcement.
