@@ -69,6 +69,15 @@ func (n *Node) buildMongo() error {
 		}
 		_ = json.NewEncoder(w).Encode(r.Status())
 	}))
+	// A replica that is not synced yet, or lags past mongo.max_lag behind an
+	// alive peer, is not ready: load balancers and DNS health checks move
+	// clients to a fresher node (it still accepts writes; see package repl).
+	n.admin.AddCheck("mongo replication", func() error {
+		if r := rep.Load(); r != nil {
+			return r.Ready()
+		}
+		return nil
+	})
 	n.parts = append(n.parts, &part{
 		name:   "mongo",
 		detail: detail,
