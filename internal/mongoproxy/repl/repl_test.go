@@ -54,7 +54,8 @@ type tnode struct {
 	mesh   *mesh.Mesh
 	rep    *Replicator
 	reg    *prometheus.Registry
-	cl     *mongo.Client // through the proxy
+	crash  context.CancelFunc // stops the mesh without a goodbye
+	cl     *mongo.Client      // through the proxy
 	direct *mongo.Client // straight to the database
 	logs   *logBuf
 }
@@ -182,7 +183,9 @@ func (nd *tnode) start() {
 	if nd.mesh, err = mesh.New(nd.mopts, log, nd.reg); err != nil {
 		t.Fatal(err)
 	}
-	if err := nd.mesh.Start(ctx); err != nil {
+	mctx, crash := context.WithCancel(ctx)
+	nd.crash = crash
+	if err := nd.mesh.Start(mctx); err != nil {
 		t.Fatal(err)
 	}
 	ro := nd.ropts
@@ -529,5 +532,104 @@ func TestDatabaseWipedUnderIntactLog(t *testing.T) {
 	}
 	if !strings.Contains(n2.logs.String(), "initial sync done") {
 		t.Error("n2 did not resync")
+	}
+}
+
+// wipe stops the node, removes its whole data folder (op log, origin,
+// database) and starts it again: a new incarnation that must resync.
+func (nd *tnode) wipe() {
+	t := nd.c.t
+	// As after kill -9: the mesh vanishes without a goodbye (peers keep the
+	// node in their map, dead), nothing is flushed on purpose.
+	nd.crash()
+	nd.stop()
+	nd.db.Stop()
+	_ = nd.direct.Disconnect(context.Background())
+	nd.db, nd.direct = nil, nil
+	must(t, os.RemoveAll(nd.dir))
+	nd.start()
+}
+
+// TestRepeatedWipesKeepCounters: concurrent increments on every node while
+// nodes are wiped one after another (each after its own ops reached its
+// peers); every counter ends at the sum of acknowledged increments.
+func TestRepeatedWipesKeepCounters(t *testing.T) {
+	c := newTCluster(t, 3, nil)
+	for _, nd := range c.nodes {
+		nd.start()
+	}
+	c.waitWritable(c.nodes...)
+	ctx := context.Background()
+	var acked [4]atomic.Int64
+	var mu sync.RWMutex // writers hold it shared; a wipe swaps a node's client
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range c.nodes {
+		for w := range 2 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for k := 0; ; k++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					mu.RLock()
+					cl := c.nodes[i].cl
+					if cl == nil {
+						mu.RUnlock()
+						time.Sleep(20 * time.Millisecond)
+						continue
+					}
+					ctr := (k + w) % len(acked)
+					_, err := cl.Database("app").Collection("ctr").UpdateOne(ctx, bson.D{{Key: "_id", Value: fmt.Sprintf("c%d", ctr)}},
+						bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}}, options.UpdateOne().SetUpsert(true))
+					mu.RUnlock()
+					if err == nil {
+						acked[ctr].Add(1)
+					} else {
+						time.Sleep(20 * time.Millisecond)
+					}
+				}
+			}()
+		}
+	}
+	rounds := 4
+	if raceEnabled {
+		rounds = 2
+	}
+	for r := range rounds {
+		time.Sleep(2 * time.Second)
+		nd := c.nodes[r%len(c.nodes)]
+		// Writers leave the node, and its ops reach its peers first.
+		mu.Lock()
+		cl := nd.cl
+		nd.cl = nil
+		mu.Unlock()
+		_ = cl
+		waitUntil(t, 30*time.Second, nd.id+"'s ops acknowledged", func() bool {
+			for _, p := range nd.rep.Status().Peers {
+				if p.LagOps != 0 {
+					return false
+				}
+			}
+			return true
+		})
+		mu.Lock()
+		nd.wipe()
+		mu.Unlock()
+		c.waitWritable(nd)
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	waitSame(t, "app", 60*time.Second, c.nodes...)
+	for k := range acked {
+		var doc bson.M
+		must(t, c.nodes[0].cl.Database("app").Collection("ctr").FindOne(ctx, bson.D{{Key: "_id", Value: fmt.Sprintf("c%d", k)}}).Decode(&doc))
+		if got := toInt(doc["n"]); got != acked[k].Load() {
+			t.Errorf("counter c%d = %d, acknowledged increments %d", k, got, acked[k].Load())
+		}
 	}
 }
