@@ -56,7 +56,7 @@ type tnode struct {
 	reg    *prometheus.Registry
 	crash  context.CancelFunc // stops the mesh without a goodbye
 	cl     *mongo.Client      // through the proxy
-	direct *mongo.Client // straight to the database
+	direct *mongo.Client      // straight to the database
 	logs   *logBuf
 }
 
