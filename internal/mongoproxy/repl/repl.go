@@ -419,8 +419,10 @@ func (r *Replicator) onHeartbeat(from string, m heartbeat) {
 		return
 	}
 	r.proxy.ObserveClock(m.frontier)
-	applied := r.olog.Applied(m.origin)
 	r.mu.Lock()
+	// Read under r.mu: a sync resets both the applied positions and the
+	// queues (resetFrontiers), and a heartbeat must not mix the two.
+	applied := r.olog.Applied(m.origin)
 	n := r.node(from)
 	if n.origin != m.origin {
 		if n.origin != "" {
@@ -454,6 +456,19 @@ func (r *Replicator) onHeartbeat(from string, m heartbeat) {
 			r.log.Warn("resync needed", "reason", reason)
 			r.wakeSync()
 		}
+	}
+}
+
+// resetFrontiers forgets every announced frontier: after a sync the
+// applied positions were replaced, and a frontier satisfied under the old
+// ones says nothing about the new data.
+func (r *Replicator) resetFrontiers() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.self = &hbQueue{}
+	for _, n := range r.nodes {
+		n.hbs = hbQueue{}
+		n.behind = time.Time{}
 	}
 }
 
@@ -505,8 +520,8 @@ func (r *Replicator) beat() {
 		f = mt
 	}
 	last := r.olog.LastSeq(r.origin) // read after the frontier: see Proxy.Frontier
-	applied := r.olog.AppliedAll()
 	r.mu.Lock()
+	applied := r.olog.AppliedAll()
 	r.self.push(f, last)
 	r.self.advance(applied[r.origin])
 	r.mu.Unlock()

@@ -115,10 +115,12 @@ func (r *Replicator) syncLoop() {
 				r.met.syncDocsPerSecond.Set(float64(docs) / took.Seconds())
 				r.log.Info("initial sync done", "source", src, "documents", docs, "took", took.Round(time.Millisecond))
 				r.resync.Store(nil)
-				// The documents now carry the source's compaction floors; what
-				// this node used before says nothing about them.
+				// The documents now carry the source's compaction floors and the
+				// log the source's positions: what this node knew of frontiers
+				// before says nothing about them.
 				zero := crdt.Timestamp{}
 				r.maxStable.Store(&zero)
+				r.resetFrontiers()
 				r.state.Store(stateSynced)
 				backoff, failed, syncedAt = time.Second, "", time.Now()
 				continue
@@ -131,6 +133,7 @@ func (r *Replicator) syncLoop() {
 					break
 				}
 				r.log.Info("no synced peer: this node starts the cluster's data as it is", "origin", r.origin)
+				r.resetFrontiers()
 				r.state.Store(stateSynced)
 				syncedAt = time.Now()
 				continue
