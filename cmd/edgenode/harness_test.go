@@ -165,12 +165,20 @@ func mergeYAML(t testing.TB, base, extra string) string {
 // startNode writes cfg and starts the binary; it waits until /readyz is true.
 func startNode(t testing.TB, cfg string, p *nodeProc) *nodeProc {
 	t.Helper()
+	return startNodeWith(t, nil, cfg, p)
+}
+
+// startNodeWith is startNode with the binary run under a command prefix,
+// e.g. {"ip", "netns", "exec", NS} for a node in a network namespace.
+func startNodeWith(t testing.TB, prefix []string, cfg string, p *nodeProc) *nodeProc {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "edgenode.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p.out = &syncBuffer{}
-	p.cmd = exec.Command(binPath, "run", "--config", path)
+	argv := append(append([]string{}, prefix...), binPath, "run", "--config", path)
+	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

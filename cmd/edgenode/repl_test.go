@@ -691,52 +691,10 @@ mesh:
 	return c
 }
 
-// startNodeIn is startNode (harness_test.go) for a node inside network
-// namespace ns.
+// startNodeIn is startNode for a node inside network namespace ns.
 func startNodeIn(t *testing.T, ns, cfg string, p *nodeProc) *nodeProc {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "edgenode.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.out = &syncBuffer{}
-	p.cmd = exec.Command("ip", "netns", "exec", ns, binPath, "run", "--config", path)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.done = make(chan struct{})
-	go func() { p.exitErr = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			_ = p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("%s output:\n%s", ns, p.out.String())
-		}
-	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
-		select {
-		case <-p.done:
-			t.Fatalf("node exited during start-up: %v\n%s", p.exitErr, p.out.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node not ready after 60s:\n%s", p.out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return startNodeWith(t, []string{"ip", "netns", "exec", ns}, cfg, p)
 }
 
 func TestReplPartitionHeals(t *testing.T) {
