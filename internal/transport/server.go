@@ -507,3 +507,20 @@ func headerSize(r *http.Request) int {
 	}
 	return n
 }
+
+// BenchLimits are the embedded node's default limits without the
+// per-address connection cap: load tools open many connections from one
+// address.
+var BenchLimits = Limits{MaxHeaderBytes: 64 << 10, MaxBodyBytes: 10 << 20, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 120 * time.Second}
+
+// NewFromFiles builds a Server on ln with one certificate from PEM files
+// and BenchLimits, nothing routed but what the caller adds. The load tools
+// (transportbench, cdnbench, edgebench) use it to measure the real
+// transport.
+func NewFromFiles(ln net.Listener, certFile, keyFile string, log *slog.Logger, reg prometheus.Registerer) (*Server, error) {
+	certs, err := NewCertStore([]CertSource{{CertFile: certFile, KeyFile: keyFile}}, log)
+	if err != nil {
+		return nil, err
+	}
+	return New(Options{Listener: ln, Certs: certs, App: http.NotFoundHandler(), Limits: BenchLimits}, log, reg)
+}

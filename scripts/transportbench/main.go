@@ -82,15 +82,7 @@ func serve(args []string) error {
 		}
 		return err
 	case "edgenode":
-		certs, err := transport.NewCertStore([]transport.CertSource{{CertFile: certFile, KeyFile: keyFile}}, log)
-		if err != nil {
-			return err
-		}
-		srv, err := transport.New(transport.Options{
-			Listener: ln, Certs: certs, App: http.NotFoundHandler(),
-			Limits: transport.Limits{MaxHeaderBytes: 64 << 10, MaxBodyBytes: 10 << 20, ReadHeaderTimeout: 10 * time.Second,
-				IdleTimeout: 120 * time.Second, MaxConnsPerIP: 0},
-		}, log, prometheus.NewRegistry())
+		srv, err := transport.NewFromFiles(ln, certFile, keyFile, log, prometheus.NewRegistry())
 		if err != nil {
 			return err
 		}

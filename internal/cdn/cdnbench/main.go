@@ -99,15 +99,7 @@ func run() error {
 		return err
 	}
 	defer c.Close()
-	certs, err := transport.NewCertStore([]transport.CertSource{{CertFile: certFile, KeyFile: keyFile}}, log)
-	if err != nil {
-		return err
-	}
-	srv, err := transport.New(transport.Options{
-		Listener: ln, Certs: certs, App: http.NotFoundHandler(),
-		Limits: transport.Limits{MaxHeaderBytes: 64 << 10, MaxBodyBytes: 10 << 20, ReadHeaderTimeout: 10 * time.Second,
-			IdleTimeout: 120 * time.Second},
-	}, log, reg)
+	srv, err := transport.NewFromFiles(ln, certFile, keyFile, log, reg)
 	if err != nil {
 		return err
 	}
