@@ -93,7 +93,8 @@ func TestEmbeddedNodeServesLandingPageOverH1AndH2(t *testing.T) {
 	}
 	_, metrics := get(t, http.DefaultClient, "http://"+p.admin+"/metrics")
 	for _, want := range []string{
-		`edgenode_http_requests_total{code="200",method="GET",route="app"} 2`,
+		`edgenode_http_requests_total{code="200",method="GET",proto="1.1",route="app"} 1`,
+		`edgenode_http_requests_total{code="200",method="GET",proto="2",route="app"} 1`,
 		`edgenode_tls_handshakes_total{result="ok",version="TLS 1.3"}`,
 		"edgenode_http_connections_open",
 		"go_goroutines", "process_resident_memory_bytes",

@@ -114,20 +114,21 @@ func TestHTTP3SameAnswersAsHTTP2(t *testing.T) {
 	}
 	// Metrics by protocol.
 	for proto, want := range map[string]float64{"1.1": 1, "2": float64(len(cases)), "3": float64(len(cases))} {
-		got := metricValue(t, ts, "edgenode_http_requests_by_protocol_total", "proto", proto)
+		got := metricValue(t, ts, "edgenode_http_requests_total", "proto", proto)
 		if got != want {
 			t.Errorf("requests over %s: %v, want %v", proto, got, want)
 		}
 	}
 }
 
-// metricVec reads one labelled sample from the server's registry.
+// metricValue sums the samples of name whose label has value.
 func metricValue(t *testing.T, ts *testServer, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := ts.reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
+	sum := 0.0
 	for _, mf := range mfs {
 		if mf.GetName() != name {
 			continue
@@ -136,14 +137,15 @@ func metricValue(t *testing.T, ts *testServer, name, label, value string) float6
 			for _, lp := range m.GetLabel() {
 				if lp.GetName() == label && lp.GetValue() == value {
 					if m.GetGauge() != nil {
-						return m.GetGauge().GetValue()
+						sum += m.GetGauge().GetValue()
+					} else {
+						sum += m.GetCounter().GetValue()
 					}
-					return m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	return 0
+	return sum
 }
 
 // TestStreamingOverAllProtocols: a handler that flushes is seen chunk by

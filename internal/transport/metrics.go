@@ -15,7 +15,6 @@ type metrics struct {
 
 	// Added for HTTP/3 (issue 9). The per-protocol count is its own metric
 	// so that edgenode_http_requests_total keeps its label set.
-	byProto   *prometheus.CounterVec
 	quicOpen  prometheus.Gauge
 	resumed   *prometheus.CounterVec
 	ticketSet prometheus.Counter
@@ -24,8 +23,8 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edgenode_http_requests_total", Help: "HTTPS requests by route pattern, method and status code.",
-		}, []string{"route", "method", "code"}),
+			Name: "edgenode_http_requests_total", Help: "HTTPS requests by route pattern, method, status code and protocol (1.1, 2, 3).",
+		}, []string{"route", "method", "code", "proto"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "edgenode_http_request_duration_seconds",
 			Help:    "Time to the end of the response by route pattern (streams count their whole life).",
@@ -46,9 +45,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		websockets: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgenode_websockets_open", Help: "Websocket connections relayed to the app server.",
 		}),
-		byProto: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edgenode_http_requests_by_protocol_total", Help: "HTTPS requests by protocol (1.1, 2, 3).",
-		}, []string{"proto"}),
 		quicOpen: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgenode_quic_connections_open", Help: "QUIC (HTTP/3) connections open on the public listener.",
 		}),
@@ -59,13 +55,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "edgenode_tls_ticket_key_updates_total", Help: "Times the session-ticket keys were replaced (cluster-shared keys).",
 		}),
 	}
-	for _, p := range []string{"1.1", "2", "3"} {
-		m.byProto.WithLabelValues(p)
-	}
 	for _, l := range []string{"header_size", "body_size", "conns_per_ip", "read_header_timeout"} {
 		m.limitHits.WithLabelValues(l)
 	}
 	reg.MustRegister(m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits, m.certLoads, m.websockets,
-		m.byProto, m.quicOpen, m.resumed, m.ticketSet)
+		m.quicOpen, m.resumed, m.ticketSet)
 	return m
 }

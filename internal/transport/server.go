@@ -323,17 +323,16 @@ func (s *Server) drainHijacked() {
 // ServeHTTP applies the limits, routes, and records metrics.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	proto := "1.1"
 	switch r.ProtoMajor {
 	case 3:
-		s.metrics.byProto.WithLabelValues("3").Inc()
+		proto = "3"
 		if qc, ok := r.Context().Value(quicConnKey{}).(*quicConn); ok {
 			qc.begin()
 			defer qc.end()
 		}
 	case 2:
-		s.metrics.byProto.WithLabelValues("2").Inc()
-	default:
-		s.metrics.byProto.WithLabelValues("1.1").Inc()
+		proto = "2"
 	}
 	if s.h3 != nil && r.ProtoMajor < 3 {
 		if v := s.h3.altSvcValue(); v != "" {
@@ -354,7 +353,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if !finished {
 			code = "aborted"
 		}
-		s.metrics.requests.WithLabelValues(route, r.Method, code).Inc()
+		s.metrics.requests.WithLabelValues(route, r.Method, code, proto).Inc()
 		s.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	}()
 	switch {
