@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -28,28 +27,6 @@ type cluster struct {
 	t     *testing.T
 	nodes []*nodeProc
 	cfgs  []string
-}
-
-func freePortOn(t testing.TB, ip string, udp bool) int {
-	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if udp {
-			c, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
-			if err != nil {
-				continue
-			}
-			c.Close()
-		}
-		return port
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 func newCluster(t *testing.T, n int, extra string) *cluster {

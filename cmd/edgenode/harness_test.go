@@ -46,31 +46,34 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
+// freePortOn returns a port on ip that was free a moment ago, for UDP too when udp.
+func freePortOn(t testing.TB, ip string, udp bool) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// freeUDPTCPPort returns a port free for both UDP and TCP (for DNS).
-func freeUDPTCPPort(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		p := freePort(t)
-		c, err := net.ListenPacket("udp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err == nil {
-			c.Close()
-			return p
+	for range 100 {
+		l, err := net.Listen("tcp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
 		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if udp {
+			c, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
+			if err != nil {
+				continue
+			}
+			c.Close()
+		}
+		return port
 	}
 	t.Fatal("no free port")
 	return 0
 }
+
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func freePort(t testing.TB) int { return freePortOn(t, "127.0.0.1", false) }
+
+// freeUDPTCPPort returns a port on 127.0.0.1 free for both UDP and TCP (DNS).
+func freeUDPTCPPort(t testing.TB) int { return freePortOn(t, "127.0.0.1", true) }
 
 // syncBuffer collects a subprocess's output safely.
 type syncBuffer struct {
