@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 )
 
 // limitListener counts open connections and connections per client address.
@@ -75,6 +76,8 @@ type countedConn struct {
 	addr      netip.Addr
 	overLimit bool
 	once      sync.Once
+	// handshakeCounted: the TLS handshake on this connection was counted.
+	handshakeCounted atomic.Bool
 }
 
 func (c *countedConn) Close() error {

@@ -104,8 +104,6 @@ type Server struct {
 	nextID   int
 	hijacked sync.WaitGroup
 
-	handshakeSeen sync.Map // *tls.Conn -> struct{}; conns whose handshake was counted
-
 	// ticketConf only holds session-ticket keys: both the TCP and the QUIC
 	// TLS configs encrypt and decrypt tickets through it, so one
 	// SetSessionTicketKeys reaches every listener (and every clone that
@@ -426,9 +424,15 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 	if !ok {
 		return
 	}
+	cc, ok := tc.NetConn().(*countedConn)
+	if !ok {
+		return
+	}
 	switch st {
 	case http.StateActive, http.StateClosed, http.StateHijacked:
-		if _, seen := s.handshakeSeen.LoadOrStore(tc, struct{}{}); !seen {
+		// The flag lives on the connection itself: no map to look up on
+		// every keep-alive request.
+		if cc.handshakeCounted.CompareAndSwap(false, true) {
 			cs := tc.ConnectionState()
 			if cs.HandshakeComplete {
 				s.metrics.handshakes.WithLabelValues(tls.VersionName(cs.Version), "ok").Inc()
@@ -438,9 +442,6 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 			} else {
 				s.metrics.handshakes.WithLabelValues("unknown", "error").Inc()
 			}
-		}
-		if st != http.StateActive {
-			s.handshakeSeen.Delete(tc)
 		}
 	}
 }
