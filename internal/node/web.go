@@ -4,42 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"time"
 
-	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/web"
 	"github.com/edgenode/edgenode/internal/web/demo"
 )
-
-// webSettings are the config keys of the built-in pages:
-//
-//	web:
-//	  status: true            # /status and /status/events on the admin listener
-//	  status_interval: 2s     # figures computed, shared with peers, pushed to viewers
-//	  demo:
-//	    enabled: false        # the demo comment app at /demo/ on the public listener; never in production
-//	    database: edgenode_demo
-//	    tenant: demo          # its pubsub tenant: threads "comments-*" public, or a secret for tokens
-type webSettings struct {
-	Status         bool
-	StatusInterval time.Duration
-	Demo           bool
-	DemoDatabase   string
-	DemoTenant     string
-}
-
-// webConfig reads the web.* keys.
-func webConfig(c *config.Config) webSettings {
-	w := c.Web
-	return webSettings{Status: w.Status, StatusInterval: w.StatusInterval, Demo: w.Demo.Enabled, DemoDatabase: w.Demo.Database, DemoTenant: w.Demo.Tenant}
-}
 
 // buildWeb adds the built-in pages: the status page on the admin listener
 // and, when enabled, the demo comment app on the public listener. It runs
 // last in buildOptionalParts: the status page reads every part's metrics,
 // and the demo needs the Mongo proxy and pubsub (n.pubsub).
 func (n *Node) buildWeb() error {
-	ws := webConfig(&n.cfg)
+	ws := n.cfg.Web
 	if ws.Status {
 		src := n.nodes
 		var mesh web.Mesh
@@ -69,32 +44,23 @@ func (n *Node) buildWeb() error {
 			stop: st.Stop,
 		})
 	}
-	if ws.Demo {
-		if !n.cfg.Mongo.Enabled {
-			return fmt.Errorf("web.demo.enabled: the demo stores comments through the Mongo proxy: set mongo.enabled")
-		}
-		if n.pubsub == nil {
-			return fmt.Errorf("web.demo.enabled: the demo announces comments on pubsub: set pubsub.enabled")
-		}
+	// config.Validate has checked that the demo has the Mongo proxy, pubsub
+	// and its tenant.
+	if ws.Demo.Enabled {
 		var secret []byte
-		found := false
 		for _, t := range n.cfg.PubSub.Tenants {
-			if t.Name == ws.DemoTenant {
-				found = true
-				if v, _ := t.Secret.Resolve(); v != "" { // validated by config
+			if t.Name == ws.Demo.Tenant {
+				if v, _ := t.Secret.Resolve(); v != "" {
 					secret = []byte(v)
 				}
 			}
-		}
-		if !found {
-			return fmt.Errorf("web.demo.tenant: %q is not a pubsub tenant (pubsub.tenants)", ws.DemoTenant)
 		}
 		ps := n.pubsub
 		app, err := demo.New(demo.Options{
 			NodeID:   n.cfg.Node.ID,
 			MongoURI: "mongodb://" + dialable(n.cfg.Mongo.Listen) + "/",
-			Database: ws.DemoDatabase,
-			Tenant:   ws.DemoTenant,
+			Database: ws.Demo.Database,
+			Tenant:   ws.Demo.Tenant,
 			// With a secret, threads that are not public get a token.
 			TokenSecret: secret,
 			// In process: the same Publish that POST /v1/publish calls.
@@ -111,7 +77,7 @@ func (n *Node) buildWeb() error {
 		}
 		n.parts = append(n.parts, &part{
 			name:   "demo",
-			detail: "demo comment app at /demo/ (thread store: Mongo proxy, database " + ws.DemoDatabase + "; live: pubsub tenant " + ws.DemoTenant + ")",
+			detail: "demo comment app at /demo/ (thread store: Mongo proxy, database " + ws.Demo.Database + "; live: pubsub tenant " + ws.Demo.Tenant + ")",
 			start:  app.Start,
 			stop:   app.Stop,
 		})
