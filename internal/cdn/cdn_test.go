@@ -476,8 +476,10 @@ func TestPartialDownloadNeverServed(t *testing.T) {
 	e.proxy.flipAt.Store(200_000)
 	e.proxy.set(proxyFlip)
 	r = e.get("p.bin")
-	if r.err == nil {
-		t.Fatalf("corrupt download reached the client complete (status %d, %d bytes)", r.status, len(r.body))
+	// A 502 is right too: on a busy machine the download can be over (and
+	// rejected) before the request starts its answer.
+	if r.err == nil && r.status == 200 {
+		t.Fatalf("corrupt download reached the client complete (%d bytes)", len(r.body))
 	}
 	if len(r.body) >= len(body) {
 		t.Errorf("client got %d bytes of a corrupt download", len(r.body))

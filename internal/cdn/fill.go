@@ -456,7 +456,6 @@ func (c *Cache) originAnswered(f *fill, err error) {
 		} else {
 			c.m.originError.Inc()
 		}
-		c.log.Warn("origin fetch failed", "key", f.key, "revalidation", f.old != nil, "err", err)
 		c.fail(f, err, "origin", false)
 	}
 }
@@ -466,6 +465,9 @@ func (c *Cache) originAnswered(f *fill, err error) {
 // get the stale copy at once meanwhile).
 func (c *Cache) fail(f *fill, err error, reason string, diskErr bool) {
 	c.m.fillFailures.WithLabelValues(reason).Inc()
+	// Logged here, not by the requests: a download that fails before any
+	// waiting request has started its answer is seen by them only as a 502.
+	c.log.Warn("fill failed", "key", f.key, "reason", reason, "revalidation", f.old != nil, "err", err)
 	if f.old != nil {
 		c.mu.Lock()
 		f.old.failedUntil = time.Now().Add(c.retryAfterError()).UnixNano()
