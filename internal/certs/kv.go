@@ -14,17 +14,21 @@
 // Followers never talk to the CA.
 //
 // Storage. Everything goes through KV, a small key-value interface with
-// change notifications. This package provides a folder-backed KV (several
-// processes may share the folder: one machine, or a shared volume) and an
-// in-memory one. For a fleet, back it with the Mongo layer's replicated
-// collection rather than the mesh: certificates, private keys and the ACME
-// account must survive a restart of the whole fleet (the mesh keeps
-// nothing), otherwise every restart re-orders and runs into the CA's rate
-// limits; each node reads its local replica at handshake time; and the
-// locks need no cross-node atomicity because only the leader takes them
-// (Create is atomic per replica, which also stops a misconfigured second
-// leader on the same replica). The change signal comes from the
-// replication apply stream.
+// change notifications. This package provides MongoKV, the fleet's store:
+// a collection reached through the node's own Mongo proxy, so that it
+// replicates like the application's data; a folder-backed FileKV (several
+// processes may share the folder: one machine, or a shared volume); and an
+// in-memory one for tests.
+//
+// Why the Mongo layer rather than the mesh: certificates, private keys and
+// the ACME account must survive a restart of the whole fleet (the mesh
+// keeps nothing), otherwise every restart re-orders and runs into the CA's
+// rate limits; each node reads its local replica, so a handshake never
+// waits on another node; and the locks need no cross-node atomicity
+// because only the leader takes them (Create is atomic per replica, which
+// also stops a misconfigured second leader on the same replica). The
+// change signal is a poll of the local replica's revisions, which sees
+// local writes and replicated ones alike.
 package certs
 
 import (

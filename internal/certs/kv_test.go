@@ -4,11 +4,18 @@ import (
 	"context"
 	"errors"
 	"io/fs"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
 	"github.com/edgenode/edgenode/internal/certs"
+	"github.com/edgenode/edgenode/internal/mongoproxy"
+	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 )
 
 func kvs(t *testing.T) map[string]certs.KV {
@@ -17,7 +24,45 @@ func kvs(t *testing.T) map[string]certs.KV {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	return map[string]certs.KV{"mem": certs.NewMemKV(), "file": f}
+	return map[string]certs.KV{"mem": certs.NewMemKV(), "file": f, "mongo": newMongoKV(t, mongoCollection(t), 50*time.Millisecond)}
+}
+
+// mongoCollection is a collection through a real Mongo proxy in front of an
+// embedded FerretDB, as on a node (the proxy captures every write of the KV).
+func mongoCollection(t *testing.T) *mongo.Collection {
+	t.Helper()
+	ctx := context.Background()
+	dir := t.TempDir()
+	db, err := embedded.Start(ctx, filepath.Join(dir, "mongo"), testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(db.Stop)
+	proxy, err := mongoproxy.New(mongoproxy.Options{Listen: "127.0.0.1:0", Upstream: db.URI(), NodeID: "n1", DataDir: dir,
+		SyncDatabase: db.Sync}, testLog(), prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proxy.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Shutdown(context.Background()) })
+	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://" + proxy.Addr().String() + "/?directConnection=true"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
+	return client.Database("edgenode").Collection("fleet_tls")
+}
+
+func newMongoKV(t *testing.T, coll *mongo.Collection, interval time.Duration) *certs.MongoKV {
+	kv := certs.NewMongoKV(interval, testLog())
+	if _, err := kv.Get(context.Background(), "a"); !errors.Is(err, certs.ErrNotStarted) {
+		t.Fatalf("before Start: %v", err)
+	}
+	kv.Start(coll)
+	t.Cleanup(func() { kv.Close() })
+	return kv
 }
 
 func TestKVContract(t *testing.T) {
@@ -62,28 +107,49 @@ func TestKVContract(t *testing.T) {
 	}
 }
 
-// TestFileKVSharedFolder: two FileKVs on one folder (two processes in
-// production) see each other's writes through their change signals.
-func TestFileKVSharedFolder(t *testing.T) {
+// TestKVSeesOthersWrites: two KVs on one store (two processes sharing a
+// folder; the clients of a node and the replication layer on one replica)
+// see each other's writes through their change signals.
+func TestKVSeesOthersWrites(t *testing.T) {
 	dir := t.TempDir()
-	a, err := certs.NewFileKV(dir, 20*time.Millisecond, testLog())
-	must(t, err)
-	defer a.Close()
-	b, err := certs.NewFileKV(dir, 20*time.Millisecond, testLog())
-	must(t, err)
-	defer b.Close()
-	ch, cancel := b.Subscribe("certificates")
-	defer cancel()
-	ctx := context.Background()
-	must(t, a.Put(ctx, "certificates/x/y.crt", []byte("pem")))
-	<-ch
-	if v, err := b.Get(ctx, "certificates/x/y.crt"); err != nil || string(v) != "pem" {
-		t.Fatalf("b sees %q %v", v, err)
+	coll := mongoCollection(t)
+	pairs := map[string]func() certs.KV{
+		"file": func() certs.KV {
+			f, err := certs.NewFileKV(dir, 20*time.Millisecond, testLog())
+			must(t, err)
+			t.Cleanup(func() { f.Close() })
+			return f
+		},
+		"mongo": func() certs.KV { return newMongoKV(t, coll, 20*time.Millisecond) },
 	}
-	must(t, a.Delete(ctx, "certificates/x"))
-	<-ch
-	if _, err := b.Get(ctx, "certificates/x/y.crt"); !errors.Is(err, fs.ErrNotExist) {
-		t.Errorf("delete not seen: %v", err)
+	for name, open := range pairs {
+		t.Run(name, func(t *testing.T) {
+			a, b := open(), open()
+			ch, cancel := b.Subscribe("certificates")
+			defer cancel()
+			ctx := context.Background()
+			must(t, a.Put(ctx, "certificates/x/y.crt", []byte("pem")))
+			waitSignal(t, ch)
+			if v, err := b.Get(ctx, "certificates/x/y.crt"); err != nil || string(v) != "pem" {
+				t.Fatalf("b sees %q %v", v, err)
+			}
+			must(t, a.Put(ctx, "certificates/x/y.crt", []byte("pem"))) // same bytes, new write
+			waitSignal(t, ch)
+			must(t, a.Delete(ctx, "certificates/x"))
+			waitSignal(t, ch)
+			if _, err := b.Get(ctx, "certificates/x/y.crt"); !errors.Is(err, fs.ErrNotExist) {
+				t.Errorf("delete not seen: %v", err)
+			}
+		})
+	}
+}
+
+func waitSignal(t *testing.T, ch <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change signal within 10s")
 	}
 }
 

@@ -24,6 +24,9 @@ type TicketOptions struct {
 	// previous key is kept for one more period so tickets it encrypted
 	// still resume; older keys are dropped.
 	Period time.Duration
+	// RetryInterval is how soon the leader tries again after the storage
+	// refused a rotation (default 5s).
+	RetryInterval time.Duration
 }
 
 // TicketKeys distributes TLS session-ticket keys: the leader makes and
@@ -81,13 +84,18 @@ type ticketMetrics struct {
 
 // Start applies the stored keys (the leader first makes them if missing or
 // due), then follows the KV until Stop; the leader rotates every Period.
+// Storage that cannot be read or written yet (the replicated database
+// still syncing) is not a failure of the node: the node uses its own keys
+// meanwhile and the leader retries every RetryInterval.
 func (t *TicketKeys) Start(ctx context.Context) error {
+	pending := false
 	if t.opts.Leader {
 		if _, err := t.rotateIfDue(ctx); err != nil {
-			return err
+			t.log.Warn("ticket keys: cannot store the cluster's keys yet; retrying", "err", err, "every", t.retryInterval())
+			pending = true
 		}
 	}
-	if err := t.refresh(ctx); err != nil {
+	if err := t.refresh(ctx); err != nil && !pending {
 		t.log.Warn("ticket keys: cannot read the cluster's keys; using this node's own for now", "err", err)
 	}
 	ch, cancelSub := t.kv.Subscribe(TicketKeyName)
@@ -104,6 +112,25 @@ func (t *TicketKeys) Start(ctx context.Context) error {
 			defer tk.Stop()
 			tick = tk.C
 		}
+		retry := time.NewTimer(t.retryInterval())
+		defer retry.Stop()
+		if !pending {
+			retry.Stop()
+		}
+		rotate := func() {
+			if _, err := t.rotateIfDue(rctx); err != nil {
+				if !pending {
+					t.log.Warn("ticket keys: rotate; retrying", "err", err, "every", t.retryInterval())
+				}
+				pending = true
+				retry.Reset(t.retryInterval())
+				return
+			}
+			if pending {
+				t.log.Info("ticket keys: stored")
+			}
+			pending = false
+		}
 		for {
 			select {
 			case <-rctx.Done():
@@ -113,13 +140,20 @@ func (t *TicketKeys) Start(ctx context.Context) error {
 					t.log.Warn("ticket keys: reload", "err", err)
 				}
 			case <-tick:
-				if _, err := t.rotateIfDue(rctx); err != nil {
-					t.log.Warn("ticket keys: rotate", "err", err)
-				}
+				rotate()
+			case <-retry.C:
+				rotate()
 			}
 		}
 	}()
 	return nil
+}
+
+func (t *TicketKeys) retryInterval() time.Duration {
+	if t.opts.RetryInterval > 0 {
+		return t.opts.RetryInterval
+	}
+	return 5 * time.Second
 }
 
 // Stop ends the watcher.

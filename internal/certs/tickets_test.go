@@ -4,9 +4,10 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
-
 	"net/http"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -106,5 +107,41 @@ func TestTicketKeysAcrossNodes(t *testing.T) {
 	})
 	if err := follower.keys.Rotate(context.Background()); err != certs.ErrNotLeader {
 		t.Errorf("follower Rotate: %v", err)
+	}
+}
+
+// refusingKV refuses writes until allowed, as the replicated storage does
+// while its node is not yet a synced replica.
+type refusingKV struct {
+	certs.KV
+	allow atomic.Bool
+}
+
+func (k *refusingKV) Put(ctx context.Context, key string, v []byte) error {
+	if !k.allow.Load() {
+		return errors.New("writes held: replication is starting")
+	}
+	return k.KV.Put(ctx, key, v)
+}
+
+// TestTicketLeaderRetriesRefusedStorage: a leader whose storage refuses
+// writes at start still starts (with its own keys) and stores the
+// cluster's keys once the storage takes writes.
+func TestTicketLeaderRetriesRefusedStorage(t *testing.T) {
+	kv := &refusingKV{KV: certs.NewMemKV()}
+	reg := prometheus.NewRegistry()
+	var applied atomic.Int32
+	tk := certs.NewTicketKeys(certs.TicketOptions{Leader: true, Period: time.Hour, RetryInterval: 20 * time.Millisecond}, kv,
+		func([][32]byte) { applied.Add(1) }, testLog(), reg)
+	must(t, tk.Start(context.Background()))
+	defer tk.Stop()
+	time.Sleep(100 * time.Millisecond)
+	if applied.Load() != 0 {
+		t.Fatal("keys applied while the storage refused them")
+	}
+	kv.allow.Store(true)
+	waitFor(t, "the keys stored and applied", 10*time.Second, func() bool { return applied.Load() == 1 })
+	if _, err := kv.Get(context.Background(), certs.TicketKeyName); err != nil {
+		t.Fatal(err)
 	}
 }

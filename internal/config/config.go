@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -113,9 +114,32 @@ type HTTPS struct {
 	AltSvcPort     int            `yaml:"alt_svc_port"`
 	SessionTickets SessionTickets `yaml:"session_tickets"`
 	ACME           ACME           `yaml:"acme"`
-	// FleetStorage is the folder shared by the fleet for ACME certificates
-	// and session-ticket keys; empty: DATA_DIR/fleet-tls.
+	// FleetStorage is where the fleet keeps ACME certificates and
+	// session-ticket keys: "mongo" (the replicated collection
+	// FleetNamespace, through this node's Mongo proxy) or a folder the
+	// clones share. Empty: "mongo" when mongo.enabled, else
+	// DATA_DIR/fleet-tls. See FleetStore.
 	FleetStorage string `yaml:"fleet_storage"`
+}
+
+// FleetStorageMongo, as https.fleet_storage, keeps the fleet's TLS material
+// in the replicated Mongo layer.
+const FleetStorageMongo = "mongo"
+
+// FleetNamespace is the collection that holds the fleet's TLS material
+// with https.fleet_storage "mongo". It always replicates.
+const FleetNamespace = "edgenode_fleet.tls"
+
+// FleetStore resolves https.fleet_storage: FleetStorageMongo or a folder.
+func (c *Config) FleetStore() string {
+	switch {
+	case c.HTTPS.FleetStorage != "":
+		return c.HTTPS.FleetStorage
+	case c.Mongo.Enabled:
+		return FleetStorageMongo
+	default:
+		return filepath.Join(c.Node.DataDir, "fleet-tls")
+	}
 }
 
 // SessionTickets are TLS session-ticket keys shared by the cluster.

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"path"
 	"regexp"
 	"strings"
 	"time"
@@ -246,6 +247,17 @@ func (c *Config) validate(ps *Problems) {
 		}
 		if m.ForgetPeerAfter < time.Minute {
 			ps.add("mongo.forget_peer_after", "%v is too short: want at least 1m, e.g. 24h", m.ForgetPeerAfter)
+		}
+	}
+
+	if c.FleetStore() == FleetStorageMongo {
+		if !c.Mongo.Enabled {
+			ps.add("https.fleet_storage", "%q needs mongo.enabled: true (the replicated collection %s); or name a folder the clones share", FleetStorageMongo, FleetNamespace)
+		}
+		for i, p := range c.Mongo.LocalOnly {
+			if ok, _ := path.Match(p, FleetNamespace); ok || p == "*" {
+				ps.add(fmt.Sprintf("mongo.local_only[%d]", i), "%q covers %s, where the fleet keeps its TLS material (https.fleet_storage: mongo): it must replicate", p, FleetNamespace)
+			}
 		}
 	}
 

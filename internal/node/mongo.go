@@ -8,9 +8,11 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 	"github.com/edgenode/edgenode/internal/mongoproxy/repl"
@@ -88,6 +90,13 @@ func (n *Node) buildMongo() error {
 			if err != nil {
 				return err
 			}
+			replicate := c.Replicate
+			if n.cfg.FleetStore() == config.FleetStorageMongo {
+				// The fleet's TLS material replicates whatever the
+				// operator chose for the app (config validation keeps it
+				// out of local_only).
+				replicate = append(slices.Clip(replicate), config.FleetNamespace)
+			}
 			hold := ""
 			if n.mesh != nil {
 				hold = "replication is starting"
@@ -97,7 +106,7 @@ func (n *Node) buildMongo() error {
 				Upstream:     upstream,
 				NodeID:       origin,
 				DataDir:      n.cfg.Node.DataDir,
-				Replicate:    c.Replicate,
+				Replicate:    replicate,
 				LocalOnly:    c.LocalOnly,
 				MaxConns:     c.MaxConns,
 				HoldWrites:   hold,

@@ -46,9 +46,10 @@ type Node struct {
 	httpsUDP net.PacketConn // HTTP/3; nil when https.http3 is off
 	adminLn  net.Listener
 
-	https *transport.Server
-	certs *transport.CertStore
-	admin *admin.Server
+	https    *transport.Server
+	certs    *transport.CertStore
+	fleetTLS *fleetTLS
+	admin    *admin.Server
 
 	mesh       *mesh.Mesh     // nil without a mesh
 	nodes      nodemap.Source // the node map: the mesh's, or a static one
@@ -108,6 +109,7 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := n.buildOptionalParts(); err != nil {
 		return nil, err
 	}
+	n.addFleetTLSParts(n.fleetTLS)
 	return n, nil
 }
 
@@ -215,10 +217,11 @@ func (n *Node) buildHTTPS() error {
 	} else {
 		app = web.Landing(n.cfg.Node.ID, n.version, n.partList)
 	}
-	fleetParts, acme, err := n.buildFleetTLS()
+	fleetTLS, err := n.buildFleetTLS()
 	if err != nil {
 		return err
 	}
+	n.fleetTLS = fleetTLS
 	opts := transport.Options{
 		Listener:   n.httpsLn,
 		Certs:      certs,
@@ -235,17 +238,12 @@ func (n *Node) buildHTTPS() error {
 	if n.httpsUDP != nil {
 		opts.UDPConn = n.httpsUDP
 	}
-	if acme != nil {
-		opts.ACME = acme
+	if fleetTLS.acme != nil {
+		opts.ACME = fleetTLS.acme
 	}
 	srv, err := transport.New(opts, n.log.With("part", "https"), n.reg)
 	if err != nil {
 		return err
-	}
-	// Ticket keys and ACME start before the listener serves and stop after
-	// it has drained.
-	for _, fp := range fleetParts {
-		n.parts = append(n.parts, fp(srv))
 	}
 	if proxy != nil {
 		proxy.Attach(srv)
