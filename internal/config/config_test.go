@@ -209,3 +209,25 @@ func dump(t *testing.T, c Config) string {
 	}
 	return string(b)
 }
+
+func TestFleetStorage(t *testing.T) {
+	c := Default()
+	if got := c.FleetStore(); got != FleetStorageMongo {
+		t.Errorf("default with mongo: %q", got)
+	}
+	c.Mongo.Enabled = false
+	if got := c.FleetStore(); got != filepath.Join(c.Node.DataDir, "fleet-tls") {
+		t.Errorf("default without mongo: %q", got)
+	}
+	_, err := Parse([]byte("https: {fleet_storage: mongo}\nmongo: {enabled: false}\n"))
+	if err == nil || !strings.Contains(err.Error(), `https.fleet_storage: "mongo" needs mongo.enabled: true`) {
+		t.Errorf("mongo storage without mongo: %v", err)
+	}
+	_, err = Parse([]byte("mongo: {local_only: ['edgenode_fleet.*']}\n"))
+	if err == nil || !strings.Contains(err.Error(), `mongo.local_only[0]: "edgenode_fleet.*" covers edgenode_fleet.tls`) {
+		t.Errorf("local-only fleet collection: %v", err)
+	}
+	if _, err := Parse([]byte("https: {fleet_storage: /srv/shared/fleet}\nmongo: {local_only: ['*']}\n")); err != nil {
+		t.Errorf("a folder store with everything local: %v", err)
+	}
+}
