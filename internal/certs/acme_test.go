@@ -29,14 +29,33 @@ func testLog() *slog.Logger {
 }
 
 // fleetNode is one node of a test fleet: the real transport (TLS on
-// 127.0.0.1) with a certs.Manager over a FileKV on the folder all nodes
+// 127.0.0.1) with a certs.Manager over its own KV on the store all nodes
 // share.
 type fleetNode struct {
 	mgr  *certs.Manager
 	srv  *transport.Server
 	reg  *prometheus.Registry
 	addr string
-	kv   *certs.FileKV
+}
+
+// fleetStores make a store the nodes of a test share (a folder, or a
+// collection through a real Mongo proxy: one replica; replication between
+// replicas is tested with real nodes in cmd/edgenode) and return how each
+// node opens its own KV on it.
+var fleetStores = map[string]func(t *testing.T) (open func() certs.KV){
+	"file": func(t *testing.T) func() certs.KV {
+		dir := t.TempDir()
+		return func() certs.KV {
+			kv, err := certs.NewFileKV(dir, 100*time.Millisecond, testLog())
+			must(t, err)
+			t.Cleanup(func() { kv.Close() })
+			return kv
+		}
+	},
+	"mongo": func(t *testing.T) func() certs.KV {
+		coll := mongoCollection(t)
+		return func() certs.KV { return newMongoKV(t, coll, 100*time.Millisecond) }
+	},
 }
 
 func listenTCP(t *testing.T) net.Listener {
@@ -47,12 +66,8 @@ func listenTCP(t *testing.T) net.Listener {
 	return ln
 }
 
-func startFleetNode(t *testing.T, ln net.Listener, kvDir string, opts certs.Options) *fleetNode {
+func startFleetNode(t *testing.T, ln net.Listener, kv certs.KV, opts certs.Options) *fleetNode {
 	t.Helper()
-	kv, err := certs.NewFileKV(kvDir, 100*time.Millisecond, testLog())
-	if err != nil {
-		t.Fatal(err)
-	}
 	reg := prometheus.NewRegistry()
 	host, port := hostPort(ln.Addr().String())
 	opts.ChallengeHost, opts.ChallengePort = host, port
@@ -88,9 +103,8 @@ func startFleetNode(t *testing.T, ln net.Listener, kvDir string, opts certs.Opti
 		if err := <-served; err != nil {
 			t.Errorf("Serve: %v", err)
 		}
-		kv.Close()
 	})
-	return &fleetNode{mgr: mgr, srv: srv, reg: reg, addr: ln.Addr().String(), kv: kv}
+	return &fleetNode{mgr: mgr, srv: srv, reg: reg, addr: ln.Addr().String()}
 }
 
 // served is the leaf certificate a TLS client gets from n for name.
@@ -146,7 +160,12 @@ func events(t *testing.T, n *fleetNode, event string) float64 {
 // follower serves the same one without ordering, and a renewal replaces it
 // on both without a restart.
 func TestACMELeaderOrdersFollowerServes(t *testing.T) {
-	kvDir := t.TempDir()
+	for name, store := range fleetStores {
+		t.Run(name, func(t *testing.T) { testLeaderOrdersFollowerServes(t, store(t)) })
+	}
+}
+
+func testLeaderOrdersFollowerServes(t *testing.T, openKV func() certs.KV) {
 	lnLeader, lnFollower := listenTCP(t), listenTCP(t)
 	_, followerPort := hostPort(lnFollower.Addr().String())
 	pb := startPebble(t, followerPort, false)
@@ -156,11 +175,11 @@ func TestACMELeaderOrdersFollowerServes(t *testing.T) {
 	fo := base
 	fo.NodeID, fo.Leader = "follower", false
 	fo.Names = []string{name}
-	follower := startFleetNode(t, lnFollower, kvDir, fo)
+	follower := startFleetNode(t, lnFollower, openKV(), fo)
 	lo := base
 	lo.NodeID, lo.Leader = "leader", true
 	lo.Names = []string{name}
-	leader := startFleetNode(t, lnLeader, kvDir, lo)
+	leader := startFleetNode(t, lnLeader, openKV(), lo)
 
 	waitFor(t, "the leader to serve a Pebble certificate", time.Minute, func() bool { return isPebbleIssued(leader.served(t, name)) })
 	waitFor(t, "the follower to serve it", 30*time.Second, func() bool { return isPebbleIssued(follower.served(t, name)) })
@@ -229,7 +248,12 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) fl
 // handshake gets it; refused names and rate-limited clients get the
 // fallback certificate and never reach the CA.
 func TestACMEOnDemand(t *testing.T) {
-	kvDir := t.TempDir()
+	for name, store := range fleetStores {
+		t.Run(name, func(t *testing.T) { testOnDemand(t, store(t)) })
+	}
+}
+
+func testOnDemand(t *testing.T, openKV func() certs.KV) {
 	lnLeader, lnFollower := listenTCP(t), listenTCP(t)
 	pb := startPebble(t, freePort(t), true) // validation skipped: this test is about the decision
 	var asks atomic.Int64
@@ -252,10 +276,10 @@ func TestACMEOnDemand(t *testing.T) {
 		Ask: &certs.AskOptions{URL: ask.URL + "/check", PerClient: 4, Global: 100, Window: time.Hour}}
 	fo := base
 	fo.NodeID = "follower"
-	follower := startFleetNode(t, lnFollower, kvDir, fo)
+	follower := startFleetNode(t, lnFollower, openKV(), fo)
 	lo := base
 	lo.NodeID, lo.Leader = "leader", true
-	leader := startFleetNode(t, lnLeader, kvDir, lo)
+	leader := startFleetNode(t, lnLeader, openKV(), lo)
 
 	// Approved: the handshake on the follower waits for the leader's order.
 	c := follower.served(t, "ok-shop.example.test")
