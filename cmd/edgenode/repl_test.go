@@ -132,6 +132,9 @@ func mongoClient(t testing.TB, p *nodeProc) *mongo.Client {
 // those whose outcome the client cannot know (the connection broke).
 type ledger struct {
 	acked, unsure [nCounters]atomic.Int64
+	// by writer (writer w writes through node w mod n): which proxy took
+	// the increments (diagnostics)
+	ackedBy, unsureBy [16][nCounters]atomic.Int64
 	ops, errs     atomic.Int64
 	fresh         atomic.Int64 // ids of inserted documents, unique across writers and restarts
 	mu            sync.Mutex
@@ -186,8 +189,10 @@ func workload(ctx context.Context, cl *mongo.Client, node int, seed uint64, led 
 			switch {
 			case err == nil:
 				led.acked[c].Add(d)
+				led.ackedBy[node][c].Add(d)
 			case !definiteRefusal(err):
 				led.unsure[c].Add(d)
+				led.unsureBy[node][c].Add(d)
 			}
 		case k < 50:
 			_, err = docs.UpdateOne(wctx, bson.D{{Key: "_id", Value: shared}},
@@ -800,6 +805,9 @@ func TestReplSoak(t *testing.T) {
 		i := rng.IntN(n)
 		kind := kinds[rng.IntN(len(kinds))]
 		t.Logf("%s: %s node%d", time.Now().Format("15:04:05"), kind, i+1)
+		if kind == "kill9" || kind == "wipe" {
+			logLateApplies(t, c.nodes[i], i) // its output goes with it
+		}
 		switch kind {
 		case "kill9":
 			cs.set(i, nil)
@@ -825,7 +833,7 @@ func TestReplSoak(t *testing.T) {
 			rn.cut(i, false)
 		}
 		faults[kind]++
-		checkNoExcess(t, cs.get(), led, fmt.Sprintf("after %s of node%d", kind, i+1))
+		checkNoExcess(t, cs.get(), c.nodes, led, fmt.Sprintf("after %s of node%d", kind, i+1))
 		waitWritable(t, c, 3*time.Minute, i)
 		if cs.get()[i] == nil {
 			cs.set(i, mongoClient(t, c.nodes[i]))
@@ -833,6 +841,9 @@ func TestReplSoak(t *testing.T) {
 	}
 	stop()
 	docs := checkConverged(t, cs.get(), names(n), led, 5*time.Minute)
+	for i, p := range c.nodes {
+		logLateApplies(t, p, i)
+	}
 	var acked int64
 	for k := range nCounters {
 		acked += led.acked[k].Load()
@@ -844,7 +855,7 @@ func TestReplSoak(t *testing.T) {
 // checkNoExcess checks, while writes go on, that no node's counter exceeds
 // what clients were told (plus what may be in flight): an increment can
 // arrive late, never twice.
-func checkNoExcess(t *testing.T, clients []*mongo.Client, led *ledger, when string) {
+func checkNoExcess(t *testing.T, clients []*mongo.Client, nodes []*nodeProc, led *ledger, when string) {
 	t.Helper()
 	var limit [nCounters]int64
 	for k := range nCounters {
@@ -867,8 +878,69 @@ func checkNoExcess(t *testing.T, clients []*mongo.Client, led *ledger, when stri
 			var k int
 			if _, err := fmt.Sscanf(id, "c%d", &k); err == nil && k < nCounters && n > limit[k] {
 				t.Errorf("%s: node%d counter %s = %d, more than the %d acknowledged or in flight", when, i+1, id, n, limit[k])
+				if nodes != nil {
+					dumpCounter(t, nodes, led, k)
+				}
 			}
 		}
 		_ = cur.Close(ctx)
+	}
+}
+
+// dumpCounter logs, for an overshoot, the increments each node's proxy took
+// and counter k as stored in each node's database, with the replication
+// metadata the proxy hides (read from the embedded FerretDB directly).
+func dumpCounter(t *testing.T, nodes []*nodeProc, led *ledger, k int) {
+	t.Helper()
+	for i := range nodes {
+		var acked, unsure int64
+		for w := i; w < len(led.ackedBy); w += len(nodes) {
+			acked += led.ackedBy[w][k].Load()
+			unsure += led.unsureBy[w][k].Load()
+		}
+		t.Logf("  increments of c%d through node%d: %d acknowledged, %d unsure", k, i+1, acked, unsure)
+	}
+	for i, p := range nodes {
+		out := p.out.String()
+		at := strings.LastIndex(out, "embedded ferretdb started")
+		if at < 0 {
+			continue
+		}
+		line := out[at:]
+		if nl := strings.IndexByte(line, '\n'); nl > 0 {
+			line = line[:nl]
+		}
+		_, uri, ok := strings.Cut(line, "uri=")
+		if !ok {
+			continue
+		}
+		uri, _, _ = strings.Cut(uri, " ")
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		cl, err := mongo.Connect(options.Client().ApplyURI(strings.Trim(uri, `"`)))
+		if err == nil {
+			var raw bson.Raw
+			if err = cl.Database(replDB).Collection(counterColl).FindOne(ctx, bson.D{{Key: "_id", Value: fmt.Sprintf("c%d", k)}}).Decode(&raw); err == nil {
+				t.Logf("  node%d stores c%d: %s", i+1, k, raw)
+			}
+			_ = cl.Disconnect(ctx)
+		}
+		if err != nil {
+			t.Logf("  node%d: reading c%d directly: %v", i+1, k, err)
+		}
+		cancel()
+	}
+}
+
+// logLateApplies reports the proxy's late-apply lines in node i's output
+// (see mongoproxy's foldChecked): each is a retried apply or a double one.
+func logLateApplies(t *testing.T, p *nodeProc, i int) {
+	t.Helper()
+	if p.out == nil {
+		return
+	}
+	for _, line := range strings.Split(p.out.String(), "\n") {
+		if strings.Contains(line, "a double application") {
+			t.Logf("node%d: %s", i+1, line)
+		}
 	}
 }

@@ -312,15 +312,34 @@ func cloneRaw(b bson.Raw) bson.Raw {
 
 // fold applies ops to st in order.
 func fold(st crdt.State, ops []*crdt.Op) (crdt.State, bool, error) {
+	st, changed, _, err := foldChecked(st, ops)
+	return st, changed, err
+}
+
+// foldChecked is fold that also returns the ops that changed the document
+// although a later op of the same origin had already changed it. Each
+// origin's ops reach a document in Seq order (a document's lock is held
+// from a local op's log append to its write; peers' ops are applied in
+// order; a snapshot holds every op of an origin up to the newest it
+// holds), so such an op is either one whose first apply failed (it stayed
+// unapplied in the log while a later one went through) or an op applied a
+// second time, which for $inc counts twice. Either way it is worth a loud
+// line: see storeOps.
+func foldChecked(st crdt.State, ops []*crdt.Op) (crdt.State, bool, []*crdt.Op, error) {
 	changed := false
+	var late []*crdt.Op
 	for _, op := range ops {
+		seen := st.Meta.SeenSeq(op.Origin)
 		next, ch, err := crdt.Apply(st, op)
 		if err != nil {
-			return st, false, err
+			return st, false, nil, err
+		}
+		if ch && op.Seq != 0 && op.Seq <= seen {
+			late = append(late, op)
 		}
 		st, changed = next, changed || ch
 	}
-	return st, changed, nil
+	return st, changed, late, nil
 }
 
 // encodeMeta wraps the metadata for storage as {v: version, b: BinData}.
@@ -459,9 +478,15 @@ func (e *engine) storeOps(ctx context.Context, ds *docState) error {
 		// A drop of the namespace newer than the stored state deletes what
 		// it holds: that is a change to store even if the ops add nothing.
 		start := e.withDrop(ds.ns, ds.id, ds.base)
-		next, changed, err := fold(start, ds.ops)
+		next, changed, late, err := foldChecked(start, ds.ops)
 		if err != nil {
 			return &applyError{err: err}
+		}
+		if len(late) > 0 {
+			e.met.lateApplies.Add(float64(len(late)))
+			e.log.Warn("an op changed a document after a later op of its origin had: a retried apply, or a double application",
+				"ns", ds.ns, "id", ds.id, "origin", late[0].Origin, "seq", late[0].Seq, "seen", start.Meta.SeenSeq(late[0].Origin),
+				"ts", late[0].TS.String(), "kind", late[0].Kind.String(), "ops", len(late))
 		}
 		if !changed && start.Meta != ds.base.Meta && (ds.inColl || start.Doc != nil) {
 			changed = true // (a document absent anyway needs no tombstone: the drop record covers it)

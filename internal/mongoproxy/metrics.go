@@ -11,6 +11,7 @@ type metrics struct {
 	opsCaptured   *prometheus.CounterVec // by kind
 	opsApplied    *prometheus.CounterVec // by source: local, remote, replay
 	casRetries    prometheus.Counter
+	lateApplies   prometheus.Counter
 	conflicts     *prometheus.CounterVec // by reason: unique, invalid
 	compensations prometheus.Counter
 	replayed      prometheus.Counter
@@ -35,6 +36,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Operations applied to the local database, by source."}, []string{"source"}),
 		casRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_cas_retries_total",
 			Help: "Document writes retried because the stored metadata version changed underneath."}),
+		lateApplies: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_late_applies_total",
+			Help: "Operations that changed a document after a later op of their origin had (expected only after a failed apply; otherwise a double application)."}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_apply_conflicts_total",
 			Help: "Operations that could not be applied locally and were parked in edgenode_meta.conflicts."}, []string{"reason"}),
 		compensations: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_compensations_total",
@@ -44,7 +47,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	if reg != nil {
 		reg.MustRegister(m.conns, m.connsRejected, m.badMessages, m.commands, m.writeSeconds, m.opsCaptured,
-			m.opsApplied, m.casRetries, m.conflicts, m.compensations, m.replayed)
+			m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed)
 	}
 	return m
 }

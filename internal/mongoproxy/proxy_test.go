@@ -810,3 +810,36 @@ func TestRemoteOpsOutsideReplication(t *testing.T) {
 		t.Fatalf("metric %v", got)
 	}
 }
+
+// TestLateApplyIsFlagged: an op that changes a document after a later op of
+// its origin already had (a double application, or a retried one) is
+// counted and logged; duplicates recognized as such are not.
+func TestLateApplyIsFlagged(t *testing.T) {
+	tp := newProxy(t, 1, "n1")
+	ns := "late.counters"
+	inc := func(seq uint64, logical uint32) *crdt.Op {
+		return &crdt.Op{Origin: "peer", Seq: seq, TS: crdt.Timestamp{Wall: 1_700_000_000_000, Logical: logical, Node: "peer"}, NS: ns,
+			ID: rawValue("c"), Kind: crdt.Update, Update: rawDoc(t, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}})}
+	}
+	one, two := inc(1, 1), inc(2, 2)
+	// In order, then both again (recognized duplicates): nothing flagged.
+	for _, ops := range [][]*crdt.Op{{one}, {two}, {one, two}} {
+		if err := tp.ApplyRemote(testCtx, ops); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := counter(t, tp.reg, "edgenode_mongoproxy_late_applies_total"); got != 0 {
+		t.Fatalf("duplicates flagged: %v", got)
+	}
+	// A distinct op numbered below the one that last changed the document
+	// (here it stands for a retried apply): flagged.
+	if err := tp.ApplyRemote(testCtx, []*crdt.Op{inc(1, 0)}); err != nil {
+		t.Fatal(err)
+	}
+	if got := counter(t, tp.reg, "edgenode_mongoproxy_late_applies_total"); got != 1 {
+		t.Fatalf("late apply counted %v times", got)
+	}
+	if !strings.Contains(tp.logs.String(), "a retried apply, or a double application") {
+		t.Fatal("no log line for the late apply")
+	}
+}

@@ -108,6 +108,18 @@ func (m *Meta) Seen() map[string]uint64 {
 	return out
 }
 
+// SeenSeq returns the highest Seq of origin that changed the document (0 if none).
+func (m *Meta) SeenSeq(origin string) uint64 {
+	if m == nil {
+		return 0
+	}
+	i, ok := slices.BinarySearchFunc(m.seen, origin, func(s originSeq, o string) int { return strings.Compare(s.origin, o) })
+	if !ok {
+		return 0
+	}
+	return m.seen[i].seq
+}
+
 // PendingOps returns the number of retained commutative operations (a measure of metadata size
 // that only Compact reduces).
 func (m *Meta) PendingOps() int {
