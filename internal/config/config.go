@@ -284,6 +284,11 @@ type Mongo struct {
 	Replicate []string `yaml:"replicate"`
 	LocalOnly []string `yaml:"local_only"`
 	MaxConns  int      `yaml:"max_conns"`
+	// MaxDocumentBytes caps a replicated document as stored (with its
+	// replication metadata, which repeats its values) and each write's op:
+	// larger writes get error 10334, so that replication (8 MiB mesh
+	// messages) can always carry them.
+	MaxDocumentBytes ByteSize `yaml:"max_document_bytes"`
 	// MaxLag: once this node has known for longer than this of a live
 	// peer's ops it has not applied, replication reports it not ready
 	// (writes are still accepted); 0 never does.
@@ -388,13 +393,14 @@ func Default() Config {
 			QueueLength: 8192,
 		},
 		Mongo: Mongo{
-			Enabled:         true,
-			Listen:          "127.0.0.1:27018",
-			Replicate:       []string{"*"},
-			MaxConns:        4096,
-			MaxLag:          30 * time.Second,
-			LogRetention:    10 * time.Minute,
-			ForgetPeerAfter: 24 * time.Hour,
+			Enabled:          true,
+			Listen:           "127.0.0.1:27018",
+			Replicate:        []string{"*"},
+			MaxConns:         4096,
+			MaxDocumentBytes: 15 << 19,
+			MaxLag:           30 * time.Second,
+			LogRetention:     10 * time.Minute,
+			ForgetPeerAfter:  24 * time.Hour,
 		},
 		PubSub: PubSub{
 			Enabled:         true,

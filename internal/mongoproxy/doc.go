@@ -91,7 +91,9 @@
 // (startTransaction or autocommit:false), aggregate $out/$merge into a
 // replicated collection, the bulkWrite command, renameCollection and
 // mapReduce with an output collection. Writes naming _edgenode, at any
-// depth, are refused. Refusals of a statement are writeErrors (code 2
+// depth, are refused. So is a write whose op, or whose document as stored
+// (fields plus metadata), exceeds Options.MaxDocumentBytes: error 10334
+// BSONObjectTooLarge, nothing logged, since replication could not carry it. Refusals of a statement are writeErrors (code 2
 // BadValue, or 9 FailedToParse for what MongoDB itself cannot parse);
 // refusals of a whole command are command errors with code 2.
 //

@@ -68,6 +68,8 @@ type engine struct {
 	// the proxy's writes) and multi-document chunks read document by
 	// document instead of with one $in query.
 	ferret bool
+	// maxDoc is Options.MaxDocumentBytes.
+	maxDoc int
 
 	// fault is a test hook called at named points ("after-append",
 	// "after-apply"); nil in production.
@@ -839,8 +841,15 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 		op.ID = ds.id
 		op.Doc, op.Update = cloneRaw(op.Doc), cloneRaw(op.Update)
 		next, _, err := crdt.Apply(ds.cur, op)
+		if err == nil {
+			err = e.checkSize(op, next)
+		}
 		if err != nil {
-			fail(i, errorf(codeBadValue, "edgenode: %v", err))
+			var me *mongoError
+			if !errors.As(err, &me) {
+				me = errorf(codeBadValue, "edgenode: %v", err)
+			}
+			fail(i, me)
 			if stop {
 				break
 			}
@@ -932,6 +941,32 @@ func (e *engine) runChunk(ctx context.Context, ns string, items []localItem, out
 		e.met.opsApplied.WithLabelValues("local").Add(float64(len(applied)))
 	}
 	return logged, stop
+}
+
+// checkSize refuses a write whose op, or whose document as stored with its
+// metadata, would exceed maxDoc: replication could not carry it.
+func (e *engine) checkSize(op *crdt.Op, next crdt.State) error {
+	if n := len(op.Doc) + len(op.Update); n > e.maxDoc {
+		return errorf(codeBSONObjectTooLarge, "edgenode: this write to %s is %d bytes; replicated writes are limited to %d (mongo.max_document_bytes): keep large blobs out of the database (the media cache), or make the collection local-only", op.NS, n, e.maxDoc)
+	}
+	if next.Doc == nil {
+		return nil
+	}
+	// The stored form is the document plus metadata that repeats every
+	// assigned value and keeps pending commutative ops: bounded cheaply
+	// first (values twice, generously per pending op), encoded only when
+	// it may be near the limit.
+	raw, err := bson.Marshal(next.Doc)
+	if err != nil {
+		return err
+	}
+	if 2*len(raw)+256*next.Meta.PendingOps()+64<<10 < e.maxDoc {
+		return nil
+	}
+	if n := len(raw) + len(next.Meta.Encode()); n > e.maxDoc {
+		return errorf(codeBSONObjectTooLarge, "edgenode: after this write the document %v of %s would take %d bytes with its replication metadata; the limit is %d (mongo.max_document_bytes): keep large blobs out of the database (the media cache), or make the collection local-only", op.ID, op.NS, n, e.maxDoc)
+	}
+	return nil
 }
 
 // prefetch loads, with one query for the documents and one for the

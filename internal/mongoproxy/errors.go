@@ -22,6 +22,7 @@ const (
 	codeUnsupportedOpQuery   int32 = 352
 	codeDuplicateKey         int32 = 11000
 	codeNotWritablePrimary   int32 = 10107
+	codeBSONObjectTooLarge   int32 = 10334
 )
 
 var codeNames = map[int32]string{
@@ -38,6 +39,7 @@ var codeNames = map[int32]string{
 	codeUnsupportedOpQuery:   "UnsupportedOpQueryCommand",
 	codeDuplicateKey:         "DuplicateKey",
 	codeNotWritablePrimary:   "NotWritablePrimary",
+	codeBSONObjectTooLarge:   "BSONObjectTooLarge",
 }
 
 // mongoError is an error the client sees as a MongoDB error (code + message).

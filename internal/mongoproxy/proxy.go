@@ -56,12 +56,25 @@ type Options struct {
 	// refused (error 10107 NotWritablePrimary naming this reason) until
 	// AllowWrites: replication sets it until the node is a complete replica.
 	HoldWrites string
+	// MaxDocumentBytes caps a document of a replicated collection as stored
+	// (its fields plus the replication metadata, which repeats assigned
+	// values) and the op of each write to it. A write beyond it is refused
+	// with error 10334 BSONObjectTooLarge before anything is logged: every
+	// op must fit in one replication message and every document in one
+	// initial-sync chunk, or a peer's stream would stop at it. Default
+	// DefaultMaxDocumentBytes (the mesh's 8 MiB message less headroom).
+	MaxDocumentBytes int
 	// DocCache is how many recently written documents the proxy keeps in
 	// memory so that the next write to them skips the read (default 4096;
 	// negative disables it). It assumes the proxy is the only writer of its
 	// replicated collections, which it must be anyway for them to replicate.
 	DocCache int
 }
+
+// DefaultMaxDocumentBytes is Options.MaxDocumentBytes's default: 7.5 MiB,
+// leaving room in the mesh's 8 MiB messages for framing and for the
+// smaller items that share an initial-sync chunk.
+const DefaultMaxDocumentBytes = 15 << 19
 
 // Proxy is the Mongo wire-protocol proxy. See the package documentation.
 type Proxy struct {
@@ -116,6 +129,9 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	}
 	if opts.MaxConns <= 0 {
 		opts.MaxConns = 4096
+	}
+	if opts.MaxDocumentBytes <= 0 {
+		opts.MaxDocumentBytes = DefaultMaxDocumentBytes
 	}
 	if opts.DocCache == 0 {
 		opts.DocCache = 4096
@@ -217,6 +233,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
 		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated,
+		maxDoc: p.opts.MaxDocumentBytes,
 		nsl: newNSLocks(), nsDrops: map[string]crdt.Timestamp{}}
 	if p.opts.HoldWrites != "" {
 		reason := p.opts.HoldWrites

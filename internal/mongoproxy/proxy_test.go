@@ -843,3 +843,43 @@ func TestLateApplyIsFlagged(t *testing.T) {
 		t.Fatal("no log line for the late apply")
 	}
 }
+
+// TestOversizedWritesAreRefused: a write whose op, or whose document with
+// its replication metadata, would not fit in a replication message gets
+// BSONObjectTooLarge before anything is logged; the document keeps its
+// state and smaller writes go on.
+func TestOversizedWritesAreRefused(t *testing.T) {
+	const limit = 256 << 10
+	tp := newProxy(t, 1, "n1", func(o *Options) { o.MaxDocumentBytes = limit })
+	c := tp.client.Database(freshDB("big")).Collection("docs")
+	log := tp.OpLog()
+	tooLarge := func(err error) bool {
+		var se mongo.ServerError
+		return errors.As(err, &se) && se.HasErrorCode(int(codeBSONObjectTooLarge)) && strings.Contains(err.Error(), "mongo.max_document_bytes")
+	}
+	before := log.LastSeq("n1")
+	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "blob", Value: strings.Repeat("x", limit)}}); !tooLarge(err) {
+		t.Fatalf("oversized insert: %v", err)
+	}
+	// Under the limit as a document, over it with the metadata's copy.
+	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "blob", Value: strings.Repeat("y", limit*2/3)}}); !tooLarge(err) {
+		t.Fatalf("insert too large with its metadata: %v", err)
+	}
+	if got := log.LastSeq("n1"); got != before {
+		t.Fatalf("refused writes were logged: last seq %d -> %d", before, got)
+	}
+	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 3}, {Key: "blob", Value: strings.Repeat("z", limit/4)}}); err != nil {
+		t.Fatal(err)
+	}
+	// Growing it past the limit is refused; it keeps what it had.
+	if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 3}}, bson.D{{Key: "$set", Value: bson.D{{Key: "more", Value: strings.Repeat("w", limit/3)}}}}); !tooLarge(err) {
+		t.Fatalf("growing update: %v", err)
+	}
+	m := findOne(t, c, bson.D{{Key: "_id", Value: 3}})
+	if m["more"] != nil || len(m["blob"].(string)) != limit/4 {
+		t.Fatalf("document changed by a refused update: %d fields", len(m))
+	}
+	if n, _ := c.CountDocuments(testCtx, bson.D{}); n != 1 {
+		t.Fatalf("%d documents, want 1", n)
+	}
+}

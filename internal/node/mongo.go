@@ -102,15 +102,16 @@ func (n *Node) buildMongo() error {
 				hold = "replication is starting"
 			}
 			proxy, err = mongoproxy.New(mongoproxy.Options{
-				Listen:       c.Listen,
-				Upstream:     upstream,
-				NodeID:       origin,
-				DataDir:      n.cfg.Node.DataDir,
-				Replicate:    replicate,
-				LocalOnly:    c.LocalOnly,
-				MaxConns:     c.MaxConns,
-				HoldWrites:   hold,
-				SyncDatabase: syncDB,
+				Listen:           c.Listen,
+				Upstream:         upstream,
+				NodeID:           origin,
+				DataDir:          n.cfg.Node.DataDir,
+				Replicate:        replicate,
+				LocalOnly:        c.LocalOnly,
+				MaxConns:         c.MaxConns,
+				MaxDocumentBytes: int(c.MaxDocumentBytes),
+				HoldWrites:       hold,
+				SyncDatabase:     syncDB,
 			}, n.log.With("part", "mongo"), n.reg)
 			if err != nil {
 				return err

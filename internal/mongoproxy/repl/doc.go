@@ -146,9 +146,12 @@
 //     before its ops reached every peer, the peers that missed them never get
 //     them (the others keep them): before wiping a node, let its peers catch
 //     up (peer lag 0).
-//   - An op larger than the mesh's maximum message size (8 MiB by default)
-//     cannot be sent: logged and counted, and that peer's stream stops
-//     there. Snapshot chunks are limited the same way.
+//   - Ops and snapshot items travel in mesh messages (8 MiB at most). The
+//     proxy refuses, before logging anything, a write whose op or whose
+//     stored document (with its metadata) exceeds mongo.max_document_bytes
+//     (7.5 MiB), so that never happens with the defaults; an op that does
+//     not fit anyway (a larger limit in a mixed fleet) is logged and
+//     counted, and that peer's stream stops there.
 //   - Clocks must agree within StableMargin for the compaction frontier's
 //     guarantee (see above).
 //   - DDL replicates as ops too (mongoproxy, crdt.DDL); a collection drop
