@@ -234,7 +234,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
 		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated,
 		maxDoc: p.opts.MaxDocumentBytes,
-		nsl: newNSLocks(), nsDrops: map[string]crdt.Timestamp{}}
+		nsl:    newNSLocks(), nsDrops: map[string]crdt.Timestamp{}}
 	if p.opts.HoldWrites != "" {
 		reason := p.opts.HoldWrites
 		p.eng.blocked.Store(&reason)
