@@ -233,8 +233,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	clock.Observe(olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
 		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated,
-		maxDoc: p.opts.MaxDocumentBytes,
-		nsl:    newNSLocks(), nsDrops: map[string]crdt.Timestamp{}}
+		nsl: newNSLocks(), nsDrops: map[string]crdt.Timestamp{}, maxDoc: p.opts.MaxDocumentBytes}
 	if p.opts.HoldWrites != "" {
 		reason := p.opts.HoldWrites
 		p.eng.blocked.Store(&reason)
