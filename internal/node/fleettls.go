@@ -39,7 +39,7 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 	f := &fleetTLS{where: n.cfg.FleetStore()}
 	log := n.log.With("part", "fleet-tls")
 	if f.where == config.FleetStorageMongo {
-		kv := fleet.NewMongoKV(2*time.Second, log)
+		kv := fleet.NewMongoKV(time.Second, log) // a find of a small collection: cheap, and on-demand names wait on it
 		f.kv = kv
 		f.where = "the replicated collection " + config.FleetNamespace
 		var client *mongo.Client
