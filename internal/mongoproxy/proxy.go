@@ -17,6 +17,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
@@ -215,7 +216,16 @@ func (p *Proxy) Start(ctx context.Context) error {
 		_ = olog.Close()
 		return err
 	}
-	client, err := mongo.Connect(options.Client().ApplyURI(p.opts.Upstream).SetAppName("edgenode-mongoproxy"))
+	copts := options.Client().ApplyURI(p.opts.Upstream).SetAppName("edgenode-mongoproxy")
+	if p.opts.SyncDatabase == nil && copts.WriteConcern == nil {
+		// The op log forgets an op once the database acknowledged applying
+		// it, so the acknowledgement must mean durable: journaled (MongoDB's
+		// default does not wait for the journal). A write concern in the
+		// URI is the operator's choice and kept.
+		journal := true
+		copts.SetWriteConcern(&writeconcern.WriteConcern{W: 1, Journal: &journal})
+	}
+	client, err := mongo.Connect(copts)
 	if err != nil {
 		return fail(fmt.Errorf("mongoproxy: connect to upstream: %w", err))
 	}
