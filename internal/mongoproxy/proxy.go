@@ -51,7 +51,9 @@ type Options struct {
 	// the call durable (the embedded database does not fsync each commit).
 	// The op log then keeps ops until the database holds them durably (see
 	// oplog.Options.SyncApplied). Without it, writes the database
-	// acknowledged count as durable, as with MongoDB and j:true.
+	// acknowledged count as durable, and the proxy's own writes ask for
+	// the journal (w:1, j:true) unless the upstream URI sets a write
+	// concern.
 	SyncDatabase func() error
 	// HoldWrites, when set, makes the proxy start with captured writes
 	// refused (error 10107 NotWritablePrimary naming this reason) until
