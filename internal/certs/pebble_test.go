@@ -126,26 +126,27 @@ func startPebble(t *testing.T, tlsPort int, alwaysValid bool) *pebble {
 	})
 	p := &pebble{dir: fmt.Sprintf("https://127.0.0.1:%d/dir", apiPort), roots: roots, mgmt: fmt.Sprintf("https://127.0.0.1:%d", mgmtPort)}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 5 * time.Second}
+	// Pebble starts its API and management listeners in goroutines of
+	// their own: wait for both.
 	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := hc.Get(p.dir)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
+	var rootPEM []byte
+	for _, u := range []string{p.dir, p.mgmt + "/roots/0"} {
+		for {
+			resp, err := hc.Get(u)
+			if err == nil {
+				b, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 && rerr == nil {
+					rootPEM = b
+					break
+				}
 			}
+			if time.Now().After(deadline) {
+				t.Fatalf("pebble did not come up (%s): %v\n%s", u, err, out.String())
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pebble did not come up: %v\n%s", err, out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	resp, err := hc.Get(p.mgmt + "/roots/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	rootPEM, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	p.issuance = x509.NewCertPool()
 	if !p.issuance.AppendCertsFromPEM(rootPEM) {
 		t.Fatalf("pebble root: %q", rootPEM)
