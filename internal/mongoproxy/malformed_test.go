@@ -1,6 +1,7 @@
 package mongoproxy
 
 import (
+	"context"
 	"encoding/binary"
 	"io"
 	"math/rand/v2"
@@ -214,7 +215,10 @@ func TestShutdownDrains(t *testing.T) {
 	}
 	time.Sleep(50 * time.Millisecond) // let the idle connection be accepted
 	done := make(chan error, 1)
-	go func() { done <- tp.Shutdown(testCtx) }()
+	// Bounded: a shutdown that cannot finish is a failure to see, not a hang.
+	sctx, cancel := context.WithTimeout(testCtx, 30*time.Second)
+	defer cancel()
+	go func() { done <- tp.Shutdown(sctx) }()
 	_ = idle.SetReadDeadline(time.Now().Add(20 * time.Second))
 	if _, err := idle.Read(make([]byte, 1)); err == nil {
 		t.Fatal("idle connection not closed")
