@@ -135,10 +135,10 @@ type ledger struct {
 	// by writer (writer w writes through node w mod n): which proxy took
 	// the increments (diagnostics)
 	ackedBy, unsureBy [16][nCounters]atomic.Int64
-	ops, errs     atomic.Int64
-	fresh         atomic.Int64 // ids of inserted documents, unique across writers and restarts
-	mu            sync.Mutex
-	kinds         map[string]int // errors by kind, for the logs
+	ops, errs         atomic.Int64
+	fresh             atomic.Int64 // ids of inserted documents, unique across writers and restarts
+	mu                sync.Mutex
+	kinds             map[string]int // errors by kind, for the logs
 }
 
 func (l *ledger) noteErr(err error) {
