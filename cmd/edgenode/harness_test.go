@@ -46,7 +46,17 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePortOn returns a port on ip that was free a moment ago, for UDP too when udp.
+// handedOut is every port freePortOn returned in this test process: the
+// kernel may give a port that was just closed to the next Listen(":0"), and
+// two listeners of one node config on one port make the node refuse to
+// start (CI met it).
+var handedOut = struct {
+	sync.Mutex
+	ports map[string]bool
+}{ports: map[string]bool{}}
+
+// freePortOn returns a port on ip that was free a moment ago, for UDP too
+// when udp, and never the same one twice.
 func freePortOn(t testing.TB, ip string, udp bool) int {
 	t.Helper()
 	for range 100 {
@@ -56,6 +66,14 @@ func freePortOn(t testing.TB, ip string, udp bool) int {
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
+		key := fmt.Sprintf("%s:%d", ip, port)
+		handedOut.Lock()
+		taken := handedOut.ports[key]
+		handedOut.ports[key] = true
+		handedOut.Unlock()
+		if taken {
+			continue
+		}
 		if udp {
 			c, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
 			if err != nil {

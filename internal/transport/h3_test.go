@@ -122,6 +122,21 @@ func TestHTTP3SameAnswersAsHTTP2(t *testing.T) {
 }
 
 // metricValue sums the samples of name whose label has value.
+// quicOpen is the server's edgenode_quic_connections_open gauge.
+func quicOpen(t *testing.T, ts *testServer) float64 {
+	t.Helper()
+	mfs, err := ts.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "edgenode_quic_connections_open" && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	return 0
+}
+
 func metricValue(t *testing.T, ts *testServer, name, label, value string) float64 {
 	t.Helper()
 	mfs, err := ts.reg.Gather()
@@ -237,6 +252,17 @@ func TestHTTP3DrainClosesWithNoError(t *testing.T) {
 		got <- string(b)
 	}()
 	<-started
+	// Both connections must be in the server's hands before the drain: a
+	// handshake that completes as the drain begins is never accepted, and
+	// the transport closes it only once the drain is over (on a busy
+	// machine the server's accept can lag the client's dial).
+	deadline := time.Now().Add(10 * time.Second)
+	for quicOpen(t, ts) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("server holds %v QUIC connections, want 2", quicOpen(t, ts))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	shutdownDone := make(chan error, 1)
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
