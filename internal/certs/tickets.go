@@ -96,7 +96,11 @@ func (t *TicketKeys) Start(ctx context.Context) error {
 		}
 	}
 	if err := t.refresh(ctx); err != nil && !pending {
-		t.log.Warn("ticket keys: cannot read the cluster's keys; using this node's own for now", "err", err)
+		if errors.Is(err, fs.ErrNotExist) {
+			t.log.Info("ticket keys: none stored yet (the cron_leader makes them); using this node's own for now")
+		} else {
+			t.log.Warn("ticket keys: cannot read the cluster's keys; using this node's own for now", "err", err)
+		}
 	}
 	ch, cancelSub := t.kv.Subscribe(TicketKeyName)
 	rctx, cancel := context.WithCancel(context.Background())
