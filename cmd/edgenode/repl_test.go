@@ -462,10 +462,10 @@ func kill9(t *testing.T, c *cluster, i int) {
 	c.nodes[i].wait(10 * time.Second)
 }
 
-// waitOwnOpsAcked waits until every peer has acknowledged node i's ops.
-func waitOwnOpsAcked(t *testing.T, c *cluster, i, peers int) {
+// waitOwnOpsAcked waits up to d until every peer has acknowledged node i's ops.
+func waitOwnOpsAcked(t *testing.T, c *cluster, i, peers int, d time.Duration) {
 	t.Helper()
-	waitFor(t, 30*time.Second, fmt.Sprintf("node%d's ops acknowledged by every peer", i+1), func() bool {
+	waitFor(t, d, fmt.Sprintf("node%d's ops acknowledged by every peer", i+1), func() bool {
 		st, err := replStatus(c.nodes[i])
 		if err != nil || len(st.Peers) < peers {
 			return false
@@ -511,7 +511,7 @@ func TestReplWipedNodeResyncs(t *testing.T) {
 	// disk loses whatever had not left it, which is not what this tests).
 	cs.set(2, nil)
 	time.Sleep(500 * time.Millisecond)
-	waitOwnOpsAcked(t, c, 2, 2)
+	waitOwnOpsAcked(t, c, 2, 2, 30*time.Second)
 	kill9(t, c, 2)
 	if err := os.RemoveAll(c.nodes[2].dataDir); err != nil {
 		t.Fatal(err)
@@ -736,23 +736,6 @@ func TestReplPartitionHeals(t *testing.T) {
 	}
 }
 
-// waitAcked is waitOwnOpsAcked with a bound.
-func waitAcked(t *testing.T, c *cluster, i, peers int, d time.Duration) {
-	t.Helper()
-	waitFor(t, d, fmt.Sprintf("node%d's ops acknowledged by every peer", i+1), func() bool {
-		st, err := replStatus(c.nodes[i])
-		if err != nil || len(st.Peers) < peers {
-			return false
-		}
-		for _, p := range st.Peers {
-			if p.LagOps != 0 {
-				return false
-			}
-		}
-		return true
-	})
-}
-
 // TestReplSoak is a randomized run of the faults above, one after another,
 // under a continuous write load on every node, for -repl.soak (in network
 // namespaces with partitions when root; SIGSTOP pauses stand in for them
@@ -821,7 +804,7 @@ func TestReplSoak(t *testing.T) {
 		case "wipe":
 			cs.set(i, nil)
 			time.Sleep(500 * time.Millisecond)
-			waitAcked(t, c, i, n-1, 3*time.Minute)
+			waitOwnOpsAcked(t, c, i, n-1, 3*time.Minute)
 			kill9(t, c, i)
 			if err := os.RemoveAll(c.nodes[i].dataDir); err != nil {
 				t.Fatal(err)
