@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"regexp"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,9 +44,10 @@ type MongoKV struct {
 	subscribers
 
 	coll atomic.Pointer[mongo.Collection]
-	stop chan struct{}
-	done chan struct{}
-	once sync.Once
+	// ctx ends with Close; it bounds the watcher and its polls.
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
 	// started guards done: Close waits for the watcher only if it ran.
 	started atomic.Bool
 }
@@ -72,7 +72,8 @@ func NewMongoKV(interval time.Duration, log *slog.Logger) *MongoKV {
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
-	return &MongoKV{interval: interval, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &MongoKV{interval: interval, log: log, ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
 // Start uses coll (reached through the proxy, so that writes replicate)
@@ -88,7 +89,7 @@ func (m *MongoKV) Start(coll *mongo.Collection) {
 
 // Close stops the watcher.
 func (m *MongoKV) Close() error {
-	m.once.Do(func() { close(m.stop) })
+	m.cancel()
 	if m.started.Load() {
 		<-m.done
 	}
@@ -269,15 +270,7 @@ func (m *MongoKV) revisions(ctx context.Context, filter bson.D) (map[string]int6
 // with the last good snapshot, so nothing is missed.
 func (m *MongoKV) watch() {
 	defer close(m.done)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		select {
-		case <-m.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
+	ctx := m.ctx
 	var seen map[string]int64
 	failing := false
 	t := time.NewTicker(m.interval)
