@@ -21,7 +21,7 @@ import (
 // certificates that only the cron_leader orders.
 type fleetTLS struct {
 	kv    fleet.KV
-	where string
+	where string // for people: "the replicated collection ..." or "the folder ..."
 	// storage starts and stops the storage: first in, last out of the
 	// fleet parts.
 	storage *part
@@ -36,9 +36,10 @@ type fleetTLS struct {
 // own proxy, so certificates, keys and the ACME account replicate to every
 // clone and survive a restart of the whole fleet.
 func (n *Node) buildFleetTLS() (*fleetTLS, error) {
-	f := &fleetTLS{where: n.cfg.FleetStore()}
+	f := &fleetTLS{}
+	store := n.cfg.FleetStore()
 	log := n.log.With("part", "fleet-tls")
-	if f.where == config.FleetStorageMongo {
+	if store == config.FleetStorageMongo {
 		kv := fleet.NewMongoKV(time.Second, log) // a find of a small collection: cheap, and on-demand names wait on it
 		f.kv = kv
 		f.where = "the replicated collection " + config.FleetNamespace
@@ -67,12 +68,12 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 			},
 		}
 	} else {
-		kv, err := fleet.NewFileKV(f.where, 2*time.Second, log)
+		kv, err := fleet.NewFileKV(store, 2*time.Second, log)
 		if err != nil {
 			return nil, fmt.Errorf("https.fleet_storage: %w", err)
 		}
 		f.kv = kv
-		f.where = "the folder " + f.where
+		f.where = "the folder " + store
 		f.storage = &part{
 			name:   "fleet-storage",
 			detail: "TLS material shared by the fleet in " + f.where,
