@@ -53,6 +53,9 @@ type clientConn struct {
 	// authenticated: the database accepted an authentication on this
 	// connection (see Proxy.authRequired).
 	authenticated bool
+	// internal: the node's own client (Proxy.DialInternal), the only one
+	// allowed into the reserved namespaces.
+	internal bool
 }
 
 // lastReplyOK inspects the last reply relayed (still in ubuf) for a

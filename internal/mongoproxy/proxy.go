@@ -416,6 +416,32 @@ func (p *Proxy) acceptLoop() {
 	}
 }
 
+// DialInternal connects the node's own client to the proxy without a
+// socket: the connection is an in-memory pipe served like a client
+// connection, but trusted (internal). Only an internal connection may read
+// or write the reserved namespaces that hold the fleet's secrets (see
+// reservedDB); no listener anyone else can reach gives that right. Use it as
+// the mongo driver's dialer (options.Client().SetDialer); network and addr
+// are ignored. It fails once the proxy is shutting down or not started.
+func (p *Proxy) DialInternal(ctx context.Context, network, addr string) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	if p.state != stateRunning || p.closing {
+		p.mu.Unlock()
+		return nil, errors.New("mongoproxy: internal dial: proxy not running")
+	}
+	server, client := net.Pipe()
+	c := &clientConn{p: p, c: server, id: p.connSeq.Add(1), internal: true}
+	p.conns[c] = struct{}{}
+	p.connWG.Add(1)
+	p.mu.Unlock()
+	p.met.conns.Inc()
+	go c.serve()
+	return client, nil
+}
+
 func (p *Proxy) removeConn(c *clientConn) {
 	p.mu.Lock()
 	delete(p.conns, c)
