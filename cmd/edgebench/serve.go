@@ -58,7 +58,10 @@ func serveCmd(args []string) error {
 	var tok [16]byte
 	_, _ = rand.Read(tok[:])
 	token := hex.EncodeToString(tok[:])
-	adm := admin.New(aln, reg, token, log)
+	adm, err := admin.New(aln, reg, token, log)
+	if err != nil {
+		return err
+	}
 	for pat, h := range ps.AdminRoutes() {
 		adm.Handle(pat, h)
 	}

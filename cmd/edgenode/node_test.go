@@ -104,10 +104,6 @@ func TestEmbeddedNodeServesLandingPageOverH1AndH2(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	resp, _ = get(t, http.DefaultClient, "http://"+p.admin+"/debug/pprof/")
-	if resp.StatusCode != 200 {
-		t.Errorf("pprof: %d", resp.StatusCode)
-	}
 	// The self-signed certificate is made once and kept.
 	crt := filepath.Join(p.dataDir, "tls", "selfsigned.crt")
 	before, err := os.ReadFile(crt)

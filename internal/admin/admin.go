@@ -41,8 +41,12 @@ type readyCheck struct {
 }
 
 // New builds the admin server on a bound listener. gatherer is the node's
-// metrics registry. token, when not empty, guards the /v1/ routes.
-func New(ln net.Listener, gatherer prometheus.Gatherer, token string, log *slog.Logger) *Server {
+// metrics registry. token guards the /v1/ routes and /debug/pprof/; it must
+// not be empty: an admin listener never fails open.
+func New(ln net.Listener, gatherer prometheus.Gatherer, token string, log *slog.Logger) (*Server, error) {
+	if strings.TrimSpace(token) == "" {
+		return nil, errors.New("admin: the bearer token is empty (admin.token, or the publish.secret file in the data folder)")
+	}
 	s := &Server{ln: ln, mux: http.NewServeMux(), token: token}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -63,27 +67,29 @@ func New(ln net.Listener, gatherer prometheus.Gatherer, token string, log *slog.
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}))
-	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	// Profiles show memory contents (heap, goroutine stacks with arguments,
+	// the command line) and a CPU profile costs the node CPU: they need the
+	// same bearer token as the /v1/ routes, wherever the listener is.
+	s.mux.Handle("/debug/pprof/", s.requireToken(http.HandlerFunc(pprof.Index)))
+	s.mux.Handle("/debug/pprof/cmdline", s.requireToken(http.HandlerFunc(pprof.Cmdline)))
+	s.mux.Handle("/debug/pprof/profile", s.requireToken(http.HandlerFunc(pprof.Profile)))
+	s.mux.Handle("/debug/pprof/symbol", s.requireToken(http.HandlerFunc(pprof.Symbol)))
+	s.mux.Handle("/debug/pprof/trace", s.requireToken(http.HandlerFunc(pprof.Trace)))
 	s.srv = &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	return s
+	return s, nil
 }
 
-// Handle adds a route. Routes under /v1/ require the admin token when one is
-// configured.
+// Handle adds a route. Routes under /v1/ require the admin token.
 func (s *Server) Handle(pattern string, h http.Handler) {
 	_, path, _ := strings.Cut(pattern, " ")
 	if path == "" {
 		path = pattern
 	}
-	if strings.HasPrefix(path, "/v1/") && s.token != "" {
+	if strings.HasPrefix(path, "/v1/") {
 		h = s.requireToken(h)
 	}
 	s.mux.Handle(pattern, h)

@@ -123,6 +123,7 @@ func (c *Config) validate(ps *Problems) {
 
 	checkAddr(ps, "admin.listen", c.Admin.Listen, true)
 	checkSecret(ps, "admin.token", c.Admin.Token, false)
+	checkNotBlank(ps, "admin.token", c.Admin.Token)
 
 	if c.DNS.Enabled {
 		d := &c.DNS
@@ -433,6 +434,17 @@ func checkSecret(ps *Problems, key string, s Secret, required bool) {
 		if _, ok := os.LookupEnv(s.Env); !ok {
 			ps.add(key+".env", "environment variable %s is not set", s.Env)
 		}
+	}
+}
+
+// checkNotBlank reports a secret that is set but resolves to nothing (an
+// empty file or variable): a blank token must never mean "no token".
+func checkNotBlank(ps *Problems, key string, s Secret) {
+	if s.IsZero() {
+		return
+	}
+	if v, err := s.Resolve(); err == nil && strings.TrimSpace(v) == "" {
+		ps.add(key, "is empty: a blank token would leave what it guards open")
 	}
 }
 

@@ -286,15 +286,17 @@ func appDetail(app string) string {
 }
 
 func (n *Node) buildAdmin() error {
-	configured, _ := n.cfg.Admin.Token.Resolve() // validated by config
-	token, file, err := adminToken(configured, n.cfg.Node.DataDir)
+	token, file, err := adminToken(n.cfg.Admin.Token, n.cfg.Node.DataDir)
 	if err != nil {
 		return err
 	}
 	if file != "" {
 		n.log.Info("admin /v1/ routes need the bearer token in this file", "file", file)
 	}
-	n.admin = admin.New(n.adminLn, n.reg, token, n.log.With("part", "admin"))
+	n.admin, err = admin.New(n.adminLn, n.reg, token, n.log.With("part", "admin"))
+	if err != nil {
+		return err
+	}
 	n.parts = append(n.parts, &part{
 		name:   "admin",
 		detail: "http://" + n.adminLn.Addr().String() + " (/healthz /readyz /metrics /debug/pprof/)",

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/edgenode/edgenode/internal/atomicfile"
+	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/pubsub"
 )
 
@@ -68,28 +70,41 @@ func (n *Node) buildPubSub() error {
 	return nil
 }
 
-// adminToken is the bearer token of the admin /v1/ routes: the configured
-// one, or a random one made once in DATA_DIR/publish.secret, so the publish
-// and purge APIs are never open by accident.
-func adminToken(configured, dataDir string) (token, file string, err error) {
-	if configured != "" {
-		return configured, "", nil
+// adminToken is the bearer token of the admin /v1/ routes and of pprof: the
+// configured one, or a random one made once in DATA_DIR/publish.secret, so
+// those routes are never open by accident. An empty or unreadable token
+// stops the node with the key named: failing open here would hand the
+// publish, purge and profiling APIs to anyone who reaches the listener.
+func adminToken(configured config.Secret, dataDir string) (token, file string, err error) {
+	if !configured.IsZero() {
+		token, err := configured.Resolve()
+		if err != nil {
+			return "", "", fmt.Errorf("admin.token: %w", err)
+		}
+		if strings.TrimSpace(token) == "" {
+			return "", "", errors.New("admin.token: the configured token is empty")
+		}
+		return token, "", nil
 	}
 	file = filepath.Join(dataDir, "publish.secret")
 	b, err := os.ReadFile(file)
 	if err == nil {
-		return strings.TrimSpace(string(b)), file, nil
+		token = strings.TrimSpace(string(b))
+		if token == "" {
+			return "", "", fmt.Errorf("admin.token: %s is empty: remove it to have a new token made, or set admin.token", file)
+		}
+		return token, file, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
-		return "", "", fmt.Errorf("admin token: %w", err)
+		return "", "", fmt.Errorf("admin.token: reading %s: %w", file, err)
 	}
 	raw := make([]byte, 24)
 	if _, err := rand.Read(raw); err != nil {
-		return "", "", err
+		return "", "", fmt.Errorf("admin.token: %w", err)
 	}
 	token = hex.EncodeToString(raw)
-	if err := os.WriteFile(file, []byte(token+"\n"), 0o600); err != nil {
-		return "", "", fmt.Errorf("admin token: %w", err)
+	if err := atomicfile.Write(file, []byte(token+"\n"), 0o600); err != nil {
+		return "", "", fmt.Errorf("admin.token: %w", err)
 	}
 	return token, file, nil
 }
