@@ -97,3 +97,21 @@ func writeFile(t testing.TB, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// A listener that anyone off the machine can reach without authenticating is
+// named at start (b9c4b6e said nothing). The test binds to every interface
+// but sends traffic to loopback only.
+func TestUnprotectedListenersAreNamedAtStart(t *testing.T) {
+	cfg, p := nodeConfig(t, "")
+	_, port, _ := strings.Cut(p.admin, ":")
+	_, mport, _ := strings.Cut(p.mongo, ":")
+	cfg = mergeYAML(t, cfg, "admin:\n  listen: 0.0.0.0:"+port+"\nmongo:\n  listen: 0.0.0.0:"+mport+"\n")
+	p.admin = "127.0.0.1:" + port
+	startNode(t, cfg, p)
+	out := p.out.String()
+	for _, key := range []string{"admin.listen", "mongo.listen"} {
+		if !strings.Contains(out, "listener reachable beyond this machine without authentication") || !strings.Contains(out, "key="+key) {
+			t.Errorf("no warning naming %s:\n%s", key, out)
+		}
+	}
+}

@@ -92,6 +92,9 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := n.bind(); err != nil {
 		return nil, err
 	}
+	for _, e := range exposureWarnings(&cfg) {
+		log.Warn("listener reachable beyond this machine without authentication", "key", e.key, "addr", e.addr, "what", e.what)
+	}
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("node.data_dir: create %s: %w", cfg.Node.DataDir, err)
 	}
