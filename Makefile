@@ -50,6 +50,7 @@ demo: build
 	[ -f $$dir/ca/ca.crt ] || ./$(BIN) ca init --dir $$dir/ca >/dev/null; \
 	for i in 1 2 3; do [ -f $$dir/certs/node$$i.crt ] || ./$(BIN) ca issue --dir $$dir/ca --node node$$i --out $$dir/certs --host 127.0.0.$$i >/dev/null; done; \
 	[ -f $$dir/gossip.key ] || (umask 077; head -c 32 /dev/urandom | base64 > $$dir/gossip.key); \
+	[ -f $$dir/fleet.secret ] || (umask 077; head -c 32 /dev/urandom | base64 > $$dir/fleet.secret); \
 	for i in 1 2 3; do \
 	  { cat configs/cluster/node$$i.yaml; printf '\nweb:\n  demo:\n    enabled: true\n'; } > $$dir/demo-node$$i.yaml; \
 	  ./$(BIN) run --config $$dir/demo-node$$i.yaml >> $$dir/node$$i.log 2>&1 & echo $$! > $$dir/node$$i.pid; \

@@ -40,6 +40,9 @@ func newCluster(t *testing.T, n int, extra string) *cluster {
 	rand.Read(key)
 	keyFile := filepath.Join(dir, "gossip.key")
 	os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600)
+	// Every clone shares the fleet secret that encrypts the fleet's TLS
+	// material in the replicated collection.
+	fleetSecret := writeFleetSecret(t, dir)
 	c := &cluster{t: t}
 	var seeds []string
 	gossip := make([]int, n)
@@ -71,7 +74,7 @@ func newCluster(t *testing.T, n int, extra string) *cluster {
   data_dir: %s
   drain_timeout: 10s
 log: {level: debug}
-https: {listen: "%s"}
+https: {listen: "%s", fleet_secret: {file: %s}}
 admin: {listen: "%s"}
 dns:
   listen: "%s"
@@ -87,12 +90,25 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, p.admin, p.dns, p.mongo, ip, gossip[i], ip, freePortOn(t, ip, true),
+`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, ip, gossip[i], ip, freePortOn(t, ip, true),
 			seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
 		c.cfgs = append(c.cfgs, mergeYAML(t, cfg, extra))
 		c.nodes = append(c.nodes, p)
 	}
 	return c
+}
+
+// writeFleetSecret writes a fleet secret (https.fleet_secret) in dir, as
+// scripts/cluster makes one, and returns its path.
+func writeFleetSecret(t *testing.T, dir string) string {
+	t.Helper()
+	b := make([]byte, 32)
+	rand.Read(b)
+	path := filepath.Join(dir, "fleet.secret")
+	if err := os.WriteFile(path, []byte(base64.StdEncoding.EncodeToString(b)+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func (c *cluster) start(i int) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
 // resumesOn connects to addr with cache and reports whether TLS resumed. A
@@ -53,16 +56,28 @@ func TestFleetTicketKeysOverReplicatedMongo(t *testing.T) {
 		resumesOn(t, c.nodes[0].https, cache)
 		return resumesOn(t, c.nodes[1].https, cache)
 	})
-	// The keys are in node2's own replica of the collection.
-	cl := mongoClient(t, c.nodes[1])
+	// The keys are in node2's own replica of the collection, encrypted:
+	// read straight from its database (the proxy keeps the collection to
+	// the node's own client), as a dump would, they are not JSON of keys.
+	cl, err := mongo.Connect(options.Client().ApplyURI(databaseURI(t, c.nodes[1])).SetTimeout(15 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cl.Disconnect(context.Background()) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var doc bson.M
+	var doc struct {
+		V    []byte `bson:"v"`
+		Size int64  `bson:"size"`
+	}
 	if err := cl.Database("edgenode_fleet").Collection("tls").FindOne(ctx, bson.D{{Key: "_id", Value: "tls/session_ticket_keys"}}).Decode(&doc); err != nil {
 		t.Fatalf("ticket keys not in node2's replica: %v", err)
 	}
-	if _, ok := doc["v"]; !ok {
-		t.Fatalf("stored keys without a value: %v", doc)
+	if len(doc.V) == 0 || doc.Size == 0 {
+		t.Fatalf("stored keys without a value: %+v", doc)
+	}
+	if bytes.Contains(doc.V, []byte(`"keys"`)) || bytes.Contains(doc.V, []byte(`"key"`)) {
+		t.Errorf("the ticket keys are stored in the clear: %q", doc.V)
 	}
 
 	// A session from before a restart of the whole fleet resumes after it:

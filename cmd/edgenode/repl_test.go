@@ -654,6 +654,7 @@ func nsCluster(t *testing.T, rn *replNet, n int) *cluster {
 	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	fleetSecret := writeFleetSecret(t, dir)
 	var seeds []string
 	for i := range n {
 		seeds = append(seeds, rn.meshIP(i)+":7946")
@@ -675,7 +676,7 @@ func nsCluster(t *testing.T, rn *replNet, n int) *cluster {
   data_dir: %s
   drain_timeout: 10s
 log: {level: info}
-https: {listen: "%s"}
+https: {listen: "%s", fleet_secret: {file: %s}}
 admin: {listen: "%s"}
 dns: {listen: "%s"}
 mongo: {listen: "%s"}
@@ -689,7 +690,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, p.admin, p.dns, p.mongo, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
+`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
 		c.cfgs = append(c.cfgs, cfg)
 		c.nodes = append(c.nodes, p)
 	}

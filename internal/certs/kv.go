@@ -15,10 +15,11 @@
 //
 // Storage. Everything goes through KV, a small key-value interface with
 // change notifications. This package provides MongoKV, the fleet's store:
-// a collection reached through the node's own Mongo proxy, so that it
-// replicates like the application's data; a folder-backed FileKV (several
-// processes may share the folder: one machine, or a shared volume); and an
-// in-memory one for tests.
+// a collection reached through the node's own Mongo proxy (its in-process
+// connection), so that it replicates like the application's data, with
+// every value encrypted under the fleet secret; a folder-backed FileKV
+// (several processes may share the folder: one machine, or a shared
+// volume); and an in-memory one for tests.
 //
 // Why the Mongo layer rather than the mesh: certificates, private keys and
 // the ACME account must survive a restart of the whole fleet (the mesh

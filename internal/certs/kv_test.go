@@ -4,18 +4,13 @@ import (
 	"context"
 	"errors"
 	"io/fs"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.mongodb.org/mongo-driver/v2/mongo"
-	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/edgenode/edgenode/internal/certs"
-	"github.com/edgenode/edgenode/internal/mongoproxy"
-	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 )
 
 func kvs(t *testing.T) map[string]certs.KV {
@@ -27,36 +22,24 @@ func kvs(t *testing.T) map[string]certs.KV {
 	return map[string]certs.KV{"mem": certs.NewMemKV(), "file": f, "mongo": newMongoKV(t, mongoCollection(t), 50*time.Millisecond)}
 }
 
-// mongoCollection is a collection through a real Mongo proxy in front of an
-// embedded FerretDB, as on a node (the proxy captures every write of the KV).
-func mongoCollection(t *testing.T) *mongo.Collection {
-	t.Helper()
-	ctx := context.Background()
-	dir := t.TempDir()
-	db, err := embedded.Start(ctx, filepath.Join(dir, "mongo"), testLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(db.Stop)
-	proxy, err := mongoproxy.New(mongoproxy.Options{Listen: "127.0.0.1:0", Upstream: db.URI(), NodeID: "n1", DataDir: dir,
-		SyncDatabase: db.Sync}, testLog(), prometheus.NewRegistry())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := proxy.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = proxy.Shutdown(context.Background()) })
-	client, err := mongo.Connect(options.Client().ApplyURI("mongodb://" + proxy.Addr().String() + "/?directConnection=true"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
-	return client.Database("edgenode").Collection("fleet_tls")
-}
+// mongoCollection is the fleet collection through a real Mongo proxy in
+// front of an embedded FerretDB, reached as a node reaches it (the proxy
+// captures every write of the KV).
+func mongoCollection(t *testing.T) *mongo.Collection { return startFleetDB(t).coll }
+
+// testSecret is a fleet secret of the minimum length.
+const testSecret = "0123456789abcdef0123456789abcdef"
 
 func newMongoKV(t *testing.T, coll *mongo.Collection, interval time.Duration) *certs.MongoKV {
-	kv := certs.NewMongoKV(interval, testLog())
+	return newMongoKVWith(t, coll, interval, testSecret)
+}
+
+func newMongoKVWith(t *testing.T, coll *mongo.Collection, interval time.Duration, secret string) *certs.MongoKV {
+	t.Helper()
+	kv, err := certs.NewMongoKV([]byte(secret), interval, testLog())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := kv.Get(context.Background(), "a"); !errors.Is(err, certs.ErrNotStarted) {
 		t.Fatalf("before Start: %v", err)
 	}

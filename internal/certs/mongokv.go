@@ -2,7 +2,11 @@ package certs
 
 import (
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -25,6 +29,14 @@ import (
 //
 // Documents are {_id: key, v: bytes, size, mod, rev}, written with $set
 // only: the proxy refuses replacement documents on replicated collections.
+//
+// Values are sealed (see seal) with a key derived from the fleet secret,
+// which every clone is given and the database never holds: a dump, a
+// backup, or anyone who reaches the database directly sees no private key
+// or ticket key, and a value they write, or move from another key, is an
+// error rather than TLS material. The metadata (size, of the plaintext;
+// mod; rev) stays in the clear: the watcher and Stat need it, and it tells
+// nothing secret.
 // Reads are of this node's replica. Create is atomic per replica (the
 // proxy answers 11000 for an insert of an existing _id); across nodes two
 // concurrent Creates of one key converge to one value (the newer insert
@@ -39,6 +51,7 @@ import (
 // are built with the node) and started once it is: until Start, every
 // operation fails with ErrNotStarted.
 type MongoKV struct {
+	aead     cipher.AEAD
 	interval time.Duration
 	log      *slog.Logger
 	subscribers
@@ -66,14 +79,81 @@ type kvDoc struct {
 	Rev int64 `bson:"rev"`
 }
 
-// NewMongoKV builds a MongoKV that will watch its collection every
-// interval (default 2s) once started.
-func NewMongoKV(interval time.Duration, log *slog.Logger) *MongoKV {
+// MinSecretLen is the shortest fleet secret NewMongoKV accepts, in bytes:
+// a secret of 32 random characters or more.
+const MinSecretLen = 32
+
+// ErrCannotDecrypt is matched by the error of reading a value that does
+// not open with this node's fleet secret.
+var ErrCannotDecrypt = errors.New("cannot decrypt the stored value: the fleet secret differs between nodes or the value was tampered with")
+
+// ErrNotSealed is matched by the error of reading a value that was not
+// sealed by a MongoKV (no known version prefix): never served as is.
+var ErrNotSealed = errors.New("the stored value is not sealed with the fleet secret (unknown format): it was not written by this version of edgenode")
+
+// sealVersion is the first byte of a sealed value: AES-256-GCM under
+// sealKDFInfo's key, a 12-byte nonce, then the ciphertext and tag.
+const sealVersion = 1
+
+// sealKDFInfo is HKDF's info for the value key: the key is this one
+// purpose's, whatever else the fleet secret may be used for one day.
+const sealKDFInfo = "edgenode fleet storage v1: AES-256-GCM value key"
+
+// NewMongoKV builds a MongoKV whose values are sealed with a key derived
+// from secret (the fleet secret: at least MinSecretLen bytes, the same on
+// every clone), that will watch its collection every interval (default
+// 2s) once started.
+func NewMongoKV(secret []byte, interval time.Duration, log *slog.Logger) (*MongoKV, error) {
+	if len(secret) < MinSecretLen {
+		return nil, fmt.Errorf("mongo kv: the fleet secret is %d bytes, want at least %d (random)", len(secret), MinSecretLen)
+	}
+	key, err := hkdf.Key(sha256.New, secret, nil, sealKDFInfo, 32)
+	if err != nil {
+		return nil, fmt.Errorf("mongo kv: deriving the value key: %w", err)
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("mongo kv: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("mongo kv: %w", err)
+	}
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &MongoKV{interval: interval, log: log, ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	return &MongoKV{aead: aead, interval: interval, log: log, ctx: ctx, cancel: cancel, done: make(chan struct{})}, nil
+}
+
+// seal encrypts value for key: version byte, random nonce, AES-256-GCM
+// ciphertext and tag. The additional data is the version and the key's
+// name, so a sealed value moved under another key does not open.
+func (m *MongoKV) seal(key string, value []byte) []byte {
+	out := make([]byte, 1+m.aead.NonceSize(), 1+m.aead.NonceSize()+len(value)+m.aead.Overhead())
+	out[0] = sealVersion
+	_, _ = rand.Read(out[1:]) // crypto/rand never fails on Linux
+	return m.aead.Seal(out, out[1:], value, additionalData(key))
+}
+
+// open is seal's inverse. It never returns a value that did not open.
+func (m *MongoKV) open(key string, sealed []byte) ([]byte, error) {
+	if len(sealed) == 0 || sealed[0] != sealVersion {
+		return nil, ErrNotSealed
+	}
+	ns := m.aead.NonceSize()
+	if len(sealed) < 1+ns+m.aead.Overhead() {
+		return nil, ErrCannotDecrypt
+	}
+	v, err := m.aead.Open(nil, sealed[1:1+ns], sealed[1+ns:], additionalData(key))
+	if err != nil {
+		return nil, ErrCannotDecrypt
+	}
+	return v, nil
+}
+
+func additionalData(key string) []byte {
+	return append([]byte{sealVersion}, key...)
 }
 
 // Start uses coll (reached through the proxy, so that writes replicate)
@@ -119,10 +199,11 @@ func (m *MongoKV) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mongo kv: get %s: %w", key, err)
 	}
-	if d.V == nil {
-		d.V = []byte{}
+	v, err := m.open(key, d.V)
+	if err != nil {
+		return nil, fmt.Errorf("mongo kv: get %s: %w", key, err)
 	}
-	return d.V, nil
+	return v, nil
 }
 
 func (m *MongoKV) Put(ctx context.Context, key string, value []byte) error {
@@ -134,7 +215,7 @@ func (m *MongoKV) Put(ctx context.Context, key string, value []byte) error {
 		return err
 	}
 	_, err = coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: key}},
-		bson.D{{Key: "$set", Value: fields(value)}}, options.UpdateOne().SetUpsert(true))
+		bson.D{{Key: "$set", Value: m.fields(key, value)}}, options.UpdateOne().SetUpsert(true))
 	if err != nil {
 		return fmt.Errorf("mongo kv: put %s: %w", key, err)
 	}
@@ -150,7 +231,7 @@ func (m *MongoKV) Create(ctx context.Context, key string, value []byte) error {
 	if err != nil {
 		return err
 	}
-	doc := append(bson.D{{Key: "_id", Value: key}}, fields(value)...)
+	doc := append(bson.D{{Key: "_id", Value: key}}, m.fields(key, value)...)
 	if _, err := coll.InsertOne(ctx, doc); err != nil {
 		if mongo.IsDuplicateKeyError(err) {
 			return fmt.Errorf("%s: %w", key, fs.ErrExist)
@@ -161,11 +242,13 @@ func (m *MongoKV) Create(ctx context.Context, key string, value []byte) error {
 	return nil
 }
 
-func fields(value []byte) bson.D {
+// fields is a stored key's document but its _id: the sealed value and the
+// metadata (of the plaintext).
+func (m *MongoKV) fields(key string, value []byte) bson.D {
 	var r [8]byte
 	_, _ = rand.Read(r[:]) // crypto/rand never fails on Linux
 	return bson.D{
-		{Key: "v", Value: bson.Binary{Data: value}},
+		{Key: "v", Value: bson.Binary{Data: m.seal(key, value)}},
 		{Key: "size", Value: int64(len(value))},
 		{Key: "mod", Value: time.Now().UTC()},
 		{Key: "rev", Value: int64(binary.LittleEndian.Uint64(r[:]) >> 1)},

@@ -120,7 +120,17 @@ type HTTPS struct {
 	// clones share. Empty: "mongo" when mongo.enabled, else
 	// DATA_DIR/fleet-tls. See FleetStore.
 	FleetStorage string `yaml:"fleet_storage"`
+	// FleetSecret encrypts what the fleet keeps in the replicated
+	// collection (private keys, the ACME account, ticket keys), so the
+	// database holds none of it in the clear. Every clone must have the
+	// same one; a node without a mesh makes its own once in
+	// DATA_DIR/fleet.secret when it is empty.
+	FleetSecret Secret `yaml:"fleet_secret"`
 }
+
+// MinFleetSecretLen is the shortest https.fleet_secret accepted, in
+// characters: the secret is a key, and should be random.
+const MinFleetSecretLen = 32
 
 // FleetStorageMongo, as https.fleet_storage, keeps the fleet's TLS material
 // in the replicated Mongo layer.

@@ -231,3 +231,52 @@ func TestFleetStorage(t *testing.T) {
 		t.Errorf("a folder store with everything local: %v", err)
 	}
 }
+
+func TestFleetSecret(t *testing.T) {
+	const good = "0123456789abcdef0123456789abcdef"
+	// A node without a mesh needs none (it makes its own).
+	if _, err := Parse([]byte("mongo: {enabled: true}\n")); err != nil {
+		t.Errorf("a single node without a fleet secret: %v", err)
+	}
+	// A mesh node must be given the fleet's.
+	mesh := "mesh: {enabled: true, seeds: ['127.0.0.2:7946']}\n"
+	_, err := Parse([]byte(mesh))
+	if err == nil || !strings.Contains(err.Error(), "https.fleet_secret: is required with a mesh") {
+		t.Errorf("a mesh node without a fleet secret: %v", err)
+	}
+	_, err = Parse([]byte(mesh + "https: {fleet_secret: " + good + "}\n"))
+	if err != nil && strings.Contains(err.Error(), "fleet_secret") {
+		t.Errorf("a mesh node with a fleet secret: %v", err)
+	}
+	// Not needed with a folder store.
+	_, err = Parse([]byte(mesh + "https: {fleet_storage: /srv/shared}\n"))
+	if err != nil && strings.Contains(err.Error(), "fleet_secret") {
+		t.Errorf("a folder store: %v", err)
+	}
+	// Too short, wherever it comes from.
+	short := filepath.Join(t.TempDir(), "short")
+	if err := os.WriteFile(short, []byte("abc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("EDGENODE_TEST_FLEET_SECRET", "")
+	for _, v := range []string{"too-short", "{file: " + short + "}", "{env: EDGENODE_TEST_FLEET_SECRET}", good[1:]} {
+		_, err := Parse([]byte("https: {fleet_secret: " + v + "}\n"))
+		if err == nil || !strings.Contains(err.Error(), "https.fleet_secret: is ") || !strings.Contains(err.Error(), "want at least 32") {
+			t.Errorf("fleet_secret %s: %v", v, err)
+		}
+	}
+	_, err = Parse([]byte("https: {fleet_secret: {file: /nonexistent/secret}}\n"))
+	if err == nil || !strings.Contains(err.Error(), "https.fleet_secret.file") {
+		t.Errorf("a missing secret file: %v", err)
+	}
+	c, err := Parse([]byte("https: {fleet_secret: " + good + "}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := c.HTTPS.FleetSecret.Resolve(); v != good {
+		t.Errorf("resolved %q", v)
+	}
+	if y := dump(t, c); strings.Contains(y, good) {
+		t.Errorf("the dump shows the secret:\n%s", y)
+	}
+}

@@ -263,6 +263,16 @@ func (c *Config) validate(ps *Problems) {
 				ps.add(fmt.Sprintf("mongo.local_only[%d]", i), "%q covers %s, where the fleet keeps its TLS material (https.fleet_storage: mongo): it must replicate", p, FleetNamespace)
 			}
 		}
+		switch sec := c.HTTPS.FleetSecret; {
+		case sec.IsZero() && c.Mesh.Enabled:
+			ps.add("https.fleet_secret", "is required with a mesh and https.fleet_storage mongo: every clone needs the same secret to read the fleet's TLS material; "+
+				"give at least %d random characters inline, as {file: PATH} or as {env: NAME} (e.g. head -c 32 /dev/urandom | base64)", MinFleetSecretLen)
+		case !sec.IsZero():
+			checkSecret(ps, "https.fleet_secret", sec, true)
+			if v, err := sec.Resolve(); err == nil && len(v) < MinFleetSecretLen {
+				ps.add("https.fleet_secret", "is %d characters long: want at least %d random ones (e.g. head -c 32 /dev/urandom | base64)", len(v), MinFleetSecretLen)
+			}
+		}
 	}
 
 	if c.PubSub.Enabled {

@@ -142,6 +142,7 @@ func (n *Node) buildMongo() error {
 				return err
 			}
 			rep.Store(r)
+			n.mongoProxy = proxy
 			return nil
 		},
 		// A stop, not a drain: the app server's in-flight requests may still

@@ -29,6 +29,7 @@ import (
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mesh"
+	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/pubsub"
 	"github.com/edgenode/edgenode/internal/transport"
@@ -51,10 +52,13 @@ type Node struct {
 	fleetTLS *fleetTLS
 	admin    *admin.Server
 
-	mesh       *mesh.Mesh     // nil without a mesh
-	nodes      nodemap.Source // the node map: the mesh's, or a static one
-	pubsub     *pubsub.PubSub // nil when pubsub is off
-	cfgVersion string         // a hash of the effective config, gossiped so rolling changes show
+	mesh   *mesh.Mesh     // nil without a mesh
+	nodes  nodemap.Source // the node map: the mesh's, or a static one
+	pubsub *pubsub.PubSub // nil when pubsub is off
+	// mongoProxy is set by the mongo part's start (parts start one after
+	// the other, so later parts read it without a lock); nil before.
+	mongoProxy *mongoproxy.Proxy
+	cfgVersion string // a hash of the effective config, gossiped so rolling changes show
 
 	parts []*part // in start order
 }

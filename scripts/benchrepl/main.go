@@ -194,6 +194,13 @@ func setup(dir string) ([]*node, error) {
 	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
 		return nil, err
 	}
+	// The fleet secret every clone shares (https.fleet_secret).
+	fleet := make([]byte, 32)
+	_, _ = rand.Read(fleet)
+	fleetFile := filepath.Join(dir, "fleet.secret")
+	if err := os.WriteFile(fleetFile, []byte(base64.StdEncoding.EncodeToString(fleet)+"\n"), 0o600); err != nil {
+		return nil, err
+	}
 	var nodes []*node
 	var seeds []string
 	gossip := map[int]int{}
@@ -227,7 +234,7 @@ func setup(dir string) ([]*node, error) {
   data_dir: %s
   public_ipv4: %s
 log: {level: info}
-https: {listen: "%s:%d"}
+https: {listen: "%s:%d", fleet_secret: {file: %s}}
 admin: {listen: "%s"}
 dns: {enabled: false}
 cdn: {enabled: false}
@@ -242,7 +249,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, n.dataDir, ip, ip, ports[2], n.admin, n.mongo, ip, gossip[i], ip, ports[3], seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), cert, keyPath)
+`, id, n.dataDir, ip, ip, ports[2], fleetFile, n.admin, n.mongo, ip, gossip[i], ip, ports[3], seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), cert, keyPath)
 		if err := os.WriteFile(n.cfg, []byte(cfg), 0o600); err != nil {
 			return nil, err
 		}
