@@ -44,6 +44,7 @@ const (
 	DefaultMaxUDPSize     = 1232 // the DNS flag day 2020 figure: no IP fragmentation
 	DefaultTCPIdleTimeout = 10 * time.Second
 	DefaultMaxTCPConns    = 1024
+	DefaultMaxTCPPerIP    = 16
 	DefaultGeoIPPoll      = 5 * time.Second
 	DefaultRRLRate        = 200
 	DefaultRRLSlip        = 2
@@ -71,6 +72,11 @@ type Options struct {
 	// MaxTCPConns bounds open TCP connections; more are closed on accept.
 	// Default 1024.
 	MaxTCPConns int
+	// MaxTCPConnsPerIP bounds open TCP connections per client address,
+	// IPv6 addresses grouped by /64 (what one host gets). Connections over
+	// it are closed on accept, before anything is read, so one client
+	// cannot take all MaxTCPConns. Default 16; negative means no limit.
+	MaxTCPConnsPerIP int
 
 	// Zones this server is authoritative for. Zones may not nest.
 	Zones []Zone
@@ -195,6 +201,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.MaxTCPConns <= 0 {
 		c.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if c.MaxTCPConnsPerIP == 0 {
+		c.MaxTCPConnsPerIP = DefaultMaxTCPPerIP
 	}
 	if c.NodeTTL <= 0 {
 		c.NodeTTL = DefaultDynamicTTL

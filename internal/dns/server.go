@@ -48,6 +48,7 @@ type Server struct {
 	udp     []*net.UDPConn
 	tcp     *net.TCPListener
 	conns   map[*net.TCPConn]struct{}
+	perIP   map[netip.Addr]int // open TCP connections per tcpClientKey
 	wg      sync.WaitGroup
 	udpAddr net.Addr
 	tcpAddr net.Addr
@@ -87,6 +88,7 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 		src:     nodes,
 		nodeTTL: ttlSeconds(o.NodeTTL),
 		conns:   map[*net.TCPConn]struct{}{},
+		perIP:   map[netip.Addr]int{},
 	}
 	s.outPool.New = func() any { b := make([]byte, outBufSize); return &b }
 	for _, ov := range o.Overrides {
@@ -419,34 +421,61 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 			continue
 		}
 		backoff = 0
+		var client netip.Addr
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			client = ta.AddrPort().Addr().Unmap()
+		}
+		key := tcpClientKey(client)
 		s.life.Lock()
-		if s.state != stateRunning || len(s.conns) >= s.opts.MaxTCPConns {
+		refused := ""
+		switch {
+		case s.state != stateRunning:
+			refused = "stopping"
+		case len(s.conns) >= s.opts.MaxTCPConns:
+			refused = "max_conns"
+		case s.opts.MaxTCPConnsPerIP > 0 && s.perIP[key] >= s.opts.MaxTCPConnsPerIP:
+			refused = "conns_per_ip"
+		}
+		if refused != "" {
 			s.life.Unlock()
+			if refused != "stopping" {
+				s.m.tcpRefused.WithLabelValues(refused).Inc()
+			}
 			c.Close()
 			continue
 		}
 		s.conns[c] = struct{}{}
+		s.perIP[key]++
 		s.wg.Add(1)
 		s.life.Unlock()
-		go s.serveTCP(c)
+		go s.serveTCP(c, client, key)
 	}
+}
+
+// tcpClientKey is what the per-address TCP limit counts: the IPv4 address,
+// or the /64 of an IPv6 address, since one host commonly gets a whole /64
+// and can pick any address in it.
+func tcpClientKey(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		return netip.PrefixFrom(a, 64).Masked().Addr()
+	}
+	return a
 }
 
 // serveTCP answers length-prefixed queries on one connection in order
 // (RFC 7766 pipelining) until the client closes, goes idle, sends something
 // we drop, or the server stops.
-func (s *Server) serveTCP(c *net.TCPConn) {
+func (s *Server) serveTCP(c *net.TCPConn, client, key netip.Addr) {
 	defer s.wg.Done()
 	defer func() {
 		s.life.Lock()
 		delete(s.conns, c)
+		if s.perIP[key]--; s.perIP[key] <= 0 {
+			delete(s.perIP, key)
+		}
 		s.life.Unlock()
 		c.Close()
 	}()
-	var client netip.Addr
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		client = ta.AddrPort().Addr().Unmap()
-	}
 	var lenBuf [2]byte
 	in := make([]byte, 512)
 	for {
