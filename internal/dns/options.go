@@ -1,7 +1,9 @@
 // Package dns is edgenode's authoritative GeoIP DNS server. It answers the
 // configured zones (SOA, NS, static records) and dynamic names whose A/AAAA
-// answers are the nodes nearest to the client that are alive and not
-// draining, read from a nodemap.Source.
+// answers are the nodes nearest to the client that are alive, not draining
+// and verified (nodemap.Node.Verified: the mesh vouches for their addresses
+// with their certificates), read from a nodemap.Source. Per-node names
+// <id>.nodes.<zone> name verified nodes only, too.
 //
 // The serving path reads raw packets on reuse-port UDP sockets and a TCP
 // listener, parses queries with a small strict parser and writes answers
@@ -169,7 +171,8 @@ type Override struct {
 }
 
 // RRLOptions configure response rate limiting over UDP, per client /24 (IPv4)
-// or /56 (IPv6) of the resolver address.
+// or /56 (IPv6) of the resolver address (see rrl.go for how prefixes share
+// a fixed table without ever being handed a fresh bucket).
 type RRLOptions struct {
 	Enabled bool
 	// ResponsesPerSecond per client prefix, also the burst. Default 200.

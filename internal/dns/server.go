@@ -41,6 +41,9 @@ type Server struct {
 	statMu   sync.Mutex
 	lastStat fileID // of the database file behind the current index
 
+	noteMu sync.Mutex
+	noted  map[string]unverifiedNote // alive nodes left out as unverified, by id
+
 	// Lifecycle: new -> running -> stopped, under life.
 	life    sync.Mutex
 	state   int
@@ -89,6 +92,7 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 		nodeTTL: ttlSeconds(o.NodeTTL),
 		conns:   map[*net.TCPConn]struct{}{},
 		perIP:   map[netip.Addr]int{},
+		noted:   map[string]unverifiedNote{},
 	}
 	s.outPool.New = func() any { b := make([]byte, outBufSize); return &b }
 	for _, ov := range o.Overrides {
@@ -202,7 +206,64 @@ func (s *Server) nodeState(m *nodemap.Map) *nodeState {
 	for _, w := range warnings {
 		s.log.Warn("dns: " + w)
 	}
+	s.noteUnverified(m, time.Now())
 	return ns
+}
+
+// unverifiedNote is when a node left out of the answers was last logged,
+// and why it was left out then.
+type unverifiedNote struct {
+	why   string
+	at    time.Time
+	since time.Time // first left out
+}
+
+// renoteEvery is how often a node that stays unverified is logged again.
+// The map changes every few seconds (load), so this is also about how late
+// the repeat comes.
+const renoteEvery = time.Minute
+
+// noteUnverified counts the alive nodes m leaves out of the answers as
+// unverified and logs each: at Info when it is first left out or the reason
+// changes (every peer is, briefly, until its link is up), then at Warn once
+// per renoteEvery while it stays left out; and at Info when it is back.
+func (s *Server) noteUnverified(m *nodemap.Map, now time.Time) {
+	s.noteMu.Lock()
+	defer s.noteMu.Unlock()
+	left := 0
+	seen := make(map[string]bool, len(s.noted))
+	for i := range m.Nodes {
+		n := &m.Nodes[i]
+		if n.State != nodemap.Alive || n.Verified {
+			continue
+		}
+		left++
+		seen[n.ID] = true
+		prev, ok := s.noted[n.ID]
+		if !ok {
+			prev.since = now
+		}
+		switch {
+		case !ok || prev.why != n.Unverified:
+			s.log.Info("dns: node left out of answers: its addresses are not verified", "node", n.ID, "reason", n.Unverified)
+		case now.Sub(prev.at) >= renoteEvery:
+			s.log.Warn("dns: node still left out of answers: its addresses are not verified", "node", n.ID,
+				"reason", n.Unverified, "for", now.Sub(prev.since).Round(time.Second).String())
+		default:
+			continue
+		}
+		s.noted[n.ID] = unverifiedNote{why: n.Unverified, at: now, since: prev.since}
+	}
+	for id := range s.noted {
+		if seen[id] {
+			continue
+		}
+		delete(s.noted, id)
+		if n, ok := m.Node(id); ok && n.Verified && n.State == nodemap.Alive {
+			s.log.Info("dns: node verified; in answers again", "node", id)
+		}
+	}
+	s.m.unverified.Set(float64(left))
 }
 
 // currentView returns the view to answer from. If the node map changed
