@@ -38,18 +38,18 @@ import (
 
 // Defaults for zero fields of Options and the types it holds.
 const (
-	DefaultListen         = "127.0.0.1:8053"
-	DefaultK              = 2
-	DefaultDynamicTTL     = 30 * time.Second
-	DefaultRecordTTL      = 300 * time.Second
-	DefaultSlackKM        = 300.0
-	DefaultMaxUDPSize     = 1232 // the DNS flag day 2020 figure: no IP fragmentation
-	DefaultTCPIdleTimeout = 10 * time.Second
-	DefaultMaxTCPConns    = 1024
-	DefaultMaxTCPPerIP    = 16
-	DefaultGeoIPPoll      = 5 * time.Second
-	DefaultRRLRate        = 200
-	DefaultRRLSlip        = 2
+	DefaultListen           = "127.0.0.1:8053"
+	DefaultK                = 2
+	DefaultDynamicTTL       = 30 * time.Second
+	DefaultRecordTTL        = 300 * time.Second
+	DefaultSlackKM          = 300.0
+	DefaultMaxUDPSize       = 1232 // the DNS flag day 2020 figure: no IP fragmentation
+	DefaultTCPIdleTimeout   = 10 * time.Second
+	DefaultMaxTCPConns      = 1024
+	DefaultMaxTCPConnsPerIP = 16
+	DefaultGeoIPPoll        = 5 * time.Second
+	DefaultRRLRate          = 200
+	DefaultRRLSlip          = 2
 
 	// NodesLabel is the label under each zone that holds per-node names:
 	// <node-id>.nodes.<zone>.
@@ -206,7 +206,7 @@ func (o *Options) withDefaults() Options {
 		c.MaxTCPConns = DefaultMaxTCPConns
 	}
 	if c.MaxTCPConnsPerIP == 0 {
-		c.MaxTCPConnsPerIP = DefaultMaxTCPPerIP
+		c.MaxTCPConnsPerIP = DefaultMaxTCPConnsPerIP
 	}
 	if c.NodeTTL <= 0 {
 		c.NodeTTL = DefaultDynamicTTL
