@@ -4,6 +4,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"slices"
 	"strings"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
@@ -36,7 +38,8 @@ func caCommand(args []string, stdout, stderr io.Writer) int {
 	case "issue":
 		id := fs.String("node", "", "node id (required; the certificate's identity)")
 		out := fs.String("out", "", "output folder (default: the CA folder)")
-		hosts := fs.String("host", "", "extra DNS names or IPs, comma-separated")
+		hosts := fs.String("host", "", "the node's public IP addresses and any DNS names, comma-separated; "+
+			"the other nodes name it in DNS answers only for addresses listed here")
 		if err := fs.Parse(args); err != nil {
 			return 2
 		}
@@ -59,6 +62,10 @@ func caCommand(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		fmt.Fprintf(stdout, "issued %s and %s for node %q\n", certPath, keyPath, *id)
+		if !slices.ContainsFunc(hs, func(h string) bool { return net.ParseIP(h) != nil }) {
+			fmt.Fprintln(stderr, "edgenode ca issue: warning: no IP address in --host: the other nodes will leave this node out "+
+				"of their DNS answers (they name a node only at addresses its certificate lists)")
+		}
 		return 0
 	}
 	fmt.Fprintf(stderr, "edgenode ca: unknown subcommand %q (init, issue)\n", sub)

@@ -39,7 +39,8 @@ func TestEmbeddedNodeDNS(t *testing.T) {
 		}
 	}
 	_, body := get(t, http.DefaultClient, "http://"+p.admin+"/status.json")
-	if !strings.Contains(body, `"id": "test-node"`) || !strings.Contains(body, `"state": "alive"`) {
+	if !strings.Contains(body, `"id": "test-node"`) || !strings.Contains(body, `"state": "alive"`) ||
+		!strings.Contains(body, `"verified": true`) {
 		t.Errorf("status.json: %s", body)
 	}
 }

@@ -58,7 +58,9 @@ func usage(w io.Writer) {
   edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
   edgenode check-config FILE                    print every problem in FILE; exit 1 if any
   edgenode ca init --dir DIR                    create the cluster CA
-  edgenode ca issue --dir DIR --node ID         issue a node certificate from the CA in DIR
+  edgenode ca issue --dir DIR --node ID --host IP[,IP...]
+                                                issue a node certificate from the CA in DIR, naming the
+                                                node's public addresses (peers put it in DNS only for those)
   edgenode version                              print the version
 `)
 }

@@ -213,6 +213,9 @@ type DNS struct {
 	Overrides []GeoOverride `yaml:"overrides"`
 	Nodes     []StaticNode  `yaml:"nodes"`
 	RRL       RRL           `yaml:"rate_limit"`
+	// TCPMaxConnsPerIP bounds TCP connections per client address (IPv6:
+	// per /64); 0 means no limit.
+	TCPMaxConnsPerIP int `yaml:"tcp_max_conns_per_ip"`
 }
 
 // Zone is one zone this server is authoritative for.
@@ -393,8 +396,9 @@ func Default() Config {
 					{Name: "ns1", Type: "A", TTL: time.Hour, Value: "127.0.0.1"},
 				},
 			}},
-			Dynamic: []DynamicName{{Name: "widget.edgenode.test.", Count: 2, TTL: 30 * time.Second}},
-			RRL:     RRL{ResponsesPerSec: 50, Slip: 2, ExemptLoopback: true},
+			Dynamic:          []DynamicName{{Name: "widget.edgenode.test.", Count: 2, TTL: 30 * time.Second}},
+			RRL:              RRL{ResponsesPerSec: 50, Slip: 2, ExemptLoopback: true},
+			TCPMaxConnsPerIP: 16,
 		},
 		Mesh: Mesh{
 			Bind:        "127.0.0.1:7946",

@@ -106,6 +106,8 @@ https:
       key_file: /nonexistent/key.pem
 admin:
   listen: nowhere
+dns:
+  tcp_max_conns_per_ip: -1
 `))
 	msg = err.Error()
 	for _, want := range []string{
@@ -114,6 +116,7 @@ admin:
 		`https.certificates[0].cert_file: cannot read "/nonexistent/cert.pem"`,
 		`https.certificates[0].key_file: cannot read`,
 		`admin.listen: "nowhere" is not an address`,
+		`dns.tcp_max_conns_per_ip: must not be negative`,
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("missing %q in:\n%s", want, msg)

@@ -194,6 +194,9 @@ func (c *Config) validate(ps *Problems) {
 		if d.RRL.Enabled && d.RRL.ResponsesPerSec <= 0 {
 			ps.add("dns.rate_limit.responses_per_second", "must be positive when rate limiting is enabled, e.g. 50")
 		}
+		if d.TCPMaxConnsPerIP < 0 {
+			ps.add("dns.tcp_max_conns_per_ip", "must not be negative: want e.g. 16 (0 means no limit)")
+		}
 	}
 
 	if c.Mesh.Enabled {

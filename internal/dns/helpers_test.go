@@ -2,6 +2,7 @@ package dns
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -52,7 +53,7 @@ func writeDB(t testing.TB, nets []geotest.Network) string {
 func fiveNodes() []nodemap.Node {
 	mk := func(id, region string, p geotest.Place, n byte) nodemap.Node {
 		return nodemap.Node{
-			ID: id, Region: region, Lat: p.Lat, Lon: p.Lon, State: nodemap.Alive,
+			ID: id, Region: region, Lat: p.Lat, Lon: p.Lon, State: nodemap.Alive, Verified: true,
 			IPv4: netip.AddrFrom4([4]byte{100, 64, 0, n}),
 			IPv6: netip.AddrFrom16([16]byte{0xfd, 0, 15: n}),
 			Tags: []string{"edge"},
@@ -116,6 +117,12 @@ type testServer struct {
 // path (may be empty) on 127.0.0.1:0.
 func startServer(t testing.TB, dbPath string, nodes []nodemap.Node, mod func(*Options)) *testServer {
 	t.Helper()
+	return startServerLog(t, dbPath, nodes, mod, nil)
+}
+
+// startServerLog is startServer with a logger.
+func startServerLog(t testing.TB, dbPath string, nodes []nodemap.Node, mod func(*Options), log *slog.Logger) *testServer {
+	t.Helper()
 	opts := Options{
 		Listen:    "127.0.0.1:0",
 		Zones:     []Zone{testZone()},
@@ -131,7 +138,7 @@ func startServer(t testing.TB, dbPath string, nodes []nodemap.Node, mod func(*Op
 	}
 	pub := nodemap.NewPublisher(nodes)
 	reg := prometheus.NewRegistry()
-	s, err := New(opts, pub, nil, reg)
+	s, err := New(opts, pub, log, reg)
 	if err != nil {
 		t.Fatal(err)
 	}

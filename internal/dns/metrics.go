@@ -75,6 +75,11 @@ type metrics struct {
 	build    prometheus.Gauge
 	builds   *prometheus.CounterVec
 	mapVer   prometheus.Gauge
+	// tcpRefused counts TCP connections closed at accept, by reason.
+	tcpRefused *prometheus.CounterVec
+	// unverified is the number of alive nodes left out of the answers
+	// because the map does not vouch for their addresses.
+	unverified prometheus.Gauge
 }
 
 type cell struct{ c prometheus.Counter }
@@ -113,6 +118,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "edgenode_dns_nodemap_version",
 			Help: "Version of the node map the answers are made from.",
 		}),
+		tcpRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_dns_tcp_refused_total",
+			Help: "TCP connections closed at accept without reading, by reason: max_conns (the server's cap), conns_per_ip (one client address's cap; IPv6 per /64).",
+		}, []string{"reason"}),
+		unverified: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_dns_unverified_nodes",
+			Help: "Alive nodes of the node map left out of every answer because their addresses are not verified (no mutual-TLS mesh link, or addresses their certificate does not name).",
+		}),
+	}
+	for _, r := range []string{"max_conns", "conns_per_ip"} {
+		m.tcpRefused.WithLabelValues(r)
 	}
 	lat := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "edgenode_dns_answer_duration_seconds",
@@ -133,7 +149,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.answers, m.slipped, m.networks, m.locs, m.build,
-		m.builds, m.mapVer, lat, drops} {
+		m.builds, m.mapVer, m.tcpRefused, m.unverified, lat, drops} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

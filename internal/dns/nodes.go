@@ -90,7 +90,9 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 		if n.Self {
 			ns.selfRegion = n.Region
 		}
-		if n.State != nodemap.Dead {
+		// Per-node names, like dynamic answers, name only nodes whose
+		// addresses the map vouches for.
+		if n.State != nodemap.Dead && n.Verified {
 			label := strings.ToLower(n.ID)
 			if !validLabel(label) {
 				warnings = append(warnings, fmt.Sprintf("node id %q is not a DNS label; no per-node name", n.ID))

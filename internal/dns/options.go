@@ -1,7 +1,9 @@
 // Package dns is edgenode's authoritative GeoIP DNS server. It answers the
 // configured zones (SOA, NS, static records) and dynamic names whose A/AAAA
-// answers are the nodes nearest to the client that are alive and not
-// draining, read from a nodemap.Source.
+// answers are the nodes nearest to the client that are alive, not draining
+// and verified (nodemap.Node.Verified: the mesh vouches for their addresses
+// with their certificates), read from a nodemap.Source. Per-node names
+// <id>.nodes.<zone> name verified nodes only, too.
 //
 // The serving path reads raw packets on reuse-port UDP sockets and a TCP
 // listener, parses queries with a small strict parser and writes answers
@@ -36,17 +38,18 @@ import (
 
 // Defaults for zero fields of Options and the types it holds.
 const (
-	DefaultListen         = "127.0.0.1:8053"
-	DefaultK              = 2
-	DefaultDynamicTTL     = 30 * time.Second
-	DefaultRecordTTL      = 300 * time.Second
-	DefaultSlackKM        = 300.0
-	DefaultMaxUDPSize     = 1232 // the DNS flag day 2020 figure: no IP fragmentation
-	DefaultTCPIdleTimeout = 10 * time.Second
-	DefaultMaxTCPConns    = 1024
-	DefaultGeoIPPoll      = 5 * time.Second
-	DefaultRRLRate        = 200
-	DefaultRRLSlip        = 2
+	DefaultListen           = "127.0.0.1:8053"
+	DefaultK                = 2
+	DefaultDynamicTTL       = 30 * time.Second
+	DefaultRecordTTL        = 300 * time.Second
+	DefaultSlackKM          = 300.0
+	DefaultMaxUDPSize       = 1232 // the DNS flag day 2020 figure: no IP fragmentation
+	DefaultTCPIdleTimeout   = 10 * time.Second
+	DefaultMaxTCPConns      = 1024
+	DefaultMaxTCPConnsPerIP = 16
+	DefaultGeoIPPoll        = 5 * time.Second
+	DefaultRRLRate          = 200
+	DefaultRRLSlip          = 2
 
 	// NodesLabel is the label under each zone that holds per-node names:
 	// <node-id>.nodes.<zone>.
@@ -71,6 +74,11 @@ type Options struct {
 	// MaxTCPConns bounds open TCP connections; more are closed on accept.
 	// Default 1024.
 	MaxTCPConns int
+	// MaxTCPConnsPerIP bounds open TCP connections per client address,
+	// IPv6 addresses grouped by /64 (what one host gets). Connections over
+	// it are closed on accept, before anything is read, so one client
+	// cannot take all MaxTCPConns. Default 16; negative means no limit.
+	MaxTCPConnsPerIP int
 
 	// Zones this server is authoritative for. Zones may not nest.
 	Zones []Zone
@@ -163,7 +171,8 @@ type Override struct {
 }
 
 // RRLOptions configure response rate limiting over UDP, per client /24 (IPv4)
-// or /56 (IPv6) of the resolver address.
+// or /56 (IPv6) of the resolver address (see rrl.go for how prefixes share
+// a fixed table without ever being handed a fresh bucket).
 type RRLOptions struct {
 	Enabled bool
 	// ResponsesPerSecond per client prefix, also the burst. Default 200.
@@ -195,6 +204,9 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.MaxTCPConns <= 0 {
 		c.MaxTCPConns = DefaultMaxTCPConns
+	}
+	if c.MaxTCPConnsPerIP == 0 {
+		c.MaxTCPConnsPerIP = DefaultMaxTCPConnsPerIP
 	}
 	if c.NodeTTL <= 0 {
 		c.NodeTTL = DefaultDynamicTTL

@@ -290,12 +290,17 @@ func TestRRL(t *testing.T) {
 }
 
 func TestRRLBuckets(t *testing.T) {
-	r := newRRL(RRLOptions{ResponsesPerSecond: 2, Slip: 3, Loopback: true})
-	now := int64(0)
-	r.now = func() int64 { return now }
 	a, b := ip("192.0.2.1"), ip("192.0.2.200") // one /24
 	c := ip("198.51.100.1")
 	v6a, v6b := ip("2001:db8:0:1::1"), ip("2001:db8:0:2::1") // one /56
+	// The seed is random: take a limiter in which the three prefixes share
+	// no bucket, as they almost always do (sharing is tested below).
+	var r *rrl
+	for r == nil || sharesBucket(r, a, c) || sharesBucket(r, a, v6a) || sharesBucket(r, c, v6a) {
+		r = newRRL(RRLOptions{ResponsesPerSecond: 2, Slip: 3, Loopback: true})
+	}
+	now := int64(0)
+	r.now = func() int64 { return now }
 	for _, x := range []struct {
 		addr netip.Addr
 		want int
@@ -308,5 +313,39 @@ func TestRRLBuckets(t *testing.T) {
 	now += int64(time.Second / 2) // one token back
 	if r.check(a) != rrlAnswer || r.check(a) != rrlDrop {
 		t.Errorf("refill")
+	}
+}
+
+func sharesBucket(r *rrl, x, y netip.Addr) bool {
+	sx, ix, jx := r.buckets(x)
+	sy, iy, jy := r.buckets(y)
+	return sx == sy && (ix == iy || ix == jy || jx == iy || jx == jy)
+}
+
+// TestRRLSharedBucketOnlyStricter: a prefix that shares a bucket with a
+// busy one is limited by both, and the busy one never refills the other's
+// bucket, whatever order their queries come in.
+func TestRRLSharedBucketOnlyStricter(t *testing.T) {
+	r := newRRL(RRLOptions{ResponsesPerSecond: 3, Slip: -1, Loopback: true})
+	r.now = func() int64 { return 1 } // no refill during the test
+	victim := ip("192.0.2.1")
+	var other netip.Addr
+	for i := 0; !other.IsValid(); i++ {
+		if i == 1<<16 {
+			t.Fatal("no prefix sharing the victim's bucket")
+		}
+		if a := netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 1}); sharesBucket(r, victim, a) {
+			other = a
+		}
+	}
+	answered := 0
+	for range 10 {
+		if r.check(victim) == rrlAnswer {
+			answered++
+		}
+		r.check(other)
+	}
+	if answered > 3 {
+		t.Errorf("victim answered %d times with a burst of 3", answered)
 	}
 }

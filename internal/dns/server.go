@@ -41,6 +41,9 @@ type Server struct {
 	statMu   sync.Mutex
 	lastStat fileID // of the database file behind the current index
 
+	noteMu sync.Mutex
+	noted  map[string]unverifiedNote // alive nodes left out as unverified, by id
+
 	// Lifecycle: new -> running -> stopped, under life.
 	life    sync.Mutex
 	state   int
@@ -48,6 +51,7 @@ type Server struct {
 	udp     []*net.UDPConn
 	tcp     *net.TCPListener
 	conns   map[*net.TCPConn]struct{}
+	perIP   map[netip.Addr]int // open TCP connections per tcpClientKey
 	wg      sync.WaitGroup
 	udpAddr net.Addr
 	tcpAddr net.Addr
@@ -87,6 +91,8 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 		src:     nodes,
 		nodeTTL: ttlSeconds(o.NodeTTL),
 		conns:   map[*net.TCPConn]struct{}{},
+		perIP:   map[netip.Addr]int{},
+		noted:   map[string]unverifiedNote{},
 	}
 	s.outPool.New = func() any { b := make([]byte, outBufSize); return &b }
 	for _, ov := range o.Overrides {
@@ -200,7 +206,64 @@ func (s *Server) nodeState(m *nodemap.Map) *nodeState {
 	for _, w := range warnings {
 		s.log.Warn("dns: " + w)
 	}
+	s.noteUnverified(m, time.Now())
 	return ns
+}
+
+// unverifiedNote is when a node left out of the answers was last logged,
+// and why it was left out then.
+type unverifiedNote struct {
+	why   string
+	at    time.Time
+	since time.Time // first left out
+}
+
+// renoteEvery is how often a node that stays unverified is logged again.
+// The map changes every few seconds (load), so this is also about how late
+// the repeat comes.
+const renoteEvery = time.Minute
+
+// noteUnverified counts the alive nodes m leaves out of the answers as
+// unverified and logs each: at Info when it is first left out or the reason
+// changes (every peer is, briefly, until its link is up), then at Warn once
+// per renoteEvery while it stays left out; and at Info when it is back.
+func (s *Server) noteUnverified(m *nodemap.Map, now time.Time) {
+	s.noteMu.Lock()
+	defer s.noteMu.Unlock()
+	left := 0
+	seen := make(map[string]bool, len(s.noted))
+	for i := range m.Nodes {
+		n := &m.Nodes[i]
+		if n.State != nodemap.Alive || n.Verified {
+			continue
+		}
+		left++
+		seen[n.ID] = true
+		prev, ok := s.noted[n.ID]
+		if !ok {
+			prev.since = now
+		}
+		switch {
+		case !ok || prev.why != n.Unverified:
+			s.log.Info("dns: node left out of answers: its addresses are not verified", "node", n.ID, "reason", n.Unverified)
+		case now.Sub(prev.at) >= renoteEvery:
+			s.log.Warn("dns: node still left out of answers: its addresses are not verified", "node", n.ID,
+				"reason", n.Unverified, "for", now.Sub(prev.since).Round(time.Second).String())
+		default:
+			continue
+		}
+		s.noted[n.ID] = unverifiedNote{why: n.Unverified, at: now, since: prev.since}
+	}
+	for id := range s.noted {
+		if seen[id] {
+			continue
+		}
+		delete(s.noted, id)
+		if n, ok := m.Node(id); ok && n.Verified && n.State == nodemap.Alive {
+			s.log.Info("dns: node verified; in answers again", "node", id)
+		}
+	}
+	s.m.unverified.Set(float64(left))
 }
 
 // currentView returns the view to answer from. If the node map changed
@@ -419,34 +482,61 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 			continue
 		}
 		backoff = 0
+		var client netip.Addr
+		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+			client = ta.AddrPort().Addr().Unmap()
+		}
+		key := tcpClientKey(client)
 		s.life.Lock()
-		if s.state != stateRunning || len(s.conns) >= s.opts.MaxTCPConns {
+		refused := ""
+		switch {
+		case s.state != stateRunning:
+			refused = "stopping"
+		case len(s.conns) >= s.opts.MaxTCPConns:
+			refused = "max_conns"
+		case s.opts.MaxTCPConnsPerIP > 0 && s.perIP[key] >= s.opts.MaxTCPConnsPerIP:
+			refused = "conns_per_ip"
+		}
+		if refused != "" {
 			s.life.Unlock()
+			if refused != "stopping" {
+				s.m.tcpRefused.WithLabelValues(refused).Inc()
+			}
 			c.Close()
 			continue
 		}
 		s.conns[c] = struct{}{}
+		s.perIP[key]++
 		s.wg.Add(1)
 		s.life.Unlock()
-		go s.serveTCP(c)
+		go s.serveTCP(c, client, key)
 	}
+}
+
+// tcpClientKey is what the per-address TCP limit counts: the IPv4 address,
+// or the /64 of an IPv6 address, since one host commonly gets a whole /64
+// and can pick any address in it.
+func tcpClientKey(a netip.Addr) netip.Addr {
+	if a.Is6() {
+		return netip.PrefixFrom(a, 64).Masked().Addr()
+	}
+	return a
 }
 
 // serveTCP answers length-prefixed queries on one connection in order
 // (RFC 7766 pipelining) until the client closes, goes idle, sends something
 // we drop, or the server stops.
-func (s *Server) serveTCP(c *net.TCPConn) {
+func (s *Server) serveTCP(c *net.TCPConn, client, key netip.Addr) {
 	defer s.wg.Done()
 	defer func() {
 		s.life.Lock()
 		delete(s.conns, c)
+		if s.perIP[key]--; s.perIP[key] <= 0 {
+			delete(s.perIP, key)
+		}
 		s.life.Unlock()
 		c.Close()
 	}()
-	var client netip.Addr
-	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
-		client = ta.AddrPort().Addr().Unmap()
-	}
 	var lenBuf [2]byte
 	in := make([]byte, 512)
 	for {

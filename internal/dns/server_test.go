@@ -1,8 +1,10 @@
 package dns
 
 import (
+	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	mdns "github.com/miekg/dns"
@@ -143,6 +145,77 @@ func TestNodeChangesShowInNextAnswer(t *testing.T) {
 	if r.Rcode != mdns.RcodeSuccess || len(r.Answer) != 0 || len(r.Ns) != 1 {
 		t.Errorf("all draining: %v", r)
 	}
+}
+
+// TestUnverifiedNodesLeftOut: a node whose addresses the map does not
+// vouch for gets neither dynamic answers nor a per-node name; it is
+// counted and logged, and comes back once verified.
+func TestUnverifiedNodesLeftOut(t *testing.T) {
+	logs := &syncBuffer{}
+	ts := startServerLog(t, writeDB(t, clientNets), fiveNodes(), func(o *Options) {
+		o.Dynamic = append(o.Dynamic, DynamicName{Name: "all", K: 16})
+	}, slog.New(slog.NewTextHandler(logs, nil)))
+	nodes := fiveNodes()
+	nodes[0].Verified, nodes[0].Unverified = false, "no mutual-TLS peer link up"                                            // fra
+	nodes[3].Verified, nodes[3].Unverified = false, "public address 100.64.0.4 is not among its certificate's IP addresses" // gru
+	ts.pub.Publish(nodes)
+	for _, qt := range []uint16{mdns.TypeA, mdns.TypeAAAA} {
+		r := ts.query(t, "all.edgenode.test.", qt, qopt{ecs: ecs("192.0.2.0/26")})
+		if got := answerNodes(t, r); !slices.Equal(got, []string{"iad", "pdx", "sin"}) {
+			t.Errorf("%s: answered %v, want the three verified nodes", mdns.TypeToString[qt], got)
+		}
+	}
+	for _, id := range []string{"fra", "gru"} {
+		if r := ts.query(t, id+".nodes.edgenode.test.", mdns.TypeA, qopt{}); r.Rcode != mdns.RcodeNameError {
+			t.Errorf("%s's per-node name: rcode %d, answers %v", id, r.Rcode, r.Answer)
+		}
+	}
+	if got := metricValues(t, ts.reg)["edgenode_dns_unverified_nodes"]; got != 2 {
+		t.Errorf("edgenode_dns_unverified_nodes = %v, want 2", got)
+	}
+	out := logs.String()
+	for _, want := range []string{"node=fra", "node=gru", "not among its certificate"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	// The same map again (a load change) logs nothing new.
+	before := strings.Count(logs.String(), "left out")
+	nodes[1].Load = 3
+	ts.pub.Publish(nodes)
+	ts.query(t, "all.edgenode.test.", mdns.TypeA, qopt{})
+	if n := strings.Count(logs.String(), "left out"); n != before {
+		t.Errorf("logged again on an unrelated map change: %d lines, was %d", n, before)
+	}
+	ts.pub.Publish(fiveNodes())
+	r := ts.query(t, "all.edgenode.test.", mdns.TypeA, qopt{ecs: ecs("192.0.2.0/26")})
+	if got := answerNodes(t, r); len(got) != 5 {
+		t.Errorf("all verified: %v", got)
+	}
+	if got := metricValues(t, ts.reg)["edgenode_dns_unverified_nodes"]; got != 0 {
+		t.Errorf("edgenode_dns_unverified_nodes = %v after verification", got)
+	}
+	if !strings.Contains(logs.String(), "in answers again") {
+		t.Errorf("return not logged:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func TestPowerOfTwoChoicesAmongEquallyNear(t *testing.T) {
@@ -342,7 +415,7 @@ func TestNoDatabaseFallsBackToRegion(t *testing.T) {
 	nodes := fiveNodes()
 	nodes[2].Self = true // iad, us-east
 	nodes = append(nodes, nodemap.Node{ID: "iad2", Region: "us-east", Lat: 39, Lon: -77, State: nodemap.Alive,
-		IPv4: ip("100.64.0.33")})
+		IPv4: ip("100.64.0.33"), Verified: true})
 	ts := startServer(t, "", nodes, func(o *Options) {
 		o.Overrides = []Override{{Prefix: pfx("192.0.2.0/24"), Country: "BR"}}
 	})
@@ -373,7 +446,7 @@ func TestNoDatabaseFallsBackToRegion(t *testing.T) {
 // dynamic name widget, the node itself (no place, no database) as the only
 // member.
 func TestEmbeddedSingleNode(t *testing.T) {
-	self := []nodemap.Node{{ID: "local", State: nodemap.Alive, Self: true, IPv4: ip("127.0.0.1"), IPv6: ip("::1")}}
+	self := []nodemap.Node{{ID: "local", State: nodemap.Alive, Self: true, IPv4: ip("127.0.0.1"), IPv6: ip("::1"), Verified: true}}
 	pub := nodemap.NewPublisher(self)
 	s, err := New(Options{
 		Listen:  "127.0.0.1:0",

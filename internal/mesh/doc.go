@@ -33,6 +33,18 @@
 //     for DeadRetention (default 1h) or until they rejoin. A member that left
 //     with Leave is removed at once instead.
 //
+// Gossip is authenticated only by the gossip key: anyone holding it can join
+// under any name and advertise any address. So the map also says whether a
+// member is Verified, which DNS requires before handing it out: its peer
+// link is up (the certificate is from the cluster CA and names the member's
+// node id, see Peer links), it was made to the process the member's boot id
+// announces, and the certificate's IP address SANs include the member's
+// public IPv4 and IPv6 (edgenode ca issue --host). Otherwise Unverified says
+// why (no link up, and why the last dial was refused; an address the
+// certificate does not list). This node counts as verified; New warns when
+// its own certificate does not list its public addresses, since its peers
+// will leave it out.
+//
 // # Failure detection bound
 //
 // With memberlist's algorithm a crashed node is declared dead on every

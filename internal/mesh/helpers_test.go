@@ -213,6 +213,13 @@ func stateOf(id string, st nodemap.State) func(*nodemap.Map) bool {
 	}
 }
 
+func verified(id string) func(*nodemap.Map) bool {
+	return func(mp *nodemap.Map) bool {
+		n, ok := mp.Node(id)
+		return ok && n.Verified && n.Unverified == ""
+	}
+}
+
 func absent(id string) func(*nodemap.Map) bool {
 	return func(mp *nodemap.Map) bool {
 		_, ok := mp.Node(id)

@@ -14,6 +14,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -316,24 +317,68 @@ func (l *links) verifyInbound(cs tls.ConnectionState, remote netip.AddrPort) err
 	return nil
 }
 
-func (l *links) clientTLS(expect string) *tls.Config {
+// clientTLS checks the peer p we dial: a certificate from the cluster CA
+// naming p's node id. A refusal is kept on p for the node map to show.
+func (l *links) clientTLS(p *peer) *tls.Config {
+	expect := p.id
 	c := l.baseTLS()
 	c.ServerName = expect
 	// The chain and the node id are checked in VerifyConnection instead of
 	// by host name: a peer is named by its node id, not a DNS name.
 	c.InsecureSkipVerify = true
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		remote := netip.AddrPort{}
+		remote := p.addr
 		id, err := pki.VerifyNode(cs.PeerCertificates, l.roots, time.Now())
 		if err != nil {
-			return l.refuse("bad_certificate", remote, expect, err)
+			err = l.refuse("bad_certificate", remote, expect, err)
+		} else if id != expect {
+			err = l.refuse("wrong_id", remote, id, fmt.Errorf("dialed %s but the certificate names %s", expect, id))
 		}
-		if id != expect {
-			return l.refuse("wrong_id", remote, id, fmt.Errorf("dialed %s but the certificate names %s", expect, id))
+		if err != nil {
+			p.setRefused(strings.TrimPrefix(err.Error(), "mesh: "))
 		}
-		return nil
+		return err
 	}
 	return c
+}
+
+// vouch tells whether the link to member id vouches for its metadata md:
+// a link is up, made to the process md announces (its boot id), and the
+// certificate it presented names every public address md advertises among
+// its IP addresses. If not, it says why. It takes no lock, so the mesh may
+// call it with its own lock held.
+func (l *links) vouch(id string, md *Meta) (bool, string) {
+	p := (*l.snap.Load())[id]
+	if p == nil {
+		return false, "no mutual-TLS peer link"
+	}
+	pr := p.proof.Load()
+	if pr == nil {
+		why := "no mutual-TLS peer link up"
+		if r := p.refused.Load(); r != nil {
+			why += "; last dial: " + *r
+		}
+		return false, why
+	}
+	if pr.boot != md.Boot {
+		return false, "peer link not yet made to the node's new process"
+	}
+	for _, a := range []netip.Addr{md.IPv4, md.IPv6} {
+		if a.IsValid() && !certHasIP(pr.cert, a) {
+			return false, fmt.Sprintf("public address %s is not among its certificate's IP addresses %v", a, pr.cert.IPAddresses)
+		}
+	}
+	return true, ""
+}
+
+// certHasIP reports whether a is one of cert's IP address SANs.
+func certHasIP(cert *x509.Certificate, a netip.Addr) bool {
+	for _, ip := range cert.IPAddresses {
+		if c, ok := netip.AddrFromSlice(ip); ok && c.Unmap() == a.Unmap() {
+			return true
+		}
+	}
+	return false
 }
 
 func (l *links) refuse(reason string, remote netip.AddrPort, id string, err error) error {
@@ -483,6 +528,45 @@ type peer struct {
 	ctx      context.Context
 	cancel   context.CancelFunc
 	graceful atomic.Bool
+
+	// proof is what the link that is up proves about the peer; nil while
+	// no link is up. refused is why the last dial was refused, if it was.
+	proof   atomic.Pointer[linkProof]
+	refused atomic.Pointer[string]
+}
+
+// linkProof is what an established link proves about a peer: the leaf
+// certificate it presented, verified against the fleet CA and naming the
+// peer's node id, and the boot id gossip announced for the process the
+// link was made to.
+type linkProof struct {
+	cert *x509.Certificate
+	boot uint64
+}
+
+// setRefused records why the last dial was refused ("": it was not), and
+// has the node map rebuilt when that changed: the map shows it.
+func (p *peer) setRefused(why string) {
+	var old string
+	if r := p.refused.Load(); r != nil {
+		old = *r
+	}
+	if why == old {
+		return
+	}
+	if why == "" {
+		p.refused.Store(nil)
+	} else {
+		p.refused.Store(&why)
+	}
+	p.l.m.signal(p.l.m.dirty)
+}
+
+// setProof records the state of the peer's link and has the node map
+// rebuilt, since DNS answers depend on it.
+func (p *peer) setProof(pr *linkProof) {
+	p.proof.Store(pr)
+	p.l.m.signal(p.l.m.dirty)
 }
 
 func (p *peer) enqueue(it outMsg) error {
@@ -517,6 +601,7 @@ func (p *peer) run() {
 	var next *quic.Conn // a newer connection that replaced the current one
 	defer func() {
 		p.up.Store(false)
+		p.setProof(nil)
 		if next != nil {
 			next.CloseWithError(codeGone, "peer removed")
 		}
@@ -549,11 +634,20 @@ func (p *peer) run() {
 			}
 		}
 		since := time.Now()
+		// The process this connection reaches, as far as gossip has told
+		// us. (A connection made just before gossip reports a restart is
+		// dropped once too often; the redial costs a round trip.)
+		boot := p.boot.Load()
+		if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+			// Verified in the handshake: clientTLS or verifyInbound.
+			p.setProof(&linkProof{cert: certs[0], boot: boot})
+		}
 		p.up.Store(true)
 		log.Info("peer link up", "dialer", p.dial)
 		var err error
-		next, err = p.serve(conn)
+		next, err = p.serve(conn, boot)
 		p.up.Store(false)
+		p.setProof(nil)
 		if p.ctx.Err() != nil {
 			return
 		}
@@ -589,10 +683,11 @@ func (p *peer) connect(bo *backoff, log *slog.Logger) *quic.Conn {
 			}
 		}
 		ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
-		c, err := p.l.tr.Dial(ctx, net.UDPAddrFromAddrPort(p.addr), p.l.clientTLS(p.id), p.l.qconf)
+		c, err := p.l.tr.Dial(ctx, net.UDPAddrFromAddrPort(p.addr), p.l.clientTLS(p), p.l.qconf)
 		cancel()
 		if err == nil {
 			p.l.m.met.connects.WithLabelValues("dialed").Inc()
+			p.setRefused("")
 			return c
 		}
 		if p.ctx.Err() != nil {
@@ -621,11 +716,7 @@ var errPeerRestarted = errors.New("peer restarted")
 
 // serve runs one connection until it fails, the peer stops, or the peer
 // dials again (the new connection is returned to replace this one).
-func (p *peer) serve(conn *quic.Conn) (*quic.Conn, error) {
-	// The process this connection reaches, as far as gossip has told us.
-	// (A connection made just before gossip reports a restart is dropped
-	// once too often; the redial costs a round trip.)
-	connBoot := p.boot.Load()
+func (p *peer) serve(conn *quic.Conn, connBoot uint64) (*quic.Conn, error) {
 	var readers sync.WaitGroup
 	readers.Add(1)
 	go func() { defer readers.Done(); p.l.readConn(p.ctx, conn, p.id, &readers) }()

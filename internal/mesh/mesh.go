@@ -136,6 +136,15 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Mesh, e
 	} else {
 		logger.Warn("gossip is not encrypted; allowed only because it stays on loopback")
 	}
+	if leaf, err := x509.ParseCertificate(cert.Certificate[0]); err == nil {
+		for _, a := range []netip.Addr{o.PublicIPv4, o.PublicIPv6} {
+			if a.IsValid() && !certHasIP(leaf, a) {
+				logger.Warn("this node's certificate does not name its public address, so the other nodes leave it "+
+					"out of their DNS answers; issue one that does (edgenode ca issue --host)",
+					"address", a.String(), "cert", o.CertFile, "cert_ips", fmt.Sprint(leaf.IPAddresses))
+			}
+		}
+	}
 	m.links = newLinks(m, cert, roots)
 	m.met, err = newMetrics(reg, m.links.stats, m.healthScore)
 	if err != nil {
@@ -604,6 +613,7 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 		IPv4: o.PublicIPv4, IPv6: o.PublicIPv6, Tags: o.Tags,
 		State: nodemap.Alive, Load: m.load, Self: true,
 		BinaryVersion: o.BinaryVersion, ConfigVersion: o.ConfigVersion,
+		Verified: true, // this node knows its own addresses
 	}
 	if m.draining || m.leaving {
 		self.State = nodemap.Draining
@@ -617,6 +627,9 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 			IPv4: md.IPv4, IPv6: md.IPv6, Tags: md.Tags, Load: md.Load,
 			BinaryVersion: md.BinaryVersion, ConfigVersion: md.ConfigVersion,
 		}
+		// Anyone with the gossip key can write metadata; only the peer
+		// link's certificate vouches for the addresses in it.
+		n.Verified, n.Unverified = m.links.vouch(id, &md)
 		switch {
 		case mem.state == msDead:
 			n.State = nodemap.Dead
@@ -673,7 +686,8 @@ func sameNodes(a, b []nodemap.Node) bool {
 		return x.ID == y.ID && x.Region == y.Region && x.Lat == y.Lat && x.Lon == y.Lon &&
 			x.IPv4 == y.IPv4 && x.IPv6 == y.IPv6 && slices.Equal(x.Tags, y.Tags) &&
 			x.State == y.State && x.Load == y.Load && x.Self == y.Self &&
-			x.BinaryVersion == y.BinaryVersion && x.ConfigVersion == y.ConfigVersion
+			x.BinaryVersion == y.BinaryVersion && x.ConfigVersion == y.ConfigVersion &&
+			x.Verified == y.Verified && x.Unverified == y.Unverified
 	})
 }
 

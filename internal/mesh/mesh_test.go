@@ -24,7 +24,10 @@ func TestThreeNodesSeeEachOther(t *testing.T) {
 	for _, n := range nodes {
 		waitMap(t, n, settle, n.opts.NodeID+" sees 3 alive", allState(ids, nodemap.Alive))
 	}
-	mp, _ := nodes[0].Current()
+	// Peers are verified once their links are up.
+	mp := waitMap(t, nodes[0], settle, "a verifies b and c", func(mp *nodemap.Map) bool {
+		return allState(ids, nodemap.Alive)(mp) && verified("b")(mp) && verified("c")(mp)
+	})
 	for _, n := range mp.Nodes {
 		want := c.nodes[n.ID].opts
 		if n.Self != (n.ID == "a") {

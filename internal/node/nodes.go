@@ -23,6 +23,7 @@ func selfNode(cfg *config.Config, version string) nodemap.Node {
 		State:         nodemap.Alive,
 		Self:          true,
 		BinaryVersion: version,
+		Verified:      true, // the node's own config
 	}
 	n.IPv4, _ = netip.ParseAddr(cfg.Node.PublicIPv4)
 	n.IPv6, _ = netip.ParseAddr(cfg.Node.PublicIPv6)
@@ -48,7 +49,8 @@ func staticNodes(cfg *config.Config, version string) []nodemap.Node {
 		if sn.ID == cfg.Node.ID {
 			continue
 		}
-		n := nodemap.Node{ID: sn.ID, Region: sn.Region, Lat: sn.Latitude, Lon: sn.Longitude, Tags: sn.Tags, State: nodemap.Alive}
+		// The operator's config vouches for these addresses.
+		n := nodemap.Node{ID: sn.ID, Region: sn.Region, Lat: sn.Latitude, Lon: sn.Longitude, Tags: sn.Tags, State: nodemap.Alive, Verified: true}
 		n.IPv4, _ = netip.ParseAddr(sn.IPv4)
 		n.IPv6, _ = netip.ParseAddr(sn.IPv6)
 		nodes = append(nodes, n)
@@ -69,6 +71,10 @@ type statusMember struct {
 	Self          bool     `json:"self,omitempty"`
 	BinaryVersion string   `json:"binary_version,omitempty"`
 	ConfigVersion string   `json:"config_version,omitempty"`
+	// Verified: DNS may name the node (see nodemap.Node.Verified);
+	// Unverified says why not.
+	Verified   bool   `json:"verified"`
+	Unverified string `json:"unverified,omitempty"`
 }
 
 type status struct {
@@ -87,6 +93,7 @@ func statusJSON(src nodemap.Source, self, version string) http.Handler {
 			sm := statusMember{
 				ID: n.ID, Region: n.Region, Latitude: n.Lat, Longitude: n.Lon, Tags: n.Tags,
 				State: n.State.String(), Load: n.Load, Self: n.Self, BinaryVersion: n.BinaryVersion, ConfigVersion: n.ConfigVersion,
+				Verified: n.Verified, Unverified: n.Unverified,
 			}
 			if n.IPv4.IsValid() {
 				sm.IPv4 = n.IPv4.String()

@@ -243,6 +243,10 @@ func dnsOptions(c *config.DNS) (dns.Options, error) {
 	if c.SlackKM == 0 {
 		o.SlackKM = -1 // the config's 0 means "no slack"; the package's 0 means "default"
 	}
+	o.MaxTCPConnsPerIP = c.TCPMaxConnsPerIP
+	if c.TCPMaxConnsPerIP == 0 {
+		o.MaxTCPConnsPerIP = -1 // the config's 0 means "no limit"; the package's 0 means "default"
+	}
 	for _, z := range c.Zones {
 		dz := dns.Zone{
 			Origin: z.Origin,

@@ -57,10 +57,20 @@ type Node struct {
 	// Versions let operators see a rolling upgrade on the status page.
 	BinaryVersion string
 	ConfigVersion string
+	// Verified says the node's addresses are vouched for by more than
+	// gossip, which anyone holding the gossip key can write: the mesh sets
+	// it for a peer whose mutual-TLS link is up with a certificate from the
+	// fleet CA naming the peer's node id and, among its IP addresses, IPv4
+	// and IPv6. The node that made the map and the nodes of a static list
+	// from the config count as verified. DNS hands out verified nodes only.
+	Verified bool
+	// Unverified says why Verified is false (empty when it is true).
+	Unverified string
 }
 
-// Serving reports whether DNS may hand this node to new clients.
-func (n *Node) Serving() bool { return n.State == Alive }
+// Serving reports whether DNS may hand this node to new clients: it is
+// alive and its addresses are verified.
+func (n *Node) Serving() bool { return n.State == Alive && n.Verified }
 
 // HasTag reports whether the node carries tag t.
 func (n *Node) HasTag(t string) bool { return slices.Contains(n.Tags, t) }

@@ -6,7 +6,10 @@
 // membership list) and, when the id is a valid DNS label, in a DNS SAN (so
 // ordinary tools can show it). Keys are ECDSA P-256. Certificates carry both
 // the server and the client extended key usage because every link is mutually
-// authenticated and either side may dial.
+// authenticated and either side may dial. A certificate's IP address SANs are the public
+// addresses the node may advertise: gossip metadata is writable by anyone
+// holding the gossip key, so the mesh marks a peer's addresses verified (and
+// DNS hands them out) only when the certificate on its link lists them.
 //
 // Files are created, never replaced: a second `ca init` on a live cluster
 // would silently split it into two trust domains, so the functions refuse to
@@ -175,7 +178,9 @@ func InitCA(dir string) error {
 // IssueNode signs a certificate for nodeID with the CA in caDir and writes
 // <nodeID>.crt (0644) and <nodeID>.key (0600) into outDir (created 0700 if
 // missing). hosts become extra SANs: IP addresses as IP SANs, anything else as
-// DNS SANs. It refuses to overwrite existing files and returns their paths.
+// DNS SANs. The IP SANs matter: the mesh lets DNS name a peer only at public
+// addresses its certificate lists. It refuses to overwrite existing files and
+// returns their paths.
 func IssueNode(caDir, nodeID, outDir string, hosts []string) (certPath, keyPath string, err error) {
 	if err := ValidNodeID(nodeID); err != nil {
 		return "", "", fmt.Errorf("ca issue: %w", err)
