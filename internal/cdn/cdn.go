@@ -20,6 +20,13 @@
 // Objects larger than MaxObjectBytes are streamed through without caching
 // (single ranges are forwarded to the origin as ranges); so is everything while
 // the disk is full or failing.
+//
+// Media is someone's upload served on the node's own origin, so no response
+// lets it act as a page there: every object is sent with
+// "X-Content-Type-Options: nosniff", and every object whose type could run
+// script or render as a document (HTML, SVG, XML, JavaScript, anything
+// unknown: all but images, audio, video, fonts and PDF) also with
+// "Content-Security-Policy: sandbox".
 package cdn
 
 import (

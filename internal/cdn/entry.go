@@ -2,9 +2,11 @@ package cdn
 
 import (
 	"encoding/hex"
+	"mime"
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -74,6 +76,7 @@ type objHeaders struct {
 	ctype   string
 
 	hCtype, hLen, hETag, hLastMod []string // nil: header not sent
+	hCSP                          []string // Content-Security-Policy; nil for passive media
 }
 
 func newObjHeaders(size int64, etag string, lastMod time.Time, ctype string) objHeaders {
@@ -82,6 +85,9 @@ func newObjHeaders(size int64, etag string, lastMod time.Time, ctype string) obj
 	}
 	h := objHeaders{size: size, etag: etag, ctype: ctype}
 	h.hCtype = []string{ctype}
+	if activeType(ctype) {
+		h.hCSP = hSandbox
+	}
 	h.hLen = []string{strconv.FormatInt(size, 10)}
 	if etag != "" {
 		h.hETag = []string{etag}
@@ -92,6 +98,37 @@ func newObjHeaders(size int64, etag string, lastMod time.Time, ctype string) obj
 		h.hLastMod = []string{h.lmStr}
 	}
 	return h
+}
+
+// hSandbox is the Content-Security-Policy of active content: the document
+// gets a unique origin and runs no script, so an uploaded page or SVG
+// cannot act as the media host's origin (read its cookies, call its APIs).
+// Shared, never mutated.
+var hSandbox = []string{"sandbox"}
+
+// activeType reports whether a response of this Content-Type could run
+// script or render as a document that does: everything but the passive
+// media families (raster images, audio, video, fonts) and PDF, whose
+// scripts run in the browser's viewer rather than on the page's origin.
+// Anything unparsable, or that names SVG, XML or HTML in any family, is
+// active. Being generous costs nothing: a sandboxed JSON file or text
+// file still displays, and subresource loads ignore the policy.
+func activeType(ctype string) bool {
+	mt, _, err := mime.ParseMediaType(ctype)
+	if err != nil {
+		return true
+	}
+	typ, sub, ok := strings.Cut(mt, "/") // ParseMediaType lower-cases
+	if !ok || sub == "" || strings.Contains(sub, "xml") || strings.Contains(sub, "svg") || strings.Contains(sub, "html") {
+		return true
+	}
+	switch typ {
+	case "image", "audio", "video", "font":
+		return false
+	case "application":
+		return sub != "pdf"
+	}
+	return true
 }
 
 // buildHeaders fills e.hdr. Without an origin ETag, the MD5 of the bytes

@@ -67,6 +67,9 @@ func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, key string) 
 		c.m.notModified.Inc()
 		h := w.Header()
 		h["ETag"], h["Last-Modified"], h["X-Cache"] = oh.hETag, oh.hLastMod, xBypass
+		if oh.hCSP != nil {
+			h["Content-Security-Policy"] = oh.hCSP
+		}
 		w.WriteHeader(http.StatusNotModified)
 		return
 	case condFailed:
@@ -77,6 +80,9 @@ func (c *Cache) passThrough(w http.ResponseWriter, r *http.Request, key string) 
 	h := w.Header()
 	h["Content-Type"], h["ETag"], h["Last-Modified"] = oh.hCtype, oh.hETag, oh.hLastMod
 	h["Accept-Ranges"], h["X-Content-Type-Options"], h["X-Cache"] = hBytes, hNosniff, xBypass
+	if oh.hCSP != nil {
+		h["Content-Security-Policy"] = oh.hCSP
+	}
 	if c.hdrCacheControl != nil {
 		h["Cache-Control"] = c.hdrCacheControl
 	}

@@ -288,6 +288,9 @@ func (c *Cache) serveObject(w http.ResponseWriter, r *http.Request, oh *objHeade
 		c.m.notModified.Inc()
 		h["ETag"] = oh.hETag
 		h["Last-Modified"] = oh.hLastMod
+		if oh.hCSP != nil {
+			h["Content-Security-Policy"] = oh.hCSP
+		}
 		if c.hdrCacheControl != nil {
 			h["Cache-Control"] = c.hdrCacheControl
 		}
@@ -304,6 +307,9 @@ func (c *Cache) serveObject(w http.ResponseWriter, r *http.Request, oh *objHeade
 	h["Last-Modified"] = oh.hLastMod
 	h["Accept-Ranges"] = hBytes
 	h["X-Content-Type-Options"] = hNosniff
+	if oh.hCSP != nil {
+		h["Content-Security-Policy"] = oh.hCSP
+	}
 	if c.hdrCacheControl != nil {
 		h["Cache-Control"] = c.hdrCacheControl
 	}

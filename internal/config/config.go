@@ -66,6 +66,15 @@ type PubSub struct {
 	MaxConnsPerIP   int           `yaml:"max_conns_per_ip"`
 	QueueLen        int           `yaml:"queue_length"`
 	PingInterval    time.Duration `yaml:"ping_interval"`
+
+	// MaxChannels caps the channels the node keeps, MaxChannelsPerTenant
+	// those of one tenant; idle ones make room, oldest first.
+	MaxChannels          int `yaml:"max_channels"`
+	MaxChannelsPerTenant int `yaml:"max_channels_per_tenant"`
+	// SubscribeRate (per second) and SubscribeBurst bound the subscribe
+	// and unsubscribe frames of one websocket (a token bucket).
+	SubscribeRate  float64 `yaml:"subscribe_rate"`
+	SubscribeBurst int     `yaml:"subscribe_burst"`
 }
 
 // Tenant owns the channels {tenant}/{thread}.
@@ -193,6 +202,10 @@ type Limits struct {
 	ReadHeaderTimeout time.Duration `yaml:"read_header_timeout"`
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
 	MaxConnsPerIP     int           `yaml:"max_conns_per_ip"`
+
+	// MaxWebsocketMessageBytes bounds one message of a websocket relayed to
+	// the app server, either way.
+	MaxWebsocketMessageBytes ByteSize `yaml:"max_websocket_message_bytes"`
 }
 
 // Admin is the operators' listener: health, metrics, profiling, publish API.
@@ -379,6 +392,8 @@ func Default() Config {
 				ReadHeaderTimeout: 10 * time.Second,
 				IdleTimeout:       120 * time.Second,
 				MaxConnsPerIP:     256,
+
+				MaxWebsocketMessageBytes: 1 << 20,
 			},
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090"},
@@ -426,6 +441,11 @@ func Default() Config {
 			MaxConnsPerIP:   256,
 			QueueLen:        256,
 			PingInterval:    25 * time.Second,
+
+			MaxChannels:          100_000,
+			MaxChannelsPerTenant: 50_000,
+			SubscribeRate:        10,
+			SubscribeBurst:       200,
 		},
 		Web: Web{
 			Status:         true,

@@ -92,6 +92,9 @@ func (c *Config) validate(ps *Problems) {
 	if l.MaxConnsPerIP < 0 {
 		ps.add("https.limits.max_conns_per_ip", "must not be negative: want e.g. 256 (0 means no limit)")
 	}
+	if l.MaxWebsocketMessageBytes < 1024 || l.MaxWebsocketMessageBytes > 256<<20 {
+		ps.add("https.limits.max_websocket_message_bytes", "%d is out of range: want between 1KiB and 256MiB, e.g. 1MiB", l.MaxWebsocketMessageBytes)
+	}
 
 	if h.AltSvcPort < 0 || h.AltSvcPort > 65535 {
 		ps.add("https.alt_svc_port", "%d is not a port: want 0 (the listen port) to 65535", h.AltSvcPort)
@@ -293,6 +296,18 @@ func (c *Config) validate(ps *Problems) {
 		}
 		if c.PubSub.QueueLen <= 0 || c.PubSub.MaxMessageBytes <= 0 || c.PubSub.MaxSubsPerConn <= 0 {
 			ps.add("pubsub", "queue_length, max_message_bytes and max_subscriptions_per_conn must be positive")
+		}
+		if c.PubSub.MaxChannels <= 0 {
+			ps.add("pubsub.max_channels", "must be positive: want e.g. 100000")
+		}
+		if c.PubSub.MaxChannelsPerTenant <= 0 || c.PubSub.MaxChannelsPerTenant > c.PubSub.MaxChannels {
+			ps.add("pubsub.max_channels_per_tenant", "%d is out of range: want between 1 and max_channels (%d), e.g. 50000", c.PubSub.MaxChannelsPerTenant, c.PubSub.MaxChannels)
+		}
+		if !(c.PubSub.SubscribeRate > 0) {
+			ps.add("pubsub.subscribe_rate", "must be positive (frames per second): want e.g. 10")
+		}
+		if c.PubSub.SubscribeBurst < 1 {
+			ps.add("pubsub.subscribe_burst", "must be at least 1: want e.g. 200 (twice max_subscriptions_per_conn lets a client resubscribe at once)")
 		}
 		if c.PubSub.PingInterval < time.Second {
 			ps.add("pubsub.ping_interval", "%v is too short: want e.g. 25s", c.PubSub.PingInterval)

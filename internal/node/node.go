@@ -242,6 +242,7 @@ func (n *Node) buildHTTPS() error {
 			MaxConnsPerIP:     h.Limits.MaxConnsPerIP,
 		},
 	}
+	opts.Limits.MaxWebsocketMessageBytes = int64(h.Limits.MaxWebsocketMessageBytes)
 	if n.httpsUDP != nil {
 		opts.UDPConn = n.httpsUDP
 	}

@@ -27,6 +27,8 @@ func (n *Node) buildPubSub() error {
 	opts := pubsub.Options{
 		History: c.History, HistoryTTL: c.HistoryTTL, MaxMessageBytes: c.MaxMessageBytes,
 		MaxSubsPerConn: c.MaxSubsPerConn, MaxConnsPerIP: c.MaxConnsPerIP, QueueLen: c.QueueLen, PingInterval: c.PingInterval,
+		MaxChannels: c.MaxChannels, MaxChannelsPerTenant: c.MaxChannelsPerTenant,
+		SubscribeRate: c.SubscribeRate, SubscribeBurst: c.SubscribeBurst,
 	}
 	for i, t := range c.Tenants {
 		secret, err := t.Secret.Resolve()

@@ -1,6 +1,7 @@
 package pubsub
 
 import (
+	"container/list"
 	"crypto/rand"
 	"encoding/base32"
 	"strings"
@@ -15,6 +16,10 @@ type tenant struct {
 	publicKey []byte
 	origins   []originPattern
 	public    []string
+
+	// Guarded by PubSub.chMu.
+	nChannels int        // channels kept for this tenant
+	idle      *list.List // its channels without subscribers, most recently idle first
 }
 
 func (t *tenant) isPublic(thread string) bool {
@@ -29,12 +34,24 @@ func (t *tenant) isPublic(thread string) bool {
 // channel is one channel this node keeps: its subscribers and its recent
 // history. Lock order: PubSub.chMu, then channel.mu, then conn.mu.
 //
+// A channel without subscribers is kept for its history (a client that
+// reconnects recovers what it missed) and listed as idle, so that it can
+// be forgotten, the one idle longest first, when the channel caps need
+// room. The idle lists are a hint kept under chMu: a channel may get a
+// subscriber while listed, and the eviction, which looks under mu, then
+// just takes it off the lists.
+//
 // Fan-out happens under mu, so that positions are handed out and queued in
 // the same order on every connection, and a subscriber joining with a
 // position sees history and live messages without gap or repeat. Nothing
 // under mu blocks: enqueueing is an append to a bounded queue.
 type channel struct {
-	name string
+	name   string
+	tenant *tenant
+
+	// Guarded by PubSub.chMu: the channel's places in PubSub.idle and
+	// tenant.idle; nil when not listed.
+	idleAll, idleTenant *list.Element
 
 	mu      sync.Mutex
 	dead    bool // removed from the map; look it up again
@@ -67,11 +84,12 @@ func (ch *channel) addLocked(s *subscription) {
 	ch.subs = append(ch.subs, s)
 }
 
-// removeLocked takes s out of the subscribers (swap with the last one).
-func (ch *channel) removeLocked(s *subscription, now time.Time) {
+// removeLocked takes s out of the subscribers (swap with the last one). It
+// reports whether that left the channel without subscribers.
+func (ch *channel) removeLocked(s *subscription, now time.Time) (idle bool) {
 	i := s.idx
 	if i < 0 || i >= len(ch.subs) || ch.subs[i] != s {
-		return
+		return false
 	}
 	last := len(ch.subs) - 1
 	ch.subs[i] = ch.subs[last]
@@ -86,6 +104,7 @@ func (ch *channel) removeLocked(s *subscription, now time.Time) {
 	if cap(ch.subs) > 64 && len(ch.subs) < cap(ch.subs)/4 {
 		ch.subs = append([]*subscription(nil), ch.subs...)
 	}
+	return len(ch.subs) == 0
 }
 
 // trimLocked drops history older than ttl.

@@ -71,6 +71,10 @@ type conn struct {
 	rmu  sync.Mutex
 	rd   wsReader
 	errs int
+	// The subscribe/unsubscribe token bucket: tokens left at tokensAt
+	// (unix nanoseconds; 0: full, never used).
+	tokens   float64
+	tokensAt int64
 
 	mu        sync.Mutex
 	state     connState
@@ -197,12 +201,18 @@ func (c *conn) terminate(reason string) {
 	c.mu.Unlock()
 
 	now := time.Now()
+	var idle []*channel
 	for _, s := range subs {
 		s.ch.mu.Lock()
-		s.ch.removeLocked(s, now)
+		if s.ch.removeLocked(s, now) {
+			idle = append(idle, s.ch)
+		}
 		s.ch.mu.Unlock()
 	}
 	c.p.met.subs.Sub(float64(len(subs)))
+	if len(idle) > 0 {
+		c.p.noteIdle(idle...)
+	}
 	if c.nc != nil {
 		closeRaw(c.nc)
 	}
@@ -463,6 +473,28 @@ func (c *conn) onFrame(op byte, payload []byte) error {
 		return errStopReading
 	}
 	return nil
+}
+
+// takeToken takes one subscribe/unsubscribe frame from the connection's
+// token bucket (Options.SubscribeRate, SubscribeBurst); false when it is
+// empty. Only the reader calls it.
+func (c *conn) takeToken(now time.Time) bool {
+	rate, burst := c.p.opts.SubscribeRate, float64(c.p.opts.SubscribeBurst)
+	if rate < 0 {
+		return true
+	}
+	t := now.UnixNano()
+	if c.tokensAt == 0 {
+		c.tokens = burst
+	} else if t > c.tokensAt {
+		c.tokens = min(burst, c.tokens+float64(t-c.tokensAt)/1e9*rate)
+	}
+	c.tokensAt = t
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
 }
 
 // clientError answers a bad frame; too many end the connection.

@@ -62,8 +62,27 @@
 // Error codes: bad_frame, unknown_type, binary_frame, bad_channel,
 // unknown_tenant, tenant_mismatch, origin_not_allowed, token_required,
 // token_invalid, token_expired, token_tenant, token_scope,
-// too_many_subscriptions, not_subscribed, must_reload. An error does not end
-// the connection; 64 of them do (close 1008).
+// too_many_subscriptions, too_many_channels, rate_limited, not_subscribed,
+// must_reload. An error does not end the connection; 64 of them do (close
+// 1008).
+//
+// # Limits
+//
+// Per client (an IPv4 address, or an IPv6 /64: its owner has 2^64
+// addresses to pick from): Options.MaxConnsPerIP websocket and SSE
+// connections, over which the handshake is answered 429. Per connection:
+// Options.MaxSubsPerConn channels, and subscribe plus unsubscribe frames at
+// Options.SubscribeRate per second with bursts of Options.SubscribeBurst (a
+// token bucket); a frame over the rate is refused with rate_limited and
+// not acted on, and, as every error, counts towards the 64 that close the
+// connection. Per node: Options.MaxChannels channels, and
+// Options.MaxChannelsPerTenant for one tenant. A channel whose subscribers
+// have all left is kept for its history (Options.HistoryTTL) so that
+// clients coming back recover what they missed, but such idle channels are
+// forgotten, the one idle longest first, whenever a new channel needs room
+// under a cap; only when every kept channel has subscribers is a subscribe
+// to a new channel refused with too_many_channels. So churning through
+// channel names leaves at most the caps' worth of state behind.
 //
 // The server pings every Options.PingInterval (browsers answer by
 // themselves) and closes a connection that has sent nothing, not even a

@@ -49,17 +49,19 @@ const (
 
 // Error codes sent in error frames (besides the token codes).
 const (
-	codeBadFrame       = "bad_frame"       // not a JSON object of the protocol
-	codeUnknownType    = "unknown_type"    // type is not subscribe, unsubscribe or ping
-	codeFrameTooLarge  = "frame_too_large" // over MaxClientFrameBytes
-	codeBinary         = "binary_frame"    // binary frames are not part of the protocol
-	codeBadChannel     = "bad_channel"     // not "{tenant}/{thread}"
-	codeUnknownTenant  = "unknown_tenant"
-	codeTenantMismatch = "tenant_mismatch" // connection is bound to another tenant
-	codeOrigin         = "origin_not_allowed"
-	codeTooManySubs    = "too_many_subscriptions"
-	codeNotSubscribed  = "not_subscribed"
-	codeMustReload     = "must_reload" // history does not cover the gap
+	codeBadFrame        = "bad_frame"       // not a JSON object of the protocol
+	codeUnknownType     = "unknown_type"    // type is not subscribe, unsubscribe or ping
+	codeFrameTooLarge   = "frame_too_large" // over MaxClientFrameBytes
+	codeBinary          = "binary_frame"    // binary frames are not part of the protocol
+	codeBadChannel      = "bad_channel"     // not "{tenant}/{thread}"
+	codeUnknownTenant   = "unknown_tenant"
+	codeTenantMismatch  = "tenant_mismatch" // connection is bound to another tenant
+	codeOrigin          = "origin_not_allowed"
+	codeTooManySubs     = "too_many_subscriptions"
+	codeTooManyChannels = "too_many_channels" // the node's or the tenant's channel cap
+	codeRateLimited     = "rate_limited"      // subscribe/unsubscribe frames over the connection's rate
+	codeNotSubscribed   = "not_subscribed"
+	codeMustReload      = "must_reload" // history does not cover the gap
 )
 
 const maxIDLen = 64

@@ -27,7 +27,7 @@ var (
 	disconnectReasons = []string{"client_close", "read_error", "write_error", "slow_consumer", "ping_timeout",
 		"protocol_error", "too_many_errors", "drain", "drain_timeout", "shutdown"}
 	refusalReasons = []string{codeTokenRequired, codeTokenInvalid, codeTokenExpired, codeTokenTenant, codeTokenScope,
-		codeBadChannel, codeUnknownTenant, codeTenantMismatch, codeOrigin, codeTooManySubs, "conns_per_ip", "draining"}
+		codeBadChannel, codeUnknownTenant, codeTenantMismatch, codeOrigin, codeTooManySubs, codeTooManyChannels, codeRateLimited, "conns_per_ip", "draining"}
 )
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {

@@ -38,7 +38,8 @@ type Options struct {
 
 	// History is how many messages each channel keeps for recovery
 	// (default 100; negative: none). HistoryTTL bounds their age (default
-	// 5 minutes); a channel nobody subscribes to is forgotten after it.
+	// 5 minutes); a channel nobody subscribes to is forgotten after it, or
+	// sooner when the channel caps need room (MaxChannels).
 	History    int
 	HistoryTTL time.Duration
 
@@ -49,9 +50,24 @@ type Options struct {
 	// MaxSubsPerConn bounds the channels one connection subscribes to
 	// (default 100).
 	MaxSubsPerConn int
-	// MaxConnsPerIP bounds websocket plus SSE connections per client
-	// address (default 256; negative: no limit).
+	// MaxConnsPerIP bounds websocket plus SSE connections per client: an
+	// IPv4 address, or an IPv6 /64 (default 256; negative: no limit).
 	MaxConnsPerIP int
+	// MaxChannels bounds the channels this node keeps (default 100,000),
+	// MaxChannelsPerTenant those of one tenant (default 50,000; at most
+	// MaxChannels). Channels nobody subscribes to any more, kept for their
+	// history, count too: the one idle longest is forgotten to make room
+	// for a new one. When every channel has subscribers, a subscribe to a
+	// new one is refused (error too_many_channels).
+	MaxChannels          int
+	MaxChannelsPerTenant int
+	// SubscribeRate (per second, default 10) and SubscribeBurst (default
+	// 200) are a token bucket for the subscribe and unsubscribe frames of
+	// one websocket. A frame over it is refused with error rate_limited,
+	// which counts as a client error (64 of them close the connection).
+	// A negative SubscribeRate turns the limit off.
+	SubscribeRate  float64
+	SubscribeBurst int
 	// QueueLen bounds the frames waiting for one connection (default 256).
 	// A connection whose queue is full is a slow consumer and is
 	// disconnected: it is never waited for.
@@ -81,18 +97,22 @@ type Options struct {
 
 // Defaults.
 const (
-	DefaultHistory             = 100
-	DefaultHistoryTTL          = 5 * time.Minute
-	DefaultMaxMessageBytes     = 64 << 10
-	DefaultMaxClientFrameBytes = 4 << 10
-	DefaultMaxSubsPerConn      = 100
-	DefaultMaxConnsPerIP       = 256
-	DefaultQueueLen            = 256
-	DefaultPingInterval        = 25 * time.Second
-	DefaultWriteTimeout        = 10 * time.Second
-	DefaultReadTimeout         = 10 * time.Second
-	DefaultCloseGrace          = 2 * time.Second
-	DefaultPresenceInterval    = 2 * time.Second
+	DefaultHistory              = 100
+	DefaultHistoryTTL           = 5 * time.Minute
+	DefaultMaxMessageBytes      = 64 << 10
+	DefaultMaxClientFrameBytes  = 4 << 10
+	DefaultMaxSubsPerConn       = 100
+	DefaultMaxConnsPerIP        = 256
+	DefaultMaxChannels          = 100_000
+	DefaultMaxChannelsPerTenant = 50_000
+	DefaultSubscribeRate        = 10
+	DefaultSubscribeBurst       = 200
+	DefaultQueueLen             = 256
+	DefaultPingInterval         = 25 * time.Second
+	DefaultWriteTimeout         = 10 * time.Second
+	DefaultReadTimeout          = 10 * time.Second
+	DefaultCloseGrace           = 2 * time.Second
+	DefaultPresenceInterval     = 2 * time.Second
 )
 
 func (o *Options) withDefaults() Options {
@@ -116,6 +136,13 @@ func (o *Options) withDefaults() Options {
 	setInt(&r.MaxClientFrameBytes, DefaultMaxClientFrameBytes)
 	setInt(&r.MaxSubsPerConn, DefaultMaxSubsPerConn)
 	setInt(&r.MaxConnsPerIP, DefaultMaxConnsPerIP)
+	setInt(&r.MaxChannels, DefaultMaxChannels)
+	setInt(&r.MaxChannelsPerTenant, DefaultMaxChannelsPerTenant)
+	r.MaxChannelsPerTenant = min(r.MaxChannelsPerTenant, r.MaxChannels)
+	if r.SubscribeRate == 0 {
+		r.SubscribeRate = DefaultSubscribeRate
+	}
+	setInt(&r.SubscribeBurst, DefaultSubscribeBurst)
 	setInt(&r.QueueLen, DefaultQueueLen)
 	setDur(&r.PingInterval, DefaultPingInterval)
 	setDur(&r.WriteTimeout, DefaultWriteTimeout)
@@ -132,6 +159,9 @@ func (o *Options) validate() error {
 	}
 	if o.MaxMessageBytes < 0 || o.MaxClientFrameBytes < 0 || o.MaxSubsPerConn < 0 || o.QueueLen < 0 {
 		errs = append(errs, errors.New("MaxMessageBytes, MaxClientFrameBytes, MaxSubsPerConn and QueueLen must not be negative"))
+	}
+	if o.MaxChannels < 0 || o.MaxChannelsPerTenant < 0 || o.SubscribeBurst < 0 {
+		errs = append(errs, errors.New("MaxChannels, MaxChannelsPerTenant and SubscribeBurst must not be negative"))
 	}
 	if o.MaxClientFrameBytes > 1<<20 {
 		errs = append(errs, errors.New("MaxClientFrameBytes above 1 MiB"))

@@ -2,6 +2,7 @@ package pubsub
 
 import (
 	"bytes"
+	"container/list"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,6 +51,7 @@ type PubSub struct {
 
 	chMu     sync.RWMutex
 	channels map[string]*channel
+	idle     *list.List // channels without subscribers, most recently idle first
 
 	connMu   sync.RWMutex
 	conns    map[uint64]*conn
@@ -89,13 +91,14 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 		mesh:     mesh,
 		tenants:  make(map[string]*tenant, len(o.Tenants)),
 		channels: make(map[string]*channel),
+		idle:     list.New(),
 		conns:    make(map[uint64]*conn),
 		perIP:    make(map[netip.Addr]int),
 		stop:     make(chan struct{}),
 	}
 	p.clock.Store(time.Now().UnixNano())
 	for _, t := range o.Tenants {
-		nt := &tenant{name: t.Name, secret: t.Secret, publicKey: t.PublicKey, public: t.Public}
+		nt := &tenant{name: t.Name, secret: t.Secret, publicKey: t.PublicKey, public: t.Public, idle: list.New()}
 		for _, s := range t.Origins {
 			pat, _ := parseOriginPattern(s) // validated
 			nt.origins = append(nt.origins, pat)
@@ -148,17 +151,19 @@ func (p *PubSub) Routes() map[string]http.Handler {
 // ---- connections ----
 
 // reserve counts a new connection from ip against the limits; "" when it
-// may proceed, else the refusal reason.
+// may proceed, else the refusal reason. The per-address limit counts by
+// clientKey (an IPv6 /64 is one client).
 func (p *PubSub) reserve(ip netip.Addr) string {
+	key := clientKey(ip)
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
 	switch {
 	case p.closed || p.draining:
 		return "draining"
-	case p.opts.MaxConnsPerIP > 0 && p.perIP[ip] >= p.opts.MaxConnsPerIP:
+	case p.opts.MaxConnsPerIP > 0 && p.perIP[key] >= p.opts.MaxConnsPerIP:
 		return "conns_per_ip"
 	}
-	p.perIP[ip]++
+	p.perIP[key]++
 	return ""
 }
 
@@ -169,8 +174,9 @@ func (p *PubSub) release(ip netip.Addr) {
 }
 
 func (p *PubSub) releaseLocked(ip netip.Addr) {
-	if p.perIP[ip]--; p.perIP[ip] <= 0 {
-		delete(p.perIP, ip)
+	key := clientKey(ip)
+	if p.perIP[key]--; p.perIP[key] <= 0 {
+		delete(p.perIP, key)
 	}
 }
 
@@ -247,6 +253,12 @@ func (p *PubSub) handleClientFrame(c *conn, b []byte) {
 		c.clientError(code, "", f.ID, "")
 		return
 	}
+	if (f.Type == typeSubscribe || f.Type == typeUnsubscribe) && !c.takeToken(time.Now()) {
+		// Before authorize: a flood must not buy token checks either.
+		p.refuse(codeRateLimited)
+		c.clientError(codeRateLimited, refusalText[codeRateLimited], f.ID, f.Channel)
+		return
+	}
 	switch f.Type {
 	case typeSubscribe:
 		p.subscribe(c, f.Channel, f.Token, f.Since, f.ID)
@@ -302,33 +314,36 @@ func (p *PubSub) refuse(code string) string {
 }
 
 func (p *PubSub) subscribe(c *conn, name, tok string, since *Position, id string) {
-	if _, code := p.authorize(c, name, tok); code != "" {
+	t, code := p.authorize(c, name, tok)
+	if code != "" {
 		c.clientError(code, refusalText[code], id, name)
 		return
 	}
-	if code := p.join(c, name, since, id); code != "" {
+	if code := p.join(c, t, name, since, id); code != "" {
 		c.clientError(code, refusalText[code], id, name)
 	}
 }
 
 var refusalText = map[string]string{
-	codeBadChannel:     `channel must be "{tenant}/{thread}"`,
-	codeUnknownTenant:  "no such tenant",
-	codeTenantMismatch: "this connection belongs to another tenant",
-	codeOrigin:         "origin not allowed for this tenant",
-	codeTokenRequired:  "private channel: a token is required",
-	codeTokenInvalid:   "token is malformed or its signature is wrong",
-	codeTokenExpired:   "token expired",
-	codeTokenTenant:    "token is for another tenant",
-	codeTokenScope:     "token does not cover this channel",
-	codeTooManySubs:    "too many subscriptions on this connection",
-	codeNotSubscribed:  "not subscribed to this channel",
+	codeBadChannel:      `channel must be "{tenant}/{thread}"`,
+	codeUnknownTenant:   "no such tenant",
+	codeTenantMismatch:  "this connection belongs to another tenant",
+	codeOrigin:          "origin not allowed for this tenant",
+	codeTokenRequired:   "private channel: a token is required",
+	codeTokenInvalid:    "token is malformed or its signature is wrong",
+	codeTokenExpired:    "token expired",
+	codeTokenTenant:     "token is for another tenant",
+	codeTokenScope:      "token does not cover this channel",
+	codeTooManySubs:     "too many subscriptions on this connection",
+	codeTooManyChannels: "too many channels on this node: try again later",
+	codeRateLimited:     "too many subscribe and unsubscribe frames: slow down",
+	codeNotSubscribed:   "not subscribed to this channel",
 }
 
 // join adds the subscription (authorized already) and queues the
 // "subscribed" reply and any history the client missed, in the same
 // critical section as live fan-out so nothing is lost or repeated.
-func (p *PubSub) join(c *conn, name string, since *Position, id string) string {
+func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id string) string {
 	c.mu.Lock()
 	if c.state != stateOpen {
 		c.mu.Unlock()
@@ -353,7 +368,10 @@ func (p *PubSub) join(c *conn, name string, since *Position, id string) string {
 
 	now := time.Now()
 	for {
-		ch := p.channel(name, now)
+		ch, code := p.channel(t, name, now)
+		if code != "" {
+			return p.refuse(code)
+		}
 		ch.mu.Lock()
 		if ch.dead {
 			ch.mu.Unlock()
@@ -374,7 +392,11 @@ func (p *PubSub) join(c *conn, name string, since *Position, id string) string {
 		c.mu.Lock()
 		if c.state != stateOpen {
 			c.mu.Unlock()
+			idle := len(ch.subs) == 0
 			ch.mu.Unlock()
+			if idle {
+				p.noteIdle(ch) // it may have been made for this subscription
+			}
 			return ""
 		}
 		s := &subscription{ch: ch, c: c}
@@ -400,22 +422,89 @@ func (p *PubSub) join(c *conn, name string, since *Position, id string) string {
 	}
 }
 
-// channel returns the channel's state, creating it.
-func (p *PubSub) channel(name string, now time.Time) *channel {
+// channel returns the state of channel name of tenant t, creating it when
+// the caps allow: idle channels are forgotten to make room, and when there
+// is none, the refusal code is returned.
+func (p *PubSub) channel(t *tenant, name string, now time.Time) (*channel, string) {
 	p.chMu.RLock()
 	ch := p.channels[name]
 	p.chMu.RUnlock()
 	if ch != nil {
-		return ch
+		return ch, ""
 	}
 	p.chMu.Lock()
 	defer p.chMu.Unlock()
-	if ch = p.channels[name]; ch == nil {
-		ch = &channel{name: name, epoch: newEpoch(), touched: now}
-		p.channels[name] = ch
-		p.met.channels.Inc()
+	if ch = p.channels[name]; ch != nil {
+		return ch, ""
 	}
-	return ch
+	if t.nChannels >= p.opts.MaxChannelsPerTenant && !p.evictIdleLocked(t.idle) ||
+		len(p.channels) >= p.opts.MaxChannels && !p.evictIdleLocked(p.idle) {
+		return nil, codeTooManyChannels
+	}
+	ch = &channel{name: name, tenant: t, epoch: newEpoch(), touched: now}
+	p.channels[name] = ch
+	t.nChannels++
+	p.met.channels.Inc()
+	return ch, ""
+}
+
+// evictIdleLocked forgets the channel of l that has been idle longest and
+// reports whether there was one. Channels found with subscribers are taken
+// off the idle lists on the way. Called with chMu held.
+func (p *PubSub) evictIdleLocked(l *list.List) bool {
+	for e := l.Back(); e != nil; {
+		prev := e.Prev()
+		ch := e.Value.(*channel)
+		ch.mu.Lock()
+		if len(ch.subs) > 0 {
+			p.unlistIdleLocked(ch)
+			ch.mu.Unlock()
+			e = prev
+			continue
+		}
+		p.forgetLocked(ch)
+		ch.mu.Unlock()
+		return true
+	}
+	return false
+}
+
+// forgetLocked removes ch from the node, with chMu and ch.mu held. A
+// joiner that still holds it sees dead and looks the name up again.
+func (p *PubSub) forgetLocked(ch *channel) {
+	ch.dead = true
+	delete(p.channels, ch.name)
+	ch.tenant.nChannels--
+	p.unlistIdleLocked(ch)
+	p.met.channels.Dec()
+}
+
+func (p *PubSub) unlistIdleLocked(ch *channel) {
+	if ch.idleAll != nil {
+		p.idle.Remove(ch.idleAll)
+		ch.tenant.idle.Remove(ch.idleTenant)
+		ch.idleAll, ch.idleTenant = nil, nil
+	}
+}
+
+// noteIdle lists channels whose last subscriber has just left as the most
+// recently idle ones (unless someone subscribed again meanwhile).
+func (p *PubSub) noteIdle(chs ...*channel) {
+	p.chMu.Lock()
+	defer p.chMu.Unlock()
+	for _, ch := range chs {
+		ch.mu.Lock()
+		if !ch.dead && len(ch.subs) == 0 {
+			if ch.idleAll == nil {
+				ch.idleAll = p.idle.PushFront(ch)
+				ch.idleTenant = ch.tenant.idle.PushFront(ch)
+			} else {
+				p.idle.MoveToFront(ch.idleAll)
+				ch.tenant.idle.MoveToFront(ch.idleTenant)
+			}
+		}
+		ch.mu.Unlock()
+	}
 }
 
 func (p *PubSub) unsubscribe(c *conn, name, id string) {
@@ -437,9 +526,12 @@ func (p *PubSub) unsubscribe(c *conn, name, id string) {
 		return
 	}
 	s.ch.mu.Lock()
-	s.ch.removeLocked(s, time.Now())
+	idle := s.ch.removeLocked(s, time.Now())
 	s.ch.mu.Unlock()
 	p.met.subs.Dec()
+	if idle {
+		p.noteIdle(s.ch)
+	}
 	c.enqueue(connFrame(c.kind, serverFrame{Type: typeUnsubscribed, ID: id, Channel: name}))
 }
 
@@ -660,13 +752,11 @@ func (p *PubSub) sweeper() {
 func (p *PubSub) sweepChannels(now time.Time) {
 	p.chMu.Lock()
 	defer p.chMu.Unlock()
-	for name, ch := range p.channels {
+	for _, ch := range p.channels {
 		ch.mu.Lock()
 		ch.trimLocked(now, p.opts.HistoryTTL)
 		if len(ch.subs) == 0 && (p.opts.History == 0 || now.Sub(ch.touched) > p.opts.HistoryTTL) {
-			ch.dead = true
-			delete(p.channels, name)
-			p.met.channels.Dec()
+			p.forgetLocked(ch)
 		}
 		ch.mu.Unlock()
 	}

@@ -73,17 +73,19 @@ func (p *PubSub) serveSSE(w http.ResponseWriter, r *http.Request) {
 	// all refused is answered 403, which also stops EventSource from
 	// retrying; partial refusals become error events in the stream.
 	type sub struct {
+		t     *tenant
 		name  string
 		since *Position
 	}
 	var allowed []sub
 	var refused []serverFrame
 	for _, name := range names {
-		if _, code := p.authorize(c, name, tok); code != "" {
+		t, code := p.authorize(c, name, tok)
+		if code != "" {
 			refused = append(refused, serverFrame{Type: typeError, Code: code, Reason: refusalText[code], Channel: name})
 			continue
 		}
-		s := sub{name: name}
+		s := sub{t: t, name: name}
 		if pos, ok := since[name]; ok {
 			s.since = &pos
 		} else if resumed {
@@ -124,7 +126,7 @@ func (p *PubSub) serveSSE(w http.ResponseWriter, r *http.Request) {
 		c.enqueue(connFrame(kindSSE, f))
 	}
 	for _, s := range allowed {
-		if code := p.join(c, s.name, s.since, ""); code != "" {
+		if code := p.join(c, s.t, s.name, s.since, ""); code != "" {
 			c.clientError(code, refusalText[code], "", s.name)
 		}
 	}

@@ -3,6 +3,7 @@ package transport
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,10 +15,12 @@ import (
 	"github.com/gorilla/websocket"
 )
 
-// AppProxy forwards requests to the application server: X-Forwarded-For,
-// -Host and -Proto set, streaming responses flushed as they come, and
-// websockets relayed message by message so that a draining node can tell
-// each client to reconnect elsewhere (close code 1012, "service restart").
+// AppProxy forwards requests to the application server: the forwarding
+// headers set by the proxy alone (see setForwarded), streaming responses
+// flushed as they come, and websockets relayed message by message, each
+// message bounded (Limits.MaxWebsocketMessageBytes), so that a draining
+// node can tell each client to reconnect elsewhere (close code 1012,
+// "service restart").
 type AppProxy struct {
 	target *url.URL
 	srv    *Server
@@ -37,7 +40,7 @@ func NewAppProxy(target *url.URL, log *slog.Logger) *AppProxy {
 	p.rp = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
-			pr.SetXForwarded() // X-Forwarded-For/-Host, and -Proto "https" since the inbound request is TLS
+			setForwarded(pr.Out.Header, pr.In)
 			pr.Out.Host = pr.In.Host
 		},
 		Transport:     transport,
@@ -97,14 +100,7 @@ func (p *AppProxy) relayWebsocket(w http.ResponseWriter, r *http.Request) {
 			h[k] = vs
 		}
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := r.Header.Get("X-Forwarded-For"); prior != "" {
-			ip = prior + ", " + ip
-		}
-		h.Set("X-Forwarded-For", ip)
-	}
-	h.Set("X-Forwarded-Proto", "https")
-	h.Set("X-Forwarded-Host", r.Host)
+	setForwarded(h, r)
 	d := *p.dialer
 	d.Subprotocols = websocket.Subprotocols(r)
 	back, resp, err := d.DialContext(r.Context(), u.String(), h)
@@ -155,29 +151,72 @@ func (p *AppProxy) relayWebsocket(w http.ResponseWriter, r *http.Request) {
 		p.srv.metrics.websockets.Inc()
 		defer p.srv.metrics.websockets.Dec()
 	}
+	// Each pump holds one whole message in memory: both reads are bounded.
+	// Past the limit gorilla/websocket answers the sender with close 1009
+	// (message too big) before reading the message, so nothing of it is
+	// relayed.
+	limit := p.messageLimit()
+	front.SetReadLimit(limit)
+	back.SetReadLimit(limit)
 	// Two pumps; when either side ends, the other is closed so its pump
 	// ends too. The relay owns both goroutines and waits for them.
-	errc := make(chan error, 2)
-	go func() { errc <- pump(back, front) }()
-	go func() { errc <- pump(front, back) }()
-	<-errc
-	front.Close()
+	type result struct {
+		fromClient bool
+		err        error
+	}
+	resc := make(chan result, 2)
+	// Client to app: after an oversized client message the app is told the
+	// client is going away. App to client: an app that sends too much is a
+	// server-side failure to the client.
+	go func() { resc <- result{true, pump(back, front, websocket.CloseGoingAway)} }()
+	go func() { resc <- result{false, pump(front, back, websocket.CloseInternalServerErr)} }()
+	res := <-resc
 	back.Close()
-	<-errc
+	if res.fromClient && errors.Is(res.err, websocket.ErrReadLimit) {
+		lingerClose(front.NetConn())
+	}
+	front.Close()
+	<-resc
 }
 
-// pump copies messages from src to dst, including a close frame.
-func pump(dst, src *websocket.Conn) error {
+// messageLimit is the largest websocket message relayed.
+func (p *AppProxy) messageLimit() int64 {
+	if p.srv != nil && p.srv.opts.Limits.MaxWebsocketMessageBytes > 0 {
+		return p.srv.opts.Limits.MaxWebsocketMessageBytes
+	}
+	return DefaultMaxWebsocketMessageBytes
+}
+
+// lingerTime bounds how long a client that was sent a close frame in the
+// middle of its message may keep sending before the connection is cut.
+const lingerTime = time.Second
+
+// lingerClose reads and discards what the client still sends (the rest of
+// an oversized message, then its close frame) for a moment: closing a
+// socket with unread data resets the connection, and a reset can make the
+// client lose the close frame that tells it why.
+func lingerClose(nc net.Conn) {
+	_ = nc.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.Copy(io.Discard, nc)
+}
+
+// pump copies messages from src to dst, including a close frame. When src
+// sends a message over its read limit (gorilla/websocket has then sent src
+// close 1009), dst is closed with overCode.
+func pump(dst, src *websocket.Conn, overCode int) error {
 	for {
 		typ, msg, err := src.ReadMessage()
 		if err != nil {
 			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
+			switch {
+			case errors.As(err, &ce):
 				code := ce.Code
 				if code == websocket.CloseNoStatusReceived {
 					code = websocket.CloseNormalClosure
 				}
 				_ = dst.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ce.Text), time.Now().Add(time.Second))
+			case errors.Is(err, websocket.ErrReadLimit):
+				_ = dst.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(overCode, "peer message over the relay's size limit"), time.Now().Add(time.Second))
 			}
 			return err
 		}
@@ -185,6 +224,72 @@ func pump(dst, src *websocket.Conn) error {
 			return err
 		}
 	}
+}
+
+// Client-address headers. Whatever a client sends under these names is its
+// own claim (this node is the edge: nothing in front of it vouches for
+// anything), so the proxy removes them all and sets the standard ones
+// itself, to the TCP peer's address.
+var clientAddrHeaders = []string{
+	"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "X-Forwarded-Port",
+	"X-Forwarded-Server", "X-Real-Ip", "X-Client-Ip", "True-Client-Ip", "Cf-Connecting-Ip",
+	"Fastly-Client-Ip", "X-Cluster-Client-Ip", "X-Original-Forwarded-For",
+}
+
+// setForwarded replaces the client-address headers of h, the outbound
+// request of r: X-Forwarded-For and X-Real-IP are the peer's address,
+// X-Forwarded-Host and -Proto the request's host and "https" (every
+// listener of the node is TLS), and Forwarded (RFC 7239) says the same.
+func setForwarded(h http.Header, r *http.Request) {
+	for _, k := range clientAddrHeaders {
+		delete(h, k)
+	}
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		ip = ""
+	}
+	fwd := ""
+	if ip != "" {
+		h["X-Forwarded-For"] = []string{ip}
+		h["X-Real-Ip"] = []string{ip}
+		if strings.Contains(ip, ":") {
+			fwd = `for="[` + ip + `]";`
+		} else {
+			fwd = "for=" + ip + ";"
+		}
+	}
+	if r.Host != "" {
+		h["X-Forwarded-Host"] = []string{r.Host}
+		fwd += "host=" + quoteForwarded(r.Host) + ";"
+	}
+	h["X-Forwarded-Proto"] = []string{"https"}
+	h["Forwarded"] = []string{fwd + "proto=https"}
+}
+
+// quoteForwarded is s as an RFC 7239 value: a quoted-string unless it is a
+// token (a host with a port is not).
+func quoteForwarded(s string) string {
+	token := true
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0) {
+			token = false
+			break
+		}
+	}
+	if token {
+		return s
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c == '"' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	b.WriteByte('"')
+	return b.String()
 }
 
 func singleJoin(a, b string) string {

@@ -8,10 +8,11 @@ import (
 	"sync/atomic"
 )
 
-// limitListener counts open connections and connections per client address.
-// A connection over the per-address limit is still accepted: it is marked so
-// the HTTP layer answers 429 and closes it, because a client that is refused
-// at TCP level cannot tell a limit from an outage.
+// limitListener counts open connections and connections per client address
+// (see clientKey). A TCP connection over the per-address limit is closed as
+// soon as it is accepted, before the TLS handshake: answering it with a 429
+// would first cost the server a handshake (a signature and a key exchange)
+// for every refused connection, which is what a flood wants it to spend.
 type limitListener struct {
 	net.Listener
 	perIP   int
@@ -25,23 +26,44 @@ func newLimitListener(l net.Listener, perIP int, m *metrics) *limitListener {
 	return &limitListener{Listener: l, perIP: perIP, metrics: m, count: make(map[netip.Addr]int)}
 }
 
+// Accept returns the next connection within the limits. Refused
+// connections are not returned (net/http would take an error for a broken
+// listener and back off).
 func (l *limitListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		addr := remoteAddr(c)
+		if l.acquire(addr) {
+			l.forget(addr)
+			refuse(c)
+			continue
+		}
+		l.metrics.connsOpen.Inc()
+		return &countedConn{Conn: c, l: l, addr: addr}, nil
 	}
-	addr := remoteAddr(c)
-	over := l.acquire(addr)
-	l.metrics.connsOpen.Inc()
-	return &countedConn{Conn: c, l: l, addr: addr, overLimit: over}, nil
 }
 
-// acquire counts one more connection (TCP or QUIC: the limit is per client
-// address, whatever the protocol) and reports whether it is over the limit.
+// refuse closes a connection at once. Lingering off makes the close a
+// reset: no TIME_WAIT is left on this side for a connection that never
+// carried anything.
+func refuse(c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
+	_ = c.Close()
+}
+
+// acquire counts one more connection from addr (TCP or QUIC: the limit is
+// per client, whatever the protocol) and reports whether it is over the
+// limit. The caller calls forget for it either way, once it is gone.
 func (l *limitListener) acquire(addr netip.Addr) (over bool) {
+	key := clientKey(addr)
 	l.mu.Lock()
-	l.count[addr]++
-	over = l.perIP > 0 && l.count[addr] > l.perIP
+	l.count[key]++
+	over = l.perIP > 0 && l.count[key] > l.perIP
 	l.mu.Unlock()
 	if over {
 		l.metrics.limitHits.WithLabelValues("conns_per_ip").Inc()
@@ -50,9 +72,10 @@ func (l *limitListener) acquire(addr netip.Addr) (over bool) {
 }
 
 func (l *limitListener) forget(addr netip.Addr) {
+	key := clientKey(addr)
 	l.mu.Lock()
-	if l.count[addr]--; l.count[addr] <= 0 {
-		delete(l.count, addr)
+	if l.count[key]--; l.count[key] <= 0 {
+		delete(l.count, key)
 	}
 	l.mu.Unlock()
 }
@@ -70,12 +93,27 @@ func remoteAddr(c net.Conn) netip.Addr {
 	return netip.Addr{}
 }
 
+// clientKey is what the per-address limit counts: an IPv4 address as it
+// is, an IPv6 address by its /64. A /64 is the smallest network a site or
+// a home is given, and its owner picks any of its 2^64 addresses freely,
+// so counting single IPv6 addresses would be no limit at all.
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if !a.Is6() {
+		return a
+	}
+	p, err := a.WithZone("").Prefix(64)
+	if err != nil {
+		return a
+	}
+	return p.Addr()
+}
+
 type countedConn struct {
 	net.Conn
-	l         *limitListener
-	addr      netip.Addr
-	overLimit bool
-	once      sync.Once
+	l    *limitListener
+	addr netip.Addr
+	once sync.Once
 	// handshakeCounted: the TLS handshake on this connection was counted.
 	handshakeCounted atomic.Bool
 }
@@ -86,28 +124,15 @@ func (c *countedConn) Close() error {
 	return err
 }
 
-type connKey struct{}
-
-// connContext remembers the raw connection in each request's context, so the
-// handler can see whether it is over the per-address limit.
-func connContext(ctx context.Context, c net.Conn) context.Context {
-	return context.WithValue(ctx, connKey{}, c)
-}
-
+// overLimit reports whether the request came on a QUIC connection over the
+// per-address limit. TCP connections over it never get this far (Accept
+// refuses them); a QUIC connection is counted once its handshake is done,
+// because only then is its source address proven: counting unverified
+// Initial packets would let anyone spoofing a victim's address use up the
+// victim's allowance.
 func overLimit(ctx context.Context) bool {
 	if qc, ok := ctx.Value(quicConnKey{}).(*quicConn); ok {
 		return qc.overLimit
-	}
-	c, _ := ctx.Value(connKey{}).(net.Conn)
-	for c != nil {
-		switch cc := c.(type) {
-		case *countedConn:
-			return cc.overLimit
-		case interface{ NetConn() net.Conn }:
-			c = cc.NetConn()
-		default:
-			return false
-		}
 	}
 	return false
 }

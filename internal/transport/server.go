@@ -46,8 +46,20 @@ type Limits struct {
 	MaxBodyBytes      int64         // larger bodies get 413
 	ReadHeaderTimeout time.Duration // > 0; also bounds the TLS handshake
 	IdleTimeout       time.Duration
-	MaxConnsPerIP     int // beyond it: 429 and the connection is closed
+	// MaxConnsPerIP bounds the connections of one client: an IPv4 address,
+	// or an IPv6 /64. A TCP connection beyond it is closed before the TLS
+	// handshake; a QUIC one is answered 429 (see overLimit).
+	MaxConnsPerIP int
+	// MaxWebsocketMessageBytes bounds one websocket message relayed to or
+	// from the app server (the relay holds a whole message in memory); a
+	// larger one ends the websocket with close 1009. 0 means
+	// DefaultMaxWebsocketMessageBytes: this one always has a limit.
+	MaxWebsocketMessageBytes int64
 }
+
+// DefaultMaxWebsocketMessageBytes is Limits.MaxWebsocketMessageBytes when
+// unset.
+const DefaultMaxWebsocketMessageBytes = 1 << 20
 
 // Options configure a Server.
 type Options struct {
@@ -162,7 +174,6 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 		// limit so that each hit is also counted. The server-side limit is a
 		// backstop at twice that.
 		MaxHeaderBytes: 2 * opts.Limits.MaxHeaderBytes,
-		ConnContext:    connContext,
 		ConnState:      s.connState,
 		ErrorLog:       log.New(&serverErrorLog{s: s}, "", 0),
 	}
@@ -367,7 +378,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(rw, http.StatusText(code), code)
 		r.Pattern = "connect"
 	case overLimit(r.Context()):
-		s.metrics.limitHits.WithLabelValues("conns_per_ip").Inc()
+		// Counted as a limit hit once, when the connection was.
 		closeAfter(rw, r)
 		rw.Header().Set("Retry-After", "1")
 		http.Error(rw, "too many connections from your address", http.StatusTooManyRequests)
