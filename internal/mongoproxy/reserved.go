@@ -28,6 +28,15 @@ func metaWriteError() *mongoError {
 	return errorf(codeBadValue, "edgenode: the database %s is reserved for the proxy's metadata and cannot be written", metaDB)
 }
 
+// metaReadable are the commands clients may run on the proxy's metadata
+// database: reads (operators inspect edgenode_meta.conflicts). Anything else
+// could change what the proxy relies on.
+var metaReadable = map[string]bool{
+	"find": true, "getmore": true, "killcursors": true, "count": true, "distinct": true, "aggregate": true,
+	"listcollections": true, "listindexes": true, "collstats": true, "dbstats": true, "datasize": true,
+	"explain": true, "ping": true, "hello": true, "ismaster": true, "buildinfo": true,
+}
+
 // nsNamingCommands take a full namespace ("db.coll") as the value of
 // their first field, whatever database they run on.
 var nsNamingCommands = map[string]bool{
@@ -57,6 +66,9 @@ func checkCommand(db string, body bson.Raw, lower string, seqs []wire.Sequence, 
 	}
 	if isReservedDB(db) {
 		return reservedError()
+	}
+	if db == metaDB && !metaReadable[lower] {
+		return metaWriteError()
 	}
 	first, err := body.IndexErr(0)
 	if err != nil {

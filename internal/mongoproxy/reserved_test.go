@@ -150,6 +150,10 @@ func TestCheckNamespaces(t *testing.T) {
 		{"$merge in meta", metaDB, bson.D{{Key: "aggregate", Value: "conflicts"}, {Key: "pipeline", Value: bson.A{bson.D{{Key: "$merge", Value: "tombstones"}}}}}, metaDB},
 		{"rename into meta", "admin", bson.D{{Key: "renameCollection", Value: "app.c"}, {Key: "to", Value: metaDB + ".tombstones"}}, metaDB},
 		{"read meta", metaDB, bson.D{{Key: "find", Value: "conflicts"}}, ""},
+		{"count meta", metaDB, bson.D{{Key: "count", Value: "conflicts"}}, ""},
+		{"collMod meta", metaDB, bson.D{{Key: "collMod", Value: "tombstones"}, {Key: "validator", Value: bson.D{}}}, metaDB},
+		{"mapReduce in meta", metaDB, bson.D{{Key: "mapReduce", Value: "conflicts"}, {Key: "out", Value: "x"}}, metaDB},
+		{"convertToCapped meta", metaDB, bson.D{{Key: "convertToCapped", Value: "tombstones"}, {Key: "size", Value: 1}}, metaDB},
 		{"$lookup meta", "app", bson.D{{Key: "aggregate", Value: "c"}, {Key: "pipeline", Value: bson.A{bson.D{{Key: "$lookup", Value: bson.D{{Key: "from", Value: bson.D{{Key: "db", Value: metaDB}, {Key: "coll", Value: "conflicts"}}}}}}}}}, ""},
 	} {
 		body := append(tc.body, bson.E{Key: "$db", Value: tc.db})
