@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,6 +143,8 @@ func startAuthFerret() error {
 			"--telemetry=disable", "--log-level=error")
 		logs := &syncBuffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
+		// Gone with the test binary, even if it is killed.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start %s: %w", bin, err)
 		}
