@@ -57,20 +57,22 @@ func repoRoot() string {
 }
 
 // ferretdbPath finds the binary in $TOOLS_DIR, <repo>/tools or PATH, and
-// otherwise installs it with scripts/install-test-tools (once).
+// otherwise installs it with scripts/install-test-tools (once). A binary
+// that cannot print its version is skipped: `go install` builds one that
+// panics at start (see the script).
 func ferretdbPath() (string, error) {
 	var cands []string
 	if d := os.Getenv("TOOLS_DIR"); d != "" {
 		cands = append(cands, filepath.Join(d, "ferretdb"))
 	}
 	cands = append(cands, filepath.Join(repoRoot(), "tools", "ferretdb"))
+	if p, err := exec.LookPath("ferretdb"); err == nil {
+		cands = append(cands, p)
+	}
 	for _, p := range cands {
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 && exec.Command(p, "--version").Run() == nil {
 			return p, nil
 		}
-	}
-	if p, err := exec.LookPath("ferretdb"); err == nil {
-		return p, nil
 	}
 	script := filepath.Join(repoRoot(), "scripts", "install-test-tools")
 	cmd := exec.Command("bash", script)
