@@ -25,18 +25,10 @@ type dispatched struct {
 	// reply body (nil when there was none or it failed); it must run
 	// whatever happened (it releases what dispatch took).
 	after func(reply bson.Raw)
-	auth  authEffect
+	// closeErr: the client's connection must close (its upstream
+	// connection broke while the proxy used it).
+	closeErr error
 }
-
-// authEffect says how a forwarded command's reply changes whether the
-// client's connection is authenticated.
-type authEffect int
-
-const (
-	authNone  authEffect = iota
-	authWatch            // saslStart/saslContinue/authenticate/hello: a successful final step authenticates
-	authReset            // logout
-)
 
 // authSucceeded reports whether an authentication reply completed a
 // successful conversation: ok:1 with done:true (SASL), ok:1 for the legacy
@@ -66,28 +58,59 @@ func authSucceeded(cmd string, reply bson.Raw) bool {
 	}
 }
 
-// dispatch routes a command: captured writes on replicated namespaces are
-// handled here; refusals are answered here; everything else is forwarded
-// (with the handshake's compression offer removed).
-func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) dispatched {
+// writeActions are the privileges a captured write command needs on its
+// namespace, as MongoDB requires them: an upsert also needs insert, and
+// findAndModify (which returns the document) find.
+func writeActions(lower string, cmd *command) []string {
+	switch lower {
+	case "insert":
+		return []string{actInsert}
+	case "update":
+		acts := []string{actUpdate}
+		stmts, _ := cmd.array("updates")
+		for _, d := range stmts {
+			if boolField(d, "upsert", false) {
+				return append(acts, actInsert)
+			}
+		}
+		return acts
+	case "delete":
+		return []string{actRemove}
+	default: // findandmodify
+		acts := []string{actFind}
+		if boolField(cmd.body, "remove", false) {
+			acts = append(acts, actRemove)
+		} else {
+			acts = append(acts, actUpdate)
+		}
+		if boolField(cmd.body, "upsert", false) {
+			acts = append(acts, actInsert)
+		}
+		return acts
+	}
+}
+
+// dispatch routes a command from connection c: captured writes on
+// replicated namespaces are handled here; refusals are answered here;
+// everything else is forwarded (with the handshake's compression offer
+// removed).
+func (p *Proxy) dispatch(ctx context.Context, cmd *command, lower string, c *clientConn) dispatched {
 	name := cmd.name
-	lower := strings.ToLower(name)
+	if !c.internal {
+		if e := checkNamespaces(cmd, lower); e != nil {
+			return p.refused(e)
+		}
+	}
 	switch lower {
 	case "hello", "ismaster":
 		p.met.commands.WithLabelValues("forwarded").Inc()
-		d := dispatched{auth: authWatch}
+		var d dispatched
 		if b, changed := removeTopLevel(cmd.body, "compression"); changed {
 			d.rewrite = b
 		}
 		return d
-	case "saslstart", "saslcontinue", "authenticate":
-		p.met.commands.WithLabelValues("forwarded").Inc()
-		return dispatched{auth: authWatch}
-	case "logout":
-		p.met.commands.WithLabelValues("forwarded").Inc()
-		return dispatched{auth: authReset}
 	case "drop", "dropdatabase", "create", "createindexes", "dropindexes":
-		if d, ok := p.dispatchDDL(ctx, cmd, lower, authenticated); ok {
+		if d, ok := p.dispatchDDL(ctx, cmd, lower, c); ok {
 			return d
 		}
 		// Not replicated: forwarded. Cached documents of dropped
@@ -96,10 +119,14 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) 
 		return dispatched{purgeAfter: lower == "drop" || lower == "dropdatabase"}
 	case "listdatabases":
 		p.met.commands.WithLabelValues("forwarded").Inc()
-		return dispatched{filter: replyFilter{hideMetaDB: true}}
+		hide := []string{metaDB}
+		if !c.internal {
+			hide = append(hide, reservedDB)
+		}
+		return dispatched{filter: replyFilter{hideDBs: hide}}
 	case "insert", "update", "delete", "findandmodify":
 		if cmd.db == metaDB {
-			return p.refused(errorf(codeBadValue, "edgenode: the database %s is reserved for the proxy's metadata and cannot be written", metaDB))
+			return p.refused(metaWriteError())
 		}
 		if !p.ns.replicated(cmd.db, cmd.coll) {
 			break
@@ -107,10 +134,12 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) 
 		if transactional(cmd.body) {
 			return p.refused(refuse(cmd.ns(), "a multi-document transaction"))
 		}
-		if p.authRequired && !authenticated {
-			// The proxy writes with its own credentials: it must not do so
-			// for a connection the database has not authenticated.
-			return p.refused(errorf(codeUnauthorized, "command %s requires authentication", name))
+		// The proxy writes with its own credentials: only for a client the
+		// database authenticated, with the privileges the write needs.
+		if e, err := c.authorize(name, cmd.db, cmd.coll, writeActions(lower, cmd)...); err != nil {
+			return dispatched{closeErr: err}
+		} else if e != nil {
+			return p.refused(e)
 		}
 		if reason, ok := p.eng.enterWrite(); !ok {
 			return p.refused(errorf(codeNotWritablePrimary, "edgenode: this node does not accept writes to replicated collections right now (%s); retry, or write through another node", reason))
@@ -137,6 +166,12 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, authenticated bool) 
 	case "aggregate":
 		if e := p.checkAggregateOut(cmd); e != nil {
 			return p.refused(e)
+		}
+		if !c.internal && cmd.db == "admin" {
+			if b := hideReservedChanges(cmd.body); b != nil {
+				p.met.commands.WithLabelValues("forwarded").Inc()
+				return dispatched{rewrite: b}
+			}
 		}
 	case "bulkwrite":
 		if e := p.checkBulkWrite(cmd); e != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,27 +52,66 @@ type clientConn struct {
 	buf, ubuf []byte
 
 	// authenticated: the database accepted an authentication on this
-	// connection (see Proxy.authRequired).
+	// connection (see Proxy.authRequired), judged by the reply to the
+	// authentication command itself.
 	authenticated bool
+	// privs caches what the client's user may do (see privileges); nil
+	// until asked, dropped by every authentication command and logout.
+	privs *privileges
 	// internal: the node's own client (Proxy.DialInternal), the only one
-	// allowed into the reserved namespaces.
+	// allowed into the reserved namespaces, with every privilege, and
+	// exempt from the idle timeout.
 	internal bool
-}
-
-// lastReplyOK inspects the last reply relayed (still in ubuf) for a
-// completed authentication.
-func (c *clientConn) lastReplyOK(cmd string) bool {
-	m, err := wire.ParseMsg(c.ubuf)
-	if err != nil {
-		return false
-	}
-	return authSucceeded(cmd, bson.Raw(m.Body))
 }
 
 // badMessage is a client protocol violation: the connection is closed.
 type badMessage struct{ err error }
 
 func (b *badMessage) Error() string { return "malformed or unsupported message: " + b.err.Error() }
+
+// timedOut is a client too slow for the timeouts: the connection is closed.
+type timedOut struct {
+	reason string // metric label: idle, message, reply
+	msg    string
+}
+
+func (t *timedOut) Error() string { return t.msg }
+
+func isTimeout(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// readMessage waits for the client's next message: its first byte for as
+// long as the idle timeout allows (internal connections wait forever), the
+// rest within the message timeout.
+func (c *clientConn) readMessage() ([]byte, error) {
+	var idle time.Time
+	if t := c.p.opts.IdleTimeout; t > 0 && !c.internal {
+		idle = time.Now().Add(t)
+	}
+	_ = c.c.SetReadDeadline(idle)
+	if _, err := c.cr.Peek(1); err != nil {
+		if isTimeout(err) {
+			return nil, &timedOut{reason: "idle", msg: fmt.Sprintf("no message for %v (idle timeout)", c.p.opts.IdleTimeout)}
+		}
+		return nil, err
+	}
+	_ = c.c.SetReadDeadline(time.Now().Add(c.p.opts.MessageTimeout))
+	msg, err := wire.ReadMessage(c.cr, c.buf[:0], c.p.opts.MaxMessageSize)
+	if err != nil && isTimeout(err) {
+		return nil, &timedOut{reason: "message", msg: fmt.Sprintf("message not received in full within %v (message timeout): %v", c.p.opts.MessageTimeout, err)}
+	}
+	return msg, err
+}
+
+// writeClient sends b to the client, which must take it within the message
+// timeout.
+func (c *clientConn) writeClient(b []byte) error {
+	_ = c.c.SetWriteDeadline(time.Now().Add(c.p.opts.MessageTimeout))
+	_, err := c.c.Write(b)
+	if err != nil && isTimeout(err) {
+		return &timedOut{reason: "reply", msg: fmt.Sprintf("the client did not take a %d-byte reply within %v (message timeout)", len(b), c.p.opts.MessageTimeout)}
+	}
+	return err
+}
 
 // setState moves to idle or busy; false if the connection was closed.
 func (c *clientConn) setState(s int) bool {
@@ -142,14 +182,16 @@ func (c *clientConn) serve() {
 		if !c.setState(connIdle) {
 			return
 		}
-		msg, err := wire.ReadMessage(c.cr, c.buf[:0], c.p.opts.MaxMessageSize)
+		msg, err := c.readMessage()
 		if err != nil {
-			if quietClose(err) {
+			var to *timedOut
+			switch {
+			case errors.As(err, &to):
+			case quietClose(err):
 				return
-			}
-			if strings.HasPrefix(err.Error(), "wire:") {
+			case strings.HasPrefix(err.Error(), "wire:"):
 				err = &badMessage{err}
-			} else {
+			default:
 				log.Debug("client read failed", "err", err)
 				return
 			}
@@ -163,10 +205,15 @@ func (c *clientConn) serve() {
 		}
 		if err != nil {
 			var bm *badMessage
-			if errors.As(err, &bm) {
+			var to *timedOut
+			switch {
+			case errors.As(err, &bm):
 				c.p.met.badMessages.Inc()
 				log.Warn("closing client connection", "err", err)
-			} else if !quietClose(err) {
+			case errors.As(err, &to):
+				c.p.met.timeouts.WithLabelValues(to.reason).Inc()
+				log.Info("closing client connection", "err", err)
+			case !quietClose(err):
 				log.Info("closing client connection", "err", err)
 			}
 			return
@@ -205,10 +252,35 @@ func (c *clientConn) handle(msg []byte) error {
 
 // replyFilter says how to rewrite replies on their way back.
 type replyFilter struct {
-	hideMetaDB bool // listDatabases: drop edgenode_meta
-	// onReply, when set, sees the first reply's body before the client does
-	// (DDL is logged before the client learns it succeeded).
+	hideDBs []string // listDatabases: drop these databases
+	// onReply, when set, sees the first reply's body (an OP_MSG body or an
+	// OP_REPLY's first document; nil if it has none) before the client
+	// does: authentication is judged by it, and DDL is logged before the
+	// client learns it succeeded.
 	onReply func(body bson.Raw)
+}
+
+// isAuthCommand reports whether a command authenticates the connection:
+// saslStart, saslContinue, authenticate, and a handshake carrying
+// speculativeAuthenticate.
+func isAuthCommand(lower string, body bson.Raw) bool {
+	switch lower {
+	case "saslstart", "saslcontinue", "authenticate":
+		return true
+	case "hello", "ismaster":
+		_, err := body.LookupErr("speculativeAuthenticate")
+		return err == nil
+	}
+	return false
+}
+
+// beginAuth is called before an authentication command (or logout) is
+// forwarded: the connection has no identity until the database accepts
+// this one (a failed attempt may end the previous one: FerretDB replaces
+// it), and the previous identity's privileges are forgotten.
+func (c *clientConn) beginAuth() {
+	c.authenticated = false
+	c.privs = nil
 }
 
 func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
@@ -220,34 +292,57 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	if err != nil {
 		return &badMessage{err}
 	}
-	d := c.p.dispatch(c.p.baseCtx, cmd, c.authenticated)
-	switch {
-	case d.reply != nil:
+	lower := strings.ToLower(cmd.name)
+	authCmd := isAuthCommand(lower, cmd.body)
+	if authCmd && m.MoreToCome() {
+		// MongoDB would run it and answer nothing. But a client sends an
+		// authentication step to be answered (it needs the server's reply
+		// to go on, and to learn the outcome), and the proxy judges
+		// authentication by that reply alone: one sent without it has no
+		// legitimate use, and the connection is closed.
+		return &badMessage{fmt.Errorf("%s with moreToCome: authentication commands must be answered", cmd.name)}
+	}
+	if authCmd || lower == "logout" {
+		c.beginAuth()
+	}
+	d := c.p.dispatch(c.p.baseCtx, cmd, lower, c)
+	if d.closeErr != nil {
+		return d.closeErr
+	}
+	if d.reply != nil {
 		if m.MoreToCome() {
 			return nil // unacknowledged write: no reply
 		}
-		out := wire.AppendMsg(nil, c.p.nextRequestID(), h.RequestID, 0, d.reply)
-		_, err := c.c.Write(out)
-		return err
-	case d.rewrite != nil:
-		msg = wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags, d.rewrite, m.Sequences...)
+		return c.writeClient(wire.AppendMsg(nil, c.p.nextRequestID(), h.RequestID, 0, d.reply))
+	}
+	// A moreToCome message goes upstream without the flag, and its answer
+	// is read and dropped: every forwarded message is answered before the
+	// next client message is taken. FerretDB answers moreToCome messages
+	// anyway, and an answer left unread would be taken for the next
+	// command's (an authentication judged by another command's ok:1); the
+	// proxy's own privilege question needs the connection quiet, too.
+	relay := !m.MoreToCome()
+	if d.rewrite != nil || !relay {
+		body := m.Body
+		if d.rewrite != nil {
+			body = d.rewrite
+		}
+		msg = wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags&^wire.FlagMoreToCome, body, m.Sequences...)
 	}
 	f := d.filter
 	called := false
-	if d.after != nil {
-		f.onReply = func(body bson.Raw) { called = true; d.after(body) }
-	}
-	err = c.forward(msg, !m.MoreToCome(), f)
-	if d.after != nil && !called {
-		d.after(nil)
-	}
-	switch d.auth {
-	case authWatch:
-		if err == nil && c.lastReplyOK(strings.ToLower(cmd.name)) {
+	f.onReply = func(body bson.Raw) {
+		called = true
+		if authCmd && body != nil && authSucceeded(lower, body) {
 			c.authenticated = true
 		}
-	case authReset:
-		c.authenticated = false
+		if d.after != nil {
+			d.after(body)
+		}
+	}
+	err = c.forward(msg, h.RequestID, relay, f)
+	if d.after != nil && !called {
+		d.after(nil)
 	}
 	if d.purgeAfter {
 		c.p.eng.purgeCache()
@@ -277,11 +372,15 @@ func (c *clientConn) handleQuery(h wire.Header, msg []byte) error {
 	if first, err := cmd.IndexErr(0); err == nil {
 		name = strings.ToLower(first.Key())
 	}
-	if !strings.HasSuffix(q.FullCollectionName, ".$cmd") || !opQueryAllowed[name] {
-		e := errorf(codeUnsupportedOpQuery, "Unsupported OP_QUERY command: %s. The client driver may require an upgrade.", name)
+	refuse := func(e *mongoError) error {
 		out := wire.AppendReply(nil, &wire.Reply{Header: wire.Header{RequestID: c.p.nextRequestID(), ResponseTo: h.RequestID}, Documents: [][]byte{errorReply(e)}})
-		_, err := c.c.Write(out)
-		return err
+		return c.writeClient(out)
+	}
+	if !strings.HasSuffix(q.FullCollectionName, ".$cmd") || !opQueryAllowed[name] {
+		return refuse(errorf(codeUnsupportedOpQuery, "Unsupported OP_QUERY command: %s. The client driver may require an upgrade.", name))
+	}
+	if db, _, _ := strings.Cut(q.FullCollectionName, "."); isReservedDB(db) && !c.internal {
+		return refuse(reservedError())
 	}
 	if name == "hello" || name == "ismaster" {
 		if stripped, changed := removeTopLevel(cmd, "compression"); changed {
@@ -292,51 +391,79 @@ func (c *clientConn) handleQuery(h wire.Header, msg []byte) error {
 			msg = wire.AppendQuery(nil, q)
 		}
 	}
-	if err := c.forward(msg, true, replyFilter{}); err != nil {
-		return err
-	}
 	// Drivers send their first hello, with speculativeAuthenticate, over
-	// OP_QUERY: track authentication here too.
-	if r, err := wire.ParseReply(c.ubuf); err == nil && len(r.Documents) == 1 && authSucceeded(name, bson.Raw(r.Documents[0])) {
-		c.authenticated = true
+	// OP_QUERY: authentication is tracked here too, by this command's own
+	// reply (an OP_QUERY is always answered).
+	authCmd := isAuthCommand(name, cmd)
+	if authCmd {
+		c.beginAuth()
 	}
-	return nil
+	return c.forward(msg, h.RequestID, true, replyFilter{onReply: func(body bson.Raw) {
+		if authCmd && body != nil && authSucceeded(name, body) {
+			c.authenticated = true
+		}
+	}})
 }
 
-// forward sends msg upstream and relays the replies: one, or a stream while
-// the server sets moreToCome (exhaust cursors, streaming hello).
-func (c *clientConn) forward(msg []byte, expectReply bool, f replyFilter) error {
+// forward sends msg (request id reqID) upstream and reads its replies: one,
+// or a stream while the server sets moreToCome (exhaust cursors, streaming
+// hello). They are relayed to the client, or dropped when relay is false
+// (the client asked for no reply). The first reply must answer reqID:
+// anything else means the connection is out of step, and it is closed.
+func (c *clientConn) forward(msg []byte, reqID int32, relay bool, f replyFilter) error {
 	if _, err := c.up.Write(msg); err != nil {
 		return fmt.Errorf("upstream write: %w", err)
 	}
-	if !expectReply {
-		return nil
-	}
+	first := true
 	for {
 		reply, err := wire.ReadMessage(c.ur, c.ubuf[:0], upstreamMaxMessage)
 		if err != nil {
 			return fmt.Errorf("upstream read: %w", err)
 		}
 		c.ubuf = reply
-		if f.onReply != nil {
-			var body bson.Raw
-			if rm, perr := wire.ParseMsg(reply); perr == nil {
-				body = bson.Raw(rm.Body)
+		if first {
+			first = false
+			if h, _ := wire.ParseHeader(reply); h.ResponseTo != reqID {
+				return fmt.Errorf("upstream reply answers request %d, not %d: the upstream connection is out of step", h.ResponseTo, reqID)
 			}
-			f.onReply(body)
-			f.onReply = nil
+			if f.onReply != nil {
+				f.onReply(replyBody(reply))
+				f.onReply = nil
+			}
 		}
 		out, more, err := filterReply(reply, f)
 		if err != nil {
 			return fmt.Errorf("upstream reply: %w", err)
 		}
-		if _, err := c.c.Write(out); err != nil {
-			return err
+		if relay {
+			if err := c.writeClient(out); err != nil {
+				return err
+			}
 		}
 		if !more {
 			return nil
 		}
 	}
+}
+
+// replyBody is a reply's OP_MSG body or its OP_REPLY's first document (nil
+// when it has none or is malformed).
+func replyBody(reply []byte) bson.Raw {
+	h, err := wire.ParseHeader(reply)
+	if err != nil {
+		return nil
+	}
+	switch h.OpCode {
+	case wire.OpMsg:
+		if m, err := wire.ParseMsg(reply); err == nil {
+			return bson.Raw(m.Body)
+		}
+	case wire.OpReply:
+		if r, err := wire.ParseReply(reply); err == nil && len(r.Documents) > 0 {
+			return bson.Raw(r.Documents[0])
+		}
+	}
+	return nil
 }
 
 var metaFieldBytes = []byte(crdt.MetaField)
@@ -356,7 +483,7 @@ func filterReply(reply []byte, f replyFilter) (out []byte, more bool, err error)
 		if len(reply) >= wire.HeaderLen+4 {
 			more = binary.LittleEndian.Uint32(reply[wire.HeaderLen:])&wire.FlagMoreToCome != 0
 		}
-		if !f.hideMetaDB && !bytes.Contains(reply, metaFieldBytes) {
+		if len(f.hideDBs) == 0 && !bytes.Contains(reply, metaFieldBytes) {
 			return reply, more, nil
 		}
 		m, err := wire.ParseMsg(reply)
@@ -364,8 +491,8 @@ func filterReply(reply []byte, f replyFilter) (out []byte, more bool, err error)
 			return nil, false, err
 		}
 		body, changed := wire.StripField(m.Body, crdt.MetaField)
-		if f.hideMetaDB {
-			if b, ok := hideDatabase(body, metaDB); ok {
+		for _, name := range f.hideDBs {
+			if b, ok := hideDatabase(body, name); ok {
 				body, changed = b, true
 			}
 		}

@@ -481,12 +481,17 @@ var genericFields = map[string]bool{
 	"startTransaction": true, "commitQuorum": true, "maxTimeMS": true, "$audit": true, "$client": true,
 }
 
+// ddlActions are the privileges DDL on a replicated namespace needs.
+var ddlActions = map[string]string{
+	"drop": actDropCollection, "create": actCreateCollection, "createindexes": actCreateIndex, "dropindexes": actDropIndex,
+}
+
 // dispatchDDL captures DDL on replicated namespaces (ok=false: not
 // replicated, forward as is). drop (and the replicated collections of
 // dropDatabase) is executed by the engine; create, createIndexes and
 // dropIndexes are forwarded, so the client gets the database's own answer,
 // and logged once it succeeded.
-func (p *Proxy) dispatchDDL(ctx context.Context, cmd *command, lower string, authenticated bool) (dispatched, bool) {
+func (p *Proxy) dispatchDDL(ctx context.Context, cmd *command, lower string, c *clientConn) (dispatched, bool) {
 	e := p.eng
 	if lower == "dropdatabase" {
 		switch cmd.db {
@@ -494,6 +499,13 @@ func (p *Proxy) dispatchDDL(ctx context.Context, cmd *command, lower string, aut
 			return dispatched{}, false
 		case metaDB:
 			return p.refused(errorf(codeBadValue, "edgenode: the database %s is reserved for the proxy's metadata and cannot be dropped", metaDB)), true
+		}
+		// Checked before the proxy looks into the database with its own
+		// credentials.
+		if merr, err := c.authorize(cmd.name, cmd.db, "", actDropDatabase); err != nil {
+			return dispatched{closeErr: err}, true
+		} else if merr != nil {
+			return p.refused(merr), true
 		}
 		names, err := e.client.Database(cmd.db).ListCollectionNames(ctx, bson.D{})
 		if err != nil {
@@ -507,9 +519,6 @@ func (p *Proxy) dispatchDDL(ctx context.Context, cmd *command, lower string, aut
 		}
 		if len(nss) == 0 {
 			return dispatched{}, false
-		}
-		if p.authRequired && !authenticated {
-			return p.refused(errorf(codeUnauthorized, "command %s requires authentication", cmd.name)), true
 		}
 		reason, ok := e.enterWrite()
 		if !ok {
@@ -535,8 +544,10 @@ func (p *Proxy) dispatchDDL(ctx context.Context, cmd *command, lower string, aut
 		return dispatched{}, false
 	}
 	ns := cmd.ns()
-	if p.authRequired && !authenticated && lower == "drop" {
-		return p.refused(errorf(codeUnauthorized, "command %s requires authentication", cmd.name)), true
+	if merr, err := c.authorize(cmd.name, cmd.db, cmd.coll, ddlActions[lower]); err != nil {
+		return dispatched{closeErr: err}, true
+	} else if merr != nil {
+		return p.refused(merr), true
 	}
 	reason, ok := e.enterWrite()
 	if !ok {

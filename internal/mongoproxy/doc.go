@@ -17,6 +17,22 @@
 // in MongoDB 6+); other OP_QUERY commands get error 352. A malformed message
 // closes that client's connection with a log line and touches no other.
 //
+// Every message forwarded is answered before the client's next one is
+// taken: a client message with moreToCome (an unacknowledged write) goes
+// upstream without the flag and its answer is read and dropped. FerretDB
+// answers such messages anyway, and an answer left unread would be taken
+// for the next command's; the proxy's own questions on the client's
+// connection (privileges, below) need it quiet, too. The first reply to a
+// forwarded message must answer its request id, or the connection closes.
+//
+// A client message is read into a buffer that grows as its bytes arrive
+// (to at most twice what was received, plus 64 KiB), not to the length it
+// announces. Once its first byte has arrived the whole message must arrive
+// within Options.MessageTimeout (30s), and the client must take each reply
+// within it too; a connection that sends nothing for Options.IdleTimeout
+// (30 minutes) is closed, except the node's internal ones. Either way
+// edgenode_mongoproxy_client_timeouts_total{reason} counts it.
+//
 // Replies are rewritten only when they must be: every document field named
 // _edgenode (crdt.MetaField), at any depth, is removed from replies (find and
 // aggregate batches, getMore, findAndModify values, change events), so the
@@ -74,11 +90,76 @@
 // This, like the per-document locks, assumes the proxy is the only writer of
 // its replicated collections, which it must be anyway for them to replicate.
 //
-// When the upstream URI carries credentials, captured writes (which the proxy
-// performs with its own credentials) are refused with error 13 on client
-// connections that have not authenticated (SASL, authenticate, or a
-// speculative authentication in the handshake). Finer privileges (a
-// read-only user) are not checked by the proxy.
+// # Authentication and privileges
+//
+// Captured writes and DDL are performed by the proxy with its own
+// credentials, so when the upstream URI carries credentials (the database
+// enforces authentication) the proxy checks the client itself before
+// performing them:
+//
+//   - The connection must be authenticated: the database accepted an
+//     authentication command on it (saslStart/saslContinue ending with
+//     done:true, authenticate, or a hello/isMaster whose
+//     speculativeAuthenticate completed, over OP_MSG or OP_QUERY), judged
+//     by the reply to that very command (its responseTo is checked) and
+//     nothing else. Every authentication command, and logout, first drops
+//     the connection's authentication and privileges: until the database
+//     accepts the new one there is none. An authentication command sent
+//     with moreToCome (which asks for no reply) closes the connection with
+//     a log line: it has no legitimate use, and its outcome could not be
+//     judged. Otherwise the write gets error 13 "command X requires
+//     authentication".
+//   - The client's user must hold the privileges the write needs on its
+//     namespace, as MongoDB defines them: insert; update (and insert for
+//     an upsert); delete needs remove; findAndModify find plus update or
+//     remove (and insert for an upsert); create createCollection,
+//     createIndexes createIndex, dropIndexes dropIndex, drop
+//     dropCollection, dropDatabase dropDatabase on the database. The
+//     proxy asks the database over the client's own upstream connection,
+//     so the answer is about the client's identity: connectionStatus
+//     {showPrivileges: true}, with a request id of the proxy's, its reply
+//     read and never relayed, while nothing of the client's is in flight
+//     there. It reads authInfo.authenticatedUserPrivileges (resources
+//     {db, collection}, {cluster: true}, {anyResource: true}, with MongoDB's
+//     matching rules) and caches them for the connection until its next
+//     authentication command or logout (a role granted or revoked meanwhile
+//     counts from the client's next connection or authentication). A
+//     missing privilege is error 13 naming the action and the namespace.
+//     A database without a role model, FerretDB among them, answers
+//     without authenticatedUserPrivileges: the proxy then lets every
+//     authenticated user write (logged once at Info per start), which is
+//     what that database itself would do.
+//
+// Reads and every command the proxy forwards are judged by the database
+// itself, on the client's own connection and identity. Without
+// credentials in the upstream URI nothing is checked: the database lets
+// anyone do anything anyway.
+//
+// # Reserved databases
+//
+// The database edgenode_fleet holds the fleet's secrets (ACME account key,
+// certificate private keys, TLS session-ticket keys, which package certs
+// keeps in edgenode_fleet.tls through this proxy so that they replicate).
+// Only internal connections (Proxy.DialInternal, an in-memory pipe the
+// node's own client dials; no listener gives it) may name it; they count
+// as authenticated with every privilege. For every other connection any
+// command whose $db is edgenode_fleet (or the same name in another case) is
+// refused with error 13 naming it — reads, getMore and killCursors,
+// writes, DDL, listCollections, listIndexes, dbStats, explain, everything
+// — and so is a command that names it from another database:
+// renameCollection from or to it, dataSize and the sharding commands that
+// take a namespace, aggregate (and views, and explain of an aggregate)
+// with $lookup, $graphLookup or $unionWith reading from it or $out or
+// $merge writing to it, searched through the pipelines nested in $lookup,
+// $unionWith and $facet, mapReduce output into it, bulkWrite and applyOps
+// naming it. listDatabases does not show it, and a cluster-wide change
+// stream ($changeStream with allChangesForCluster) gets a $match that
+// leaves out its events. The proxy's own database edgenode_meta stays
+// readable (its conflicts are for operators to inspect: find, getMore,
+// count, distinct, aggregate, the list and stats commands, explain) and
+// refuses every other command, and renameCollection, $out, $merge or
+// mapReduce into it from another database; listDatabases does not show it
+// either.
 //
 // # What is refused
 //

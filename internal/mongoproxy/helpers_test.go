@@ -67,6 +67,7 @@ func TestMain(m *testing.M) {
 		s.Stop()
 	}
 	dbOnce.Unlock()
+	stopAuthFerret()
 	_ = os.RemoveAll(dbRoot)
 	os.Exit(code)
 }
@@ -234,8 +235,14 @@ func newProxy(t testing.TB, db int, node string, mods ...proxyOpt) *testProxy {
 // newProxyWith is newProxy with a hook run on the Proxy before Start.
 func newProxyWith(t testing.TB, db int, node string, pre func(*Proxy), mods ...proxyOpt) *testProxy {
 	t.Helper()
+	return newProxyAt(t, upstream(t, db), node, pre, mods...)
+}
+
+// newProxyAt is newProxyWith in front of the database at uri.
+func newProxyAt(t testing.TB, uri, node string, pre func(*Proxy), mods ...proxyOpt) *testProxy {
+	t.Helper()
 	tp := &testProxy{logs: &syncBuffer{}, reg: prometheus.NewRegistry(), dir: t.TempDir()}
-	opts := Options{Listen: "127.0.0.1:0", Upstream: upstream(t, db), NodeID: node, DataDir: tp.dir}
+	opts := Options{Listen: "127.0.0.1:0", Upstream: uri, NodeID: node, DataDir: tp.dir}
 	for _, m := range mods {
 		m(&opts)
 	}

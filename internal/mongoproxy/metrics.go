@@ -6,6 +6,7 @@ type metrics struct {
 	conns         prometheus.Gauge
 	connsRejected prometheus.Counter
 	badMessages   prometheus.Counter
+	timeouts      *prometheus.CounterVec // by reason: idle, message, reply
 	commands      *prometheus.CounterVec // by handling: forwarded, captured, refused
 	writeSeconds  prometheus.Histogram   // captured write commands, end to end
 	opsCaptured   *prometheus.CounterVec // by kind
@@ -25,6 +26,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Client connections closed at once because max_conns was reached."}),
 		badMessages: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_bad_messages_total",
 			Help: "Malformed or unsupported wire messages from clients (their connection is closed)."}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_client_timeouts_total",
+			Help: "Client connections closed for a timeout: idle (no message within the idle timeout), message (a message not received in full within the message timeout), reply (a reply the client did not take within it)."}, []string{"reason"}),
 		commands: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_commands_total",
 			Help: "Client commands by how the proxy handled them."}, []string{"handling"}),
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "edgenode_mongoproxy_write_seconds",
@@ -46,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Operations re-applied from the op log at start."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.conns, m.connsRejected, m.badMessages, m.commands, m.writeSeconds, m.opsCaptured,
+		reg.MustRegister(m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds, m.opsCaptured,
 			m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed)
 	}
 	return m

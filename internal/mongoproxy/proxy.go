@@ -72,7 +72,26 @@ type Options struct {
 	// negative disables it). It assumes the proxy is the only writer of its
 	// replicated collections, which it must be anyway for them to replicate.
 	DocCache int
+	// MessageTimeout bounds how long a client message may take to arrive
+	// once its first byte has, and how long a reply may take to be taken by
+	// the client (default 30s). A client that trickles a message, or stops
+	// half-way, is disconnected instead of holding a connection slot.
+	MessageTimeout time.Duration
+	// IdleTimeout closes a client connection that sends no message for
+	// that long (default 30 minutes; negative: never). Drivers keep idle
+	// connections in their pools and reconnect, retrying a retryable
+	// operation, when one turns out to be closed, so the default is long
+	// enough to leave pooled connections of a quiet application alone and
+	// still reclaims the slots of clients that went away without closing.
+	// Internal connections (DialInternal) are exempt.
+	IdleTimeout time.Duration
 }
+
+// Defaults of Options.MessageTimeout and Options.IdleTimeout.
+const (
+	DefaultMessageTimeout = 30 * time.Second
+	DefaultIdleTimeout    = 30 * time.Minute
+)
 
 // DefaultMaxDocumentBytes is Options.MaxDocumentBytes's default: 7.5 MiB,
 // leaving room in the mesh's 8 MiB messages for framing and for the
@@ -91,8 +110,10 @@ type Proxy struct {
 	// with its own credentials, are then refused on connections that have
 	// not authenticated themselves.
 	authRequired bool
-	dialNet      string
-	dialAddr     string
+	// noRoles logs, once, that the database has no role model.
+	noRoles  sync.Once
+	dialNet  string
+	dialAddr string
 
 	eng     *engine
 	onLocal func([]*crdt.Op)
@@ -141,6 +162,15 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	}
 	if opts.MaxMessageSize <= 0 {
 		opts.MaxMessageSize = 48_000_000
+	}
+	if opts.MessageTimeout < 0 {
+		return nil, errors.New("mongoproxy: MessageTimeout must not be negative")
+	}
+	if opts.MessageTimeout == 0 {
+		opts.MessageTimeout = DefaultMessageTimeout
+	}
+	if opts.IdleTimeout == 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
 	}
 	if opts.NodeID == "" {
 		return nil, errors.New("mongoproxy: NodeID is required")

@@ -84,13 +84,22 @@ func putHeader(b []byte, h Header) {
 	binary.LittleEndian.PutUint32(b[12:], uint32(h.OpCode))
 }
 
+// Growth of ReadMessage's buffer while a message arrives: it starts at
+// growMin and at most doubles, by growMax at most, each time it is full.
+const (
+	growMin = 64 << 10
+	growMax = 8 << 20
+)
+
 // ReadMessage reads one whole message (header included) from r. buf is reused
-// when it is large enough. A length below the header size or above max is an
+// when it is large enough. A length below the header size or above limit is an
 // error before anything is allocated, so a hostile length cannot make the
-// proxy allocate gigabytes.
-func ReadMessage(r io.Reader, buf []byte, max int) ([]byte, error) {
-	if max <= 0 {
-		max = DefaultMaxMessageSize
+// proxy allocate gigabytes. Nor does a length it allows: the buffer grows as
+// the body arrives (to at most twice the bytes received, plus 64 KiB), so a
+// client that announces 48 MB and sends 16 bytes costs 64 KiB, not 48 MB.
+func ReadMessage(r io.Reader, buf []byte, limit int) ([]byte, error) {
+	if limit <= 0 {
+		limit = DefaultMaxMessageSize
 	}
 	var hdr [HeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -100,19 +109,28 @@ func ReadMessage(r io.Reader, buf []byte, max int) ([]byte, error) {
 	if n < HeaderLen {
 		return nil, fmt.Errorf("wire: message length %d is shorter than the header", n)
 	}
-	if n > max {
-		return nil, fmt.Errorf("wire: message length %d exceeds the maximum %d", n, max)
+	if n > limit {
+		return nil, fmt.Errorf("wire: message length %d exceeds the maximum %d", n, limit)
 	}
-	if cap(buf) < n {
-		buf = make([]byte, n)
+	if cap(buf) < min(n, growMin) {
+		buf = make([]byte, 0, min(n, growMin))
 	}
-	buf = buf[:n]
-	copy(buf, hdr[:])
-	if _, err := io.ReadFull(r, buf[HeaderLen:]); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
+	buf = append(buf[:0], hdr[:]...)
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			grown := make([]byte, len(buf), min(n, len(buf)+min(max(len(buf), growMin), growMax)))
+			copy(grown, buf)
+			buf = grown
 		}
-		return nil, fmt.Errorf("wire: reading %d-byte message body: %w", n-HeaderLen, err)
+		end := min(n, cap(buf))
+		got, err := io.ReadFull(r, buf[len(buf):end])
+		buf = buf[:len(buf)+got]
+		if err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, fmt.Errorf("wire: reading %d-byte message body (%d received): %w", n-HeaderLen, len(buf)-HeaderLen, err)
+		}
 	}
 	return buf, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -176,6 +177,54 @@ func TestReadMessage(t *testing.T) {
 	}
 	if _, err := ReadMessage(bytes.NewReader(m[:30]), nil, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("truncated: %v", err)
+	}
+}
+
+// chunkReader returns at most n bytes a call, as a socket does.
+type chunkReader struct {
+	r io.Reader
+	n int
+}
+
+func (c chunkReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), c.n)]) }
+
+// TestReadMessageGrowsAsBytesArrive: the buffer follows the bytes received,
+// not the length announced, and a large message still arrives whole.
+func TestReadMessageGrowsAsBytesArrive(t *testing.T) {
+	hdr := make([]byte, HeaderLen)
+	binary.LittleEndian.PutUint32(hdr, DefaultMaxMessageSize)
+	stalled := io.MultiReader(bytes.NewReader(hdr), bytes.NewReader(make([]byte, 16)))
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	if _, err := ReadMessage(stalled, nil, 0); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("stalled: %v", err)
+	}
+	runtime.ReadMemStats(&ms)
+	if grew := ms.TotalAlloc - before; grew > 1<<20 {
+		t.Fatalf("16 bytes of an announced 48 MB message cost %d bytes", grew)
+	}
+	short := append(append([]byte(nil), hdr...), make([]byte, 100)...)
+	binary.LittleEndian.PutUint32(short, uint32(len(short)))
+	if got, _ := ReadMessage(bytes.NewReader(short), nil, 0); cap(got) != len(short) {
+		t.Fatalf("a %d-byte message took a %d-byte buffer", len(short), cap(got))
+	}
+	big := make([]byte, 20<<20+7)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	binary.LittleEndian.PutUint32(big, uint32(len(big)))
+	got, err := ReadMessage(chunkReader{bytes.NewReader(big), 3000}, nil, 0)
+	if err != nil || !bytes.Equal(got, big) {
+		t.Fatalf("big message: %v (%d bytes)", err, len(got))
+	}
+	if cap(got) > 2*len(big) {
+		t.Fatalf("a %d-byte message took a %d-byte buffer", len(big), cap(got))
+	}
+	// A reused buffer large enough is used as is.
+	again, err := ReadMessage(bytes.NewReader(big), got, 0)
+	if err != nil || &again[0] != &got[0] || !bytes.Equal(again, big) {
+		t.Fatalf("reuse: %v", err)
 	}
 }
 
