@@ -326,6 +326,15 @@ type Mongo struct {
 	// before it stops holding back op log trimming and compaction; it
 	// resyncs if it comes back later.
 	ForgetPeerAfter time.Duration `yaml:"forget_peer_after"`
+	// ClientMessageTimeout: once a client message's first byte arrived,
+	// all of it must arrive within this (and a reply must be taken within
+	// it), so slow clients cannot hold connection slots or buffers.
+	ClientMessageTimeout time.Duration `yaml:"client_message_timeout"`
+	// ClientIdleTimeout closes a client connection that sends nothing for
+	// this long; 0 never does. Drivers keep idle pooled connections and
+	// replace one found closed, so this only frees slots held by clients
+	// that went away.
+	ClientIdleTimeout time.Duration `yaml:"client_idle_timeout"`
 }
 
 // CDN is the media cache in front of an origin.
@@ -430,6 +439,9 @@ func Default() Config {
 			MaxLag:           30 * time.Second,
 			LogRetention:     10 * time.Minute,
 			ForgetPeerAfter:  24 * time.Hour,
+
+			ClientMessageTimeout: 30 * time.Second,
+			ClientIdleTimeout:    30 * time.Minute,
 		},
 		PubSub: PubSub{
 			Enabled:         true,

@@ -249,6 +249,12 @@ func (c *Config) validate(ps *Problems) {
 		if m.MaxDocumentBytes < 64<<10 || m.MaxDocumentBytes > 15<<19 {
 			ps.add("mongo.max_document_bytes", "%d is out of range: want 65536 to 7864320 (7.5 MiB: replication carries a document in one 8 MiB mesh message)", int64(m.MaxDocumentBytes))
 		}
+		if m.ClientMessageTimeout <= 0 {
+			ps.add("mongo.client_message_timeout", "must be positive, e.g. 30s")
+		}
+		if m.ClientIdleTimeout < 0 {
+			ps.add("mongo.client_idle_timeout", "must not be negative: want e.g. 30m (0: never close idle clients)")
+		}
 		if m.MaxLag < 0 {
 			ps.add("mongo.max_lag", "must not be negative: want e.g. 30s (0: never report not ready for lag)")
 		}

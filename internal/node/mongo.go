@@ -112,6 +112,8 @@ func (n *Node) buildMongo() error {
 				MaxDocumentBytes: int(c.MaxDocumentBytes),
 				HoldWrites:       hold,
 				SyncDatabase:     syncDB,
+				MessageTimeout:   c.ClientMessageTimeout,
+				IdleTimeout:      idleTimeout(c.ClientIdleTimeout),
 			}, n.log.With("part", "mongo"), n.reg)
 			if err != nil {
 				return err
@@ -160,4 +162,13 @@ func (n *Node) buildMongo() error {
 		},
 	})
 	return nil
+}
+
+// idleTimeout maps mongo.client_idle_timeout (0: never) to the proxy's
+// option (0: its default, negative: never).
+func idleTimeout(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
