@@ -300,6 +300,11 @@ type Mongo struct {
 	// before it stops holding back op log trimming and compaction; it
 	// resyncs if it comes back later.
 	ForgetPeerAfter time.Duration `yaml:"forget_peer_after"`
+	// MaxClockSkew: a peer's clock reading (its ops' timestamps, its
+	// heartbeats, a sync source's clock) more than this ahead of this
+	// node's wall clock is refused, so that no peer drags the cluster's
+	// clocks into the future; its ops wait until the clocks agree.
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 }
 
 // CDN is the media cache in front of an origin.
@@ -401,6 +406,7 @@ func Default() Config {
 			MaxLag:           30 * time.Second,
 			LogRetention:     10 * time.Minute,
 			ForgetPeerAfter:  24 * time.Hour,
+			MaxClockSkew:     time.Minute,
 		},
 		PubSub: PubSub{
 			Enabled:         true,

@@ -41,9 +41,9 @@ type evilPeer struct {
 	mesh   *mesh.Mesh
 	offset atomic.Int64  // its clock's advance over the real one, in ms
 	last   atomic.Uint64 // the last seq its heartbeats announce
-	mu    sync.Mutex
-	acks  []ackMsg
-	serve func(to string, session uint64) // answers a sync request (on its own goroutine); nil: ignored
+	mu     sync.Mutex
+	acks   []ackMsg
+	serve  func(to string, session uint64) // answers a sync request (on its own goroutine); nil: ignored
 }
 
 // onSync sets how it answers sync requests.
@@ -475,4 +475,38 @@ func TestInitialSyncScope(t *testing.T) {
 		return a.pos == 6 && countDocs(t, n1.direct, "app.ok", nil) == 2
 	})
 	checkNothingWritten("streamed ops")
+}
+
+// TestClockSkewOpsFlowOnceClocksAgree: a real node whose clock was dragged
+// ahead (by a peer within its own bound, beyond n1's) keeps the ops n1
+// refuses, and they reach n1 once the clocks agree.
+func TestClockSkewOpsFlowOnceClocksAgree(t *testing.T) {
+	const skew, drag = 5 * time.Second, 20 * time.Second
+	c := newTCluster(t, 2, nil)
+	n1, n2 := c.nodes[0], c.nodes[1]
+	n1.popts = func(o *mongoproxy.Options) { o.MaxClockSkew = skew }
+	n1.start()
+	n2.start()
+	c.waitWritable(n1, n2)
+	ctx := context.Background()
+
+	evil := c.newEvil("evil")
+	evil.offset.Store(drag.Milliseconds())
+	waitUntil(t, 60*time.Second, "n2's clock dragged ahead", func() bool { return clockAhead(n2.proxy.Frontier()) > drag-5*time.Second })
+	evil.offset.Store(0)
+	_, err := n2.cl.Database("app").Collection("c").InsertOne(ctx, bson.D{{Key: "_id", Value: "ahead"}})
+	must(t, err)
+	waitUntil(t, 60*time.Second, "n1 to refuse n2's op", func() bool {
+		return metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": n2.id, "what": "ops"}) >= 1
+	})
+	if d := clockAhead(n1.proxy.Frontier()); d > 2*skew {
+		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
+	}
+	waitUntil(t, 120*time.Second, "n2's op on n1 once the clocks agree", func() bool {
+		return countDocs(t, n1.direct, "app.c", bson.D{{Key: "_id", Value: "ahead"}}) == 1
+	})
+	if d := clockAhead(n1.proxy.OpLog().MaxTimestamp()); d > 2*skew {
+		t.Errorf("n1's op log persisted a clock %v ahead of the wall clock", d.Round(time.Second))
+	}
+	waitSame(t, "app", 60*time.Second, n1, n2)
 }
