@@ -281,8 +281,12 @@ func TestClockSkewPeerRefused(t *testing.T) {
 	if d := clockAhead(n1.proxy.Frontier()); d > time.Minute {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
-	// The heartbeat loop fences the clock in the op log about once a second.
-	time.Sleep(2 * time.Second)
+	// The heartbeat loop fences the clock in the op log once the clock has
+	// moved (a local write): wait for a fence made after the refusals.
+	since := time.Now().UnixMilli()
+	_, err := n1.cl.Database("app").Collection("mine").InsertOne(context.Background(), bson.D{{Key: "_id", Value: 1}})
+	must(t, err)
+	waitUntil(t, 60*time.Second, "n1 to fence its clock in the op log", func() bool { return n1.proxy.OpLog().MaxTimestamp().Wall >= since })
 	if d := clockAhead(n1.proxy.OpLog().MaxTimestamp()); d > time.Minute {
 		t.Errorf("n1's op log persisted a clock %v ahead of the wall clock", d.Round(time.Second))
 	}
@@ -493,9 +497,9 @@ func TestClockSkewOpsFlowOnceClocksAgree(t *testing.T) {
 	evil := c.newEvil("evil")
 	evil.offset.Store(drag.Milliseconds())
 	waitUntil(t, 60*time.Second, "n2's clock dragged ahead", func() bool { return clockAhead(n2.proxy.Frontier()) > drag-5*time.Second })
-	evil.offset.Store(0)
 	_, err := n2.cl.Database("app").Collection("c").InsertOne(ctx, bson.D{{Key: "_id", Value: "ahead"}})
 	must(t, err)
+	evil.offset.Store(0) // n2's clock now stays where it was dragged until the wall clock gets there
 	waitUntil(t, 60*time.Second, "n1 to refuse n2's op", func() bool {
 		return metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": n2.id, "what": "ops"}) >= 1
 	})
