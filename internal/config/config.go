@@ -335,6 +335,11 @@ type Mongo struct {
 	// replace one found closed, so this only frees slots held by clients
 	// that went away.
 	ClientIdleTimeout time.Duration `yaml:"client_idle_timeout"`
+	// MaxClockSkew: a peer's clock reading (its ops' timestamps, its
+	// heartbeats, a sync source's clock) more than this ahead of this
+	// node's wall clock is refused, so that no peer drags the cluster's
+	// clocks into the future; its ops wait until the clocks agree.
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 }
 
 // CDN is the media cache in front of an origin.
@@ -439,6 +444,7 @@ func Default() Config {
 			MaxLag:           30 * time.Second,
 			LogRetention:     10 * time.Minute,
 			ForgetPeerAfter:  24 * time.Hour,
+			MaxClockSkew:     time.Minute,
 
 			ClientMessageTimeout: 30 * time.Second,
 			ClientIdleTimeout:    30 * time.Minute,

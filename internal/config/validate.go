@@ -264,6 +264,9 @@ func (c *Config) validate(ps *Problems) {
 		if m.ForgetPeerAfter < time.Minute {
 			ps.add("mongo.forget_peer_after", "%v is too short: want at least 1m, e.g. 24h", m.ForgetPeerAfter)
 		}
+		if m.MaxClockSkew < time.Second || m.MaxClockSkew > 24*time.Hour {
+			ps.add("mongo.max_clock_skew", "%v is out of range: want 1s (replication's stable margin) to 24h, e.g. 1m", m.MaxClockSkew)
+		}
 	}
 
 	if c.FleetStore() == FleetStorageMongo {

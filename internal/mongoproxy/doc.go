@@ -209,12 +209,15 @@
 // Package repl streams the op log between nodes. The proxy gives it: the
 // op log (OpLog), a clock frontier (Frontier: local writes in progress hold
 // it back, so every op at or below it is already in the log), clock
-// observation, notifications of local appends, a write gate (BlockWrites,
+// observation bounded by Options.MaxClockSkew (ObserveClock, CheckClock;
+// ApplyRemote refuses ops stamped beyond it), notifications of local
+// appends, a write gate (BlockWrites,
 // Options.HoldWrites: captured writes and DDL get 10107 NotWritablePrimary
 // while a node is not a complete replica), and the two halves of an initial
 // sync (AppliedVector and Snapshot on the source; BeginSync, LoadSnapshot
-// and FinishSync on the new node), plus the marker that the database is a
-// synced replica of this op log (SyncedOrigin, MarkSynced).
+// and FinishSync on the new node; LoadSnapshot stores only the namespaces
+// this node replicates), plus the marker that the database is a synced
+// replica of this op log (SyncedOrigin, MarkSynced).
 //
 // Peers' ops are applied several documents at a time (each still one
 // read-merge-write under its document's lock).

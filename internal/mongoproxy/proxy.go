@@ -85,6 +85,11 @@ type Options struct {
 	// still reclaims the slots of clients that went away without closing.
 	// Internal connections (DialInternal) are exempt.
 	IdleTimeout time.Duration
+	// MaxClockSkew bounds how far ahead of this node's wall clock a peer's
+	// clock reading may be (ApplyRemote, ObserveClock): a reading beyond it
+	// is refused, so that no peer can drag this node's clock, and the op
+	// log that persists it, into the future. Default DefaultMaxClockSkew.
+	MaxClockSkew time.Duration
 }
 
 // Defaults of Options.MessageTimeout and Options.IdleTimeout.
@@ -92,6 +97,10 @@ const (
 	DefaultMessageTimeout = 30 * time.Second
 	DefaultIdleTimeout    = 30 * time.Minute
 )
+
+// DefaultMaxClockSkew is Options.MaxClockSkew's default (see package repl
+// for why a minute).
+const DefaultMaxClockSkew = time.Minute
 
 // DefaultMaxDocumentBytes is Options.MaxDocumentBytes's default: 7.5 MiB,
 // leaving room in the mesh's 8 MiB messages for framing and for the
@@ -159,6 +168,9 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	}
 	if opts.DocCache == 0 {
 		opts.DocCache = 4096
+	}
+	if opts.MaxClockSkew <= 0 {
+		opts.MaxClockSkew = DefaultMaxClockSkew
 	}
 	if opts.MaxMessageSize <= 0 {
 		opts.MaxMessageSize = 48_000_000
@@ -272,7 +284,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	bi, err := client.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Raw()
 	ferret := err == nil && bi.Lookup("ferretdbVersion").Type != 0 && !p.testNotFerret
 	clock := crdt.NewClock(p.opts.NodeID, nil)
-	clock.Observe(olog.MaxTimestamp())
+	p.resumeClock(clock, olog.MaxTimestamp())
 	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
 		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated,
 		nsl: newNSLocks(), nsDrops: map[string]crdt.Timestamp{}, maxDoc: p.opts.MaxDocumentBytes}
@@ -333,8 +345,9 @@ func (p *Proxy) Addr() net.Addr {
 }
 
 // ApplyRemote durably logs peers' ops (duplicates are ignored) and applies
-// them to the local database. Ops are validated first; an invalid op fails
-// the whole call before anything is logged.
+// them to the local database. Ops are validated first; an invalid op, or
+// one whose timestamp is more than MaxClockSkew ahead of the wall clock (a
+// *ClockSkewError), fails the whole call before anything is logged.
 func (p *Proxy) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
 	p.mu.Lock()
 	eng, running := p.eng, p.state == stateRunning
@@ -348,6 +361,11 @@ func (p *Proxy) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
 		}
 		if op.Origin == "" || op.Seq == 0 {
 			return fmt.Errorf("mongoproxy: remote op %d has no origin/seq", i)
+		}
+	}
+	for _, op := range ops {
+		if err := p.checkClock(eng, op.TS); err != nil {
+			return err
 		}
 	}
 	for _, op := range ops {

@@ -78,13 +78,74 @@ func (p *Proxy) Frontier() crdt.Timestamp {
 
 // ObserveClock folds a peer's clock reading into this node's HLC, so that
 // writes made here afterwards are ordered after everything that peer did.
-func (p *Proxy) ObserveClock(ts crdt.Timestamp) {
+// A reading more than MaxClockSkew ahead of the wall clock is not folded
+// in: a *ClockSkewError says so.
+func (p *Proxy) ObserveClock(ts crdt.Timestamp) error {
 	p.mu.Lock()
 	eng := p.eng
 	p.mu.Unlock()
-	if eng != nil {
-		eng.clock.Observe(ts)
+	if eng == nil {
+		return nil
 	}
+	if ahead, ok := eng.clock.ObserveWithin(ts, p.opts.MaxClockSkew); !ok {
+		return &ClockSkewError{TS: ts, Ahead: ahead, Max: p.opts.MaxClockSkew}
+	}
+	return nil
+}
+
+// CheckClock returns a *ClockSkewError when ts is more than MaxClockSkew
+// ahead of this node's wall clock (ApplyRemote would refuse an op carrying
+// it), nil otherwise.
+func (p *Proxy) CheckClock(ts crdt.Timestamp) error {
+	p.mu.Lock()
+	eng := p.eng
+	p.mu.Unlock()
+	if eng == nil {
+		return nil
+	}
+	return p.checkClock(eng, ts)
+}
+
+func (p *Proxy) checkClock(eng *engine, ts crdt.Timestamp) error {
+	if ahead := eng.clock.Ahead(ts); ahead > p.opts.MaxClockSkew {
+		return &ClockSkewError{TS: ts, Ahead: ahead, Max: p.opts.MaxClockSkew}
+	}
+	return nil
+}
+
+// ClockSkewError reports a peer's clock reading more than MaxClockSkew
+// ahead of this node's wall clock. The reading was not folded into this
+// node's clock, and nothing carrying it was logged or applied.
+type ClockSkewError struct {
+	TS    crdt.Timestamp
+	Ahead time.Duration // how far TS is ahead of the wall clock
+	Max   time.Duration // Options.MaxClockSkew
+}
+
+func (e *ClockSkewError) Error() string {
+	return fmt.Sprintf("mongoproxy: clock reading %s is %v ahead of this node's wall clock (more than mongo.max_clock_skew, %v)", e.TS, e.Ahead.Round(time.Millisecond), e.Max)
+}
+
+// resumeClock starts the clock above the op log's newest timestamp: this
+// node's ops keep increasing (and stay distinct) across restarts, and
+// every clock reading it announced stays below what it stamps next. A
+// newest timestamp more than MaxClockSkew ahead of the wall clock cannot
+// have come from a reading this node accepted since it bounds them (every
+// one was at most MaxClockSkew ahead when it was folded in), so it comes
+// from a wall clock set back, or from a version that did not bound peers'
+// readings: the clock then resumes MaxClockSkew ahead of the wall clock,
+// which is still above everything accepted under the bound, and says so.
+func (p *Proxy) resumeClock(clock *crdt.Clock, newest crdt.Timestamp) {
+	bound := p.opts.MaxClockSkew
+	ahead, ok := clock.ObserveWithin(newest, bound)
+	if ok {
+		return
+	}
+	clock.Observe(crdt.Timestamp{Wall: time.Now().Add(bound).UnixMilli()})
+	p.log.Error("the op log's clock is far ahead of this node's wall clock: the clock resumes mongo.max_clock_skew ahead of the wall clock instead. "+
+		"Either this node's wall clock was set back (check NTP), or an earlier version accepted a peer's clock that ran ahead. "+
+		"Writes already stamped in the future keep winning over newer ones until the wall clock gets there",
+		"op_log_clock", newest.String(), "ahead", ahead.Round(time.Second), "max_clock_skew", bound)
 }
 
 // BlockWrites makes the proxy refuse captured writes (and replicated DDL)
@@ -335,14 +396,29 @@ func (p *Proxy) BeginSync(ctx context.Context) error {
 	return nil
 }
 
+// RefusedItem is a snapshot item LoadSnapshot did not store.
+type RefusedItem struct {
+	Kind SnapshotKind
+	NS   string // its namespace (for a tombstone or DDL record, the one it claims)
+	Why  string
+}
+
 // LoadSnapshot stores snapshot items (after BeginSync). Items may come in
 // any number of calls, in Snapshot's order. A document or record already
 // present is left as it is (a snapshot read during writes can meet a
 // document twice; both copies include every op up to the vector).
-func (p *Proxy) LoadSnapshot(ctx context.Context, items []SnapshotItem) error {
+//
+// Only what this node replicates is stored: the source decides with its own
+// configuration, which may differ, and a source holding a node certificate
+// may send anything. An item of a namespace this node does not replicate
+// (mongo.replicate minus mongo.local_only, never admin, local, config,
+// edgenode_meta or system.* collections), or a tombstone or DDL record
+// whose key does not match the namespace it claims, is skipped and
+// returned in refused.
+func (p *Proxy) LoadSnapshot(ctx context.Context, items []SnapshotItem) (refused []RefusedItem, err error) {
 	eng, err := p.running()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var batchNS string
 	var batch []any
@@ -368,20 +444,24 @@ func (p *Proxy) LoadSnapshot(ctx context.Context, items []SnapshotItem) error {
 		return fmt.Errorf("store %s: %w", batchNS, err)
 	}
 	for _, it := range items {
+		if ns, why := p.snapshotItemScope(it); why != "" {
+			refused = append(refused, RefusedItem{Kind: it.Kind, NS: ns, Why: why})
+			continue
+		}
 		var target *mongo.Collection
 		key := string(it.Kind) + it.NS
 		switch it.Kind {
 		case SnapCollection:
 			if err := flush(); err != nil {
-				return err
+				return refused, err
 			}
 			if err := eng.createCollection(ctx, it.NS, it.Doc); err != nil {
-				return fmt.Errorf("mongoproxy: load snapshot: %w", err)
+				return refused, fmt.Errorf("mongoproxy: load snapshot: %w", err)
 			}
 			continue
 		case SnapIndex:
 			if err := flush(); err != nil {
-				return err
+				return refused, err
 			}
 			if err := eng.createIndex(ctx, it.NS, it.Doc); err != nil {
 				// The database may not support an index its peer has (or a
@@ -391,29 +471,60 @@ func (p *Proxy) LoadSnapshot(ctx context.Context, items []SnapshotItem) error {
 			}
 			continue
 		case SnapDoc:
-			if db, c := splitNS(it.NS); eng.replicated != nil && !eng.replicated(db, c) {
-				continue
-			}
 			target = eng.coll(it.NS)
 		case SnapTombstone:
 			target = eng.metaColl(tombstoneColl)
 		case SnapDDL:
 			target = eng.metaColl(ddlColl)
 		default:
-			return fmt.Errorf("mongoproxy: load snapshot: unknown item kind %q", it.Kind)
+			return refused, fmt.Errorf("mongoproxy: load snapshot: unknown item kind %q", it.Kind)
 		}
 		if key != batchNS || len(batch) >= 1000 {
 			if err := flush(); err != nil {
-				return fmt.Errorf("mongoproxy: load snapshot: %w", err)
+				return refused, fmt.Errorf("mongoproxy: load snapshot: %w", err)
 			}
 			batchNS, batchColl = key, target
 		}
 		batch = append(batch, it.Doc)
 	}
 	if err := flush(); err != nil {
-		return fmt.Errorf("mongoproxy: load snapshot: %w", err)
+		return refused, fmt.Errorf("mongoproxy: load snapshot: %w", err)
 	}
-	return nil
+	return refused, nil
+}
+
+// snapshotItemScope returns the namespace a snapshot item writes to, and
+// why it must not be stored here ("" when it may).
+func (p *Proxy) snapshotItemScope(it SnapshotItem) (ns, why string) {
+	switch it.Kind {
+	case SnapCollection, SnapIndex, SnapDoc:
+		ns = it.NS
+	case SnapTombstone:
+		// Keyed by docKey(ns, _id): the key, not the ns field, is what a
+		// later write of the document finds.
+		ns, _ = it.Doc.Lookup("ns").StringValueOK()
+		if key, _ := it.Doc.Lookup("_id").StringValueOK(); !strings.HasPrefix(key, ns+"\x00") {
+			return ns, "tombstone key outside its namespace"
+		}
+	case SnapDDL:
+		rec, err := decodeDDLRecord(it.Doc)
+		if err != nil {
+			return "", "malformed DDL record"
+		}
+		ns = rec.ns
+		if id, _ := it.Doc.Lookup("_id").StringValueOK(); id != ddlID(rec.ns, rec.key) || rec.op.NS != rec.ns || rec.op.Kind != crdt.DDL {
+			return ns, "DDL record key or op outside its namespace"
+		}
+	default:
+		return it.NS, "unknown item kind"
+	}
+	if strings.IndexByte(ns, 0) >= 0 {
+		return ns, "malformed namespace"
+	}
+	if db, c := splitNS(ns); !p.ns.replicated(db, c) {
+		return ns, "not replicated here"
+	}
+	return ns, ""
 }
 
 // createCollection creates ns with listCollections options (an existing

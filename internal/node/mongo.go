@@ -110,6 +110,7 @@ func (n *Node) buildMongo() error {
 				LocalOnly:        c.LocalOnly,
 				MaxConns:         c.MaxConns,
 				MaxDocumentBytes: int(c.MaxDocumentBytes),
+				MaxClockSkew:     c.MaxClockSkew,
 				HoldWrites:       hold,
 				SyncDatabase:     syncDB,
 				MessageTimeout:   c.ClientMessageTimeout,

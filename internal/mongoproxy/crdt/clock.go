@@ -87,6 +87,41 @@ func (c *Clock) Observe(t Timestamp) {
 	}
 }
 
+// Ahead returns how far t's physical part is ahead of this clock's wall clock (zero or negative:
+// not ahead), saturating at the limits of time.Duration.
+func (c *Clock) Ahead(t Timestamp) time.Duration {
+	return millisBetween(c.wall().UnixMilli(), t.Wall)
+}
+
+// ObserveWithin folds in t like Observe unless t is more than max ahead of the wall clock; then
+// the clock is left alone and ok is false. Either way it returns how far ahead t is. It keeps a
+// remote reading from dragging this clock (and every reading it hands out afterwards) arbitrarily
+// far into the future.
+func (c *Clock) ObserveWithin(t Timestamp, max time.Duration) (ahead time.Duration, ok bool) {
+	ahead = c.Ahead(t)
+	if ahead > max {
+		return ahead, false
+	}
+	c.Observe(t)
+	return ahead, true
+}
+
+// millisBetween returns to-from milliseconds as a Duration, saturating instead of overflowing
+// (a peer may send any Wall).
+func millisBetween(from, to int64) time.Duration {
+	const limit = uint64(math.MaxInt64 / int64(time.Millisecond))
+	if to >= from {
+		if d := uint64(to) - uint64(from); d <= limit {
+			return time.Duration(d) * time.Millisecond
+		}
+		return math.MaxInt64
+	}
+	if d := uint64(from) - uint64(to); d <= limit {
+		return -time.Duration(d) * time.Millisecond
+	}
+	return math.MinInt64
+}
+
 // Last returns the latest reading handed out or observed (with this clock's node id).
 func (c *Clock) Last() Timestamp {
 	c.mu.Lock()

@@ -475,3 +475,30 @@ func TestOpEncoding(t *testing.T) {
 		t.Fatalf("unknown field: %v", err)
 	}
 }
+
+// ObserveWithin refuses readings more than the bound ahead of the wall
+// clock, whatever their Wall (a peer may send any), and folds in the rest.
+func TestClockObserveWithin(t *testing.T) {
+	wall := time.UnixMilli(1_700_000_000_000)
+	c := crdt.NewClock("n1", func() time.Time { return wall })
+	before := c.Now()
+	for _, w := range []int64{wall.UnixMilli() + 60_001, wall.UnixMilli() + int64(365*24*time.Hour/time.Millisecond), math.MaxInt64} {
+		ahead, ok := c.ObserveWithin(crdt.Timestamp{Wall: w, Node: "p"}, time.Minute)
+		if ok || ahead <= time.Minute {
+			t.Errorf("Wall %d: ok %v, ahead %v", w, ok, ahead)
+		}
+		if n := c.Last(); n != before {
+			t.Errorf("Wall %d refused but the clock moved to %v", w, n)
+		}
+	}
+	if ahead, ok := c.ObserveWithin(crdt.Timestamp{Wall: math.MinInt64, Node: "p"}, time.Minute); !ok || ahead >= 0 {
+		t.Errorf("MinInt64: ok %v, ahead %v", ok, ahead)
+	}
+	at := crdt.Timestamp{Wall: wall.UnixMilli() + 60_000, Logical: 3, Node: "p"}
+	if ahead, ok := c.ObserveWithin(at, time.Minute); !ok || ahead != time.Minute {
+		t.Fatalf("at the bound: ok %v, ahead %v", ok, ahead)
+	}
+	if n := c.Now(); n.Compare(at) <= 0 {
+		t.Fatalf("Now %v not after the observed %v", n, at)
+	}
+}

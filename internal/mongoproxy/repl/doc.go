@@ -41,7 +41,8 @@
 // its last seq, the first seq its log still holds, whether it is a synced
 // replica, and its applied position for every origin. Peers learn positions
 // from it (a sender's starting point, progress whose ack was lost), fold the
-// clock into their own HLC, and compute lag.
+// clock into their own HLC (unless it runs ahead: see Clock skew), and
+// compute lag.
 //
 // An origin is a node id plus an incarnation ("node1~lx3k9a2"): a node whose
 // data folder is wiped loses its op log, and would otherwise number new ops
@@ -82,6 +83,66 @@
 // frontier already used anyway are counted
 // (edgenode_mongo_repl_late_ops_total) and logged as errors.
 //
+// # Clock skew
+//
+// Ops and heartbeats carry their origin's HLC reading, and the receiver
+// folds it into its own clock, so that what it writes afterwards is
+// ordered after what it has seen. Unbounded, that lets one peer whose
+// clock runs ahead (misconfigured, or malicious with a node certificate)
+// drag every node's clock forward for good, since the op log persists the
+// clock (oplog.Fence, MaxTimestamp), and win every last-writer-wins
+// comparison for as long as its skew lasts. So a reading more than
+// mongo.max_clock_skew (mongoproxy.Options.MaxClockSkew) ahead of the
+// receiver's wall clock is refused, whatever carries it:
+//
+//   - ops: the receiver applies an origin's ops up to the first one beyond
+//     the bound, and refuses that one and every one after it (positions
+//     are per-origin sequences: later ops cannot pass it). Nothing refused
+//     is logged, applied or acknowledged: the ack carries the position
+//     applied and the flag ackClockAhead; the origin keeps the ops in its
+//     log (a position not acknowledged holds back trimming), waits
+//     clockAheadRetry x ResendAfter, then offers one batch at a time from
+//     that position. They apply as soon as the receiver's wall clock is
+//     within the bound of their stamp. So an op stamped a year ahead waits
+//     a year, and its origin's later ops wait behind it: a node that ran
+//     with its clock far ahead replicates again, once its clock is fixed,
+//     only after its data folder is wiped (a new incarnation resyncs; its
+//     writes stamped in the future, which no peer accepted, are lost).
+//   - heartbeats: the peer is not heard (no clock, frontier or positions
+//     taken from it): it is not a sync source, and the compaction frontier
+//     waits for it (metadata grows meanwhile, nothing is lost).
+//   - initial sync: a source whose clock (syncBegin) runs ahead is refused
+//     before anything is emptied; the next attempt prefers another source.
+//   - at start: an op log whose newest timestamp is more than the bound
+//     ahead of the wall clock cannot hold only readings accepted under the
+//     bound (the wall clock was set back, or an earlier version accepted a
+//     skewed peer): it is logged as an error and the clock resumes at the
+//     bound instead, still above every reading accepted under it, so this
+//     node's ops keep increasing and the frontiers it announced stay true.
+//
+// Every refusal is counted (edgenode_mongo_repl_clock_skew_refused_total,
+// by peer and what) and logged (at most once a minute per peer) with how
+// far ahead the reading is. Only clocks ahead are refused: a peer whose clock
+// runs behind cannot move this one, and its own clock catches up as soon
+// as it hears its peers (StableMargin covers the rest, see above).
+// Readings are checked when they arrive, so delays only make them look
+// older. A node takes the clock of a peer ahead of it within the bound and
+// stamps its own ops with it, so the bound is the largest difference
+// tolerated between any two clocks of the cluster.
+//
+// The default is one minute. NTP keeps servers within milliseconds of each
+// other, so a healthy cluster is nowhere near it; a clock must be wrong by
+// a minute (a misconfiguration, or days to weeks of an undisciplined quartz
+// clock's drift) before its ops stop, and then its peers say so. It must be
+// well above StableMargin (1 s; configuration requires at least 1 s): the
+// frontier's design already assumes clocks agree within StableMargin, and
+// a bound at or below it would refuse clocks that design accepts. And it
+// is what a skewed or malicious peer can still do: push the clocks at most
+// a minute ahead, which the wall clock catches up with a minute after it
+// stops (the op log never persists a clock more than the bound, plus the
+// fence's second, ahead), and win last-writer-wins comparisons against
+// writes made up to a minute after its own.
+//
 // # Initial sync
 //
 // A node whose database is not marked as a synced replica of its op log
@@ -103,6 +164,20 @@
 // it that the copy already holds is harmless to apply again. Writes on the
 // source during the copy are therefore handled by the positions, not by a
 // consistent snapshot.
+//
+// The node stores only what it replicates itself: every collection,
+// index, document, tombstone and DDL record of the snapshot is checked
+// against its own mongo.replicate and mongo.local_only (never admin,
+// local, config, edgenode_meta or system.* collections; edgenode_fleet only
+// while it is replicated, which the node adds when the fleet's storage is
+// mongo), tombstones and DDL records also by their keys. Configurations may
+// differ between nodes, and a peer with a node certificate may send
+// anything: what is not replicated here is not stored, counted
+// (edgenode_mongo_repl_sync_refused_items_total, by peer) and logged once
+// per sync naming the peer and the namespaces. Streamed ops of such
+// namespaces are logged and marked applied but never written (package
+// mongoproxy counts them, edgenode_mongoproxy_apply_conflicts_total with
+// reason not_replicated, and logs their origin and namespace).
 //
 // With no synced peer after BootstrapWait, and every alive peer heard and
 // unsynced (or no peer at all), the node starts the cluster's data as it
@@ -153,7 +228,8 @@
 //     not fit anyway (a larger limit in a mixed fleet) is logged and
 //     counted, and that peer's stream stops there.
 //   - Clocks must agree within StableMargin for the compaction frontier's
-//     guarantee (see above).
+//     guarantee, and within mongo.max_clock_skew for ops to flow at all
+//     (see above).
 //   - DDL replicates as ops too (mongoproxy, crdt.DDL); a collection drop
 //     deletes only what is older than it, everywhere.
 package repl

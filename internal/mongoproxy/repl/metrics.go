@@ -24,6 +24,8 @@ type metrics struct {
 	syncInProgress    prometheus.Gauge
 	syncDocsPerSecond prometheus.Gauge
 	cronLeaders       prometheus.Gauge
+	clockSkew         *prometheus.CounterVec // by peer, what
+	syncRefused       *prometheus.CounterVec // by peer
 }
 
 // DelayBuckets are the buckets of edgenode_mongo_repl_delay_seconds: fine
@@ -67,11 +69,15 @@ func newMetrics(reg prometheus.Registerer, r *Replicator) *metrics {
 			Help: "Documents per second of the last completed initial sync."}),
 		cronLeaders: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_cron_leader_claims",
 			Help: "Live nodes in the node map claiming cron_leader (anything but 1 is logged as a warning)."}),
+		clockSkew: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_clock_skew_refused_total",
+			Help: "Peers' clock readings refused for running more than mongo.max_clock_skew ahead of this node's wall clock, by peer and what carried them: ops (each time an op is refused, resends included), heartbeat, sync (a sync source's clock)."}, []string{"peer", "what"}),
+		syncRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_sync_refused_items_total",
+			Help: "Initial-sync snapshot items not stored, by source peer: their namespace is not replicated on this node (mongo.replicate, mongo.local_only, system databases), or their record does not match it."}, []string{"peer"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.opsSent, m.opsApplied, m.resends, m.delay, m.applySeconds, m.applyErrors, m.gaps, m.dropped,
 			m.badMessages, m.lateOps, m.tooLarge, m.trimmed, m.syncs, m.syncDocs, m.syncInProgress, m.syncDocsPerSecond,
-			m.cronLeaders, &lagCollector{r})
+			m.cronLeaders, m.clockSkew, m.syncRefused, &lagCollector{r})
 	}
 	return m
 }

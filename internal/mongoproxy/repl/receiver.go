@@ -121,6 +121,19 @@ func (rc *receiver) apply(batch []inbound) {
 			}
 		}
 	}
+	// Ops stamped more than max_clock_skew ahead of this node's wall clock
+	// are refused, and the ones after them with them (positions are
+	// per-origin sequences): the origin keeps them in its log and sends
+	// them again later; they apply once the clocks agree.
+	var skewErr error
+	skewed := 0
+	for i, op := range ops {
+		if err := r.proxy.CheckClock(op.TS); err != nil {
+			skewErr, skewed = err, len(ops)-i
+			ops = ops[:i]
+			break
+		}
+	}
 	if len(ops) > 0 {
 		rc.checkLate(ops)
 		start := time.Now()
@@ -144,6 +157,11 @@ func (rc *receiver) apply(batch []inbound) {
 	pos := r.olog.Applied(rc.origin)
 	r.noteApplied(NodeOf(rc.origin), rc.origin, pos)
 	var flags byte
+	if skewErr != nil {
+		r.clockRefused(from, "ops", skewed, skewErr)
+		r.sendAck(from, rc.origin, pos, ackClockAhead)
+		return
+	}
 	if gap {
 		now := time.Now()
 		if rc.nackPos == pos && now.Sub(rc.nackAt) < r.opts.ResendAfter/2 {

@@ -161,6 +161,7 @@ type Replicator struct {
 	sessions  map[uint64]*syncServer // sync sessions this node serves
 	client    *syncClient            // the sync this node runs, if any
 	samples   []seqSample            // own last seq over time, for LogRetention
+	skewLog   map[string]time.Time   // by peer: when a refused clock reading was last logged
 	sendersP  atomic.Pointer[[]*sender]
 }
 
@@ -244,6 +245,7 @@ func New(opts Options, proxy *mongoproxy.Proxy, log *slog.Logger, reg prometheus
 		opts: opts, log: log.With("component", "repl"), proxy: proxy, olog: proxy.OpLog(), origin: proxy.Origin(),
 		syncWake: make(chan struct{}, 1), nodes: map[string]*nodeState{}, self: &hbQueue{},
 		senders: map[string]*sender{}, receivers: map[string]*receiver{}, sessions: map[uint64]*syncServer{},
+		skewLog: map[string]time.Time{},
 	}
 	zero := crdt.Timestamp{}
 	r.stable.Store(&zero)
@@ -412,13 +414,51 @@ func (r *Replicator) bad(from, what string, err error) {
 	}
 }
 
+// skewLogEvery is how often a peer's refused clock readings are logged
+// (they are counted every time).
+const skewLogEvery = time.Minute
+
+// clockRefused counts n of peer's readings (carried by what: ops,
+// heartbeat, sync) refused by the proxy for running ahead (err, a
+// *mongoproxy.ClockSkewError), and logs it at most once per skewLogEvery
+// per peer.
+func (r *Replicator) clockRefused(peer, what string, n int, err error) {
+	r.met.clockSkew.WithLabelValues(peer, what).Add(float64(n))
+	now := time.Now()
+	r.mu.Lock()
+	due := now.Sub(r.skewLog[peer]) >= skewLogEvery
+	if due {
+		r.skewLog[peer] = now
+	}
+	r.mu.Unlock()
+	if !due {
+		return
+	}
+	attrs := []any{"peer", peer, "what", what}
+	var ce *mongoproxy.ClockSkewError
+	if errors.As(err, &ce) {
+		attrs = append(attrs, "ahead", ce.Ahead.Round(time.Second), "max_clock_skew", ce.Max, "reading", ce.TS.String())
+	} else {
+		attrs = append(attrs, "err", err)
+	}
+	r.log.Error("refusing a peer's clock reading: it is ahead of this node's wall clock by more than mongo.max_clock_skew. "+
+		"Until the clocks agree its ops wait in its log and it is not used as a sync source (check NTP on both nodes; "+
+		"further refusals of this peer are only counted for 1m)", attrs...)
+}
+
 // onHeartbeat records a peer's announcement.
 func (r *Replicator) onHeartbeat(from string, m heartbeat) {
 	if NodeOf(m.origin) != from {
 		r.bad(from, "heartbeat", fmt.Errorf("origin %q is not an incarnation of %q", m.origin, from))
 		return
 	}
-	r.proxy.ObserveClock(m.frontier)
+	if err := r.proxy.ObserveClock(m.frontier); err != nil {
+		// Not heard: a peer whose clock runs ahead is not a sync source,
+		// does not move its frontier here, and is counted as unheard
+		// wherever that matters, until its clock is right.
+		r.clockRefused(from, "heartbeat", 1, err)
+		return
+	}
 	r.mu.Lock()
 	// Read under r.mu: a sync resets both the applied positions and the
 	// queues (resetFrontiers), and a heartbeat must not mix the two.

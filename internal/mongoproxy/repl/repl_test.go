@@ -49,6 +49,7 @@ type tnode struct {
 	ip     string
 	mopts  mesh.Options
 	ropts  Options
+	popts  func(*mongoproxy.Options) // adjusts the proxy's options (nil: none)
 	db     *embedded.Server
 	proxy  *mongoproxy.Proxy
 	mesh   *mesh.Mesh
@@ -172,8 +173,12 @@ func (nd *tnode) start() {
 		t.Fatal(err)
 	}
 	nd.reg = prometheus.NewRegistry()
-	nd.proxy, err = mongoproxy.New(mongoproxy.Options{Listen: nd.ip + ":0", Upstream: nd.db.URI(), NodeID: origin, DataDir: nd.dir,
-		HoldWrites: "replication is starting", SyncDatabase: nd.db.Sync}, log, nd.reg)
+	popts := mongoproxy.Options{Listen: nd.ip + ":0", Upstream: nd.db.URI(), NodeID: origin, DataDir: nd.dir,
+		HoldWrites: "replication is starting", SyncDatabase: nd.db.Sync}
+	if nd.popts != nil {
+		nd.popts(&popts)
+	}
+	nd.proxy, err = mongoproxy.New(popts, log, nd.reg)
 	if err != nil {
 		t.Fatal(err)
 	}

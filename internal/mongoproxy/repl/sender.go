@@ -18,6 +18,10 @@ import (
 //	idle     the peer has everything (next = acked+1 > last)
 //	sending  ops in flight: at most WindowOps beyond acked; when acked does
 //	         not move for ResendAfter, rewind to acked+1 and send again
+//	held     the peer refused the op after acked, stamped more than its
+//	         mongo.max_clock_skew ahead of its wall clock: wait
+//	         clockAheadRetry, then send one batch from acked+1, and so on
+//	         until the clocks agree (an ack without the flag)
 //
 // The mesh drops messages when the peer's queue is full and loses those in
 // flight when a link breaks; rewinding to the acknowledged position covers
@@ -40,7 +44,13 @@ type sender struct {
 	rewoundAt   time.Time
 	persisted   uint64
 	tooLargeLog time.Time
+	holdUntil   time.Time // held: send nothing before (see ackClockAhead)
+	probe       bool      // after a hold: one batch at a time until an ack without ackClockAhead
 }
+
+// clockAheadRetry is how long a sender waits after a peer refused its ops
+// for a clock running ahead, in units of ResendAfter.
+const clockAheadRetry = 5
 
 func newSender(r *Replicator, peer string) *sender {
 	s := &sender{r: r, peer: peer, wake: make(chan struct{}, 1), done: make(chan struct{})}
@@ -66,6 +76,15 @@ func (s *sender) onAck(pos uint64, flags byte) {
 	switch {
 	case flags&ackNotReady != 0:
 		s.paused = true
+	case flags&ackClockAhead != 0:
+		// Applied up to pos, refused from pos+1: send from there again,
+		// later, one batch at a time.
+		s.paused, s.known = false, true
+		if pos > s.acked {
+			s.acked = pos
+		}
+		s.next, s.progress = s.acked+1, now
+		s.holdUntil, s.probe = now.Add(clockAheadRetry*s.r.opts.ResendAfter), true
 	case flags&ackGap != 0:
 		s.paused, s.known = false, true
 		if pos != s.acked {
@@ -78,7 +97,7 @@ func (s *sender) onAck(pos uint64, flags byte) {
 			s.r.met.resends.WithLabelValues(s.peer).Inc()
 		}
 	default:
-		s.paused, s.known = false, true
+		s.paused, s.known, s.probe = false, true, false
 		if pos > s.acked {
 			s.acked, s.progress = pos, now
 		}
@@ -148,6 +167,10 @@ func (s *sender) step() time.Duration {
 		s.mu.Unlock()
 		return time.Second
 	}
+	if now.Before(s.holdUntil) {
+		s.mu.Unlock()
+		return s.holdUntil.Sub(now)
+	}
 	switch {
 	case s.next > s.acked+1 && now.Sub(s.progress) > o.ResendAfter:
 		// Nothing acknowledged for a while: whatever was in flight is lost.
@@ -162,13 +185,17 @@ func (s *sender) step() time.Duration {
 	if start == acked+1 {
 		s.progress = now // the ack timer starts with the first op in flight
 	}
+	window := o.WindowOps
+	if s.probe {
+		window = min(window, o.BatchOps)
+	}
 	s.mu.Unlock()
 
 	last := r.olog.LastSeq(r.origin)
 	next := start
 	wait := 5 * time.Second
-	for next <= last && next-1-acked < uint64(o.WindowOps) {
-		room := o.WindowOps - int(next-1-acked)
+	for next <= last && next-1-acked < uint64(window) {
+		room := window - int(next-1-acked)
 		raws, err := r.olog.ReadRaw(r.origin, next-1, min(o.BatchOps, room), o.BatchBytes)
 		if err != nil {
 			if r.ctx.Err() == nil {

@@ -245,7 +245,13 @@ func (r *Replicator) runSync(src string) (int, error) {
 		return 0, fmt.Errorf("unexpected message %d from %s", m.typ, src)
 	}
 	vector := m.vector
-	r.proxy.ObserveClock(m.clock)
+	// The source's clock comes before anything is emptied: a source whose
+	// clock runs ahead is refused (the next attempt prefers another).
+	if err := r.proxy.ObserveClock(m.clock); err != nil {
+		r.clockRefused(src, "sync", 1, err)
+		cancel()
+		return 0, fmt.Errorf("refusing %s as a sync source: %w", src, err)
+	}
 	ctx := r.ctx
 	if err := r.proxy.BeginSync(ctx); err != nil {
 		cancel()
@@ -255,6 +261,8 @@ func (r *Replicator) runSync(src string) (int, error) {
 	defer r.met.syncInProgress.Set(0)
 	var chunk uint64
 	docs := 0
+	refused := refusedItems{}
+	defer func() { r.logRefused(src, refused) }()
 	for {
 		m, err := next()
 		if err != nil {
@@ -266,7 +274,10 @@ func (r *Replicator) runSync(src string) (int, error) {
 				cancel()
 				return docs, fmt.Errorf("chunk %d lost (got %d)", chunk+1, m.chunk)
 			}
-			if err := r.proxy.LoadSnapshot(ctx, m.items); err != nil {
+			skipped, err := r.proxy.LoadSnapshot(ctx, m.items)
+			refused.add(skipped)
+			r.met.syncRefused.WithLabelValues(src).Add(float64(len(skipped)))
+			if err != nil {
 				cancel()
 				return docs, err
 			}
@@ -274,6 +285,11 @@ func (r *Replicator) runSync(src string) (int, error) {
 			for _, it := range m.items {
 				if it.Kind == mongoproxy.SnapDoc {
 					docs++
+				}
+			}
+			for _, it := range skipped {
+				if it.Kind == mongoproxy.SnapDoc {
+					docs--
 				}
 			}
 			r.met.syncDocs.Add(float64(len(m.items)))
@@ -297,6 +313,48 @@ func (r *Replicator) runSync(src string) (int, error) {
 			return docs, fmt.Errorf("unexpected message %d from %s", m.typ, src)
 		}
 	}
+}
+
+// refusedItems tallies the snapshot items of one sync that were not
+// stored, by namespace and reason (at most maxRefusedNS namespaces named).
+type refusedItems struct {
+	items int
+	byNS  map[string]int
+	more  int // items of namespaces beyond maxRefusedNS
+}
+
+const maxRefusedNS = 50
+
+func (ri *refusedItems) add(items []mongoproxy.RefusedItem) {
+	for _, it := range items {
+		ri.items++
+		key := it.NS + " (" + it.Why + ")"
+		if _, ok := ri.byNS[key]; !ok && len(ri.byNS) >= maxRefusedNS {
+			ri.more++
+			continue
+		}
+		if ri.byNS == nil {
+			ri.byNS = map[string]int{}
+		}
+		ri.byNS[key]++
+	}
+}
+
+// logRefused logs, once per sync, what of src's snapshot was not stored.
+func (r *Replicator) logRefused(src string, ri refusedItems) {
+	if ri.items == 0 {
+		return
+	}
+	nss := make([]string, 0, len(ri.byNS))
+	for ns, n := range ri.byNS {
+		nss = append(nss, fmt.Sprintf("%s: %d", ns, n))
+	}
+	slices.Sort(nss)
+	if ri.more > 0 {
+		nss = append(nss, fmt.Sprintf("%d more items in other namespaces", ri.more))
+	}
+	r.log.Warn("initial sync: items of namespaces this node does not replicate were not stored (the peer's mongo.replicate/local_only differ from this node's, or it sends what it should not)",
+		"peer", src, "items", ri.items, "namespaces", nss)
 }
 
 // sendSync sends on the sync topic, waiting out a full queue for a while.

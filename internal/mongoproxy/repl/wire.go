@@ -58,6 +58,11 @@ var errMalformed = errors.New("repl: malformed message")
 const (
 	ackGap      byte = 1 << iota // the batch did not follow the receiver's position: resend from pos+1
 	ackNotReady                  // the receiver is syncing and applies nothing: pause
+	// ackClockAhead: the op after pos is stamped more than the receiver's
+	// mongo.max_clock_skew ahead of its wall clock and was refused, with
+	// everything after it: retry from pos+1 later. (A sender that does not
+	// know the flag takes it for a plain ack and resends after ResendAfter.)
+	ackClockAhead
 )
 
 // Heartbeat flags.
