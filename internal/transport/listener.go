@@ -118,10 +118,11 @@ type countedConn struct {
 	handshakeCounted atomic.Bool
 }
 
+// Close frees the connection's slot before closing it, so a client that
+// sees its connection end can count on the slot being free again.
 func (c *countedConn) Close() error {
-	err := c.Conn.Close()
 	c.once.Do(func() { c.l.release(c.addr) })
-	return err
+	return c.Conn.Close()
 }
 
 // overLimit reports whether the request came on a QUIC connection over the
