@@ -430,30 +430,90 @@ func (o *Origin) validate(ps *Problems) {
 	checkSecret(ps, "cdn.origin.s3.secret_access_key", o.S3.SecretAccessKey, !o.S3.AccessKeyID.IsZero())
 }
 
-// validateListeners reports two parts on one address: a mistake the kernel
-// would report later and less clearly.
+// A listener is one socket a node binds: its config key, its address and
+// whether it is TCP or UDP.
+type listener struct{ key, network, addr string }
+
+// listeners lists the sockets c makes the node bind. mesh.bind and
+// dns.listen are TCP and UDP; mesh.link_listen is UDP (QUIC); HTTP/3 is UDP
+// on the https.listen address.
+func (c *Config) listeners() []listener {
+	ls := []listener{{"https.listen", "tcp", c.HTTPS.Listen}}
+	if c.HTTPS.HTTP3 {
+		ls = append(ls, listener{"https.listen", "udp", c.HTTPS.Listen})
+	}
+	ls = append(ls, listener{"admin.listen", "tcp", c.Admin.Listen})
+	if c.DNS.Enabled {
+		ls = append(ls, listener{"dns.listen", "udp", c.DNS.Listen}, listener{"dns.listen", "tcp", c.DNS.Listen})
+	}
+	if c.Mongo.Enabled {
+		ls = append(ls, listener{"mongo.listen", "tcp", c.Mongo.Listen})
+	}
+	if c.Mesh.Enabled {
+		ls = append(ls, listener{"mesh.bind", "udp", c.Mesh.Bind}, listener{"mesh.bind", "tcp", c.Mesh.Bind},
+			listener{"mesh.link_listen", "udp", c.Mesh.LinkListen})
+	}
+	return ls
+}
+
+// validateListeners reports two listeners of one protocol on one port whose
+// addresses overlap: a mistake the kernel would report later, and less
+// clearly. A TCP and a UDP socket may share a port.
 func (c *Config) validateListeners(ps *Problems) {
-	seen := map[string]string{}
-	for _, a := range []struct{ key, addr string }{
-		{"https.listen", c.HTTPS.Listen}, {"admin.listen", c.Admin.Listen},
-		{"dns.listen", ifOn(c.DNS.Enabled, c.DNS.Listen)}, {"mongo.listen", ifOn(c.Mongo.Enabled, c.Mongo.Listen)},
-		{"mesh.bind", ifOn(c.Mesh.Enabled, c.Mesh.Bind)},
-	} {
-		if a.addr == "" || strings.HasSuffix(a.addr, ":0") {
-			continue
+	type clash struct {
+		a, b     listener
+		networks []string
+	}
+	var clashes []*clash
+	byPair := map[[2]string]*clash{}
+	ls := c.listeners()
+	for i, a := range ls {
+		for _, b := range ls[:i] {
+			if a.key == b.key || a.network != b.network || !overlap(a.addr, b.addr) {
+				continue
+			}
+			pair := [2]string{b.key, a.key}
+			if byPair[pair] == nil {
+				byPair[pair] = &clash{a: a, b: b}
+				clashes = append(clashes, byPair[pair])
+			}
+			byPair[pair].networks = append(byPair[pair].networks, a.network)
 		}
-		if other, ok := seen[a.addr]; ok {
-			ps.add(a.key, "%s is already used by %s: give each listener its own port", a.addr, other)
+	}
+	for _, x := range clashes {
+		nets := strings.Join(x.networks, " and ")
+		if x.a.addr == x.b.addr {
+			ps.add(x.a.key, "%s is already used by %s (%s): give each listener its own port", x.a.addr, x.b.key, nets)
+		} else {
+			ps.add(x.a.key, "%s overlaps %s %s (%s): give each listener its own port", x.a.addr, x.b.key, x.b.addr, nets)
 		}
-		seen[a.addr] = a.key
 	}
 }
 
-func ifOn(on bool, s string) string {
-	if on {
-		return s
+// overlap reports whether sockets bound to a and b (HOST:PORT) would take
+// the same port on some address. Port 0 (the kernel picks) never overlaps.
+// Go binds a wildcard host (empty, "0.0.0.0" or "::") to every address,
+// IPv4 and IPv6 alike, and "localhost" to 127.0.0.1 alone.
+func overlap(a, b string) bool {
+	ha, pa, errA := net.SplitHostPort(a)
+	hb, pb, errB := net.SplitHostPort(b)
+	if errA != nil || errB != nil || pa != pb || pa == "0" {
+		return false
 	}
-	return ""
+	x, okA := listenHost(ha)
+	y, okB := listenHost(hb)
+	return okA && okB && (x == y || x.IsUnspecified() || y.IsUnspecified())
+}
+
+func listenHost(host string) (netip.Addr, bool) {
+	switch host {
+	case "":
+		return netip.IPv6Unspecified(), true
+	case "localhost":
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1}), true
+	}
+	a, err := netip.ParseAddr(host)
+	return a.Unmap(), err == nil
 }
 
 func inAnyZone(name string, zones []Zone) bool {
