@@ -155,13 +155,37 @@ func (a *ACME) validate(ps *Problems) {
 			ps.add(fmt.Sprintf("https.acme.names[%d]", i), "%q is not a host name ACME can issue for (no wildcards, no IPs)", n)
 		}
 	}
+	if a.RenewCheckInterval <= 0 {
+		ps.add("https.acme.renew_check_interval", "must be positive (certificates would never renew): want e.g. 10m")
+	}
 	if a.OnDemand.Ask != "" {
-		if u, err := url.Parse(a.OnDemand.Ask); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
-			ps.add("https.acme.on_demand.ask", "%q is not an http(s) URL", a.OnDemand.Ask)
-		}
+		a.OnDemand.validate(ps)
 	}
 	if a.ChallengePort < 0 || a.ChallengePort > 65535 {
 		ps.add("https.acme.challenge_port", "%d is not a port", a.ChallengePort)
+	}
+}
+
+// validate checks on-demand issuance, which a non-empty ask turns on.
+func (o *OnDemand) validate(ps *Problems) {
+	if u, err := url.Parse(o.Ask); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+		ps.add("https.acme.on_demand.ask", "%q is not an http(s) URL", o.Ask)
+	}
+	// The issuer has a bound of its own for each: none cannot be had.
+	if o.PerClient <= 0 {
+		ps.add("https.acme.on_demand.per_client", "must be positive (asks per client address per window): want e.g. 5")
+	}
+	if o.Global <= 0 {
+		ps.add("https.acme.on_demand.global", "must be positive (asks per window in all): want e.g. 60")
+	}
+	if o.Window <= 0 {
+		ps.add("https.acme.on_demand.window", "must be positive: want e.g. 1m")
+	}
+	if o.MaxNames <= 0 {
+		ps.add("https.acme.on_demand.max_names", "must be positive (on-demand names the leader manages): want e.g. 1000")
+	}
+	if o.Wait <= 0 {
+		ps.add("https.acme.on_demand.wait", "must be positive (how long a handshake waits for a new certificate): want e.g. 8s")
 	}
 }
 
@@ -192,7 +216,10 @@ func (d *DNS) validate(ps *Problems) {
 		sn.validate(ps, fmt.Sprintf("dns.nodes[%d]", i))
 	}
 	if d.RRL.Enabled && d.RRL.ResponsesPerSec <= 0 {
-		ps.add("dns.rate_limit.responses_per_second", "must be positive when rate limiting is enabled, e.g. 50")
+		ps.add("dns.rate_limit.responses_per_second", "must be positive when rate limiting is enabled: want e.g. 50 (rate_limit.enabled: false turns it off)")
+	}
+	if d.RRL.Slip < 0 {
+		ps.add("dns.rate_limit.slip", "must not be negative: want e.g. 2 (0: never send a truncated answer, drop every limited one)")
 	}
 	if d.TCPMaxConnsPerIP < 0 {
 		ps.add("dns.tcp_max_conns_per_ip", "must not be negative: want e.g. 16 (0 means no limit)")
@@ -206,8 +233,19 @@ func (z *Zone) validate(ps *Problems, p string) {
 	if len(z.NS) == 0 {
 		ps.add(p+".ns", "needs at least one name server, e.g. [ns1.example.com.]")
 	}
+	// A TTL of 0 ("do not cache") is not supported: leave the key out for
+	// the default.
+	if z.TTL <= 0 {
+		ps.add(p+".ttl", "must be positive: want e.g. 1h (left out: 1h)")
+	}
+	if z.NegativeTTL <= 0 {
+		ps.add(p+".negative_ttl", "must be positive: want e.g. 1m (left out: 1m)")
+	}
 	for j, r := range z.Records {
 		rp := fmt.Sprintf("%s.records[%d]", p, j)
+		if r.TTL <= 0 {
+			ps.add(rp+".ttl", "must be positive: want e.g. 5m (left out: 5m)")
+		}
 		switch strings.ToUpper(r.Type) {
 		case "A", "AAAA", "CNAME", "TXT", "MX", "CAA":
 		default:
@@ -225,11 +263,11 @@ func (dn *DynamicName) validate(ps *Problems, p string, zones []Zone) {
 	} else if !inAnyZone(dn.Name, zones) {
 		ps.add(p+".name", "%q is in none of dns.zones: add its zone", dn.Name)
 	}
-	if dn.Count < 0 || dn.Count > 16 {
-		ps.add(p+".count", "%d is out of range: want 1 to 16 (0 means the default, 2)", dn.Count)
+	if dn.Count < 1 || dn.Count > 16 {
+		ps.add(p+".count", "%d is out of range: want 1 to 16 (left out: 2)", dn.Count)
 	}
-	if dn.TTL < 0 || dn.TTL > 24*time.Hour {
-		ps.add(p+".ttl", "%v is out of range: want up to 24h, e.g. 30s", dn.TTL)
+	if dn.TTL <= 0 || dn.TTL > 24*time.Hour {
+		ps.add(p+".ttl", "%v is out of range: want 1s to 24h, e.g. 30s (left out: 30s)", dn.TTL)
 	}
 }
 
@@ -277,7 +315,7 @@ func (m *Mesh) validate(ps *Problems) {
 	checkFile(ps, "mesh.cert", m.Cert, true)
 	checkFile(ps, "mesh.key_file", m.KeyFile, true)
 	if m.QueueLength <= 0 {
-		ps.add("mesh.queue_length", "must be positive, e.g. 4096")
+		ps.add("mesh.queue_length", "must be positive: want e.g. 4096")
 	}
 }
 
@@ -296,7 +334,7 @@ func (m *Mongo) validate(ps *Problems) {
 		checkNamespacePattern(ps, fmt.Sprintf("mongo.local_only[%d]", i), p)
 	}
 	if m.MaxConns <= 0 {
-		ps.add("mongo.max_conns", "must be positive, e.g. 4096")
+		ps.add("mongo.max_conns", "must be positive: want e.g. 4096")
 	}
 	if m.MaxDocumentBytes < 64<<10 || m.MaxDocumentBytes > 15<<19 {
 		ps.add("mongo.max_document_bytes", "%d is out of range: want 65536 to 7864320 (7.5 MiB: replication carries a document in one 8 MiB mesh message)", int64(m.MaxDocumentBytes))
@@ -305,7 +343,7 @@ func (m *Mongo) validate(ps *Problems) {
 		ps.add("mongo.max_lag", "must not be negative: want e.g. 30s (0: never report not ready for lag)")
 	}
 	if m.LogRetention < 0 {
-		ps.add("mongo.log_retention", "must not be negative: want e.g. 10m")
+		ps.add("mongo.log_retention", "must not be negative: want e.g. 10m (0: trim own ops once every peer has them)")
 	}
 	if m.ForgetPeerAfter < time.Minute {
 		ps.add("mongo.forget_peer_after", "%v is too short: want at least 1m, e.g. 24h", m.ForgetPeerAfter)
@@ -349,8 +387,23 @@ func (p *PubSub) validate(ps *Problems) {
 		seen[t.Name] = true
 		checkSecret(ps, key+".secret", t.Secret, false)
 	}
-	if p.QueueLen <= 0 || p.MaxMessageBytes <= 0 || p.MaxSubsPerConn <= 0 {
-		ps.add("pubsub", "queue_length, max_message_bytes and max_subscriptions_per_conn must be positive")
+	if p.History < 0 {
+		ps.add("pubsub.history", "must not be negative: want e.g. 100 (0: keep none)")
+	}
+	if p.HistoryTTL <= 0 {
+		ps.add("pubsub.history_ttl", "must be positive: want e.g. 5m")
+	}
+	if p.MaxMessageBytes <= 0 {
+		ps.add("pubsub.max_message_bytes", "must be positive: want e.g. 65536")
+	}
+	if p.MaxSubsPerConn <= 0 {
+		ps.add("pubsub.max_subscriptions_per_conn", "must be positive: want e.g. 100")
+	}
+	if p.MaxConnsPerIP < 0 {
+		ps.add("pubsub.max_conns_per_ip", "must not be negative: want e.g. 256 (0 means no limit)")
+	}
+	if p.QueueLen <= 0 {
+		ps.add("pubsub.queue_length", "must be positive (a queue of none would disconnect every client): want e.g. 256")
 	}
 	if p.MaxChannels <= 0 {
 		ps.add("pubsub.max_channels", "must be positive: want e.g. 100000")
@@ -358,10 +411,10 @@ func (p *PubSub) validate(ps *Problems) {
 	if p.MaxChannelsPerTenant <= 0 || p.MaxChannelsPerTenant > p.MaxChannels {
 		ps.add("pubsub.max_channels_per_tenant", "%d is out of range: want between 1 and max_channels (%d), e.g. 50000", p.MaxChannelsPerTenant, p.MaxChannels)
 	}
-	if !(p.SubscribeRate > 0) {
-		ps.add("pubsub.subscribe_rate", "must be positive (frames per second): want e.g. 10")
+	if !(p.SubscribeRate >= 0) {
+		ps.add("pubsub.subscribe_rate", "must not be negative (frames per second): want e.g. 10 (0 means no limit)")
 	}
-	if p.SubscribeBurst < 1 {
+	if p.SubscribeRate != 0 && p.SubscribeBurst < 1 {
 		ps.add("pubsub.subscribe_burst", "must be at least 1: want e.g. 200 (twice max_subscriptions_per_conn lets a client resubscribe at once)")
 	}
 	if p.PingInterval < time.Second {
@@ -402,13 +455,22 @@ func (d *CDN) validate(ps *Problems) {
 		ps.add("cdn.max_bytes", "%d is too small: want at least 1MiB, e.g. 10GiB", d.MaxBytes)
 	}
 	if d.MaxEntries <= 0 {
-		ps.add("cdn.max_entries", "must be positive, e.g. 100000")
+		ps.add("cdn.max_entries", "must be positive: want e.g. 100000")
 	}
 	if d.MaxObjectBytes <= 0 {
-		ps.add("cdn.max_object_bytes", "must be positive, e.g. 64MiB")
+		ps.add("cdn.max_object_bytes", "must be positive: want e.g. 64MiB")
 	}
-	if d.TTL < 0 || d.OriginTimeout <= 0 {
-		ps.add("cdn", "ttl must not be negative and origin_timeout must be positive")
+	if d.TTL <= 0 {
+		ps.add("cdn.ttl", "must be positive: want e.g. 1m")
+	}
+	if d.StaleWhileRevalidate < 0 {
+		ps.add("cdn.stale_while_revalidate", "must not be negative: want e.g. 10m (0: never serve stale)")
+	}
+	if d.NegativeTTL < 0 {
+		ps.add("cdn.negative_ttl", "must not be negative: want e.g. 10s (0: do not remember a 404)")
+	}
+	if d.OriginTimeout <= 0 {
+		ps.add("cdn.origin_timeout", "must be positive: want e.g. 10s")
 	}
 	d.Origin.validate(ps)
 }

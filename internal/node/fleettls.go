@@ -102,6 +102,18 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 	if !h.ACME.Enabled {
 		return f, nil
 	}
+	mgr, err := fleet.New(acmeOptions(&n.cfg), f.kv, log, n.reg)
+	if err != nil {
+		return nil, fmt.Errorf("https.acme: %w", err)
+	}
+	f.acme = mgr
+	return f, nil
+}
+
+// acmeOptions translates https.acme. Its challenge_port 0 means the port of
+// https.listen (the package's 0 means 443); its other keys are never 0.
+func acmeOptions(cfg *config.Config) fleet.Options {
+	h := cfg.HTTPS
 	a := h.ACME
 	host, portStr, _ := net.SplitHostPort(h.Listen)
 	port, _ := strconv.Atoi(portStr)
@@ -109,19 +121,14 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 		port = a.ChallengePort
 	}
 	opts := fleet.Options{
-		Leader: n.cfg.Node.CronLeader, NodeID: n.cfg.Node.ID, CA: a.CA, Email: a.Email, Names: a.Names,
+		Leader: cfg.Node.CronLeader, NodeID: cfg.Node.ID, CA: a.CA, Email: a.Email, Names: a.Names,
 		MaxOnDemandNames: a.OnDemand.MaxNames, OnDemandWait: a.OnDemand.Wait,
 		ChallengeHost: host, ChallengePort: port, RenewCheckInterval: a.RenewCheckInterval,
 	}
 	if a.OnDemand.Ask != "" {
 		opts.Ask = &fleet.AskOptions{URL: a.OnDemand.Ask, PerClient: a.OnDemand.PerClient, Global: a.OnDemand.Global, Window: a.OnDemand.Window}
 	}
-	mgr, err := fleet.New(opts, f.kv, log, n.reg)
-	if err != nil {
-		return nil, fmt.Errorf("https.acme: %w", err)
-	}
-	f.acme = mgr
-	return f, nil
+	return opts
 }
 
 // fleetMongoOptions reaches this node's proxy (never the database behind

@@ -119,15 +119,7 @@ func (n *Node) buildMongo() error {
 			if err := proxy.Start(ctx); err != nil {
 				return err
 			}
-			opts := repl.Options{
-				NodeID:          n.cfg.Node.ID,
-				MaxLag:          c.MaxLag,
-				LogRetention:    c.LogRetention,
-				ForgetPeerAfter: c.ForgetPeerAfter,
-			}
-			if c.MaxLag == 0 {
-				opts.MaxLag = -1 // the config's 0 means "never"; the package's 0 means "default"
-			}
+			opts := replOptions(&n.cfg)
 			if n.mesh != nil {
 				opts.Transport = n.mesh
 			}
@@ -160,4 +152,15 @@ func (n *Node) buildMongo() error {
 		},
 	})
 	return nil
+}
+
+// replOptions translates the replication keys of the mongo section; see
+// none for their zeros.
+func replOptions(cfg *config.Config) repl.Options {
+	return repl.Options{
+		NodeID:          cfg.Node.ID,
+		MaxLag:          none(cfg.Mongo.MaxLag),
+		LogRetention:    none(cfg.Mongo.LogRetention),
+		ForgetPeerAfter: cfg.Mongo.ForgetPeerAfter,
+	}
 }

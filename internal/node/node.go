@@ -234,15 +234,8 @@ func (n *Node) buildHTTPS() error {
 		Certs:      certs,
 		App:        app,
 		AltSvcPort: h.AltSvcPort,
-		Limits: transport.Limits{
-			MaxHeaderBytes:    int(h.Limits.MaxHeaderBytes),
-			MaxBodyBytes:      int64(h.Limits.MaxBodyBytes),
-			ReadHeaderTimeout: h.Limits.ReadHeaderTimeout,
-			IdleTimeout:       h.Limits.IdleTimeout,
-			MaxConnsPerIP:     h.Limits.MaxConnsPerIP,
-		},
+		Limits:     httpsLimits(&h.Limits),
 	}
-	opts.Limits.MaxWebsocketMessageBytes = int64(h.Limits.MaxWebsocketMessageBytes)
 	if n.httpsUDP != nil {
 		opts.UDPConn = n.httpsUDP
 	}
@@ -277,6 +270,32 @@ func (n *Node) buildHTTPS() error {
 		reload: certs.Reload,
 	})
 	return nil
+}
+
+// httpsLimits translates https.limits. The transport's zeros already mean
+// what the config's do: no limit on the body size and connections per
+// address; the keys where no limit cannot work are never 0.
+func httpsLimits(l *config.Limits) transport.Limits {
+	return transport.Limits{
+		MaxHeaderBytes:           int(l.MaxHeaderBytes),
+		MaxBodyBytes:             int64(l.MaxBodyBytes),
+		ReadHeaderTimeout:        l.ReadHeaderTimeout,
+		IdleTimeout:              l.IdleTimeout,
+		MaxConnsPerIP:            l.MaxConnsPerIP,
+		MaxWebsocketMessageBytes: int64(l.MaxWebsocketMessageBytes),
+	}
+}
+
+// none translates the config's zero to a package's. In the config an
+// explicit 0 means none (no limit, never, off) and a key left out already
+// holds its default (see package config); in the packages' Options, as in
+// the standard library, 0 means "the default" and a negative value means
+// none. Keys whose 0 the config rejects need no translation.
+func none[T int | float64 | time.Duration](v T) T {
+	if v == 0 {
+		return -1
+	}
+	return v
 }
 
 func protoList(h3 bool) string {

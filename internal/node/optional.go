@@ -111,19 +111,7 @@ func (n *Node) buildCDN() error {
 		}
 		origin, originDesc = o, "folder "+dir
 	}
-	cache, err := cdn.New(cdn.Options{
-		Dir:                  filepath.Join(n.cfg.Node.DataDir, "cache"),
-		MaxBytes:             int64(c.MaxBytes),
-		MaxEntries:           c.MaxEntries,
-		Prefix:               c.Prefix,
-		Origin:               origin,
-		MaxObjectBytes:       int64(c.MaxObjectBytes),
-		CacheControl:         c.CacheControl,
-		TTL:                  c.TTL,
-		StaleWhileRevalidate: c.StaleWhileRevalidate,
-		NegativeTTL:          c.NegativeTTL,
-		OriginTimeout:        c.OriginTimeout,
-	}, n.log.With("part", "cdn"), n.reg)
+	cache, err := cdn.New(cdnOptions(&c, n.cfg.Node.DataDir, origin), n.log.With("part", "cdn"), n.reg)
 	if err != nil {
 		return fmt.Errorf("cdn: %w", err)
 	}
@@ -149,6 +137,23 @@ func (n *Node) buildCDN() error {
 		stop: func(context.Context) error { return cache.Close() },
 	})
 	return nil
+}
+
+// cdnOptions translates the cdn section; see none for its zeros.
+func cdnOptions(c *config.CDN, dataDir string, origin cdn.Origin) cdn.Options {
+	return cdn.Options{
+		Dir:                  filepath.Join(dataDir, "cache"),
+		MaxBytes:             int64(c.MaxBytes),
+		MaxEntries:           c.MaxEntries,
+		Prefix:               c.Prefix,
+		Origin:               origin,
+		MaxObjectBytes:       int64(c.MaxObjectBytes),
+		CacheControl:         c.CacheControl,
+		TTL:                  c.TTL,
+		StaleWhileRevalidate: none(c.StaleWhileRevalidate),
+		NegativeTTL:          none(c.NegativeTTL),
+		OriginTimeout:        c.OriginTimeout,
+	}
 }
 
 // buildMesh adds membership and peer links. It starts first (DNS reads its
@@ -232,20 +237,14 @@ func dnsOptions(c *config.DNS) (dns.Options, error) {
 	o := dns.Options{
 		Listen:    c.Listen,
 		GeoIPPath: c.GeoIP,
-		SlackKM:   c.SlackKM,
+		SlackKM:   none(c.SlackKM),
 		RRL: dns.RRLOptions{
 			Enabled:            c.RRL.Enabled,
 			ResponsesPerSecond: c.RRL.ResponsesPerSec,
-			Slip:               c.RRL.Slip,
+			Slip:               none(c.RRL.Slip),
 			Loopback:           !c.RRL.ExemptLoopback,
 		},
-	}
-	if c.SlackKM == 0 {
-		o.SlackKM = -1 // the config's 0 means "no slack"; the package's 0 means "default"
-	}
-	o.MaxTCPConnsPerIP = c.TCPMaxConnsPerIP
-	if c.TCPMaxConnsPerIP == 0 {
-		o.MaxTCPConnsPerIP = -1 // the config's 0 means "no limit"; the package's 0 means "default"
+		MaxTCPConnsPerIP: none(c.TCPMaxConnsPerIP),
 	}
 	for _, z := range c.Zones {
 		dz := dns.Zone{

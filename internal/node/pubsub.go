@@ -23,30 +23,9 @@ import (
 // through the mesh. It drains before the HTTPS listener does, so clients get
 // reconnect-elsewhere before their connections close.
 func (n *Node) buildPubSub() error {
-	c := n.cfg.PubSub
-	opts := pubsub.Options{
-		History: c.History, HistoryTTL: c.HistoryTTL, MaxMessageBytes: c.MaxMessageBytes,
-		MaxSubsPerConn: c.MaxSubsPerConn, MaxConnsPerIP: c.MaxConnsPerIP, QueueLen: c.QueueLen, PingInterval: c.PingInterval,
-		MaxChannels: c.MaxChannels, MaxChannelsPerTenant: c.MaxChannelsPerTenant,
-		SubscribeRate: c.SubscribeRate, SubscribeBurst: c.SubscribeBurst,
-	}
-	for i, t := range c.Tenants {
-		secret, err := t.Secret.Resolve()
-		if err != nil {
-			return fmt.Errorf("pubsub.tenants[%d].secret: %w", i, err)
-		}
-		pt := pubsub.Tenant{Name: t.Name, Origins: t.Origins, Public: t.Public}
-		if secret != "" {
-			pt.Secret = []byte(secret)
-		}
-		if t.PublicKey != "" {
-			k, err := base64.StdEncoding.DecodeString(t.PublicKey)
-			if err != nil || len(k) != ed25519.PublicKeySize {
-				return fmt.Errorf("pubsub.tenants[%d].public_key: want a base64 Ed25519 public key", i)
-			}
-			pt.PublicKey = ed25519.PublicKey(k)
-		}
-		opts.Tenants = append(opts.Tenants, pt)
+	opts, err := pubsubOptions(&n.cfg.PubSub)
+	if err != nil {
+		return err
 	}
 	var m pubsub.Mesh
 	if n.mesh != nil {
@@ -70,6 +49,35 @@ func (n *Node) buildPubSub() error {
 		stop:   func(context.Context) error { return ps.Close() },
 	})
 	return nil
+}
+
+// pubsubOptions translates the pubsub section; see none for its zeros.
+func pubsubOptions(c *config.PubSub) (pubsub.Options, error) {
+	opts := pubsub.Options{
+		History: none(c.History), HistoryTTL: c.HistoryTTL, MaxMessageBytes: c.MaxMessageBytes,
+		MaxSubsPerConn: c.MaxSubsPerConn, MaxConnsPerIP: none(c.MaxConnsPerIP), QueueLen: c.QueueLen, PingInterval: c.PingInterval,
+		MaxChannels: c.MaxChannels, MaxChannelsPerTenant: c.MaxChannelsPerTenant,
+		SubscribeRate: none(c.SubscribeRate), SubscribeBurst: c.SubscribeBurst,
+	}
+	for i, t := range c.Tenants {
+		secret, err := t.Secret.Resolve()
+		if err != nil {
+			return opts, fmt.Errorf("pubsub.tenants[%d].secret: %w", i, err)
+		}
+		pt := pubsub.Tenant{Name: t.Name, Origins: t.Origins, Public: t.Public}
+		if secret != "" {
+			pt.Secret = []byte(secret)
+		}
+		if t.PublicKey != "" {
+			k, err := base64.StdEncoding.DecodeString(t.PublicKey)
+			if err != nil || len(k) != ed25519.PublicKeySize {
+				return opts, fmt.Errorf("pubsub.tenants[%d].public_key: want a base64 Ed25519 public key", i)
+			}
+			pt.PublicKey = ed25519.PublicKey(k)
+		}
+		opts.Tenants = append(opts.Tenants, pt)
+	}
+	return opts, nil
 }
 
 // adminToken is the bearer token of the admin /v1/ routes and of pprof: the
