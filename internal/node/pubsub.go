@@ -18,22 +18,34 @@ import (
 	"github.com/edgenode/edgenode/internal/pubsub"
 )
 
-// buildPubSub adds live channels: /ws and /sse on the public listener,
+// pubsubPart is live channels: /ws and /sse on the public listener,
 // /v1/publish and /v1/presence on the admin listener, fan-out to peers
-// through the mesh. It drains before the HTTPS listener does, so clients get
-// reconnect-elsewhere before their connections close.
-func (n *Node) buildPubSub() error {
+// through the mesh. It drains before the HTTPS listener does, so clients
+// get reconnect-elsewhere before their connections close.
+type pubsubPart struct {
+	ps *pubsub.PubSub
+}
+
+func (p *pubsubPart) Name() string { return "pubsub" }
+func (p *pubsubPart) Detail() string {
+	return "websocket /ws and SSE /sse; publish with POST /v1/publish on the admin listener"
+}
+func (p *pubsubPart) Start(context.Context) error     { return nil }
+func (p *pubsubPart) Drain(ctx context.Context) error { return p.ps.Drain(ctx) }
+func (p *pubsubPart) Stop(context.Context) error      { return p.ps.Close() }
+
+func (n *Node) buildPubSub(mp *meshPart) (*pubsubPart, error) {
 	opts, err := pubsubOptions(&n.cfg.PubSub)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var m pubsub.Mesh
-	if n.mesh != nil {
-		m = n.mesh
+	if mp != nil {
+		m = mp.m
 	}
 	ps, err := pubsub.New(opts, m, n.log.With("part", "pubsub"), n.reg)
 	if err != nil {
-		return fmt.Errorf("pubsub: %w", err)
+		return nil, fmt.Errorf("pubsub: %w", err)
 	}
 	for pattern, h := range ps.Routes() {
 		n.https.Handle(pattern, h)
@@ -41,14 +53,7 @@ func (n *Node) buildPubSub() error {
 	for pattern, h := range ps.AdminRoutes() {
 		n.admin.Handle(pattern, h)
 	}
-	n.pubsub = ps
-	n.parts = append(n.parts, &part{
-		name:   "pubsub",
-		detail: "websocket /ws and SSE /sse; publish with POST /v1/publish on the admin listener",
-		drain:  ps.Drain,
-		stop:   func(context.Context) error { return ps.Close() },
-	})
-	return nil
+	return &pubsubPart{ps: ps}, nil
 }
 
 // pubsubOptions translates the pubsub section; see none for its zeros.
