@@ -158,11 +158,9 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("node.data_dir: create %s: %w", cfg.Node.DataDir, err)
 	}
-	n.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		buildInfo(version, cfg.Node.ID),
-	)
+	if err := registerProcessMetrics(n.reg, version, cfg.Node.ID); err != nil {
+		return nil, err
+	}
 	b, err := n.build()
 	if err != nil {
 		return nil, err
@@ -242,6 +240,21 @@ func partNames(parts []Part) []string {
 		names[i] = p.Name()
 	}
 	return names
+}
+
+// registerProcessMetrics registers the Go and process collectors and the
+// build info.
+func registerProcessMetrics(reg prometheus.Registerer, version, id string) error {
+	for name, c := range map[string]prometheus.Collector{
+		"go":         collectors.NewGoCollector(),
+		"process":    collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		"build info": buildInfo(version, id),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("metrics: register the %s collector: %w", name, err)
+		}
+	}
+	return nil
 }
 
 func buildInfo(version, id string) prometheus.Collector {
