@@ -245,13 +245,16 @@ func partNames(parts []Part) []string {
 // registerProcessMetrics registers the Go and process collectors and the
 // build info.
 func registerProcessMetrics(reg prometheus.Registerer, version, id string) error {
-	for name, c := range map[string]prometheus.Collector{
-		"go":         collectors.NewGoCollector(),
-		"process":    collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		"build info": buildInfo(version, id),
+	for _, c := range []struct {
+		name string
+		c    prometheus.Collector
+	}{
+		{"Go", collectors.NewGoCollector()},
+		{"process", collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})},
+		{"build info", buildInfo(version, id)},
 	} {
-		if err := reg.Register(c); err != nil {
-			return fmt.Errorf("metrics: register the %s collector: %w", name, err)
+		if err := reg.Register(c.c); err != nil {
+			return fmt.Errorf("metrics: register the %s collector: %w", c.name, err)
 		}
 	}
 	return nil

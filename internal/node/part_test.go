@@ -431,3 +431,15 @@ func TestStartedHandles(t *testing.T) {
 	}
 }
 
+// TestRegisterProcessMetrics: a collector that cannot be registered is an
+// error naming it, not a panic.
+func TestRegisterProcessMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	if err := registerProcessMetrics(reg, "v1", "n1"); err != nil {
+		t.Fatal(err)
+	}
+	err := registerProcessMetrics(reg, "v1", "n1")
+	if err == nil || !strings.Contains(err.Error(), "metrics: register the Go collector") {
+		t.Errorf("registering twice: %v", err)
+	}
+}
