@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -27,6 +28,12 @@ func checkKeys(probs *Problems, n *yaml.Node, path string, t reflect.Type) {
 		t = t.Elem()
 	}
 	if t.Kind() != reflect.Struct && t.Kind() != reflect.Slice || isLeaf(t) {
+		if t == durationType && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!int" && n.Value == "0" {
+			// A bare 0 is a duration too (yaml.v3 takes none without a
+			// unit): the one that means none. The decode of the whole
+			// config sees the same node.
+			n.Tag = "!!str"
+		}
 		// A leaf: decode it alone so that a wrong value is reported with
 		// its key path rather than as one anonymous type error.
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {
@@ -72,6 +79,7 @@ func checkKeys(probs *Problems, n *yaml.Node, path string, t reflect.Type) {
 }
 
 var (
+	durationType    = reflect.TypeOf(time.Duration(0))
 	unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
 	listElementType = reflect.TypeOf((*listElement)(nil)).Elem()
 )

@@ -62,3 +62,25 @@ dns:
 		t.Errorf("bad value in a dynamic name: %v", err)
 	}
 }
+
+// TestBareZeroDuration: a duration key takes a bare 0, like every other
+// number; other numbers still need a unit.
+func TestBareZeroDuration(t *testing.T) {
+	c, err := Parse([]byte("mongo: {log_retention: 0}\ncdn: {negative_ttl: 0}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Mongo.LogRetention != 0 || c.CDN.NegativeTTL != 0 {
+		t.Errorf("log_retention %v, negative_ttl %v; want 0", c.Mongo.LogRetention, c.CDN.NegativeTTL)
+	}
+	_, err = Parse([]byte("node: {drain_timeout: 0}\ndns:\n  zones:\n    - {origin: a.test., ns: [ns.a.test.], ttl: 0}\n"))
+	for _, want := range []string{"node.drain_timeout: 0s is out of range", "dns.zones[0].ttl: must be positive"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in %v", want, err)
+		}
+	}
+	_, err = Parse([]byte("mongo: {log_retention: 5}\n"))
+	if err == nil || !strings.Contains(err.Error(), "mongo.log_retention (line 1): cannot use the number `5` as a duration") {
+		t.Errorf("a number without a unit: %v", err)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/dns"
@@ -75,12 +76,7 @@ func TestZeroRule(t *testing.T) {
 			if err != nil {
 				t.Fatalf("base config: %v", err)
 			}
-			setZero(t, &c, key)
-			y, err := c.YAML()
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := config.Parse(y)
+			got, err := config.Parse(zeroYAML(t, &c, key))
 			none, isNone := zeroMeansNone[key]
 			value, isValue := zeroIsAValue[key]
 			switch {
@@ -227,38 +223,38 @@ func numericKeys(t reflect.Type, path string) []string {
 	return nil
 }
 
-// setZero sets the key at path in c to 0.
-func setZero(t *testing.T, c *config.Config, path string) {
+// zeroYAML is c as a YAML file in which the key at path is written as a
+// bare 0.
+func zeroYAML(t *testing.T, c *config.Config, path string) []byte {
 	t.Helper()
-	v := reflect.ValueOf(c).Elem()
+	var root yaml.Node
+	if err := root.Encode(c); err != nil {
+		t.Fatal(err)
+	}
+	n := &root
 	for part := range strings.SplitSeq(path, ".") {
 		name, indexed := strings.CutSuffix(part, "[0]")
-		f, ok := fieldByTag(v, name)
-		if !ok {
-			t.Fatalf("%s: no field %s", path, name)
+		var next *yaml.Node
+		for i := 0; n.Kind == yaml.MappingNode && i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == name {
+				next = n.Content[i+1]
+			}
 		}
-		v = f
+		if next == nil {
+			t.Fatalf("%s: the base config has no %s", path, name)
+		}
 		if indexed {
-			if v.Len() == 0 {
-				t.Fatalf("%s: the base config has no %s", path, name)
+			if next.Kind != yaml.SequenceNode || len(next.Content) == 0 {
+				t.Fatalf("%s: the base config has no %s entry", path, name)
 			}
-			v = v.Index(0)
+			next = next.Content[0]
 		}
-		if v.Kind() == reflect.Pointer {
-			if v.IsNil() {
-				t.Fatalf("%s: %s is nil in the base config", path, name)
-			}
-			v = v.Elem()
-		}
+		n = next
 	}
-	v.Set(reflect.Zero(v.Type()))
-}
-
-func fieldByTag(v reflect.Value, name string) (reflect.Value, bool) {
-	for i := range v.NumField() {
-		if tag, _, _ := strings.Cut(v.Type().Field(i).Tag.Get("yaml"), ","); tag == name {
-			return v.Field(i), true
-		}
+	*n = yaml.Node{Kind: yaml.ScalarNode, Tag: "!!int", Value: "0"}
+	out, err := yaml.Marshal(&root)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return reflect.Value{}, false
+	return out
 }
