@@ -6,6 +6,23 @@
 // them key by key), so an empty file — or no file at all — is a complete
 // embedded single node that needs no outside service.
 //
+// # Left out, and zero
+//
+// One rule holds for every key. A key left out takes its default: the
+// loader decodes the file over Default, and over the element defaults for
+// the entries of a list (a zone's ttl, a record's ttl, a dynamic name's
+// count and ttl), so a Config always holds the values in effect and no
+// part has a default of its own to apply. A 0 written for a limit, count,
+// size, interval or timeout means "none": no limit, never, not kept, off.
+// Where none cannot work (a queue, a timeout a listener needs, a budget
+// the part must have) Validate rejects 0, names the key and says what to
+// write instead. Ports are the exception: 0 means "the listen port" for
+// https.alt_svc_port and https.acme.challenge_port, and "the kernel picks"
+// in a listen address. Coordinates are never "none": 0 is a place.
+//
+// A package's own Options mean something else by 0 (the default, as in the
+// standard library); package node translates, see its func none.
+//
 // Secrets (keys, tokens) are of type Secret and may be given inline, as
 // {file: PATH} or as {env: NAME}, so a config can be committed and shared by
 // every clone while the secrets stay on each machine.
@@ -256,6 +273,51 @@ type DynamicName struct {
 	Count int           `yaml:"count"`
 	TTL   time.Duration `yaml:"ttl"`
 }
+
+// Element defaults: what a key left out of one entry of dns.zones,
+// dns.zones[].records or dns.dynamic takes.
+var (
+	defaultZone        = Zone{TTL: time.Hour, NegativeTTL: time.Minute}
+	defaultRecord      = Record{TTL: 5 * time.Minute}
+	defaultDynamicName = DynamicName{Count: 2, TTL: 30 * time.Second}
+)
+
+// UnmarshalYAML decodes a zone over defaultZone.
+func (z *Zone) UnmarshalYAML(n *yaml.Node) error {
+	type plain Zone
+	v := plain(defaultZone)
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*z = Zone(v)
+	return nil
+}
+
+// UnmarshalYAML decodes a record over defaultRecord.
+func (r *Record) UnmarshalYAML(n *yaml.Node) error {
+	type plain Record
+	v := plain(defaultRecord)
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*r = Record(v)
+	return nil
+}
+
+// UnmarshalYAML decodes a dynamic name over defaultDynamicName.
+func (d *DynamicName) UnmarshalYAML(n *yaml.Node) error {
+	type plain DynamicName
+	v := plain(defaultDynamicName)
+	if err := n.Decode(&v); err != nil {
+		return err
+	}
+	*d = DynamicName(v)
+	return nil
+}
+
+func (*Zone) listElement()        {}
+func (*Record) listElement()      {}
+func (*DynamicName) listElement() {}
 
 // GeoOverride places a network at a location ahead of the GeoIP database.
 type GeoOverride struct {

@@ -32,7 +32,7 @@ https:
 pubsub:
   max_channels: 100
   max_channels_per_tenant: 200
-  subscribe_rate: 0
+  subscribe_rate: -1
   subscribe_burst: 0
 `))
 	if err == nil {
@@ -41,7 +41,7 @@ pubsub:
 	for _, want := range []string{
 		"https.limits.max_websocket_message_bytes: 10 is out of range",
 		"pubsub.max_channels_per_tenant: 200 is out of range",
-		"pubsub.subscribe_rate: must be positive",
+		"pubsub.subscribe_rate: must not be negative",
 		"pubsub.subscribe_burst: must be at least 1",
 	} {
 		if !strings.Contains(err.Error(), want) {

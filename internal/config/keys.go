@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -26,8 +27,13 @@ func checkKeys(probs *Problems, n *yaml.Node, path string, t reflect.Type) {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	if t.Kind() != reflect.Struct && t.Kind() != reflect.Slice ||
-		t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType) {
+	if t.Kind() != reflect.Struct && t.Kind() != reflect.Slice || isLeaf(t) {
+		if t == durationType && n.Kind == yaml.ScalarNode && n.ShortTag() == "!!int" && n.Value == "0" {
+			// A bare 0 is a duration too (yaml.v3 takes none without a
+			// unit): the one that means none. The decode of the whole
+			// config sees the same node.
+			n.Tag = "!!str"
+		}
 		// A leaf: decode it alone so that a wrong value is reported with
 		// its key path rather than as one anonymous type error.
 		if err := n.Decode(reflect.New(t).Interface()); err != nil {
@@ -72,7 +78,25 @@ func checkKeys(probs *Problems, n *yaml.Node, path string, t reflect.Type) {
 	}
 }
 
-var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+var (
+	durationType    = reflect.TypeOf(time.Duration(0))
+	unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+	listElementType = reflect.TypeOf((*listElement)(nil)).Elem()
+)
+
+// A listElement is a struct whose UnmarshalYAML only presets the defaults
+// of its keys (see defaultZone): checkKeys walks into it like any struct.
+type listElement interface{ listElement() }
+
+// isLeaf: t decodes itself (a Secret, a ByteSize), so checkKeys does not
+// walk into it.
+func isLeaf(t reflect.Type) bool {
+	pt := reflect.PointerTo(t)
+	if pt.Implements(listElementType) {
+		return false
+	}
+	return t.Implements(unmarshalerType) || pt.Implements(unmarshalerType)
+}
 
 func yamlFields(t reflect.Type) map[string]reflect.Type {
 	m := make(map[string]reflect.Type, t.NumField())

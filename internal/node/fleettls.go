@@ -28,21 +28,26 @@ import (
 // keys (always; so a client resumes on any node) and, when enabled, ACME
 // certificates that only the cron_leader orders.
 type fleetTLS struct {
-	kv    fleet.KV
-	where string // for people: "the replicated collection ..." or "the folder ..."
-	// storage starts and stops the storage: first in, last out of the
-	// fleet parts.
-	storage *part
+	kv      kvCloser
+	mongoKV *fleet.MongoKV // kv with https.fleet_storage mongo; else nil
+	where   string         // for people: "the replicated collection ..." or "the folder ..."
 	acme    *fleet.Manager // nil without https.acme
 }
 
+// kvCloser is a fleet store: a *fleet.MongoKV or a *fleet.FileKV.
+type kvCloser interface {
+	fleet.KV
+	Close() error
+}
+
 // buildFleetTLS builds the storage and the ACME manager (the transport
-// needs it for certificates and TLS-ALPN challenges). Its parts are added
-// by addFleetTLSParts, after the Mongo part: with https.fleet_storage
-// "mongo" (the default with Mongo on) the storage is the replicated
-// collection config.FleetNamespace, read and written through this node's
-// own proxy, so certificates, keys and the ACME account replicate to every
-// clone and survive a restart of the whole fleet.
+// needs it for certificates and TLS-ALPN challenges). Their parts are
+// built by newFleetStorage and buildFleetTLSParts once the Mongo part is:
+// with https.fleet_storage "mongo" (the default with Mongo on) the storage
+// is the replicated collection config.FleetNamespace, read and written
+// through this node's own proxy, so certificates, keys and the ACME
+// account replicate to every clone and survive a restart of the whole
+// fleet.
 func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 	f := &fleetTLS{}
 	store := n.cfg.FleetStore()
@@ -56,35 +61,8 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 		if err != nil {
 			return nil, fmt.Errorf("https.fleet_secret: %w", err)
 		}
-		f.kv = kv
+		f.kv, f.mongoKV = kv, kv
 		f.where = "the replicated collection " + config.FleetNamespace
-		var client *mongo.Client
-		f.storage = &part{
-			name:   "fleet-storage",
-			detail: "TLS material shared by the fleet in " + f.where + ", encrypted with the fleet secret",
-			start: func(context.Context) error {
-				if n.mongoProxy == nil {
-					return errors.New("fleet storage: the Mongo proxy is not running")
-				}
-				opts, err := n.fleetMongoOptions(n.mongoProxy)
-				if err != nil {
-					return err
-				}
-				if client, err = mongo.Connect(opts); err != nil {
-					return fmt.Errorf("fleet storage: %w", err)
-				}
-				db, coll, _ := strings.Cut(config.FleetNamespace, ".")
-				kv.Start(client.Database(db).Collection(coll))
-				return nil
-			},
-			stop: func(ctx context.Context) error {
-				err := kv.Close()
-				if client != nil {
-					err = errors.Join(err, client.Disconnect(ctx))
-				}
-				return err
-			},
-		}
 	} else {
 		kv, err := fleet.NewFileKV(store, 2*time.Second, log)
 		if err != nil {
@@ -92,16 +70,23 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 		}
 		f.kv = kv
 		f.where = "the folder " + store
-		f.storage = &part{
-			name:   "fleet-storage",
-			detail: "TLS material shared by the fleet in " + f.where,
-			stop:   func(context.Context) error { return kv.Close() },
-		}
 	}
 	h := n.cfg.HTTPS
 	if !h.ACME.Enabled {
 		return f, nil
 	}
+	mgr, err := fleet.New(acmeOptions(&n.cfg), f.kv, log, n.reg)
+	if err != nil {
+		return nil, fmt.Errorf("https.acme: %w", err)
+	}
+	f.acme = mgr
+	return f, nil
+}
+
+// acmeOptions translates https.acme. Its challenge_port 0 means the port of
+// https.listen (the package's 0 means 443); its other keys are never 0.
+func acmeOptions(cfg *config.Config) fleet.Options {
+	h := cfg.HTTPS
 	a := h.ACME
 	host, portStr, _ := net.SplitHostPort(h.Listen)
 	port, _ := strconv.Atoi(portStr)
@@ -109,19 +94,14 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 		port = a.ChallengePort
 	}
 	opts := fleet.Options{
-		Leader: n.cfg.Node.CronLeader, NodeID: n.cfg.Node.ID, CA: a.CA, Email: a.Email, Names: a.Names,
+		Leader: cfg.Node.CronLeader, NodeID: cfg.Node.ID, CA: a.CA, Email: a.Email, Names: a.Names,
 		MaxOnDemandNames: a.OnDemand.MaxNames, OnDemandWait: a.OnDemand.Wait,
 		ChallengeHost: host, ChallengePort: port, RenewCheckInterval: a.RenewCheckInterval,
 	}
 	if a.OnDemand.Ask != "" {
 		opts.Ask = &fleet.AskOptions{URL: a.OnDemand.Ask, PerClient: a.OnDemand.PerClient, Global: a.OnDemand.Global, Window: a.OnDemand.Window}
 	}
-	mgr, err := fleet.New(opts, f.kv, log, n.reg)
-	if err != nil {
-		return nil, fmt.Errorf("https.acme: %w", err)
-	}
-	f.acme = mgr
-	return f, nil
+	return opts
 }
 
 // fleetMongoOptions reaches this node's proxy (never the database behind
@@ -131,14 +111,14 @@ func (n *Node) buildFleetTLS() (*fleetTLS, error) {
 // can open one. When the database needs credentials the proxy refuses
 // captured writes from unauthenticated clients, so the upstream URI's
 // credentials are used.
-func (n *Node) fleetMongoOptions(proxy *mongoproxy.Proxy) (*options.ClientOptions, error) {
+func fleetMongoOptions(cfg *config.Config, proxy *mongoproxy.Proxy) (*options.ClientOptions, error) {
 	opts := options.Client().
 		// The host names nothing: the dialer ignores it.
 		ApplyURI("mongodb://edgenode-internal/?directConnection=true").
 		SetDialer(dialerFunc(proxy.DialInternal)).
 		SetAppName("edgenode-fleet-tls").
 		SetTimeout(10 * time.Second)
-	upstream, err := n.cfg.Mongo.Upstream.Resolve()
+	upstream, err := cfg.Mongo.Upstream.Resolve()
 	if err != nil {
 		return nil, fmt.Errorf("mongo.upstream: %w", err)
 	}
@@ -253,31 +233,103 @@ func ensureFleetSecret(path string) (secret []byte, made bool, err error) {
 	return []byte(strings.TrimRight(text, "\n")), true, nil
 }
 
-// addFleetTLSParts adds the storage, ticket keys and ACME parts. They come
-// after the Mongo part (the storage may live there) and so after HTTPS
-// started serving: until they run, a node uses its own ticket keys and its
-// file or self-signed certificates. They stop after HTTPS has drained.
-func (n *Node) addFleetTLSParts(f *fleetTLS) {
+// fleetStorage is where the fleet keeps its TLS material: the replicated
+// collection, reached through this node's Mongo proxy, or a shared folder.
+type fleetStorage struct {
+	kv     kvCloser
+	detail string
+	// With https.fleet_storage mongo:
+	mongoKV *fleet.MongoKV
+	mongo   *mongoPart
+	cfg     *config.Config
+	client  *mongo.Client // set by Start
+}
+
+func (p *fleetStorage) Name() string   { return "fleet-storage" }
+func (p *fleetStorage) Detail() string { return p.detail }
+
+// Start connects the collection's store to the proxy, which has started
+// (a folder needs nothing).
+func (p *fleetStorage) Start(context.Context) error {
+	if p.mongo == nil {
+		return nil
+	}
+	proxy, err := p.mongo.Proxy()
+	if err != nil {
+		return fmt.Errorf("fleet storage: %w", err)
+	}
+	opts, err := fleetMongoOptions(p.cfg, proxy)
+	if err != nil {
+		return err
+	}
+	if p.client, err = mongo.Connect(opts); err != nil {
+		return fmt.Errorf("fleet storage: %w", err)
+	}
+	db, coll, _ := strings.Cut(config.FleetNamespace, ".")
+	p.mongoKV.Start(p.client.Database(db).Collection(coll))
+	return nil
+}
+
+func (p *fleetStorage) Stop(ctx context.Context) error {
+	err := p.kv.Close()
+	if p.client != nil {
+		err = errors.Join(err, p.client.Disconnect(ctx))
+	}
+	return err
+}
+
+// newFleetStorage builds the storage part; mp is the Mongo part the
+// collection is reached through (config validation has checked that Mongo
+// is on when the storage is the collection).
+func newFleetStorage(f *fleetTLS, mp *mongoPart, cfg *config.Config) (*fleetStorage, error) {
+	p := &fleetStorage{kv: f.kv, detail: "TLS material shared by the fleet in " + f.where}
+	if f.mongoKV == nil {
+		return p, nil
+	}
+	if mp == nil {
+		return nil, fmt.Errorf("https.fleet_storage: %q needs mongo.enabled", config.FleetStorageMongo)
+	}
+	p.mongoKV, p.mongo, p.cfg = f.mongoKV, mp, cfg
+	p.detail += ", encrypted with the fleet secret"
+	return p, nil
+}
+
+// ticketsPart shares TLS session-ticket keys through the fleet storage.
+type ticketsPart struct {
+	tk     *fleet.TicketKeys
+	detail string
+}
+
+func (p *ticketsPart) Name() string                    { return "session-tickets" }
+func (p *ticketsPart) Detail() string                  { return p.detail }
+func (p *ticketsPart) Start(ctx context.Context) error { return p.tk.Start(ctx) }
+func (p *ticketsPart) Stop(context.Context) error      { p.tk.Stop(); return nil }
+
+// acmePart orders (on the cron_leader) and serves ACME certificates kept
+// in the fleet storage.
+type acmePart struct {
+	mgr    *fleet.Manager
+	detail string
+}
+
+func (p *acmePart) Name() string                    { return "acme" }
+func (p *acmePart) Detail() string                  { return p.detail }
+func (p *acmePart) Start(ctx context.Context) error { return p.mgr.Start(ctx) }
+func (p *acmePart) Stop(context.Context) error      { p.mgr.Stop(); return nil }
+
+// buildFleetTLSParts builds the session-ticket part and, with https.acme,
+// the ACME part. Until they run a node uses its own ticket keys and its
+// file or self-signed certificates.
+func (n *Node) buildFleetTLSParts(f *fleetTLS) (*ticketsPart, *acmePart) {
 	leader := leaderNote(n.cfg.Node.CronLeader)
-	n.parts = append(n.parts, f.storage)
 	tk := fleet.NewTicketKeys(fleet.TicketOptions{Leader: n.cfg.Node.CronLeader, Period: n.cfg.HTTPS.SessionTickets.Rotation},
 		f.kv, n.https.SetSessionTicketKeys, n.log.With("part", "fleet-tls"), n.reg)
-	n.parts = append(n.parts, &part{
-		name:   "session-tickets",
-		detail: "TLS session-ticket keys shared through " + f.where + leader,
-		start:  tk.Start,
-		stop:   func(context.Context) error { tk.Stop(); return nil },
-	})
+	tickets := &ticketsPart{tk: tk, detail: "TLS session-ticket keys shared through " + f.where + leader}
 	if f.acme == nil {
-		return
+		return tickets, nil
 	}
 	a := n.cfg.HTTPS.ACME
-	n.parts = append(n.parts, &part{
-		name:   "acme",
-		detail: fmt.Sprintf("ACME certificates for %v from %s%s", a.Names, a.CA, leader),
-		start:  f.acme.Start,
-		stop:   func(context.Context) error { f.acme.Stop(); return nil },
-	})
+	return tickets, &acmePart{mgr: f.acme, detail: fmt.Sprintf("ACME certificates for %v from %s%s", a.Names, a.CA, leader)}
 }
 
 func leaderNote(leader bool) string {

@@ -19,6 +19,14 @@ type loadReporter struct {
 	done     sync.WaitGroup
 }
 
+// loadInterval is how often the load is measured and gossiped.
+const loadInterval = 2 * time.Second
+
+func (l *loadReporter) Name() string { return "load" }
+func (l *loadReporter) Detail() string {
+	return "this process's share of the machine's CPU, gossiped every " + l.interval.String() + " as the node's load"
+}
+
 func newLoadReporter(set func(float64), interval time.Duration) *loadReporter {
 	return &loadReporter{set: set, interval: interval, stop: make(chan struct{})}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -12,164 +13,218 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 	"github.com/edgenode/edgenode/internal/mongoproxy/repl"
 )
 
-// buildMongo adds the local database (embedded FerretDB when no upstream is
-// configured) and the proxy in front of it. The proxy is built at start,
-// once the embedded database's address is known.
-func (n *Node) buildMongo() error {
-	c := n.cfg.Mongo
-	upstream, err := c.Upstream.Resolve()
+// embeddedDB is the local database when mongo.upstream is empty: FerretDB
+// on SQLite in DATA_DIR/mongo, reached on a Unix socket.
+type embeddedDB struct {
+	dir string
+	log *slog.Logger
+	db  *embedded.Server // set by Start
+}
+
+func (p *embeddedDB) Name() string   { return "mongo-db" }
+func (p *embeddedDB) Detail() string { return "embedded FerretDB (SQLite) in " + p.dir }
+
+// Start starts the database. It lives until Stop: ending the context
+// embedded.Start is given would stop it.
+func (p *embeddedDB) Start(ctx context.Context) error {
+	if err := os.MkdirAll(p.dir, 0o750); err != nil {
+		return err
+	}
+	db, err := embedded.Start(context.WithoutCancel(ctx), p.dir, p.log)
 	if err != nil {
-		return fmt.Errorf("mongo.upstream: %w", err)
+		return err
 	}
-	var syncDB func() error // set with the embedded database, see embedded.Server.Sync
-	if upstream == "" {
-		var db *embedded.Server
-		dir := filepath.Join(n.cfg.Node.DataDir, "mongo")
-		n.parts = append(n.parts, &part{
-			name:   "mongo-db",
-			detail: "embedded FerretDB (SQLite) in " + dir,
-			start: func(ctx context.Context) error {
-				if err := os.MkdirAll(dir, 0o750); err != nil {
-					return err
-				}
-				var err error
-				db, err = embedded.Start(ctx, dir, n.log.With("part", "ferretdb"))
-				if err != nil {
-					return err
-				}
-				upstream = db.URI()
-				syncDB = db.Sync
-				return nil
-			},
-			stop: func(context.Context) error {
-				if db != nil {
-					db.Stop()
-				}
-				return nil
-			},
-		})
-	}
-	var proxy *mongoproxy.Proxy
-	var rep atomic.Pointer[repl.Replicator]
-	detail := "Mongo wire-protocol proxy on " + c.Listen + " (multi-master capture of writes)"
-	if n.mesh != nil {
-		detail += ", replicated over the mesh"
-	}
-	n.admin.Handle("GET /mongo/status.json", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		r := rep.Load()
-		if r == nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte(`{"state":"stopped"}`))
-			return
-		}
-		_ = json.NewEncoder(w).Encode(r.Status())
-	}))
-	// A replica that is not synced yet, or lags past mongo.max_lag behind an
-	// alive peer, is not ready: load balancers and DNS health checks move
-	// clients to a fresher node (it still accepts writes; see package repl).
-	n.admin.AddCheck("mongo replication", func() error {
-		if r := rep.Load(); r != nil {
-			return r.Ready()
-		}
-		return nil
-	})
-	n.parts = append(n.parts, &part{
-		name:   "mongo",
-		detail: detail,
-		start: func(ctx context.Context) error {
-			// A wiped data folder gets a new origin id, so its ops never
-			// collide with the ones its peers have from before.
-			origin, err := repl.Incarnation(n.cfg.Node.DataDir, n.cfg.Node.ID)
-			if err != nil {
-				return err
-			}
-			replicate := c.Replicate
-			if n.cfg.FleetStore() == config.FleetStorageMongo {
-				// The fleet's TLS material replicates whatever the
-				// operator chose for the app (config validation keeps it
-				// out of local_only).
-				replicate = append(slices.Clip(replicate), config.FleetNamespace)
-			}
-			hold := ""
-			if n.mesh != nil {
-				hold = "replication is starting"
-			}
-			proxy, err = mongoproxy.New(mongoproxy.Options{
-				Listen:           c.Listen,
-				Upstream:         upstream,
-				NodeID:           origin,
-				DataDir:          n.cfg.Node.DataDir,
-				Replicate:        replicate,
-				LocalOnly:        c.LocalOnly,
-				MaxConns:         c.MaxConns,
-				MaxDocumentBytes: int(c.MaxDocumentBytes),
-				MaxClockSkew:     c.MaxClockSkew,
-				HoldWrites:       hold,
-				SyncDatabase:     syncDB,
-				MessageTimeout:   c.ClientMessageTimeout,
-				IdleTimeout:      idleTimeout(c.ClientIdleTimeout),
-			}, n.log.With("part", "mongo"), n.reg)
-			if err != nil {
-				return err
-			}
-			if err := proxy.Start(ctx); err != nil {
-				return err
-			}
-			opts := repl.Options{
-				NodeID:          n.cfg.Node.ID,
-				MaxLag:          c.MaxLag,
-				LogRetention:    c.LogRetention,
-				ForgetPeerAfter: c.ForgetPeerAfter,
-			}
-			if c.MaxLag == 0 {
-				opts.MaxLag = -1 // the config's 0 means "never"; the package's 0 means "default"
-			}
-			if n.mesh != nil {
-				opts.Transport = n.mesh
-			}
-			r, err := repl.New(opts, proxy, n.log.With("part", "mongo-repl"), n.reg)
-			if err == nil {
-				err = r.Start(ctx)
-			}
-			if err != nil {
-				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				_ = proxy.Shutdown(sctx)
-				return err
-			}
-			rep.Store(r)
-			n.mongoProxy = proxy
-			return nil
-		},
-		// A stop, not a drain: the app server's in-flight requests may still
-		// need the database while the HTTPS side drains. Replication stops
-		// first: the proxy closes the op log it reads.
-		stop: func(ctx context.Context) error {
-			var errs []error
-			if r := rep.Swap(nil); r != nil {
-				errs = append(errs, r.Stop(ctx))
-			}
-			if proxy != nil {
-				errs = append(errs, proxy.Shutdown(ctx))
-			}
-			return errors.Join(errs...)
-		},
-	})
+	p.db = db
 	return nil
 }
 
-// idleTimeout maps mongo.client_idle_timeout (0: never) to the proxy's
-// option (0: its default, negative: never).
-func idleTimeout(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
+func (p *embeddedDB) Stop(context.Context) error {
+	if p.db != nil {
+		p.db.Stop()
 	}
-	return d
+	return nil
 }
+
+// started is the running database, for the Mongo part that starts after
+// it: its URI and its Sync (see embedded.Server.Sync).
+func (p *embeddedDB) started() (*embedded.Server, error) {
+	if p.db == nil {
+		return nil, errors.New("the embedded database (mongo-db) has not started: it must start before the mongo part")
+	}
+	return p.db, nil
+}
+
+// mongoPart is the Mongo wire-protocol proxy that captures writes as ops,
+// and the replicator that carries them to and from the peers. The proxy is
+// made at Start, once the database's address is known.
+type mongoPart struct {
+	cfg      *config.Config
+	upstream string      // mongo.upstream; "" with db
+	db       *embeddedDB // nil with an upstream
+	mesh     *meshPart   // nil without a mesh: replication runs standalone
+	log      *slog.Logger
+	reg      prometheus.Registerer
+	detail   string
+
+	proxy *mongoproxy.Proxy               // set by a Start that succeeded
+	rep   atomic.Pointer[repl.Replicator] // read by the admin routes too
+}
+
+func (p *mongoPart) Name() string   { return "mongo" }
+func (p *mongoPart) Detail() string { return p.detail }
+
+// Proxy is the running proxy, for the parts that start after this one.
+func (p *mongoPart) Proxy() (*mongoproxy.Proxy, error) {
+	if p.proxy == nil {
+		return nil, errors.New("the Mongo proxy (mongo) has not started: it must start before the parts that use it")
+	}
+	return p.proxy, nil
+}
+
+func (p *mongoPart) Start(ctx context.Context) error {
+	c := p.cfg.Mongo
+	upstream := p.upstream
+	var syncDB func() error
+	if p.db != nil {
+		db, err := p.db.started()
+		if err != nil {
+			return err
+		}
+		upstream, syncDB = db.URI(), db.Sync
+	}
+	// A wiped data folder gets a new origin id, so its ops never collide
+	// with the ones its peers have from before.
+	origin, err := repl.Incarnation(p.cfg.Node.DataDir, p.cfg.Node.ID)
+	if err != nil {
+		return err
+	}
+	replicate := c.Replicate
+	if p.cfg.FleetStore() == config.FleetStorageMongo {
+		// The fleet's TLS material replicates whatever the operator chose
+		// for the app (config validation keeps it out of local_only).
+		replicate = append(slices.Clip(replicate), config.FleetNamespace)
+	}
+	hold := ""
+	if p.mesh != nil {
+		hold = "replication is starting"
+	}
+	proxy, err := mongoproxy.New(mongoproxy.Options{
+		Listen:           c.Listen,
+		Upstream:         upstream,
+		NodeID:           origin,
+		DataDir:          p.cfg.Node.DataDir,
+		Replicate:        replicate,
+		LocalOnly:        c.LocalOnly,
+		MaxConns:         c.MaxConns,
+		MaxDocumentBytes: int(c.MaxDocumentBytes),
+		HoldWrites:       hold,
+		SyncDatabase:     syncDB,
+		MaxClockSkew:     c.MaxClockSkew,
+		MessageTimeout:   c.ClientMessageTimeout,
+		IdleTimeout:      clientIdleTimeout(&c),
+	}, p.log.With("part", "mongo"), p.reg)
+	if err != nil {
+		return err
+	}
+	if err := proxy.Start(ctx); err != nil {
+		return err
+	}
+	opts := replOptions(p.cfg)
+	if p.mesh != nil {
+		opts.Transport = p.mesh.m
+	}
+	r, err := repl.New(opts, proxy, p.log.With("part", "mongo-repl"), p.reg)
+	if err == nil {
+		err = r.Start(ctx)
+	}
+	if err != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = proxy.Shutdown(sctx)
+		return err
+	}
+	p.rep.Store(r)
+	p.proxy = proxy
+	return nil
+}
+
+// Stop stops replication, then the proxy (which closes the op log
+// replication reads). A stop, not a drain: the app server's requests in
+// flight may need the database while HTTPS drains.
+func (p *mongoPart) Stop(ctx context.Context) error {
+	var errs []error
+	if r := p.rep.Swap(nil); r != nil {
+		errs = append(errs, r.Stop(ctx))
+	}
+	if p.proxy != nil {
+		errs = append(errs, p.proxy.Shutdown(ctx))
+	}
+	return errors.Join(errs...)
+}
+
+// statusJSON serves the replication status; 503 while stopped.
+func (p *mongoPart) statusJSON(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	r := p.rep.Load()
+	if r == nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"state":"stopped"}`))
+		return
+	}
+	_ = json.NewEncoder(w).Encode(r.Status())
+}
+
+// ready is the admin readiness check: a replica that is not synced yet,
+// or lags past mongo.max_lag behind an alive peer, is not ready, so load
+// balancers and DNS health checks move clients to a fresher node (it still
+// accepts writes; see package repl).
+func (p *mongoPart) ready() error {
+	if r := p.rep.Load(); r != nil {
+		return r.Ready()
+	}
+	return nil
+}
+
+// buildMongo builds the local database (embedded FerretDB when no upstream
+// is configured; db is then nil) and the proxy in front of it.
+func (n *Node) buildMongo(mp *meshPart) (db *embeddedDB, _ *mongoPart, _ error) {
+	c := n.cfg.Mongo
+	upstream, err := c.Upstream.Resolve()
+	if err != nil {
+		return nil, nil, fmt.Errorf("mongo.upstream: %w", err)
+	}
+	if upstream == "" {
+		db = &embeddedDB{dir: filepath.Join(n.cfg.Node.DataDir, "mongo"), log: n.log.With("part", "ferretdb")}
+	}
+	detail := "Mongo wire-protocol proxy on " + c.Listen + " (multi-master capture of writes)"
+	if mp != nil {
+		detail += ", replicated over the mesh"
+	}
+	p := &mongoPart{cfg: &n.cfg, upstream: upstream, db: db, mesh: mp, log: n.log, reg: n.reg, detail: detail}
+	n.admin.Handle("GET /mongo/status.json", http.HandlerFunc(p.statusJSON))
+	n.admin.AddCheck("mongo replication", p.ready)
+	return db, p, nil
+}
+
+// replOptions translates the replication keys of the mongo section; see
+// none for their zeros.
+func replOptions(cfg *config.Config) repl.Options {
+	return repl.Options{
+		NodeID:          cfg.Node.ID,
+		MaxLag:          none(cfg.Mongo.MaxLag),
+		LogRetention:    none(cfg.Mongo.LogRetention),
+		ForgetPeerAfter: cfg.Mongo.ForgetPeerAfter,
+	}
+}
+
+// clientIdleTimeout is mongo.client_idle_timeout in the proxy's terms (its
+// 0 is the default, a negative value never closes).
+func clientIdleTimeout(c *config.Mongo) time.Duration { return none(c.ClientIdleTimeout) }

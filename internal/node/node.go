@@ -2,6 +2,11 @@
 // starts them in order, reloads them on SIGHUP, and on SIGTERM drains and
 // stops them in reverse order.
 //
+// Every part implements Part, one lifecycle for all: Start, then on the way
+// out Announce, Drain and Stop for those that have them. startOrder
+// declares, in one place, the order the parts start in and why each comes
+// where it does.
+//
 // Start-up is careful about side effects: every listening address is bound
 // (or probed) before anything is written to the data folder, so a config
 // that cannot run leaves no trace.
@@ -15,11 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
-	"sync"
 	"syscall"
 	"time"
 
@@ -28,54 +29,108 @@ import (
 
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
-	"github.com/edgenode/edgenode/internal/mesh"
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/nodemap"
-	"github.com/edgenode/edgenode/internal/pubsub"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
 )
 
 // Node is one running edgenode process.
 type Node struct {
-	cfg     config.Config
-	log     *slog.Logger
-	version string
-	reg     *prometheus.Registry
+	cfg        config.Config
+	log        *slog.Logger
+	version    string
+	reg        *prometheus.Registry
+	cfgVersion string // a hash of the effective config, gossiped so rolling changes show
 
 	httpsLn  net.Listener
 	httpsUDP net.PacketConn // HTTP/3; nil when https.http3 is off
 	adminLn  net.Listener
 
-	https    *transport.Server
-	certs    *transport.CertStore
-	fleetTLS *fleetTLS
-	admin    *admin.Server
+	https *transport.Server // set once built: it then owns httpsUDP
+	admin *admin.Server     // /readyz follows the node's state
 
-	mesh   *mesh.Mesh     // nil without a mesh
-	nodes  nodemap.Source // the node map: the mesh's, or a static one
-	pubsub *pubsub.PubSub // nil when pubsub is off
-	// mongoProxy is set by the mongo part's start (parts start one after
-	// the other, so later parts read it without a lock); nil before.
-	mongoProxy *mongoproxy.Proxy
-	cfgVersion string // a hash of the effective config, gossiped so rolling changes show
-
-	parts []*part // in start order
+	// failures receives the error of a serving part whose server stopped
+	// on its own (see serving); Run stops the node on the first.
+	failures chan error
+	parts    []Part // in start order
 }
 
-// part is one piece of the node with its lifecycle. serve, when set, runs
-// for the life of the part and returning early is a failure of the node.
-type part struct {
-	name   string
-	detail string
-	start  func(ctx context.Context) error
-	serve  func() error
-	// announce runs before any part drains: tell the world this node is
-	// going (the mesh marks it draining so DNS stops handing it out).
-	announce func(ctx context.Context) error
-	drain    func(ctx context.Context) error // stop taking new work, finish in-flight work
-	stop     func(ctx context.Context) error
-	reload   func() error
+// built is every part New built; nil for those the config leaves out.
+type built struct {
+	https        *httpsPart
+	admin        *adminPart
+	mesh         *meshPart
+	load         *loadReporter
+	dns          *dnsPart
+	mongoDB      *embeddedDB
+	mongo        *mongoPart
+	cdn          *cdnPart
+	pubsub       *pubsubPart
+	status       *statusPart
+	demo         *demoPart
+	fleetStorage *fleetStorage
+	tickets      *ticketsPart
+	acme         *acmePart
+}
+
+// startOrder is the one place the order of the parts is declared. Run
+// starts them in this order; on SIGTERM every started part announces, in
+// this order, then they drain and stop in reverse. Parts the config leaves
+// out are skipped.
+func startOrder(b *built) []Part {
+	all := []Part{
+		// First, so HTTPS drains after pubsub and stops after every part
+		// whose routes it serves. It serves from here on: until the fleet
+		// TLS parts run, with its own ticket keys and its file or
+		// self-signed certificates.
+		opt(b.https),
+		// Early, so /healthz, /metrics and pprof answer while the rest
+		// starts (/readyz is 503 until every part has started), and late
+		// out: it stops after every part that added routes to it.
+		opt(b.admin),
+		// Before every part that uses peers: DNS reads its node map, Mongo
+		// replicates over it, pubsub and the CDN fan out through it, the
+		// status page shares figures. It announces draining before any
+		// part drains and leaves once all have stopped.
+		opt(b.mesh),
+		// After the mesh, which it feeds this node's load.
+		opt(b.load),
+		// After the node map (the mesh's, or the static one) it answers from.
+		opt(b.dns),
+		// The embedded database before the proxy in front of it, which
+		// reads its address at start; it stops after the proxy.
+		opt(b.mongoDB),
+		// After the database and the mesh (replication); before the parts
+		// that use the proxy (the demo, the fleet storage). It stops, never
+		// drains: the app's requests in flight while HTTPS drains may still
+		// need the database.
+		opt(b.mongo),
+		// Its routes are on HTTPS: it closes after HTTPS has drained.
+		opt(b.cdn),
+		// After HTTPS, so it drains before HTTPS does: subscribers get
+		// reconnect-elsewhere before their connections close.
+		opt(b.pubsub),
+		// After the parts whose figures it shows; it stops before the admin
+		// listener, whose shutdown waits for the page's event streams.
+		opt(b.status),
+		// After Mongo and pubsub, which it uses.
+		opt(b.demo),
+		// After Mongo: with https.fleet_storage mongo the fleet's TLS
+		// material is in the replicated collection, reached through the
+		// proxy. It stops after the two parts below, which use it.
+		opt(b.fleetStorage),
+		// After the storage, where the cluster's keys are.
+		opt(b.tickets),
+		// After the storage, where the certificates are.
+		opt(b.acme),
+	}
+	parts := all[:0]
+	for _, p := range all {
+		if p != nil {
+			parts = append(parts, p)
+		}
+	}
+	return parts
 }
 
 // Errors a caller may want to tell apart.
@@ -87,7 +142,8 @@ var (
 // listeners), then builds the parts. Nothing is written to the data folder
 // before the addresses are known to be free.
 func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err error) {
-	n := &Node{cfg: cfg, log: log, version: version, reg: prometheus.NewRegistry(), cfgVersion: configVersion(&cfg)}
+	n := &Node{cfg: cfg, log: log, version: version, reg: prometheus.NewRegistry(), cfgVersion: configVersion(&cfg),
+		failures: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			n.closeListeners()
@@ -102,22 +158,106 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := os.MkdirAll(cfg.Node.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("node.data_dir: create %s: %w", cfg.Node.DataDir, err)
 	}
-	n.reg.MustRegister(
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-		buildInfo(version, cfg.Node.ID),
-	)
-	if err := n.buildHTTPS(); err != nil {
+	if err := registerProcessMetrics(n.reg, version, cfg.Node.ID); err != nil {
 		return nil, err
 	}
-	if err := n.buildAdmin(); err != nil {
+	b, err := n.build()
+	if err != nil {
 		return nil, err
 	}
-	if err := n.buildOptionalParts(); err != nil {
-		return nil, err
-	}
-	n.addFleetTLSParts(n.fleetTLS)
+	n.parts = startOrder(b)
 	return n, nil
+}
+
+// build builds every part the config turns on, each given the parts it
+// uses.
+func (n *Node) build() (*built, error) {
+	b := &built{}
+	// The fleet's TLS storage and ACME manager come first: the HTTPS
+	// server answers ACME challenges and serves its certificates.
+	ft, err := n.buildFleetTLS()
+	if err != nil {
+		return nil, err
+	}
+	if b.https, err = n.buildHTTPS(ft.acme); err != nil {
+		return nil, err
+	}
+	if b.admin, err = n.buildAdmin(); err != nil {
+		return nil, err
+	}
+	var nodes nodemap.Source
+	if n.cfg.Mesh.Enabled {
+		if b.mesh, err = n.buildMesh(); err != nil {
+			return nil, err
+		}
+		b.load = newLoadReporter(b.mesh.m.SetLoad, loadInterval)
+		nodes = b.mesh.m
+	} else {
+		nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
+	}
+	n.admin.Handle("GET /status.json", statusJSON(nodes, n.cfg.Node.ID, n.version))
+	if n.cfg.DNS.Enabled {
+		if b.dns, err = n.buildDNS(nodes); err != nil {
+			return nil, err
+		}
+	}
+	if n.cfg.Mongo.Enabled {
+		if b.mongoDB, b.mongo, err = n.buildMongo(b.mesh); err != nil {
+			return nil, err
+		}
+	}
+	if n.cfg.CDN.Enabled {
+		if b.cdn, err = n.buildCDN(b.mesh); err != nil {
+			return nil, err
+		}
+	}
+	if n.cfg.PubSub.Enabled {
+		if b.pubsub, err = n.buildPubSub(b.mesh); err != nil {
+			return nil, err
+		}
+	}
+	if n.cfg.Web.Status {
+		// Named: the parts built so far, whose figures the page shows.
+		if b.status, err = n.buildStatus(nodes, b.mesh, partNames(startOrder(b))); err != nil {
+			return nil, err
+		}
+	}
+	if n.cfg.Web.Demo.Enabled {
+		if b.demo, err = n.buildDemo(b.pubsub); err != nil {
+			return nil, err
+		}
+	}
+	if b.fleetStorage, err = newFleetStorage(ft, b.mongo, &n.cfg); err != nil {
+		return nil, err
+	}
+	b.tickets, b.acme = n.buildFleetTLSParts(ft)
+	return b, nil
+}
+
+func partNames(parts []Part) []string {
+	names := make([]string, len(parts))
+	for i, p := range parts {
+		names[i] = p.Name()
+	}
+	return names
+}
+
+// registerProcessMetrics registers the Go and process collectors and the
+// build info.
+func registerProcessMetrics(reg prometheus.Registerer, version, id string) error {
+	for _, c := range []struct {
+		name string
+		c    prometheus.Collector
+	}{
+		{"Go", collectors.NewGoCollector()},
+		{"process", collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})},
+		{"build info", buildInfo(version, id)},
+	} {
+		if err := reg.Register(c.c); err != nil {
+			return fmt.Errorf("metrics: register the %s collector: %w", c.name, err)
+		}
+	}
+	return nil
 }
 
 func buildInfo(version, id string) prometheus.Collector {
@@ -185,139 +325,10 @@ func (n *Node) closeListeners() {
 	}
 }
 
-func (n *Node) buildHTTPS() error {
-	h := n.cfg.HTTPS
-	var sources []transport.CertSource
-	for _, c := range h.Certificates {
-		src := transport.CertSource{CertFile: c.CertFile, KeyFile: c.KeyFile}
-		if c.KeyFile == "" {
-			key := c.Key
-			src.KeyPEM = func() ([]byte, error) {
-				v, err := key.Resolve()
-				return []byte(v), err
-			}
-		}
-		sources = append(sources, src)
-	}
-	if len(sources) == 0 {
-		host, _, _ := net.SplitHostPort(h.Listen)
-		cert, key, err := transport.EnsureSelfSigned(filepath.Join(n.cfg.Node.DataDir, "tls"), []string{host, n.cfg.Node.PublicIPv4, n.cfg.Node.PublicIPv6}, n.log)
-		if err != nil {
-			return fmt.Errorf("https: self-signed certificate: %w", err)
-		}
-		sources = append(sources, transport.CertSource{CertFile: cert, KeyFile: key})
-	}
-	certs, err := transport.NewCertStore(sources, n.log.With("part", "https"))
-	if err != nil {
-		return fmt.Errorf("https.certificates: %w", err)
-	}
-	n.certs = certs
-	var app http.Handler
-	var proxy *transport.AppProxy
-	if h.AppServer != "" {
-		u, err := url.Parse(h.AppServer)
-		if err != nil {
-			return fmt.Errorf("https.app_server: %w", err)
-		}
-		proxy = transport.NewAppProxy(u, n.log.With("part", "app-proxy"))
-		app = proxy
-	} else {
-		app = web.Landing(n.cfg.Node.ID, n.version, n.partList)
-	}
-	fleetTLS, err := n.buildFleetTLS()
-	if err != nil {
-		return err
-	}
-	n.fleetTLS = fleetTLS
-	opts := transport.Options{
-		Listener:   n.httpsLn,
-		Certs:      certs,
-		App:        app,
-		AltSvcPort: h.AltSvcPort,
-		Limits: transport.Limits{
-			MaxHeaderBytes:    int(h.Limits.MaxHeaderBytes),
-			MaxBodyBytes:      int64(h.Limits.MaxBodyBytes),
-			ReadHeaderTimeout: h.Limits.ReadHeaderTimeout,
-			IdleTimeout:       h.Limits.IdleTimeout,
-			MaxConnsPerIP:     h.Limits.MaxConnsPerIP,
-		},
-	}
-	opts.Limits.MaxWebsocketMessageBytes = int64(h.Limits.MaxWebsocketMessageBytes)
-	if n.httpsUDP != nil {
-		opts.UDPConn = n.httpsUDP
-	}
-	if fleetTLS.acme != nil {
-		opts.ACME = fleetTLS.acme
-	}
-	srv, err := transport.New(opts, n.log.With("part", "https"), n.reg)
-	if err != nil {
-		return err
-	}
-	if proxy != nil {
-		proxy.Attach(srv)
-	}
-	n.https = srv
-	stopWatch := make(chan struct{})
-	var watchDone sync.WaitGroup
-	n.parts = append(n.parts, &part{
-		name:   "https",
-		detail: "TLS (" + protoList(n.httpsUDP != nil) + ") on " + n.httpsLn.Addr().String() + appDetail(h.AppServer),
-		start: func(context.Context) error {
-			watchDone.Add(1)
-			go func() { defer watchDone.Done(); certs.Watch(h.CertCheckInterval, stopWatch) }()
-			return nil
-		},
-		serve: srv.Serve,
-		drain: srv.Shutdown,
-		stop: func(context.Context) error {
-			close(stopWatch)
-			watchDone.Wait()
-			return nil
-		},
-		reload: certs.Reload,
-	})
-	return nil
-}
-
-func protoList(h3 bool) string {
-	if h3 {
-		return "HTTP/3, HTTP/2, HTTP/1.1"
-	}
-	return "HTTP/2, HTTP/1.1"
-}
-
-func appDetail(app string) string {
-	if app == "" {
-		return "; no app server, built-in page"
-	}
-	return "; app server " + app
-}
-
-func (n *Node) buildAdmin() error {
-	token, file, err := adminToken(n.cfg.Admin.Token, n.cfg.Node.DataDir)
-	if err != nil {
-		return err
-	}
-	if file != "" {
-		n.log.Info("admin /v1/ routes need the bearer token in this file", "file", file)
-	}
-	n.admin, err = admin.New(n.adminLn, n.reg, token, n.log.With("part", "admin"))
-	if err != nil {
-		return err
-	}
-	n.parts = append(n.parts, &part{
-		name:   "admin",
-		detail: "http://" + n.adminLn.Addr().String() + " (/healthz /readyz /metrics /debug/pprof/)",
-		serve:  n.admin.Serve,
-		stop:   n.admin.Shutdown,
-	})
-	return nil
-}
-
 func (n *Node) partList() []web.Part {
 	out := make([]web.Part, 0, len(n.parts))
 	for _, p := range n.parts {
-		out = append(out, web.Part{Name: p.name, Detail: p.detail})
+		out = append(out, web.Part{Name: p.Name(), Detail: p.Detail()})
 	}
 	return out
 }
@@ -327,114 +338,48 @@ func (n *Node) HTTPSAddr() net.Addr { return n.httpsLn.Addr() }
 func (n *Node) AdminAddr() net.Addr { return n.adminLn.Addr() }
 
 // Run starts every part, then waits: SIGHUP reloads, SIGTERM or SIGINT (or
-// ctx ending) drains and stops. It returns nil after a clean drain.
+// ctx ending) drains and stops. ctx also bounds the start of each part
+// (see Part.Start). Run returns nil after a clean drain, even when a part
+// did not stop cleanly (that is logged); when a part failed to start or
+// its server failed, it returns that error joined with the Stop errors.
 func (n *Node) Run(ctx context.Context, signals <-chan os.Signal) error {
-	started := 0
-	serveErr := make(chan error, len(n.parts))
-	var serving sync.WaitGroup
-	var runErr error
-	for _, p := range n.parts {
-		if p.start != nil {
-			if err := p.start(ctx); err != nil {
-				runErr = fmt.Errorf("start %s: %w", p.name, err)
-				break
-			}
-		}
-		started++
-		if p.serve != nil {
-			serving.Add(1)
-			go func(p *part) {
-				defer serving.Done()
-				if err := p.serve(); err != nil {
-					serveErr <- fmt.Errorf("%s: %w", p.name, err)
-				}
-			}(p)
-		}
-		n.log.Info("part started", "part", p.name, "detail", p.detail)
-	}
+	lc := &lifecycle{parts: n.parts, log: n.log}
+	runErr := lc.start(ctx)
 	if runErr == nil {
 		n.admin.SetReady(true)
 		n.log.Info("node ready", "node", n.cfg.Node.ID, "version", n.version)
-		runErr = n.wait(ctx, signals, serveErr)
+		runErr = n.wait(ctx, signals, lc)
 	}
 	n.admin.SetReady(false)
-	n.shutdown(started)
-	serving.Wait()
-	return runErr
+	begin := time.Now()
+	stopErr := lc.shutdown(n.cfg.Node.DrainTimeout)
+	n.closeListeners()
+	n.log.Info("stopped", "took", time.Since(begin).Round(time.Millisecond))
+	if runErr != nil {
+		return errors.Join(runErr, stopErr)
+	}
+	return nil
 }
 
-func (n *Node) wait(ctx context.Context, signals <-chan os.Signal, serveErr <-chan error) error {
+func (n *Node) wait(ctx context.Context, signals <-chan os.Signal, lc *lifecycle) error {
 	for {
 		select {
 		case <-ctx.Done():
 			n.log.Info("stopping", "reason", ctx.Err())
 			return nil
-		case err := <-serveErr:
+		case err := <-n.failures:
 			n.log.Error("part failed", "err", err)
 			return err
 		case sig := <-signals:
 			switch sig {
 			case syscall.SIGHUP:
-				n.reload()
+				lc.reload()
 			default:
 				n.log.Info("stopping", "signal", sig.String())
 				return nil
 			}
 		}
 	}
-}
-
-func (n *Node) reload() {
-	n.log.Info("reloading")
-	for _, p := range n.parts {
-		if p.reload == nil {
-			continue
-		}
-		if err := p.reload(); err != nil {
-			n.log.Error("reload failed; the part keeps its old state", "part", p.name, "err", err)
-		} else {
-			n.log.Info("reloaded", "part", p.name)
-		}
-	}
-}
-
-// shutdown drains then stops the first count parts. /readyz is already
-// false. Drain (stop accepting, finish in-flight work) runs for every part in
-// reverse order within one drain timeout; then each part stops, also in
-// reverse, each with a short bound of its own.
-func (n *Node) shutdown(count int) {
-	start := time.Now()
-	drainCtx, cancel := context.WithTimeout(context.Background(), n.cfg.Node.DrainTimeout)
-	defer cancel()
-	for i := 0; i < count; i++ {
-		if p := n.parts[i]; p.announce != nil {
-			if err := p.announce(drainCtx); err != nil {
-				n.log.Warn("announce", "part", p.name, "err", err)
-			}
-		}
-	}
-	for i := count - 1; i >= 0; i-- {
-		p := n.parts[i]
-		if p.drain == nil {
-			continue
-		}
-		if err := p.drain(drainCtx); err != nil {
-			n.log.Warn("drain did not finish in time; connections cut", "part", p.name, "err", err)
-		}
-	}
-	for i := count - 1; i >= 0; i-- {
-		p := n.parts[i]
-		if p.stop == nil {
-			continue
-		}
-		stopCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		if err := p.stop(stopCtx); err != nil {
-			n.log.Warn("stop", "part", p.name, "err", err)
-		}
-		cancel()
-	}
-	n.closeListeners()
-	n.log.Info("stopped", "took", time.Since(start).Round(time.Millisecond))
 }
 
 // configVersion is a short hash of the effective config (secrets redacted),

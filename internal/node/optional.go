@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/edgenode/edgenode/internal/cdn"
 	"github.com/edgenode/edgenode/internal/config"
@@ -34,51 +33,24 @@ func (n *Node) probes() []probeAddr {
 	return ps
 }
 
-// buildOptionalParts adds the parts beyond the transport and admin, in start
-// order: the node map first (DNS reads it), then DNS.
-func (n *Node) buildOptionalParts() error {
-	if n.cfg.Mesh.Enabled {
-		m, err := n.buildMesh()
-		if err != nil {
-			return err
-		}
-		n.mesh, n.nodes = m, m
-	} else {
-		n.nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
-	}
-	src := n.nodes
-	n.admin.Handle("GET /status.json", statusJSON(src, n.cfg.Node.ID, n.version))
-	if n.cfg.DNS.Enabled {
-		if err := n.buildDNS(src); err != nil {
-			return err
-		}
-	}
-	if n.cfg.Mongo.Enabled {
-		if err := n.buildMongo(); err != nil {
-			return err
-		}
-	}
-	if n.cfg.CDN.Enabled {
-		if err := n.buildCDN(); err != nil {
-			return err
-		}
-	}
-	if n.cfg.PubSub.Enabled {
-		if err := n.buildPubSub(); err != nil {
-			return err
-		}
-	}
-	// Last: the status page reads every part's metrics, the demo uses the
-	// Mongo proxy and pubsub.
-	return n.buildWeb()
-}
-
 // purgeTopic carries cache purges to every peer.
 const purgeTopic = "cdn-purge"
 
-// buildCDN adds the media cache: routes on the public listener, purge on the
+// cdnPart is the media cache: routes on the public listener, purge on the
 // admin listener, purges fanned out through the mesh.
-func (n *Node) buildCDN() error {
+type cdnPart struct {
+	cache  *cdn.Cache
+	detail string
+}
+
+func (p *cdnPart) Name() string                { return "cdn" }
+func (p *cdnPart) Detail() string              { return p.detail }
+func (p *cdnPart) Start(context.Context) error { return nil }
+
+// Stop closes the cache; HTTPS, which serves its routes, has drained.
+func (p *cdnPart) Stop(context.Context) error { return p.cache.Close() }
+
+func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
 	c := n.cfg.CDN
 	var origin cdn.Origin
 	var originDesc string
@@ -86,18 +58,18 @@ func (n *Node) buildCDN() error {
 		s := c.Origin.S3
 		keyID, err := s.AccessKeyID.Resolve()
 		if err != nil {
-			return fmt.Errorf("cdn.origin.s3.access_key_id: %w", err)
+			return nil, fmt.Errorf("cdn.origin.s3.access_key_id: %w", err)
 		}
 		secret, err := s.SecretAccessKey.Resolve()
 		if err != nil {
-			return fmt.Errorf("cdn.origin.s3.secret_access_key: %w", err)
+			return nil, fmt.Errorf("cdn.origin.s3.secret_access_key: %w", err)
 		}
 		o, err := cdn.NewS3Origin(context.Background(), cdn.S3Options{
 			Bucket: s.Bucket, Buckets: s.Buckets, KeyPrefix: s.KeyPrefix, Region: s.Region,
 			Endpoint: s.Endpoint, PathStyle: s.PathStyle, AccessKeyID: keyID, SecretAccessKey: secret, Profile: s.Profile,
 		})
 		if err != nil {
-			return fmt.Errorf("cdn.origin.s3: %w", err)
+			return nil, fmt.Errorf("cdn.origin.s3: %w", err)
 		}
 		origin, originDesc = o, "S3 "+s.Endpoint+" bucket "+s.Bucket
 	} else {
@@ -107,25 +79,13 @@ func (n *Node) buildCDN() error {
 		}
 		o, err := cdn.NewDirOrigin(dir)
 		if err != nil {
-			return fmt.Errorf("cdn.origin.dir: %w", err)
+			return nil, fmt.Errorf("cdn.origin.dir: %w", err)
 		}
 		origin, originDesc = o, "folder "+dir
 	}
-	cache, err := cdn.New(cdn.Options{
-		Dir:                  filepath.Join(n.cfg.Node.DataDir, "cache"),
-		MaxBytes:             int64(c.MaxBytes),
-		MaxEntries:           c.MaxEntries,
-		Prefix:               c.Prefix,
-		Origin:               origin,
-		MaxObjectBytes:       int64(c.MaxObjectBytes),
-		CacheControl:         c.CacheControl,
-		TTL:                  c.TTL,
-		StaleWhileRevalidate: c.StaleWhileRevalidate,
-		NegativeTTL:          c.NegativeTTL,
-		OriginTimeout:        c.OriginTimeout,
-	}, n.log.With("part", "cdn"), n.reg)
+	cache, err := cdn.New(cdnOptions(&c, n.cfg.Node.DataDir, origin), n.log.With("part", "cdn"), n.reg)
 	if err != nil {
-		return fmt.Errorf("cdn: %w", err)
+		return nil, fmt.Errorf("cdn: %w", err)
 	}
 	for pattern, h := range cache.Routes() {
 		n.https.Handle(pattern, h)
@@ -133,28 +93,56 @@ func (n *Node) buildCDN() error {
 	for pattern, h := range cache.AdminRoutes() {
 		n.admin.Handle(pattern, h)
 	}
-	if n.mesh != nil {
-		m := n.mesh
+	if mp != nil {
+		m, log := mp.m, n.log
 		cache.OnPurge(func(key string) { m.Broadcast(purgeTopic, []byte(key)) })
 		m.Handle(purgeTopic, func(from string, msg []byte) {
 			if err := cache.Purge(string(msg)); err != nil {
-				n.log.Warn("purge from peer", "peer", from, "err", err)
+				log.Warn("purge from peer", "peer", from, "err", err)
 			}
 		})
 	}
-	n.parts = append(n.parts, &part{
-		name:   "cdn",
-		detail: "media cache at " + c.Prefix + " from " + originDesc,
-		// Closed after the HTTPS side has drained (a stop, not a drain).
-		stop: func(context.Context) error { return cache.Close() },
-	})
-	return nil
+	return &cdnPart{cache: cache, detail: "media cache at " + c.Prefix + " from " + originDesc}, nil
 }
 
-// buildMesh adds membership and peer links. It starts first (DNS reads its
-// map) and stops last; on SIGTERM it announces draining before anything else
-// stops, so DNS everywhere stops naming this node while it drains.
-func (n *Node) buildMesh() (*mesh.Mesh, error) {
+// cdnOptions translates the cdn section; see none for its zeros.
+func cdnOptions(c *config.CDN, dataDir string, origin cdn.Origin) cdn.Options {
+	return cdn.Options{
+		Dir:                  filepath.Join(dataDir, "cache"),
+		MaxBytes:             int64(c.MaxBytes),
+		MaxEntries:           c.MaxEntries,
+		Prefix:               c.Prefix,
+		Origin:               origin,
+		MaxObjectBytes:       int64(c.MaxObjectBytes),
+		CacheControl:         c.CacheControl,
+		TTL:                  c.TTL,
+		StaleWhileRevalidate: none(c.StaleWhileRevalidate),
+		NegativeTTL:          none(c.NegativeTTL),
+		OriginTimeout:        c.OriginTimeout,
+	}
+}
+
+// meshPart is membership and peer links. It announces draining before any
+// part drains, so DNS everywhere stops naming this node while it drains,
+// and leaves the cluster once every other part has stopped.
+type meshPart struct {
+	m      *mesh.Mesh
+	detail string
+}
+
+func (p *meshPart) Name() string   { return "mesh" }
+func (p *meshPart) Detail() string { return p.detail }
+
+// Start binds the mesh's sockets. The mesh lives until Stop: ending the
+// context mesh.Start is given would stop it without a leave message.
+func (p *meshPart) Start(ctx context.Context) error {
+	return p.m.Start(context.WithoutCancel(ctx))
+}
+
+func (p *meshPart) Announce(ctx context.Context) error { return p.m.Drain(ctx) }
+func (p *meshPart) Stop(ctx context.Context) error     { return p.m.Leave(ctx) }
+
+func (n *Node) buildMesh() (*meshPart, error) {
 	c := n.cfg.Mesh
 	var keys [][]byte
 	for i, k := range c.GossipKeys {
@@ -185,39 +173,31 @@ func (n *Node) buildMesh() (*mesh.Mesh, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	load := newLoadReporter(m.SetLoad, 2*time.Second)
-	n.parts = append(n.parts, &part{
-		name:     "mesh",
-		detail:   "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen,
-		start:    m.Start,
-		announce: m.Drain,
-		stop:     m.Leave,
-	}, &part{
-		name:   "load",
-		detail: "this process's share of the machine's CPU, gossiped every 2s as the node's load",
-		start:  load.Start,
-		stop:   load.Stop,
-	})
-	return m, nil
+	return &meshPart{m: m, detail: "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen}, nil
 }
 
-func (n *Node) buildDNS(src nodemap.Source) error {
+// dnsPart is the authoritative GeoIP DNS server.
+type dnsPart struct {
+	srv    *dns.Server
+	detail string
+}
+
+func (p *dnsPart) Name() string                    { return "dns" }
+func (p *dnsPart) Detail() string                  { return p.detail }
+func (p *dnsPart) Start(ctx context.Context) error { return p.srv.Start(ctx) }
+func (p *dnsPart) Stop(ctx context.Context) error  { return p.srv.Shutdown(ctx) }
+func (p *dnsPart) Reload() error                   { return p.srv.Reload() }
+
+func (n *Node) buildDNS(src nodemap.Source) (*dnsPart, error) {
 	opts, err := dnsOptions(&n.cfg.DNS)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	srv, err := dns.New(opts, src, n.log.With("part", "dns"), n.reg)
 	if err != nil {
-		return fmt.Errorf("dns: %w", err)
+		return nil, fmt.Errorf("dns: %w", err)
 	}
-	n.parts = append(n.parts, &part{
-		name:   "dns",
-		detail: "authoritative GeoIP DNS on udp+tcp " + n.cfg.DNS.Listen + " for " + zoneNames(n.cfg.DNS.Zones),
-		start:  srv.Start,
-		stop:   srv.Shutdown,
-		reload: srv.Reload,
-	})
-	return nil
+	return &dnsPart{srv: srv, detail: "authoritative GeoIP DNS on udp+tcp " + n.cfg.DNS.Listen + " for " + zoneNames(n.cfg.DNS.Zones)}, nil
 }
 
 func zoneNames(zs []config.Zone) string {
@@ -232,20 +212,14 @@ func dnsOptions(c *config.DNS) (dns.Options, error) {
 	o := dns.Options{
 		Listen:    c.Listen,
 		GeoIPPath: c.GeoIP,
-		SlackKM:   c.SlackKM,
+		SlackKM:   none(c.SlackKM),
 		RRL: dns.RRLOptions{
 			Enabled:            c.RRL.Enabled,
 			ResponsesPerSecond: c.RRL.ResponsesPerSec,
-			Slip:               c.RRL.Slip,
+			Slip:               none(c.RRL.Slip),
 			Loopback:           !c.RRL.ExemptLoopback,
 		},
-	}
-	if c.SlackKM == 0 {
-		o.SlackKM = -1 // the config's 0 means "no slack"; the package's 0 means "default"
-	}
-	o.MaxTCPConnsPerIP = c.TCPMaxConnsPerIP
-	if c.TCPMaxConnsPerIP == 0 {
-		o.MaxTCPConnsPerIP = -1 // the config's 0 means "no limit"; the package's 0 means "default"
+		MaxTCPConnsPerIP: none(c.TCPMaxConnsPerIP),
 	}
 	for _, z := range c.Zones {
 		dz := dns.Zone{

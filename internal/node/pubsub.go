@@ -18,22 +18,56 @@ import (
 	"github.com/edgenode/edgenode/internal/pubsub"
 )
 
-// buildPubSub adds live channels: /ws and /sse on the public listener,
+// pubsubPart is live channels: /ws and /sse on the public listener,
 // /v1/publish and /v1/presence on the admin listener, fan-out to peers
-// through the mesh. It drains before the HTTPS listener does, so clients get
-// reconnect-elsewhere before their connections close.
-func (n *Node) buildPubSub() error {
-	c := n.cfg.PubSub
+// through the mesh. It drains before the HTTPS listener does, so clients
+// get reconnect-elsewhere before their connections close.
+type pubsubPart struct {
+	ps *pubsub.PubSub
+}
+
+func (p *pubsubPart) Name() string { return "pubsub" }
+func (p *pubsubPart) Detail() string {
+	return "websocket /ws and SSE /sse; publish with POST /v1/publish on the admin listener"
+}
+func (p *pubsubPart) Start(context.Context) error     { return nil }
+func (p *pubsubPart) Drain(ctx context.Context) error { return p.ps.Drain(ctx) }
+func (p *pubsubPart) Stop(context.Context) error      { return p.ps.Close() }
+
+func (n *Node) buildPubSub(mp *meshPart) (*pubsubPart, error) {
+	opts, err := pubsubOptions(&n.cfg.PubSub)
+	if err != nil {
+		return nil, err
+	}
+	var m pubsub.Mesh
+	if mp != nil {
+		m = mp.m
+	}
+	ps, err := pubsub.New(opts, m, n.log.With("part", "pubsub"), n.reg)
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: %w", err)
+	}
+	for pattern, h := range ps.Routes() {
+		n.https.Handle(pattern, h)
+	}
+	for pattern, h := range ps.AdminRoutes() {
+		n.admin.Handle(pattern, h)
+	}
+	return &pubsubPart{ps: ps}, nil
+}
+
+// pubsubOptions translates the pubsub section; see none for its zeros.
+func pubsubOptions(c *config.PubSub) (pubsub.Options, error) {
 	opts := pubsub.Options{
-		History: c.History, HistoryTTL: c.HistoryTTL, MaxMessageBytes: c.MaxMessageBytes,
-		MaxSubsPerConn: c.MaxSubsPerConn, MaxConnsPerIP: c.MaxConnsPerIP, QueueLen: c.QueueLen, PingInterval: c.PingInterval,
+		History: none(c.History), HistoryTTL: c.HistoryTTL, MaxMessageBytes: c.MaxMessageBytes,
+		MaxSubsPerConn: c.MaxSubsPerConn, MaxConnsPerIP: none(c.MaxConnsPerIP), QueueLen: c.QueueLen, PingInterval: c.PingInterval,
 		MaxChannels: c.MaxChannels, MaxChannelsPerTenant: c.MaxChannelsPerTenant,
-		SubscribeRate: c.SubscribeRate, SubscribeBurst: c.SubscribeBurst,
+		SubscribeRate: none(c.SubscribeRate), SubscribeBurst: c.SubscribeBurst,
 	}
 	for i, t := range c.Tenants {
 		secret, err := t.Secret.Resolve()
 		if err != nil {
-			return fmt.Errorf("pubsub.tenants[%d].secret: %w", i, err)
+			return opts, fmt.Errorf("pubsub.tenants[%d].secret: %w", i, err)
 		}
 		pt := pubsub.Tenant{Name: t.Name, Origins: t.Origins, Public: t.Public}
 		if secret != "" {
@@ -42,34 +76,13 @@ func (n *Node) buildPubSub() error {
 		if t.PublicKey != "" {
 			k, err := base64.StdEncoding.DecodeString(t.PublicKey)
 			if err != nil || len(k) != ed25519.PublicKeySize {
-				return fmt.Errorf("pubsub.tenants[%d].public_key: want a base64 Ed25519 public key", i)
+				return opts, fmt.Errorf("pubsub.tenants[%d].public_key: want a base64 Ed25519 public key", i)
 			}
 			pt.PublicKey = ed25519.PublicKey(k)
 		}
 		opts.Tenants = append(opts.Tenants, pt)
 	}
-	var m pubsub.Mesh
-	if n.mesh != nil {
-		m = n.mesh
-	}
-	ps, err := pubsub.New(opts, m, n.log.With("part", "pubsub"), n.reg)
-	if err != nil {
-		return fmt.Errorf("pubsub: %w", err)
-	}
-	for pattern, h := range ps.Routes() {
-		n.https.Handle(pattern, h)
-	}
-	for pattern, h := range ps.AdminRoutes() {
-		n.admin.Handle(pattern, h)
-	}
-	n.pubsub = ps
-	n.parts = append(n.parts, &part{
-		name:   "pubsub",
-		detail: "websocket /ws and SSE /sse; publish with POST /v1/publish on the admin listener",
-		drain:  ps.Drain,
-		stop:   func(context.Context) error { return ps.Close() },
-	})
-	return nil
+	return opts, nil
 }
 
 // adminToken is the bearer token of the admin /v1/ routes and of pprof: the
