@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // rawDial connects to a node's link address the way a peer would, with any
@@ -71,7 +73,7 @@ func TestInboundLinkChecks(t *testing.T) {
 		return cert
 	}
 	refused := func(reason string) float64 {
-		return metricValue(t, a.reg, "edgenode_mesh_link_refused_total", map[string]string{"reason": reason})
+		return testutil.ToFloat64(a.met.refused.WithLabelValues(reason))
 	}
 
 	foreign := newCluster(t).options("b")
@@ -94,13 +96,13 @@ func TestInboundLinkChecks(t *testing.T) {
 		if rawDial(t, c, a.opts.LinkAddr, tc.cert) {
 			t.Errorf("%s: connection accepted", tc.name)
 		}
-		waitFor(t, settle, tc.name+" counted", func() bool { return refused(tc.reason) > before })
+		testkit.WaitFor(t, settle, tc.name+" counted", func() bool { return refused(tc.reason) > before })
 	}
 	if n := len(in.snapshot()); n != 0 {
 		t.Errorf("a accepted %d messages from refused peers", n)
 	}
 	// The real b is still linked.
-	waitFor(t, settle, "b's real link still works", func() bool {
+	testkit.WaitFor(t, settle, "b's real link still works", func() bool {
 		_ = nodes[1].Send("a", "t", []byte("real"))
 		return len(in.snapshot()) > 0
 	})
@@ -124,7 +126,7 @@ func TestQuickRestartResetsLinks(t *testing.T) {
 	a, b := nodes[0], nodes[1]
 	in := newInbox()
 	b.Handle("t", in.handler("t"))
-	waitFor(t, settle, "first message", func() bool {
+	testkit.WaitFor(t, settle, "first message", func() bool {
 		_ = a.Send("b", "t", []byte("before"))
 		return len(in.snapshot()) > 0
 	})
@@ -135,7 +137,7 @@ func TestQuickRestartResetsLinks(t *testing.T) {
 	b2 := c.startNoSeedUpdate(opts)
 	in2 := newInbox()
 	b2.Handle("t", in2.handler("t"))
-	waitFor(t, settle, "message to the restarted b", func() bool {
+	testkit.WaitFor(t, settle, "message to the restarted b", func() bool {
 		_ = a.Send("b", "t", []byte("after"))
 		return len(in2.snapshot()) > 0
 	})
