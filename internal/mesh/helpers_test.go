@@ -17,7 +17,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
 	"github.com/edgenode/edgenode/internal/nodemap"
@@ -260,16 +259,6 @@ func (o onlyDesc) Collect(ch chan<- prometheus.Metric) {
 			ch <- m
 		}
 	}
-}
-
-// samples is how many observations h has.
-func samples(t testing.TB, h prometheus.Histogram) uint64 {
-	t.Helper()
-	var m dto.Metric
-	if err := h.Write(&m); err != nil {
-		t.Fatal(err)
-	}
-	return m.GetHistogram().GetSampleCount()
 }
 
 // inbox collects messages delivered to a handler.

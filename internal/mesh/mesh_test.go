@@ -45,7 +45,7 @@ func TestThreeNodesSeeEachOther(t *testing.T) {
 		return testutil.ToFloat64(nodes[0].met.members.WithLabelValues("alive")) == 3
 	})
 	testkit.WaitFor(t, settle, "links up", func() bool { return linksUp(nodes[0]) == 2 })
-	testkit.WaitFor(t, settle, "probe rtt", func() bool { return samples(t, nodes[0].met.probeRTTHist) > 0 })
+	testkit.WaitFor(t, settle, "probe rtt", func() bool { return testkit.SampleCount(t, nodes[0].met.probeRTTHist) > 0 })
 }
 
 // watchStates records every state each observer's maps show for id.

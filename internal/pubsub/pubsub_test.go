@@ -6,6 +6,10 @@ import (
 	"net/http"
 	"runtime"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 func TestWebsocketAndSSEReceivePublish(t *testing.T) {
@@ -41,12 +45,12 @@ func TestWebsocketAndSSEReceivePublish(t *testing.T) {
 			}
 			// Counted once the server's write returns, which may be just
 			// after the client has read it.
-			waitFor(t, "two deliveries counted", func() bool { return n.counter("edgenode_pubsub_deliveries_total") >= 2 })
-			if got := n.counter("edgenode_pubsub_connections", "transport", "ws"); got != 1 {
+			testkit.WaitFor(t, settle, "two deliveries counted", func() bool { return testutil.ToFloat64(n.ps.met.deliveries) >= 2 })
+			if got := testutil.ToFloat64(n.ps.met.connsWS); got != 1 {
 				t.Fatalf("ws connections gauge %v", got)
 			}
 			// The fan-out latency is observed once the last socket is written.
-			waitFor(t, "fan-out observed", func() bool { return n.counter("edgenode_pubsub_fanout_seconds") == 1 })
+			testkit.WaitFor(t, settle, "fan-out observed", func() bool { return testkit.SampleCount(t, n.ps.met.fanout) == 1 })
 
 			// Messages keep their order.
 			for i := 2; i <= 50; i++ {

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestFreePortNeverRepeats(t *testing.T) {
@@ -150,5 +152,17 @@ func TestOnlyTestsImport(t *testing.T) {
 				t.Errorf("%s imports testkit outside its tests", pkg)
 			}
 		}
+	}
+}
+
+func TestSampleCount(t *testing.T) {
+	h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: "h", Help: "h"})
+	if n := SampleCount(t, h); n != 0 {
+		t.Fatalf("empty histogram: %d samples", n)
+	}
+	h.Observe(1)
+	h.Observe(100)
+	if n := SampleCount(t, h); n != 2 {
+		t.Fatalf("%d samples, want 2", n)
 	}
 }
