@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // newDirCache serves a cache over a folder origin, as `make run` does.
@@ -50,7 +52,7 @@ func TestDirOriginDemo(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "demo", "hello.txt"), body, 0o644)
 	get := func(hdr ...string) resp {
 		r := doGet(t, srv.Client(), http.MethodGet, srv.URL+"/media/demo/hello.txt", hdr...)
-		waitFor(t, "fill", func() bool { return c.running.Load() == 0 })
+		testkit.WaitFor(t, settleTimeout, "fill", func() bool { return c.running.Load() == 0 })
 		return r
 	}
 	r := get()

@@ -23,7 +23,8 @@ var handedOut = struct {
 // PickPort returns a TCP port on ip that was free a moment ago, and free
 // for UDP as well when udp is set. It never returns the same port twice in
 // one process. Tests use [FreePort] and [FreeUDPTCPPort]; PickPort is for
-// the programs under scripts/ that have no testing.TB.
+// code that has no testing.TB: shared test fixtures started once per test
+// binary, and the programs under scripts/.
 //
 // The port is free only until someone else binds it: hand it to the
 // program under test right away.
