@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -20,7 +22,10 @@ type metrics struct {
 	ticketSet prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the server's metrics and registers them on reg. As in
+// every package, a registration that fails (a second Server on one
+// registry) is returned as an error, never a panic: docs/metrics.md.
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgenode_http_requests_total", Help: "HTTPS requests by route pattern, method, status code and protocol (1.1, 2, 3).",
@@ -58,7 +63,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, l := range []string{"header_size", "body_size", "conns_per_ip", "read_header_timeout"} {
 		m.limitHits.WithLabelValues(l)
 	}
-	reg.MustRegister(m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits, m.certLoads, m.websockets,
-		m.quicOpen, m.resumed, m.ticketSet)
-	return m
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits,
+		m.certLoads, m.websockets, m.quicOpen, m.resumed, m.ticketSet} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("transport: register metrics: %w", err)
+		}
+	}
+	return m, nil
 }

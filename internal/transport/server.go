@@ -132,7 +132,11 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	if opts.Limits.MaxHeaderBytes <= 0 || opts.Limits.ReadHeaderTimeout <= 0 {
 		return nil, errors.New("transport: MaxHeaderBytes and ReadHeaderTimeout must be positive")
 	}
-	s := &Server{opts: opts, log: logger, metrics: newMetrics(reg), mux: http.NewServeMux(), drainers: map[int]func(){},
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: logger, metrics: met, mux: http.NewServeMux(), drainers: map[int]func(){},
 		ticketConf: &tls.Config{}}
 	opts.Certs.onLoad = func(ok bool) {
 		if ok {
