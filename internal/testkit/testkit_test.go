@@ -166,3 +166,29 @@ func TestSampleCount(t *testing.T) {
 		t.Fatalf("%d samples, want 2", n)
 	}
 }
+
+func TestSum(t *testing.T) {
+	v := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c", Help: "c"}, []string{"version", "result"})
+	v.WithLabelValues("TLS 1.3", "ok").Add(3)
+	v.WithLabelValues("TLS 1.2", "ok").Add(2)
+	v.WithLabelValues("unknown", "error").Inc()
+	for _, c := range []struct {
+		labels []string
+		want   float64
+	}{
+		{nil, 6},
+		{[]string{"result", "ok"}, 5},
+		{[]string{"result", "ok", "version", "TLS 1.2"}, 2},
+		{[]string{"result", "timeout"}, 0},
+		{[]string{"nosuchlabel", "ok"}, 0},
+	} {
+		if got := Sum(t, v, c.labels...); got != c.want {
+			t.Errorf("Sum(%q) = %v, want %v", c.labels, got, c.want)
+		}
+	}
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g", Help: "g"})
+	g.Set(-1.5)
+	if got := Sum(t, g); got != -1.5 {
+		t.Errorf("gauge: %v", got)
+	}
+}
