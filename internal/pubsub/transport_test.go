@@ -69,8 +69,10 @@ func TestThroughTransport(t *testing.T) {
 		c := &wsClient{t: t, ws: ws}
 		c.subscribe("demo/thread-1", "", nil)
 		for _, cc := range ps.snapshotConns() {
-			// Until the transport's connection wrapper exposes NetConn, the
-			// websocket has a reader goroutine instead of the poller.
+			// The transport's connection wrapper exposes NetConn, so the
+			// websocket is on the poller (TestPollerUnderWrappedConn
+			// asserts that; without NetConn it would get a reader
+			// goroutine instead).
 			t.Logf("websocket on the poller: %v", cc.raw != nil)
 		}
 

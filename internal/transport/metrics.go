@@ -15,8 +15,8 @@ type metrics struct {
 	certLoads  *prometheus.CounterVec
 	websockets prometheus.Gauge
 
-	// Added for HTTP/3 (issue 9). The per-protocol count is its own metric
-	// so that edgenode_http_requests_total keeps its label set.
+	// HTTP/3 connections and TLS session resumption. Requests over HTTP/3
+	// are counted in requests, under proto="3".
 	quicOpen  prometheus.Gauge
 	resumed   *prometheus.CounterVec
 	ticketSet prometheus.Counter

@@ -1,7 +1,7 @@
 // Package transport terminates TLS for the public listener and routes each
-// request: parts register routes into its Router; everything no part claims
-// goes to the application server through a reverse proxy (or to a fallback
-// page when there is none). It knows TLS, routing and limits, never what a
+// request: parts register routes with Server.Handle (http.ServeMux
+// patterns); everything no part claims goes to the application server
+// through a reverse proxy (or to a fallback page when there is none). It knows TLS, routing and limits, never what a
 // handler does; handlers know nothing about TLS.
 //
 // Protocols: HTTP/1.1 and HTTP/2 on the TCP listener, HTTP/3 (quic-go) on
