@@ -2,11 +2,13 @@ package cdn
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -120,5 +122,30 @@ func TestDirOriginConditional(t *testing.T) {
 	}
 	if _, err := o.Fetch(t.Context(), OriginRequest{Key: "f.bin", Offset: 10}); err != ErrRange {
 		t.Errorf("offset at end: %v", err)
+	}
+}
+
+// TestMetricsTwiceOnOneRegistry: a second Cache on one registry is a
+// programming error that surfaces as an error naming the package, not as a
+// panic.
+func TestMetricsTwiceOnOneRegistry(t *testing.T) {
+	o, err := NewDirOrigin(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	reg := prometheus.NewRegistry()
+	first, err := New(Options{Dir: t.TempDir(), Origin: o}, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := New(Options{Dir: t.TempDir(), Origin: o}, slog.New(slog.DiscardHandler), reg)
+	if err == nil {
+		second.Close()
+	}
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || !strings.HasPrefix(err.Error(), "cdn: ") {
+		t.Fatalf("second Cache: %v", err)
 	}
 }

@@ -1,10 +1,13 @@
 package mesh
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -189,5 +192,21 @@ func TestProfilesPinned(t *testing.T) {
 	lan.ProbeInterval = time.Hour
 	if again, _ := ProfileTuning("lan"); again != want["lan"] {
 		t.Error("ProfileTuning returned a profile the caller could change")
+	}
+}
+
+// TestMetricsTwiceOnOneRegistry: a second Mesh on one registry is a
+// programming error that surfaces as an error naming the package, not as a
+// panic.
+func TestMetricsTwiceOnOneRegistry(t *testing.T) {
+	c := newCluster(t)
+	reg := prometheus.NewRegistry()
+	if _, err := New(c.options("a"), nil, reg); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(c.options("b"), nil, reg)
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || !strings.HasPrefix(err.Error(), "mesh: ") {
+		t.Fatalf("second Mesh: %v", err)
 	}
 }

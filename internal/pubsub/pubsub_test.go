@@ -2,11 +2,14 @@ package pubsub
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"runtime"
+	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/testkit"
@@ -82,5 +85,25 @@ func TestSSECrossOriginHeader(t *testing.T) {
 	_, resp = n.sse("channel=demo/thread-2", nil)
 	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("without Origin: Access-Control-Allow-Origin %q", got)
+	}
+}
+
+// TestMetricsTwiceOnOneRegistry: a second PubSub on one registry is a
+// programming error that surfaces as an error naming the package, not as a
+// panic.
+func TestMetricsTwiceOnOneRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	first, err := New(testOptions(), nil, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := New(testOptions(), nil, nil, reg)
+	if err == nil {
+		second.Close()
+	}
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || !strings.HasPrefix(err.Error(), "pubsub: ") {
+		t.Fatalf("second PubSub: %v", err)
 	}
 }
