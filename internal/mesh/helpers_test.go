@@ -53,13 +53,6 @@ func newCluster(t testing.TB) *cluster {
 	return c
 }
 
-// freeAddr is a port on ip free for both UDP and TCP, as memberlist (and
-// QUIC, on UDP) need. Each call returns another port.
-func freeAddr(t testing.TB, ip string) string {
-	t.Helper()
-	return net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(t, ip)))
-}
-
 func (c *cluster) ip() string {
 	// Spread nodes over 127.0.0.x so that every node has its own address,
 	// as on real machines. x starts at 20 to stay clear of the addresses
@@ -88,8 +81,9 @@ func (c *cluster) options(id string) Options {
 		Lon:           -20.25,
 		PublicIPv4:    netip.MustParseAddr(ip),
 		Tags:          []string{"edge"},
-		BindAddr:      freeAddr(c.t, ip),
-		LinkAddr:      freeAddr(c.t, ip),
+		// Gossip takes UDP and TCP, the links UDP: ports free for both.
+		BindAddr:      net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(c.t, ip))),
+		LinkAddr:      net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(c.t, ip))),
 		GossipKeys:    [][]byte{testKey},
 		CACertFile:    filepath.Join(c.caDir, pki.CACertName),
 		CertFile:      certPath,
