@@ -75,12 +75,12 @@ func (c *cluster) options(id string) Options {
 		}
 	}
 	return Options{
-		NodeID:        id,
-		Region:        "region-" + id,
-		Lat:           10.5,
-		Lon:           -20.25,
-		PublicIPv4:    netip.MustParseAddr(ip),
-		Tags:          []string{"edge"},
+		NodeID:     id,
+		Region:     "region-" + id,
+		Lat:        10.5,
+		Lon:        -20.25,
+		PublicIPv4: netip.MustParseAddr(ip),
+		Tags:       []string{"edge"},
 		// Gossip takes UDP and TCP, the links UDP: ports free for both.
 		BindAddr:      net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(c.t, ip))),
 		LinkAddr:      net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(c.t, ip))),
