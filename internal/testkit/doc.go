@@ -10,5 +10,6 @@
 // Metrics are read in tests with
 // github.com/prometheus/client_golang/prometheus/testutil (ToFloat64 on a
 // package's own collectors, CollectAndCount, GatherAndCompare), not with
-// hand-written gatherers.
+// hand-written gatherers; [SampleCount] and [Sum] read the two figures
+// testutil has no function for. docs/metrics.md has the whole rule.
 package testkit
