@@ -6,13 +6,13 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,8 +21,11 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/edgenode/edgenode/internal/mesh"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // The browser test: headless Chromium against a real 3-node cluster with the
@@ -91,7 +94,7 @@ func newBrowser(t *testing.T, pins []string) *browser {
 	if err := os.MkdirAll(artifacts, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	var chromeOut syncBuffer
+	var chromeOut testkit.LogBuffer
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
 		chromedp.ExecPath(exe),
 		// As root, offline: exactly these flags, a fresh profile, and only
@@ -264,7 +267,7 @@ func TestBrowserDemoAndStatus(t *testing.T) {
 		c.cfgs[i] = mergeYAML(t, c.cfgs[i], browserCoords[i])
 	}
 	c.startAll()
-	waitFor(t, 20*time.Second, "three alive members on every node", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "three alive members on every node", func() bool {
 		for i := range 3 {
 			st := c.states(i)
 			if len(st) != 3 || st["node1"] != "alive" || st["node2"] != "alive" || st["node3"] != "alive" {
@@ -275,7 +278,7 @@ func TestBrowserDemoAndStatus(t *testing.T) {
 	})
 	// Writes are refused until each node's database is a synced replica
 	// (the first node starts the data, the others copy it).
-	waitFor(t, 60*time.Second, "Mongo replication synced on every node", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "Mongo replication synced on every node", func() bool {
 		for _, n := range c.nodes {
 			if metricValue(t, n.admin, "edgenode_mongo_repl_synced") != "1" {
 				return false
@@ -434,8 +437,8 @@ func TestBrowserDemoAndStatus(t *testing.T) {
 	b.publishShots()
 }
 
-// metricValue is the value of an unlabelled metric on the node's /metrics,
-// "" when it is not there.
+// metricValue is the value of an unlabelled gauge or counter on the node's
+// /metrics, "" when it is not there.
 func metricValue(t *testing.T, admin, name string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + admin + "/metrics")
@@ -443,11 +446,19 @@ func metricValue(t *testing.T, admin, name string) string {
 		return ""
 	}
 	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	for _, line := range strings.Split(string(body), "\n") {
-		if v, ok := strings.CutPrefix(line, name+" "); ok {
-			return strings.TrimSpace(v)
-		}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return ""
 	}
-	return ""
+	mf := fams[name]
+	if mf == nil || len(mf.GetMetric()) != 1 {
+		return ""
+	}
+	m := mf.GetMetric()[0]
+	v := m.GetGauge().GetValue()
+	if m.Counter != nil {
+		v = m.GetCounter().GetValue()
+	}
+	return strconv.FormatFloat(v, 'g', -1, 64)
 }

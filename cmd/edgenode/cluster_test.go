@@ -19,6 +19,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/mesh/pki"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // cluster is several real edgenode processes on 127.0.0.1, .2, .3, ...
@@ -48,7 +49,7 @@ func newCluster(t *testing.T, n int, extra string) *cluster {
 	gossip := make([]int, n)
 	for i := range n {
 		ip := fmt.Sprintf("127.0.0.%d", i+1)
-		gossip[i] = freePortOn(t, ip, true)
+		gossip[i] = testkit.FreeUDPTCPPort(t, ip)
 		seeds = append(seeds, fmt.Sprintf("%s:%d", ip, gossip[i]))
 	}
 	seedsJSON, _ := json.Marshal(seeds)
@@ -61,10 +62,10 @@ func newCluster(t *testing.T, n int, extra string) *cluster {
 		}
 		p := &nodeProc{
 			t:       t,
-			https:   fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, false)),
-			admin:   fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, false)),
-			dns:     fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, true)),
-			mongo:   fmt.Sprintf("%s:%d", ip, freePortOn(t, ip, false)),
+			https:   fmt.Sprintf("%s:%d", ip, testkit.FreePort(t, ip)),
+			admin:   fmt.Sprintf("%s:%d", ip, testkit.FreePort(t, ip)),
+			dns:     fmt.Sprintf("%s:%d", ip, testkit.FreeUDPTCPPort(t, ip)),
+			mongo:   fmt.Sprintf("%s:%d", ip, testkit.FreePort(t, ip)),
 			dataDir: filepath.Join(dir, id),
 		}
 		cfg := fmt.Sprintf(`node:
@@ -90,7 +91,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, ip, gossip[i], ip, freePortOn(t, ip, true),
+`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, ip, gossip[i], ip, testkit.FreeUDPTCPPort(t, ip),
 			seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
 		c.cfgs = append(c.cfgs, mergeYAML(t, cfg, extra))
 		c.nodes = append(c.nodes, p)
@@ -184,7 +185,7 @@ func TestClusterMembershipFailureAndDrain(t *testing.T) {
 	start := time.Now()
 	c.startAll()
 	all := []string{"127.0.0.1", "127.0.0.2", "127.0.0.3"}
-	waitFor(t, 15*time.Second, "three alive members on every node", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "three alive members on every node", func() bool {
 		for i := range 3 {
 			st := c.states(i)
 			if len(st) != 3 || st["node1"] != "alive" || st["node2"] != "alive" || st["node3"] != "alive" {
@@ -196,7 +197,7 @@ func TestClusterMembershipFailureAndDrain(t *testing.T) {
 	t.Logf("all three alive on every node %v after the first start", time.Since(start).Round(time.Millisecond))
 	// DNS names a peer once its mesh link is up with a certificate naming
 	// its address (ca issue --host 127.0.0.i).
-	waitFor(t, 15*time.Second, "every node verified on every node and named by its DNS", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "every node verified on every node and named by its DNS", func() bool {
 		for i := range 3 {
 			for _, m := range c.members(i) {
 				if !m.Verified {
@@ -217,7 +218,7 @@ func TestClusterMembershipFailureAndDrain(t *testing.T) {
 	bound := tuning.DetectionBound(3) + 2*time.Second
 	c.nodes[2].cmd.Process.Signal(syscall.SIGKILL)
 	killed := time.Now()
-	waitFor(t, bound, "node3 dead and gone from DNS on node1 and node2", func() bool {
+	testkit.WaitFor(t, bound, "node3 dead and gone from DNS on node1 and node2", func() bool {
 		for i := range 2 {
 			if c.states(i)["node3"] != "dead" || slices.Contains(c.widget(i), "127.0.0.3") {
 				return false
@@ -230,7 +231,7 @@ func TestClusterMembershipFailureAndDrain(t *testing.T) {
 	// Restart: it rejoins and is named again.
 	c.nodes[2].wait(5 * time.Second)
 	c.start(2)
-	waitFor(t, 15*time.Second, "node3 back", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "node3 back", func() bool {
 		for i := range 3 {
 			if c.states(i)["node3"] != "alive" || !slices.Contains(c.widget(i), "127.0.0.3") {
 				return false
@@ -251,29 +252,21 @@ func TestClusterMembershipFailureAndDrain(t *testing.T) {
 		resp.Body.Close()
 		slow <- resp.StatusCode
 	}()
-	waitFor(t, 10*time.Second, "slow request in flight", func() bool { return slowStarted.Load() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "slow request in flight", func() bool { return slowStarted.Load() == 1 })
 	c.nodes[1].signal(syscall.SIGTERM)
-	sawDraining, leftAt := false, time.Time{}
-	deadline := time.Now().Add(20 * time.Second)
-	for time.Now().Before(deadline) {
-		st := c.states(0)
-		switch st["node2"] {
+	sawDraining := false
+	testkit.WaitFor(t, 20*time.Second, "node2 to leave node1's map", func() bool {
+		switch c.states(0)["node2"] {
 		case "draining":
 			sawDraining = true
 			if slices.Contains(c.widget(0), "127.0.0.2") {
 				t.Error("draining node2 still named by DNS")
 			}
 		case "":
-			leftAt = time.Now()
+			return true
 		}
-		if !leftAt.IsZero() {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if leftAt.IsZero() {
-		t.Fatal("node2 never left")
-	}
+		return false
+	})
 	if !sawDraining {
 		t.Error("node2 left without being seen draining first")
 	}

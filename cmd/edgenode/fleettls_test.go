@@ -15,6 +15,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // resumesOn connects to addr with cache and reports whether TLS resumed. A
@@ -51,7 +53,7 @@ func TestFleetTicketKeysOverReplicatedMongo(t *testing.T) {
 	c.cfgs[0] = mergeYAML(t, c.cfgs[0], "node: {cron_leader: true}\n")
 	c.startAll()
 
-	waitFor(t, 60*time.Second, "a session from node1 to resume on node2", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "a session from node1 to resume on node2", func() bool {
 		cache := tls.NewLRUClientSessionCache(4)
 		resumesOn(t, c.nodes[0].https, cache)
 		return resumesOn(t, c.nodes[1].https, cache)
@@ -93,7 +95,7 @@ func TestFleetTicketKeysOverReplicatedMongo(t *testing.T) {
 		}
 	}
 	c.startAll()
-	waitFor(t, 30*time.Second, "node1 to apply the stored keys", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "node1 to apply the stored keys", func() bool {
 		cache := tls.NewLRUClientSessionCache(4)
 		resumesOn(t, c.nodes[1].https, cache)
 		return resumesOn(t, c.nodes[0].https, cache)

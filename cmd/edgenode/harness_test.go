@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,12 +17,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // binPath is the edgenode binary built once for every test of this package:
@@ -46,76 +46,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// handedOut is every port freePortOn returned in this test process: the
-// kernel may give a port that was just closed to the next Listen(":0"), and
-// two listeners of one node config on one port make the node refuse to
-// start (CI met it).
-var handedOut = struct {
-	sync.Mutex
-	ports map[string]bool
-}{ports: map[string]bool{}}
-
-// freePortOn returns a port on ip that was free a moment ago, for UDP too
-// when udp, and never the same one twice.
-func freePortOn(t testing.TB, ip string, udp bool) int {
-	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		key := fmt.Sprintf("%s:%d", ip, port)
-		handedOut.Lock()
-		taken := handedOut.ports[key]
-		handedOut.ports[key] = true
-		handedOut.Unlock()
-		if taken {
-			continue
-		}
-		if udp {
-			c, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
-			if err != nil {
-				continue
-			}
-			c.Close()
-		}
-		return port
-	}
-	t.Fatal("no free port")
-	return 0
-}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int { return freePortOn(t, "127.0.0.1", false) }
-
-// freeUDPTCPPort returns a port on 127.0.0.1 free for both UDP and TCP (DNS).
-func freeUDPTCPPort(t testing.TB) int { return freePortOn(t, "127.0.0.1", true) }
-
-// syncBuffer collects a subprocess's output safely.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type nodeProc struct {
 	t       testing.TB
 	cmd     *exec.Cmd
-	out     *syncBuffer
-	https   string // host:port
+	out     *testkit.LogBuffer // its stdout and stderr
+	https   string             // host:port
 	admin   string
 	dns     string
 	mongo   string
@@ -129,10 +64,10 @@ type nodeProc struct {
 func nodeConfig(t testing.TB, extra string) (string, *nodeProc) {
 	p := &nodeProc{
 		t:       t,
-		https:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		admin:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		dns:     fmt.Sprintf("127.0.0.1:%d", freeUDPTCPPort(t)),
-		mongo:   fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		https:   fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1")),
+		admin:   fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1")),
+		dns:     fmt.Sprintf("127.0.0.1:%d", testkit.FreeUDPTCPPort(t, "127.0.0.1")),
+		mongo:   fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1")),
 		dataDir: filepath.Join(t.TempDir(), "data"),
 	}
 	cfg := fmt.Sprintf(`node:
@@ -197,7 +132,7 @@ func startNodeWith(t testing.TB, prefix []string, cfg string, p *nodeProc) *node
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p.out = &syncBuffer{}
+	p.out = &testkit.LogBuffer{}
 	argv := append(append([]string{}, prefix...), binPath, "run", "--config", path)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -217,25 +152,21 @@ func startNodeWith(t testing.TB, prefix []string, cfg string, p *nodeProc) *node
 			t.Logf("node output:\n%s", p.out.String())
 		}
 	})
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get("http://" + p.admin + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return p
-			}
-		}
+	// On failure the cleanup above logs the node's output.
+	testkit.WaitFor(t, 60*time.Second, "the node to be ready", func() bool {
 		select {
 		case <-p.done:
-			t.Fatalf("node exited during start-up: %v\n%s", p.exitErr, p.out.String())
+			t.Fatalf("node exited during start-up: %v", p.exitErr)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("node not ready after 60s:\n%s", p.out.String())
+		resp, err := http.Get("http://" + p.admin + "/readyz")
+		if err != nil {
+			return false
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return p
 }
 
 func (p *nodeProc) signal(sig syscall.Signal) {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // testApp is the application server behind the node in these tests.
@@ -232,7 +234,7 @@ func TestCertificateReload(t *testing.T) {
 	get(t, client, "https://"+p.https+"/")
 
 	writeCert(t, ecCert, ecKey, "alpha-2", false, "alpha.test")
-	waitFor(t, 10*time.Second, "file change picked up", func() bool { return peerCN(t, p.https, "alpha.test") == "alpha-2" })
+	testkit.WaitFor(t, 10*time.Second, "file change picked up", func() bool { return peerCN(t, p.https, "alpha.test") == "alpha-2" })
 	resp, _ := get(t, client, "https://"+p.https+"/")
 	if resp.StatusCode != 200 || conns.Load() != 1 {
 		t.Errorf("open connection after reload: status %d, %d dials", resp.StatusCode, conns.Load())
@@ -242,7 +244,7 @@ func TestCertificateReload(t *testing.T) {
 	if err := os.WriteFile(ecCert, []byte("garbage"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "broken file noticed", func() bool { return strings.Contains(p.out.String(), "keeping the old ones") })
+	testkit.WaitFor(t, 10*time.Second, "broken file noticed", func() bool { return strings.Contains(p.out.String(), "keeping the old ones") })
 	if cn := peerCN(t, p.https, "alpha.test"); cn != "alpha-2" {
 		t.Errorf("after broken file: %s", cn)
 	}
@@ -252,15 +254,20 @@ func TestCertificateReloadOnSIGHUP(t *testing.T) {
 	dir := t.TempDir()
 	crt, key := filepath.Join(dir, "a.crt"), filepath.Join(dir, "a.key")
 	writeCert(t, crt, key, "one", false, "alpha.test")
-	cfg, p := nodeConfig(t, fmt.Sprintf("https:\n  cert_check_interval: 0s\n  certificates:\n    - cert_file: %s\n      key_file: %s\n", crt, key))
+	certs := fmt.Sprintf("  certificates:\n    - cert_file: %s\n      key_file: %s\n", crt, key)
+	cfg, p := nodeConfig(t, "https:\n  cert_check_interval: 0s\n"+certs)
 	startNode(t, cfg, p)
+	// A second node on the same files watches them: once it serves the new
+	// certificate, the change was there to be seen.
+	wcfg, watcher := nodeConfig(t, "https:\n  cert_check_interval: 200ms\n"+certs)
+	startNode(t, wcfg, watcher)
 	writeCert(t, crt, key, "two", false, "alpha.test")
-	time.Sleep(300 * time.Millisecond)
+	testkit.WaitFor(t, 10*time.Second, "the watching node to reload", func() bool { return peerCN(t, watcher.https, "alpha.test") == "two" })
 	if cn := peerCN(t, p.https, "alpha.test"); cn != "one" {
 		t.Fatalf("reloaded without SIGHUP while watching is off: %s", cn)
 	}
 	p.signal(syscall.SIGHUP)
-	waitFor(t, 10*time.Second, "SIGHUP reload", func() bool { return peerCN(t, p.https, "alpha.test") == "two" })
+	testkit.WaitFor(t, 10*time.Second, "SIGHUP reload", func() bool { return peerCN(t, p.https, "alpha.test") == "two" })
 }
 
 func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
@@ -292,11 +299,11 @@ func TestSIGTERMDrainsInFlightRequests(t *testing.T) {
 		res <- result{resp.StatusCode, string(b), err}
 	}()
 	sub := subscribeWS(t, p, "demo/thread-1")
-	waitFor(t, 10*time.Second, "slow request reached the app", func() bool { return slowStarted.Load() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "slow request reached the app", func() bool { return slowStarted.Load() == 1 })
 	p.signal(syscall.SIGTERM)
 
 	// While the slow request is in flight, /readyz says no.
-	waitFor(t, 2*time.Second, "readyz false", func() bool {
+	testkit.WaitFor(t, 2*time.Second, "readyz false", func() bool {
 		resp, err := http.Get("http://" + p.admin + "/readyz")
 		if err != nil {
 			return false
@@ -482,7 +489,7 @@ func TestLimits(t *testing.T) {
 		c.Close()
 	}
 	held = nil
-	waitFor(t, 5*time.Second, "connections released", func() bool {
+	testkit.WaitFor(t, 5*time.Second, "connections released", func() bool {
 		resp, err := httpsClient(false).Get("https://" + p.https + "/hello")
 		if err != nil {
 			return false
@@ -495,16 +502,5 @@ func TestLimits(t *testing.T) {
 		if strings.Contains(metrics, `edgenode_http_limit_hits_total{limit="`+l+`"} 0`) {
 			t.Errorf("limit %s hit but not counted", l)
 		}
-	}
-}
-
-func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 func adminTokenOf(t testing.TB, p *nodeProc) string {
@@ -125,7 +127,7 @@ func TestClusterPubSub(t *testing.T) {
 	}
 	c := newCluster(t, 2, "")
 	c.startAll()
-	waitFor(t, 15*time.Second, "two alive members", func() bool {
+	testkit.WaitFor(t, 15*time.Second, "two alive members", func() bool {
 		st := c.states(0)
 		return st["node1"] == "alive" && st["node2"] == "alive"
 	})

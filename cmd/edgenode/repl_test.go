@@ -28,6 +28,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // Multi-master replication with real processes: every node runs the real
@@ -106,7 +107,7 @@ func replStatus(p *nodeProc) (mongoStatus, error) {
 // waitWritable waits until every listed node is a synced replica taking writes.
 func waitWritable(t *testing.T, c *cluster, d time.Duration, idx ...int) {
 	t.Helper()
-	waitFor(t, d, fmt.Sprintf("nodes %v synced and writable", idx), func() bool {
+	testkit.WaitFor(t, d, fmt.Sprintf("nodes %v synced and writable", idx), func() bool {
 		for _, i := range idx {
 			st, err := replStatus(c.nodes[i])
 			if err != nil || st.State != "synced" || st.Writes != "accepted" {
@@ -406,7 +407,7 @@ func TestReplThreeNodesConverge(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, 20*time.Second, "the document on node2 and node3", func() bool {
+	testkit.WaitFor(t, 20*time.Second, "the document on node2 and node3", func() bool {
 		for _, cl := range cs.cl[1:] {
 			var m bson.M
 			if err := cl.Database(replDB).Collection("hello").FindOne(ctx, bson.D{{Key: "_id", Value: "greeting"}}).Decode(&m); err != nil || m["text"] != "hi" || m["n"] != int32(2) {
@@ -465,7 +466,7 @@ func kill9(t *testing.T, c *cluster, i int) {
 // waitOwnOpsAcked waits up to d until every peer has acknowledged node i's ops.
 func waitOwnOpsAcked(t *testing.T, c *cluster, i, peers int, d time.Duration) {
 	t.Helper()
-	waitFor(t, d, fmt.Sprintf("node%d's ops acknowledged by every peer", i+1), func() bool {
+	testkit.WaitFor(t, d, fmt.Sprintf("node%d's ops acknowledged by every peer", i+1), func() bool {
 		st, err := replStatus(c.nodes[i])
 		if err != nil || len(st.Peers) < peers {
 			return false
@@ -721,13 +722,13 @@ func TestReplPartitionHeals(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	rn.cut(2, true)
 	t.Log("node3 cut off the mesh; every node keeps taking writes")
-	waitFor(t, 20*time.Second, "node1 to see node3 dead", func() bool { return c.states(0)["node3"] == "dead" })
+	testkit.WaitFor(t, 20*time.Second, "node1 to see node3 dead", func() bool { return c.states(0)["node3"] == "dead" })
 	time.Sleep(5 * time.Second)
 	st, _ := replStatus(c.nodes[0])
 	t.Logf("during the partition node1 sees: %+v", st.Peers)
 	rn.cut(2, false)
 	t.Log("healed")
-	waitFor(t, 30*time.Second, "node3 alive again on node1", func() bool { return c.states(0)["node3"] == "alive" })
+	testkit.WaitFor(t, 30*time.Second, "node3 alive again on node1", func() bool { return c.states(0)["node3"] == "alive" })
 	time.Sleep(3 * time.Second)
 	stop()
 	n := checkConverged(t, cs.get(), names(3), led, 90*time.Second)

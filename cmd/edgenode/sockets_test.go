@@ -17,6 +17,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // procSocket is one TCP socket of a process, from /proc/PID/net/tcp{,6}.
@@ -93,7 +95,7 @@ func TestEmbeddedNodeOpensOnlyConfiguredTCPPorts(t *testing.T) {
 	startNode(t, cfg, p)
 	// A positive signal that the fleet storage's client is connected and
 	// has written: the leader stored the ticket keys through it.
-	waitFor(t, 60*time.Second, "the leader to store the session-ticket keys", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "the leader to store the session-ticket keys", func() bool {
 		return strings.Contains(p.out.String(), "ticket keys: rotated")
 	})
 	configured := []string{p.https, p.admin, p.dns, p.mongo}

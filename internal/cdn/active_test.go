@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // Objects an uploader could make a browser run as a page on the media
@@ -98,7 +100,7 @@ func TestActiveContentSandboxedDirOrigin(t *testing.T) {
 	for name := range files {
 		for _, what := range []string{"miss", "hit"} {
 			r := doGet(t, srv.Client(), http.MethodGet, srv.URL+"/media/"+name)
-			waitFor(t, "fill", func() bool { return c.running.Load() == 0 })
+			testkit.WaitFor(t, settleTimeout, "fill", func() bool { return c.running.Load() == 0 })
 			checkSandboxed(t, name+" "+what+" ("+r.header.Get("Content-Type")+")", r)
 		}
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // discardWriter is the least a ResponseWriter can be: it shows what the
@@ -50,7 +52,7 @@ func warmDirCache(b *testing.B, size int) (*Cache, *httptest.Server) {
 	if r.status != 200 || len(r.body) != size {
 		b.Fatalf("warm-up: %d", r.status)
 	}
-	waitFor(b, "fill", func() bool { return c.running.Load() == 0 })
+	testkit.WaitFor(b, settleTimeout, "fill", func() bool { return c.running.Load() == 0 })
 	return c, srv
 }
 

@@ -16,6 +16,10 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 func TestHitMissHead(t *testing.T) {
@@ -59,10 +63,10 @@ func TestHitMissHead(t *testing.T) {
 	if n := e.count.count(e.bucket, "img/a.png"); n != 1 {
 		t.Errorf("origin GETs = %d, want 1", n)
 	}
-	if v := e.counter("edgenode_cdn_requests_total", "result", "hit"); v != 2 {
+	if v := testutil.ToFloat64(e.cache.m.requests.WithLabelValues("hit")); v != 2 {
 		t.Errorf("hit counter = %v, want 2", v)
 	}
-	if v := e.counter("edgenode_cdn_disk_bytes"); v != 100_000 {
+	if v := testutil.ToFloat64(e.cache.m.diskBytes); v != 100_000 {
 		t.Errorf("disk bytes gauge = %v", v)
 	}
 	// A method the route does not take.
@@ -87,7 +91,7 @@ func TestRanges(t *testing.T) {
 	if r.status != 206 || !bytes.Equal(r.body, body[:5]) || r.header.Get("Content-Range") != "bytes 0-4/10000" {
 		t.Fatalf("cold range: %d %q %d bytes", r.status, r.header.Get("Content-Range"), len(r.body))
 	}
-	waitFor(t, "entry", func() bool { return e.get("r.bin", "Range", "bytes=0-0").header.Get("X-Cache") == "HIT" })
+	testkit.WaitFor(t, settleTimeout, "entry", func() bool { return e.get("r.bin", "Range", "bytes=0-0").header.Get("X-Cache") == "HIT" })
 
 	cases := []struct {
 		rng    string
@@ -265,10 +269,10 @@ func TestEvictionOrder(t *testing.T) {
 	if n, b := filesUnder(t, e.opts.Dir, ".data"); n != 4 || b != 4*size {
 		t.Errorf("on disk: %d files, %d bytes; want 4, %d", n, b, 4*size)
 	}
-	if v := e.counter("edgenode_cdn_evictions_total"); v != 3 {
+	if v := testutil.ToFloat64(e.cache.m.evictions); v != 3 {
 		t.Errorf("evictions = %v, want 3", v)
 	}
-	if v := e.counter("edgenode_cdn_disk_bytes"); v != 4*size {
+	if v := testutil.ToFloat64(e.cache.m.diskBytes); v != 4*size {
 		t.Errorf("disk bytes = %v", v)
 	}
 
@@ -394,7 +398,7 @@ func TestCoalescing(t *testing.T) {
 		t.Fatalf("origin GETs for %d concurrent cold requests = %d, want exactly 1", n, got)
 	}
 	t.Logf("%d requests: %d streamed from the one download, %d hits; coalesced waiters %v",
-		n, misses, hits, e.counter("edgenode_cdn_coalesced_waiters_total"))
+		n, misses, hits, testutil.ToFloat64(e.cache.m.coalesced))
 }
 
 // TestSlowOriginStreams holds the origin's body back after its first bytes:
@@ -463,7 +467,7 @@ func TestPartialDownloadNeverServed(t *testing.T) {
 	if r.err == nil && r.status == 200 {
 		t.Fatalf("cut download looked complete: %d bytes, no error", len(r.body))
 	}
-	waitFor(t, "fill to end", func() bool {
+	testkit.WaitFor(t, settleTimeout, "fill to end", func() bool {
 		e.cache.mu.Lock()
 		defer e.cache.mu.Unlock()
 		return len(e.cache.fills) == 0
@@ -484,12 +488,12 @@ func TestPartialDownloadNeverServed(t *testing.T) {
 	if len(r.body) >= len(body) {
 		t.Errorf("client got %d bytes of a corrupt download", len(r.body))
 	}
-	waitFor(t, "fill to end", func() bool {
+	testkit.WaitFor(t, settleTimeout, "fill to end", func() bool {
 		e.cache.mu.Lock()
 		defer e.cache.mu.Unlock()
 		return len(e.cache.fills) == 0
 	})
-	if v := e.counter("edgenode_cdn_fill_failures_total", "reason", "checksum"); v != 1 {
+	if v := testutil.ToFloat64(e.cache.m.fillFailures.WithLabelValues("checksum")); v != 1 {
 		t.Errorf("checksum failures = %v", v)
 	}
 
@@ -540,7 +544,7 @@ func TestOriginDownServesStale(t *testing.T) {
 	if r.status != 200 || r.header.Get("X-Cache") != "STALE-IF-ERROR" {
 		t.Fatalf("origin hanging: %d %q", r.status, r.header.Get("X-Cache"))
 	}
-	if v := e.counter("edgenode_cdn_origin_requests_total", "result", "timeout"); v != 1 {
+	if v := testutil.ToFloat64(e.cache.m.originRequests.WithLabelValues("timeout")); v != 1 {
 		t.Errorf("timeouts = %v", v)
 	}
 
@@ -612,7 +616,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	if string(r.body) != "old" || r.header.Get("X-Cache") != "STALE" {
 		t.Fatalf("within SWR: %q %q", r.body, r.header.Get("X-Cache"))
 	}
-	waitFor(t, "background revalidation", func() bool {
+	testkit.WaitFor(t, settleTimeout, "background revalidation", func() bool {
 		r := e.get("w.txt")
 		return string(r.body) == "new!" && r.header.Get("X-Cache") == "HIT"
 	})
@@ -695,7 +699,7 @@ func TestPurgeDuringFill(t *testing.T) {
 	if err != nil || !bytes.Equal(got, body) {
 		t.Fatalf("waiting client: %v", err)
 	}
-	waitFor(t, "fill end", func() bool {
+	testkit.WaitFor(t, settleTimeout, "fill end", func() bool {
 		e.cache.mu.Lock()
 		defer e.cache.mu.Unlock()
 		return len(e.cache.fills) == 0 && e.cache.reserved == 0
@@ -831,7 +835,7 @@ func TestFullDiskPassesThrough(t *testing.T) {
 	if r := e.get("big.bin", "Range", "bytes=1000-1999"); r.status != 206 || !bytes.Equal(r.body, body[1000:2000]) {
 		t.Errorf("full disk range: %d", r.status)
 	}
-	if v := e.counter("edgenode_cdn_fill_failures_total", "reason", "disk"); v < 1 {
+	if v := testutil.ToFloat64(e.cache.m.fillFailures.WithLabelValues("disk")); v < 1 {
 		t.Errorf("disk failures = %v", v)
 	}
 }

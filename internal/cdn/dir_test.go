@@ -2,14 +2,18 @@ package cdn
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // newDirCache serves a cache over a folder origin, as `make run` does.
@@ -50,7 +54,7 @@ func TestDirOriginDemo(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, "demo", "hello.txt"), body, 0o644)
 	get := func(hdr ...string) resp {
 		r := doGet(t, srv.Client(), http.MethodGet, srv.URL+"/media/demo/hello.txt", hdr...)
-		waitFor(t, "fill", func() bool { return c.running.Load() == 0 })
+		testkit.WaitFor(t, settleTimeout, "fill", func() bool { return c.running.Load() == 0 })
 		return r
 	}
 	r := get()
@@ -118,5 +122,30 @@ func TestDirOriginConditional(t *testing.T) {
 	}
 	if _, err := o.Fetch(t.Context(), OriginRequest{Key: "f.bin", Offset: 10}); err != ErrRange {
 		t.Errorf("offset at end: %v", err)
+	}
+}
+
+// TestMetricsTwiceOnOneRegistry: a second Cache on one registry is a
+// programming error that surfaces as an error naming the package, not as a
+// panic.
+func TestMetricsTwiceOnOneRegistry(t *testing.T) {
+	o, err := NewDirOrigin(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	reg := prometheus.NewRegistry()
+	first, err := New(Options{Dir: t.TempDir(), Origin: o}, slog.New(slog.DiscardHandler), reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := New(Options{Dir: t.TempDir(), Origin: o}, slog.New(slog.DiscardHandler), reg)
+	if err == nil {
+		second.Close()
+	}
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || !strings.HasPrefix(err.Error(), "cdn: ") {
+		t.Fatalf("second Cache: %v", err)
 	}
 }

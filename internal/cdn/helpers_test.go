@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,7 +27,8 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 const (
@@ -43,7 +45,7 @@ var gw struct {
 	proc   *os.Process
 	exited chan struct{}
 	dir    string
-	logs   *lockedBuffer
+	logs   *testkit.LogBuffer
 }
 
 func TestMain(m *testing.M) {
@@ -133,10 +135,11 @@ func startVersitygw() error {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		addr, err := freePort()
+		port, err := testkit.PickPort("127.0.0.1", false)
 		if err != nil {
 			return err
 		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		args := []string{"--port", addr, "--access", s3Access, "--secret", s3Secret, "--quiet", "posix"}
 		if !xattrsWork(root) {
 			side := filepath.Join(gw.dir, "sidecar")
@@ -147,7 +150,7 @@ func startVersitygw() error {
 		}
 		args = append(args, root)
 		cmd := exec.Command(bin, args...)
-		logs := &lockedBuffer{}
+		logs := &testkit.LogBuffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			return fmt.Errorf("start %s: %w", bin, err)
@@ -165,15 +168,6 @@ func startVersitygw() error {
 		return nil
 	}
 	return lastErr
-}
-
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
 }
 
 func waitS3(addr string, exited <-chan struct{}) error {
@@ -454,7 +448,7 @@ type env struct {
 	srv    *httptest.Server
 	admin  *httptest.Server
 	opts   Options
-	logs   *lockedBuffer
+	logs   *testkit.LogBuffer
 	purged chan string
 }
 
@@ -487,8 +481,8 @@ func newEnv(t testing.TB, tweak func(*Options)) *env {
 func (e *env) start() {
 	e.t.Helper()
 	e.reg = prometheus.NewRegistry()
-	e.logs = &lockedBuffer{}
-	log := slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	var log *slog.Logger
+	log, e.logs = testkit.Logger(e.t)
 	c, err := New(e.opts, log, e.reg)
 	if err != nil {
 		e.t.Fatal(err)
@@ -549,7 +543,7 @@ func (e *env) expireNegative(key string) {
 // commits, revalidations) has ended.
 func (e *env) settle() {
 	e.t.Helper()
-	waitFor(e.t, "fills to end", func() bool { return e.cache.running.Load() == 0 })
+	testkit.WaitFor(e.t, settleTimeout, "fills to end", func() bool { return e.cache.running.Load() == 0 })
 }
 
 func (e *env) restart() {
@@ -595,55 +589,6 @@ func doGet(t testing.TB, client *http.Client, method, url string, hdr ...string)
 	return resp{status: res.StatusCode, header: res.Header, body: b, err: err}
 }
 
-func (e *env) counter(name string, labels ...string) float64 {
-	e.t.Helper()
-	return metricValue(e.t, e.reg, name, labels...)
-}
-
-func metricValue(t testing.TB, g prometheus.Gatherer, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		total := 0.0
-		for _, m := range mf.Metric {
-			if !labelsMatch(m, labels) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				total += m.Counter.GetValue()
-			case m.Gauge != nil:
-				total += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				total += float64(m.Histogram.GetSampleCount())
-			}
-		}
-		return total
-	}
-	return 0
-}
-
-func labelsMatch(m *dto.Metric, labels []string) bool {
-	for i := 0; i+1 < len(labels); i += 2 {
-		found := false
-		for _, lp := range m.Label {
-			if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
-}
-
 // filesUnder counts regular files under dir (by suffix when given).
 func filesUnder(t testing.TB, dir, suffix string) (n int, bytes int64) {
 	t.Helper()
@@ -660,35 +605,9 @@ func filesUnder(t testing.TB, dir, suffix string) (n int, bytes int64) {
 	return n, bytes
 }
 
-// waitFor polls cond (for states reached in the background, never for
+// settleTimeout bounds waits for states reached in the background (never
 // timing).
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+const settleTimeout = 20 * time.Second
 
 func deleteInput(bucket, key string) *s3.DeleteObjectInput {
 	return &s3.DeleteObjectInput{Bucket: aws.String(bucket), Key: aws.String(key)}

@@ -26,6 +26,9 @@ type metrics struct {
 	entries        prometheus.Gauge
 }
 
+// newMetrics makes the metrics of one Cache and registers them on reg. A
+// registration that fails (a second Cache on one registry) is returned as an
+// error, never a panic: docs/metrics.md.
 func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -74,9 +77,9 @@ func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
-				return nil, fmt.Errorf("cdn: metrics already registered (one Cache per registry): %w", err)
+				return nil, fmt.Errorf("cdn: register metrics (one Cache per registry): %w", err)
 			}
-			return nil, fmt.Errorf("cdn: metrics: %w", err)
+			return nil, fmt.Errorf("cdn: register metrics: %w", err)
 		}
 	}
 	r := m.requests.WithLabelValues

@@ -16,8 +16,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/certs"
+	"github.com/edgenode/edgenode/internal/testkit"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -34,7 +36,6 @@ func testLog() *slog.Logger {
 type fleetNode struct {
 	mgr  *certs.Manager
 	srv  *transport.Server
-	reg  *prometheus.Registry
 	addr string
 }
 
@@ -104,7 +105,7 @@ func startFleetNode(t *testing.T, ln net.Listener, kv certs.KV, opts certs.Optio
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	return &fleetNode{mgr: mgr, srv: srv, reg: reg, addr: ln.Addr().String()}
+	return &fleetNode{mgr: mgr, srv: srv, addr: ln.Addr().String()}
 }
 
 // served is the leaf certificate a TLS client gets from n for name.
@@ -132,25 +133,9 @@ func fingerprint(c *x509.Certificate) string { return transport.Fingerprint(c.Ra
 
 func isPebbleIssued(c *x509.Certificate) bool { return strings.Contains(c.Issuer.CommonName, "Pebble") }
 
-func events(t *testing.T, n *fleetNode, event string) float64 {
-	t.Helper()
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "edgenode_acme_events_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == event {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+// events is how many times n's manager counted event.
+func events(n *fleetNode, event string) float64 {
+	return testutil.ToFloat64(n.mgr.Metrics().Events.WithLabelValues(event))
 }
 
 // TestACMELeaderOrdersFollowerServes: a real TLS-ALPN-01 validation.
@@ -181,8 +166,8 @@ func testLeaderOrdersFollowerServes(t *testing.T, openKV func() certs.KV) {
 	lo.Names = []string{name}
 	leader := startFleetNode(t, lnLeader, openKV(), lo)
 
-	waitFor(t, "the leader to serve a Pebble certificate", time.Minute, func() bool { return isPebbleIssued(leader.served(t, name)) })
-	waitFor(t, "the follower to serve it", 30*time.Second, func() bool { return isPebbleIssued(follower.served(t, name)) })
+	testkit.WaitFor(t, time.Minute, "the leader to serve a Pebble certificate", func() bool { return isPebbleIssued(leader.served(t, name)) })
+	testkit.WaitFor(t, 30*time.Second, "the follower to serve it", func() bool { return isPebbleIssued(follower.served(t, name)) })
 	first := fingerprint(leader.served(t, name))
 	if got := fingerprint(follower.served(t, name)); got != first {
 		t.Fatalf("follower serves %s, leader %s", got, first)
@@ -195,14 +180,14 @@ func testLeaderOrdersFollowerServes(t *testing.T, openKV func() certs.KV) {
 	if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: name, Roots: pb.issuance, Intermediates: inter}); err != nil {
 		t.Errorf("served chain does not verify against Pebble's root: %v", err)
 	}
-	if v := counterValue(t, follower.reg, "edgenode_acme_tls_alpn_challenges_total", "answered"); v < 1 {
+	if v := testutil.ToFloat64(follower.mgr.Metrics().Challenges.WithLabelValues("answered")); v < 1 {
 		t.Errorf("the follower answered %v TLS-ALPN-01 challenges; Pebble validated elsewhere?", v)
 	}
-	if events(t, follower, "cert_obtaining") != 0 {
+	if events(follower, "cert_obtaining") != 0 {
 		t.Error("the follower ordered")
 	}
-	if events(t, leader, "cert_obtained") != 1 {
-		t.Errorf("leader obtained %v certificates, want 1", events(t, leader, "cert_obtained"))
+	if events(leader, "cert_obtained") != 1 {
+		t.Errorf("leader obtained %v certificates, want 1", events(leader, "cert_obtained"))
 	}
 	// A name nobody manages gets the fallback (file) certificate.
 	if isPebbleIssued(follower.served(t, "other.example.test")) {
@@ -213,34 +198,12 @@ func testLeaderOrdersFollowerServes(t *testing.T, openKV func() certs.KV) {
 	if err := leader.mgr.Renew(ctxT(t), name); err != nil {
 		t.Fatalf("renew: %v", err)
 	}
-	waitFor(t, "the renewed certificate on the leader", 30*time.Second, func() bool { return fingerprint(leader.served(t, name)) != first })
+	testkit.WaitFor(t, 30*time.Second, "the renewed certificate on the leader", func() bool { return fingerprint(leader.served(t, name)) != first })
 	renewed := fingerprint(leader.served(t, name))
-	waitFor(t, "the renewed certificate on the follower", 30*time.Second, func() bool { return fingerprint(follower.served(t, name)) == renewed })
+	testkit.WaitFor(t, 30*time.Second, "the renewed certificate on the follower", func() bool { return fingerprint(follower.served(t, name)) == renewed })
 	if err := follower.mgr.Renew(ctxT(t), name); err != certs.ErrNotLeader {
 		t.Errorf("follower Renew: %v, want ErrNotLeader", err)
 	}
-}
-
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					v += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return v
 }
 
 // TestACMEOnDemand: an unknown name seen in SNI on a follower is checked
@@ -255,7 +218,7 @@ func TestACMEOnDemand(t *testing.T) {
 
 func testOnDemand(t *testing.T, openKV func() certs.KV) {
 	lnLeader, lnFollower := listenTCP(t), listenTCP(t)
-	pb := startPebble(t, freePort(t), true) // validation skipped: this test is about the decision
+	pb := startPebble(t, testkit.FreePort(t, "127.0.0.1"), true) // validation skipped: this test is about the decision
 	var asks atomic.Int64
 	var mu sync.Mutex
 	asked := map[string]int{}
@@ -286,7 +249,7 @@ func testOnDemand(t *testing.T, openKV func() certs.KV) {
 	if !isPebbleIssued(c) || c.VerifyHostname("ok-shop.example.test") != nil {
 		t.Fatalf("on-demand name got %s / %v", c.Issuer.CommonName, c.DNSNames)
 	}
-	waitFor(t, "the leader to serve it too", 30*time.Second, func() bool { return leader.mgr.Has("ok-shop.example.test") })
+	testkit.WaitFor(t, 30*time.Second, "the leader to serve it too", func() bool { return leader.mgr.Has("ok-shop.example.test") })
 	// Refused: fallback certificate, asked once, then cached.
 	for range 3 {
 		if isPebbleIssued(follower.served(t, "no-shop.example.test")) {
@@ -316,10 +279,10 @@ func testOnDemand(t *testing.T, openKV func() certs.KV) {
 	if got := asks.Load() - before; got != 2 {
 		t.Errorf("the scan made %d asks, want 2 (the rest of the client's budget)", got)
 	}
-	if v := counterValue(t, follower.reg, "edgenode_acme_on_demand_decisions_total", "rate_limited"); v != 8 {
+	if v := testutil.ToFloat64(follower.mgr.Metrics().Decisions.WithLabelValues("rate_limited")); v != 8 {
 		t.Errorf("rate-limited decisions: %v, want 8", v)
 	}
-	if events(t, leader, "cert_obtained") != 1 {
-		t.Errorf("leader obtained %v certificates, want 1", events(t, leader, "cert_obtained"))
+	if events(leader, "cert_obtained") != 1 {
+		t.Errorf("leader obtained %v certificates, want 1", events(leader, "cert_obtained"))
 	}
 }

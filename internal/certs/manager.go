@@ -141,11 +141,15 @@ func New(opts Options, kv KV, log *slog.Logger, reg prometheus.Registerer) (*Man
 		}
 		opts.Names[i] = n
 	}
+	met, err := newManagerMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
 	m := &Manager{
 		opts:      opts,
 		kv:        kv,
 		log:       log,
-		m:         newManagerMetrics(reg),
+		m:         met,
 		issuerKey: (&certmagic.ACMEIssuer{CA: opts.CA}).IssuerKey(),
 		storage:   NewStorage(kv, opts.Leader, opts.NodeID),
 		changed:   make(chan struct{}),
@@ -586,7 +590,10 @@ type managerMetrics struct {
 	served     prometheus.Gauge
 }
 
-func newManagerMetrics(reg prometheus.Registerer) *managerMetrics {
+// newManagerMetrics makes the manager's metrics and registers them on reg.
+// A registration that fails (a second Manager on one registry) is returned
+// as an error, never a panic: docs/metrics.md.
+func newManagerMetrics(reg prometheus.Registerer) (*managerMetrics, error) {
 	m := &managerMetrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgenode_acme_on_demand_decisions_total", Help: "On-demand certificate decisions for unknown names seen in SNI.",
@@ -607,6 +614,10 @@ func newManagerMetrics(reg prometheus.Registerer) *managerMetrics {
 	for _, e := range []string{"cert_obtaining", "cert_obtained", "cert_failed"} {
 		m.events.WithLabelValues(e)
 	}
-	reg.MustRegister(m.decisions, m.events, m.challenges, m.served)
-	return m
+	for _, c := range []prometheus.Collector{m.decisions, m.events, m.challenges, m.served} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("certs: register metrics: %w", err)
+		}
+	}
+	return m, nil
 }

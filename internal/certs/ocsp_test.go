@@ -22,6 +22,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/edgenode/edgenode/internal/certs"
+	"github.com/edgenode/edgenode/internal/testkit"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -89,5 +90,5 @@ func TestFollowerStaplesLeadersOCSP(t *testing.T) {
 	}
 	second := makeResp(time.Now())
 	must(t, kv.Put(ctx, stapleKey, second))
-	waitFor(t, "the new staple", 10*time.Second, func() bool { return bytes.Equal(staple(), second) })
+	testkit.WaitFor(t, 10*time.Second, "the new staple", func() bool { return bytes.Equal(staple(), second) })
 }

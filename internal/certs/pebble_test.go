@@ -1,7 +1,6 @@
 package certs_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // pebbleBinary finds Pebble in $TOOLS_DIR, <repo>/tools or PATH, running
@@ -88,13 +89,13 @@ func startPebble(t *testing.T, tlsPort int, alwaysValid bool) *pebble {
 	dir := t.TempDir()
 	dnsAddr := startDNS(t)
 	certFile, keyFile, roots := pebbleServerCert(t, dir)
-	apiPort, mgmtPort := freePort(t), freePort(t)
+	apiPort, mgmtPort := testkit.FreePort(t, "127.0.0.1"), testkit.FreePort(t, "127.0.0.1")
 	cfg := map[string]any{"pebble": map[string]any{
 		"listenAddress":                  "127.0.0.1:" + strconv.Itoa(apiPort),
 		"managementListenAddress":        "127.0.0.1:" + strconv.Itoa(mgmtPort),
 		"certificate":                    certFile,
 		"privateKey":                     keyFile,
-		"httpPort":                       freePort(t), // nobody listens: HTTP-01 must not be what passes
+		"httpPort":                       testkit.FreePort(t, "127.0.0.1"), // nobody listens: HTTP-01 must not be what passes
 		"tlsPort":                        tlsPort,
 		"ocspResponderURL":               "",
 		"externalAccountBindingRequired": false,
@@ -112,8 +113,8 @@ func startPebble(t *testing.T, tlsPort int, alwaysValid bool) *pebble {
 	if alwaysValid {
 		cmd.Env = append(cmd.Env, "PEBBLE_VA_ALWAYS_VALID=1")
 	}
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &syncWriter{w: &out}, &syncWriter{w: &out}
+	out := &testkit.LogBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -127,73 +128,28 @@ func startPebble(t *testing.T, tlsPort int, alwaysValid bool) *pebble {
 	p := &pebble{dir: fmt.Sprintf("https://127.0.0.1:%d/dir", apiPort), roots: roots, mgmt: fmt.Sprintf("https://127.0.0.1:%d", mgmtPort)}
 	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 5 * time.Second}
 	// Pebble starts its API and management listeners in goroutines of
-	// their own: wait for both.
-	deadline := time.Now().Add(30 * time.Second)
+	// their own: wait for both. (Its output is logged if this fails.)
 	var rootPEM []byte
 	for _, u := range []string{p.dir, p.mgmt + "/roots/0"} {
-		for {
+		testkit.WaitFor(t, 30*time.Second, "pebble to answer "+u, func() bool {
 			resp, err := hc.Get(u)
-			if err == nil {
-				b, rerr := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode == 200 && rerr == nil {
-					rootPEM = b
-					break
-				}
+			if err != nil {
+				return false
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("pebble did not come up (%s): %v\n%s", u, err, out.String())
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || err != nil {
+				return false
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			rootPEM = b
+			return true
+		})
 	}
 	p.issuance = x509.NewCertPool()
 	if !p.issuance.AppendCertsFromPEM(rootPEM) {
 		t.Fatalf("pebble root: %q", rootPEM)
 	}
 	return p
-}
-
-type syncWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (s *syncWriter) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.w.Write(p)
-}
-
-// handedOut is every port freePort returned in this test process: the
-// kernel may give a just-closed port to the next Listen(":0"), and Pebble's
-// listeners must not collide.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago,
-// never the same one twice.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for range 100 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		handedOut.Lock()
-		taken := handedOut.ports[port]
-		handedOut.ports[port] = true
-		handedOut.Unlock()
-		if !taken {
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
 }
 
 // startDNS answers A 127.0.0.1 for every name (and no AAAA), over TCP as
@@ -250,19 +206,6 @@ func pebbleServerCert(t *testing.T, dir string) (certFile, keyFile string, roots
 	c, _ := x509.ParseCertificate(der)
 	roots.AddCert(c)
 	return certFile, keyFile, roots
-}
-
-// waitFor polls cond until it holds or the (generous) deadline passes;
-// deadlines here bound a hang, they do not measure anything.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 func ctxT(t *testing.T) context.Context {

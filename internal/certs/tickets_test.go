@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/certs"
+	"github.com/edgenode/edgenode/internal/testkit"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -80,7 +81,7 @@ func TestTicketKeysAcrossNodes(t *testing.T) {
 	if resumes(t, leader.addr, cache) {
 		t.Fatal("first handshake resumed")
 	}
-	waitFor(t, "the follower to apply the keys", 10*time.Second, func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the follower to apply the keys", func() bool {
 		c2 := tls.NewLRUClientSessionCache(4)
 		resumes(t, leader.addr, c2)
 		return resumes(t, follower.addr, c2)
@@ -89,7 +90,7 @@ func TestTicketKeysAcrossNodes(t *testing.T) {
 	old := tls.NewLRUClientSessionCache(4)
 	resumes(t, leader.addr, old)
 	must(t, leader.keys.Rotate(context.Background()))
-	waitFor(t, "a session after the rotation to resume on the follower", 10*time.Second, func() bool {
+	testkit.WaitFor(t, 10*time.Second, "a session after the rotation to resume on the follower", func() bool {
 		c3 := tls.NewLRUClientSessionCache(4)
 		resumes(t, leader.addr, c3)
 		return resumes(t, follower.addr, c3)
@@ -102,7 +103,7 @@ func TestTicketKeysAcrossNodes(t *testing.T) {
 	resumes(t, follower.addr, older) // the follower's ticket (current key, about to become old)
 	must(t, leader.keys.Rotate(context.Background()))
 	must(t, leader.keys.Rotate(context.Background()))
-	waitFor(t, "the follower to drop the key", 10*time.Second, func() bool {
+	testkit.WaitFor(t, 10*time.Second, "the follower to drop the key", func() bool {
 		return !resumes(t, follower.addr, older)
 	})
 	if err := follower.keys.Rotate(context.Background()); err != certs.ErrNotLeader {
@@ -114,11 +115,13 @@ func TestTicketKeysAcrossNodes(t *testing.T) {
 // while its node is not yet a synced replica.
 type refusingKV struct {
 	certs.KV
-	allow atomic.Bool
+	allow   atomic.Bool
+	refused atomic.Int32 // writes refused so far
 }
 
 func (k *refusingKV) Put(ctx context.Context, key string, v []byte) error {
 	if !k.allow.Load() {
+		k.refused.Add(1)
 		return errors.New("writes held: replication is starting")
 	}
 	return k.KV.Put(ctx, key, v)
@@ -135,12 +138,14 @@ func TestTicketLeaderRetriesRefusedStorage(t *testing.T) {
 		func([][32]byte) { applied.Add(1) }, testLog(), reg)
 	must(t, tk.Start(context.Background()))
 	defer tk.Stop()
-	time.Sleep(100 * time.Millisecond)
+	// Start's attempt and a retry after it were refused: the keys had
+	// their chances to be applied while the storage refused them.
+	testkit.WaitFor(t, 10*time.Second, "a retried write refused", func() bool { return kv.refused.Load() >= 2 })
 	if applied.Load() != 0 {
 		t.Fatal("keys applied while the storage refused them")
 	}
 	kv.allow.Store(true)
-	waitFor(t, "the keys stored and applied", 10*time.Second, func() bool { return applied.Load() == 1 })
+	testkit.WaitFor(t, 10*time.Second, "the keys stored and applied", func() bool { return applied.Load() == 1 })
 	if _, err := kv.Get(context.Background(), certs.TicketKeyName); err != nil {
 		t.Fatal(err)
 	}

@@ -70,17 +70,28 @@ func begin(out []byte, q *query) []byte {
 // truncated answer that sends the client to TCP.
 func (s *Server) errorResponse(out []byte, q *query, rcode int, tc bool, tr int) []byte {
 	out = begin(out, q)
-	return s.finish(out, q, rcode, 0, 0, false, tc, 0, tr, len(out))
+	return s.finish(out, q, tr, reply{rcode: rcode, tc: tc, qEnd: len(out)})
+}
+
+// reply is what finish needs to know about a response whose records are
+// written: it goes into the header and the OPT record. It is passed by
+// value, so answering allocates nothing.
+type reply struct {
+	rcode  int
+	an, ns uint16 // answer and authority records after the question
+	aa, tc bool   // authoritative answer, truncated
+	scope  uint8  // ECS scope prefix length
+	qEnd   int    // where the question ends: a response too big is cut back to it
 }
 
 // finish appends the OPT record when the query had one, truncates to what
 // the transport allows and fills in the header.
-func (s *Server) finish(out []byte, q *query, rcode int, an, ns uint16, aa, tc bool, scope uint8, tr int, qEnd int) []byte {
+func (s *Server) finish(out []byte, q *query, tr int, r reply) []byte {
 	limit := maxTCPMessage
 	if tr == trUDP {
 		limit = s.udpLimit(q)
 	}
-	ecs := q.ecs && (rcode == rcodeSuccess || rcode == rcodeNXDomain)
+	ecs := q.ecs && (r.rcode == rcodeSuccess || r.rcode == rcodeNXDomain)
 	optLen := 0
 	if q.edns {
 		optLen = 11
@@ -91,8 +102,8 @@ func (s *Server) finish(out []byte, q *query, rcode int, an, ns uint16, aa, tc b
 	if len(out)+optLen > limit {
 		// Too big: no records at all and TC set (RFC 2181 9), so the
 		// client retries over TCP rather than caching a partial RRset.
-		out = out[:qEnd]
-		an, ns, tc = 0, 0, true
+		out = out[:r.qEnd]
+		r.an, r.ns, r.tc = 0, 0, true
 	}
 	ar := uint16(0)
 	if q.edns {
@@ -104,7 +115,7 @@ func (s *Server) finish(out []byte, q *query, rcode int, an, ns uint16, aa, tc b
 		if q.do {
 			flags = edns0DO
 		}
-		out = append(out, byte(rcode>>4), 0)
+		out = append(out, byte(r.rcode>>4), 0)
 		out = put16(out, flags)
 		if ecs {
 			alen := (int(q.ecsSource) + 7) / 8
@@ -112,17 +123,17 @@ func (s *Server) finish(out []byte, q *query, rcode int, an, ns uint16, aa, tc b
 			out = put16(out, optECS)
 			out = put16(out, uint16(4+alen))
 			out = put16(out, q.ecsFamily)
-			out = append(out, q.ecsSource, scope)
+			out = append(out, q.ecsSource, r.scope)
 			out = append(out, q.ecsAddr[:alen]...)
 		} else {
 			out = put16(out, 0)
 		}
 	}
-	flags := uint16(flagQR) | q.flags&(flagOpcode|flagRD|flagCD) | uint16(rcode&0xF)
-	if aa {
+	flags := uint16(flagQR) | q.flags&(flagOpcode|flagRD|flagCD) | uint16(r.rcode&0xF)
+	if r.aa {
 		flags |= flagAA
 	}
-	if tc {
+	if r.tc {
 		flags |= flagTC
 	}
 	qd := uint16(0)
@@ -132,8 +143,8 @@ func (s *Server) finish(out []byte, q *query, rcode int, an, ns uint16, aa, tc b
 	binary.BigEndian.PutUint16(out[0:], q.id)
 	binary.BigEndian.PutUint16(out[2:], flags)
 	binary.BigEndian.PutUint16(out[4:], qd)
-	binary.BigEndian.PutUint16(out[6:], an)
-	binary.BigEndian.PutUint16(out[8:], ns)
+	binary.BigEndian.PutUint16(out[6:], r.an)
+	binary.BigEndian.PutUint16(out[8:], r.ns)
 	binary.BigEndian.PutUint16(out[10:], ar)
 	return out
 }
@@ -150,17 +161,14 @@ func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte
 	qEnd := len(out)
 	switch {
 	case q.qclass != classIN:
-		return s.finish(out, q, rcodeRefused, 0, 0, false, false, 0, tr, qEnd), rcodeRefused
+		return s.finish(out, q, tr, reply{rcode: rcodeRefused, qEnd: qEnd}), rcodeRefused
 	case q.qtype == typeAXFR || q.qtype == typeIXFR:
-		return s.finish(out, q, rcodeRefused, 0, 0, false, false, 0, tr, qEnd), rcodeRefused
+		return s.finish(out, q, tr, reply{rcode: rcodeRefused, qEnd: qEnd}), rcodeRefused
 	case q.qtype == typeMAILA || q.qtype == typeMAILB:
-		return s.finish(out, q, rcodeNotImp, 0, 0, false, false, 0, tr, qEnd), rcodeNotImp
+		return s.finish(out, q, tr, reply{rcode: rcodeNotImp, qEnd: qEnd}), rcodeNotImp
 	}
 	v := s.currentView()
-	var an, ns uint16
-	var scope uint8
-	rcode := rcodeSuccess
-	aa := true
+	r := reply{rcode: rcodeSuccess, aa: true, qEnd: qEnd}
 	owner := headerLen // where the current name sits in the packet
 	name := nameString(q)
 	for hop := 0; ; hop++ {
@@ -176,22 +184,22 @@ func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte
 		}
 		if z == nil {
 			if hop == 0 {
-				rcode, aa = rcodeRefused, false
+				r.rcode, r.aa = rcodeRefused, false
 			}
 			// A CNAME leading out of our zones: the chain so far is the
 			// answer; the resolver follows it.
 			break
 		}
 		if e == nil && node < 0 {
-			rcode = rcodeNXDomain
+			r.rcode = rcodeNXDomain
 			out = s.putSOA(out, owner, name, z)
-			ns++
+			r.ns++
 			break
 		}
 		if e != nil && e.cname != nil {
 			out = putOwner(out, owner, name)
 			out = append(out, e.cname.tails[0]...)
-			an++
+			r.an++
 			if q.qtype == typeCNAME || hop == maxCNAMEHops {
 				break
 			}
@@ -200,15 +208,15 @@ func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte
 			continue
 		}
 		var n uint16
-		out, n, scope = s.putData(out, owner, name, e, node, q, client, v)
-		an += n
+		out, n, r.scope = s.putData(out, owner, name, e, node, q, client, v)
+		r.an += n
 		if n == 0 {
 			out = s.putSOA(out, owner, name, z) // NODATA
-			ns++
+			r.ns++
 		}
 		break
 	}
-	return s.finish(out, q, rcode, an, ns, aa, false, scope, tr, qEnd), rcode
+	return s.finish(out, q, tr, r), r.rcode
 }
 
 // findZone returns the zone enclosing name, or nil.

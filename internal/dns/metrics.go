@@ -84,6 +84,9 @@ type metrics struct {
 
 type cell struct{ c prometheus.Counter }
 
+// newMetrics makes the server's metrics and registers them on reg (nil:
+// nowhere). A registration that fails (a second Server on one registry) is
+// returned as an error, never a panic: docs/metrics.md.
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		queries: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -153,7 +156,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {
-				return nil, fmt.Errorf("dns: metrics already registered (two servers on one registry?): %w", err)
+				return nil, fmt.Errorf("dns: register metrics (two servers on one registry?): %w", err)
 			}
 			return nil, fmt.Errorf("dns: register metrics: %w", err)
 		}

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // rawConn sends hand-made packets over a real UDP socket.
@@ -248,15 +251,21 @@ func TestRRL(t *testing.T) {
 	for i := range n {
 		rc.send(packQuery(t, uint16(i), "static.edgenode.test.", mdns.TypeA))
 	}
-	// Then collect whatever comes back; the deadline bounds the wait for
-	// replies that are never sent (the dropped ones).
+	// Each query is answered, sent back truncated (slip) or dropped, and
+	// counted as such. Once all n are counted, the number of replies on
+	// their way is known: read exactly those, with no wait for silence.
+	var dropped float64
+	testkit.WaitFor(t, settle, "every query answered, slipped or dropped", func() bool {
+		dropped = testutil.ToFloat64(ts.m.dropped[dropRRL])
+		return testutil.ToFloat64(ts.m.queries.WithLabelValues("A", "NOERROR", "udp"))+testutil.ToFloat64(ts.m.slipped)+dropped == n
+	})
 	buf := make([]byte, 4096)
 	answered, truncated := 0, 0
-	for {
-		_ = rc.c.SetReadDeadline(time.Now().Add(time.Second))
+	for i := range n - int(dropped) {
+		_ = rc.c.SetReadDeadline(time.Now().Add(settle))
 		k, err := rc.c.Read(buf)
 		if err != nil {
-			break
+			t.Fatalf("reply %d of %d: %v", i+1, n-int(dropped), err)
 		}
 		m := new(mdns.Msg)
 		if err := m.Unpack(buf[:k]); err != nil {

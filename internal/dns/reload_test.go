@@ -2,7 +2,6 @@ package dns
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,8 +14,10 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/dns/geoindex/geotest"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // parisMovedToTokyo is the client database with 192.0.2.0/26 moved to Tokyo.
@@ -128,7 +129,7 @@ func TestReloadUnderLoad(t *testing.T) {
 	if reloads < 2 {
 		t.Fatalf("only %d reloads happened", reloads)
 	}
-	if got := metricValues(t, ts.reg)[`edgenode_dns_geoindex_builds_total{result="ok"}`]; int(got) != reloads+1 {
+	if got := testutil.ToFloat64(ts.m.builds.WithLabelValues("ok")); int(got) != reloads+1 {
 		t.Errorf("builds ok = %v, want %d", got, reloads+1)
 	}
 }
@@ -149,8 +150,8 @@ func TestWatcherPicksUpNewDatabase(t *testing.T) {
 	if err := os.Rename(path+".tmp", path); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the broken file to be tried", func() bool {
-		return metricValues(t, ts.reg)[`edgenode_dns_geoindex_builds_total{result="error"}`] >= 1
+	testkit.WaitFor(t, settle, "the broken file to be tried", func() bool {
+		return testutil.ToFloat64(ts.m.builds.WithLabelValues("error")) >= 1
 	})
 	if got := first(); got != "fra" {
 		t.Fatalf("after a broken file: %s", got)
@@ -158,20 +159,12 @@ func TestWatcherPicksUpNewDatabase(t *testing.T) {
 	if err := geotest.Write(path, parisMovedToTokyo()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the new database", func() bool { return first() == "sin" })
+	testkit.WaitFor(t, settle, "the new database", func() bool { return first() == "sin" })
 }
 
-// waitFor polls cond; the long deadline only stops a hung test.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// settle bounds waits for state reached in the background; the long
+// deadline only stops a hung test.
+const settle = 30 * time.Second
 
 func TestLifecycle(t *testing.T) {
 	ts := startServer(t, "", fiveNodes(), nil)
@@ -280,59 +273,29 @@ func TestMetrics(t *testing.T) {
 	}
 	ts.query(t, "nope.edgenode.test.", mdns.TypeAAAA, qopt{tcp: true})
 	ts.query(t, "example.com.", mdns.TypeA, qopt{})
-	want := map[string]float64{
-		`edgenode_dns_queries_total{qtype="A",rcode="NOERROR",transport="udp"}`:     3,
-		`edgenode_dns_queries_total{qtype="AAAA",rcode="NXDOMAIN",transport="tcp"}`: 1,
-		`edgenode_dns_queries_total{qtype="A",rcode="REFUSED",transport="udp"}`:     1,
-		`edgenode_dns_dynamic_answers_total{node="fra"}`:                            3,
-		`edgenode_dns_geoindex_networks`:                                            float64(len(clientNets)),
-	}
-	got := metricValues(t, ts.reg)
-	for k, v := range want {
-		if got[k] != v {
-			t.Errorf("%s = %v, want %v", k, got[k], v)
+	for _, c := range []struct {
+		name string
+		c    prometheus.Collector
+		want float64
+	}{
+		{`edgenode_dns_queries_total{qtype="A",rcode="NOERROR",transport="udp"}`, ts.m.queries.WithLabelValues("A", "NOERROR", "udp"), 3},
+		{`edgenode_dns_queries_total{qtype="AAAA",rcode="NXDOMAIN",transport="tcp"}`, ts.m.queries.WithLabelValues("AAAA", "NXDOMAIN", "tcp"), 1},
+		{`edgenode_dns_queries_total{qtype="A",rcode="REFUSED",transport="udp"}`, ts.m.queries.WithLabelValues("A", "REFUSED", "udp"), 1},
+		{`edgenode_dns_dynamic_answers_total{node="fra"}`, ts.m.answers.WithLabelValues("fra"), 3},
+		{`edgenode_dns_geoindex_networks`, ts.m.networks, float64(len(clientNets))},
+	} {
+		if got := testutil.ToFloat64(c.c); got != c.want {
+			t.Errorf("%s = %v, want %v", c.name, got, c.want)
 		}
 	}
-	if got[`edgenode_dns_geoindex_build_seconds`] <= 0 {
+	if got := testutil.ToFloat64(ts.m.build); got <= 0 {
 		t.Errorf("build time missing: %v", got)
 	}
 	// The server observes latency after its write, so the last reply may
 	// arrive before its observation: wait for it.
-	waitFor(t, "4 UDP latency samples", func() bool {
-		return metricValues(t, ts.reg)[`edgenode_dns_answer_duration_seconds{transport="udp"}_count`] == 4
+	testkit.WaitFor(t, settle, "4 UDP latency samples", func() bool {
+		return testkit.SampleCount(t, ts.m.latency[trUDP].(prometheus.Histogram)) == 4
 	})
-}
-
-// metricValues flattens a registry into "name{labels}" -> value; histograms
-// give their sample count under "name{labels}_count".
-func metricValues(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]float64{}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			var labels []string
-			for _, l := range m.GetLabel() {
-				labels = append(labels, fmt.Sprintf("%s=%q", l.GetName(), l.GetValue()))
-			}
-			key := mf.GetName()
-			if len(labels) > 0 {
-				key += "{" + strings.Join(labels, ",") + "}"
-			}
-			switch {
-			case m.Counter != nil:
-				got[key] = m.Counter.GetValue()
-			case m.Gauge != nil:
-				got[key] = m.Gauge.GetValue()
-			case m.Histogram != nil:
-				got[key+"_count"] = float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return got
 }
 
 // TestNoGoroutineLeak: half-sent TCP messages, idle and busy connections
@@ -375,5 +338,5 @@ func TestNoGoroutineLeak(t *testing.T) {
 	for _, c := range conns {
 		c.Close()
 	}
-	waitFor(t, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
+	testkit.WaitFor(t, settle, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }

@@ -1,15 +1,15 @@
 package dns
 
 import (
-	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 func TestNearestNodeByECS(t *testing.T) {
@@ -151,10 +151,10 @@ func TestNodeChangesShowInNextAnswer(t *testing.T) {
 // vouch for gets neither dynamic answers nor a per-node name; it is
 // counted and logged, and comes back once verified.
 func TestUnverifiedNodesLeftOut(t *testing.T) {
-	logs := &syncBuffer{}
+	log, logs := testkit.Logger(t)
 	ts := startServerLog(t, writeDB(t, clientNets), fiveNodes(), func(o *Options) {
 		o.Dynamic = append(o.Dynamic, DynamicName{Name: "all", K: 16})
-	}, slog.New(slog.NewTextHandler(logs, nil)))
+	}, log)
 	nodes := fiveNodes()
 	nodes[0].Verified, nodes[0].Unverified = false, "no mutual-TLS peer link up"                                            // fra
 	nodes[3].Verified, nodes[3].Unverified = false, "public address 100.64.0.4 is not among its certificate's IP addresses" // gru
@@ -170,7 +170,7 @@ func TestUnverifiedNodesLeftOut(t *testing.T) {
 			t.Errorf("%s's per-node name: rcode %d, answers %v", id, r.Rcode, r.Answer)
 		}
 	}
-	if got := metricValues(t, ts.reg)["edgenode_dns_unverified_nodes"]; got != 2 {
+	if got := testutil.ToFloat64(ts.m.unverified); got != 2 {
 		t.Errorf("edgenode_dns_unverified_nodes = %v, want 2", got)
 	}
 	out := logs.String()
@@ -180,11 +180,11 @@ func TestUnverifiedNodesLeftOut(t *testing.T) {
 		}
 	}
 	// The same map again (a load change) logs nothing new.
-	before := strings.Count(logs.String(), "left out")
+	before := logs.Count("left out")
 	nodes[1].Load = 3
 	ts.pub.Publish(nodes)
 	ts.query(t, "all.edgenode.test.", mdns.TypeA, qopt{})
-	if n := strings.Count(logs.String(), "left out"); n != before {
+	if n := logs.Count("left out"); n != before {
 		t.Errorf("logged again on an unrelated map change: %d lines, was %d", n, before)
 	}
 	ts.pub.Publish(fiveNodes())
@@ -192,30 +192,12 @@ func TestUnverifiedNodesLeftOut(t *testing.T) {
 	if got := answerNodes(t, r); len(got) != 5 {
 		t.Errorf("all verified: %v", got)
 	}
-	if got := metricValues(t, ts.reg)["edgenode_dns_unverified_nodes"]; got != 0 {
+	if got := testutil.ToFloat64(ts.m.unverified); got != 0 {
 		t.Errorf("edgenode_dns_unverified_nodes = %v after verification", got)
 	}
-	if !strings.Contains(logs.String(), "in answers again") {
+	if !logs.Contains("in answers again") {
 		t.Errorf("return not logged:\n%s", logs.String())
 	}
-}
-
-// syncBuffer is a log sink safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestPowerOfTwoChoicesAmongEquallyNear(t *testing.T) {

@@ -9,6 +9,9 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // tcpQuery sends one length-prefixed query on c and reads the answer. An
@@ -90,12 +93,12 @@ func TestTCPConnsPerAddress(t *testing.T) {
 			t.Errorf("held connection %d: %v", i, err)
 		}
 	}
-	if got := metricValues(t, ts.reg)[`edgenode_dns_tcp_refused_total{reason="conns_per_ip"}`]; got != extra {
+	if got := testutil.ToFloat64(ts.m.tcpRefused.WithLabelValues("conns_per_ip")); got != extra {
 		t.Errorf("refused metric %v, want %d", got, extra)
 	}
 	// Once one closes, 127.0.0.1 may open another.
 	held[0].Close()
-	waitFor(t, "a slot for 127.0.0.1 after a close", func() bool {
+	testkit.WaitFor(t, settle, "a slot for 127.0.0.1 after a close", func() bool {
 		c := dialTCPFrom(t, "127.0.0.1", ts.tcp)
 		defer c.Close()
 		_, err := tcpQuery(t, c, 400)

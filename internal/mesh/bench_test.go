@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // linkPair starts two nodes and waits until a's link to b is up.
@@ -28,9 +29,7 @@ func linkPair(b *testing.B, queueLen int) (*testNode, *testNode) {
 	ob.QueueBytes = 1 << 30
 	nb := c.start(ob)
 	waitMap(b, a, settle, "2 alive", allState([]string{"a", "b"}, nodemap.Alive))
-	waitFor(b, settle, "link up", func() bool {
-		return metricValue(b, a.reg, "edgenode_mesh_link_up", map[string]string{"peer": "b"}) == 1
-	})
+	testkit.WaitFor(b, settle, "link up", func() bool { return peerMetric(a, descLinkUp, "b") == 1 })
 	return a, nb
 }
 

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,10 +16,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -36,8 +38,7 @@ type cluster struct {
 type testNode struct {
 	*Mesh
 	opts Options
-	reg  *prometheus.Registry
-	logs *logBuffer
+	logs *testkit.LogBuffer
 }
 
 var ipCounter atomic.Uint32
@@ -50,27 +51,6 @@ func newCluster(t testing.TB) *cluster {
 		t.Fatal(err)
 	}
 	return c
-}
-
-// freeAddr finds a port free for both TCP and UDP on ip.
-func freeAddr(t testing.TB, ip string) string {
-	t.Helper()
-	for range 50 {
-		tl, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := tl.Addr().(*net.TCPAddr).Port
-		ul, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
-		tl.Close()
-		if err != nil {
-			continue
-		}
-		ul.Close()
-		return fmt.Sprintf("%s:%d", ip, port)
-	}
-	t.Fatal("no free port")
-	return ""
 }
 
 func (c *cluster) ip() string {
@@ -95,14 +75,15 @@ func (c *cluster) options(id string) Options {
 		}
 	}
 	return Options{
-		NodeID:        id,
-		Region:        "region-" + id,
-		Lat:           10.5,
-		Lon:           -20.25,
-		PublicIPv4:    netip.MustParseAddr(ip),
-		Tags:          []string{"edge"},
-		BindAddr:      freeAddr(c.t, ip),
-		LinkAddr:      freeAddr(c.t, ip),
+		NodeID:     id,
+		Region:     "region-" + id,
+		Lat:        10.5,
+		Lon:        -20.25,
+		PublicIPv4: netip.MustParseAddr(ip),
+		Tags:       []string{"edge"},
+		// Gossip takes UDP and TCP, the links UDP: ports free for both.
+		BindAddr:      net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(c.t, ip))),
+		LinkAddr:      net.JoinHostPort(ip, strconv.Itoa(testkit.FreeUDPTCPPort(c.t, ip))),
 		GossipKeys:    [][]byte{testKey},
 		CACertFile:    filepath.Join(c.caDir, pki.CACertName),
 		CertFile:      certPath,
@@ -134,13 +115,11 @@ func (c *cluster) start(opts Options) *testNode {
 
 func (c *cluster) startNoSeedUpdate(opts Options) *testNode {
 	c.t.Helper()
-	reg := prometheus.NewRegistry()
-	logs := &logBuffer{}
-	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	logger, logs := testkit.Logger(c.t)
 	if testing.Verbose() && os.Getenv("MESH_TEST_LOG") != "" {
 		logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
-	m, err := New(opts, logger, reg)
+	m, err := New(opts, logger, prometheus.NewRegistry())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -152,7 +131,7 @@ func (c *cluster) startNoSeedUpdate(opts Options) *testNode {
 		defer cancel()
 		_ = m.Leave(ctx)
 	})
-	return &testNode{Mesh: m, opts: opts, reg: reg, logs: logs}
+	return &testNode{Mesh: m, opts: opts, logs: logs}
 }
 
 func (c *cluster) startN(ids ...string) []*testNode {
@@ -227,64 +206,53 @@ func absent(id string) func(*nodemap.Map) bool {
 	}
 }
 
-// metricValue sums the samples of a metric family whose labels include all
-// of labels.
-func metricValue(t testing.TB, reg *prometheus.Registry, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+// Metrics are read from a node's own collectors with testutil.
+
+// peerMetric is n's per-peer series desc (descLinkUp, descQueueDepth,
+// descPeerDrops) for peer, 0 when n does not know peer.
+func peerMetric(n *testNode, desc *prometheus.Desc, peer string) float64 {
+	var one []peerStat
+	for _, p := range n.links.stats() {
+		if p.id == peer {
+			one = append(one, p)
+		}
 	}
+	if len(one) == 0 {
+		return 0
+	}
+	return testutil.ToFloat64(onlyDesc{c: &peerCollector{peers: func() []peerStat { return one }}, desc: desc})
+}
+
+// linksUp is how many of n's peer links are up: the sum of
+// edgenode_mesh_link_up over n's peers.
+func linksUp(n *testNode) float64 {
 	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	next:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				have[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range labels {
-				if have[k] != v {
-					continue next
-				}
-			}
-			sum += value(m)
-		}
+	for _, p := range n.links.stats() {
+		sum += peerMetric(n, descLinkUp, p.id)
 	}
 	return sum
 }
 
-func value(m *dto.Metric) float64 {
-	switch {
-	case m.Counter != nil:
-		return m.Counter.GetValue()
-	case m.Gauge != nil:
-		return m.Gauge.GetValue()
-	case m.Histogram != nil:
-		return float64(m.Histogram.GetSampleCount())
+// onlyDesc passes on the metrics of c with one Desc, so that testutil can
+// read one family of a collector that reports several.
+type onlyDesc struct {
+	c    prometheus.Collector
+	desc *prometheus.Desc
+}
+
+func (o onlyDesc) Describe(ch chan<- *prometheus.Desc) { ch <- o.desc }
+
+func (o onlyDesc) Collect(ch chan<- prometheus.Metric) {
+	all := make(chan prometheus.Metric)
+	go func() {
+		o.c.Collect(all)
+		close(all)
+	}()
+	for m := range all {
+		if m.Desc() == o.desc {
+			ch <- m
+		}
 	}
-	return 0
-}
-
-// logBuffer collects log output for assertions.
-type logBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // inbox collects messages delivered to a handler.

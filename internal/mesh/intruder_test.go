@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -13,19 +12,20 @@ import (
 
 	mdns "github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/dns"
 	"github.com/edgenode/edgenode/internal/mesh/pki"
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // startIntruder runs this package's own code as an intruder: prepare may
 // change the Mesh (its link certificate) between New and Start.
 func (c *cluster) startIntruder(opts Options, prepare func(*Mesh)) *testNode {
 	c.t.Helper()
-	reg := prometheus.NewRegistry()
-	logs := &logBuffer{}
-	m, err := New(opts, slog.New(slog.NewTextHandler(logs, nil)), reg)
+	logger, logs := testkit.Logger(c.t)
+	m, err := New(opts, logger, prometheus.NewRegistry())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -40,7 +40,7 @@ func (c *cluster) startIntruder(opts Options, prepare func(*Mesh)) *testNode {
 		defer cancel()
 		_ = m.Leave(ctx)
 	})
-	return &testNode{Mesh: m, opts: opts, reg: reg, logs: logs}
+	return &testNode{Mesh: m, opts: opts, logs: logs}
 }
 
 // startDNS serves the dynamic name widget.edgenode.test. from src's map,
@@ -135,17 +135,16 @@ func TestIntrudersNeverInDNS(t *testing.T) {
 	waitMap(t, a, settle, "the intruders in a's membership", allState(all, nodemap.Alive))
 	// Positive signals that a tried their links: it refused mallory's and
 	// trudy's certificates, and eve's link (valid certificate) is up.
-	waitFor(t, settle, "a refuses mallory's certificate", func() bool {
-		return metricValue(t, a.reg, "edgenode_mesh_link_refused_total", map[string]string{"reason": "bad_certificate"}) > 0
+	testkit.WaitFor(t, settle, "a refuses mallory's certificate", func() bool {
+		return testutil.ToFloat64(a.met.refused.WithLabelValues("bad_certificate")) > 0
 	})
-	waitFor(t, settle, "a refuses trudy's node id", func() bool {
-		return metricValue(t, a.reg, "edgenode_mesh_link_refused_total", map[string]string{"reason": "wrong_id"}) > 0
+	testkit.WaitFor(t, settle, "a refuses trudy's node id", func() bool {
+		return testutil.ToFloat64(a.met.refused.WithLabelValues("wrong_id")) > 0
 	})
-	waitFor(t, settle, "links a-b and a-eve up", func() bool {
-		return metricValue(t, a.reg, "edgenode_mesh_link_up", map[string]string{"peer": "eve"}) == 1 &&
-			metricValue(t, a.reg, "edgenode_mesh_link_up", map[string]string{"peer": "b"}) == 1
+	testkit.WaitFor(t, settle, "links a-b and a-eve up", func() bool {
+		return peerMetric(a, descLinkUp, "eve") == 1 && peerMetric(a, descLinkUp, "b") == 1
 	})
-	waitFor(t, settle, "a's DNS names b", func() bool {
+	testkit.WaitFor(t, settle, "a's DNS names b", func() bool {
 		return slices.Contains(widget(t, dnsAddr), b.opts.PublicIPv4)
 	})
 	seen := map[string]bool{}
@@ -188,7 +187,7 @@ func TestIntrudersNeverInDNS(t *testing.T) {
 	})
 	// Run by an honest operator, eve's configuration would have been
 	// flagged at start.
-	if !strings.Contains(eve.logs.String(), "does not name its public address") {
+	if !eve.logs.Contains("does not name its public address") {
 		t.Errorf("no warning about eve's own certificate:\n%s", eve.logs.String())
 	}
 }

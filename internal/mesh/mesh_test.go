@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // Generous waits: these tests check behaviour, never timing. Elapsed times
@@ -39,26 +41,11 @@ func TestThreeNodesSeeEachOther(t *testing.T) {
 		}
 	}
 	// Metrics follow the map.
-	waitFor(t, settle, "members metric", func() bool {
-		return metricValue(t, nodes[0].reg, "edgenode_mesh_members", map[string]string{"state": "alive"}) == 3
+	testkit.WaitFor(t, settle, "members metric", func() bool {
+		return testutil.ToFloat64(nodes[0].met.members.WithLabelValues("alive")) == 3
 	})
-	waitFor(t, settle, "links up", func() bool {
-		return metricValue(t, nodes[0].reg, "edgenode_mesh_link_up", nil) == 2
-	})
-	waitFor(t, settle, "probe rtt", func() bool {
-		return metricValue(t, nodes[0].reg, "edgenode_mesh_probe_rtt_distribution_seconds", nil) > 0
-	})
-}
-
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitFor(t, settle, "links up", func() bool { return linksUp(nodes[0]) == 2 })
+	testkit.WaitFor(t, settle, "probe rtt", func() bool { return testkit.SampleCount(t, nodes[0].met.probeRTTHist) > 0 })
 }
 
 // watchStates records every state each observer's maps show for id.
@@ -109,7 +96,7 @@ func TestCrashDetectedAndRejoin(t *testing.T) {
 		t.Errorf("no observer showed c as suspect before dead: a %v b %v", seenA, seenB)
 	}
 	// Links to the dead peer are gone; sending to it is refused.
-	waitFor(t, settle, "link to c removed", func() bool {
+	testkit.WaitFor(t, settle, "link to c removed", func() bool {
 		return errors.Is(a.Send("c", "t", []byte("x")), ErrUnknownPeer)
 	})
 
@@ -125,7 +112,7 @@ func TestCrashDetectedAndRejoin(t *testing.T) {
 	// And its links work again.
 	in := newInbox()
 	c2.Handle("t", in.handler("t"))
-	waitFor(t, settle, "send to rejoined c", func() bool {
+	testkit.WaitFor(t, settle, "send to rejoined c", func() bool {
 		_ = a.Send("c", "t", []byte("hello again"))
 		return len(in.snapshot()) > 0
 	})
@@ -241,9 +228,18 @@ func TestSendAndBroadcast(t *testing.T) {
 	if ra[0].from != "b" || string(ra[0].msg) != "extra" || rc[0].from != "b" || rc[0].topic != "news" {
 		t.Fatalf("broadcast delivered %+v and %+v", ra, rc)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if n := len(inboxes["b"].snapshot()); n != count {
-		t.Fatalf("b received %d messages, broadcast must not loop back", n-count)
+	// A copy of the broadcast looping back to b through a or c would travel
+	// their news streams to b ahead of anything they send on news later:
+	// once b has a marker from each, any such copy would have arrived.
+	for _, n := range []*testNode{a, c.nodes["c"]} {
+		if err := n.Send("b", "news", []byte("marker")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range inboxes["b"].waitCount(t, count+2, settle)[count:] {
+		if string(r.msg) != "marker" {
+			t.Fatalf("b received %q from %s: broadcast must not loop back", r.msg, r.from)
+		}
 	}
 
 	// A large message and an empty one survive framing.
@@ -276,13 +272,13 @@ func TestSendAndBroadcast(t *testing.T) {
 	if err := a.Send("b", "unhandled", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, settle, "no_handler drop", func() bool {
-		return metricValue(t, b.reg, "edgenode_mesh_link_dropped_total", map[string]string{"reason": "no_handler"}) == 1
+	testkit.WaitFor(t, settle, "no_handler drop", func() bool {
+		return testutil.ToFloat64(b.met.drops.WithLabelValues("no_handler")) == 1
 	})
-	if v := metricValue(t, a.reg, "edgenode_mesh_link_messages_total", map[string]string{"topic": "orders", "direction": "out"}); v != count {
+	if v := testutil.ToFloat64(a.met.messages.WithLabelValues("orders", "out")); v != count {
 		t.Errorf("a counted %v orders out, want %d", v, count)
 	}
-	if v := metricValue(t, b.reg, "edgenode_mesh_link_bytes_total", map[string]string{"topic": "orders", "direction": "in"}); v == 0 {
+	if v := testutil.ToFloat64(b.met.bytes.WithLabelValues("orders", "in")); v == 0 {
 		t.Error("b counted no bytes in")
 	}
 }
@@ -306,9 +302,7 @@ func TestSlowPeerDoesNotBlockOthers(t *testing.T) {
 	})
 	fast := newInbox()
 	cc.Handle("t", fast.handler("t"))
-	waitFor(t, settle, "links up", func() bool {
-		return metricValue(t, a.reg, "edgenode_mesh_link_up", nil) == 2
-	})
+	testkit.WaitFor(t, settle, "links up", func() bool { return linksUp(a) == 2 })
 
 	msg := make([]byte, 16<<10)
 	sentC, full := 0, 0
@@ -332,13 +326,13 @@ func TestSlowPeerDoesNotBlockOthers(t *testing.T) {
 		sentC++
 	}
 	fast.waitCount(t, sentC, settle)
-	if d := metricValue(t, a.reg, "edgenode_mesh_link_dropped_total", map[string]string{"reason": "queue_full"}); d < 100 {
+	if d := testutil.ToFloat64(a.met.drops.WithLabelValues("queue_full")); d < 100 {
 		t.Errorf("queue_full drops %v, want >= 100", d)
 	}
-	if q := metricValue(t, a.reg, "edgenode_mesh_link_queue_depth", map[string]string{"peer": "b"}); q == 0 {
+	if q := peerMetric(a, descQueueDepth, "b"); q == 0 {
 		t.Error("queue depth for b is 0 while b is stuck")
 	}
-	if d := metricValue(t, a.reg, "edgenode_mesh_link_peer_dropped_total", map[string]string{"peer": "b"}); d < 100 {
+	if d := peerMetric(a, descPeerDrops, "b"); d < 100 {
 		t.Errorf("per-peer drops for b %v", d)
 	}
 	// Sending to c still works while b is stuck; then b recovers.
@@ -347,8 +341,8 @@ func TestSlowPeerDoesNotBlockOthers(t *testing.T) {
 	}
 	fast.waitCount(t, sentC+1, settle)
 	close(release)
-	waitFor(t, settle, "b drains", func() bool {
-		return metricValue(t, a.reg, "edgenode_mesh_link_queue_depth", map[string]string{"peer": "b"}) == 0 && slowGot.Load() > 0
+	testkit.WaitFor(t, settle, "b drains", func() bool {
+		return peerMetric(a, descQueueDepth, "b") == 0 && slowGot.Load() > 0
 	})
 	t.Logf("sent %d to c, %d dropped for b, b got %d", sentC, full, slowGot.Load())
 }
@@ -374,33 +368,36 @@ func TestForeignCertificateRefused(t *testing.T) {
 	nodes[0].Handle("t", inA.handler("t"))
 	nodes[1].Handle("t", inB.handler("t"))
 	rogue.Handle("t", inM.handler("t"))
-	waitFor(t, settle, "a refuses a0 as server", func() bool {
-		return metricValue(t, nodes[0].reg, "edgenode_mesh_link_refused_total", map[string]string{"reason": "bad_certificate"}) > 0
-	})
+	refusedByA := func() float64 { return testutil.ToFloat64(nodes[0].met.refused.WithLabelValues("bad_certificate")) }
+	refusedByRogue := func() float64 { return testutil.ToFloat64(rogue.met.refused.WithLabelValues("bad_certificate")) }
+	testkit.WaitFor(t, settle, "a refuses a0 as server", func() bool { return refusedByA() > 0 })
 	// a0 dials b, but b's certificate is not from a0's CA: a0 gives up
 	// before presenting its own. (The server side of a refusal is tested
 	// with a hand-made client in TestInboundLinkChecks.)
-	waitFor(t, settle, "a0 refuses b as server", func() bool {
-		return metricValue(t, rogue.reg, "edgenode_mesh_link_refused_total", map[string]string{"reason": "bad_certificate"}) > 0
-	})
+	testkit.WaitFor(t, settle, "a0 refuses b as server", func() bool { return refusedByRogue() > 0 })
+	beforeA, beforeRogue := refusedByA(), refusedByRogue()
 	for range 20 {
 		_ = rogue.Send("a", "t", []byte("let me in"))
 		_ = rogue.Send("b", "t", []byte("let me in"))
 		_ = nodes[0].Send("a0", "t", []byte("secret"))
 		_ = nodes[1].Send("a0", "t", []byte("secret"))
-		time.Sleep(20 * time.Millisecond)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// The messages wait in the queues for a link. The dialers (a for a-a0,
+	// a0 for a0-b) retry with backoff: once each retry after the sends has
+	// been refused again, every chance these messages had to get through
+	// has been taken.
+	testkit.WaitFor(t, settle, "a refuses a0 again with messages queued", func() bool { return refusedByA() > beforeA })
+	testkit.WaitFor(t, settle, "a0 refuses b again with messages queued", func() bool { return refusedByRogue() > beforeRogue })
 	if n := len(inA.snapshot()) + len(inB.snapshot()); n != 0 {
 		t.Errorf("%d messages from a foreign-CA peer accepted", n)
 	}
 	if n := len(inM.snapshot()); n != 0 {
 		t.Errorf("foreign-CA peer received %d messages", n)
 	}
-	if metricValue(t, nodes[0].reg, "edgenode_mesh_link_up", map[string]string{"peer": "a0"}) != 0 {
+	if peerMetric(nodes[0], descLinkUp, "a0") != 0 {
 		t.Error("link to m is up")
 	}
-	if !strings.Contains(nodes[0].logs.String(), "peer link refused") {
+	if !nodes[0].logs.Contains("peer link refused") {
 		t.Error("refusal not logged")
 	}
 }
@@ -415,8 +412,8 @@ func TestWrongGossipKeyCannotJoin(t *testing.T) {
 	opts.GossipKeys = [][]byte{[]byte("another key that is 32 bytes!!!!")}
 	x := c.start(opts)
 	// x keeps trying (each attempt counted) and never gets in.
-	waitFor(t, settle, "x's join attempts fail", func() bool {
-		return metricValue(t, x.reg, "edgenode_mesh_join_attempts_total", map[string]string{"result": "failed"}) >= 3
+	testkit.WaitFor(t, settle, "x's join attempts fail", func() bool {
+		return testutil.ToFloat64(x.met.joinAttempts.WithLabelValues("failed")) >= 3
 	})
 	if _, err := x.running().Join([]string{nodes[0].opts.BindAddr}); err == nil {
 		t.Error("join with the wrong key succeeded")

@@ -24,6 +24,9 @@ type metrics struct {
 	joinAttempts *prometheus.CounterVec
 }
 
+// newMetrics makes the metrics of one Mesh and registers them on reg (nil:
+// nowhere). A registration that fails (a second Mesh on one registry) is
+// returned as an error, never a panic: docs/metrics.md.
 func newMetrics(reg prometheus.Registerer, peers func() []peerStat, health func() float64) (*metrics, error) {
 	const ns, sub = "edgenode", "mesh"
 	m := &metrics{
@@ -99,7 +102,7 @@ func newMetrics(reg prometheus.Registerer, peers func() []peerStat, health func(
 		}
 	}
 	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("mesh metrics: %w", err)
+		return nil, fmt.Errorf("mesh: register metrics: %w", err)
 	}
 	return m, nil
 }

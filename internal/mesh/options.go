@@ -121,27 +121,14 @@ type Tuning struct {
 	RejoinInterval time.Duration
 }
 
-// Profiles. "wan" is the default: a direct probe tolerates a 400 ms round
-// trip (above intercontinental p99), indirect probes and a TCP ping get the
-// remaining 350 ms of the interval, and a suspect has 3 probe intervals
-// (2.25 s below 10 nodes, 2.9 s at 20) to refute before it is declared dead.
-var profiles = map[string]Tuning{
-	"wan": {
-		ProbeInterval:           750 * time.Millisecond,
-		ProbeTimeout:            400 * time.Millisecond,
-		IndirectChecks:          3,
-		SuspicionMult:           3,
-		SuspicionMaxTimeoutMult: 4,
-		RetransmitMult:          4,
-		GossipInterval:          200 * time.Millisecond,
-		GossipNodes:             4,
-		GossipToTheDeadTime:     30 * time.Second,
-		PushPullInterval:        30 * time.Second,
-		TCPTimeout:              10 * time.Second,
-		AwarenessMaxMultiplier:  8,
-		RejoinInterval:          5 * time.Second,
-	},
-	"lan": {
+// Profiles. Like memberlist's DefaultWANConfig and DefaultLocalConfig, wan
+// and local start from lan and change only what differs, so a value shared
+// by all three is written once.
+
+// lanProfile is for nodes on one local network; the other profiles are
+// derived from it.
+func lanProfile() Tuning {
+	return Tuning{
 		ProbeInterval:           500 * time.Millisecond,
 		ProbeTimeout:            200 * time.Millisecond,
 		IndirectChecks:          3,
@@ -155,35 +142,55 @@ var profiles = map[string]Tuning{
 		TCPTimeout:              5 * time.Second,
 		AwarenessMaxMultiplier:  8,
 		RejoinInterval:          3 * time.Second,
-	},
-	// local is for tests and single-host clusters on loopback.
-	"local": {
-		ProbeInterval:           300 * time.Millisecond,
-		ProbeTimeout:            150 * time.Millisecond,
-		IndirectChecks:          2,
-		SuspicionMult:           3,
-		SuspicionMaxTimeoutMult: 4,
-		RetransmitMult:          3,
-		GossipInterval:          50 * time.Millisecond,
-		GossipNodes:             3,
-		GossipToTheDeadTime:     10 * time.Second,
-		PushPullInterval:        5 * time.Second,
-		TCPTimeout:              2 * time.Second,
-		AwarenessMaxMultiplier:  8,
-		RejoinInterval:          time.Second,
-	},
+	}
+}
+
+// wanProfile is the default: a direct probe tolerates a 400 ms round trip
+// (above intercontinental p99), indirect probes and a TCP ping get the
+// remaining 350 ms of the interval, and a suspect has 3 probe intervals
+// (2.25 s below 10 nodes, 2.9 s at 20) to refute before it is declared
+// dead. Gossip fans out wider and less often, and the slow paths (TCP,
+// push/pull, rejoin) get more time.
+func wanProfile() Tuning {
+	t := lanProfile()
+	t.ProbeInterval = 750 * time.Millisecond
+	t.ProbeTimeout = 400 * time.Millisecond
+	t.GossipInterval = 200 * time.Millisecond
+	t.GossipNodes = 4
+	t.GossipToTheDeadTime = 30 * time.Second
+	t.PushPullInterval = 30 * time.Second
+	t.TCPTimeout = 10 * time.Second
+	t.RejoinInterval = 5 * time.Second
+	return t
+}
+
+// localProfile is for tests and single-host clusters on loopback: every
+// timing shorter, and fewer indirect checks and retransmits.
+func localProfile() Tuning {
+	t := lanProfile()
+	t.ProbeInterval = 300 * time.Millisecond
+	t.ProbeTimeout = 150 * time.Millisecond
+	t.IndirectChecks = 2
+	t.RetransmitMult = 3
+	t.GossipInterval = 50 * time.Millisecond
+	t.GossipToTheDeadTime = 10 * time.Second
+	t.PushPullInterval = 5 * time.Second
+	t.TCPTimeout = 2 * time.Second
+	t.RejoinInterval = time.Second
+	return t
 }
 
 // ProfileTuning returns the timings of a named profile ("" means "wan").
 func ProfileTuning(name string) (Tuning, error) {
-	if name == "" {
-		name = "wan"
+	switch name {
+	case "", "wan":
+		return wanProfile(), nil
+	case "lan":
+		return lanProfile(), nil
+	case "local":
+		return localProfile(), nil
 	}
-	t, ok := profiles[name]
-	if !ok {
-		return Tuning{}, fmt.Errorf("mesh: unknown profile %q (want wan, lan or local)", name)
-	}
-	return t, nil
+	return Tuning{}, fmt.Errorf("mesh: unknown profile %q (want wan, lan or local)", name)
 }
 
 // merge returns t with every non-zero field of o applied.

@@ -1,10 +1,13 @@
 package mesh
 
 import (
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 func TestOptionsValidation(t *testing.T) {
@@ -116,5 +119,94 @@ func TestDetectionBoundDocumented(t *testing.T) {
 		if got := c.t.DetectionBound(c.n).Round(10 * time.Millisecond); got != c.want {
 			t.Errorf("DetectionBound(%d) = %v, documented %v", c.n, got, c.want)
 		}
+	}
+}
+
+// TestProfilesPinned pins every value of the three profiles, so that
+// deriving wan and local from lan (as memberlist's DefaultWANConfig and
+// DefaultLocalConfig do) changes no timing. These are the full tables the
+// profiles were written as before.
+func TestProfilesPinned(t *testing.T) {
+	want := map[string]Tuning{
+		"wan": {
+			ProbeInterval:           750 * time.Millisecond,
+			ProbeTimeout:            400 * time.Millisecond,
+			IndirectChecks:          3,
+			SuspicionMult:           3,
+			SuspicionMaxTimeoutMult: 4,
+			RetransmitMult:          4,
+			GossipInterval:          200 * time.Millisecond,
+			GossipNodes:             4,
+			GossipToTheDeadTime:     30 * time.Second,
+			PushPullInterval:        30 * time.Second,
+			TCPTimeout:              10 * time.Second,
+			AwarenessMaxMultiplier:  8,
+			RejoinInterval:          5 * time.Second,
+		},
+		"lan": {
+			ProbeInterval:           500 * time.Millisecond,
+			ProbeTimeout:            200 * time.Millisecond,
+			IndirectChecks:          3,
+			SuspicionMult:           3,
+			SuspicionMaxTimeoutMult: 4,
+			RetransmitMult:          4,
+			GossipInterval:          100 * time.Millisecond,
+			GossipNodes:             3,
+			GossipToTheDeadTime:     20 * time.Second,
+			PushPullInterval:        15 * time.Second,
+			TCPTimeout:              5 * time.Second,
+			AwarenessMaxMultiplier:  8,
+			RejoinInterval:          3 * time.Second,
+		},
+		"local": {
+			ProbeInterval:           300 * time.Millisecond,
+			ProbeTimeout:            150 * time.Millisecond,
+			IndirectChecks:          2,
+			SuspicionMult:           3,
+			SuspicionMaxTimeoutMult: 4,
+			RetransmitMult:          3,
+			GossipInterval:          50 * time.Millisecond,
+			GossipNodes:             3,
+			GossipToTheDeadTime:     10 * time.Second,
+			PushPullInterval:        5 * time.Second,
+			TCPTimeout:              2 * time.Second,
+			AwarenessMaxMultiplier:  8,
+			RejoinInterval:          time.Second,
+		},
+	}
+	want[""] = want["wan"]
+	for name, w := range want {
+		got, err := ProfileTuning(name)
+		if err != nil {
+			t.Fatalf("profile %q: %v", name, err)
+		}
+		if got != w {
+			t.Errorf("profile %q:\n got %+v\nwant %+v", name, got, w)
+		}
+		if err := got.validate(); err != nil {
+			t.Errorf("profile %q does not validate: %v", name, err)
+		}
+	}
+	// Each call returns a copy: changing it changes no profile.
+	lan, _ := ProfileTuning("lan")
+	lan.ProbeInterval = time.Hour
+	if again, _ := ProfileTuning("lan"); again != want["lan"] {
+		t.Error("ProfileTuning returned a profile the caller could change")
+	}
+}
+
+// TestMetricsTwiceOnOneRegistry: a second Mesh on one registry is a
+// programming error that surfaces as an error naming the package, not as a
+// panic.
+func TestMetricsTwiceOnOneRegistry(t *testing.T) {
+	c := newCluster(t)
+	reg := prometheus.NewRegistry()
+	if _, err := New(c.options("a"), nil, reg); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(c.options("b"), nil, reg)
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || !strings.HasPrefix(err.Error(), "mesh: ") {
+		t.Fatalf("second Mesh: %v", err)
 	}
 }

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -17,6 +16,7 @@ import (
 	"time"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // The partition test runs each node as a separate process in its own
@@ -146,7 +146,7 @@ type nodeProc struct {
 	id     string
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
-	stderr *lockedWriter
+	stderr *testkit.LogBuffer
 	mu     sync.Mutex
 	view   map[string]string
 	change chan struct{}
@@ -210,7 +210,7 @@ func TestPartitionHeals(t *testing.T) {
 		}
 		cmd := exec.Command("ip", "netns", "exec", pn.nodes[i], os.Args[0], "-test.run=^TestPartitionHelperProcess$")
 		cmd.Env = append(os.Environ(), helperEnv+"="+string(cfg))
-		np := &nodeProc{id: ids[i], cmd: cmd, stderr: &lockedWriter{}, view: map[string]string{}, change: make(chan struct{}, 1)}
+		np := &nodeProc{id: ids[i], cmd: cmd, stderr: &testkit.LogBuffer{}, view: map[string]string{}, change: make(chan struct{}, 1)}
 		cmd.Stderr = np.stderr
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -300,21 +300,4 @@ func TestPartitionHeals(t *testing.T) {
 		np.wait(t, settle, "healed: 4 alive", states(allAlive))
 		t.Logf("%s healed after %v (bound %v)", np.id, time.Since(start).Round(time.Millisecond), prof.HealBound())
 	}
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedWriter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedWriter) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

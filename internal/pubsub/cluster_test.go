@@ -7,6 +7,10 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // Two nodes joined by a mesh over loopback TCP: a publish on A reaches
@@ -62,12 +66,12 @@ func TestCrossNodeDelivery(t *testing.T) {
 		if got := mb.count(peerMessage, true); got != 1 {
 			t.Fatalf("B broadcast %d messages, want 1 (messages from A must not be forwarded)", got)
 		}
-		if got := b.counter("edgenode_pubsub_publishes_total", "source", "peer"); got != 20 {
+		if got := testutil.ToFloat64(b.ps.met.publishes.WithLabelValues("peer")); got != 20 {
 			t.Fatalf("B peer publishes %v", got)
 		}
 
 		// Presence adds up across nodes (A: 1 websocket; B: websocket and SSE).
-		waitFor(t, "cluster presence", func() bool {
+		testkit.WaitFor(t, settle, "cluster presence", func() bool {
 			l, c := a.ps.Presence("demo/thread-1")
 			return l == 1 && c == 3
 		})
@@ -79,7 +83,7 @@ func TestCrossNodeDelivery(t *testing.T) {
 		json.NewDecoder(resp.Body).Decode(&pr)
 		resp.Body.Close()
 		if pr.Local != 2 || pr.Cluster != 3 {
-			waitFor(t, "presence on B", func() bool { l, c := b.ps.Presence("demo/thread-1"); return l == 2 && c == 3 })
+			testkit.WaitFor(t, settle, "presence on B", func() bool { l, c := b.ps.Presence("demo/thread-1"); return l == 2 && c == 3 })
 		}
 
 		// A peer's junk is counted and dropped, never delivered.
@@ -87,7 +91,7 @@ func TestCrossNodeDelivery(t *testing.T) {
 			encodePeerMessage("demo/thread-1", []byte(`{not json`)), {peerPresence, 5, 1}} {
 			b.ps.onPeer("a", junk)
 		}
-		if got := b.counter("edgenode_pubsub_peer_messages_bad_total"); got != 7 {
+		if got := testutil.ToFloat64(b.ps.met.meshBad); got != 7 {
 			t.Fatalf("bad peer messages counted %v, want 7", got)
 		}
 		b.publish("demo/thread-1", "after junk")

@@ -19,6 +19,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // dialSmallBuffer opens a websocket whose socket has a tiny receive buffer,
@@ -57,7 +60,7 @@ func TestSlowReaderCutOffFastReaderServed(t *testing.T) {
 			}
 			fast := n.mustDial()
 			fast.subscribe("demo/thread-1", "", nil)
-			waitFor(t, "both subscribed", func() bool { l, _ := n.ps.Presence("demo/thread-1"); return l == 2 })
+			testkit.WaitFor(t, settle, "both subscribed", func() bool { l, _ := n.ps.Presence("demo/thread-1"); return l == 2 })
 
 			payload := json.RawMessage(`"` + strings.Repeat("x", 16<<10) + `"`)
 			var got []uint64
@@ -106,7 +109,7 @@ func TestSlowReaderCutOffFastReaderServed(t *testing.T) {
 			for range 10 {
 				publish()
 			}
-			waitFor(t, "fast reader has everything", func() bool { return received.Load() == int64(count) || readFailed.Load() })
+			testkit.WaitFor(t, settle, "fast reader has everything", func() bool { return received.Load() == int64(count) || readFailed.Load() })
 			close(stop)
 			fast.ws.Close()
 			wg.Wait()
@@ -118,10 +121,10 @@ func TestSlowReaderCutOffFastReaderServed(t *testing.T) {
 					t.Fatalf("fast reader got offset %d at %d", off, i)
 				}
 			}
-			if got := n.counter("edgenode_pubsub_disconnects_total", "reason", "slow_consumer"); got != 1 {
+			if got := testutil.ToFloat64(n.ps.met.disconnects.WithLabelValues("slow_consumer")); got != 1 {
 				t.Fatalf("slow_consumer disconnects %v", got)
 			}
-			if got := n.counter("edgenode_pubsub_dropped_total", "reason", "slow_consumer"); got < 1 {
+			if got := testutil.ToFloat64(n.ps.met.drops.WithLabelValues("slow_consumer")); got < 1 {
 				t.Fatalf("slow_consumer drops %v", got)
 			}
 		})
@@ -147,8 +150,8 @@ func TestDrainSendsReconnectElsewhere(t *testing.T) {
 		silent := n.dialSmallBuffer()
 		// The server registers a websocket just after the handshake the
 		// client has seen: wait for it, or Drain may start before it.
-		waitFor(t, "six websockets registered", func() bool {
-			return n.counter("edgenode_pubsub_connections", "transport", "ws") == 6
+		testkit.WaitFor(t, settle, "six websockets registered", func() bool {
+			return testutil.ToFloat64(n.ps.met.connsWS) == 6
 		})
 
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -175,7 +178,7 @@ func TestDrainSendsReconnectElsewhere(t *testing.T) {
 		if _, resp, err := n.dial("", nil); err == nil || resp.StatusCode != http.StatusServiceUnavailable {
 			t.Fatalf("dial while draining: %v", err)
 		}
-		if got := n.counter("edgenode_pubsub_disconnects_total", "reason", "drain"); got != 7 {
+		if got := testutil.ToFloat64(n.ps.met.disconnects.WithLabelValues("drain")); got != 7 {
 			t.Fatalf("drain disconnects %v", got)
 		}
 		for _, c := range wss {
@@ -193,7 +196,7 @@ func TestDrainTimeoutCuts(t *testing.T) {
 	n := newNode(t, opts, nil)
 	silent := n.dialSmallBuffer()
 	_ = silent
-	waitFor(t, "connected", func() bool { return n.ps.connCount() == 1 })
+	testkit.WaitFor(t, settle, "connected", func() bool { return n.ps.connCount() == 1 })
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	if err := n.ps.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {
@@ -399,8 +402,8 @@ func TestBadClientInput(t *testing.T) {
 		}
 		r2.c.Close()
 		r.c.Close()
-		waitFor(t, "connections gone", func() bool { return n.ps.connCount() == 0 })
-		if got := n.counter("edgenode_pubsub_disconnects_total", "reason", "protocol_error"); got != 8 {
+		testkit.WaitFor(t, settle, "connections gone", func() bool { return n.ps.connCount() == 0 })
+		if got := testutil.ToFloat64(n.ps.met.disconnects.WithLabelValues("protocol_error")); got != 8 {
 			t.Fatalf("protocol_error disconnects %v", got)
 		}
 	}()
@@ -426,8 +429,8 @@ func TestDeadConnectionFreed(t *testing.T) {
 	}()
 	dead := n.dialSmallBuffer()
 	_ = dead
-	waitFor(t, "dead connection freed", func() bool {
-		return n.counter("edgenode_pubsub_disconnects_total", "reason", "ping_timeout") == 1
+	testkit.WaitFor(t, settle, "dead connection freed", func() bool {
+		return testutil.ToFloat64(n.ps.met.disconnects.WithLabelValues("ping_timeout")) == 1
 	})
 	if n.ps.connCount() != 1 {
 		t.Fatalf("%d connections, want the live one", n.ps.connCount())

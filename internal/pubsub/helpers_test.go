@@ -129,42 +129,6 @@ func (n *node) publish(channel string, data any) Position {
 	return r.Position
 }
 
-func (n *node) counter(name string, labels ...string) float64 {
-	n.t.Helper()
-	mfs, err := n.reg.Gather()
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			for i := 0; i+1 < len(labels); i += 2 {
-				found := false
-				for _, lp := range m.GetLabel() {
-					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
-						found = true
-					}
-				}
-				if !found {
-					continue metric
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.Counter.GetValue()
-			case m.Gauge != nil:
-				return m.Gauge.GetValue()
-			case m.Histogram != nil:
-				return float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return 0
-}
-
 // frame is any server frame as a client sees it.
 type frame struct {
 	Type      string          `json:"type"`
@@ -365,17 +329,8 @@ func token(t *testing.T, tenant, channel string, exp time.Time, secret []byte) s
 	return tok
 }
 
-// waitFor polls cond (state that is reached asynchronously, not timing).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("never happened: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// settle bounds waits for state reached in the background (never timing).
+const settle = 20 * time.Second
 
 // checkGoroutines fails when goroutines started during the test are still
 // there once everything is closed.

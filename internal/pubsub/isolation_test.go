@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var acmeSecret = []byte("acme-secret-acme-secret-acme-0000")
@@ -102,7 +104,7 @@ func TestTenantIsolation(t *testing.T) {
 		{"demo/private-1", strings.Repeat("a.", 2000), codeTokenInvalid},
 	}
 	for _, tr := range tricks {
-		before := n.counter("edgenode_pubsub_refusals_total", "reason", tr.code)
+		before := testutil.ToFloat64(n.ps.met.refusals.WithLabelValues(tr.code))
 		m := map[string]any{"type": "subscribe", "channel": tr.channel, "id": "t"}
 		if tr.token != "" {
 			m["token"] = tr.token
@@ -113,7 +115,7 @@ func TestTenantIsolation(t *testing.T) {
 			t.Errorf("subscribe %q with token %.20q: got %+v, want error %s", tr.channel, tr.token, f, tr.code)
 			continue
 		}
-		if after := n.counter("edgenode_pubsub_refusals_total", "reason", tr.code); after != before+1 {
+		if after := testutil.ToFloat64(n.ps.met.refusals.WithLabelValues(tr.code)); after != before+1 {
 			t.Errorf("refusal %s counted %v -> %v", tr.code, before, after)
 		}
 	}
@@ -199,7 +201,7 @@ func TestOriginAllowList(t *testing.T) {
 	}
 	// No Origin: not a browser, allowed.
 	n.mustDial().subscribe("other/x", "", nil)
-	if got := n.counter("edgenode_pubsub_refusals_total", "reason", codeOrigin); got != 7 {
+	if got := testutil.ToFloat64(n.ps.met.refusals.WithLabelValues(codeOrigin)); got != 7 {
 		t.Fatalf("origin refusals counted %v, want 7", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // TestSubscribeChurnBounded plays one websocket client that subscribes to
@@ -54,15 +55,15 @@ func TestSubscribeChurnBounded(t *testing.T) {
 
 	for start := 2 * limit; start < cycles; start += 20_000 {
 		churn(t, c, start, min(start+20_000, cycles))
-		gauge := n.counter("edgenode_pubsub_channels")
+		gauge := testutil.ToFloat64(n.ps.met.channels)
 		if size := mapSize(); size > limit || gauge > limit {
 			t.Fatalf("after %d subscribe/unsubscribe cycles: %d channels kept, gauge %v; cap %d", start+20_000, size, gauge, limit)
 		}
 	}
-	if got := n.counter("edgenode_pubsub_subscriptions"); got != 0 {
+	if got := testutil.ToFloat64(n.ps.met.subs); got != 0 {
 		t.Errorf("subscriptions gauge %v, want 0", got)
 	}
-	if gauge, size := n.counter("edgenode_pubsub_channels"), mapSize(); gauge != float64(size) {
+	if gauge, size := testutil.ToFloat64(n.ps.met.channels), mapSize(); gauge != float64(size) {
 		t.Errorf("channel gauge %v, map %d", gauge, size)
 	}
 	// Generous: a thousand idle channels are well under a megabyte; what
@@ -71,7 +72,7 @@ func TestSubscribeChurnBounded(t *testing.T) {
 	if h := heap(); h > heap0+32<<20 {
 		t.Errorf("heap grew from %d to %d bytes over the churn", heap0, h)
 	}
-	t.Logf("heap %d -> %d bytes; %v channels", heap0, heap(), n.counter("edgenode_pubsub_channels"))
+	t.Logf("heap %d -> %d bytes; %v channels", heap0, heap(), testutil.ToFloat64(n.ps.met.channels))
 }
 
 // churn runs subscribe/unsubscribe cycles for channels demo/thread-c{from}
@@ -162,7 +163,7 @@ func TestChannelCaps(t *testing.T) {
 	}
 	o.send(`{"type":"subscribe","channel":"other/t5"}`)
 	o.expect(typeError, codeTooManyChannels) // the node's cap: 15 + 5
-	if got := n.counter("edgenode_pubsub_refusals_total", "reason", codeTooManyChannels); got != 2 {
+	if got := testutil.ToFloat64(n.ps.met.refusals.WithLabelValues(codeTooManyChannels)); got != 2 {
 		t.Errorf("too_many_channels refusals %v, want 2", got)
 	}
 
@@ -170,7 +171,7 @@ func TestChannelCaps(t *testing.T) {
 	a.send(`{"type":"unsubscribe","channel":"demo/thread-9"}`)
 	a.expect(typeUnsubscribed)
 	o.subscribe("other/t5", "", nil)
-	if got := n.counter("edgenode_pubsub_channels"); got != 20 {
+	if got := testutil.ToFloat64(n.ps.met.channels); got != 20 {
 		t.Errorf("channels gauge %v, want 20", got)
 	}
 }
@@ -205,7 +206,7 @@ func TestSubscribeRateLimit(t *testing.T) {
 		t.Fatalf("%d subscribed, %d rate_limited; want 10 and 10", subscribed, limited)
 	}
 	// Refused subscribes were not acted on.
-	if got := n.counter("edgenode_pubsub_subscriptions"); got != 10 {
+	if got := testutil.ToFloat64(n.ps.met.subs); got != 10 {
 		t.Errorf("subscriptions %v, want 10", got)
 	}
 	// Pings are not limited.
@@ -218,7 +219,7 @@ func TestSubscribeRateLimit(t *testing.T) {
 	if ce == nil || ce.Code != closePolicy {
 		t.Fatalf("close %+v, want %d", ce, closePolicy)
 	}
-	if got := n.counter("edgenode_pubsub_refusals_total", "reason", codeRateLimited); got < maxClientErrors-10 {
+	if got := testutil.ToFloat64(n.ps.met.refusals.WithLabelValues(codeRateLimited)); got < maxClientErrors-10 {
 		t.Errorf("rate_limited refusals %v", got)
 	}
 }

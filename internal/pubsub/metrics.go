@@ -30,6 +30,9 @@ var (
 		codeBadChannel, codeUnknownTenant, codeTenantMismatch, codeOrigin, codeTooManySubs, codeTooManyChannels, codeRateLimited, "conns_per_ip", "draining"}
 )
 
+// newMetrics makes the metrics of one PubSub and registers them on reg. A
+// registration that fails (a second PubSub on one registry) is returned as
+// an error, never a panic: docs/metrics.md.
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	const ns, sub = "edgenode", "pubsub"
 	m := &metrics{

@@ -2,10 +2,17 @@ package pubsub
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"runtime"
+	"strings"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 func TestWebsocketAndSSEReceivePublish(t *testing.T) {
@@ -41,12 +48,12 @@ func TestWebsocketAndSSEReceivePublish(t *testing.T) {
 			}
 			// Counted once the server's write returns, which may be just
 			// after the client has read it.
-			waitFor(t, "two deliveries counted", func() bool { return n.counter("edgenode_pubsub_deliveries_total") >= 2 })
-			if got := n.counter("edgenode_pubsub_connections", "transport", "ws"); got != 1 {
+			testkit.WaitFor(t, settle, "two deliveries counted", func() bool { return testutil.ToFloat64(n.ps.met.deliveries) >= 2 })
+			if got := testutil.ToFloat64(n.ps.met.connsWS); got != 1 {
 				t.Fatalf("ws connections gauge %v", got)
 			}
 			// The fan-out latency is observed once the last socket is written.
-			waitFor(t, "fan-out observed", func() bool { return n.counter("edgenode_pubsub_fanout_seconds") == 1 })
+			testkit.WaitFor(t, settle, "fan-out observed", func() bool { return testkit.SampleCount(t, n.ps.met.fanout) == 1 })
 
 			// Messages keep their order.
 			for i := 2; i <= 50; i++ {
@@ -78,5 +85,25 @@ func TestSSECrossOriginHeader(t *testing.T) {
 	_, resp = n.sse("channel=demo/thread-2", nil)
 	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != "" {
 		t.Errorf("without Origin: Access-Control-Allow-Origin %q", got)
+	}
+}
+
+// TestMetricsTwiceOnOneRegistry: a second PubSub on one registry is a
+// programming error that surfaces as an error naming the package, not as a
+// panic.
+func TestMetricsTwiceOnOneRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	first, err := New(testOptions(), nil, nil, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	second, err := New(testOptions(), nil, nil, reg)
+	if err == nil {
+		second.Close()
+	}
+	var are prometheus.AlreadyRegisteredError
+	if !errors.As(err, &are) || !strings.HasPrefix(err.Error(), "pubsub: ") {
+		t.Fatalf("second PubSub: %v", err)
 	}
 }

@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // A client that lost its connection resumes from its last position: it gets
@@ -66,10 +68,10 @@ func TestRecoveryAfterDroppedConnection(t *testing.T) {
 		c.expect(typeMessage)
 		c2.expect(typeMessage)
 	}
-	if got := n.counter("edgenode_pubsub_recoveries_total", "result", "must_reload"); got != 3 {
+	if got := testutil.ToFloat64(n.ps.met.recoveries.WithLabelValues("must_reload")); got != 3 {
 		t.Fatalf("must_reload counted %v", got)
 	}
-	if got := n.counter("edgenode_pubsub_recoveries_total", "result", "recovered"); got != 2 {
+	if got := testutil.ToFloat64(n.ps.met.recoveries.WithLabelValues("recovered")); got != 2 {
 		t.Fatalf("recovered counted %v", got)
 	}
 }

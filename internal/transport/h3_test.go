@@ -15,10 +15,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/quic-go/quic-go"
 	"github.com/quic-go/quic-go/http3"
 
 	"github.com/edgenode/edgenode/internal/pubsub"
+	"github.com/edgenode/edgenode/internal/testkit"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -114,53 +116,11 @@ func TestHTTP3SameAnswersAsHTTP2(t *testing.T) {
 	}
 	// Metrics by protocol.
 	for proto, want := range map[string]float64{"1.1": 1, "2": float64(len(cases)), "3": float64(len(cases))} {
-		got := metricValue(t, ts, "edgenode_http_requests_total", "proto", proto)
+		got := testkit.Sum(t, ts.srv.Metrics().Requests, "proto", proto)
 		if got != want {
 			t.Errorf("requests over %s: %v, want %v", proto, got, want)
 		}
 	}
-}
-
-// metricValue sums the samples of name whose label has value.
-// quicOpen is the server's edgenode_quic_connections_open gauge.
-func quicOpen(t *testing.T, ts *testServer) float64 {
-	t.Helper()
-	mfs, err := ts.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == "edgenode_quic_connections_open" && len(mf.GetMetric()) == 1 {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	return 0
-}
-
-func metricValue(t *testing.T, ts *testServer, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := ts.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == value {
-					if m.GetGauge() != nil {
-						sum += m.GetGauge().GetValue()
-					} else {
-						sum += m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-	}
-	return sum
 }
 
 // TestStreamingOverAllProtocols: a handler that flushes is seen chunk by
@@ -256,13 +216,9 @@ func TestHTTP3DrainClosesWithNoError(t *testing.T) {
 	// handshake that completes as the drain begins is never accepted, and
 	// the transport closes it only once the drain is over (on a busy
 	// machine the server's accept can lag the client's dial).
-	deadline := time.Now().Add(10 * time.Second)
-	for quicOpen(t, ts) < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("server holds %v QUIC connections, want 2", quicOpen(t, ts))
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 10*time.Second, "the server to hold 2 QUIC connections", func() bool {
+		return testutil.ToFloat64(ts.srv.Metrics().QUICOpen) >= 2
+	})
 	shutdownDone := make(chan error, 1)
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
@@ -399,7 +355,7 @@ func TestSessionResumptionAcrossServers(t *testing.T) {
 			t.Errorf("%s: session resumed on a server with other keys", proto)
 		}
 	}
-	if v := metricValue(t, b, "edgenode_tls_resumed_handshakes_total", "transport", "tcp"); v < 1 {
+	if v := testutil.ToFloat64(b.srv.Metrics().Resumed.WithLabelValues("tcp")); v < 1 {
 		t.Errorf("resumed tcp handshakes on B: %v", v)
 	}
 }

@@ -22,7 +22,6 @@ import (
 // disabled, UDP on the same port number.
 type testServer struct {
 	srv    *transport.Server
-	reg    *prometheus.Registry
 	addr   string // host:port, the same for TCP and UDP
 	served chan error
 }
@@ -88,15 +87,14 @@ func startServer(t testing.TB, h3 bool, app http.Handler, modify func(*transport
 	if modify != nil {
 		modify(&opts)
 	}
-	reg := prometheus.NewRegistry()
-	srv, err := transport.New(opts, quietLog(), reg)
+	srv, err := transport.New(opts, quietLog(), prometheus.NewRegistry())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if routes != nil {
 		routes(srv)
 	}
-	ts := &testServer{srv: srv, reg: reg, addr: ln.Addr().String(), served: make(chan error, 1)}
+	ts := &testServer{srv: srv, addr: ln.Addr().String(), served: make(chan error, 1)}
 	go func() { ts.served <- srv.Serve() }()
 	t.Cleanup(func() { ts.stop(t) })
 	return ts

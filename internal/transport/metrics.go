@@ -1,6 +1,8 @@
 package transport
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -13,14 +15,17 @@ type metrics struct {
 	certLoads  *prometheus.CounterVec
 	websockets prometheus.Gauge
 
-	// Added for HTTP/3 (issue 9). The per-protocol count is its own metric
-	// so that edgenode_http_requests_total keeps its label set.
+	// HTTP/3 connections and TLS session resumption. Requests over HTTP/3
+	// are counted in requests, under proto="3".
 	quicOpen  prometheus.Gauge
 	resumed   *prometheus.CounterVec
 	ticketSet prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics makes the server's metrics and registers them on reg. As in
+// every package, a registration that fails (a second Server on one
+// registry) is returned as an error, never a panic: docs/metrics.md.
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgenode_http_requests_total", Help: "HTTPS requests by route pattern, method, status code and protocol (1.1, 2, 3).",
@@ -58,7 +63,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, l := range []string{"header_size", "body_size", "conns_per_ip", "read_header_timeout"} {
 		m.limitHits.WithLabelValues(l)
 	}
-	reg.MustRegister(m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits, m.certLoads, m.websockets,
-		m.quicOpen, m.resumed, m.ticketSet)
-	return m
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits,
+		m.certLoads, m.websockets, m.quicOpen, m.resumed, m.ticketSet} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("transport: register metrics: %w", err)
+		}
+	}
+	return m, nil
 }

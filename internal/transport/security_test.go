@@ -18,7 +18,9 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/edgenode/edgenode/internal/testkit"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -294,8 +296,8 @@ func (c *countingConn) bytesRead() int {
 
 func handshakeTotal(t *testing.T, ts *testServer) float64 {
 	t.Helper()
-	return metricValue(t, ts, "edgenode_tls_handshakes_total", "result", "ok") +
-		metricValue(t, ts, "edgenode_tls_handshakes_total", "result", "error")
+	m := ts.srv.Metrics()
+	return testkit.Sum(t, m.Handshakes, "result", "ok") + testkit.Sum(t, m.Handshakes, "result", "error")
 }
 
 // TestConnsPerIPRefusedBeforeHandshake plays a client over its per-address
@@ -324,7 +326,8 @@ func TestConnsPerIPRefusedBeforeHandshake(t *testing.T) {
 		resp.Body.Close()
 		held = append(held, tc)
 	}
-	hits := metricValue(t, ts, "edgenode_http_limit_hits_total", "limit", "conns_per_ip")
+	connsPerIP := ts.srv.Metrics().LimitHits.WithLabelValues("conns_per_ip")
+	hits := testutil.ToFloat64(connsPerIP)
 	shakes := handshakeTotal(t, ts)
 
 	for i := range 3 {
@@ -351,11 +354,8 @@ func TestConnsPerIPRefusedBeforeHandshake(t *testing.T) {
 		tc.Close()
 	}
 	want := hits + 3
-	deadline := time.Now().Add(20 * time.Second)
-	for metricValue(t, ts, "edgenode_http_limit_hits_total", "limit", "conns_per_ip") < want && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := metricValue(t, ts, "edgenode_http_limit_hits_total", "limit", "conns_per_ip"); got != want {
+	testkit.WaitFor(t, 20*time.Second, "3 more conns_per_ip limit hits", func() bool { return testutil.ToFloat64(connsPerIP) >= want })
+	if got := testutil.ToFloat64(connsPerIP); got != want {
 		t.Errorf("conns_per_ip hits %v, want %v", got, want)
 	}
 	if got := handshakeTotal(t, ts); got != shakes {
@@ -363,16 +363,10 @@ func TestConnsPerIPRefusedBeforeHandshake(t *testing.T) {
 	}
 	// The held connections still work; once one closes, a new one is let in.
 	held[0].Close()
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		if a, err := tryGet(c, "https://"+ts.addr+"/"); err == nil && a == 200 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no connection admitted after one of the held ones closed")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.WaitFor(t, 20*time.Second, "a connection admitted after one of the held ones closed", func() bool {
+		a, err := tryGet(c, "https://"+ts.addr+"/")
+		return err == nil && a == 200
+	})
 }
 
 func tryGet(c *http.Client, u string) (int, error) {

@@ -1,7 +1,7 @@
 // Package transport terminates TLS for the public listener and routes each
-// request: parts register routes into its Router; everything no part claims
-// goes to the application server through a reverse proxy (or to a fallback
-// page when there is none). It knows TLS, routing and limits, never what a
+// request: parts register routes with Server.Handle (http.ServeMux
+// patterns); everything no part claims goes to the application server
+// through a reverse proxy (or to a fallback page when there is none). It knows TLS, routing and limits, never what a
 // handler does; handlers know nothing about TLS.
 //
 // Protocols: HTTP/1.1 and HTTP/2 on the TCP listener, HTTP/3 (quic-go) on
@@ -132,7 +132,11 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	if opts.Limits.MaxHeaderBytes <= 0 || opts.Limits.ReadHeaderTimeout <= 0 {
 		return nil, errors.New("transport: MaxHeaderBytes and ReadHeaderTimeout must be positive")
 	}
-	s := &Server{opts: opts, log: logger, metrics: newMetrics(reg), mux: http.NewServeMux(), drainers: map[int]func(){},
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{opts: opts, log: logger, metrics: met, mux: http.NewServeMux(), drainers: map[int]func(){},
 		ticketConf: &tls.Config{}}
 	opts.Certs.onLoad = func(ok bool) {
 		if ok {

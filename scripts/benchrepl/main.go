@@ -31,7 +31,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -49,6 +48,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 var (
@@ -165,24 +165,6 @@ func run() error {
 	return nil
 }
 
-func freePort(ip string) (int, error) {
-	for range 100 {
-		l, err := net.Listen("tcp", ip+":0")
-		if err != nil {
-			return 0, err
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		u, err := net.ListenPacket("udp", fmt.Sprintf("%s:%d", ip, port))
-		if err != nil {
-			continue
-		}
-		u.Close()
-		return port, nil
-	}
-	return 0, fmt.Errorf("no free port on %s", ip)
-}
-
 func setup(dir string) ([]*node, error) {
 	caDir := filepath.Join(dir, "ca")
 	if err := pki.InitCA(caDir); err != nil {
@@ -206,7 +188,7 @@ func setup(dir string) ([]*node, error) {
 	gossip := map[int]int{}
 	for i := range 3 {
 		ip := fmt.Sprintf("127.0.0.%d", i+1)
-		p, err := freePort(ip)
+		p, err := testkit.PickPort(ip, true)
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +205,7 @@ func setup(dir string) ([]*node, error) {
 		}
 		ports := make([]int, 5)
 		for k := range ports {
-			if ports[k], err = freePort(ip); err != nil {
+			if ports[k], err = testkit.PickPort(ip, true); err != nil {
 				return nil, err
 			}
 		}

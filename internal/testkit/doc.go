@@ -1,0 +1,15 @@
+// Package testkit holds the helpers the tests of every package share: free
+// ports that are never handed out twice, polling for a condition with a
+// deadline, and a log capture that tests can wait on.
+//
+// Only _test.go files import testkit. The one exception is the benchmark
+// drivers under scripts/, which start real nodes and take their free ports
+// from [PickPort]. Production code must not import it; TestOnlyTestsImport
+// checks that.
+//
+// Metrics are read in tests with
+// github.com/prometheus/client_golang/prometheus/testutil (ToFloat64 on a
+// package's own collectors, CollectAndCount, GatherAndCompare), not with
+// hand-written gatherers; [SampleCount] and [Sum] read the two figures
+// testutil has no function for. docs/metrics.md has the whole rule.
+package testkit
