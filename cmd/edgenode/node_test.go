@@ -464,7 +464,7 @@ func TestLimits(t *testing.T) {
 	for _, cl := range clients {
 		cl.CloseIdleConnections()
 	}
-	waitFor(t, 10*time.Second, "no connection open on the node", func() bool {
+	testkit.WaitFor(t, 10*time.Second, "no connection open on the node", func() bool {
 		_, m := get(t, http.DefaultClient, "http://"+p.admin+"/metrics")
 		return strings.Contains(m, "\nedgenode_http_connections_open 0\n")
 	})
