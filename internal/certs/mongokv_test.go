@@ -123,7 +123,7 @@ func TestMongoKVSecretsEncryptedAtRest(t *testing.T) {
 	must(t, kv.Create(ctx, "acme/account.key", keyPEM))
 
 	var applied [][32]byte
-	tk := certs.NewTicketKeys(certs.TicketOptions{Leader: true, Period: time.Hour}, kv,
+	tk := mustTicketKeys(t, certs.TicketOptions{Leader: true, Period: time.Hour}, kv,
 		func(k [][32]byte) { applied = k }, testLog(), prometheus.NewRegistry())
 	must(t, tk.Start(ctx))
 	tk.Stop()

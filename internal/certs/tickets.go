@@ -39,9 +39,6 @@ type TicketKeys struct {
 	apply func([][32]byte)
 	log   *slog.Logger
 	m     *ticketMetrics
-	// regErr is the error registering m, returned by Start: see
-	// NewTicketKeys.
-	regErr error
 
 	mu      sync.Mutex
 	applied string // JSON of the last keys applied, to skip no-op updates
@@ -64,11 +61,7 @@ type storedTicketKey struct {
 // NewTicketKeys builds the manager; apply is called with the keys (newest
 // first) at start and on every change: pass transport.Server's
 // SetSessionTicketKeys.
-//
-// A failure to register the metrics on reg (a second TicketKeys on one
-// registry) is returned by Start, not by NewTicketKeys: docs/metrics.md
-// says why this constructor is the exception.
-func NewTicketKeys(opts TicketOptions, kv KV, apply func([][32]byte), log *slog.Logger, reg prometheus.Registerer) *TicketKeys {
+func NewTicketKeys(opts TicketOptions, kv KV, apply func([][32]byte), log *slog.Logger, reg prometheus.Registerer) (*TicketKeys, error) {
 	if opts.Period <= 0 {
 		opts.Period = 24 * time.Hour
 	}
@@ -80,14 +73,12 @@ func NewTicketKeys(opts TicketOptions, kv KV, apply func([][32]byte), log *slog.
 			Name: "edgenode_tls_ticket_keys_applied_total", Help: "Times this node applied the cluster's session-ticket keys.",
 		}),
 	}
-	t := &TicketKeys{opts: opts, kv: kv, apply: apply, log: log, m: m, now: time.Now}
 	for _, c := range []prometheus.Collector{m.rotations, m.applied} {
 		if err := reg.Register(c); err != nil {
-			t.regErr = fmt.Errorf("certs: register ticket key metrics: %w", err)
-			break
+			return nil, fmt.Errorf("certs: register metrics: %w", err)
 		}
 	}
-	return t
+	return &TicketKeys{opts: opts, kv: kv, apply: apply, log: log, m: m, now: time.Now}, nil
 }
 
 type ticketMetrics struct {
@@ -101,9 +92,6 @@ type ticketMetrics struct {
 // still syncing) is not a failure of the node: the node uses its own keys
 // meanwhile and the leader retries every RetryInterval.
 func (t *TicketKeys) Start(ctx context.Context) error {
-	if t.regErr != nil {
-		return t.regErr
-	}
 	pending := false
 	if t.opts.Leader {
 		if _, err := t.rotateIfDue(ctx); err != nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync/atomic"
 	"testing"
@@ -40,7 +41,7 @@ func startTicketNode(t *testing.T, kv certs.KV, leader bool) *ticketNode {
 	must(t, err)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve() }()
-	tk := certs.NewTicketKeys(certs.TicketOptions{Leader: leader, Period: time.Hour}, kv, srv.SetSessionTicketKeys, testLog(), reg)
+	tk := mustTicketKeys(t, certs.TicketOptions{Leader: leader, Period: time.Hour}, kv, srv.SetSessionTicketKeys, testLog(), reg)
 	must(t, tk.Start(context.Background()))
 	t.Cleanup(func() {
 		tk.Stop()
@@ -134,7 +135,7 @@ func TestTicketLeaderRetriesRefusedStorage(t *testing.T) {
 	kv := &refusingKV{KV: certs.NewMemKV()}
 	reg := prometheus.NewRegistry()
 	var applied atomic.Int32
-	tk := certs.NewTicketKeys(certs.TicketOptions{Leader: true, Period: time.Hour, RetryInterval: 20 * time.Millisecond}, kv,
+	tk := mustTicketKeys(t, certs.TicketOptions{Leader: true, Period: time.Hour, RetryInterval: 20 * time.Millisecond}, kv,
 		func([][32]byte) { applied.Add(1) }, testLog(), reg)
 	must(t, tk.Start(context.Background()))
 	defer tk.Stop()
@@ -149,4 +150,13 @@ func TestTicketLeaderRetriesRefusedStorage(t *testing.T) {
 	if _, err := kv.Get(context.Background(), certs.TicketKeyName); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func mustTicketKeys(t testing.TB, opts certs.TicketOptions, kv certs.KV, apply func([][32]byte), log *slog.Logger, reg prometheus.Registerer) *certs.TicketKeys {
+	t.Helper()
+	tk, err := certs.NewTicketKeys(opts, kv, apply, log, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tk
 }

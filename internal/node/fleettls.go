@@ -320,16 +320,19 @@ func (p *acmePart) Stop(context.Context) error      { p.mgr.Stop(); return nil }
 // buildFleetTLSParts builds the session-ticket part and, with https.acme,
 // the ACME part. Until they run a node uses its own ticket keys and its
 // file or self-signed certificates.
-func (n *Node) buildFleetTLSParts(f *fleetTLS) (*ticketsPart, *acmePart) {
+func (n *Node) buildFleetTLSParts(f *fleetTLS) (*ticketsPart, *acmePart, error) {
 	leader := leaderNote(n.cfg.Node.CronLeader)
-	tk := fleet.NewTicketKeys(fleet.TicketOptions{Leader: n.cfg.Node.CronLeader, Period: n.cfg.HTTPS.SessionTickets.Rotation},
+	tk, err := fleet.NewTicketKeys(fleet.TicketOptions{Leader: n.cfg.Node.CronLeader, Period: n.cfg.HTTPS.SessionTickets.Rotation},
 		f.kv, n.https.SetSessionTicketKeys, n.log.With("part", "fleet-tls"), n.reg)
+	if err != nil {
+		return nil, nil, err
+	}
 	tickets := &ticketsPart{tk: tk, detail: "TLS session-ticket keys shared through " + f.where + leader}
 	if f.acme == nil {
-		return tickets, nil
+		return tickets, nil, nil
 	}
 	a := n.cfg.HTTPS.ACME
-	return tickets, &acmePart{mgr: f.acme, detail: fmt.Sprintf("ACME certificates for %v from %s%s", a.Names, a.CA, leader)}
+	return tickets, &acmePart{mgr: f.acme, detail: fmt.Sprintf("ACME certificates for %v from %s%s", a.Names, a.CA, leader)}, nil
 }
 
 func leaderNote(leader bool) string {

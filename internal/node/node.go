@@ -230,7 +230,9 @@ func (n *Node) build() (*built, error) {
 	if b.fleetStorage, err = newFleetStorage(ft, b.mongo, &n.cfg); err != nil {
 		return nil, err
 	}
-	b.tickets, b.acme = n.buildFleetTLSParts(ft)
+	if b.tickets, b.acme, err = n.buildFleetTLSParts(ft); err != nil {
+		return nil, err
+	}
 	return b, nil
 }
 
