@@ -128,11 +128,7 @@ func (c *clientConn) setState(s int) bool {
 	return true
 }
 
-func (p *Proxy) isClosing() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.closing
-}
+func (p *Proxy) isClosing() bool { return p.closing.Load() }
 
 func (c *clientConn) closeIfIdle() {
 	c.mu.Lock()

@@ -137,7 +137,11 @@ type Proxy struct {
 	state    int // stateNew, stateRunning, stateStopped
 	ln       net.Listener
 	conns    map[*clientConn]struct{}
-	closing  bool
+	// closing is read without mu by connections changing state under
+	// their own lock (clientConn.setState); Shutdown takes mu and then each
+	// connection's lock, so reading it under mu there would invert that
+	// order and deadlock (it did: a test run hung in Shutdown).
+	closing  atomic.Bool
 	connWG   sync.WaitGroup
 	acceptWG sync.WaitGroup
 	baseCtx  context.Context
@@ -387,7 +391,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		return nil
 	}
 	p.state = stateStopped
-	p.closing = true
+	p.closing.Store(true)
 	_ = p.ln.Close()
 	for c := range p.conns {
 		c.closeIfIdle()
@@ -440,7 +444,7 @@ func (p *Proxy) acceptLoop() {
 		}
 		backoff = 0
 		p.mu.Lock()
-		if p.closing {
+		if p.closing.Load() {
 			p.mu.Unlock()
 			_ = nc.Close()
 			return
@@ -476,7 +480,7 @@ func (p *Proxy) DialInternal(ctx context.Context, network, addr string) (net.Con
 		return nil, err
 	}
 	p.mu.Lock()
-	if p.state != stateRunning || p.closing {
+	if p.state != stateRunning || p.closing.Load() {
 		p.mu.Unlock()
 		return nil, errors.New("mongoproxy: internal dial: proxy not running")
 	}
