@@ -133,10 +133,10 @@ type Proxy struct {
 	// testNotFerret makes tests run the MongoDB code paths on FerretDB.
 	testNotFerret bool
 
-	mu       sync.Mutex
-	state    int // stateNew, stateRunning, stateStopped
-	ln       net.Listener
-	conns    map[*clientConn]struct{}
+	mu    sync.Mutex
+	state int // stateNew, stateRunning, stateStopped
+	ln    net.Listener
+	conns map[*clientConn]struct{}
 	// closing is read without mu by connections changing state under
 	// their own lock (clientConn.setState); Shutdown takes mu and then each
 	// connection's lock, so reading it under mu there would invert that
