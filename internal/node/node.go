@@ -71,6 +71,7 @@ type built struct {
 	fleetStorage *fleetStorage
 	tickets      *ticketsPart
 	acme         *acmePart
+	readiness    *readinessReporter
 }
 
 // startOrder is the one place the order of the parts is declared. Run
@@ -123,6 +124,9 @@ func startOrder(b *built) []Part {
 		opt(b.tickets),
 		// After the storage, where the certificates are.
 		opt(b.acme),
+		// Last: the node says it is ready only once every part has
+		// started. It stops first, before the mesh announces draining.
+		opt(b.readiness),
 	}
 	parts := all[:0]
 	for _, p := range all {
@@ -231,6 +235,7 @@ func (n *Node) build() (*built, error) {
 		return nil, err
 	}
 	b.tickets, b.acme = n.buildFleetTLSParts(ft)
+	b.readiness = n.buildReadiness(b.mesh, b.mongo)
 	return b, nil
 }
 

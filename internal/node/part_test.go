@@ -390,6 +390,7 @@ func TestStartOrderDeclared(t *testing.T) {
 		https: &httpsPart{}, admin: &adminPart{}, mesh: &meshPart{}, load: &loadReporter{}, dns: &dnsPart{},
 		mongoDB: &embeddedDB{}, mongo: &mongoPart{}, cdn: &cdnPart{}, pubsub: &pubsubPart{}, status: &statusPart{},
 		demo: &demoPart{}, fleetStorage: &fleetStorage{}, tickets: &ticketsPart{}, acme: &acmePart{},
+		readiness: &readinessReporter{},
 	}
 	v := reflect.ValueOf(all).Elem()
 	for i := range v.NumField() {
@@ -399,7 +400,7 @@ func TestStartOrderDeclared(t *testing.T) {
 	}
 	got := partNames(startOrder(all))
 	want := []string{"https", "admin", "mesh", "load", "dns", "mongo-db", "mongo", "cdn", "pubsub", "status", "demo",
-		"fleet-storage", "session-tickets", "acme"}
+		"fleet-storage", "session-tickets", "acme", "readiness"}
 	if !slices.Equal(got, want) {
 		t.Errorf("all parts: got %v\nwant %v", got, want)
 	}
