@@ -84,19 +84,19 @@ func (r *readinessReporter) run() {
 		now := r.notReady()
 		flip := (now == "") != (said == "")
 		if now != said && (flip || time.Since(saidAt) >= r.reasonEvery) {
-			ctx, cancel := context.WithTimeout(context.Background(), r.interval*5)
-			err := r.set(ctx, now)
-			cancel()
-			// Set even when the announcement was not confirmed: the
-			// metadata is changed, and gossip carries it on.
-			if err != nil {
-				r.log.Debug("readiness announcement not confirmed", "err", err)
-			}
 			switch {
 			case flip && now == "":
 				r.log.Info("node ready: DNS everywhere names it again")
 			case flip:
 				r.log.Warn("node not ready: DNS everywhere leaves it out while another node is ready", "reason", now)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), r.interval*5)
+			err := r.set(ctx, now)
+			cancel()
+			// Said even when the announcement was not confirmed: the
+			// metadata has changed, and gossip carries it on.
+			if err != nil {
+				r.log.Debug("readiness announcement not confirmed", "err", err)
 			}
 			said, saidAt = now, time.Now()
 		}
