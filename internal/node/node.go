@@ -65,6 +65,7 @@ type built struct {
 	mongoDB      *embeddedDB
 	mongo        *mongoPart
 	cdn          *cdnPart
+	purges       *purgeLog
 	pubsub       *pubsubPart
 	status       *statusPart
 	demo         *demoPart
@@ -108,6 +109,9 @@ func startOrder(b *built) []Part {
 		opt(b.mongo),
 		// Its routes are on HTTPS: it closes after HTTPS has drained.
 		opt(b.cdn),
+		// After Mongo (its collection is reached through the proxy) and the
+		// cache it purges; it stops before both.
+		opt(b.purges),
 		// After HTTPS, so it drains before HTTPS does: subscribers get
 		// reconnect-elsewhere before their connections close.
 		opt(b.pubsub),
@@ -212,6 +216,9 @@ func (n *Node) build() (*built, error) {
 	}
 	if n.cfg.CDN.Enabled {
 		if b.cdn, err = n.buildCDN(b.mesh); err != nil {
+			return nil, err
+		}
+		if b.purges, err = n.buildPurgeLog(b.cdn, b.mongo); err != nil {
 			return nil, err
 		}
 	}
