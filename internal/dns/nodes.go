@@ -33,9 +33,10 @@ type nodeInfo struct {
 
 // members are the nodes one pool answers with for one address family,
 // sorted by id: its serving nodes with an address of the family that are
-// ready, or, when none of them is, all of them (see buildNodeState). Rankings refer to members by position, so a ranking
-// stays valid for as long as the members' ids, places and regions are the
-// same, whatever their load does.
+// ready, or, when none of them is, all of them (see buildNodeState).
+// Rankings refer to members by position, so a ranking stays valid for as
+// long as the members' ids, places and regions are the same, whatever
+// their load does.
 type members struct {
 	node   []int32 // index into nodeState.nodes
 	x      []float64
