@@ -128,6 +128,8 @@ type memberView struct {
 	State      string `json:"state"`
 	Verified   bool   `json:"verified"`
 	Unverified string `json:"unverified"`
+	Ready      bool   `json:"ready"`
+	NotReady   string `json:"not_ready"`
 }
 
 // members is what node i's /status.json says of every member.

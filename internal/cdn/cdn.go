@@ -35,6 +35,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -177,8 +178,14 @@ type Cache struct {
 	negative *simplelru.LRU[string, time.Time]
 	tooBig   *simplelru.LRU[string, time.Time] // keys found over MaxObjectBytes
 	noDisk   int64                             // unix nanos: until then, misses pass through
-	onPurge  []func(key string)
+	onPurge  []PurgeHook
 }
+
+// A PurgeHook is told of each purge that came through the admin route:
+// the key and the time of the purge, every copy fetched before which is
+// gone here. An error fails the route with 503 (the purge is done here
+// whatever the hooks say; it is idempotent and may be retried).
+type PurgeHook func(ctx context.Context, key string, at time.Time) error
 
 // New opens the cache folder, rebuilds the index from the files in it
 // (removing temporary and broken ones) and evicts down to the budget.
@@ -252,8 +259,8 @@ func (c *Cache) Routes() map[string]http.Handler {
 
 // AdminRoutes are the routes for the admin listener: DELETE
 // /v1/cache/{key...} purges a key here and then calls the OnPurge hooks (so
-// the owner can tell the peers). The bearer-token check is the admin
-// server's.
+// the owner can tell the peers, and record the purge for those that are
+// down). The bearer-token check is the admin server's.
 func (c *Cache) AdminRoutes() map[string]http.Handler {
 	return map[string]http.Handler{
 		"DELETE /v1/cache/{key...}": http.HandlerFunc(c.servePurge),
@@ -262,23 +269,31 @@ func (c *Cache) AdminRoutes() map[string]http.Handler {
 
 func (c *Cache) servePurge(w http.ResponseWriter, r *http.Request) {
 	key := r.PathValue("key")
+	at := time.Now()
 	if err := c.Purge(key); err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	c.mu.Lock()
-	hooks := append([]func(string){}, c.onPurge...)
+	hooks := slices.Clone(c.onPurge)
 	c.mu.Unlock()
+	var errs []error
 	for _, h := range hooks {
-		h(key)
+		if err := h(r.Context(), key, at); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		http.Error(w, "purged on this node, but: "+err.Error()+" (a purge may be repeated)", http.StatusServiceUnavailable)
+		return
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
 // OnPurge registers a hook called after each purge that came through the
-// admin route (not after Purge calls: those are how peers' purges arrive,
-// and must not echo back).
-func (c *Cache) OnPurge(fn func(key string)) {
+// admin route (not after Purge or PurgeBefore calls: those are how peers'
+// purges arrive, and must not echo back).
+func (c *Cache) OnPurge(fn PurgeHook) {
 	c.mu.Lock()
 	c.onPurge = append(c.onPurge, fn)
 	c.mu.Unlock()
@@ -305,6 +320,46 @@ func (c *Cache) Purge(key string) error {
 	c.deleteFiles(victims)
 	c.m.purges.Inc()
 	return nil
+}
+
+// PurgeBefore forgets what this node holds of key from before at: a copy
+// whose download began before at, a 404 or an "over MaxObjectBytes"
+// remembered since before at, and a fill begun before at. What was fetched
+// since is kept: a purge that reaches this node late (it was down or cut
+// off when the purge was issued) must not throw away a copy fetched after
+// the purge. It reports whether anything was forgotten. Times are compared
+// across nodes, so this is as exact as their clocks agree.
+func (c *Cache) PurgeBefore(key string, at time.Time) (bool, error) {
+	if err := ValidateKey(key); err != nil {
+		return false, fmt.Errorf("cdn: purge: %w", err)
+	}
+	dropped := false
+	c.mu.Lock()
+	if f := c.fills[key]; f != nil && f.begun.Before(at) {
+		f.purged = true
+		delete(c.fills, key)
+		dropped = true
+	}
+	if e, ok := c.idx.Peek(key); ok && e.fetchedAt.Before(at) {
+		c.idx.Remove(key)
+		dropped = true
+	}
+	if until, ok := c.negative.Peek(key); ok && until.Add(-c.opts.NegativeTTL).Before(at) {
+		c.negative.Remove(key)
+		dropped = true
+	}
+	if until, ok := c.tooBig.Peek(key); ok && until.Add(-c.opts.TTL).Before(at) {
+		c.tooBig.Remove(key)
+		dropped = true
+	}
+	victims := c.takeVictimsLocked()
+	c.updateGaugesLocked()
+	c.mu.Unlock()
+	c.deleteFiles(victims)
+	if dropped {
+		c.m.purges.Inc()
+	}
+	return dropped, nil
 }
 
 // Close stops fills and revalidations, waits for them, and records the LRU

@@ -34,7 +34,8 @@ type fill struct {
 	key string
 	old *entry // the entry being revalidated; nil on a miss
 
-	purged bool // guarded by Cache.mu: Purge ran; never commit
+	purged bool      // guarded by Cache.mu: Purge ran; never commit
+	begun  time.Time // when the origin GET began: the copy is as of then or later
 
 	mu       sync.Mutex
 	state    fillState
@@ -62,7 +63,7 @@ const (
 
 // newFillLocked registers and starts a fill (under c.mu).
 func (c *Cache) newFillLocked(key string, old *entry) *fill {
-	f := &fill{c: c, key: key, old: old, notify: make(chan struct{})}
+	f := &fill{c: c, key: key, old: old, notify: make(chan struct{}), begun: time.Now()}
 	c.fills[key] = f
 	c.wg.Add(1)
 	c.running.Add(1)
@@ -350,7 +351,7 @@ func (c *Cache) commit(f *fill, tmp *os.File, obj *Object, digest []byte, res *r
 	now := time.Now()
 	m := objMeta{
 		Key: f.key, Gen: c.store.gen.Add(1), Size: f.size, ETag: obj.ETag, LastModified: obj.LastModified,
-		ContentType: obj.ContentType, MD5: hex.EncodeToString(digest), FetchedAt: now, ValidatedAt: now,
+		ContentType: obj.ContentType, MD5: hex.EncodeToString(digest), FetchedAt: f.begun, ValidatedAt: now,
 	}
 	dataPath, metaPath, err := c.store.place(tmp, &m)
 	if err != nil {

@@ -488,7 +488,7 @@ func (e *env) start() {
 		e.t.Fatal(err)
 	}
 	e.cache = c
-	c.OnPurge(func(key string) { e.purged <- key })
+	c.OnPurge(func(_ context.Context, key string, _ time.Time) error { e.purged <- key; return nil })
 	mux := http.NewServeMux()
 	for p, h := range c.Routes() {
 		mux.Handle(p, h)

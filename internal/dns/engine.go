@@ -281,7 +281,8 @@ func putAddr(out []byte, owner int, t uint16, ttl uint32, addr []byte) []byte {
 	return append(out, addr...)
 }
 
-// putDynamic appends the K nearest serving nodes and returns the ECS scope.
+// putDynamic appends the K nearest members (ready serving nodes, or when
+// none is ready the serving ones) and returns the ECS scope.
 func (s *Server) putDynamic(out []byte, owner int, d *dynamic, q *query, client netip.Addr, v *view) ([]byte, uint16, uint8) {
 	fam := famV4
 	if q.qtype == typeAAAA {
@@ -305,6 +306,9 @@ func (s *Server) putDynamic(out []byte, owner int, d *dynamic, q *query, client 
 	}
 	if len(sel) > 0 {
 		v.ns.nodes[ms.node[sel[0]]].answers.Inc()
+		if ms.unready {
+			s.m.unreadyAnswers.Inc()
+		}
 	}
 	return out, uint16(len(sel)), scope
 }

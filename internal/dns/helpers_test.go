@@ -53,7 +53,7 @@ func writeDB(t testing.TB, nets []geotest.Network) string {
 func fiveNodes() []nodemap.Node {
 	mk := func(id, region string, p geotest.Place, n byte) nodemap.Node {
 		return nodemap.Node{
-			ID: id, Region: region, Lat: p.Lat, Lon: p.Lon, State: nodemap.Alive, Verified: true,
+			ID: id, Region: region, Lat: p.Lat, Lon: p.Lon, State: nodemap.Alive, Verified: true, Ready: true,
 			IPv4: netip.AddrFrom4([4]byte{100, 64, 0, n}),
 			IPv6: netip.AddrFrom16([16]byte{0xfd, 0, 15: n}),
 			Tags: []string{"edge"},

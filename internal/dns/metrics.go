@@ -80,6 +80,13 @@ type metrics struct {
 	// unverified is the number of alive nodes left out of the answers
 	// because the map does not vouch for their addresses.
 	unverified prometheus.Gauge
+	// unready is the number of alive, verified nodes that say they are
+	// not ready; unreadyPools the pools (dynamic names' tag and address
+	// family) in which no node is ready, so that answers name nodes that
+	// are not; unreadyAnswers counts those answers.
+	unready        prometheus.Gauge
+	unreadyPools   prometheus.Gauge
+	unreadyAnswers prometheus.Counter
 }
 
 type cell struct{ c prometheus.Counter }
@@ -129,6 +136,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "edgenode_dns_unverified_nodes",
 			Help: "Alive nodes of the node map left out of every answer because their addresses are not verified (no mutual-TLS mesh link, or addresses their certificate does not name).",
 		}),
+		unready: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_dns_unready_nodes",
+			Help: "Alive, verified nodes that say they are not ready (starting, Mongo replica not synced or lagging past mongo.max_lag): left out of the dynamic answers of every pool that has a ready node.",
+		}),
+		unreadyPools: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_dns_unready_fallback_pools",
+			Help: "Dynamic-name pools (tag and address family) in which no node is ready, so that their answers name alive, verified nodes that are not ready rather than none.",
+		}),
+		unreadyAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgenode_dns_unready_fallback_answers_total",
+			Help: "Dynamic answers that named nodes that are not ready because none of the name's pool was.",
+		}),
 	}
 	for _, r := range []string{"max_conns", "conns_per_ip"} {
 		m.tcpRefused.WithLabelValues(r)
@@ -152,7 +171,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{m.queries, m.answers, m.slipped, m.networks, m.locs, m.build,
-		m.builds, m.mapVer, m.tcpRefused, m.unverified, lat, drops} {
+		m.builds, m.mapVer, m.tcpRefused, m.unverified, m.unready, m.unreadyPools, m.unreadyAnswers, lat, drops} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

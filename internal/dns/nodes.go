@@ -31,10 +31,12 @@ type nodeInfo struct {
 	answers counter // dynamic answers that put this node first
 }
 
-// members are the serving nodes of one pool that have an address of one
-// family, sorted by id. Rankings refer to members by position, so a ranking
-// stays valid for as long as the members' ids, places and regions are the
-// same, whatever their load does.
+// members are the nodes one pool answers with for one address family,
+// sorted by id: its serving nodes with an address of the family that are
+// ready, or, when none of them is, all of them (see buildNodeState).
+// Rankings refer to members by position, so a ranking stays valid for as
+// long as the members' ids, places and regions are the same, whatever
+// their load does.
 type members struct {
 	node   []int32 // index into nodeState.nodes
 	x      []float64
@@ -46,6 +48,9 @@ type members struct {
 	// fingerprint identifies ids, places and regions; equal fingerprints
 	// mean cached rankings can be kept.
 	fingerprint string
+	// unready says that no candidate was ready, so the members are
+	// nodes that are not.
+	unready bool
 }
 
 // nodeState is derived from one nodemap.Map. Immutable.
@@ -55,6 +60,10 @@ type nodeState struct {
 	byName     map[string]nodeRef // lower-case wire <id>.nodes.<zone>
 	pools      [][2]members       // per compiled pool, per family
 	selfRegion string
+	// notReady are the serving nodes that say they are not ready, by id,
+	// with their reasons: left out of the answers of every pool that has
+	// a ready node.
+	notReady map[string]string
 }
 
 type nodeRef struct {
@@ -104,10 +113,24 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 			}
 		}
 	}
+	for i := range m.Nodes {
+		if n := &m.Nodes[i]; n.Serving() && !n.Ready {
+			if ns.notReady == nil {
+				ns.notReady = map[string]string{}
+			}
+			ns.notReady[n.ID] = n.NotReady
+		}
+	}
 	for p, tag := range c.pools {
 		for fam := range 2 {
 			ms := &ns.pools[p][fam]
 			var fp strings.Builder
+			// The candidates: serving nodes of the pool with an address of
+			// the family. Answers name the ready ones; when none is ready,
+			// all of them, since a node that lags still serves, and an
+			// empty answer serves no one.
+			var cand []int32
+			ready := 0
 			for i := range m.Nodes {
 				n := &m.Nodes[i]
 				ni := &ns.nodes[i]
@@ -117,7 +140,18 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 				if (fam == famV4 && !ni.hasV4) || (fam == famV6 && !ni.hasV6) {
 					continue
 				}
-				ms.node = append(ms.node, int32(i))
+				cand = append(cand, int32(i))
+				if n.Ready {
+					ready++
+				}
+			}
+			ms.unready = len(cand) > 0 && ready == 0
+			for _, i := range cand {
+				n := &m.Nodes[i]
+				if ready > 0 && !n.Ready {
+					continue
+				}
+				ms.node = append(ms.node, i)
 				placed := n.Lat != 0 || n.Lon != 0
 				x, y, z := unit(n.Lat, n.Lon)
 				ms.x, ms.y, ms.z = append(ms.x, x), append(ms.y, y), append(ms.z, z)

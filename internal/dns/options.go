@@ -2,8 +2,11 @@
 // configured zones (SOA, NS, static records) and dynamic names whose A/AAAA
 // answers are the nodes nearest to the client that are alive, not draining
 // and verified (nodemap.Node.Verified: the mesh vouches for their addresses
-// with their certificates), read from a nodemap.Source. Per-node names
-// <id>.nodes.<zone> name verified nodes only, too.
+// with their certificates), read from a nodemap.Source. Among those, the
+// answers name the ready ones (nodemap.Node.Ready: started, Mongo replica
+// fresh); when none of a name's pool (tag and address family) is ready,
+// all of them, which a metric and a warning say. Per-node names
+// <id>.nodes.<zone> name verified nodes only, too, ready or not.
 //
 // The serving path reads raw packets on reuse-port UDP sockets and a TCP
 // listener, parses queries with a small strict parser and writes answers

@@ -41,8 +41,10 @@ type Server struct {
 	statMu   sync.Mutex
 	lastStat fileID // of the database file behind the current index
 
-	noteMu sync.Mutex
-	noted  map[string]unverifiedNote // alive nodes left out as unverified, by id
+	noteMu       sync.Mutex
+	noted        map[string]unverifiedNote // alive nodes left out as unverified, by id
+	notReady     map[string]string         // serving nodes noted as not ready, with the reason
+	unreadyPools map[poolFamily]*unreadyNote
 
 	// Lifecycle: new -> running -> stopped, under life.
 	life    sync.Mutex
@@ -93,6 +95,9 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 		conns:   map[*net.TCPConn]struct{}{},
 		perIP:   map[netip.Addr]int{},
 		noted:   map[string]unverifiedNote{},
+
+		notReady:     map[string]string{},
+		unreadyPools: map[poolFamily]*unreadyNote{},
 	}
 	s.outPool.New = func() any { b := make([]byte, outBufSize); return &b }
 	for _, ov := range o.Overrides {
@@ -206,8 +211,104 @@ func (s *Server) nodeState(m *nodemap.Map) *nodeState {
 	for _, w := range warnings {
 		s.log.Warn("dns: " + w)
 	}
-	s.noteUnverified(m, time.Now())
+	now := time.Now()
+	s.noteUnverified(m, now)
+	s.noteReadiness(ns, now)
 	return ns
+}
+
+// poolFamily is one pool's members for one address family.
+type poolFamily struct{ pool, fam int }
+
+// unreadyNote is what was said of a pool whose nodes are none ready.
+type unreadyNote struct {
+	in     bool      // no node of it is ready now
+	warned time.Time // last warning; zero when none
+}
+
+// noteReadiness counts and logs the nodes the answers leave out as not
+// ready, and the pools that answer with not-ready nodes because none is
+// ready. A node is logged at Info when it is first left out, when its
+// reason changes and when it is back. A pool without a ready node is
+// logged at Warn when that starts and then once per renoteEvery while it
+// lasts, never more often, however often the map changes (a pool that
+// flaps is warned about once per renoteEvery); its recovery at Info after
+// a warning.
+func (s *Server) noteReadiness(ns *nodeState, now time.Time) {
+	s.noteMu.Lock()
+	defer s.noteMu.Unlock()
+	for id, why := range ns.notReady {
+		if prev, ok := s.notReady[id]; !ok || prev != why {
+			s.log.Info("dns: node left out of dynamic answers while another is ready: it is not ready", "node", id, "reason", why)
+			s.notReady[id] = why
+		}
+	}
+	for id := range s.notReady {
+		if _, ok := ns.notReady[id]; !ok {
+			delete(s.notReady, id)
+			s.log.Info("dns: node ready (or gone); left out no longer for readiness", "node", id)
+		}
+	}
+	s.m.unready.Set(float64(len(ns.notReady)))
+
+	pools := 0
+	for p := range ns.pools {
+		for fam := range 2 {
+			ms := &ns.pools[p][fam]
+			key := poolFamily{p, fam}
+			note := s.unreadyPools[key]
+			if !ms.unready {
+				if note != nil && note.in {
+					note.in = false
+					if !note.warned.IsZero() {
+						s.log.Info("dns: a node is ready again; dynamic answers name ready nodes only", s.poolAttrs(p, fam, nil, nil)...)
+					}
+				}
+				continue
+			}
+			pools++
+			if note == nil {
+				note = &unreadyNote{}
+				s.unreadyPools[key] = note
+			}
+			note.in = true
+			if note.warned.IsZero() || now.Sub(note.warned) >= renoteEvery {
+				note.warned = now
+				s.log.Warn("dns: no node is ready; dynamic answers name alive, verified nodes that are not ready "+
+					"rather than none (further warnings about this pool at most once a minute)", s.poolAttrs(p, fam, ns, ms)...)
+			}
+		}
+	}
+	s.m.unreadyPools.Set(float64(pools))
+}
+
+// poolAttrs describes a pool and family for a log line: its tag, the
+// dynamic names it answers, and with ns, its members and their reasons.
+func (s *Server) poolAttrs(p, fam int, ns *nodeState, ms *members) []any {
+	tag := s.c.pools[p]
+	if tag == "" {
+		tag = "(all nodes)"
+	}
+	var names []string
+	for _, d := range s.c.dynamics {
+		if d.pool == p {
+			names = append(names, d.name)
+		}
+	}
+	family := "A"
+	if fam == famV6 {
+		family = "AAAA"
+	}
+	attrs := []any{"names", names, "type", family, "tag", tag}
+	if ns != nil {
+		var nodes []string
+		for _, i := range ms.node {
+			id := ns.nodes[i].id
+			nodes = append(nodes, id+": "+ns.notReady[id])
+		}
+		attrs = append(attrs, "nodes", nodes)
+	}
+	return attrs
 }
 
 // unverifiedNote is when a node left out of the answers was last logged,

@@ -397,7 +397,7 @@ func TestNoDatabaseFallsBackToRegion(t *testing.T) {
 	nodes := fiveNodes()
 	nodes[2].Self = true // iad, us-east
 	nodes = append(nodes, nodemap.Node{ID: "iad2", Region: "us-east", Lat: 39, Lon: -77, State: nodemap.Alive,
-		IPv4: ip("100.64.0.33"), Verified: true})
+		IPv4: ip("100.64.0.33"), Verified: true, Ready: true})
 	ts := startServer(t, "", nodes, func(o *Options) {
 		o.Overrides = []Override{{Prefix: pfx("192.0.2.0/24"), Country: "BR"}}
 	})
@@ -428,7 +428,7 @@ func TestNoDatabaseFallsBackToRegion(t *testing.T) {
 // dynamic name widget, the node itself (no place, no database) as the only
 // member.
 func TestEmbeddedSingleNode(t *testing.T) {
-	self := []nodemap.Node{{ID: "local", State: nodemap.Alive, Self: true, IPv4: ip("127.0.0.1"), IPv6: ip("::1"), Verified: true}}
+	self := []nodemap.Node{{ID: "local", State: nodemap.Alive, Self: true, IPv4: ip("127.0.0.1"), IPv6: ip("::1"), Verified: true, Ready: true}}
 	pub := nodemap.NewPublisher(self)
 	s, err := New(Options{
 		Listen:  "127.0.0.1:0",

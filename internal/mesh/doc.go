@@ -11,7 +11,8 @@
 // binds and advertises loopback addresses only. Seeds come from the
 // options; the rest is learned. A node's metadata (id, region, location,
 // public addresses, tags, alive/draining state, load, binary and config
-// versions, link address, boot id) travels in memberlist's node metadata in a compact
+// versions, link address, boot id, and why it is not ready when it is not,
+// see SetReadiness) travels in memberlist's node metadata in a compact
 // tag-length-value encoding that tolerates fields from newer versions (see
 // Meta; under 100 bytes for a typical node, limit 512).
 //

@@ -76,6 +76,7 @@ type Mesh struct {
 	draining bool
 	leaving  bool
 	load     float64 // the gossiped load: in our metadata and our own map entry
+	notReady string  // why this node is not ready ("" ready): SetReadiness
 	members  map[string]*member
 	badMeta  map[string]string // last metadata error per member, to log each once
 
@@ -308,6 +309,33 @@ func (m *Mesh) Drain(ctx context.Context) error {
 	return nil
 }
 
+// SetReadiness sets what this node says of its readiness (see
+// nodemap.Node.Ready): "" is ready, anything else says why not (shortened
+// to fit the metadata). A change shows in this node's map at once and is
+// announced at once, like Drain, so every node's DNS follows within the
+// gossip's spread: it returns once the new metadata has gone to at least
+// one member, or with an error after ctx or DrainTimeout. Before Start it
+// sets what the node joins with.
+func (m *Mesh) SetReadiness(ctx context.Context, notReady string) error {
+	notReady = clipUTF8(notReady, maxMetaString)
+	m.mu.Lock()
+	changed := m.notReady != notReady
+	m.notReady = notReady
+	m.mu.Unlock()
+	if !changed {
+		return nil
+	}
+	m.signal(m.dirty)
+	ml := m.running()
+	if ml == nil {
+		return nil
+	}
+	if err := ml.UpdateNode(boundedTimeout(ctx, m.o.DrainTimeout)); err != nil {
+		return fmt.Errorf("mesh: announce readiness: %w", err)
+	}
+	return nil
+}
+
 // Leave leaves the cluster gracefully: it announces the leave (other nodes
 // drop this node from their maps instead of marking it dead), closes the
 // peer links with a goodbye and stops every goroutine. It is bounded by ctx
@@ -497,6 +525,7 @@ func (m *Mesh) selfMeta() Meta {
 	if m.leaving {
 		md.State = MetaLeaving
 	}
+	md.NotReady = m.notReady
 	return md
 }
 
@@ -618,6 +647,7 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 	if m.draining || m.leaving {
 		self.State = nodemap.Draining
 	}
+	self.Ready, self.NotReady = readiness(self.State == nodemap.Draining, m.notReady)
 	nodes := make([]nodemap.Node, 0, len(m.members)+1)
 	nodes = append(nodes, self)
 	for id, mem := range m.members {
@@ -630,6 +660,7 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 		// Anyone with the gossip key can write metadata; only the peer
 		// link's certificate vouches for the addresses in it.
 		n.Verified, n.Unverified = m.links.vouch(id, &md)
+		n.Ready, n.NotReady = readiness(md.State != MetaAlive, md.NotReady)
 		switch {
 		case mem.state == msDead:
 			n.State = nodemap.Dead
@@ -681,13 +712,26 @@ func (m *Mesh) publishLoop(ctx context.Context) {
 	}
 }
 
+// readiness is a map entry's Ready and NotReady: what the node says, and
+// never ready while it drains or leaves.
+func readiness(draining bool, notReady string) (bool, string) {
+	switch {
+	case draining:
+		return false, "draining"
+	case notReady != "":
+		return false, notReady
+	}
+	return true, ""
+}
+
 func sameNodes(a, b []nodemap.Node) bool {
 	return slices.EqualFunc(a, b, func(x, y nodemap.Node) bool {
 		return x.ID == y.ID && x.Region == y.Region && x.Lat == y.Lat && x.Lon == y.Lon &&
 			x.IPv4 == y.IPv4 && x.IPv6 == y.IPv6 && slices.Equal(x.Tags, y.Tags) &&
 			x.State == y.State && x.Load == y.Load && x.Self == y.Self &&
 			x.BinaryVersion == y.BinaryVersion && x.ConfigVersion == y.ConfigVersion &&
-			x.Verified == y.Verified && x.Unverified == y.Unverified
+			x.Verified == y.Verified && x.Unverified == y.Unverified &&
+			x.Ready == y.Ready && x.NotReady == y.NotReady
 	})
 }
 
@@ -837,7 +881,7 @@ func (m *Mesh) loadLoop(ctx context.Context) {
 type delegate struct{ m *Mesh }
 
 func (d *delegate) NodeMeta(limit int) []byte {
-	b, err := encodeMeta(d.m.selfMeta())
+	b, err := encodeMetaFit(d.m.selfMeta(), limit)
 	if err != nil || len(b) > limit {
 		// resolve() checked the size; this cannot happen with valid options.
 		d.m.log.Error("cannot encode node metadata", "err", err, "limit", limit)

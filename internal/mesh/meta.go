@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net/netip"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
@@ -37,6 +38,10 @@ type Meta struct {
 	// node restarted, so they drop their link to the old process at once
 	// instead of waiting for QUIC to notice.
 	Boot uint64
+	// NotReady says why the node is not ready (see nodemap.Node.Ready);
+	// empty when it is. Nodes that predate the field never send it: they
+	// count as ready, as they did.
+	NotReady string
 }
 
 // Meta wire format, chosen to stay far below memberlist's 512-byte limit and
@@ -63,9 +68,16 @@ const (
 	fConfigVersion = 10
 	fLink          = 11 // 4 or 16 address bytes, then port big endian
 	fBoot          = 12 // uint64 big endian
+	fNotReady      = 13 // why the node is not ready; absent when it is
 
 	maxMetaString = 64
 	maxTags       = 16
+
+	// notReadyRoom is the length of not-ready reason every node's
+	// metadata has room for: options are refused when a reason this long
+	// would not fit, and a longer reason is shortened to what fits (see
+	// encodeMetaFit).
+	notReadyRoom = 16
 )
 
 var errMetaTooLarge = errors.New("node metadata exceeds 512 bytes; shorten tags, region or versions")
@@ -142,10 +154,57 @@ func encodeMeta(m Meta) ([]byte, error) {
 		v = binary.BigEndian.AppendUint16(v, m.Link.Port())
 		raw(fLink, v)
 	}
+	if err := str(fNotReady, m.NotReady); err != nil {
+		return nil, err
+	}
 	if len(b) > MetaMaxSize {
 		return nil, errMetaTooLarge
 	}
 	return b, nil
+}
+
+// encodeMetaFit encodes m in at most limit bytes, shortening its
+// not-ready reason to the room left by the other fields: the reason is
+// for people, the fact that there is one is what DNS needs.
+func encodeMetaFit(m Meta, limit int) ([]byte, error) {
+	m.NotReady = clipUTF8(m.NotReady, maxMetaString)
+	b, err := encodeMeta(m)
+	if m.NotReady == "" || (err == nil && len(b) <= limit) || (err != nil && !errors.Is(err, errMetaTooLarge)) {
+		return b, err
+	}
+	reason := m.NotReady
+	m.NotReady = ""
+	base, err := encodeMeta(m)
+	if err != nil {
+		return nil, err
+	}
+	room := min(limit, MetaMaxSize) - len(base) - 2 // tag and a one-byte length
+	if room < 1 {
+		return nil, errMetaTooLarge
+	}
+	m.NotReady = clipUTF8(reason, room)
+	return encodeMeta(m)
+}
+
+// clipUTF8 makes s valid UTF-8 of at most n bytes without splitting a
+// character. A non-empty s stays non-empty: an empty reason would say
+// "ready".
+func clipUTF8(s string, n int) string {
+	if s == "" {
+		return ""
+	}
+	s = strings.ToValidUTF8(s, "?")
+	if len(s) > n {
+		i := n
+		for i > 0 && !utf8.RuneStart(s[i]) {
+			i--
+		}
+		s = s[:i]
+	}
+	if s == "" {
+		return "?"
+	}
+	return s
 }
 
 // decodeMeta parses metadata gossiped by another node. The bytes come from
@@ -241,6 +300,10 @@ func decodeMeta(b []byte) (Meta, error) {
 				return Meta{}, errors.New("metadata boot id: want 8 bytes")
 			}
 			m.Boot = binary.BigEndian.Uint64(v)
+		case fNotReady:
+			if m.NotReady, err = str(); err == nil && m.NotReady == "" {
+				err = errors.New("metadata: empty not-ready reason")
+			}
 		case fLink:
 			if len(v) != 6 && len(v) != 18 {
 				return Meta{}, errors.New("metadata link address: want 6 or 18 bytes")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
@@ -405,9 +406,12 @@ func (o Options) resolve() (*resolved, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("mesh options: %w", err)
 	}
-	// The metadata must fit memberlist's limit; check now with the widest
-	// load figure rather than fail later inside gossip.
-	if _, err := encodeMeta(r.meta(0, false)); err != nil {
+	// The metadata must fit memberlist's limit; check now with a load
+	// figure and a not-ready reason of the room every node keeps for one,
+	// rather than fail later inside gossip.
+	widest := r.meta(1, false)
+	widest.NotReady = strings.Repeat("x", notReadyRoom)
+	if _, err := encodeMeta(widest); err != nil {
 		return nil, fmt.Errorf("mesh options: %w", err)
 	}
 	return r, nil

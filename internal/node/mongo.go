@@ -112,6 +112,9 @@ func (p *mongoPart) Start(ctx context.Context) error {
 		// for the app (config validation keeps it out of local_only).
 		replicate = append(slices.Clip(replicate), config.FleetNamespace)
 	}
+	if p.cfg.CDN.Enabled {
+		replicate = append(slices.Clip(replicate), purgeNamespace) // see purgeLog
+	}
 	hold := ""
 	if p.mesh != nil {
 		hold = "replication is starting"

@@ -65,12 +65,14 @@ type built struct {
 	mongoDB      *embeddedDB
 	mongo        *mongoPart
 	cdn          *cdnPart
+	purges       *purgeLog
 	pubsub       *pubsubPart
 	status       *statusPart
 	demo         *demoPart
 	fleetStorage *fleetStorage
 	tickets      *ticketsPart
 	acme         *acmePart
+	readiness    *readinessReporter
 }
 
 // startOrder is the one place the order of the parts is declared. Run
@@ -107,6 +109,9 @@ func startOrder(b *built) []Part {
 		opt(b.mongo),
 		// Its routes are on HTTPS: it closes after HTTPS has drained.
 		opt(b.cdn),
+		// After Mongo (its collection is reached through the proxy) and the
+		// cache it purges; it stops before both.
+		opt(b.purges),
 		// After HTTPS, so it drains before HTTPS does: subscribers get
 		// reconnect-elsewhere before their connections close.
 		opt(b.pubsub),
@@ -123,6 +128,9 @@ func startOrder(b *built) []Part {
 		opt(b.tickets),
 		// After the storage, where the certificates are.
 		opt(b.acme),
+		// Last: the node says it is ready only once every part has
+		// started. It stops first, before the mesh announces draining.
+		opt(b.readiness),
 	}
 	parts := all[:0]
 	for _, p := range all {
@@ -210,6 +218,9 @@ func (n *Node) build() (*built, error) {
 		if b.cdn, err = n.buildCDN(b.mesh); err != nil {
 			return nil, err
 		}
+		if b.purges, err = n.buildPurgeLog(b.cdn, b.mongo); err != nil {
+			return nil, err
+		}
 	}
 	if n.cfg.PubSub.Enabled {
 		if b.pubsub, err = n.buildPubSub(b.mesh); err != nil {
@@ -233,6 +244,7 @@ func (n *Node) build() (*built, error) {
 	if b.tickets, b.acme, err = n.buildFleetTLSParts(ft); err != nil {
 		return nil, err
 	}
+	b.readiness = n.buildReadiness(b.mesh, b.mongo)
 	return b, nil
 }
 

@@ -24,6 +24,7 @@ func selfNode(cfg *config.Config, version string) nodemap.Node {
 		Self:          true,
 		BinaryVersion: version,
 		Verified:      true, // the node's own config
+		Ready:         true, // without a mesh, no other node to prefer
 	}
 	n.IPv4, _ = netip.ParseAddr(cfg.Node.PublicIPv4)
 	n.IPv6, _ = netip.ParseAddr(cfg.Node.PublicIPv6)
@@ -50,7 +51,9 @@ func staticNodes(cfg *config.Config, version string) []nodemap.Node {
 			continue
 		}
 		// The operator's config vouches for these addresses.
-		n := nodemap.Node{ID: sn.ID, Region: sn.Region, Lat: sn.Latitude, Lon: sn.Longitude, Tags: sn.Tags, State: nodemap.Alive, Verified: true}
+		// Nothing says they are not ready: they count as ready.
+		n := nodemap.Node{ID: sn.ID, Region: sn.Region, Lat: sn.Latitude, Lon: sn.Longitude, Tags: sn.Tags, State: nodemap.Alive,
+			Verified: true, Ready: true}
 		n.IPv4, _ = netip.ParseAddr(sn.IPv4)
 		n.IPv6, _ = netip.ParseAddr(sn.IPv6)
 		nodes = append(nodes, n)
@@ -75,6 +78,10 @@ type statusMember struct {
 	// Unverified says why not.
 	Verified   bool   `json:"verified"`
 	Unverified string `json:"unverified,omitempty"`
+	// Ready: DNS prefers the node (see nodemap.Node.Ready); NotReady says
+	// why not.
+	Ready    bool   `json:"ready"`
+	NotReady string `json:"not_ready,omitempty"`
 }
 
 type status struct {
@@ -93,7 +100,7 @@ func statusJSON(src nodemap.Source, self, version string) http.Handler {
 			sm := statusMember{
 				ID: n.ID, Region: n.Region, Latitude: n.Lat, Longitude: n.Lon, Tags: n.Tags,
 				State: n.State.String(), Load: n.Load, Self: n.Self, BinaryVersion: n.BinaryVersion, ConfigVersion: n.ConfigVersion,
-				Verified: n.Verified, Unverified: n.Unverified,
+				Verified: n.Verified, Unverified: n.Unverified, Ready: n.Ready, NotReady: n.NotReady,
 			}
 			if n.IPv4.IsValid() {
 				sm.IPv4 = n.IPv4.String()

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/edgenode/edgenode/internal/cdn"
 	"github.com/edgenode/edgenode/internal/config"
@@ -95,7 +96,10 @@ func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
 	}
 	if mp != nil {
 		m, log := mp.m, n.log
-		cache.OnPurge(func(key string) { m.Broadcast(purgeTopic, []byte(key)) })
+		cache.OnPurge(func(_ context.Context, key string, _ time.Time) error {
+			m.Broadcast(purgeTopic, []byte(key)) // at once, to the nodes that are up
+			return nil
+		})
 		m.Handle(purgeTopic, func(from string, msg []byte) {
 			if err := cache.Purge(string(msg)); err != nil {
 				log.Warn("purge from peer", "peer", from, "err", err)

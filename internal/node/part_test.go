@@ -388,8 +388,9 @@ func waitFor(t *testing.T, cond func() bool) {
 func TestStartOrderDeclared(t *testing.T) {
 	all := &built{
 		https: &httpsPart{}, admin: &adminPart{}, mesh: &meshPart{}, load: &loadReporter{}, dns: &dnsPart{},
-		mongoDB: &embeddedDB{}, mongo: &mongoPart{}, cdn: &cdnPart{}, pubsub: &pubsubPart{}, status: &statusPart{},
+		mongoDB: &embeddedDB{}, mongo: &mongoPart{}, cdn: &cdnPart{}, purges: &purgeLog{}, pubsub: &pubsubPart{}, status: &statusPart{},
 		demo: &demoPart{}, fleetStorage: &fleetStorage{}, tickets: &ticketsPart{}, acme: &acmePart{},
+		readiness: &readinessReporter{},
 	}
 	v := reflect.ValueOf(all).Elem()
 	for i := range v.NumField() {
@@ -398,8 +399,8 @@ func TestStartOrderDeclared(t *testing.T) {
 		}
 	}
 	got := partNames(startOrder(all))
-	want := []string{"https", "admin", "mesh", "load", "dns", "mongo-db", "mongo", "cdn", "pubsub", "status", "demo",
-		"fleet-storage", "session-tickets", "acme"}
+	want := []string{"https", "admin", "mesh", "load", "dns", "mongo-db", "mongo", "cdn", "cdn-purges", "pubsub", "status", "demo",
+		"fleet-storage", "session-tickets", "acme", "readiness"}
 	if !slices.Equal(got, want) {
 		t.Errorf("all parts: got %v\nwant %v", got, want)
 	}

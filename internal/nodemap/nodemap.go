@@ -66,10 +66,20 @@ type Node struct {
 	Verified bool
 	// Unverified says why Verified is false (empty when it is true).
 	Unverified string
+	// Ready is what the node says of its own data and state: it has
+	// started, its Mongo replica is synced and lags no alive peer by more
+	// than mongo.max_lag, and it is not draining. DNS prefers ready nodes:
+	// a dynamic answer names the serving nodes that are ready, and only
+	// when none is, the serving ones that are not (see package dns).
+	// The zero value is not ready: whoever makes a Node says so.
+	Ready bool
+	// NotReady says why Ready is false (empty when it is true).
+	NotReady string
 }
 
 // Serving reports whether DNS may hand this node to new clients: it is
-// alive and its addresses are verified.
+// alive and its addresses are verified. Among serving nodes DNS prefers
+// the Ready ones.
 func (n *Node) Serving() bool { return n.State == Alive && n.Verified }
 
 // HasTag reports whether the node carries tag t.

@@ -123,6 +123,8 @@ type statusMember struct {
 	ConfigVersion string   `json:"config_version,omitempty"`
 	Verified      bool     `json:"verified"`             // DNS may name it (nodemap.Node.Verified)
 	Unverified    string   `json:"unverified,omitempty"` // why not
+	Ready         bool     `json:"ready"`                // DNS prefers it (nodemap.Node.Ready)
+	NotReady      string   `json:"not_ready,omitempty"`  // why not
 	Figures       *Figures `json:"figures,omitempty"`
 	AgeMS         int64    `json:"age_ms,omitempty"` // how old the figures are, as received
 }
@@ -286,7 +288,7 @@ func (s *Status) publish(now time.Time) {
 		sm := statusMember{
 			ID: n.ID, Region: n.Region, Lat: n.Lat, Lon: n.Lon, State: n.State.String(), Load: n.Load,
 			Self: n.Self, BinaryVersion: n.BinaryVersion, ConfigVersion: n.ConfigVersion,
-			Verified: n.Verified, Unverified: n.Unverified,
+			Verified: n.Verified, Unverified: n.Unverified, Ready: n.Ready, NotReady: n.NotReady,
 		}
 		if n.Self || n.ID == s.opts.NodeID {
 			sm.Figures = s.own

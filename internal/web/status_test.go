@@ -18,9 +18,9 @@ import (
 
 func testNodes() []nodemap.Node {
 	return []nodemap.Node{
-		{ID: "node1", Region: "eu", Lat: 50.1, Lon: 8.7, State: nodemap.Alive, Self: true, Load: 0.5},
-		{ID: "node2", Region: "us", Lat: 40.7, Lon: -74, State: nodemap.Alive},
-		{ID: "node3", Region: "nowhere", State: nodemap.Alive},
+		{ID: "node1", Region: "eu", Lat: 50.1, Lon: 8.7, State: nodemap.Alive, Self: true, Load: 0.5, Ready: true},
+		{ID: "node2", Region: "us", Lat: 40.7, Lon: -74, State: nodemap.Alive, Ready: true},
+		{ID: "node3", Region: "nowhere", State: nodemap.Alive, Ready: true},
 	}
 }
 
@@ -247,6 +247,23 @@ func TestStatusEventsFollowTheMap(t *testing.T) {
 	}
 	if s.Members[0].Figures == nil || s.Members[0].Figures.Conns == nil {
 		t.Errorf("self without figures: %+v", s.Members[0])
+	}
+	// Readiness shows, with the reason, as soon as the map says so.
+	nodes[2].Ready, nodes[2].NotReady = false, "mongo replication: initial_sync"
+	pub.Publish(nodes)
+	notReady := func(s snapshot) string {
+		for _, m := range s.Members {
+			if m.ID == "node3" && !m.Ready {
+				return m.NotReady
+			}
+		}
+		return ""
+	}
+	for notReady(s) == "" {
+		s = next()
+	}
+	if got := notReady(s); got != "mongo replication: initial_sync" {
+		t.Errorf("node3 not ready: %q", got)
 	}
 
 	// Stop ends the stream (the node's admin listener can then shut down).
