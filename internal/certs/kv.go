@@ -261,7 +261,10 @@ func NewFileKV(dir string, interval time.Duration, log *slog.Logger) (*FileKV, e
 		return nil, fmt.Errorf("file kv: %w", err)
 	}
 	f := &FileKV{dir: dir, interval: interval, log: log, stop: make(chan struct{}), done: make(chan struct{})}
-	go f.watch()
+	// The first reading is taken before NewFileKV returns: taken by the
+	// watcher later, it could already include a write made meanwhile,
+	// which would then never be signalled (CI met it).
+	go f.watch(f.snapshot())
 	return f, nil
 }
 
@@ -412,9 +415,8 @@ func (f *FileKV) Subscribe(prefix string) (<-chan struct{}, func()) { return f.s
 // watch polls the folder and notifies subscribers of keys whose size or
 // modification time changed, or that appeared or disappeared: that is how
 // one process learns of another's writes.
-func (f *FileKV) watch() {
+func (f *FileKV) watch(seen map[string]string) {
 	defer close(f.done)
-	seen := f.snapshot()
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
 	for {
