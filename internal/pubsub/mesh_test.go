@@ -7,16 +7,21 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
 // tcpMesh is a small mesh for tests: named topics carried over real
 // loopback TCP connections (one outgoing connection per peer), handlers
 // called on the reading goroutine, as internal/mesh does. It counts what it
-// receives by pubsub message kind.
+// receives by pubsub message kind, publishes a node map (this node and the
+// peers it joined), and can cut the way to a peer (messages to it are
+// dropped, as in a network cut).
 type tcpMesh struct {
 	t    *testing.T
 	self string
 	ln   net.Listener
+	pub  *nodemap.Publisher
 
 	mu       sync.Mutex
 	handlers map[string]func(from string, msg []byte)
@@ -24,11 +29,14 @@ type tcpMesh struct {
 	conns    []net.Conn
 	received map[byte]int
 	sent     map[byte]int
+	cuts     map[string]bool
+	topics   map[string]int // bytes sent per topic
 
 	wg sync.WaitGroup
 }
 
 type tcpPeer struct {
+	id string
 	c  net.Conn
 	q  chan []byte
 	wg *sync.WaitGroup
@@ -40,7 +48,8 @@ func newTCPMesh(t *testing.T, self string) *tcpMesh {
 		t.Fatal(err)
 	}
 	m := &tcpMesh{t: t, self: self, ln: ln, handlers: map[string]func(string, []byte){},
-		received: map[byte]int{}, sent: map[byte]int{}}
+		received: map[byte]int{}, sent: map[byte]int{}, cuts: map[string]bool{}, topics: map[string]int{},
+		pub: nodemap.NewPublisher([]nodemap.Node{{ID: self, State: nodemap.Alive, Self: true}})}
 	m.wg.Add(1)
 	go m.accept()
 	return m
@@ -111,13 +120,18 @@ func (m *tcpMesh) join(other *tcpMesh) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	p := &tcpPeer{c: c, q: make(chan []byte, 1024), wg: &m.wg}
+	p := &tcpPeer{id: other.self, c: c, q: make(chan []byte, 1024), wg: &m.wg}
 	if _, err := c.Write(appendBlock(nil, []byte(m.self))); err != nil {
 		m.t.Fatal(err)
 	}
 	m.mu.Lock()
 	m.peers = append(m.peers, p)
+	nodes := []nodemap.Node{{ID: m.self, State: nodemap.Alive, Self: true}}
+	for _, q := range m.peers {
+		nodes = append(nodes, nodemap.Node{ID: q.id, State: nodemap.Alive})
+	}
 	m.mu.Unlock()
+	m.pub.Publish(nodes)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -137,12 +151,51 @@ func (m *tcpMesh) Broadcast(topic string, msg []byte) {
 		m.sent[msg[0]]++
 	}
 	for _, p := range m.peers {
-		select {
-		case p.q <- b:
-		default: // a slow peer never blocks: drop, like the real mesh
-		}
+		m.enqueueLocked(p, topic, b, len(msg))
 	}
 }
+
+func (m *tcpMesh) Send(node, topic string, msg []byte) error {
+	b := appendBlock(appendBlock(nil, []byte(topic)), msg)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(msg) > 0 {
+		m.sent[msg[0]]++
+	}
+	for _, p := range m.peers {
+		if p.id == node {
+			m.enqueueLocked(p, topic, b, len(msg))
+			return nil
+		}
+	}
+	return io.ErrClosedPipe
+}
+
+func (m *tcpMesh) enqueueLocked(p *tcpPeer, topic string, b []byte, n int) {
+	if m.cuts[p.id] {
+		return
+	}
+	m.topics[topic] += n
+	select {
+	case p.q <- b:
+	default: // a slow peer never blocks: drop, like the real mesh
+	}
+}
+
+// cut drops everything m sends to peer id (until healed with on false).
+func (m *tcpMesh) cut(id string, on bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cuts[id] = on
+}
+
+func (m *tcpMesh) topicBytes(topic string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.topics[topic]
+}
+
+func (m *tcpMesh) Current() (*nodemap.Map, <-chan struct{}) { return m.pub.Current() }
 
 func (m *tcpMesh) Handle(topic string, h func(from string, msg []byte)) {
 	m.mu.Lock()
