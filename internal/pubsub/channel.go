@@ -111,7 +111,7 @@ type subscription struct {
 	id       string // the frame's id, echoed in the reply
 	hasSince bool
 	since    vector
-	sinceT   int64 // since's time, Unix seconds
+	sinceT   int64  // since's time, Unix seconds
 	legacy   bool   // since was a position from before vectors: must reload
 	askedIn  uint64 // the round whose request covered since
 }
