@@ -116,8 +116,6 @@ type subscription struct {
 	askedIn  uint64 // the round whose request covered since
 }
 
-func (ch *channel) streamLocked(sid uint64) *stream { return ch.streams[sid] }
-
 // addStreamLocked starts tracking stream sid. A channel over maxVectorLen
 // streams forgets the quietest other one.
 func (ch *channel) addStreamLocked(sid uint64, origin string, now time.Time) *stream {

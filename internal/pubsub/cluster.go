@@ -54,7 +54,8 @@ type peerState struct {
 	directGauge           prometheus.Gauge
 
 	rmu         sync.Mutex
-	recent      []sentMsg // sent directly lately; resent through a relay if the path turns out down
+	recent      []sentMsg // sent directly lately (from rhead on); resent through a relay if the path turns out down
+	rhead       int
 	recentBytes int
 }
 
@@ -197,7 +198,7 @@ func (c *cluster) tick(now time.Time) {
 	for _, ps := range down {
 		// What went straight to it lately may be stuck in the cut: send
 		// it again through a relay. Duplicates are dropped by id there.
-		for _, m := range ps.takeRecent(now.Add(-c.deadAfter - 2*c.hbEvery)) {
+		for _, m := range ps.takeRecent(now.Add(-c.resendWindow())) {
 			c.send(ps.id, m.topic, m.msg)
 		}
 	}
@@ -205,6 +206,10 @@ func (c *cluster) tick(now time.Time) {
 		c.sendDigests(newDigest)
 	}
 }
+
+// resendWindow is how far back direct sends are resent through a relay
+// when a path turns out down: the time it takes to notice, and a margin.
+func (c *cluster) resendWindow() time.Duration { return c.deadAfter + 2*c.hbEvery }
 
 func b2f(b bool) float64 {
 	if b {
@@ -288,7 +293,7 @@ func (c *cluster) send(id, topic string, msg []byte) (relayed bool) {
 		// Direct, or no other way: try it.
 		_ = c.mesh.Send(id, topic, msg)
 		if ps != nil {
-			ps.remember(topic, msg)
+			ps.remember(topic, msg, c.resendWindow())
 		}
 		return false
 	}
@@ -328,21 +333,25 @@ func (c *cluster) relaysLocked(ps *peerState) []string {
 	return cands
 }
 
-// remember keeps a direct send for a while, to be resent through a relay
+// remember keeps a direct send for window, to be resent through a relay
 // if the path turns out to have been down.
-func (ps *peerState) remember(topic string, msg []byte) {
+func (ps *peerState) remember(topic string, msg []byte, window time.Duration) {
+	now := time.Now()
 	ps.rmu.Lock()
 	defer ps.rmu.Unlock()
-	ps.recent = append(ps.recent, sentMsg{time.Now(), topic, msg})
+	ps.recent = append(ps.recent, sentMsg{now, topic, msg})
 	ps.recentBytes += len(msg)
-	n := 0
-	for len(ps.recent)-n > maxRecent || ps.recentBytes > maxRecentBytes && n < len(ps.recent) {
-		ps.recentBytes -= len(ps.recent[n].msg)
-		ps.recent[n] = sentMsg{}
-		n++
+	old := now.Add(-window)
+	for ps.rhead < len(ps.recent) && (ps.recent[ps.rhead].at.Before(old) ||
+		len(ps.recent)-ps.rhead > maxRecent || ps.recentBytes > maxRecentBytes) {
+		ps.recentBytes -= len(ps.recent[ps.rhead].msg)
+		ps.recent[ps.rhead] = sentMsg{}
+		ps.rhead++
 	}
-	if n > 0 {
-		ps.recent = append(ps.recent[:0], ps.recent[n:]...)
+	if ps.rhead > 64 && 2*ps.rhead > len(ps.recent) {
+		n := copy(ps.recent, ps.recent[ps.rhead:])
+		clear(ps.recent[n:])
+		ps.recent, ps.rhead = ps.recent[:n], 0
 	}
 }
 
@@ -351,12 +360,12 @@ func (ps *peerState) takeRecent(since time.Time) []sentMsg {
 	ps.rmu.Lock()
 	defer ps.rmu.Unlock()
 	var out []sentMsg
-	for _, m := range ps.recent {
+	for _, m := range ps.recent[ps.rhead:] {
 		if !m.at.Before(since) {
 			out = append(out, m)
 		}
 	}
-	ps.recent, ps.recentBytes = nil, 0
+	ps.recent, ps.rhead, ps.recentBytes = nil, 0, 0
 	return out
 }
 
@@ -500,10 +509,7 @@ func (c *cluster) sendDigests(to []string) {
 		return
 	}
 	hashes := c.p.followedHashes()
-	c.rmu.Lock()
-	c.nextRound++
-	round := c.nextRound
-	c.rmu.Unlock()
+	round := c.newRoundID()
 	parts := max(1, (len(hashes)+digestPartLen-1)/digestPartLen)
 	for i := range parts {
 		part := hashes[i*digestPartLen : min(len(hashes), (i+1)*digestPartLen)]

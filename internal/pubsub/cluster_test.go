@@ -128,17 +128,19 @@ func TestCrossNodeDelivery(t *testing.T) {
 		}
 
 		// Never forwarded: each node sent exactly what was published on it.
-		if got := ma.count(kindMessage, true); got != 20 {
-			t.Fatalf("A sent %d messages, want 20", got)
+		// (A heartbeat late on a loaded machine may make a node resend
+		// what it sent lately; the copies are dropped as duplicates.)
+		if got := sent(a, "b", "direct") + sent(a, "b", "relay"); got != 20 {
+			t.Fatalf("A counted %v sent to B, want 20", got)
 		}
-		if got := mb.count(kindMessage, true); got != 1 {
-			t.Fatalf("B sent %d messages, want 1 (messages from A must not be forwarded)", got)
+		if got := sent(b, "a", "direct") + sent(b, "a", "relay"); got != 1 {
+			t.Fatalf("B counted %v sent to A, want 1 (messages from A must not be forwarded)", got)
 		}
-		if got := testutil.ToFloat64(b.ps.met.publishes.WithLabelValues("peer")); got != 20 {
-			t.Fatalf("B peer publishes %v", got)
+		if got := testutil.ToFloat64(b.ps.met.relayed); got != 0 {
+			t.Fatalf("B relayed %v", got)
 		}
-		if got := sent(a, "b", "direct"); got != 20 {
-			t.Fatalf("A counted %v sent to B", got)
+		if got := testutil.ToFloat64(b.ps.met.peerReceived.WithLabelValues("accepted")); got != 20 {
+			t.Fatalf("B accepted %v messages from A", got)
 		}
 
 		// Presence adds up across nodes (A: 1 websocket; B: websocket and SSE).

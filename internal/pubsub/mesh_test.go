@@ -13,10 +13,9 @@ import (
 
 // tcpMesh is a small mesh for tests: named topics carried over real
 // loopback TCP connections (one outgoing connection per peer), handlers
-// called on the reading goroutine, as internal/mesh does. It counts what it
-// receives by pubsub message kind, publishes a node map (this node and the
-// peers it joined), and can cut the way to a peer (messages to it are
-// dropped, as in a network cut).
+// called on the reading goroutine, as internal/mesh does. It publishes a
+// node map (this node and the peers it joined), and can cut the way to a
+// peer (messages to it are held, or lost, as in a network cut).
 type tcpMesh struct {
 	t    *testing.T
 	self string
@@ -27,10 +26,8 @@ type tcpMesh struct {
 	handlers map[string]func(from string, msg []byte)
 	peers    []*tcpPeer
 	conns    []net.Conn
-	received map[byte]int
-	sent     map[byte]int
 	cuts     map[string]bool
-	topics   map[string]int // bytes sent per topic
+	held     map[string][][]byte // sent during a cut, delivered when it heals
 
 	wg sync.WaitGroup
 }
@@ -48,7 +45,7 @@ func newTCPMesh(t *testing.T, self string) *tcpMesh {
 		t.Fatal(err)
 	}
 	m := &tcpMesh{t: t, self: self, ln: ln, handlers: map[string]func(string, []byte){},
-		received: map[byte]int{}, sent: map[byte]int{}, cuts: map[string]bool{}, topics: map[string]int{},
+		cuts: map[string]bool{}, held: map[string][][]byte{},
 		pub: nodemap.NewPublisher([]nodemap.Node{{ID: self, State: nodemap.Alive, Self: true}})}
 	m.wg.Add(1)
 	go m.accept()
@@ -104,9 +101,6 @@ func (m *tcpMesh) read(c net.Conn) {
 		}
 		m.mu.Lock()
 		h := m.handlers[string(topic)]
-		if len(msg) > 0 {
-			m.received[msg[0]]++
-		}
 		m.mu.Unlock()
 		if h != nil {
 			h(string(from), msg)
@@ -120,7 +114,7 @@ func (m *tcpMesh) join(other *tcpMesh) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	p := &tcpPeer{id: other.self, c: c, q: make(chan []byte, 1024), wg: &m.wg}
+	p := &tcpPeer{id: other.self, c: c, q: make(chan []byte, 8192), wg: &m.wg}
 	if _, err := c.Write(appendBlock(nil, []byte(m.self))); err != nil {
 		m.t.Fatal(err)
 	}
@@ -147,11 +141,8 @@ func (m *tcpMesh) Broadcast(topic string, msg []byte) {
 	b := appendBlock(appendBlock(nil, []byte(topic)), msg)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(msg) > 0 {
-		m.sent[msg[0]]++
-	}
 	for _, p := range m.peers {
-		m.enqueueLocked(p, topic, b, len(msg))
+		m.enqueueLocked(p, b)
 	}
 }
 
@@ -159,41 +150,53 @@ func (m *tcpMesh) Send(node, topic string, msg []byte) error {
 	b := appendBlock(appendBlock(nil, []byte(topic)), msg)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(msg) > 0 {
-		m.sent[msg[0]]++
-	}
 	for _, p := range m.peers {
 		if p.id == node {
-			m.enqueueLocked(p, topic, b, len(msg))
+			m.enqueueLocked(p, b)
 			return nil
 		}
 	}
 	return io.ErrClosedPipe
 }
 
-func (m *tcpMesh) enqueueLocked(p *tcpPeer, topic string, b []byte, n int) {
+func (m *tcpMesh) enqueueLocked(p *tcpPeer, b []byte) {
 	if m.cuts[p.id] {
+		m.held[p.id] = append(m.held[p.id], b)
 		return
 	}
-	m.topics[topic] += n
 	select {
 	case p.q <- b:
 	default: // a slow peer never blocks: drop, like the real mesh
 	}
 }
 
-// cut drops everything m sends to peer id (until healed with on false).
-func (m *tcpMesh) cut(id string, on bool) {
+// cut holds everything m sends to peer id until healed (on false), then
+// delivers it late, as a transport that retransmits after a short cut
+// does. With drop, what was held is lost instead.
+func (m *tcpMesh) cut(id string, on bool, drop ...bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cuts[id] = on
+	if on {
+		return
+	}
+	held := m.held[id]
+	delete(m.held, id)
+	if len(drop) > 0 && drop[0] {
+		return
+	}
+	for _, p := range m.peers {
+		if p.id == id {
+			for _, b := range held {
+				select {
+				case p.q <- b:
+				default:
+				}
+			}
+		}
+	}
 }
 
-func (m *tcpMesh) topicBytes(topic string) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.topics[topic]
-}
 
 func (m *tcpMesh) Current() (*nodemap.Map, <-chan struct{}) { return m.pub.Current() }
 
@@ -207,14 +210,6 @@ func (m *tcpMesh) Handle(topic string, h func(from string, msg []byte)) {
 	}
 }
 
-func (m *tcpMesh) count(kind byte, sent bool) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if sent {
-		return m.sent[kind]
-	}
-	return m.received[kind]
-}
 
 func (m *tcpMesh) close() {
 	m.ln.Close()

@@ -463,30 +463,29 @@ func (p *PubSub) startFollowLocked(ch *channel, now time.Time) {
 	ch.followFrom = now.UnixMilli()
 	ch.confirmed = map[string]bool{}
 	flags := byte(syncRegister)
-	since, any := p.pendingSinceLocked(ch)
+	id := p.cl.newRoundID()
+	since, any := p.pendingSinceLocked(ch, id)
 	if any {
 		flags |= syncMessages | syncAll
 	}
-	p.startRoundLocked(ch, roundFollow, flags, since, p.cl.targets(now), now)
+	p.startRoundLocked(ch, id, roundFollow, flags, since, p.cl.targets(now), now)
 }
 
 // startFetchLocked asks the peers for the messages after the positions of
 // the subscribers waiting.
 func (p *PubSub) startFetchLocked(ch *channel, now time.Time) {
-	since, _ := p.pendingSinceLocked(ch)
-	p.startRoundLocked(ch, roundFetch, syncMessages|syncAll, since, p.cl.targets(now), now)
+	id := p.cl.newRoundID()
+	since, _ := p.pendingSinceLocked(ch, id)
+	p.startRoundLocked(ch, id, roundFetch, syncMessages|syncAll, since, p.cl.targets(now), now)
 }
 
 // pendingSinceLocked is the vector a round asks from: for each stream,
 // the oldest position of the waiting subscribers (a stream one of them
 // does not name is wanted whole). any reports whether one resumes at all.
-// Every subscriber waiting now is marked as asked for by the next round.
-func (p *PubSub) pendingSinceLocked(ch *channel) (since vector, any bool) {
-	p.cl.rmu.Lock()
-	next := p.cl.nextRound + 1
-	p.cl.rmu.Unlock()
+// Every subscriber waiting now is marked as asked for by round id.
+func (p *PubSub) pendingSinceLocked(ch *channel, id uint64) (since vector, any bool) {
 	for _, s := range ch.pending {
-		s.askedIn = next
+		s.askedIn = id
 		if !s.hasSince || s.legacy {
 			continue
 		}
@@ -588,6 +587,7 @@ func (p *PubSub) leftLocked(ch *channel) {
 	}
 	ch.follow = notFollowing
 	ch.confirmed = nil
+	ch.round, ch.repair = nil, nil // answers to them are dropped
 	for _, st := range ch.streams {
 		st.ooo, st.gapAt, st.tries, st.fresh = nil, time.Time{}, 0, false
 		st.head = st.last

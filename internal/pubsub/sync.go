@@ -64,22 +64,28 @@ func (p *PubSub) gapWait() time.Duration { return 2 * p.opts.HeartbeatInterval }
 
 const maxRepairTries = 3
 
-// startRoundLocked sends a round's request to the peers to and returns
-// it; with nobody to ask it completes at once.
-func (p *PubSub) startRoundLocked(ch *channel, kind roundKind, flags byte, since vector, to []string, now time.Time) *syncRound {
+// newRoundID allocates a round's id.
+func (c *cluster) newRoundID() uint64 {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.nextRound++
+	return c.nextRound
+}
+
+// startRoundLocked sends round id's request to the peers to and returns
+// the round; with nobody to ask it completes at once.
+func (p *PubSub) startRoundLocked(ch *channel, id uint64, kind roundKind, flags byte, since vector, to []string, now time.Time) *syncRound {
 	c := p.cl
-	r := &syncRound{ch: ch, kind: kind, flags: flags, since: since, deadline: now.Add(p.opts.SyncTimeout),
+	r := &syncRound{id: id, ch: ch, kind: kind, flags: flags, since: since, deadline: now.Add(p.opts.SyncTimeout),
 		waiting: map[string]bool{}, answered: map[string]bool{}, heads: map[uint64]head{}, got: map[msgKey]*outMsg{}}
 	for _, id := range to {
 		r.waiting[id] = true
 	}
-	c.rmu.Lock()
-	c.nextRound++
-	r.id = c.nextRound
 	if len(to) > 0 {
+		c.rmu.Lock()
 		c.rounds[r.id] = r
+		c.rmu.Unlock()
 	}
-	c.rmu.Unlock()
 	switch kind {
 	case roundRepair:
 		ch.repair = r
@@ -221,11 +227,15 @@ func (p *PubSub) completeLocked(ch *channel, r *syncRound, now time.Time) {
 	p.cl.rmu.Lock()
 	delete(p.cl.rounds, r.id)
 	p.cl.rmu.Unlock()
-	if ch.round == r {
+	// A round the channel no longer waits for (everyone left meanwhile,
+	// and maybe came back with a round of their own) is dropped.
+	switch {
+	case ch.round == r:
 		ch.round = nil
-	}
-	if ch.repair == r {
+	case ch.repair == r:
 		ch.repair = nil
+	default:
+		return
 	}
 	if ch.dead {
 		return
@@ -233,7 +243,7 @@ func (p *PubSub) completeLocked(ch *channel, r *syncRound, now time.Time) {
 	switch r.kind {
 	case roundFollow:
 		if ch.follow != syncing {
-			return // abandoned: everyone left meanwhile
+			return
 		}
 		p.beginFollowingLocked(ch, r, now)
 	case roundFetch, roundRepair:
@@ -454,7 +464,7 @@ func (p *PubSub) repairLocked(ch *channel, now time.Time) bool {
 		to = append(to, o)
 	}
 	sortVector(since)
-	p.startRoundLocked(ch, roundRepair, syncMessages, since, to, now)
+	p.startRoundLocked(ch, p.cl.newRoundID(), roundRepair, syncMessages, since, to, now)
 	return true
 }
 
