@@ -197,7 +197,6 @@ func (m *tcpMesh) cut(id string, on bool, drop ...bool) {
 	}
 }
 
-
 func (m *tcpMesh) Current() (*nodemap.Map, <-chan struct{}) { return m.pub.Current() }
 
 func (m *tcpMesh) Handle(topic string, h func(from string, msg []byte)) {
@@ -209,7 +208,6 @@ func (m *tcpMesh) Handle(topic string, h func(from string, msg []byte)) {
 		m.handlers[topic] = h
 	}
 }
-
 
 func (m *tcpMesh) close() {
 	m.ln.Close()
