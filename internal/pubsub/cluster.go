@@ -28,8 +28,10 @@ type cluster struct {
 	hbEvery   time.Duration
 	deadAfter time.Duration // a direct path is down after this long without a heartbeat
 
-	mu    sync.RWMutex
-	peers map[string]*peerState
+	mu      sync.RWMutex
+	peers   map[string]*peerState
+	members map[string]time.Time // live members of the node map, and since when
+	legacy  []string             // members that never sent a heartbeat: nodes from before heartbeats
 
 	rmu       sync.Mutex
 	rounds    map[uint64]*syncRound
@@ -49,6 +51,7 @@ type peerState struct {
 	interest map[uint64]struct{}
 	dig      *digestAcc
 	sendDig  bool // send it our digest at the next tick: it is new, or restarted
+	digSent  bool // we sent this instance our digest
 
 	sentDirect, sentRelay prometheus.Counter
 	directGauge           prometheus.Gauge
@@ -82,6 +85,10 @@ const (
 	// maxInterest bounds the channels one peer may follow here.
 	maxInterest = 1 << 20
 )
+// legacyAfter: a live member that has sent no heartbeat for this long (5s
+// by default) runs a version of pubsub from before them, and gets every
+// publish in the old form, as such nodes sent to each other.
+func (c *cluster) legacyAfter() time.Duration { return 20 * c.hbEvery }
 
 func newCluster(p *PubSub, m Mesh) *cluster {
 	c := &cluster{
@@ -91,6 +98,7 @@ func newCluster(p *PubSub, m Mesh) *cluster {
 		hbEvery:   p.opts.HeartbeatInterval,
 		deadAfter: p.opts.HeartbeatInterval * 7 / 2,
 		peers:     map[string]*peerState{},
+		members:   map[string]time.Time{},
 		rounds:    map[uint64]*syncRound{},
 		gaps:      map[*channel]struct{}{},
 	}
@@ -142,12 +150,13 @@ func (c *cluster) run() {
 // that turned out to be cut, and broadcasts the heartbeat.
 func (c *cluster) tick(now time.Time) {
 	var gone map[string]bool
+	var live map[string]bool
 	if c.src != nil {
 		mp, _ := c.src.Current()
 		gone = map[string]bool{}
-		live := map[string]bool{}
+		live = map[string]bool{}
 		for _, n := range mp.Nodes {
-			if n.State != nodemap.Dead {
+			if n.State != nodemap.Dead && !n.Self {
 				live[n.ID] = true
 			}
 		}
@@ -163,6 +172,24 @@ func (c *cluster) tick(now time.Time) {
 	var newDigest []string
 	hb := heartbeat{instance: c.instance}
 	c.mu.Lock()
+	if live != nil {
+		c.legacy = c.legacy[:0]
+		for id := range c.members {
+			if !live[id] {
+				delete(c.members, id)
+			}
+		}
+		for id := range live {
+			since, ok := c.members[id]
+			if !ok {
+				c.members[id] = now
+				continue
+			}
+			if ps := c.peers[id]; ps == nil && now.Sub(since) >= c.legacyAfter() {
+				c.legacy = append(c.legacy, id)
+			}
+		}
+	}
 	for id, ps := range c.peers {
 		if gone[id] || now.Sub(ps.seen) > forgetAfter {
 			c.forgetLocked(ps)
@@ -190,6 +217,7 @@ func (c *cluster) tick(now time.Time) {
 		hb.peers = append(hb.peers, hbPeer{id, f})
 		if ps.sendDig {
 			ps.sendDig = false
+			ps.digSent = true
 			newDigest = append(newDigest, id)
 		}
 	}
@@ -254,7 +282,7 @@ func (c *cluster) onHeartbeat(from string, h heartbeat) {
 		// we follow: tell it (our digest) at the next tick.
 		ps.instance = h.instance
 		ps.interest, ps.dig = nil, nil
-		ps.sendDig = true
+		ps.sendDig, ps.digSent = true, false
 	}
 	ps.heardAt, ps.seen = now, now
 	ps.flagsMe = 0
@@ -370,14 +398,21 @@ func (ps *peerState) takeRecent(since time.Time) []sentMsg {
 }
 
 // publish sends a message of the channel with hash h to every peer that
-// follows it (every peer, with Options.BroadcastAll).
-func (c *cluster) publish(h uint64, msg []byte) {
+// follows it (every peer, with Options.BroadcastAll), and in the old form
+// (channel, data) to nodes from before interest routing.
+func (c *cluster) publish(h uint64, msg []byte, channel string, data []byte) {
 	var buf [16]*peerState
 	targets := buf[:0]
 	c.mu.RLock()
 	for _, ps := range c.peers {
 		if _, ok := ps.interest[h]; ok || c.p.opts.BroadcastAll {
 			targets = append(targets, ps)
+		}
+	}
+	if len(c.legacy) > 0 {
+		old := encodeLegacy(channel, data)
+		for _, id := range c.legacy {
+			_ = c.mesh.Send(id, MeshTopic, old)
 		}
 	}
 	c.mu.RUnlock()
@@ -402,6 +437,16 @@ func (c *cluster) targets(now time.Time) []string {
 		}
 	}
 	return out
+}
+
+// speaks reports whether peer id has sent heartbeats: it speaks this
+// protocol, and an old-form message from it is a copy (sent while we were
+// taken for an old node) of one that comes with its id.
+func (c *cluster) speaks(id string) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ps := c.peers[id]
+	return ps != nil && ps.instance != 0
 }
 
 // routable reports whether peer id is heard from lately.
@@ -492,6 +537,10 @@ func (c *cluster) onDigest(from string, d digest) []uint64 {
 		return nil
 	}
 	ps.interest, ps.dig = acc.set, nil
+	if !ps.digSent {
+		// It (re)discovered us: we may be new to it as well.
+		ps.sendDig = true
+	}
 	out := make([]uint64, 0, len(acc.set))
 	for h := range acc.set {
 		out = append(out, h)

@@ -28,7 +28,7 @@ func (p *PubSub) handle(from, topic string, msg []byte, relayed bool) {
 	case kindLegacy:
 		var ch string
 		var data []byte
-		if ch, data, err = decodeLegacy(msg); err == nil {
+		if ch, data, err = decodeLegacy(msg); err == nil && !p.cl.speaks(from) {
 			p.onLegacy(ch, data)
 		}
 	case kindPresence:

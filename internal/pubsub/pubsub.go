@@ -472,10 +472,16 @@ func (p *PubSub) startFollowLocked(ch *channel, now time.Time) {
 }
 
 // startFetchLocked asks the peers for the messages after the positions of
-// the subscribers waiting.
+// the subscribers waiting, or after what this node has when that is less
+// (a subscriber ahead of this node needs what this node lacks too).
 func (p *PubSub) startFetchLocked(ch *channel, now time.Time) {
 	id := p.cl.newRoundID()
 	since, _ := p.pendingSinceLocked(ch, id)
+	for i, e := range since {
+		if st := ch.streams[e.sid]; st != nil && st.last < e.seq {
+			since[i].seq = st.last // may be 0: the whole stream
+		}
+	}
 	p.startRoundLocked(ch, id, roundFetch, syncMessages|syncAll, since, p.cl.targets(now), now)
 }
 
@@ -746,7 +752,7 @@ func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error)
 			// stream of its own, kept nowhere here.
 			m := wireMsg{channel: channel, sid: newSID(), seq: 1, otime: now.UnixMilli(), data: compact}
 			if p.cl != nil {
-				p.cl.publish(channelHash(channel), encodeMessage(m))
+				p.cl.publish(channelHash(channel), encodeMessage(m), channel, compact)
 			}
 			return vector{{m.sid, 1}}.position(now), nil
 		}
@@ -761,7 +767,7 @@ func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error)
 		if p.cl != nil {
 			// Peers first (under the lock, so that every peer gets the
 			// stream in order): their fan-out runs while ours does.
-			p.cl.publish(ch.hash, encodeMessage(wireMsg{channel: channel, sid: st.sid, seq: seq, otime: st.otime, data: compact}))
+			p.cl.publish(ch.hash, encodeMessage(wireMsg{channel: channel, sid: st.sid, seq: seq, otime: st.otime, data: compact}), channel, compact)
 		}
 		p.appendLocked(ch, st, seq, st.otime, compact, now)
 		pos := ch.vec.position(now)

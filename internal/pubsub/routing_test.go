@@ -343,3 +343,41 @@ func TestGapRepair(t *testing.T) {
 	nodes[0].publish(ch, 11)
 	sub.expectData("11")
 }
+
+// A node from before interest routing (it broadcasts messages in the old
+// form and sends no heartbeats) still exchanges messages with new ones
+// during a rolling upgrade.
+func TestOldNodeInTheCluster(t *testing.T) {
+	ma, mold := newTCPMesh(t, "n1"), newTCPMesh(t, "old")
+	defer mold.close()
+	defer ma.close()
+	ma.join(mold)
+	mold.join(ma)
+	got := make(chan []byte, 16)
+	mold.Handle(MeshTopic, func(from string, msg []byte) { got <- msg })
+	a := newNode(t, clusterOptions(), ma)
+	sub := a.mustDial()
+	sub.subscribe("demo/thread-old", "", nil)
+
+	// Old to new: delivered.
+	mold.Broadcast(MeshTopic, encodeLegacy("demo/thread-old", []byte(`"from old"`)))
+	sub.expectData(`"from old"`)
+	// New to old: once the old node has been seen long enough without a
+	// heartbeat, publishes go to it in the old form.
+	deadline := time.After(settle)
+	for i := 0; ; i++ {
+		a.publish("demo/thread-old", i)
+		sub.expectData(strconv.Itoa(i))
+		select {
+		case msg := <-got:
+			ch, data, err := decodeLegacy(msg)
+			if err != nil || ch != "demo/thread-old" || string(data) != strconv.Itoa(i) {
+				t.Fatalf("old node got %q: %v", msg, err)
+			}
+			return
+		case <-deadline:
+			t.Fatal("the old node never got a publish")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
