@@ -85,6 +85,7 @@ const (
 	// maxInterest bounds the channels one peer may follow here.
 	maxInterest = 1 << 20
 )
+
 // legacyAfter: a live member that has sent no heartbeat for this long (5s
 // by default) runs a version of pubsub from before them, and gets every
 // publish in the old form, as such nodes sent to each other.
