@@ -18,7 +18,7 @@ import (
 // and digests and watches sync rounds and gaps.
 //
 // Lock order: channel.mu, then cluster.mu, then peerState.rmu; cluster.rmu
-// is taken alone.
+// is taken last (it may be taken under channel.mu, never the other way).
 type cluster struct {
 	p         *PubSub
 	mesh      Mesh

@@ -381,3 +381,37 @@ func TestOldNodeInTheCluster(t *testing.T) {
 		}
 	}
 }
+
+// A node that begins following a channel while its publisher cannot be
+// reached at all learns of the publisher's stream once the partition
+// heals (from the digest's heads), and delivers what was published after
+// it began following, not what was published before.
+func TestFollowWhilePublisherUnreachable(t *testing.T) {
+	opts := clusterOptions()
+	opts.DigestInterval = 300 * time.Millisecond
+	nodes, meshes := newTestCluster(t, 2, opts)
+	waitDirect(t, nodes, meshes)
+	const ch = "demo/thread-partition"
+	meshes[0].cut("n2", true)
+	meshes[1].cut("n1", true)
+	testkit.WaitFor(t, settle, "both sides to see the partition", func() bool {
+		return !nodes[0].direct("n2") && !nodes[1].direct("n1")
+	})
+	testkit.WaitFor(t, settle, "n2 to stop counting n1 as reachable", func() bool {
+		return !nodes[1].ps.cl.routable("n1", time.Now())
+	})
+	nodes[0].publish(ch, "before")
+	time.Sleep(5 * time.Millisecond) // a later millisecond: the origin's clock orders the two
+	sub := nodes[1].mustDial()
+	if s := sub.subscribe(ch, "", nil); s.Position.Offset != 0 {
+		t.Fatalf("subscribed %+v", s)
+	}
+	time.Sleep(5 * time.Millisecond)
+	nodes[0].publish(ch, "after")
+	meshes[0].cut("n2", false, true)
+	meshes[1].cut("n1", false, true)
+	sub.expectData(`"after"`)
+	nodes[0].publish(ch, "live")
+	sub.expectData(`"live"`)
+	sub.sync()
+}

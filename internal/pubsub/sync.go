@@ -34,6 +34,7 @@ type syncRound struct {
 	answered map[string]bool // peers whose final part arrived
 	heads    map[uint64]head
 	got      map[msgKey]*outMsg
+	gotBytes int
 	done     bool
 }
 
@@ -55,8 +56,11 @@ func (k roundKind) String() string {
 	return "repair"
 }
 
-// maxRoundMsgs bounds the messages one round collects.
-const maxRoundMsgs = 1 << 14
+// Bounds of what one round collects.
+const (
+	maxRoundMsgs  = 1 << 14
+	maxRoundBytes = 64 << 20
+)
 
 // gapWait is how long a gap may last before a repair is asked for: the
 // message may just be late (it came by another path).
@@ -186,11 +190,12 @@ func (p *PubSub) onSyncReply(from string, rep syncReply) {
 	}
 	for _, m := range rep.msgs {
 		k := msgKey{m.sid, m.seq}
-		if _, ok := r.got[k]; ok || len(r.got) >= maxRoundMsgs || !p.validData(m.data) {
+		if _, ok := r.got[k]; ok || len(r.got) >= maxRoundMsgs || r.gotBytes+len(m.data) > maxRoundBytes || !p.validData(m.data) {
 			continue
 		}
 		// A copy: the part's buffer is large and short-lived.
 		r.got[k] = &outMsg{sid: m.sid, seq: m.seq, otime: m.otime, data: append([]byte(nil), m.data...), at: now}
+		r.gotBytes += len(m.data)
 	}
 	if !rep.final {
 		return
