@@ -43,15 +43,14 @@ type cluster struct {
 type peerState struct {
 	id       string
 	instance uint64
-	heardAt  time.Time       // last heartbeat received on the direct path
-	flagsMe  byte            // what that heartbeat said of this node
-	reach    map[string]bool // peers it reaches directly, as of that heartbeat
-	seen     time.Time       // last sign of life: its heartbeat, or a peer reaching it
-	direct   bool            // our direct path to it works (set every tick)
-	interest map[uint64]struct{}
-	dig      *digestAcc
-	sendDig  bool // send it our digest at the next tick: it is new, or restarted
-	digSent  bool // we sent this instance our digest
+	heardAt  time.Time            // last heartbeat received on the direct path
+	flagsMe  byte                 // what that heartbeat said of this node
+	reach    map[string]bool      // peers it reaches directly, as of that heartbeat
+	seen     time.Time            // last sign of life: its heartbeat, or a peer reaching it
+	direct   bool                 // our direct path to it works (set every tick)
+	interest map[uint64]time.Time // channels it follows, and when it last said so
+	sendDig  bool                 // send it our digest at the next tick: it is new, or restarted
+	digSent  bool                 // we sent this instance our digest
 
 	sentDirect, sentRelay prometheus.Counter
 	directGauge           prometheus.Gauge
@@ -66,13 +65,6 @@ type sentMsg struct {
 	at    time.Time
 	topic string
 	msg   []byte
-}
-
-// digestAcc collects the parts of one digest round from a peer.
-type digestAcc struct {
-	round, parts uint64
-	got          map[uint64]bool
-	set          map[uint64]struct{}
 }
 
 const (
@@ -142,6 +134,7 @@ func (c *cluster) run() {
 			if !now.Before(nextDigest) {
 				nextDigest = now.Add(c.p.opts.DigestInterval)
 				c.sendDigests(nil)
+				c.expireInterest(now)
 			}
 		}
 	}
@@ -282,7 +275,7 @@ func (c *cluster) onHeartbeat(from string, h heartbeat) {
 		// A new process follows nothing yet, and knows nothing of what
 		// we follow: tell it (our digest) at the next tick.
 		ps.instance = h.instance
-		ps.interest, ps.dig = nil, nil
+		ps.interest = nil
 		ps.sendDig, ps.digSent = true, false
 	}
 	ps.heardAt, ps.seen = now, now
@@ -470,6 +463,12 @@ func (c *cluster) onRelay(from, topic string, b []byte) bool {
 }
 
 // ---- interest ----
+//
+// A peer's interest in a channel is set by its follow round (register) and
+// refreshed by its digests; it ends with its "no longer" message, or when
+// three digests in a row have not named the channel (that message was
+// lost). Digests never remove: one made just before a follow began may
+// arrive after it.
 
 // register records that peer from follows the channel with hash h. The
 // caller holds the channel's lock (when this node has the channel), so
@@ -478,27 +477,26 @@ func (c *cluster) onRelay(from, topic string, b []byte) bool {
 func (c *cluster) register(from string, h uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ps := c.peerLocked(from, time.Now())
+	c.peerLocked(from, time.Now()).follows(h, time.Now())
+}
+
+func (ps *peerState) follows(h uint64, now time.Time) {
 	if ps.interest == nil {
-		ps.interest = map[uint64]struct{}{}
+		ps.interest = map[uint64]time.Time{}
 	}
-	if len(ps.interest) < maxInterest {
-		ps.interest[h] = struct{}{}
+	if _, ok := ps.interest[h]; ok || len(ps.interest) < maxInterest {
+		ps.interest[h] = now
 	}
 }
 
 func (c *cluster) onInterest(from string, ops []interestOp) {
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ps := c.peerLocked(from, time.Now())
+	ps := c.peerLocked(from, now)
 	for _, op := range ops {
 		if op.follow {
-			if ps.interest == nil {
-				ps.interest = map[uint64]struct{}{}
-			}
-			if len(ps.interest) < maxInterest {
-				ps.interest[op.hash] = struct{}{}
-			}
+			ps.follows(op.hash, now)
 		} else {
 			delete(ps.interest, op.hash)
 		}
@@ -513,40 +511,35 @@ func (c *cluster) unfollow(h uint64) {
 	}
 }
 
-// onDigest collects a peer's digest; a complete one replaces what it
-// follows. It returns the hashes of a complete digest (nil otherwise), to
-// be answered with this node's heads.
-func (c *cluster) onDigest(from string, d digest) []uint64 {
+// onDigest refreshes what a peer follows with one part of its digest. The
+// part's hashes are answered with this node's heads.
+func (c *cluster) onDigest(from string, d digest) {
+	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ps := c.peerLocked(from, time.Now())
-	acc := ps.dig
-	if acc == nil || acc.round != d.round || acc.parts != d.parts {
-		acc = &digestAcc{round: d.round, parts: d.parts, got: map[uint64]bool{}, set: map[uint64]struct{}{}}
-		ps.dig = acc
-	}
-	if acc.got[d.part] {
-		return nil
-	}
-	acc.got[d.part] = true
+	ps := c.peerLocked(from, now)
 	for _, h := range d.hashes {
-		if len(acc.set) < maxInterest {
-			acc.set[h] = struct{}{}
-		}
+		ps.follows(h, now)
 	}
-	if uint64(len(acc.got)) < acc.parts {
-		return nil
-	}
-	ps.interest, ps.dig = acc.set, nil
 	if !ps.digSent {
 		// It (re)discovered us: we may be new to it as well.
 		ps.sendDig = true
 	}
-	out := make([]uint64, 0, len(acc.set))
-	for h := range acc.set {
-		out = append(out, h)
+}
+
+// expireInterest forgets what peers have not said they follow for three
+// digest intervals.
+func (c *cluster) expireInterest(now time.Time) {
+	old := now.Add(-3 * c.p.opts.DigestInterval)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ps := range c.peers {
+		for h, at := range ps.interest {
+			if at.Before(old) {
+				delete(ps.interest, h)
+			}
+		}
 	}
-	return out
 }
 
 // sendDigests sends the hashes of every channel this node follows to the

@@ -168,9 +168,10 @@
 // leaves, the node tells every peer it no longer follows. Every
 // Options.DigestInterval (and when a peer appears or restarts) each node
 // sends every peer the full list of the channels it follows (8-byte
-// hashes), which repairs lost interest messages; each peer answers with
-// the heads of its own streams of those channels, which reveals messages
-// lost on the way.
+// hashes): it refreshes what the peer knows (a channel no digest has named
+// for three intervals is forgotten, in case the "no longer" was lost), and
+// each peer answers with the heads of its own streams of those channels,
+// which reveals messages lost on the way.
 //
 // Relays. Every Options.HeartbeatInterval each node tells every peer it is
 // there, which peers it hears, and which it reaches directly. A direct path

@@ -60,9 +60,8 @@ func (p *PubSub) handle(from, topic string, msg []byte, relayed bool) {
 	case kindDigest:
 		var d digest
 		if d, err = decodeDigest(msg); err == nil {
-			if hs := p.cl.onDigest(from, d); hs != nil {
-				p.sendHeads(from, p.ownHeads(hs))
-			}
+			p.cl.onDigest(from, d)
+			p.sendHeads(from, p.ownHeads(d.hashes))
 		}
 	case kindSyncReq:
 		var q syncReq

@@ -556,7 +556,7 @@ func (p *PubSub) admitLocked(ch *channel, s *subscription, extra map[msgKey]*out
 		cur = cur.with(m.sid, m.seq)
 		c.enqueueLocked(newMessage(ch.name, cur.position(now), m.data, m.at), false)
 	}
-	s.since = nil
+	s.since, s.id = nil, "" // only needed while waiting
 	return true
 }
 

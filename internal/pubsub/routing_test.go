@@ -415,3 +415,31 @@ func TestFollowWhilePublisherUnreachable(t *testing.T) {
 	sub.expectData(`"live"`)
 	sub.sync()
 }
+
+// A digest made before a follow began never undoes it; what no digest
+// names for three intervals (a lost "no longer") is forgotten.
+func TestInterestRefreshAndExpiry(t *testing.T) {
+	m := newTCPMesh(t, "n1")
+	defer m.close()
+	n := newNode(t, clusterOptions(), m)
+	cl := n.ps.cl
+	follows := func(h uint64) bool {
+		cl.mu.RLock()
+		defer cl.mu.RUnlock()
+		_, ok := cl.peers["n2"].interest[h]
+		return ok
+	}
+	cl.register("n2", 1)
+	cl.onDigest("n2", digest{parts: 1, hashes: []uint64{2}}) // made before 1 was followed
+	if !follows(1) || !follows(2) {
+		t.Fatal("a digest removed or missed a follow")
+	}
+	cl.onInterest("n2", []interestOp{{1, false}})
+	if follows(1) {
+		t.Fatal("still following after no longer")
+	}
+	cl.expireInterest(time.Now().Add(3*n.ps.opts.DigestInterval + time.Second))
+	if follows(2) {
+		t.Fatal("not forgotten after three digests without it")
+	}
+}

@@ -18,7 +18,7 @@ import (
 //	0x05 relayed:         uvarint len(origin), origin, inner
 //	0x06 heartbeat:       instance (8 bytes), uvarint n, n × (uvarint len(node), node, flags (1: I hear it, 2: I reach it directly))
 //	0x07 interest:        uvarint n, n × (channel hash (8 bytes), op (1 follow, 0 no longer))
-//	0x08 digest:          uvarint round, uvarint part, uvarint parts, uvarint n, n × channel hash
+//	0x08 digest:          uvarint round, uvarint part, uvarint parts, uvarint n, n × channel hash (the channels the sender follows)
 //	0x09 sync request:    uvarint id, flags, uvarint len(channel), channel, uvarint n, n × (stream, uvarint seq)
 //	0x0a sync reply:      uvarint id, flags (bit 0: final), uvarint len(channel), channel,
 //	                      uvarint heads, heads × (stream, uvarint last, uvarint time, uvarint len(origin), origin),
