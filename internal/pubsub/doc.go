@@ -181,7 +181,10 @@
 // a relayed message is never relayed again; with none known, through up
 // to two peers we reach). What was sent straight to it just before the cut
 // was noticed is sent again through the relay. Heartbeats keep probing the
-// direct path, which is used again once heartbeats cross it both ways.
+// direct path, which is used again once heartbeats cross it both ways. A
+// relay names the node a message comes from and is believed: every node
+// holds a certificate of the fleet CA, which lets it publish anything
+// anyway.
 //
 // Order and duplicates. Each node delivers every stream in sequence order,
 // each message once: a message that arrives twice (through a relay and, late,
