@@ -78,7 +78,7 @@ const (
 	maxInterest = 1 << 20
 )
 
-// legacyAfter: a live member that has sent no heartbeat for this long (5s
+// legacyAfter: a live member that has sent no heartbeat for this long (4s
 // by default) runs a version of pubsub from before them, and gets every
 // publish in the old form, as such nodes sent to each other.
 func (c *cluster) legacyAfter() time.Duration { return 20 * c.hbEvery }

@@ -91,7 +91,7 @@ type Options struct {
 	PresenceInterval time.Duration
 
 	// HeartbeatInterval is how often each node tells every peer it is
-	// there (default 250ms). A direct path that brings no heartbeat for
+	// there (default 200ms). A direct path that brings no heartbeat for
 	// 3.5 intervals is down, and messages go through a peer that reaches
 	// both ends instead.
 	HeartbeatInterval time.Duration
@@ -131,7 +131,7 @@ const (
 	DefaultReadTimeout          = 10 * time.Second
 	DefaultCloseGrace           = 2 * time.Second
 	DefaultPresenceInterval     = 2 * time.Second
-	DefaultHeartbeatInterval    = 250 * time.Millisecond
+	DefaultHeartbeatInterval    = 200 * time.Millisecond
 	DefaultSyncTimeout          = 2 * time.Second
 	DefaultDigestInterval       = 20 * time.Second
 )
