@@ -211,8 +211,10 @@
 // publishing node that could not be reached at all (not even through one
 // relay) when a node began to follow a channel learns of it later (from a
 // digest), and its messages from meanwhile are delivered only if published
-// after the node began to follow, by the publishing node's clock; and
-// messages that only a node that died had received are lost.
+// after the node began to follow, by the publishing node's clock; and a
+// message its publishing node sent to some followers but not to another
+// before it died (a link broke on the way) never reaches that other one:
+// followers repair gaps from publishers, not from each other.
 //
 // Nodes from before this protocol (they broadcast every publish without an
 // id and send no heartbeats) get every publish in that old form once they
