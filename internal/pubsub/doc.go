@@ -211,10 +211,10 @@
 // publishing node that could not be reached at all (not even through one
 // relay) when a node began to follow a channel learns of it later (from a
 // digest), and its messages from meanwhile are delivered only if published
-// after the node began to follow, by the publishing node's clock; and a
-// message its publishing node sent to some followers but not to another
-// before it died (a link broke on the way) never reaches that other one:
-// followers repair gaps from publishers, not from each other.
+// after the node began to follow, by the publishing node's clock; and the
+// last messages a node published before it died, if lost on the way to
+// one follower, never reach that one: a gap shows through a later message
+// or the publisher's own heads, and a dead publisher sends neither.
 //
 // Nodes from before this protocol (they broadcast every publish without an
 // id and send no heartbeats) get every publish in that old form once they
