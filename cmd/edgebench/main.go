@@ -6,6 +6,7 @@
 //	                -n 10000 -channels 1 -m 100 -rate 10 -server-pid PID
 //	edgebench serve [-listen 127.0.0.1:0] [-admin 127.0.0.1:0] [-dir DIR]
 //	edgebench suite [-sizes 1000,10000,19000]
+//	edgebench interest [-nodes 5] [-subscribed 2] [-subs 10] [-m 2000] [-rate 1000] [-size 100]
 //
 // run opens N websocket subscribers (over TLS, spread over source addresses
 // 127.1.x.y so per-address limits are not hit), subscribes subscriber i to
@@ -22,6 +23,11 @@
 //
 // suite starts serve as a child process and runs the standard table: each
 // N on one channel (10 messages/s) and on N channels.
+//
+// interest measures the mesh bytes of a publish between nodes: N nodes in
+// this process with real mesh links, subscribers on some, publishes on
+// another; every publish sent to every peer (the fan-out before interest
+// routing) beside every publish sent to the peers with subscribers only.
 package main
 
 import (
@@ -31,7 +37,7 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: edgebench run|serve|suite [flags]")
+		fmt.Fprintln(os.Stderr, "usage: edgebench run|serve|suite|interest [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -42,6 +48,8 @@ func main() {
 		err = serveCmd(os.Args[2:])
 	case "suite":
 		err = suiteCmd(os.Args[2:])
+	case "interest":
+		err = interestCmd(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

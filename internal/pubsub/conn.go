@@ -206,6 +206,7 @@ func (c *conn) terminate(reason string) {
 		s.ch.mu.Lock()
 		if s.ch.removeLocked(s, now) {
 			idle = append(idle, s.ch)
+			c.p.leftLocked(s.ch)
 		}
 		s.ch.mu.Unlock()
 	}

@@ -8,27 +8,21 @@ import (
 	"time"
 )
 
-// Position is where a message sits in its channel on this node: the
-// channel's epoch (a new one whenever the node starts keeping the channel
-// afresh, so positions from a forgotten history are never mistaken for
-// current ones) and the message's offset in it (1, 2, 3, ...).
+// Position is a place in a channel that means the same on every node:
+// Epoch is a token naming, for each stream of the channel (the messages
+// one node published), the last message received from it (see
+// position.go), and Offset is how many messages that accounts for.
+// Clients treat both as opaque and send back the last position they got.
 type Position struct {
 	Epoch  string `json:"epoch"`
 	Offset uint64 `json:"offset"`
 }
 
-const maxEpochLen = 16
-
+// validEpoch: a position token, or a position from before positions were
+// cluster-wide (accepted, answered with must_reload).
 func validEpoch(s string) bool {
-	if len(s) == 0 || len(s) > maxEpochLen {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
-			return false
-		}
-	}
-	return true
+	_, _, _, ok := parseToken(s)
+	return ok
 }
 
 // clientFrame is every frame a client may send.
@@ -145,12 +139,16 @@ type outMsg struct {
 	sse     atomic.Pointer[[]byte]
 	close   bool // a websocket close frame: the connection ends after it
 
-	// Messages from a publish: position and time for the history, and the
-	// count of local deliveries still to do, for the fan-out latency.
-	offset  uint64
-	at      time.Time
-	pending atomic.Int32
-	fanout  *metrics
+	// Messages of a channel: their id (stream, sequence number), time at
+	// the origin (Unix ms), data and time of arrival here, for the history;
+	// and the count of local deliveries still to do, for the fan-out
+	// latency.
+	sid, seq uint64
+	otime    int64
+	data     []byte
+	at       time.Time
+	pending  atomic.Int32
+	fanout   *metrics
 }
 
 // wsHeadroom is the largest server frame header (no mask).
@@ -162,7 +160,8 @@ const wsHeadroom = 10
 func newMessage(channel string, pos Position, data []byte, at time.Time) *outMsg {
 	buf := make([]byte, wsHeadroom, wsHeadroom+len(channel)+len(pos.Epoch)+len(data)+80)
 	buf = appendMessageJSON(buf, channel, pos, data)
-	m := &outMsg{payload: buf[wsHeadroom:], offset: pos.Offset, at: at}
+	m := &outMsg{payload: buf[wsHeadroom:], at: at}
+	m.data = m.payload[len(m.payload)-1-len(data) : len(m.payload)-1]
 	m.ws = putWSHeader(buf, opText)
 	m.sseID = channel + "@" + pos.Epoch + ":" + strconv.FormatUint(pos.Offset, 10)
 	return m

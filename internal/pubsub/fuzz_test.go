@@ -3,6 +3,7 @@ package pubsub
 import (
 	"bytes"
 	"encoding/binary"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -147,18 +148,69 @@ func FuzzParseEventID(f *testing.F) {
 }
 
 func FuzzPeerMessages(f *testing.F) {
-	f.Add(encodePeerMessage("demo/thread-1", []byte(`{"a":1}`)))
-	f.Add([]byte{peerPresence, 1, 13, 'd', 'e', 'm', 'o', '/', 't', 'h', 'r', 'e', 'a', 'd', '-', '1', 3})
-	f.Add([]byte{peerPresence, 0xff, 0xff, 0xff, 0xff, 0x0f})
-	f.Add([]byte{peerMessage, 0x80})
+	f.Add(encodeMessage(wireMsg{channel: "demo/thread-1", sid: 12345, seq: 7, otime: 1700000000000, data: []byte(`{"a":1}`)}))
+	f.Add(encodeLegacy("demo/thread-1", []byte(`{"a":1}`)))
+	f.Add([]byte{kindPresence, 1, 13, 'd', 'e', 'm', 'o', '/', 't', 'h', 'r', 'e', 'a', 'd', '-', '1', 3})
+	f.Add([]byte{kindPresence, 0xff, 0xff, 0xff, 0xff, 0x0f})
+	f.Add([]byte{kindMessage, 0x80})
+	f.Add(wrap(kindRelay, "node2", encodeLegacy("demo/x", []byte("1"))))
+	f.Add(encodeHeartbeat(heartbeat{instance: 9, peers: []hbPeer{{"node1", 3}, {"node2", 1}}}))
+	f.Add(encodeInterest([]interestOp{{1, true}, {2, false}}))
+	f.Add(encodeDigest(digest{round: 3, part: 0, parts: 2, hashes: []uint64{1, 2, 3}}))
+	f.Add(encodeSyncReq(syncReq{id: 4, flags: syncRegister | syncMessages, channel: "demo/x", since: vector{{1, 2}, {3, 4}}}))
+	f.Add(encodeSyncReply(syncReply{id: 4, final: true, channel: "demo/x", heads: []head{{1, 2, 9, ""}, {3, 4, 10, "node3"}},
+		msgs: []wireMsg{{sid: 1, seq: 2, otime: 5, data: []byte("6")}}}))
+	f.Add(encodeHeads([]chanHead{{hash: 1, sid: 2, seq: 3}}))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if ch, data, err := decodePeerMessage(b); err == nil {
-			if !bytes.Equal(encodePeerMessage(ch, data), b) {
-				t.Fatalf("message %q does not round-trip", b)
+		// Every decoder refuses b or reads exactly what its encoder writes.
+		roundTrip := func(what string, enc []byte) {
+			if !bytes.Equal(enc, b) {
+				t.Fatalf("%s %q does not round-trip: %q", what, b, enc)
+			}
+		}
+		if len(b) == 0 {
+			return
+		}
+		switch b[0] {
+		case kindMessage:
+			if m, err := decodeMessage(b); err == nil {
+				roundTrip("message", encodeMessage(m))
+			}
+		case kindLegacy:
+			if ch, data, err := decodeLegacy(b); err == nil {
+				roundTrip("legacy message", encodeLegacy(ch, data))
+			}
+		case kindRelay, kindRelayed:
+			if node, inner, err := unwrap(b); err == nil {
+				roundTrip("relay", wrap(b[0], node, inner))
+			}
+		case kindHeartbeat:
+			if h, err := decodeHeartbeat(b); err == nil {
+				roundTrip("heartbeat", encodeHeartbeat(h))
+			}
+		case kindInterest:
+			if ops, err := decodeInterest(b); err == nil {
+				roundTrip("interest", encodeInterest(ops))
+			}
+		case kindDigest:
+			if d, err := decodeDigest(b); err == nil {
+				roundTrip("digest", encodeDigest(d))
+			}
+		case kindSyncReq:
+			if q, err := decodeSyncReq(b); err == nil {
+				roundTrip("sync request", encodeSyncReq(q))
+			}
+		case kindSyncReply:
+			if r, err := decodeSyncReply(b); err == nil {
+				roundTrip("sync reply", encodeSyncReply(r))
+			}
+		case kindHeads:
+			if hs, err := decodeHeads(b); err == nil {
+				roundTrip("heads", encodeHeads(hs))
 			}
 		}
 		if entries, err := decodePresence(b); err == nil {
-			out := []byte{peerPresence}
+			out := []byte{kindPresence}
 			out = binary.AppendUvarint(out, uint64(len(entries)))
 			for _, e := range entries {
 				if _, _, ok := splitChannel(e.ch); !ok {
@@ -171,6 +223,31 @@ func FuzzPeerMessages(f *testing.F) {
 			if len(out) > len(b) {
 				t.Fatalf("presence %q decoded to more than it holds", b)
 			}
+		}
+	})
+}
+
+func FuzzParseToken(f *testing.F) {
+	for _, s := range []string{"0~1", "abcdefgh.1~1767225600", "abcdefgh.1_bcdefghi.22~0", "k3j5x2ab", "abcdefgh.0~5", "abcdefgh.1_abcdefgh.2~1", "aaaaaaaa.01~1", "_", ".", "0~01", "abcdefgh.1"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		v, ts, legacy, ok := parseToken(s)
+		if !ok || legacy {
+			return
+		}
+		if len(v) > maxVectorLen || !sortedVector(v) {
+			t.Fatalf("%q: bad vector %v", s, v)
+		}
+		for _, e := range v {
+			if e.seq == 0 || e.sid == 0 || e.sid >= 1<<sidBits {
+				t.Fatalf("%q: bad entry %v", s, e)
+			}
+		}
+		// The canonical form reads back the same.
+		v2, ts2, _, ok2 := parseToken(v.token(ts))
+		if !ok2 || !slices.Equal(v, v2) || ts2 != ts {
+			t.Fatalf("%q: token %q does not round-trip", s, v.token(ts))
 		}
 	})
 }

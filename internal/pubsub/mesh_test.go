@@ -7,28 +7,33 @@ import (
 	"net"
 	"sync"
 	"testing"
+
+	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
 // tcpMesh is a small mesh for tests: named topics carried over real
 // loopback TCP connections (one outgoing connection per peer), handlers
-// called on the reading goroutine, as internal/mesh does. It counts what it
-// receives by pubsub message kind.
+// called on the reading goroutine, as internal/mesh does. It publishes a
+// node map (this node and the peers it joined), and can cut the way to a
+// peer (messages to it are held, or lost, as in a network cut).
 type tcpMesh struct {
 	t    *testing.T
 	self string
 	ln   net.Listener
+	pub  *nodemap.Publisher
 
 	mu       sync.Mutex
 	handlers map[string]func(from string, msg []byte)
 	peers    []*tcpPeer
 	conns    []net.Conn
-	received map[byte]int
-	sent     map[byte]int
+	cuts     map[string]bool
+	held     map[string][][]byte // sent during a cut, delivered when it heals
 
 	wg sync.WaitGroup
 }
 
 type tcpPeer struct {
+	id string
 	c  net.Conn
 	q  chan []byte
 	wg *sync.WaitGroup
@@ -40,7 +45,8 @@ func newTCPMesh(t *testing.T, self string) *tcpMesh {
 		t.Fatal(err)
 	}
 	m := &tcpMesh{t: t, self: self, ln: ln, handlers: map[string]func(string, []byte){},
-		received: map[byte]int{}, sent: map[byte]int{}}
+		cuts: map[string]bool{}, held: map[string][][]byte{},
+		pub: nodemap.NewPublisher([]nodemap.Node{{ID: self, State: nodemap.Alive, Self: true}})}
 	m.wg.Add(1)
 	go m.accept()
 	return m
@@ -95,9 +101,6 @@ func (m *tcpMesh) read(c net.Conn) {
 		}
 		m.mu.Lock()
 		h := m.handlers[string(topic)]
-		if len(msg) > 0 {
-			m.received[msg[0]]++
-		}
 		m.mu.Unlock()
 		if h != nil {
 			h(string(from), msg)
@@ -111,13 +114,18 @@ func (m *tcpMesh) join(other *tcpMesh) {
 	if err != nil {
 		m.t.Fatal(err)
 	}
-	p := &tcpPeer{c: c, q: make(chan []byte, 1024), wg: &m.wg}
+	p := &tcpPeer{id: other.self, c: c, q: make(chan []byte, 8192), wg: &m.wg}
 	if _, err := c.Write(appendBlock(nil, []byte(m.self))); err != nil {
 		m.t.Fatal(err)
 	}
 	m.mu.Lock()
 	m.peers = append(m.peers, p)
+	nodes := []nodemap.Node{{ID: m.self, State: nodemap.Alive, Self: true}}
+	for _, q := range m.peers {
+		nodes = append(nodes, nodemap.Node{ID: q.id, State: nodemap.Alive})
+	}
 	m.mu.Unlock()
+	m.pub.Publish(nodes)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -133,16 +141,63 @@ func (m *tcpMesh) Broadcast(topic string, msg []byte) {
 	b := appendBlock(appendBlock(nil, []byte(topic)), msg)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if len(msg) > 0 {
-		m.sent[msg[0]]++
+	for _, p := range m.peers {
+		m.enqueueLocked(p, b)
+	}
+}
+
+func (m *tcpMesh) Send(node, topic string, msg []byte) error {
+	b := appendBlock(appendBlock(nil, []byte(topic)), msg)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, p := range m.peers {
+		if p.id == node {
+			m.enqueueLocked(p, b)
+			return nil
+		}
+	}
+	return io.ErrClosedPipe
+}
+
+func (m *tcpMesh) enqueueLocked(p *tcpPeer, b []byte) {
+	if m.cuts[p.id] {
+		m.held[p.id] = append(m.held[p.id], b)
+		return
+	}
+	select {
+	case p.q <- b:
+	default: // a slow peer never blocks: drop, like the real mesh
+	}
+}
+
+// cut holds everything m sends to peer id until healed (on false), then
+// delivers it late, as a transport that retransmits after a short cut
+// does. With drop, what was held is lost instead.
+func (m *tcpMesh) cut(id string, on bool, drop ...bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cuts[id] = on
+	if on {
+		return
+	}
+	held := m.held[id]
+	delete(m.held, id)
+	if len(drop) > 0 && drop[0] {
+		return
 	}
 	for _, p := range m.peers {
-		select {
-		case p.q <- b:
-		default: // a slow peer never blocks: drop, like the real mesh
+		if p.id == id {
+			for _, b := range held {
+				select {
+				case p.q <- b:
+				default:
+				}
+			}
 		}
 	}
 }
+
+func (m *tcpMesh) Current() (*nodemap.Map, <-chan struct{}) { return m.pub.Current() }
 
 func (m *tcpMesh) Handle(topic string, h func(from string, msg []byte)) {
 	m.mu.Lock()
@@ -152,15 +207,6 @@ func (m *tcpMesh) Handle(topic string, h func(from string, msg []byte)) {
 	} else {
 		m.handlers[topic] = h
 	}
-}
-
-func (m *tcpMesh) count(kind byte, sent bool) int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if sent {
-		return m.sent[kind]
-	}
-	return m.received[kind]
 }
 
 func (m *tcpMesh) close() {

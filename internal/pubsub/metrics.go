@@ -7,19 +7,25 @@ import (
 )
 
 type metrics struct {
-	conns       *prometheus.GaugeVec
-	subs        prometheus.Gauge
-	channels    prometheus.Gauge
-	publishes   *prometheus.CounterVec
-	deliveries  prometheus.Counter
-	drops       *prometheus.CounterVec
-	disconnects *prometheus.CounterVec
-	refusals    *prometheus.CounterVec
-	recoveries  *prometheus.CounterVec
-	fanout      prometheus.Histogram
-	meshBad     prometheus.Counter
-	connsWS     prometheus.Gauge
-	connsSSE    prometheus.Gauge
+	conns        *prometheus.GaugeVec
+	subs         prometheus.Gauge
+	channels     prometheus.Gauge
+	publishes    *prometheus.CounterVec
+	deliveries   prometheus.Counter
+	drops        *prometheus.CounterVec
+	disconnects  *prometheus.CounterVec
+	refusals     *prometheus.CounterVec
+	recoveries   *prometheus.CounterVec
+	fanout       prometheus.Histogram
+	meshBad      prometheus.Counter
+	peerSent     *prometheus.CounterVec
+	peerDirect   *prometheus.GaugeVec
+	peerReceived *prometheus.CounterVec
+	relayed      prometheus.Counter
+	syncs        *prometheus.CounterVec
+	gaps         *prometheus.CounterVec
+	connsWS      prometheus.Gauge
+	connsSSE     prometheus.Gauge
 }
 
 // Reasons, pre-registered so dashboards see zeros.
@@ -81,6 +87,30 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "peer_messages_bad_total",
 			Help: "Messages from peers that could not be decoded or named an unknown tenant.",
 		}),
+		peerSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "peer_sent_total",
+			Help: "Messages published here and sent to a peer that follows their channel, by peer and path (direct, or relay through another peer).",
+		}, []string{"peer", "path"}),
+		peerDirect: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "peer_direct",
+			Help: "1 when the direct path to the peer works (heartbeats both ways), 0 when messages to it are relayed.",
+		}, []string{"peer"}),
+		peerReceived: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "peer_received_total",
+			Help: "Messages from peers, by result: accepted, duplicate (already had it), unwanted (channel not followed here), overflow.",
+		}, []string{"result"}),
+		relayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "relayed_total",
+			Help: "Messages this node forwarded from one peer to another whose direct path was down.",
+		}),
+		syncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "sync_rounds_total",
+			Help: "Sync rounds started, by kind: follow (first subscriber here), fetch (a resume the history here does not cover), repair (a gap).",
+		}, []string{"kind"}),
+		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "gaps_total",
+			Help: "Gaps in a stream that needed a repair round, by result: repaired, lost (subscribers got must_reload).",
+		}, []string{"result"}),
 	}
 	m.connsWS = m.conns.WithLabelValues("ws")
 	m.connsSSE = m.conns.WithLabelValues("sse")
@@ -98,8 +128,18 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	m.publishes.WithLabelValues("local")
 	m.publishes.WithLabelValues("peer")
+	for _, r := range []string{"accepted", "duplicate", "unwanted", "overflow"} {
+		m.peerReceived.WithLabelValues(r)
+	}
+	for _, k := range []string{"follow", "fetch", "repair"} {
+		m.syncs.WithLabelValues(k)
+	}
+	for _, r := range []string{"repaired", "lost"} {
+		m.gaps.WithLabelValues(r)
+	}
 	for _, c := range []prometheus.Collector{m.conns, m.subs, m.channels, m.publishes, m.deliveries, m.drops,
-		m.disconnects, m.refusals, m.recoveries, m.fanout, m.meshBad} {
+		m.disconnects, m.refusals, m.recoveries, m.fanout, m.meshBad,
+		m.peerSent, m.peerDirect, m.peerReceived, m.relayed, m.syncs, m.gaps} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("pubsub: register metrics: %w", err)
 		}

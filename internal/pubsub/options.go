@@ -90,9 +90,27 @@ type Options struct {
 	// peers (default 2s); every tenth round carries all counts.
 	PresenceInterval time.Duration
 
+	// HeartbeatInterval is how often each node tells every peer it is
+	// there (default 200ms). A direct path that brings no heartbeat for
+	// 3.5 intervals is down, and messages go through a peer that reaches
+	// both ends instead.
+	HeartbeatInterval time.Duration
+	// SyncTimeout bounds how long a sync round waits for peers' answers
+	// (default 2s): the first subscriber of a channel on a node waits for
+	// one, a resuming one whose gap the history here does not cover too.
+	SyncTimeout time.Duration
+	// DigestInterval is how often each node sends every peer the full list
+	// of channels it follows, repairing lost interest messages and finding
+	// lost messages (default 20s).
+	DigestInterval time.Duration
+
 	// DisablePoller makes every websocket use a reader goroutine instead of
 	// the shared epoll readiness loop (Linux). For tests and comparison.
 	DisablePoller bool
+	// BroadcastAll sends every publish to every peer, whether it follows
+	// the channel or not: the fan-out before interest routing, for
+	// comparison in benchmarks.
+	BroadcastAll bool
 }
 
 // Defaults.
@@ -113,6 +131,9 @@ const (
 	DefaultReadTimeout          = 10 * time.Second
 	DefaultCloseGrace           = 2 * time.Second
 	DefaultPresenceInterval     = 2 * time.Second
+	DefaultHeartbeatInterval    = 200 * time.Millisecond
+	DefaultSyncTimeout          = 2 * time.Second
+	DefaultDigestInterval       = 20 * time.Second
 )
 
 func (o *Options) withDefaults() Options {
@@ -149,6 +170,9 @@ func (o *Options) withDefaults() Options {
 	setDur(&r.ReadTimeout, DefaultReadTimeout)
 	setDur(&r.CloseGrace, DefaultCloseGrace)
 	setDur(&r.PresenceInterval, DefaultPresenceInterval)
+	setDur(&r.HeartbeatInterval, DefaultHeartbeatInterval)
+	setDur(&r.SyncTimeout, DefaultSyncTimeout)
+	setDur(&r.DigestInterval, DefaultDigestInterval)
 	return r
 }
 

@@ -2,84 +2,96 @@ package pubsub
 
 import (
 	"encoding/binary"
-	"encoding/json"
-	"errors"
 	"sync"
 	"time"
 )
 
-// Messages between nodes on the mesh topic "pubsub":
-//
-//	message:  0x01, uvarint len(channel), channel, data (compact JSON)
-//	presence: 0x02, uvarint count, count × (uvarint len(channel), channel, uvarint subscribers)
-//
-// A message from a peer is delivered to this node's subscribers and never
-// sent on: every node broadcasts only what was published on it.
-const (
-	peerMessage  = 0x01
-	peerPresence = 0x02
-)
-
-var errPeerMsg = errors.New("malformed peer message")
-
-// uvarint reads a minimally encoded uvarint (one spelling per value); k <= 0
-// when there is none.
-func uvarint(b []byte) (uint64, int) {
-	n, k := binary.Uvarint(b)
-	if k > 1 && b[k-1] == 0 {
-		return 0, 0 // a trailing zero group: not minimal
-	}
-	return n, k
+// onPeer handles what a peer sent on one of pubsub's topics. It runs on
+// the mesh's reading goroutine and does not block: fan-out only queues,
+// answers go to the mesh's queues.
+func (p *PubSub) onPeer(from, topic string, msg []byte) {
+	p.handle(from, topic, msg, false)
 }
 
-func encodePeerMessage(channel string, data []byte) []byte {
-	b := make([]byte, 0, 1+binary.MaxVarintLen64+len(channel)+len(data))
-	b = append(b, peerMessage)
-	b = binary.AppendUvarint(b, uint64(len(channel)))
-	b = append(b, channel...)
-	return append(b, data...)
-}
-
-func decodePeerMessage(b []byte) (channel string, data []byte, err error) {
-	if len(b) < 2 || b[0] != peerMessage {
-		return "", nil, errPeerMsg
-	}
-	n, k := uvarint(b[1:])
-	if k <= 0 || n > uint64(len(b)-1-k) {
-		return "", nil, errPeerMsg
-	}
-	rest := b[1+k:]
-	return string(rest[:n]), rest[n:], nil
-}
-
-// onPeer handles what a peer sent on the topic. It runs on the mesh's
-// reading goroutine and does not block: fan-out only queues.
-func (p *PubSub) onPeer(from string, msg []byte) {
+func (p *PubSub) handle(from, topic string, msg []byte, relayed bool) {
 	if len(msg) == 0 {
 		p.met.meshBad.Inc()
 		return
 	}
+	var err error
 	switch msg[0] {
-	case peerMessage:
-		channel, data, err := decodePeerMessage(msg)
-		if err != nil {
-			p.met.meshBad.Inc()
-			return
+	case kindMessage:
+		var m wireMsg
+		if m, err = decodeMessage(msg); err == nil {
+			p.onMessage(from, m)
 		}
-		tn, _, ok := splitChannel(channel)
-		if !ok || p.tenants[tn] == nil || len(data) > p.opts.MaxMessageBytes || !json.Valid(data) {
-			// A peer with another tenant list or limits: count, drop.
-			p.met.meshBad.Inc()
-			return
+	case kindLegacy:
+		var ch string
+		var data []byte
+		if ch, data, err = decodeLegacy(msg); err == nil && !p.cl.speaks(from) {
+			p.onLegacy(ch, data)
 		}
-		p.met.publishes.WithLabelValues("peer").Inc()
-		p.deliver(channel, data)
-	case peerPresence:
+	case kindPresence:
 		if p.pres == nil || p.pres.apply(from, msg) != nil {
-			p.met.meshBad.Inc()
+			err = errPeerMsg
+		}
+	case kindRelay:
+		if relayed || !p.cl.onRelay(from, topic, msg) {
+			err = errPeerMsg
+		}
+	case kindRelayed:
+		var origin string
+		var inner []byte
+		if origin, inner, err = unwrap(msg); err == nil && !relayed {
+			p.handle(origin, topic, inner, true)
+			return
+		}
+		err = errPeerMsg
+	case kindHeartbeat:
+		var h heartbeat
+		if h, err = decodeHeartbeat(msg); err == nil && !relayed {
+			p.cl.onHeartbeat(from, h)
+		}
+	case kindInterest:
+		var ops []interestOp
+		if ops, err = decodeInterest(msg); err == nil {
+			p.cl.onInterest(from, ops)
+		}
+	case kindDigest:
+		var d digest
+		if d, err = decodeDigest(msg); err == nil {
+			p.cl.onDigest(from, d)
+			p.sendHeads(from, p.ownHeads(d.hashes))
+		}
+	case kindSyncReq:
+		var q syncReq
+		if q, err = decodeSyncReq(msg); err == nil {
+			p.onSyncReq(from, q)
+		}
+	case kindSyncReply:
+		var rep syncReply
+		if rep, err = decodeSyncReply(msg); err == nil {
+			p.onSyncReply(from, rep)
+		}
+	case kindHeads:
+		var hs []chanHead
+		if hs, err = decodeHeads(msg); err == nil {
+			p.onHeads(from, hs)
 		}
 	default:
+		err = errPeerMsg
+	}
+	if err != nil {
 		p.met.meshBad.Inc()
+	}
+}
+
+// sendHeads answers a digest with this node's heads of the channels in it.
+func (p *PubSub) sendHeads(to string, hs []chanHead) {
+	for len(hs) > 0 {
+		n := min(len(hs), 4096)
+		p.cl.send(to, MeshControlTopic, encodeHeads(hs[:n]))
+		hs = hs[n:]
 	}
 }
 
@@ -163,7 +175,7 @@ func (pr *presence) broadcast(full bool) {
 	}
 	pr.sent = now
 	for len(changes) > 0 {
-		b := []byte{peerPresence}
+		b := []byte{kindPresence}
 		var body []byte
 		count := 0
 		for len(changes) > 0 && len(body) < maxPresenceBatch {
@@ -175,7 +187,7 @@ func (pr *presence) broadcast(full bool) {
 			count++
 		}
 		b = binary.AppendUvarint(b, uint64(count))
-		pr.p.mesh.Broadcast(MeshTopic, append(b, body...))
+		pr.p.mesh.Broadcast(MeshControlTopic, append(b, body...))
 	}
 }
 
@@ -211,24 +223,24 @@ type presenceEntry struct {
 }
 
 func decodePresence(b []byte) ([]presenceEntry, error) {
-	if len(b) < 2 || b[0] != peerPresence {
+	if len(b) < 2 || b[0] != kindPresence {
 		return nil, errPeerMsg
 	}
 	b = b[1:]
-	count, k := uvarint(b)
+	count, k := uvarintMin(b)
 	if k <= 0 || count > uint64(len(b)) {
 		return nil, errPeerMsg
 	}
 	b = b[k:]
 	out := make([]presenceEntry, 0, count)
 	for range count {
-		l, k := uvarint(b)
+		l, k := uvarintMin(b)
 		if k <= 0 || l > uint64(len(b)-k) {
 			return nil, errPeerMsg
 		}
 		ch := string(b[k : k+int(l)])
 		b = b[k+int(l):]
-		n, k2 := uvarint(b)
+		n, k2 := uvarintMin(b)
 		if k2 <= 0 || n > 1<<31 {
 			return nil, errPeerMsg
 		}
@@ -290,4 +302,14 @@ func (p *PubSub) Presence(channel string) (local, cluster int) {
 		cluster += n
 	}
 	return local, cluster
+}
+
+// uvarintMin reads a minimally encoded uvarint (one spelling per value); k
+// <= 0 when there is none.
+func uvarintMin(b []byte) (uint64, int) {
+	n, k := binary.Uvarint(b)
+	if k > 1 && b[k-1] == 0 {
+		return 0, 0 // a trailing zero group: not minimal
+	}
+	return n, k
 }

@@ -19,15 +19,23 @@ import (
 )
 
 // Mesh is what pubsub needs from the cluster mesh (internal/mesh satisfies
-// it). Broadcast must not block; Handle's handler is called for every
-// message a peer sends on the topic and must not block either.
+// it). Send and Broadcast must not block; Handle's handler is called for
+// every message a peer sends on the topic and must not block either. A
+// mesh that is also a nodemap.Source (internal/mesh is) tells pubsub this
+// node's id and which peers are dead.
 type Mesh interface {
+	Send(node, topic string, msg []byte) error
 	Broadcast(topic string, msg []byte)
 	Handle(topic string, h func(from string, msg []byte))
 }
 
-// MeshTopic is the mesh topic of pubsub traffic between nodes.
-const MeshTopic = "pubsub"
+// Mesh topics of pubsub traffic between nodes: messages (and history sent
+// for a sync) on MeshTopic, everything else (heartbeats, interest, sync
+// requests, presence) on MeshControlTopic.
+const (
+	MeshTopic        = "pubsub"
+	MeshControlTopic = "pubsub-ctl"
+)
 
 // Errors of Publish.
 var (
@@ -48,10 +56,12 @@ type PubSub struct {
 	up      websocket.Upgrader
 	poller  *poller // nil: a reader goroutine per websocket
 	pres    *presence
+	cl      *cluster // nil: a single node
 
 	chMu     sync.RWMutex
 	channels map[string]*channel
-	idle     *list.List // channels without subscribers, most recently idle first
+	byHash   map[uint64]*channel // channels by channelHash, for interest digests
+	idle     *list.List          // channels without subscribers, most recently idle first
 
 	connMu   sync.RWMutex
 	conns    map[uint64]*conn
@@ -63,7 +73,7 @@ type PubSub struct {
 	clock atomic.Int64 // unix nanoseconds, updated by the sweeper every tick
 
 	stop chan struct{}
-	bg   sync.WaitGroup // sweeper, poller, presence
+	bg   sync.WaitGroup // sweeper, poller, presence, cluster
 	wg   sync.WaitGroup // per-connection goroutines: writers, readers, SSE handlers
 }
 
@@ -91,6 +101,7 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 		mesh:     mesh,
 		tenants:  make(map[string]*tenant, len(o.Tenants)),
 		channels: make(map[string]*channel),
+		byHash:   make(map[uint64]*channel),
 		idle:     list.New(),
 		conns:    make(map[uint64]*conn),
 		perIP:    make(map[netip.Addr]int),
@@ -133,9 +144,12 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 	}
 	if mesh != nil {
 		p.pres = newPresence(p)
-		mesh.Handle(MeshTopic, p.onPeer)
-		p.bg.Add(1)
+		p.cl = newCluster(p, mesh)
+		mesh.Handle(MeshTopic, func(from string, msg []byte) { p.onPeer(from, MeshTopic, msg) })
+		mesh.Handle(MeshControlTopic, func(from string, msg []byte) { p.onPeer(from, MeshControlTopic, msg) })
+		p.bg.Add(2)
 		go p.pres.run()
+		go p.cl.run()
 	}
 	return p, nil
 }
@@ -340,9 +354,12 @@ var refusalText = map[string]string{
 	codeNotSubscribed:   "not subscribed to this channel",
 }
 
-// join adds the subscription (authorized already) and queues the
-// "subscribed" reply and any history the client missed, in the same
-// critical section as live fan-out so nothing is lost or repeated.
+// join adds the subscription (authorized already). With peers, the first
+// subscriber of a channel here waits for a follow round (and a resuming
+// one whose position the history here does not cover, for a fetch round);
+// the reply comes when it completes. Otherwise the "subscribed" reply and
+// any history the client missed are queued at once, in the same critical
+// section as live fan-out, so nothing is lost or repeated.
 func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id string) string {
 	c.mu.Lock()
 	if c.state != stateOpen {
@@ -352,11 +369,15 @@ func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id strin
 	for _, s := range c.subs {
 		if s.ch.name == name {
 			c.mu.Unlock()
-			// Already subscribed: confirm, change nothing.
+			// Already subscribed: confirm, change nothing. (One still
+			// waiting for its round gets its reply then.)
 			s.ch.mu.Lock()
-			pos := Position{s.ch.epoch, s.ch.last}
+			pending := s.pending
+			pos := s.ch.vec.position(time.Now())
 			s.ch.mu.Unlock()
-			c.enqueue(connFrame(c.kind, serverFrame{Type: typeSubscribed, ID: id, Channel: name, Position: &pos}))
+			if !pending {
+				c.enqueue(connFrame(c.kind, serverFrame{Type: typeSubscribed, ID: id, Channel: name, Position: &pos}))
+			}
 			return ""
 		}
 	}
@@ -366,9 +387,15 @@ func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id strin
 	}
 	c.mu.Unlock()
 
+	s := &subscription{c: c, id: id, idx: -1}
+	if since != nil {
+		s.hasSince = true
+		v, t, legacy, ok := parseToken(since.Epoch)
+		s.since, s.sinceT, s.legacy = v, t, legacy || !ok
+	}
 	now := time.Now()
 	for {
-		ch, code := p.channel(t, name, now)
+		ch, _, code := p.channel(t, name, now)
 		if code != "" {
 			return p.refuse(code)
 		}
@@ -378,74 +405,230 @@ func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id strin
 			continue
 		}
 		ch.trimLocked(now, p.opts.HistoryTTL)
-		pos := Position{ch.epoch, ch.last}
-		var replay []*outMsg
-		reload := false
-		if since != nil {
-			replay, reload = ch.replayLocked(*since)
-			if reload {
-				p.met.recoveries.WithLabelValues("must_reload").Inc()
-			} else {
-				p.met.recoveries.WithLabelValues("recovered").Inc()
-			}
-		}
 		c.mu.Lock()
 		if c.state != stateOpen {
 			c.mu.Unlock()
-			idle := len(ch.subs) == 0
+			idle := ch.interestLocked() == 0
 			ch.mu.Unlock()
 			if idle {
 				p.noteIdle(ch) // it may have been made for this subscription
 			}
 			return ""
 		}
-		s := &subscription{ch: ch, c: c}
-		ch.addLocked(s)
+		s.ch = ch
 		c.subs = append(c.subs, s)
-		p.met.subs.Inc()
-		if reload {
-			c.enqueueLocked(connFrame(c.kind, serverFrame{Type: typeError, Code: codeMustReload, ID: id, Channel: name,
-				Reason: "history does not cover the gap: reload the channel's state"}), false)
-		}
-		sub := serverFrame{Type: typeSubscribed, ID: id, Channel: name, Position: &pos}
-		if since != nil && !reload {
-			n := len(replay)
-			sub.Recovered = &n
-		}
-		c.enqueueLocked(connFrame(c.kind, sub), false)
-		for _, m := range replay {
-			c.enqueueLocked(m, false)
-		}
 		c.mu.Unlock()
+		p.met.subs.Inc()
+		p.subscribeLocked(ch, s, now)
 		ch.mu.Unlock()
 		return ""
 	}
 }
 
+// subscribeLocked admits s at once when it can, or makes it wait for a
+// round.
+func (p *PubSub) subscribeLocked(ch *channel, s *subscription, now time.Time) {
+	if p.cl == nil {
+		p.admitLocked(ch, s, nil, true, now)
+		return
+	}
+	if ch.follow == following {
+		if p.admitLocked(ch, s, nil, false, now) {
+			return
+		}
+		// The history here does not cover its position: ask the peers.
+		p.addPendingLocked(ch, s)
+		if ch.round == nil {
+			p.startFetchLocked(ch, now)
+		}
+		return
+	}
+	p.addPendingLocked(ch, s)
+	if ch.follow == notFollowing {
+		p.startFollowLocked(ch, now)
+	}
+}
+
+func (p *PubSub) addPendingLocked(ch *channel, s *subscription) {
+	s.pending = true
+	s.idx = len(ch.pending)
+	ch.pending = append(ch.pending, s)
+}
+
+// startFollowLocked begins following ch: every peer is asked to send its
+// messages here and to say what it has (and, for subscribers resuming,
+// the messages after their positions).
+func (p *PubSub) startFollowLocked(ch *channel, now time.Time) {
+	ch.follow = syncing
+	ch.followFrom = now.UnixMilli()
+	ch.confirmed = map[string]bool{}
+	flags := byte(syncRegister)
+	id := p.cl.newRoundID()
+	since, any := p.pendingSinceLocked(ch, id)
+	if any {
+		flags |= syncMessages | syncAll
+	}
+	p.startRoundLocked(ch, id, roundFollow, flags, since, p.cl.targets(now), now)
+}
+
+// startFetchLocked asks the peers for the messages after the positions of
+// the subscribers waiting, or after what this node has when that is less
+// (a subscriber ahead of this node needs what this node lacks too).
+func (p *PubSub) startFetchLocked(ch *channel, now time.Time) {
+	id := p.cl.newRoundID()
+	since, _ := p.pendingSinceLocked(ch, id)
+	for i, e := range since {
+		if st := ch.streams[e.sid]; st != nil && st.last < e.seq {
+			since[i].seq = st.last // may be 0: the whole stream
+		}
+	}
+	p.startRoundLocked(ch, id, roundFetch, syncMessages|syncAll, since, p.cl.targets(now), now)
+}
+
+// pendingSinceLocked is the vector a round asks from: for each stream,
+// the oldest position of the waiting subscribers (a stream one of them
+// does not name is wanted whole). any reports whether one resumes at all.
+// Every subscriber waiting now is marked as asked for by round id.
+func (p *PubSub) pendingSinceLocked(ch *channel, id uint64) (since vector, any bool) {
+	for _, s := range ch.pending {
+		s.askedIn = id
+		if !s.hasSince || s.legacy {
+			continue
+		}
+		if !any {
+			since, any = append(vector(nil), s.since...), true
+		} else {
+			since = minVec(since, s.since)
+		}
+	}
+	return since, any
+}
+
+// admitLocked adds s to the channel's subscribers and queues its reply:
+// "subscribed" and, when it resumes, what it missed, from the history and
+// extra (what a round fetched). When those do not cover its position it
+// gets must_reload first; unless final, it is then left waiting instead
+// (false), for a fetch round.
+func (p *PubSub) admitLocked(ch *channel, s *subscription, extra map[msgKey]*outMsg, final bool, now time.Time) bool {
+	var replay []*outMsg
+	reload := s.legacy
+	if s.hasSince && !s.legacy {
+		var ok bool
+		replay, ok, _ = ch.replayLocked(s.since, s.sinceT, p.opts.HistoryTTL, extra)
+		if !ok {
+			if !final {
+				return false
+			}
+			reload, replay = true, nil
+		}
+	}
+	if s.hasSince {
+		if reload {
+			p.met.recoveries.WithLabelValues("must_reload").Inc()
+		} else {
+			p.met.recoveries.WithLabelValues("recovered").Inc()
+		}
+	}
+	s.pending = false
+	ch.addLocked(s)
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if reload {
+		c.enqueueLocked(connFrame(c.kind, serverFrame{Type: typeError, Code: codeMustReload, ID: s.id, Channel: ch.name,
+			Reason: "history does not cover the gap: reload the channel's state"}), false)
+	}
+	pos := ch.vec
+	if s.hasSince && !reload {
+		pos = unionVec(s.since, ch.vec)
+	}
+	wire := pos.position(now)
+	sub := serverFrame{Type: typeSubscribed, ID: s.id, Channel: ch.name, Position: &wire}
+	if s.hasSince && !reload {
+		n := len(replay)
+		sub.Recovered = &n
+	}
+	c.enqueueLocked(connFrame(c.kind, sub), false)
+	// Replayed messages carry the subscriber's own position after each
+	// (its vector, not this node's, whose order may differ).
+	cur := append(vector(nil), s.since...)
+	for _, m := range replay {
+		cur = cur.with(m.sid, m.seq)
+		c.enqueueLocked(newMessage(ch.name, cur.position(now), m.data, m.at), false)
+	}
+	s.since, s.id = nil, "" // only needed while waiting
+	return true
+}
+
+// admitPendingLocked admits the subscribers that waited for round r. Those
+// whose position r did not ask for and still is not covered wait for one
+// more (fetch) round.
+func (p *PubSub) admitPendingLocked(ch *channel, r *syncRound, now time.Time) {
+	if r.kind == roundRepair || ch.round != nil || len(ch.pending) == 0 {
+		return
+	}
+	pend := ch.pending
+	ch.pending = nil
+	var again []*subscription
+	for _, s := range pend {
+		s.idx = -1
+		if ch.follow == following && p.admitLocked(ch, s, r.got, s.askedIn == r.id, now) {
+			continue
+		}
+		again = append(again, s)
+	}
+	for _, s := range again {
+		p.addPendingLocked(ch, s)
+	}
+	if len(again) > 0 && ch.follow == following {
+		p.startFetchLocked(ch, now)
+	}
+}
+
+// leftLocked is called when the channel's last subscriber has left: this
+// node stops following it (its history stays, for clients coming back).
+func (p *PubSub) leftLocked(ch *channel) {
+	if p.cl == nil || ch.follow == notFollowing {
+		return
+	}
+	ch.follow = notFollowing
+	ch.confirmed = nil
+	ch.round, ch.repair = nil, nil // answers to them are dropped
+	for _, st := range ch.streams {
+		st.ooo, st.gapAt, st.tries, st.fresh = nil, time.Time{}, 0, false
+		st.head = st.last
+	}
+	p.cl.unfollow(ch.hash)
+}
+
 // channel returns the state of channel name of tenant t, creating it when
 // the caps allow: idle channels are forgotten to make room, and when there
 // is none, the refusal code is returned.
-func (p *PubSub) channel(t *tenant, name string, now time.Time) (*channel, string) {
+func (p *PubSub) channel(t *tenant, name string, now time.Time) (ch *channel, created bool, code string) {
 	p.chMu.RLock()
-	ch := p.channels[name]
+	ch = p.channels[name]
 	p.chMu.RUnlock()
 	if ch != nil {
-		return ch, ""
+		return ch, false, ""
 	}
 	p.chMu.Lock()
 	defer p.chMu.Unlock()
 	if ch = p.channels[name]; ch != nil {
-		return ch, ""
+		return ch, false, ""
 	}
 	if t.nChannels >= p.opts.MaxChannelsPerTenant && !p.evictIdleLocked(t.idle) ||
 		len(p.channels) >= p.opts.MaxChannels && !p.evictIdleLocked(p.idle) {
-		return nil, codeTooManyChannels
+		return nil, false, codeTooManyChannels
 	}
-	ch = &channel{name: name, tenant: t, epoch: newEpoch(), touched: now}
+	ch = &channel{name: name, hash: channelHash(name), tenant: t, touched: now}
+	if p.cl == nil {
+		ch.follow = following // alone, a node has every message
+	}
 	p.channels[name] = ch
+	p.byHash[ch.hash] = ch
 	t.nChannels++
 	p.met.channels.Inc()
-	return ch, ""
+	return ch, true, ""
 }
 
 // evictIdleLocked forgets the channel of l that has been idle longest and
@@ -456,7 +639,7 @@ func (p *PubSub) evictIdleLocked(l *list.List) bool {
 		prev := e.Prev()
 		ch := e.Value.(*channel)
 		ch.mu.Lock()
-		if len(ch.subs) > 0 {
+		if ch.interestLocked() > 0 {
 			p.unlistIdleLocked(ch)
 			ch.mu.Unlock()
 			e = prev
@@ -474,6 +657,9 @@ func (p *PubSub) evictIdleLocked(l *list.List) bool {
 func (p *PubSub) forgetLocked(ch *channel) {
 	ch.dead = true
 	delete(p.channels, ch.name)
+	if p.byHash[ch.hash] == ch {
+		delete(p.byHash, ch.hash)
+	}
 	ch.tenant.nChannels--
 	p.unlistIdleLocked(ch)
 	p.met.channels.Dec()
@@ -494,7 +680,7 @@ func (p *PubSub) noteIdle(chs ...*channel) {
 	defer p.chMu.Unlock()
 	for _, ch := range chs {
 		ch.mu.Lock()
-		if !ch.dead && len(ch.subs) == 0 {
+		if !ch.dead && ch.interestLocked() == 0 {
 			if ch.idleAll == nil {
 				ch.idleAll = p.idle.PushFront(ch)
 				ch.idleTenant = ch.tenant.idle.PushFront(ch)
@@ -527,6 +713,9 @@ func (p *PubSub) unsubscribe(c *conn, name, id string) {
 	}
 	s.ch.mu.Lock()
 	idle := s.ch.removeLocked(s, time.Now())
+	if idle {
+		p.leftLocked(s.ch)
+	}
 	s.ch.mu.Unlock()
 	p.met.subs.Dec()
 	if idle {
@@ -537,10 +726,11 @@ func (p *PubSub) unsubscribe(c *conn, name, id string) {
 
 // ---- publishing ----
 
-// Publish sends data to every subscriber of channel on this node and on
-// every peer. data must be JSON; it is compacted (so that it fits one SSE
-// data line). The position is this node's; it is zero when no connection
-// on this node subscribed to the channel recently (nothing is kept then).
+// Publish sends data to every subscriber of channel on this node and to
+// every peer that follows the channel. data must be JSON; it is compacted
+// (so that it fits one SSE data line). The message is the next of this
+// node's stream of the channel; the position returned is the channel's
+// here just after it.
 func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error) {
 	compact, err := p.checkMessage(channel, data)
 	if err != nil {
@@ -553,12 +743,41 @@ func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error)
 		return Position{}, ErrClosed
 	}
 	p.met.publishes.WithLabelValues("local").Inc()
-	if p.mesh != nil {
-		// Peers first: their fan-out runs while ours does.
-		p.mesh.Broadcast(MeshTopic, encodePeerMessage(channel, compact))
+	tn, _, _ := splitChannel(channel)
+	now := time.Now()
+	for {
+		ch, created, code := p.channel(p.tenants[tn], channel, now)
+		if code != "" {
+			// No room to keep the channel: the message goes out in a
+			// stream of its own, kept nowhere here.
+			m := wireMsg{channel: channel, sid: newSID(), seq: 1, otime: now.UnixMilli(), data: compact}
+			if p.cl != nil {
+				p.cl.publish(channelHash(channel), encodeMessage(m), channel, compact)
+			}
+			return vector{{m.sid, 1}}.position(now), nil
+		}
+		ch.mu.Lock()
+		if ch.dead {
+			ch.mu.Unlock()
+			continue
+		}
+		st := ch.ownStreamLocked(now, p.opts.HistoryTTL)
+		seq := st.last + 1
+		st.otime = max(st.otime, now.UnixMilli()) // never backwards within a stream
+		if p.cl != nil {
+			// Peers first (under the lock, so that every peer gets the
+			// stream in order): their fan-out runs while ours does.
+			p.cl.publish(ch.hash, encodeMessage(wireMsg{channel: channel, sid: st.sid, seq: seq, otime: st.otime, data: compact}), channel, compact)
+		}
+		p.appendLocked(ch, st, seq, st.otime, compact, now)
+		pos := ch.vec.position(now)
+		idle := ch.interestLocked() == 0
+		ch.mu.Unlock()
+		if created && idle {
+			p.noteIdle(ch) // kept for its history, but evictable
+		}
+		return pos, nil
 	}
-	pos, _ := p.deliver(channel, compact)
-	return pos, nil
 }
 
 // checkMessage validates a message and returns its data compacted.
@@ -581,44 +800,40 @@ func (p *PubSub) checkMessage(channel string, data []byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// deliver fans a checked message out to the local subscribers and records
-// it in the channel's history. It returns the position and the number of
-// subscribers it was queued for.
-func (p *PubSub) deliver(name string, data []byte) (Position, int) {
-	p.chMu.RLock()
-	ch := p.channels[name]
-	p.chMu.RUnlock()
-	if ch == nil {
-		return Position{}, 0 // nobody here can hold a position in it
+// appendLocked delivers message seq of stream st here: the channel's
+// position moves, the message goes into the history and to every local
+// subscriber.
+func (p *PubSub) appendLocked(ch *channel, st *stream, seq uint64, otime int64, data []byte, now time.Time) {
+	ch.advanceLocked(st, seq, now)
+	var m *outMsg
+	if len(ch.subs) > 0 {
+		m = newMessage(ch.name, ch.vec.position(now), data, now)
+	} else {
+		m = &outMsg{data: data, at: now} // history only: replays encode their own frames
 	}
-	now := time.Now()
-	ch.mu.Lock()
-	if ch.dead {
-		ch.mu.Unlock()
-		return Position{}, 0
-	}
-	ch.last++
-	pos := Position{ch.epoch, ch.last}
-	m := newMessage(name, pos, data, now)
+	m.sid, m.seq, m.otime = st.sid, seq, otime
+	st.otime = max(st.otime, otime)
 	ch.hist.push(m, p.opts.History)
 	ch.trimLocked(now, p.opts.HistoryTTL)
 	ch.touched = now
+	p.fanoutLocked(ch, m)
+}
+
+// fanoutLocked queues m for every subscriber of ch.
+func (p *PubSub) fanoutLocked(ch *channel, m *outMsg) {
 	n := len(ch.subs)
-	if n > 0 {
-		m.fanout = p.met
-		m.pending.Store(int32(n) + 1) // +1 until the loop is over
+	if n == 0 {
+		return
 	}
+	m.fanout = p.met
+	m.pending.Store(int32(n) + 1) // +1 until the loop is over
 	for _, s := range ch.subs {
 		c := s.c
 		c.mu.Lock()
 		c.enqueueLocked(m, true)
 		c.mu.Unlock()
 	}
-	ch.mu.Unlock()
-	if n > 0 {
-		m.done()
-	}
-	return pos, n
+	m.done()
 }
 
 // ---- draining and closing ----
@@ -669,6 +884,7 @@ func (p *PubSub) Close() error {
 	p.connMu.Unlock()
 	if p.mesh != nil {
 		p.mesh.Handle(MeshTopic, nil)
+		p.mesh.Handle(MeshControlTopic, nil)
 	}
 	close(p.stop)
 	if p.poller != nil {
@@ -755,7 +971,8 @@ func (p *PubSub) sweepChannels(now time.Time) {
 	for _, ch := range p.channels {
 		ch.mu.Lock()
 		ch.trimLocked(now, p.opts.HistoryTTL)
-		if len(ch.subs) == 0 && (p.opts.History == 0 || now.Sub(ch.touched) > p.opts.HistoryTTL) {
+		ch.pruneLocked(now, p.opts.HistoryTTL)
+		if ch.interestLocked() == 0 && (p.opts.History == 0 || now.Sub(ch.touched) > p.opts.HistoryTTL) {
 			p.forgetLocked(ch)
 		}
 		ch.mu.Unlock()

@@ -3,6 +3,7 @@ package pubsub
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -22,9 +23,12 @@ func TestRecoveryAfterDroppedConnection(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		n.publish("demo/thread-1", i)
 	}
-	var last Position
+	var first, last Position
 	for i := 1; i <= 3; i++ {
 		last = *c.expect(typeMessage).Position
+		if i == 1 {
+			first = last
+		}
 	}
 	c.ws.Close() // dropped
 
@@ -36,6 +40,7 @@ func TestRecoveryAfterDroppedConnection(t *testing.T) {
 	if sub.Recovered == nil || *sub.Recovered != 3 || sub.Position.Offset != 6 {
 		t.Fatalf("subscribed %+v", sub)
 	}
+	var live Position
 	for i := 4; i <= 6; i++ {
 		m := c.expect(typeMessage)
 		if m.Position.Offset != uint64(i) || string(m.Data) != fmt.Sprint(i) {
@@ -45,17 +50,23 @@ func TestRecoveryAfterDroppedConnection(t *testing.T) {
 	n.publish("demo/thread-1", 7)
 	if m := c.expect(typeMessage); m.Position.Offset != 7 {
 		t.Fatalf("live %+v", m)
+	} else {
+		live = *m.Position
 	}
 	// Up to date: nothing to replay.
 	c2 := n.mustDial()
-	if s := c2.subscribe("demo/thread-1", "", &Position{last.Epoch, 7}); *s.Recovered != 0 {
+	if s := c2.subscribe("demo/thread-1", "", &live); *s.Recovered != 0 {
 		t.Fatalf("subscribed %+v", s)
 	}
 	c2.sync()
 
-	// Gaps the history does not cover: too old (history holds 3..7), another
-	// epoch, a position from the future.
-	for i, since := range []Position{{last.Epoch, 1}, {"aaaaaaaa", 6}, {last.Epoch, 99}} {
+	// Gaps the history does not cover: too old (history holds 3..7), a
+	// position naming only a stream this node does not know (so it misses
+	// all of this node's), a position from the future, a position from
+	// before positions were cluster-wide.
+	v, ts, _, _ := parseToken(live.Epoch)
+	future := vector{{v[0].sid, 99}}.token(ts)
+	for i, since := range []Position{first, {"baaaaaaa.6~" + fmt.Sprint(ts), 6}, {future, 99}, {"k3j5x2ab", 6}} {
 		c3 := n.mustDial()
 		c3.send(map[string]any{"type": "subscribe", "channel": "demo/thread-1", "since": since})
 		c3.expect(typeError, codeMustReload)
@@ -68,12 +79,16 @@ func TestRecoveryAfterDroppedConnection(t *testing.T) {
 		c.expect(typeMessage)
 		c2.expect(typeMessage)
 	}
-	if got := testutil.ToFloat64(n.ps.met.recoveries.WithLabelValues("must_reload")); got != 3 {
+	if got := testutil.ToFloat64(n.ps.met.recoveries.WithLabelValues("must_reload")); got != 4 {
 		t.Fatalf("must_reload counted %v", got)
 	}
 	if got := testutil.ToFloat64(n.ps.met.recoveries.WithLabelValues("recovered")); got != 2 {
 		t.Fatalf("recovered counted %v", got)
 	}
+	// A malformed position is a bad frame.
+	c4 := n.mustDial()
+	c4.send(map[string]any{"type": "subscribe", "channel": "demo/thread-1", "since": Position{"abcdefgh.x~1", 1}})
+	c4.expect(typeError, codeBadFrame)
 }
 
 func TestRecoveryHistoryExpires(t *testing.T) {
@@ -83,14 +98,18 @@ func TestRecoveryHistoryExpires(t *testing.T) {
 	c := n.mustDial()
 	sub := c.subscribe("demo/thread-1", "", nil)
 	n.publish("demo/thread-1", 1)
-	c.expect(typeMessage)
+	m := c.expect(typeMessage)
 	c.ws.Close()
 	n.publish("demo/thread-1", 2)
 	time.Sleep(50 * time.Millisecond) // older than HistoryTTL now
-	c = n.mustDial()
-	c.send(map[string]any{"type": "subscribe", "channel": "demo/thread-1", "since": Position{sub.Position.Epoch, 1}})
-	c.expect(typeError, codeMustReload)
-	c.expect(typeSubscribed)
+	// From the last message, and from the subscription (before any
+	// message): message 2 (and 1) are gone.
+	for _, since := range []*Position{m.Position, sub.Position} {
+		c = n.mustDial()
+		c.send(map[string]any{"type": "subscribe", "channel": "demo/thread-1", "since": since})
+		c.expect(typeError, codeMustReload)
+		c.expect(typeSubscribed)
+	}
 }
 
 // An EventSource resumes through Last-Event-ID; channels of the stream
@@ -121,6 +140,9 @@ func TestSSERecoveryWithLastEventID(t *testing.T) {
 	s.expect(typeSubscribed)
 
 	// since= parameters do the same without the header.
+	if !strings.HasPrefix(ev.id, "demo/thread-1@") {
+		t.Fatalf("event id %q", ev.id)
+	}
 	s2, _ := n.sse("channel=demo/thread-1&since=demo/thread-1@"+ev.id[len("demo/thread-1@"):], nil)
 	if f, _ := s2.expect(typeSubscribed); *f.Recovered != 2 {
 		t.Fatalf("since: %+v", f)
