@@ -3,6 +3,7 @@ package mongoproxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/wire"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // dispatched is what to do with one client command.
@@ -19,7 +21,8 @@ type dispatched struct {
 	reply   []byte // answer the client with this body (nothing goes upstream)
 	rewrite []byte // forward with this body instead of the original
 	filter  replyFilter
-	// purgeAfter: drop the document cache once the upstream has answered.
+	// purgeAfter: drop the replica core's document cache once the
+	// upstream has answered.
 	purgeAfter bool
 	// after, when set, runs once the forwarded command is done, with the
 	// reply body (nil when there was none or it failed); it must run
@@ -141,10 +144,11 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, lower string, c *cli
 		} else if e != nil {
 			return p.refused(e)
 		}
-		if reason, ok := p.eng.enterWrite(); !ok {
-			return p.refused(errorf(codeNotWritablePrimary, "edgenode: this node does not accept writes to replicated collections right now (%s); retry, or write through another node", reason))
+		done, err := p.core.Admit()
+		if err != nil {
+			return p.refused(admitError(err))
 		}
-		defer p.eng.exitWrite()
+		defer done()
 		p.met.commands.WithLabelValues("captured").Inc()
 		// Bounded so a stuck database cannot hold a document's lock forever.
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -287,7 +291,7 @@ func (p *Proxy) handleInsert(ctx context.Context, cmd *command) []byte {
 	ns := cmd.ns()
 	ordered := boolField(cmd.body, "ordered", true)
 	res := &writeResult{}
-	items := make([]localItem, 0, len(docs))
+	items := make([]capItem, 0, len(docs))
 	var pre []writeError
 	for i, d := range docs {
 		doc, id, e := prepareInsert(d)
@@ -299,7 +303,7 @@ func (p *Proxy) handleInsert(ctx context.Context, cmd *command) []byte {
 			continue
 		}
 		idv := id
-		items = append(items, localItem{stmt: i, id: id, compute: func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError) {
+		items = append(items, capItem{stmt: i, id: id, compute: func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError) {
 			if found {
 				return nil, errorf(codeDuplicateKey, "E11000 duplicate key error collection: %s index: _id_ dup key: { _id: %s }", ns, idv.String())
 			}
@@ -315,7 +319,7 @@ func (p *Proxy) handleInsert(ctx context.Context, cmd *command) []byte {
 		}
 		items = items[:cut]
 	}
-	outs, _ := p.eng.runLocal(ctx, ns, items, ordered)
+	outs := p.write(ctx, ns, items, ordered)
 	for j, o := range outs {
 		if !o.done {
 			continue
@@ -407,7 +411,7 @@ func (p *Proxy) resolveIDs(ctx context.Context, ns string, filter bson.Raw, limi
 			c = append(c, bson.E{Key: o.k, Value: o.v})
 		}
 	}
-	cur, err := p.eng.client.Database(db).RunCommandCursor(ctx, c)
+	cur, err := p.client.Database(db).RunCommandCursor(ctx, c)
 	if err != nil {
 		return nil, err
 	}
@@ -460,9 +464,9 @@ func parseUpdateStmt(ns string, d bson.Raw) (*updateStmt, *mongoError) {
 // updateItems turns a statement into document items: the _id of a plain
 // _id filter, else the _ids the filter matches now; with upsert and no
 // match, one item that creates the document.
-func (p *Proxy) updateItems(ctx context.Context, ns string, stmt int, s *updateStmt, let bson.RawValue, compute func(upsertOnly bool) func(crdt.State, bool, crdt.Timestamp) (*crdt.Op, *mongoError)) ([]localItem, *mongoError) {
+func (p *Proxy) updateItems(ctx context.Context, ns string, stmt int, s *updateStmt, let bson.RawValue, compute func(upsertOnly bool) func(crdt.State, bool, crdt.Timestamp) (*crdt.Op, *mongoError)) ([]capItem, *mongoError) {
 	if id, ok := idOnlyFilter(s.q); ok {
-		return []localItem{{stmt: stmt, id: id, compute: compute(false)}}, nil
+		return []capItem{{stmt: stmt, id: id, compute: compute(false)}}, nil
 	}
 	limit := int64(1)
 	if s.multi {
@@ -470,11 +474,11 @@ func (p *Proxy) updateItems(ctx context.Context, ns string, stmt int, s *updateS
 	}
 	ids, err := p.resolveIDs(ctx, ns, s.q, limit, s.sort, s.hint, s.collation, let)
 	if err != nil {
-		return nil, dbError(err)
+		return nil, fromReplica(replica.DBError(err))
 	}
-	items := make([]localItem, 0, len(ids))
+	items := make([]capItem, 0, len(ids))
 	for _, id := range ids {
-		items = append(items, localItem{stmt: stmt, id: id, filter: s.q, compute: compute(false)})
+		items = append(items, capItem{stmt: stmt, id: id, filter: s.q, compute: compute(false)})
 	}
 	if len(items) == 0 && s.upsert {
 		_, seedID := upsertSeed(s.q)
@@ -485,7 +489,7 @@ func (p *Proxy) updateItems(ctx context.Context, ns string, stmt int, s *updateS
 		if id.Type == 0 {
 			id = rawValue(bson.NewObjectID())
 		}
-		items = append(items, localItem{stmt: stmt, id: id, compute: compute(true)})
+		items = append(items, capItem{stmt: stmt, id: id, compute: compute(true)})
 	}
 	return items, nil
 }
@@ -533,12 +537,12 @@ func (p *Proxy) handleUpdate(ctx context.Context, cmd *command) []byte {
 	for i, d := range stmts {
 		s, e := parseUpdateStmt(ns, d)
 		if e == nil {
-			var items []localItem
+			var items []capItem
 			items, e = p.updateItems(ctx, ns, i, s, let, func(upsertOnly bool) func(crdt.State, bool, crdt.Timestamp) (*crdt.Op, *mongoError) {
 				return updateCompute(ns, s, upsertOnly)
 			})
 			if e == nil {
-				outs, _ := p.eng.runLocal(ctx, ns, items, true)
+				outs := p.write(ctx, ns, items, true)
 				for j, o := range outs {
 					switch {
 					case !o.done:
@@ -600,20 +604,20 @@ func (p *Proxy) handleDelete(ctx context.Context, cmd *command) []byte {
 					limit = n
 				}
 			}
-			var items []localItem
+			var items []capItem
 			if id, ok := idOnlyFilter(q); ok {
-				items = []localItem{{stmt: i, id: id, compute: compute}}
+				items = []capItem{{stmt: i, id: id, compute: compute}}
 			} else {
 				ids, err := p.resolveIDs(ctx, ns, q, limit, bson.RawValue{}, d.Lookup("hint"), d.Lookup("collation"), let)
 				if err != nil {
-					e = dbError(err)
+					e = fromReplica(replica.DBError(err))
 				}
 				for _, id := range ids {
-					items = append(items, localItem{stmt: i, id: id, filter: q, compute: compute})
+					items = append(items, capItem{stmt: i, id: id, filter: q, compute: compute})
 				}
 			}
 			if e == nil {
-				outs, _ := p.eng.runLocal(ctx, ns, items, true)
+				outs := p.write(ctx, ns, items, true)
 				for _, o := range outs {
 					switch {
 					case !o.done:
@@ -681,7 +685,7 @@ func (p *Proxy) handleFindAndModify(ctx context.Context, cmd *command) []byte {
 	}
 	hasSort := stmt.sort.Type == bson.TypeEmbeddedDocument && len(stmt.sort.Value) > 5
 	var outs []outcome
-	var items []localItem
+	var items []capItem
 	// A document resolved by the filter may stop matching before its lock is
 	// taken (a concurrent write); resolve again a few times, as mongod
 	// retries a findAndModify whose document changed under it.
@@ -697,7 +701,7 @@ func (p *Proxy) handleFindAndModify(ctx context.Context, cmd *command) []byte {
 		if err != nil {
 			return errorReply(err)
 		}
-		outs, _ = p.eng.runLocal(ctx, ns, items, true)
+		outs = p.write(ctx, ns, items, true)
 		if len(outs) == 0 || outs[0].found || outs[0].err != nil || items[0].filter == nil {
 			break
 		}
@@ -748,7 +752,7 @@ func (p *Proxy) handleFindAndModify(ctx context.Context, cmd *command) []byte {
 	return b
 }
 
-func (p *Proxy) famRemoveItems(ctx context.Context, ns string, s *updateStmt, hasSort bool, let bson.RawValue) ([]localItem, *mongoError) {
+func (p *Proxy) famRemoveItems(ctx context.Context, ns string, s *updateStmt, hasSort bool, let bson.RawValue) ([]capItem, *mongoError) {
 	compute := func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError) {
 		if !found {
 			return nil, nil
@@ -756,16 +760,16 @@ func (p *Proxy) famRemoveItems(ctx context.Context, ns string, s *updateStmt, ha
 		return &crdt.Op{Kind: crdt.Delete}, nil
 	}
 	if id, ok := idOnlyFilter(s.q); ok && !hasSort {
-		return []localItem{{id: id, compute: compute}}, nil
+		return []capItem{{id: id, compute: compute}}, nil
 	}
 	ids, err := p.resolveIDs(ctx, ns, s.q, 1, s.sort, s.hint, s.collation, let)
 	if err != nil {
-		return nil, dbError(err)
+		return nil, fromReplica(replica.DBError(err))
 	}
 	if len(ids) == 0 {
 		return nil, nil
 	}
-	return []localItem{{id: ids[0], filter: s.q, compute: compute}}, nil
+	return []capItem{{id: ids[0], filter: s.q, compute: compute}}, nil
 }
 
 // buildUpdate produces the op's normalized update document: only $set,
@@ -930,3 +934,65 @@ func checkPathOn(doc bson.Raw, op, path string, final func(string, bson.RawValue
 	}
 	return nil
 }
+
+// capItem is one document-level write of a client command: the statement
+// it comes from, and what the replica core needs (replica.Item).
+type capItem struct {
+	stmt   int
+	id     bson.RawValue
+	filter bson.Raw // re-checked under the document's lease; nil when the statement names the _id
+	// compute decides the op for the document's current state (nil op:
+	// nothing to write) or refuses with a write error.
+	compute func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError)
+}
+
+// outcome is what happened to one capItem (replica.Outcome with the
+// client's error).
+type outcome struct {
+	done   bool
+	found  bool
+	op     *crdt.Op
+	before bson.D
+	after  bson.D
+	err    *mongoError
+}
+
+// write hands items to the replica core and returns their outcomes.
+func (p *Proxy) write(ctx context.Context, ns string, items []capItem, ordered bool) []outcome {
+	in := make([]replica.Item, len(items))
+	for i, it := range items {
+		compute := it.compute
+		in[i] = replica.Item{ID: it.id, Filter: it.filter, Compute: func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error) {
+			op, e := compute(st, found, ts)
+			if e != nil {
+				return nil, e
+			}
+			return op, nil
+		}}
+	}
+	res := p.core.Write(ctx, ns, in, ordered)
+	out := make([]outcome, len(res))
+	for i, o := range res {
+		out[i] = outcome{done: o.Done, found: o.Found, op: o.Op, before: o.Before, after: o.After}
+		if o.Err != nil {
+			out[i].err = clientError(o.Err)
+		}
+	}
+	return out
+}
+
+// clientError is the client's write error for an outcome's error: the
+// front-end's own refusal, or the core's.
+func clientError(err error) *mongoError {
+	var me *mongoError
+	if errors.As(err, &me) {
+		return me
+	}
+	var re *replica.Error
+	if errors.As(err, &re) {
+		return fromReplica(re)
+	}
+	return errorf(codeInternalError, "edgenode: %v", err)
+}
+
+func fromReplica(e *replica.Error) *mongoError { return &mongoError{Code: e.Code, Msg: e.Msg} }

@@ -345,7 +345,7 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 		d.after(nil)
 	}
 	if d.purgeAfter {
-		c.p.eng.purgeCache()
+		c.p.core.Forget()
 	}
 	return err
 }

@@ -63,7 +63,7 @@ func TestConvergence(t *testing.T) {
 				defer wg.Done()
 				for len(deliveries) > 0 {
 					n := min(1+batchRng.IntN(6), len(deliveries))
-					if err := proxies[r].ApplyRemote(testCtx, deliveries[:n]); err != nil {
+					if err := proxies[r].Replica().ApplyRemote(testCtx, deliveries[:n]); err != nil {
 						errs[r] = err
 						return
 					}

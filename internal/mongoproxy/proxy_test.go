@@ -42,7 +42,7 @@ func findOne(t *testing.T, c *mongo.Collection, filter any) bson.M {
 func TestCRUD(t *testing.T) {
 	for _, mongoPaths := range []bool{false, true} {
 		t.Run(fmt.Sprintf("mongodb-paths=%v", mongoPaths), func(t *testing.T) {
-			testCRUD(t, newProxyWith(t, 0, "n1", func(p *Proxy) { p.testNotFerret = mongoPaths }))
+			testCRUD(t, newProxy(t, 0, "n1", mongoPathsIf(mongoPaths)))
 		})
 	}
 }
@@ -138,7 +138,7 @@ func testCRUD(t *testing.T, tp *testProxy) {
 		t.Fatalf("left: %d", n)
 	}
 	// The tombstone is where the proxy reads it, not in the collection.
-	tn, err := tp.direct.Database(metaDB).Collection(tombstoneColl).CountDocuments(testCtx, bson.D{{Key: "ns", Value: db + ".things"}})
+	tn, err := tp.direct.Database(metaDB).Collection("tombstones").CountDocuments(testCtx, bson.D{{Key: "ns", Value: db + ".things"}})
 	if err != nil || tn != 3 {
 		t.Fatalf("tombstones: %d %v", tn, err)
 	}
@@ -167,8 +167,8 @@ func TestInsertOrderedUnordered(t *testing.T) {
 		t.Run(fmt.Sprintf("prefetch=%v", prefetch), func(t *testing.T) {
 			// FerretDB disables the one-query prefetch of multi-document
 			// chunks and the version condition of writes (see
-			// engine.ferret); force the MongoDB paths to test them too.
-			tp := newProxyWith(t, 0, "n1", func(p *Proxy) { p.testNotFerret = prefetch })
+			// replica.Capabilities); force the MongoDB paths to test them too.
+			tp := newProxy(t, 0, "n1", mongoPathsIf(prefetch))
 			testInsertOrderedUnordered(t, tp)
 		})
 	}
@@ -470,7 +470,7 @@ func TestRefused(t *testing.T) {
 		t.Errorf("$out: %v", err)
 	}
 	// The proxy's own database is not writable by clients.
-	_, err = tp.client.Database(metaDB).Collection(tombstoneColl).InsertOne(testCtx, bson.D{{Key: "x", Value: 1}})
+	_, err = tp.client.Database(metaDB).Collection("tombstones").InsertOne(testCtx, bson.D{{Key: "x", Value: 1}})
 	if err == nil {
 		t.Error("write to edgenode_meta accepted")
 	}
@@ -571,9 +571,7 @@ func TestIndexesAndUniqueConflict(t *testing.T) {
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "email", Value: "a@x"}}); err != nil {
 		t.Fatal(err)
 	}
-	var localOps []*crdt.Op
-	var mu sync.Mutex
-	tp.OnLocalOps(func(ops []*crdt.Op) { mu.Lock(); localOps = append(localOps, ops...); mu.Unlock() })
+	from := tp.Replica().LastSeq()
 	// A local write refused by the unique index: the client gets 11000, the
 	// logged op is compensated, nothing stays.
 	_, err = c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "email", Value: "a@x"}})
@@ -596,16 +594,14 @@ func TestIndexesAndUniqueConflict(t *testing.T) {
 	if got := counter(t, tp.reg, "edgenode_mongoproxy_compensations_total"); got != 2 {
 		t.Fatalf("compensations: %v", got)
 	}
-	mu.Lock()
-	ops := append([]*crdt.Op(nil), localOps...)
-	mu.Unlock()
+	ops := localOpsSince(t, tp, from)
 	// A second node receiving the same ops ends identical: compensation replicates.
 	tp2 := newProxy(t, 1, "n2")
 	c2 := tp2.client.Database(dbName).Collection("users")
 	if _, err := c2.Indexes().CreateOne(testCtx, mongo.IndexModel{Keys: bson.D{{Key: "email", Value: 1}}, Options: options.Index().SetUnique(true)}); err != nil {
 		t.Fatal(err)
 	}
-	if err := tp2.ApplyRemote(testCtx, ops); err != nil {
+	if err := tp2.Replica().ApplyRemote(testCtx, ops); err != nil {
 		t.Fatal(err)
 	}
 	got := findAll(t, c2)
@@ -618,13 +614,13 @@ func TestIndexesAndUniqueConflict(t *testing.T) {
 		ID: rawValue(50), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 50}, {Key: "email", Value: "a@x"}})}
 	ok := &crdt.Op{Origin: "peer", Seq: 2, TS: crdt.Timestamp{Wall: time.Now().UnixMilli(), Logical: 1, Node: "peer"}, NS: dbName + ".users",
 		ID: rawValue(51), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 51}, {Key: "email", Value: "z@x"}})}
-	if err := tp.ApplyRemote(testCtx, []*crdt.Op{remote, ok}); err != nil {
+	if err := tp.Replica().ApplyRemote(testCtx, []*crdt.Op{remote, ok}); err != nil {
 		t.Fatal(err)
 	}
 	if got := counter(t, tp.reg, "edgenode_mongoproxy_apply_conflicts_total", "reason", "unique"); got != 1 {
 		t.Fatalf("conflict metric: %v", got)
 	}
-	if n, _ := tp.direct.Database(metaDB).Collection(conflictColl).CountDocuments(testCtx, bson.D{{Key: "_id", Value: "peer:1"}}); n != 1 {
+	if n, _ := tp.direct.Database(metaDB).Collection("conflicts").CountDocuments(testCtx, bson.D{{Key: "_id", Value: "peer:1"}}); n != 1 {
 		t.Fatal("conflict not recorded")
 	}
 	if !strings.Contains(tp.logs.String(), "parked") {
@@ -646,11 +642,11 @@ func TestIndexesAndUniqueConflict(t *testing.T) {
 func TestConcurrentInc(t *testing.T) {
 	tp := newProxy(t, 0, "n1")
 	// One node, no peers: every applied op is causally stable at once, so
-	// metadata is compacted on each write (part 2 derives the stable clock
-	// from peer acknowledgements). Without compaction each of the 1,600
-	// $inc deltas stays in the document's metadata and every write costs
-	// more than the previous one.
-	tp.SetStable(tp.eng.clock.Last)
+	// metadata is compacted on each write (replication derives the stable
+	// clock from peer acknowledgements). Without compaction each of the
+	// 1,600 $inc deltas stays in the document's metadata and every write
+	// costs more than the previous one.
+	stableFollowsClock(t, tp)
 	c := tp.client.Database(freshDB("inc")).Collection("c")
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: "counter"}, {Key: "n", Value: 0}}); err != nil {
 		t.Fatal(err)
@@ -683,16 +679,14 @@ func TestConcurrentInc(t *testing.T) {
 	}
 }
 
-// TestTwoNodesViaHook: ops streamed by OnLocalOps to another proxy's
-// ApplyRemote, both ways, converge.
+// TestTwoNodesViaHook: ops read from each proxy's op log (the replica
+// core's local stream) and given to the other's ApplyRemote, both ways,
+// converge.
 func TestTwoNodesViaHook(t *testing.T) {
 	a := newProxy(t, 0, "na")
 	b := newProxy(t, 1, "nb")
 	dbName := freshDB("pair")
-	var mu sync.Mutex
-	var toA, toB []*crdt.Op
-	a.OnLocalOps(func(ops []*crdt.Op) { mu.Lock(); toB = append(toB, ops...); mu.Unlock() })
-	b.OnLocalOps(func(ops []*crdt.Op) { mu.Lock(); toA = append(toA, ops...); mu.Unlock() })
+	fromA, fromB := a.Replica().LastSeq(), b.Replica().LastSeq()
 	ca, cb := a.client.Database(dbName).Collection("c"), b.client.Database(dbName).Collection("c")
 	must := func(_ any, err error) {
 		t.Helper()
@@ -708,13 +702,11 @@ func TestTwoNodesViaHook(t *testing.T) {
 	must(ca.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}}))
 	must(cb.InsertOne(testCtx, bson.D{{Key: "_id", Value: 3}}))
 	must(ca.DeleteOne(testCtx, bson.D{{Key: "_id", Value: 2}}))
-	mu.Lock()
-	ta, tb := toA, toB
-	mu.Unlock()
-	if err := a.ApplyRemote(testCtx, ta); err != nil {
+	ta, tb := localOpsSince(t, b, fromB), localOpsSince(t, a, fromA)
+	if err := a.Replica().ApplyRemote(testCtx, ta); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.ApplyRemote(testCtx, tb); err != nil {
+	if err := b.Replica().ApplyRemote(testCtx, tb); err != nil {
 		t.Fatal(err)
 	}
 	da, db := findAll(t, ca), findAll(t, cb)
@@ -785,7 +777,7 @@ func TestRemoteOpsOutsideReplication(t *testing.T) {
 		return &crdt.Op{Origin: "peer", Seq: seq, TS: crdt.Timestamp{Wall: time.Now().UnixMilli(), Logical: uint32(seq), Node: "peer"}, NS: ns,
 			ID: rawValue(1), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 1}, {Key: "x", Value: 1}})}
 	}
-	if err := tp.ApplyRemote(testCtx, []*crdt.Op{mk(1, db+".mine"), mk(2, "admin.users"), mk(3, db+".shared")}); err != nil {
+	if err := tp.Replica().ApplyRemote(testCtx, []*crdt.Op{mk(1, db+".mine"), mk(2, "admin.users"), mk(3, db+".shared")}); err != nil {
 		t.Fatal(err)
 	}
 	if n, _ := tp.direct.Database(db).Collection("mine").CountDocuments(testCtx, bson.D{}); n != 0 {
@@ -815,7 +807,7 @@ func TestLateApplyIsFlagged(t *testing.T) {
 	one, two := inc(1, 1), inc(2, 2)
 	// In order, then both again (recognized duplicates): nothing flagged.
 	for _, ops := range [][]*crdt.Op{{one}, {two}, {one, two}} {
-		if err := tp.ApplyRemote(testCtx, ops); err != nil {
+		if err := tp.Replica().ApplyRemote(testCtx, ops); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -824,7 +816,7 @@ func TestLateApplyIsFlagged(t *testing.T) {
 	}
 	// A distinct op numbered below the one that last changed the document
 	// (here it stands for a retried apply): flagged.
-	if err := tp.ApplyRemote(testCtx, []*crdt.Op{inc(1, 0)}); err != nil {
+	if err := tp.Replica().ApplyRemote(testCtx, []*crdt.Op{inc(1, 0)}); err != nil {
 		t.Fatal(err)
 	}
 	if got := counter(t, tp.reg, "edgenode_mongoproxy_late_applies_total"); got != 1 {
@@ -843,12 +835,12 @@ func TestOversizedWritesAreRefused(t *testing.T) {
 	const limit = 256 << 10
 	tp := newProxy(t, 1, "n1", func(o *Options) { o.MaxDocumentBytes = limit })
 	c := tp.client.Database(freshDB("big")).Collection("docs")
-	log := tp.OpLog()
+	log := tp.Replica()
 	tooLarge := func(err error) bool {
 		var se mongo.ServerError
 		return errors.As(err, &se) && se.HasErrorCode(int(codeBSONObjectTooLarge)) && strings.Contains(err.Error(), "mongo.max_document_bytes")
 	}
-	before := log.LastSeq("n1")
+	before := log.LastSeq()
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "blob", Value: strings.Repeat("x", limit)}}); !tooLarge(err) {
 		t.Fatalf("oversized insert: %v", err)
 	}
@@ -856,7 +848,7 @@ func TestOversizedWritesAreRefused(t *testing.T) {
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "blob", Value: strings.Repeat("y", limit*2/3)}}); !tooLarge(err) {
 		t.Fatalf("insert too large with its metadata: %v", err)
 	}
-	if got := log.LastSeq("n1"); got != before {
+	if got := log.LastSeq(); got != before {
 		t.Fatalf("refused writes were logged: last seq %d -> %d", before, got)
 	}
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 3}, {Key: "blob", Value: strings.Repeat("z", limit/4)}}); err != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 	"github.com/edgenode/edgenode/internal/mongoproxy/repl"
@@ -132,9 +133,9 @@ func (n *Node) buildMongo() error {
 				opts.MaxLag = -1 // the config's 0 means "never"; the package's 0 means "default"
 			}
 			if n.mesh != nil {
-				opts.Transport = n.mesh
+				opts.Transport = meshTransport{n.mesh}
 			}
-			r, err := repl.New(opts, proxy, n.log.With("part", "mongo-repl"), n.reg)
+			r, err := repl.New(opts, proxy.Replica(), n.log.With("part", "mongo-repl"), n.reg)
 			if err == nil {
 				err = r.Start(ctx)
 			}
@@ -163,6 +164,21 @@ func (n *Node) buildMongo() error {
 		},
 	})
 	return nil
+}
+
+// meshTransport is the mesh as replication's transport: the mesh's send
+// errors become the ones package repl documents.
+type meshTransport struct{ *mesh.Mesh }
+
+func (t meshTransport) Send(node, topic string, msg []byte) error {
+	err := t.Mesh.Send(node, topic, msg)
+	switch {
+	case errors.Is(err, mesh.ErrQueueFull):
+		return fmt.Errorf("%w: %w", repl.ErrQueueFull, err)
+	case errors.Is(err, mesh.ErrTooLarge):
+		return fmt.Errorf("%w: %w", repl.ErrTooLarge, err)
+	}
+	return err
 }
 
 // idleTimeout maps mongo.client_idle_timeout (0: never) to the proxy's

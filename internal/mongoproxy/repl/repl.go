@@ -13,10 +13,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
-	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Topics on the mesh.
@@ -29,15 +28,30 @@ const (
 // cron_leader (the node adds it to its mesh tags).
 const CronLeaderTag = "cron-leader"
 
-// Transport is what replication needs from the mesh (*mesh.Mesh implements
-// it): at-most-once, per-pair ordered messages on named topics, and the node
-// map.
+// Transport is what replication needs from the mesh: at-most-once,
+// per-pair ordered messages on named topics, and the node map. The node
+// adapts *mesh.Mesh to it (mapping the mesh's errors to the ones below).
 type Transport interface {
+	// Send queues msg for node on topic. It does not wait for delivery:
+	// a message may still be lost (replication resends from positions).
+	// An error wrapping ErrQueueFull means the peer's queue is full right
+	// now (retry soon); one wrapping ErrTooLarge means msg can never be
+	// sent; any other, that the peer is not reachable now.
 	Send(node, topic string, msg []byte) error
+	// Broadcast sends msg to every peer, best effort.
 	Broadcast(topic string, msg []byte)
+	// Handle registers h for topic (nil: unregisters). h runs on the
+	// transport's goroutine for the sender: it must not block.
 	Handle(topic string, h func(from string, msg []byte))
+	// Current returns the node map and a channel closed when it changes.
 	Current() (*nodemap.Map, <-chan struct{})
 }
+
+// Errors a Transport's Send reports (wrapped or as is).
+var (
+	ErrQueueFull = errors.New("repl: the peer's queue is full")
+	ErrTooLarge  = errors.New("repl: message larger than the transport carries")
+)
 
 // Options configures a Replicator. Zero values take the defaults named.
 type Options struct {
@@ -131,8 +145,7 @@ var stateNames = []string{"checking", "waiting_for_source", "initial_sync", "syn
 type Replicator struct {
 	opts   Options
 	log    *slog.Logger
-	proxy  *mongoproxy.Proxy
-	olog   *oplog.Log
+	core   replica.Replication
 	origin string
 	met    *metrics
 
@@ -144,7 +157,7 @@ type Replicator struct {
 	badLogged atomic.Int64  // unix nanos of the last malformed-message log line
 	syncWake  chan struct{} // wakes the sync loop (resync needed, map changed)
 	resync    atomic.Pointer[string]
-	maxStable atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the proxy
+	maxStable atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the core
 	stable    atomic.Pointer[crdt.Timestamp]
 	started   time.Time
 	// applyGate: receivers hold it shared while applying; a sync takes it
@@ -162,7 +175,6 @@ type Replicator struct {
 	client    *syncClient            // the sync this node runs, if any
 	samples   []seqSample            // own last seq over time, for LogRetention
 	skewLog   map[string]time.Time   // by peer: when a refused clock reading was last logged
-	sendersP  atomic.Pointer[[]*sender]
 }
 
 // nodeState is what this node knows of a peer.
@@ -226,23 +238,24 @@ type seqSample struct {
 	seq uint64
 }
 
-// New builds a Replicator for a started proxy. Nothing runs until Start.
-func New(opts Options, proxy *mongoproxy.Proxy, log *slog.Logger, reg prometheus.Registerer) (*Replicator, error) {
+// New builds a Replicator for an open replica core (the proxy's, once
+// started). Nothing runs until Start.
+func New(opts Options, core replica.Replication, log *slog.Logger, reg prometheus.Registerer) (*Replicator, error) {
 	opts.defaults()
 	if log == nil {
 		log = slog.Default()
 	}
-	if proxy == nil || proxy.OpLog() == nil {
-		return nil, errors.New("repl: the proxy must be started first")
+	if core == nil {
+		return nil, errors.New("repl: no replica core (start the proxy first)")
 	}
 	if opts.Transport != nil && opts.NodeID == "" {
 		return nil, errors.New("repl: NodeID is required with a Transport")
 	}
-	if opts.Transport != nil && NodeOf(proxy.Origin()) != opts.NodeID {
-		return nil, fmt.Errorf("repl: the proxy's origin %q is not an incarnation of node %q", proxy.Origin(), opts.NodeID)
+	if opts.Transport != nil && NodeOf(core.Origin()) != opts.NodeID {
+		return nil, fmt.Errorf("repl: the replica's origin %q is not an incarnation of node %q", core.Origin(), opts.NodeID)
 	}
 	r := &Replicator{
-		opts: opts, log: log.With("component", "repl"), proxy: proxy, olog: proxy.OpLog(), origin: proxy.Origin(),
+		opts: opts, log: log.With("component", "repl"), core: core, origin: core.Origin(),
 		syncWake: make(chan struct{}, 1), nodes: map[string]*nodeState{}, self: &hbQueue{},
 		senders: map[string]*sender{}, receivers: map[string]*receiver{}, sessions: map[uint64]*syncServer{},
 		skewLog: map[string]time.Time{},
@@ -250,8 +263,11 @@ func New(opts Options, proxy *mongoproxy.Proxy, log *slog.Logger, reg prometheus
 	zero := crdt.Timestamp{}
 	r.stable.Store(&zero)
 	r.maxStable.Store(&zero)
-	r.sendersP.Store(&[]*sender{})
-	r.met = newMetrics(reg, r)
+	met, err := newMetrics(reg, r)
+	if err != nil {
+		return nil, err
+	}
+	r.met = met
 	return r, nil
 }
 
@@ -261,47 +277,37 @@ func NodeOf(origin string) string {
 	return n
 }
 
-// Start begins replication: it registers the mesh handlers, wires the
-// compaction frontier and local-op notifications into the proxy, and starts
-// the heartbeat, membership and sync loops. It returns at once; the
-// initial sync, if one is needed, runs in the background with the proxy's
-// writes blocked (Status and Ready show it).
+// Start begins replication: it registers the mesh handlers and starts the
+// heartbeat (which gives the core its compaction frontier), membership and
+// sync loops; senders follow the core's local ops by subscription. It
+// returns at once; the initial sync, if one is needed, runs in the
+// background with the core's writes blocked (Status and Ready show it).
 func (r *Replicator) Start(ctx context.Context) error {
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.started = time.Now()
-	origin, err := r.proxy.SyncedOrigin(ctx)
+	origin, err := r.core.SyncedOrigin(ctx)
 	if err != nil {
 		return fmt.Errorf("repl: %w", err)
 	}
-	r.proxy.SetStable(r.stableNow)
-	poke := func() {
-		for _, s := range *r.sendersP.Load() {
-			s.poke()
-		}
-	}
-	r.proxy.OnLocalAppend(poke)
-	// DDL ops are logged outside the write path: their notification comes
-	// with OnLocalOps.
-	r.proxy.OnLocalOps(func([]*crdt.Op) { poke() })
 	switch {
 	case origin == r.origin:
 		r.state.Store(stateSynced)
-		r.proxy.AllowWrites()
+		r.core.AllowWrites()
 	case r.opts.Transport == nil:
 		// Standalone: whatever the database holds is the data; the op log
 		// starts over with it.
-		if err := r.proxy.FinishSync(ctx, nil); err != nil {
+		if err := r.core.FinishSync(ctx, nil); err != nil {
 			return fmt.Errorf("repl: %w", err)
 		}
 		r.state.Store(stateSynced)
-		r.proxy.AllowWrites()
+		r.core.AllowWrites()
 	default:
 		r.state.Store(stateWaiting)
 		reason := "waiting for an initial sync from a peer"
 		if origin != "" {
 			reason = "the op log does not belong to this database (wiped?): waiting for an initial sync"
 		}
-		r.proxy.BlockWrites(reason)
+		r.core.BlockWrites(reason)
 		r.log.Info("this database is not a synced replica; an initial sync will run", "origin", r.origin, "database_origin", origin)
 	}
 	if t := r.opts.Transport; t != nil {
@@ -318,8 +324,8 @@ func (r *Replicator) Start(ctx context.Context) error {
 }
 
 // Stop stops every goroutine, unregisters the handlers and persists the
-// peers' acknowledged positions. Call it before the proxy shuts down (the
-// proxy closes the op log).
+// peers' acknowledged positions. Call it before the core closes (the proxy
+// closes it at Shutdown).
 func (r *Replicator) Stop(ctx context.Context) error {
 	if r.cancel == nil {
 		return nil
@@ -354,7 +360,7 @@ func (r *Replicator) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// stableNow is the compaction frontier handed to the proxy.
+// stableNow is the compaction frontier last handed to the core.
 func (r *Replicator) stableNow() crdt.Timestamp {
 	return *r.stable.Load()
 }
@@ -419,8 +425,8 @@ func (r *Replicator) bad(from, what string, err error) {
 const skewLogEvery = time.Minute
 
 // clockRefused counts n of peer's readings (carried by what: ops,
-// heartbeat, sync) refused by the proxy for running ahead (err, a
-// *mongoproxy.ClockSkewError), and logs it at most once per skewLogEvery
+// heartbeat, sync) refused by the core for running ahead (err, a
+// *replica.ClockSkewError), and logs it at most once per skewLogEvery
 // per peer.
 func (r *Replicator) clockRefused(peer, what string, n int, err error) {
 	r.met.clockSkew.WithLabelValues(peer, what).Add(float64(n))
@@ -435,7 +441,7 @@ func (r *Replicator) clockRefused(peer, what string, n int, err error) {
 		return
 	}
 	attrs := []any{"peer", peer, "what", what}
-	var ce *mongoproxy.ClockSkewError
+	var ce *replica.ClockSkewError
 	if errors.As(err, &ce) {
 		attrs = append(attrs, "ahead", ce.Ahead.Round(time.Second), "max_clock_skew", ce.Max, "reading", ce.TS.String())
 	} else {
@@ -452,7 +458,7 @@ func (r *Replicator) onHeartbeat(from string, m heartbeat) {
 		r.bad(from, "heartbeat", fmt.Errorf("origin %q is not an incarnation of %q", m.origin, from))
 		return
 	}
-	if err := r.proxy.ObserveClock(m.frontier); err != nil {
+	if err := r.core.ObserveClock(m.frontier); err != nil {
 		// Not heard: a peer whose clock runs ahead is not a sync source,
 		// does not move its frontier here, and is counted as unheard
 		// wherever that matters, until its clock is right.
@@ -462,7 +468,7 @@ func (r *Replicator) onHeartbeat(from string, m heartbeat) {
 	r.mu.Lock()
 	// Read under r.mu: a sync resets both the applied positions and the
 	// queues (resetFrontiers), and a heartbeat must not mix the two.
-	applied := r.olog.Applied(m.origin)
+	applied := r.core.Applied(m.origin)
 	n := r.node(from)
 	if n.origin != m.origin {
 		if n.origin != "" {
@@ -539,7 +545,7 @@ func (r *Replicator) heartbeatLoop() {
 }
 
 func (r *Replicator) beat() {
-	f := r.proxy.Frontier()
+	f := r.core.Frontier()
 	if f.IsZero() {
 		return
 	}
@@ -547,21 +553,21 @@ func (r *Replicator) beat() {
 	// the log's max timestamp, so a fenced frontier stays true forever.
 	// The fence runs a second ahead so that an idle node commits about once
 	// a second, not once per heartbeat.
-	if mt := r.olog.MaxTimestamp(); mt.Compare(f) < 0 {
+	if mt := r.core.MaxTimestamp(); mt.Compare(f) < 0 {
 		fence := crdt.Timestamp{Wall: f.Wall + 1000, Node: r.origin}
-		if err := r.olog.Fence(r.ctx, fence); err != nil {
+		if err := r.core.Fence(r.ctx, fence); err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Warn("fencing the clock in the op log", "err", err)
 			}
 			return
 		}
 	}
-	if mt := r.olog.MaxTimestamp(); mt.Compare(f) < 0 {
+	if mt := r.core.MaxTimestamp(); mt.Compare(f) < 0 {
 		f = mt
 	}
-	last := r.olog.LastSeq(r.origin) // read after the frontier: see Proxy.Frontier
+	last := r.core.LastSeq() // read after the frontier: see replica.Replication.Frontier
 	r.mu.Lock()
-	applied := r.olog.AppliedAll()
+	applied := r.core.AppliedVector()
 	r.self.push(f, last)
 	r.self.advance(applied[r.origin])
 	r.mu.Unlock()
@@ -574,7 +580,7 @@ func (r *Replicator) beat() {
 		case stateSyncing:
 			flags |= hbSyncing
 		}
-		hb := heartbeat{origin: r.origin, frontier: f, last: last, first: r.olog.FirstSeq(r.origin), flags: flags, applied: applied}
+		hb := heartbeat{origin: r.origin, frontier: f, last: last, first: r.core.FirstSeq(), flags: flags, applied: applied}
 		t.Broadcast(Topic, hb.encode())
 	}
 }
@@ -609,6 +615,7 @@ func (r *Replicator) updateStable() {
 	}
 	r.mu.Unlock()
 	r.stable.Store(&stable)
+	r.core.SetStable(stable)
 	if stable.Compare(*r.maxStable.Load()) > 0 {
 		r.maxStable.Store(&stable)
 	}
@@ -678,17 +685,12 @@ func (r *Replicator) applyMap(m *nodemap.Map) {
 		}
 		if n.forgotten(r.opts.ForgetPeerAfter) {
 			r.log.Warn("forgetting a node absent from the cluster", "node", id, "absent_for", now.Sub(n.goneSince).Round(time.Second))
-			if err := r.olog.RemovePeer(id); err != nil {
+			if err := r.core.RemovePeer(id); err != nil {
 				r.log.Warn("forgetting peer", "node", id, "err", err)
 			}
 			delete(r.nodes, id)
 		}
 	}
-	list := make([]*sender, 0, len(r.senders))
-	for _, s := range r.senders {
-		list = append(list, s)
-	}
-	r.sendersP.Store(&list)
 }
 
 func (r *Replicator) stopSenders() {
@@ -744,7 +746,7 @@ func (r *Replicator) trimLoop() {
 		case <-t.C:
 		}
 		now := time.Now()
-		last := r.olog.LastSeq(r.origin)
+		last := r.core.LastSeq()
 		r.mu.Lock()
 		r.samples = append(r.samples, seqSample{now, last})
 		var limit uint64
@@ -762,7 +764,7 @@ func (r *Replicator) trimLoop() {
 				r.log.Warn("persisting a peer's position", "peer", s.peer, "err", err)
 			}
 		}
-		if n, err := r.olog.TrimBelow(limit); err != nil {
+		if n, err := r.core.TrimBelow(limit); err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Warn("trimming the op log", "err", err)
 			}
@@ -772,4 +774,12 @@ func (r *Replicator) trimLoop() {
 	}
 }
 
-func (r *Replicator) sendersSnapshot() []*sender { return *r.sendersP.Load() }
+func (r *Replicator) sendersSnapshot() []*sender {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	list := make([]*sender, 0, len(r.senders))
+	for _, s := range r.senders {
+		list = append(list, s)
+	}
+	return list
+}

@@ -3,6 +3,7 @@ package repl
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -152,6 +153,21 @@ func newTCluster(t *testing.T, n int, tune func(*Options)) *tcluster {
 	return c
 }
 
+// meshTransport is the mesh as replication's transport (as the node wires
+// it): the mesh's send errors become the ones Transport documents.
+type meshTransport struct{ *mesh.Mesh }
+
+func (t meshTransport) Send(node, topic string, msg []byte) error {
+	err := t.Mesh.Send(node, topic, msg)
+	switch {
+	case errors.Is(err, mesh.ErrQueueFull):
+		return fmt.Errorf("%w: %w", ErrQueueFull, err)
+	case errors.Is(err, mesh.ErrTooLarge):
+		return fmt.Errorf("%w: %w", ErrTooLarge, err)
+	}
+	return err
+}
+
 // start starts the node's database (once), proxy, mesh and replicator.
 func (nd *tnode) start() {
 	t := nd.c.t
@@ -194,8 +210,8 @@ func (nd *tnode) start() {
 		t.Fatal(err)
 	}
 	ro := nd.ropts
-	ro.NodeID, ro.Transport = nd.id, nd.mesh
-	if nd.rep, err = New(ro, nd.proxy, log, nd.reg); err != nil {
+	ro.NodeID, ro.Transport = nd.id, meshTransport{nd.mesh}
+	if nd.rep, err = New(ro, nd.proxy.Replica(), log, nd.reg); err != nil {
 		t.Fatal(err)
 	}
 	if err := nd.rep.Start(ctx); err != nil {
@@ -483,13 +499,13 @@ func TestInitialSyncAndTrimmedResync(t *testing.T) {
 
 	// n2 leaves; n1 forgets it and trims its log while writing on.
 	n2.stop()
-	olog, origin := n1.proxy.OpLog(), n1.proxy.Origin()
-	had := olog.LastSeq(origin)
+	core := n1.proxy.Replica()
+	had := core.LastSeq()
 	waitUntil(t, 30*time.Second, "n1 to forget n2 and trim its log", func() bool {
 		_, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: "d00100"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}})
 		must(t, err)
-		_, known := olog.PeerAcks()["n2"]
-		return !known && olog.FirstSeq(origin) > had+1
+		_, known := core.PeerAcks()["n2"]
+		return !known && core.FirstSeq() > had+1
 	})
 	n2.start()
 	waitUntil(t, 60*time.Second, "n2 to resync", func() bool {

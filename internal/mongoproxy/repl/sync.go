@@ -10,10 +10,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/edgenode/edgenode/internal/mesh"
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Initial sync. The node that needs one (new, wiped, or behind a peer's
@@ -77,13 +76,13 @@ func (r *Replicator) syncLoop() {
 		switch r.state.Load() {
 		case stateSynced:
 			if reason := r.resync.Load(); reason != nil {
-				r.proxy.BlockWrites("resync: " + *reason)
+				r.core.BlockWrites("resync: " + *reason)
 				r.state.Store(stateWaiting)
 				waitingSince, allowed = time.Now(), false
 				continue
 			}
 			if !allowed && r.peersHeardSince(syncedAt) {
-				r.proxy.AllowWrites()
+				r.core.AllowWrites()
 				allowed = true
 				r.log.Info("writes accepted", "origin", r.origin)
 			}
@@ -125,7 +124,7 @@ func (r *Replicator) syncLoop() {
 				backoff, failed, syncedAt = time.Second, "", time.Now()
 				continue
 			case bootstrap:
-				if err := r.proxy.FinishSync(r.ctx, nil); err != nil {
+				if err := r.core.FinishSync(r.ctx, nil); err != nil {
 					if r.ctx.Err() != nil {
 						return
 					}
@@ -247,13 +246,13 @@ func (r *Replicator) runSync(src string) (int, error) {
 	vector := m.vector
 	// The source's clock comes before anything is emptied: a source whose
 	// clock runs ahead is refused (the next attempt prefers another).
-	if err := r.proxy.ObserveClock(m.clock); err != nil {
+	if err := r.core.ObserveClock(m.clock); err != nil {
 		r.clockRefused(src, "sync", 1, err)
 		cancel()
 		return 0, fmt.Errorf("refusing %s as a sync source: %w", src, err)
 	}
 	ctx := r.ctx
-	if err := r.proxy.BeginSync(ctx); err != nil {
+	if err := r.core.BeginSync(ctx); err != nil {
 		cancel()
 		return 0, err
 	}
@@ -274,7 +273,7 @@ func (r *Replicator) runSync(src string) (int, error) {
 				cancel()
 				return docs, fmt.Errorf("chunk %d lost (got %d)", chunk+1, m.chunk)
 			}
-			skipped, err := r.proxy.LoadSnapshot(ctx, m.items)
+			skipped, err := r.core.LoadSnapshot(ctx, m.items)
 			refused.add(skipped)
 			r.met.syncRefused.WithLabelValues(src).Add(float64(len(skipped)))
 			if err != nil {
@@ -283,12 +282,12 @@ func (r *Replicator) runSync(src string) (int, error) {
 			}
 			chunk = m.chunk
 			for _, it := range m.items {
-				if it.Kind == mongoproxy.SnapDoc {
+				if it.Kind == replica.SnapDoc {
 					docs++
 				}
 			}
 			for _, it := range skipped {
-				if it.Kind == mongoproxy.SnapDoc {
+				if it.Kind == replica.SnapDoc {
 					docs--
 				}
 			}
@@ -304,7 +303,7 @@ func (r *Replicator) runSync(src string) (int, error) {
 			if m.chunk != chunk {
 				return docs, fmt.Errorf("%s sent %d chunks, %d arrived", src, m.chunk, chunk)
 			}
-			if err := r.proxy.FinishSync(ctx, vector); err != nil {
+			if err := r.core.FinishSync(ctx, vector); err != nil {
 				return docs, err
 			}
 			return docs, nil
@@ -325,7 +324,7 @@ type refusedItems struct {
 
 const maxRefusedNS = 50
 
-func (ri *refusedItems) add(items []mongoproxy.RefusedItem) {
+func (ri *refusedItems) add(items []replica.RefusedItem) {
 	for _, it := range items {
 		ri.items++
 		key := it.NS + " (" + it.Why + ")"
@@ -366,7 +365,7 @@ func (r *Replicator) sendSync(to string, m *syncMsg) error {
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, mesh.ErrQueueFull) || time.Now().After(deadline) {
+		if !errors.Is(err, ErrQueueFull) || time.Now().After(deadline) {
 			return fmt.Errorf("send to %s: %w", to, err)
 		}
 		select {
@@ -485,17 +484,14 @@ func (r *Replicator) serveSync(peer string, session uint64) {
 }
 
 func (r *Replicator) sendSnapshot(ctx context.Context, s *syncServer) (chunks uint64, items int, err error) {
-	vector, err := r.proxy.AppliedVector()
-	if err != nil {
-		return 0, 0, err
-	}
+	vector := r.core.AppliedVector()
 	// The clock is read after the vector: the new node's clock then passes
 	// every op the snapshot holds.
-	begin := &syncMsg{typ: msgSyncBegin, session: s.session, vector: vector, clock: r.proxy.Frontier()}
+	begin := &syncMsg{typ: msgSyncBegin, session: s.session, vector: vector, clock: r.core.Frontier()}
 	if err := r.sendSync(s.peer, begin); err != nil {
 		return 0, 0, err
 	}
-	var buf []mongoproxy.SnapshotItem
+	var buf []replica.SnapshotItem
 	size := 0
 	flush := func() error {
 		if len(buf) == 0 {
@@ -526,7 +522,7 @@ func (r *Replicator) sendSnapshot(ctx context.Context, s *syncServer) (chunks ui
 		buf, size = nil, 0
 		return nil
 	}
-	err = r.proxy.Snapshot(ctx, func(it mongoproxy.SnapshotItem) error {
+	err = r.core.Snapshot(ctx, func(it replica.SnapshotItem) error {
 		buf = append(buf, it)
 		size += len(it.Doc) + len(it.NS) + 8
 		if size >= syncChunkBytes || len(buf) >= syncChunkItems {
