@@ -134,3 +134,15 @@ func (r *Replicator) ready(st Status) error {
 	}
 	return errors.Join(errs...)
 }
+
+// senderPosition returns the position of peer's sender and whether it is
+// known (tests).
+func (r *Replicator) senderPosition(peer string) (uint64, bool) {
+	r.mu.Lock()
+	s := r.senders[peer]
+	r.mu.Unlock()
+	if s == nil {
+		return 0, false
+	}
+	return s.position()
+}
