@@ -260,6 +260,34 @@ type replyFilter struct {
 	onReply func(body bson.Raw)
 }
 
+// authSucceeded reports whether an authentication reply completed a
+// successful conversation: ok:1 with done:true (SASL), ok:1 for the legacy
+// authenticate command, or a hello whose speculativeAuthenticate is done.
+func authSucceeded(cmd string, reply bson.Raw) bool {
+	if ok, _ := reply.Lookup("ok").AsFloat64OK(); ok != 1 {
+		return false
+	}
+	switch cmd {
+	case "authenticate":
+		return true
+	case "hello", "ismaster":
+		sa, err := reply.LookupErr("speculativeAuthenticate")
+		if err != nil || sa.Type != bson.TypeEmbeddedDocument {
+			return false
+		}
+		reply = bson.Raw(sa.Value)
+		if d, err := reply.LookupErr("done"); err != nil {
+			// MONGODB-X509 answers with just the user.
+			return reply.Lookup("dbname").Type == bson.TypeString
+		} else {
+			return d.Type == bson.TypeBoolean && d.Boolean()
+		}
+	default:
+		d := reply.Lookup("done")
+		return d.Type == bson.TypeBoolean && d.Boolean()
+	}
+}
+
 // isAuthCommand reports whether a command authenticates the connection:
 // saslStart, saslContinue, authenticate, and a handshake carrying
 // speculativeAuthenticate.
