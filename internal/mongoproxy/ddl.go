@@ -168,70 +168,22 @@ func (p *Proxy) ddlChanges(ctx context.Context, cmd *command, lower string) ([]r
 		}
 		return []replica.DDLChange{{Key: crdt.DDLKey(""), Cmd: d}}, nil
 	case "createindexes":
-		var specs []bson.Raw
-		if v, err := cmd.body.LookupErr("indexes"); err == nil && v.Type == bson.TypeArray {
-			vals, _ := bson.Raw(v.Value).Values()
-			for _, v := range vals {
-				if v.Type == bson.TypeEmbeddedDocument {
-					specs = append(specs, bson.Raw(v.Value))
-				}
-			}
+		var out []replica.DDLChange
+		for _, spec := range commandDocs(cmd.body, nil, "indexes") {
+			out = appendIndexChange(out, cmd.coll, spec)
 		}
 		for _, s := range cmd.seqs {
 			if s.Identifier == "indexes" {
 				for _, d := range s.Docs {
-					specs = append(specs, bson.Raw(d))
+					out = appendIndexChange(out, cmd.coll, bson.Raw(d))
 				}
 			}
-		}
-		var out []replica.DDLChange
-		for _, spec := range specs {
-			name, ok := spec.Lookup("name").StringValueOK()
-			if !ok || name == "" {
-				// MongoDB itself refuses an index without a name.
-				continue
-			}
-			out = append(out, replica.DDLChange{Key: crdt.DDLKey(name), Cmd: bson.D{{Key: crdt.DDLCreateIndexes, Value: cmd.coll}, {Key: "indexes", Value: bson.A{slices.Clone(spec)}}}})
 		}
 		return out, nil
 	case "dropindexes":
-		v, err := cmd.body.LookupErr("index")
+		names, err := p.droppedIndexes(ctx, cmd)
 		if err != nil {
-			return nil, nil // the database will refuse it
-		}
-		var names []string
-		switch v.Type {
-		case bson.TypeString:
-			if n := v.StringValue(); n != "*" {
-				names = []string{n}
-				break
-			}
-			specs, err := p.client.Database(cmd.db).Collection(cmd.coll).Indexes().ListSpecifications(ctx)
-			if err != nil && !replica.IsCode(err, 26) {
-				return nil, fmt.Errorf("list indexes of %s: %w", cmd.ns(), err)
-			}
-			for _, s := range specs {
-				if s.Name != "_id_" {
-					names = append(names, s.Name)
-				}
-			}
-		case bson.TypeArray:
-			vals, _ := bson.Raw(v.Value).Values()
-			for _, x := range vals {
-				if n, ok := x.StringValueOK(); ok {
-					names = append(names, n)
-				}
-			}
-		case bson.TypeEmbeddedDocument:
-			specs, err := p.client.Database(cmd.db).Collection(cmd.coll).Indexes().ListSpecifications(ctx)
-			if err != nil && !replica.IsCode(err, 26) {
-				return nil, fmt.Errorf("list indexes of %s: %w", cmd.ns(), err)
-			}
-			for _, s := range specs {
-				if bytes.Equal(s.KeysDocument, v.Value) {
-					names = append(names, s.Name)
-				}
-			}
+			return nil, err
 		}
 		var out []replica.DDLChange
 		for _, n := range names {
@@ -240,4 +192,57 @@ func (p *Proxy) ddlChanges(ctx context.Context, cmd *command, lower string) ([]r
 		return out, nil
 	}
 	return nil, nil
+}
+
+// appendIndexChange appends the change creating the index spec describes.
+func appendIndexChange(out []replica.DDLChange, coll string, spec bson.Raw) []replica.DDLChange {
+	name, ok := spec.Lookup("name").StringValueOK()
+	if !ok || name == "" {
+		// MongoDB itself refuses an index without a name.
+		return out
+	}
+	return append(out, replica.DDLChange{Key: crdt.DDLKey(name), Cmd: bson.D{{Key: crdt.DDLCreateIndexes, Value: coll}, {Key: "indexes", Value: bson.A{slices.Clone(spec)}}}})
+}
+
+// droppedIndexes resolves dropIndexes' argument (a name, names, "*" or a
+// key pattern) to index names.
+func (p *Proxy) droppedIndexes(ctx context.Context, cmd *command) ([]string, error) {
+	v, err := cmd.body.LookupErr("index")
+	if err != nil {
+		return nil, nil // the database will refuse it
+	}
+	var names []string
+	switch v.Type {
+	case bson.TypeString:
+		if n := v.StringValue(); n != "*" {
+			return []string{n}, nil
+		}
+		specs, err := p.client.Database(cmd.db).Collection(cmd.coll).Indexes().ListSpecifications(ctx)
+		if err != nil && !replica.IsCode(err, 26) {
+			return nil, fmt.Errorf("list indexes of %s: %w", cmd.ns(), err)
+		}
+		for _, s := range specs {
+			if s.Name != "_id_" {
+				names = append(names, s.Name)
+			}
+		}
+	case bson.TypeArray:
+		vals, _ := bson.Raw(v.Value).Values()
+		for _, x := range vals {
+			if n, ok := x.StringValueOK(); ok {
+				names = append(names, n)
+			}
+		}
+	case bson.TypeEmbeddedDocument:
+		specs, err := p.client.Database(cmd.db).Collection(cmd.coll).Indexes().ListSpecifications(ctx)
+		if err != nil && !replica.IsCode(err, 26) {
+			return nil, fmt.Errorf("list indexes of %s: %w", cmd.ns(), err)
+		}
+		for _, s := range specs {
+			if bytes.Equal(s.KeysDocument, v.Value) {
+				names = append(names, s.Name)
+			}
+		}
+	}
+	return names, nil
 }

@@ -196,9 +196,27 @@ func (s *sender) step() time.Duration {
 	}
 	s.mu.Unlock()
 
+	next, wait := s.send(start, acked, window)
+	s.mu.Lock()
+	if s.next == start { // no rewind meanwhile
+		s.next = next
+	}
+	if s.next > s.acked+1 && wait > o.ResendAfter {
+		wait = o.ResendAfter
+	}
+	s.mu.Unlock()
+	return wait
+}
+
+// send sends this node's ops from start, as far as the window beyond
+// acked allows, in batches. It returns the next seq to send and when to
+// look again.
+func (s *sender) send(start, acked uint64, window int) (next uint64, wait time.Duration) {
+	r := s.r
+	o := &r.opts
 	last := r.core.LastSeq()
-	next := start
-	wait := 5 * time.Second
+	next = start
+	wait = 5 * time.Second
 	for next <= last && next-1-acked < uint64(window) {
 		room := window - int(next-1-acked)
 		raws, err := r.core.ReadLocal(next-1, min(o.BatchOps, room), o.BatchBytes)
@@ -236,15 +254,7 @@ func (s *sender) step() time.Duration {
 		r.met.opsSent.WithLabelValues(s.peer).Add(float64(len(raws)))
 		wait = o.ResendAfter
 	}
-	s.mu.Lock()
-	if s.next == start { // no rewind meanwhile
-		s.next = next
-	}
-	if s.next > s.acked+1 && wait > o.ResendAfter {
-		wait = o.ResendAfter
-	}
-	s.mu.Unlock()
-	return wait
+	return next, wait
 }
 
 // persistAck durably records the peer's position (op log trimming and
