@@ -113,6 +113,38 @@ func TestUnitStreamWindow(t *testing.T) {
 	}
 }
 
+// TestUnitStreamFromPersistedPosition: after a restart, a sender resumes
+// from the peer's position persisted in the core (SetPeerAck), not from
+// the start of the log.
+func TestUnitStreamFromPersistedPosition(t *testing.T) {
+	n := newFakeNet(t, "a", "b")
+	var firstPrev atomic.Int64
+	firstPrev.Store(-1)
+	n.setObserve(func(from, to, topic string, msg []byte) {
+		if from == "a" && topic == Topic && len(msg) > 0 && msg[0] == msgOps {
+			if _, prev, _, err := decodeOps(msg); err == nil {
+				firstPrev.CompareAndSwap(-1, int64(prev))
+			}
+		}
+	})
+	a := newFakeNode(t, n, "a", true, nil)
+	b := newFakeNode(t, n, "b", true, nil)
+	a.core.Write("app.c", 150)
+	if err := a.core.SetPeerAck("b", 100); err != nil {
+		t.Fatal(err)
+	}
+	b.core.SetApplied("a", 100)
+	a.start(t)
+	b.start(t)
+	eventually(t, "b to apply a's ops after its position", func() bool { return b.core.Applied("a") == 150 })
+	if got := firstPrev.Load(); got != 100 {
+		t.Fatalf("a's first batch to b followed seq %d, want 100 (b's persisted position)", got)
+	}
+	if got := remoteSeqs(b, "a"); len(got) != 50 || got[0] != 101 || got[49] != 150 {
+		t.Fatalf("b applied %v", got)
+	}
+}
+
 // TestUnitGapAckAndResend: a lost batch makes the next one not follow the
 // receiver's position: it answers with a gap ack, the sender goes back to
 // the acknowledged position, and every op is applied once, in order.

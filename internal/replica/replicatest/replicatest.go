@@ -184,6 +184,14 @@ func (c *Core) ObserveClock(ts crdt.Timestamp) error {
 	return nil
 }
 
+// SetApplied sets the position up to which origin's ops are applied (as
+// if a snapshot or an earlier run had brought them).
+func (c *Core) SetApplied(origin string, seq uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.applied[origin] = seq
+}
+
 // Applied implements replica.Replication.
 func (c *Core) Applied(origin string) uint64 {
 	c.mu.Lock()
