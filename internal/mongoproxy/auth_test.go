@@ -28,6 +28,8 @@ func authProxy(t *testing.T, addr string, mods ...proxyOpt) *testProxy {
 // tries to make the proxy believe it authenticated, so that its writes are
 // captured with the proxy's own credentials. The upstream really enforces
 // authentication (FerretDB with new auth).
+// Long on purpose: one table of attacks and their expected outcome, kept
+// together with the code that plays them.
 func TestFakedAuthenticationIsRefused(t *testing.T) {
 	tp := authProxy(t, authFerret(t))
 	db := freshDB("fakeauth")

@@ -269,6 +269,7 @@ func TestReadWriteUserWrites(t *testing.T) {
 }
 
 // TestParsePrivileges reads MongoDB's documented connectionStatus replies.
+// Long on purpose: one table of replies and the privileges they grant.
 func TestParsePrivileges(t *testing.T) {
 	priv := func(res bson.D, actions ...string) bson.D {
 		a := bson.A{}

@@ -46,6 +46,9 @@ func TestCRUD(t *testing.T) {
 	}
 }
 
+// testCRUD writes and reads through the proxy, as an application does.
+// Long on purpose: one scenario whose steps build on each other, read top
+// to bottom (a table of cases would hide the order).
 func testCRUD(t *testing.T, tp *testProxy) {
 	db := freshDB("crud")
 	c := tp.client.Database(db).Collection("things")
@@ -404,6 +407,9 @@ func TestFindAndModify(t *testing.T) {
 	}
 }
 
+// TestRefused: what does not converge is refused on replicated
+// collections with MongoDB's errors, and allowed on local-only ones. Long
+// on purpose: one table of refusals.
 func TestRefused(t *testing.T) {
 	tp := newProxy(t, 0, "n1", func(o *Options) { o.LocalOnly = []string{"*.local"} })
 	dbName := freshDB("ref")

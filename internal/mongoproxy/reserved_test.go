@@ -17,6 +17,8 @@ import (
 // the database, directly or from another database, is refused with an
 // error naming it, and listDatabases does not show it; the node's own
 // internal connection reads and writes it, and its writes are captured.
+// Long on purpose: every way of naming the database, in one list, so that
+// a missing one shows.
 func TestReservedNamespace(t *testing.T) {
 	tp := newProxy(t, 1, "n1")
 	internal := internalClient(t, tp.Proxy)

@@ -372,6 +372,8 @@ func TestClockSkewSyncSourceRefused(t *testing.T) {
 // carry namespaces this node keeps local (mongo.local_only), system
 // databases and the proxy's own: nothing of them is written here; the
 // replicated namespace arrives.
+// Long on purpose: one scenario whose steps build on each other, read top
+// to bottom (a table of cases would hide the order).
 func TestInitialSyncScope(t *testing.T) {
 	c := newTCluster(t, 1, func(o *Options) { o.BootstrapWait = 5 * time.Minute })
 	n1 := c.nodes[0]
