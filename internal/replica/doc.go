@@ -98,11 +98,13 @@
 // no lease, since a missing entry only costs a read. The op log and the
 // clock have their own internal locks, which are leaves too.
 //
-// No mutex is held across network I/O. The gate, namespaces and leases are
-// turns held across database round trips by design (above); the front-end
-// holds a namespace exclusively across the DDL command it forwards
-// (DDLTurn), so that the command and its record are one step for every
-// other writer of the namespace.
+// No mutex that guards shared state is held across network I/O. The
+// turns are held across database round trips by design: a lease for its
+// read-merge-write (above), the gate (a sync.RWMutex used as a count of
+// writes in flight, which BlockWrites waits out) for the whole write, and
+// a namespace for the front-end's forwarded DDL command (DDLTurn), so that
+// the command and its record are one step for every other writer of the
+// namespace.
 //
 // # Storage
 //
