@@ -52,8 +52,8 @@ func (c *insertCmd) run(ctx context.Context, p *Proxy) []byte {
 }
 
 // insertCompute inserts doc, unless its _id exists.
-func insertCompute(ns string, doc bson.Raw, id bson.RawValue) func(crdt.State, bool, crdt.Timestamp) (*crdt.Op, *mongoError) {
-	return func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError) {
+func insertCompute(ns string, doc bson.Raw, id bson.RawValue) computeFunc {
+	return func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error) {
 		if found {
 			return nil, errorf(codeDuplicateKey, "E11000 duplicate key error collection: %s index: _id_ dup key: { _id: %s }", ns, id.String())
 		}
@@ -179,7 +179,7 @@ func (p *Proxy) runDeleteStmt(ctx context.Context, ns string, i int, s *deleteSt
 }
 
 // deleteCompute deletes the document if it exists.
-func deleteCompute(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError) {
+func deleteCompute(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error) {
 	if !found {
 		return nil, nil
 	}
@@ -314,9 +314,10 @@ func (p *Proxy) updateItems(ctx context.Context, ns string, stmt int, s *updateS
 		items = append(items, capItem{stmt: stmt, id: id, filter: s.q, compute: updateCompute(ns, s, false)})
 	}
 	if len(items) == 0 && s.upsert {
+		_, seedID := upsertSeed(s.q)
 		id := s.spec.insertID
 		if id.Type == 0 {
-			id = s.seedID
+			id = seedID
 		}
 		if id.Type == 0 {
 			id = rawValue(bson.NewObjectID())
@@ -329,8 +330,8 @@ func (p *Proxy) updateItems(ctx context.Context, ns string, stmt int, s *updateS
 // updateCompute returns the function deciding the op of an update statement
 // for one document (upsertOnly: the item creates the document the filter
 // matched none of).
-func updateCompute(ns string, s *updateStmt, upsertOnly bool) func(crdt.State, bool, crdt.Timestamp) (*crdt.Op, *mongoError) {
-	return func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError) {
+func updateCompute(ns string, s *updateStmt, upsertOnly bool) computeFunc {
+	return func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error) {
 		if found && upsertOnly {
 			return nil, errorf(codeDuplicateKey, "E11000 duplicate key error collection: %s index: _id_ (the upsert's _id exists but does not match the filter)", ns)
 		}
@@ -340,7 +341,7 @@ func updateCompute(ns string, s *updateStmt, upsertOnly bool) func(crdt.State, b
 		inserting := !found
 		var seed []kv
 		if inserting {
-			seed = s.seed
+			seed, _ = upsertSeed(s.q)
 		}
 		if found {
 			if e := checkApplicable(st.Doc, s.spec); e != nil {
@@ -381,9 +382,13 @@ type capItem struct {
 	id     bson.RawValue
 	filter bson.Raw // re-checked under the document's lease; nil when the statement names the _id
 	// compute decides the op for the document's current state (nil op:
-	// nothing to write) or refuses with a write error.
-	compute func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, *mongoError)
+	// nothing to write) or refuses with a write error (a *mongoError).
+	compute computeFunc
 }
+
+// computeFunc is a replica.Item's Compute: it returns the client's own
+// error, a *mongoError, which the outcome carries back.
+type computeFunc = func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error)
 
 // outcome is what happened to one capItem (replica.Outcome with the
 // client's error).
@@ -400,14 +405,7 @@ type outcome struct {
 func (p *Proxy) write(ctx context.Context, ns string, items []capItem, ordered bool) []outcome {
 	in := make([]replica.Item, len(items))
 	for i, it := range items {
-		compute := it.compute
-		in[i] = replica.Item{ID: it.id, Filter: it.filter, Compute: func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error) {
-			op, e := compute(st, found, ts)
-			if e != nil {
-				return nil, e
-			}
-			return op, nil
-		}}
+		in[i] = replica.Item{ID: it.id, Filter: it.filter, Compute: it.compute}
 	}
 	res := p.core.Write(ctx, ns, in, ordered)
 	out := make([]outcome, len(res))

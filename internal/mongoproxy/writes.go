@@ -16,7 +16,9 @@ import (
 // into a typed value (insertCmd, updateCmd, deleteCmd, famCmd) that
 // capture.go runs through the replica core; nothing after this stage
 // reads the command's BSON again (filters and documents go on as the
-// opaque values the database and the merge take).
+// values the database and the merge take; an upsert that creates a
+// document derives its fields from the filter's equalities then, as
+// MongoDB does).
 //
 // Decoding never fails as such: a malformed command, or statement, keeps
 // its error, which is answered where the handlers always answered it
@@ -147,10 +149,6 @@ type updateStmt struct {
 	sort      bson.RawValue
 	hint      bson.RawValue
 	collation bson.RawValue
-	// seed are the filter's equality fields, which an upsert copies into
-	// the document it creates; seedID its _id equality, if any.
-	seed   []kv
-	seedID bson.RawValue
 }
 
 func parseUpdateCmd(cmd *command) *updateCmd {
@@ -204,7 +202,6 @@ func parseUpdateStmt(ns string, d bson.Raw) *updateStmt {
 	}
 	s.q, s.multi = q, boolField(d, "multi", false)
 	s.sort, s.hint, s.collation = d.Lookup("sort"), d.Lookup("hint"), d.Lookup("collation")
-	s.seed, s.seedID = upsertSeed(q)
 	return s
 }
 
@@ -303,7 +300,6 @@ func (c *famCmd) parse(body bson.Raw) *mongoError {
 		}
 	}
 	c.stmt = &updateStmt{q: query, upsert: c.upsert, sort: body.Lookup("sort"), hint: body.Lookup("hint"), collation: body.Lookup("collation")}
-	c.stmt.seed, c.stmt.seedID = upsertSeed(query)
 	if hasUpdate {
 		if c.stmt.spec, e = parseUpdate(c.ns, u); e != nil {
 			return e

@@ -74,9 +74,9 @@ type DDLChange struct {
 // DDLTurn is a namespace held exclusively by the front-end for a DDL
 // command it forwards to the database.
 type DDLTurn struct {
-	r       *Replica
-	ns      string
-	release func()
+	r    *Replica
+	ns   string
+	turn turns
 }
 
 // Commit logs the changes the database has just accepted, records them
@@ -86,7 +86,7 @@ type DDLTurn struct {
 func (t *DDLTurn) Commit(ctx context.Context, changes []DDLChange) { t.r.commitDDL(ctx, t.ns, changes) }
 
 // End gives the namespace back. Call it exactly once.
-func (t *DDLTurn) End() { t.release() }
+func (t *DDLTurn) End() { t.turn.release() }
 
 // Replication is the core as replication (package repl) sees it: peers'
 // ops go in, this node's ops come out as a stream read from a position,

@@ -103,9 +103,9 @@ func (r *Replica) skipNotReplicated(ops []*crdt.Op) ([]*crdt.Op, error) {
 // applyDDLOp applies one logged DDL op, with its namespace held
 // exclusively, and marks it applied.
 func (r *Replica) applyDDLOp(ctx context.Context, op *crdt.Op, source string) error {
-	release := r.nss.acquire(true, op.NS)
+	ns := r.nss.acquire(true, op.NS)
 	err := r.applyDDL(ctx, op)
-	release()
+	ns.release()
 	var ae *applyError
 	if errors.As(err, &ae) {
 		r.park(ctx, op, ae)
@@ -184,10 +184,10 @@ func (r *Replica) applyDocOps(ctx context.Context, ops []*crdt.Op, source string
 // its lease, and marks them applied. An op the database refuses for good
 // is found (one by one) and parked.
 func (r *Replica) applyGroup(ctx context.Context, g *docGroup, source string) error {
-	releaseNS := r.nss.acquire(false, g.ns)
-	defer releaseNS()
-	release := r.docs.acquire(true, g.key)
-	defer release()
+	ns := r.nss.acquire(false, g.ns)
+	defer ns.release()
+	doc := r.docs.acquire(true, g.key)
+	defer doc.release()
 	ds, _, err := r.load(ctx, g.ns, g.id, nil)
 	if err != nil {
 		return err

@@ -356,8 +356,8 @@ func (r *Replica) dropDocs(ctx context.Context, ns string, dts crdt.Timestamp) (
 }
 
 func (r *Replica) dropDoc(ctx context.Context, ns string, id bson.RawValue, dts crdt.Timestamp) error {
-	release := r.docs.acquire(true, docKey(ns, id))
-	defer release()
+	doc := r.docs.acquire(true, docKey(ns, id))
+	defer doc.release()
 	ds, _, err := r.load(ctx, ns, id, nil)
 	if err != nil {
 		return err
@@ -401,8 +401,8 @@ func bsonString(s string) bson.RawValue {
 // it survive everywhere alike. It returns the number of indexes the
 // collection had (for the reply).
 func (r *Replica) Drop(ctx context.Context, ns string) (int, error) {
-	release := r.nss.acquire(true, ns)
-	defer release()
+	turn := r.nss.acquire(true, ns)
+	defer turn.release()
 	unhold := r.hold()
 	defer unhold()
 	nIdx := 0
@@ -431,7 +431,7 @@ func (r *Replica) Drop(ctx context.Context, ns string) (int, error) {
 // BeginDDL takes ns exclusively for a DDL command the front-end forwards
 // (see Local).
 func (r *Replica) BeginDDL(ns string) *DDLTurn {
-	return &DDLTurn{r: r, ns: ns, release: r.nss.acquire(true, ns)}
+	return &DDLTurn{r: r, ns: ns, turn: r.nss.acquire(true, ns)}
 }
 
 // commitDDL logs DDL the database has just accepted from a client (create,

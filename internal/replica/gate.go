@@ -12,6 +12,7 @@ type gate struct {
 	check   *rankChecker
 	mu      sync.RWMutex
 	blocked atomic.Pointer[string] // the reason writes are refused (nil: accepted)
+	exitFn  func()                 // g.exit, bound once (enter returns it)
 }
 
 func (g *gate) enter() (done func(), err error) {
@@ -22,10 +23,15 @@ func (g *gate) enter() (done func(), err error) {
 		g.check.release(rankGate)
 		return nil, &BlockedError{Reason: *r}
 	}
-	return func() {
-		g.mu.RUnlock()
-		g.check.release(rankGate)
-	}, nil
+	if g.exitFn == nil {
+		panic("replica: gate not initialized")
+	}
+	return g.exitFn, nil
+}
+
+func (g *gate) exit() {
+	g.mu.RUnlock()
+	g.check.release(rankGate)
 }
 
 func (g *gate) block(reason string) { g.blocked.Store(&reason) }

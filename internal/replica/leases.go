@@ -23,6 +23,7 @@ type leaseTable struct {
 
 	mu   sync.Mutex
 	held map[string]*lease
+	free []*lease // leases no key uses, for reuse
 }
 
 type lease struct {
@@ -38,16 +39,26 @@ type waiter struct {
 	ready chan struct{} // closed when the turn is granted
 }
 
+// maxFreeLeases bounds the leases kept for reuse.
+const maxFreeLeases = 256
+
 func newLeaseTable(r rank, check *rankChecker) *leaseTable {
 	return &leaseTable{rank: r, check: check, held: map[string]*lease{}}
 }
 
+// turns is a set of turns taken by acquire; release gives them back.
+type turns struct {
+	t    *leaseTable
+	excl bool
+	keys []string
+}
+
 // acquire takes a turn on every key, exclusive or shared, each once and in
 // ascending key order (the one global order, so that two multi-document
-// writes never wait for each other in a cycle), and returns the function
-// that gives them back. A goroutine holds at most one set of turns of a
-// table at a time (the rank checker enforces it in checked builds).
-func (t *leaseTable) acquire(excl bool, keys ...string) (release func()) {
+// writes never wait for each other in a cycle). A goroutine holds at most
+// one set of turns of a table at a time (the rank checker enforces it in
+// checked builds).
+func (t *leaseTable) acquire(excl bool, keys ...string) turns {
 	t.check.acquire(t.rank)
 	if len(keys) > 1 {
 		keys = slices.Clone(keys)
@@ -57,19 +68,26 @@ func (t *leaseTable) acquire(excl bool, keys ...string) (release func()) {
 	for _, k := range keys {
 		t.take(k, excl)
 	}
-	return func() {
-		for i := len(keys) - 1; i >= 0; i-- {
-			t.give(keys[i], excl)
-		}
-		t.check.release(t.rank)
+	return turns{t: t, excl: excl, keys: keys}
+}
+
+// release gives the turns back, in reverse order.
+func (ts turns) release() {
+	for i := len(ts.keys) - 1; i >= 0; i-- {
+		ts.t.give(ts.keys[i], ts.excl)
 	}
+	ts.t.check.release(ts.t.rank)
 }
 
 func (t *leaseTable) take(k string, excl bool) {
 	t.mu.Lock()
 	l := t.held[k]
 	if l == nil {
-		l = &lease{}
+		if n := len(t.free); n > 0 {
+			l, t.free = t.free[n-1], t.free[:n-1]
+		} else {
+			l = &lease{}
+		}
 		t.held[k] = l
 	}
 	if len(l.queue) == 0 && !l.excl && (!excl || l.shared == 0) {
@@ -116,6 +134,10 @@ func (t *leaseTable) give(k string, excl bool) {
 	}
 	if !l.excl && l.shared == 0 && len(l.queue) == 0 {
 		delete(t.held, k)
+		if len(t.free) < maxFreeLeases {
+			l.queue = l.queue[:0]
+			t.free = append(t.free, l)
+		}
 	}
 }
 

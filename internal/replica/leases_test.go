@@ -24,9 +24,9 @@ func waitGranted(done <-chan struct{}) bool {
 func TestLeaseExclusive(t *testing.T) {
 	var check rankChecker
 	lt := newLeaseTable(rankDocument, &check)
-	release := lt.acquire(true, "a")
+	first := lt.acquire(true, "a")
 	other := make(chan struct{})
-	go func() { lt.acquire(true, "b")(); close(other) }()
+	go func() { lt.acquire(true, "b").release(); close(other) }()
 	if !waitGranted(other) {
 		t.Fatal("a lease on another key waited")
 	}
@@ -37,7 +37,7 @@ func TestLeaseExclusive(t *testing.T) {
 		if !after.Load() {
 			t.Error("second turn granted while the first was held")
 		}
-		r()
+		r.release()
 		close(got)
 	}()
 	// Positive signal that the second is queued before the first ends.
@@ -54,7 +54,7 @@ func TestLeaseExclusive(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	after.Store(true)
-	release()
+	first.release()
 	if !waitGranted(got) {
 		t.Fatal("the second turn was never granted")
 	}
@@ -79,7 +79,7 @@ func TestLeaseSharedAndExclusive(t *testing.T) {
 		r := lt.acquire(false, "ns")
 		close(held2)
 		<-end2
-		r()
+		r.release()
 		close(done2)
 	}()
 	<-held2
@@ -102,11 +102,11 @@ func TestLeaseSharedAndExclusive(t *testing.T) {
 		}
 	}
 	exclDone, sharedDone := make(chan struct{}), make(chan struct{})
-	go func() { r := lt.acquire(true, "ns"); note("exclusive"); r(); close(exclDone) }()
+	go func() { r := lt.acquire(true, "ns"); note("exclusive"); r.release(); close(exclDone) }()
 	queued(1)
-	go func() { r := lt.acquire(false, "ns"); note("shared"); r(); close(sharedDone) }()
+	go func() { r := lt.acquire(false, "ns"); note("shared"); r.release(); close(sharedDone) }()
 	queued(2)
-	r1()
+	r1.release()
 	close(end2)
 	<-done2
 	if !waitGranted(exclDone) || !waitGranted(sharedDone) {
@@ -135,7 +135,7 @@ func TestLeaseNoDeadlock(t *testing.T) {
 					idx[i] = rng.IntN(len(holders))
 					keys[i] = fmt.Sprint("k", idx[i])
 				}
-				release := lt.acquire(true, keys...)
+				held := lt.acquire(true, keys...)
 				seen := map[int]bool{}
 				for _, i := range idx {
 					if !seen[i] {
@@ -148,7 +148,7 @@ func TestLeaseNoDeadlock(t *testing.T) {
 				for i := range seen {
 					holders[i].Add(-1)
 				}
-				release()
+				held.release()
 			}
 		})
 	}

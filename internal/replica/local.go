@@ -73,10 +73,10 @@ func (c *chunk) run(ctx context.Context) {
 	for i, it := range c.items {
 		c.keys[i] = docKey(c.ns, it.ID)
 	}
-	releaseNS := r.nss.acquire(false, c.ns)
-	defer releaseNS()
-	releaseDocs := r.docs.acquire(true, c.keys...)
-	defer releaseDocs()
+	ns := r.nss.acquire(false, c.ns)
+	defer ns.release()
+	docs := r.docs.acquire(true, c.keys...)
+	defer docs.release()
 	release := r.hold()
 	defer release()
 

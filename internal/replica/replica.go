@@ -124,6 +124,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 		replicated: cfg.Replicated, maxDoc: cfg.MaxDocumentBytes, maxSkew: cfg.MaxClockSkew, log: log, met: met, fault: cfg.Faults,
 		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCache)}
 	r.gate.check, r.holds.check, r.drops.check, r.subs.check = &r.check, &r.check, &r.check, &r.check
+	r.gate.exitFn = r.gate.exit
 	r.nss = newLeaseTable(rankNamespace, &r.check)
 	r.docs = newLeaseTable(rankDocument, &r.check)
 	r.cache.docs = r.docs
