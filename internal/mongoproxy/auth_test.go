@@ -17,7 +17,7 @@ import (
 // credentials in the upstream URI, so the proxy requires authentication.
 func authProxy(t *testing.T, addr string, mods ...proxyOpt) *testProxy {
 	t.Helper()
-	tp := newProxyAt(t, authURI(addr), "n1", nil, mods...)
+	tp := newProxyAt(t, authURI(addr), "n1", mods...)
 	if !tp.authRequired {
 		t.Fatal("the proxy does not require authentication with credentials in its upstream URI")
 	}
@@ -28,10 +28,12 @@ func authProxy(t *testing.T, addr string, mods ...proxyOpt) *testProxy {
 // tries to make the proxy believe it authenticated, so that its writes are
 // captured with the proxy's own credentials. The upstream really enforces
 // authentication (FerretDB with new auth).
+// Long on purpose: one table of attacks and their expected outcome, kept
+// together with the code that plays them.
 func TestFakedAuthenticationIsRefused(t *testing.T) {
 	tp := authProxy(t, authFerret(t))
 	db := freshDB("fakeauth")
-	olog := tp.OpLog()
+	olog := tp.Replica()
 	insert := func(id string) bson.D {
 		return bson.D{{Key: "insert", Value: "c"}, {Key: "documents", Value: bson.A{bson.D{{Key: "_id", Value: id}, {Key: "owned", Value: true}}}}, {Key: "$db", Value: db}}
 	}
@@ -99,7 +101,7 @@ func TestFakedAuthenticationIsRefused(t *testing.T) {
 		},
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
-			before := olog.LastSeq("n1")
+			before := olog.LastSeq()
 			r := dialRaw(t, tp.Addr().String())
 			tc.play(r)
 			// Then the write the proxy performs with its own credentials.
@@ -126,7 +128,7 @@ func TestFakedAuthenticationIsRefused(t *testing.T) {
 			if tc.want == "closed" && !strings.Contains(tp.logs.String(), "authentication commands must be answered") {
 				t.Errorf("no log line for the closed connection")
 			}
-			if got := olog.LastSeq("n1"); got != before {
+			if got := olog.LastSeq(); got != before {
 				t.Errorf("op log advanced %d -> %d", before, got)
 			}
 			n, err := tp.direct.Database(db).Collection("c").CountDocuments(testCtx, bson.D{{Key: "_id", Value: id}})
@@ -145,7 +147,7 @@ func TestRealAuthentication(t *testing.T) {
 	ensureUser(t, "writer", "writer-pass-0123")
 	tp := authProxy(t, authFerret(t))
 	db := freshDB("realauth")
-	before := tp.OpLog().LastSeq("n1")
+	before := tp.Replica().LastSeq()
 
 	anon := tp.client.Database(db).Collection("c")
 	_, err := anon.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}})
@@ -168,7 +170,7 @@ func TestRealAuthentication(t *testing.T) {
 			t.Fatalf("%s: authenticated update: %v", mech, err)
 		}
 	}
-	if got := tp.OpLog().LastSeq("n1"); got != before+4 {
+	if got := tp.Replica().LastSeq(); got != before+4 {
 		t.Fatalf("op log %d -> %d, want 4 ops", before, got)
 	}
 	if !strings.Contains(tp.logs.String(), "reports no privileges") {

@@ -55,11 +55,10 @@ func setupBench(b *testing.B) *benchEnv {
 	benchOnce.Do(func() {
 		tp := newProxyNoCleanup(b, 0, "bench")
 		// A single node: every op is causally stable as soon as it is
-		// applied, so metadata is compacted on every write, as part 2 will
-		// do from peer acknowledgements. Without it, pending $inc ops would
-		// grow each document for the whole run.
-		clock := tp.eng.clock
-		tp.SetStable(clock.Last)
+		// applied, so metadata is compacted on every write, as replication
+		// does from peer acknowledgements. Without it, pending $inc ops
+		// would grow each document for the whole run.
+		stableFollowsClock(b, tp)
 		db := freshDB("bench")
 		e := &benchEnv{tp: tp, proxied: tp.client.Database(db).Collection("proxied"),
 			proxiedDirect: tp.direct.Database(db).Collection("proxied"), plain: tp.direct.Database(db).Collection("plain")}

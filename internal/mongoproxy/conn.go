@@ -2,8 +2,6 @@ package mongoproxy
 
 import (
 	"bufio"
-	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,9 +13,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
-	"go.mongodb.org/mongo-driver/v2/x/bsonx/bsoncore"
 
-	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/wire"
 )
 
@@ -246,14 +242,32 @@ func (c *clientConn) handle(msg []byte) error {
 	}
 }
 
-// replyFilter says how to rewrite replies on their way back.
-type replyFilter struct {
-	hideDBs []string // listDatabases: drop these databases
-	// onReply, when set, sees the first reply's body (an OP_MSG body or an
-	// OP_REPLY's first document; nil if it has none) before the client
-	// does: authentication is judged by it, and DDL is logged before the
-	// client learns it succeeded.
-	onReply func(body bson.Raw)
+// authSucceeded reports whether an authentication reply completed a
+// successful conversation: ok:1 with done:true (SASL), ok:1 for the legacy
+// authenticate command, or a hello whose speculativeAuthenticate is done.
+func authSucceeded(cmd string, reply bson.Raw) bool {
+	if ok, _ := reply.Lookup("ok").AsFloat64OK(); ok != 1 {
+		return false
+	}
+	switch cmd {
+	case "authenticate":
+		return true
+	case "hello", "ismaster":
+		sa, err := reply.LookupErr("speculativeAuthenticate")
+		if err != nil || sa.Type != bson.TypeEmbeddedDocument {
+			return false
+		}
+		reply = bson.Raw(sa.Value)
+		if d, err := reply.LookupErr("done"); err != nil {
+			// MONGODB-X509 answers with just the user.
+			return reply.Lookup("dbname").Type == bson.TypeString
+		} else {
+			return d.Type == bson.TypeBoolean && d.Boolean()
+		}
+	default:
+		d := reply.Lookup("done")
+		return d.Type == bson.TypeBoolean && d.Boolean()
+	}
 }
 
 // isAuthCommand reports whether a command authenticates the connection:
@@ -341,7 +355,7 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 		d.after(nil)
 	}
 	if d.purgeAfter {
-		c.p.eng.purgeCache()
+		c.p.core.Forget()
 	}
 	return err
 }
@@ -440,148 +454,4 @@ func (c *clientConn) forward(msg []byte, reqID int32, relay bool, f replyFilter)
 			return nil
 		}
 	}
-}
-
-// replyBody is a reply's OP_MSG body or its OP_REPLY's first document (nil
-// when it has none or is malformed).
-func replyBody(reply []byte) bson.Raw {
-	h, err := wire.ParseHeader(reply)
-	if err != nil {
-		return nil
-	}
-	switch h.OpCode {
-	case wire.OpMsg:
-		if m, err := wire.ParseMsg(reply); err == nil {
-			return bson.Raw(m.Body)
-		}
-	case wire.OpReply:
-		if r, err := wire.ParseReply(reply); err == nil && len(r.Documents) > 0 {
-			return bson.Raw(r.Documents[0])
-		}
-	}
-	return nil
-}
-
-var metaFieldBytes = []byte(crdt.MetaField)
-
-// filterReply strips the hidden metadata field from every document of a
-// reply (find/aggregate batches, getMore, findAndModify values, change
-// events: wherever it appears) and hides the proxy's database from
-// listDatabases. Replies that cannot contain the field are passed through
-// without being parsed.
-func filterReply(reply []byte, f replyFilter) (out []byte, more bool, err error) {
-	h, err := wire.ParseHeader(reply)
-	if err != nil {
-		return nil, false, err
-	}
-	switch h.OpCode {
-	case wire.OpMsg:
-		if len(reply) >= wire.HeaderLen+4 {
-			more = binary.LittleEndian.Uint32(reply[wire.HeaderLen:])&wire.FlagMoreToCome != 0
-		}
-		if len(f.hideDBs) == 0 && !bytes.Contains(reply, metaFieldBytes) {
-			return reply, more, nil
-		}
-		m, err := wire.ParseMsg(reply)
-		if err != nil {
-			return nil, false, err
-		}
-		body, changed := wire.StripField(m.Body, crdt.MetaField)
-		for _, name := range f.hideDBs {
-			if b, ok := hideDatabase(body, name); ok {
-				body, changed = b, true
-			}
-		}
-		seqs := m.Sequences
-		for i, s := range seqs {
-			for j, d := range s.Docs {
-				if nd, ch := wire.StripField(d, crdt.MetaField); ch {
-					seqs[i].Docs[j], changed = nd, true
-				}
-			}
-		}
-		if !changed {
-			return reply, more, nil
-		}
-		return wire.AppendMsg(nil, h.RequestID, h.ResponseTo, m.Flags, body, seqs...), more, nil
-	case wire.OpReply:
-		if !bytes.Contains(reply, metaFieldBytes) {
-			return reply, false, nil
-		}
-		r, err := wire.ParseReply(reply)
-		if err != nil {
-			return nil, false, err
-		}
-		for i, d := range r.Documents {
-			r.Documents[i], _ = wire.StripField(d, crdt.MetaField)
-		}
-		return wire.AppendReply(nil, r), false, nil
-	default:
-		return nil, false, fmt.Errorf("unexpected op code %d from upstream", h.OpCode)
-	}
-}
-
-// hideDatabase removes the entry named name from a listDatabases reply.
-func hideDatabase(body []byte, name string) ([]byte, bool) {
-	dbs, err := bson.Raw(body).LookupErr("databases")
-	if err != nil || dbs.Type != bson.TypeArray {
-		return body, false
-	}
-	vals, err := bson.Raw(dbs.Value).Values()
-	if err != nil {
-		return body, false
-	}
-	var keep []bsoncore.Value
-	for _, v := range vals {
-		if v.Type == bson.TypeEmbeddedDocument {
-			if n, err := bson.Raw(v.Value).LookupErr("name"); err == nil && n.Type == bson.TypeString && n.StringValue() == name {
-				continue
-			}
-		}
-		keep = append(keep, bsoncore.Value{Type: bsoncore.Type(v.Type), Data: v.Value})
-	}
-	if len(keep) == len(vals) {
-		return body, false
-	}
-	arr := bsoncore.BuildArray(nil, keep...)
-	return replaceTopLevel(bson.Raw(body), "databases", bson.Raw(arr)), true
-}
-
-// removeTopLevel returns doc without its top-level field key.
-func removeTopLevel(doc bson.Raw, key string) (bson.Raw, bool) {
-	elems, err := doc.Elements()
-	if err != nil {
-		return doc, false
-	}
-	idx, b := bsoncore.AppendDocumentStart(nil)
-	found := false
-	for _, e := range elems {
-		if e.Key() == key {
-			found = true
-			continue
-		}
-		b = append(b, e...)
-	}
-	if !found {
-		return doc, false
-	}
-	b, _ = bsoncore.AppendDocumentEnd(b, idx)
-	return b, true
-}
-
-// replaceTopLevel returns doc with the value of key replaced by v (an
-// embedded document or array, keeping the original element type).
-func replaceTopLevel(doc bson.Raw, key string, v bson.Raw) bson.Raw {
-	elems, _ := doc.Elements()
-	idx, b := bsoncore.AppendDocumentStart(nil)
-	for _, e := range elems {
-		if e.Key() == key {
-			b = bsoncore.AppendHeader(b, bsoncore.Type(e.Value().Type), key)
-			b = append(b, v...)
-			continue
-		}
-		b = append(b, e...)
-	}
-	b, _ = bsoncore.AppendDocumentEnd(b, idx)
-	return b
 }

@@ -70,7 +70,7 @@ func TestDDLLastWriterWins(t *testing.T) {
 	p := &peerOps{t: t}
 	apply := func(ops ...*crdt.Op) {
 		t.Helper()
-		if err := tp.ApplyRemote(testCtx, ops); err != nil {
+		if err := tp.Replica().ApplyRemote(testCtx, ops); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -106,10 +106,10 @@ func TestDDLLastWriterWins(t *testing.T) {
 	if len(docs) != 1 || docs[0].Lookup("_id").StringValue() != "d2" || docs[0].Lookup("new").Type == 0 || docs[0].Lookup("old").Type != 0 {
 		t.Fatalf("after the drop: %v", docs)
 	}
-	// Read back after a restart of the drop state: still dropped.
-	if err := tp.eng.loadDDL(testCtx); err != nil {
-		t.Fatal(err)
-	}
+	// Read back after a restart (the drop state is read from the
+	// records): still dropped.
+	tp.restart(t)
+	coll = tp.client.Database(db).Collection("c")
 	apply(p.op(ns, "d4", crdt.Insert, base+99, bson.D{{Key: "_id", Value: "d4"}}), p.op(ns, "d5", crdt.Insert, base+101, bson.D{{Key: "_id", Value: "d5"}}))
 	if docs := findAll(t, coll); len(docs) != 2 {
 		t.Fatalf("late ops around the drop: %v", docs)
@@ -117,11 +117,11 @@ func TestDDLLastWriterWins(t *testing.T) {
 
 	// A local drop through the proxy is replicated as an op and answered
 	// like MongoDB.
-	var logged []*crdt.Op
-	tp.OnLocalOps(func(ops []*crdt.Op) { logged = append(logged, ops...) })
+	from := tp.Replica().LastSeq()
 	if err := coll.Drop(testCtx); err != nil {
 		t.Fatal(err)
 	}
+	logged := localOpsSince(t, tp, from)
 	if len(logged) != 1 || logged[0].Kind != crdt.DDL {
 		t.Fatalf("local drop logged %v", logged)
 	}
@@ -129,10 +129,11 @@ func TestDDLLastWriterWins(t *testing.T) {
 		t.Fatalf("%d documents after a local drop", n)
 	}
 	// createIndexes through the proxy is logged once the database accepted it.
-	logged = nil
+	from = tp.Replica().LastSeq()
 	if _, err := coll.Indexes().CreateOne(testCtx, mongo.IndexModel{Keys: bson.D{{Key: "b", Value: -1}}}); err != nil {
 		t.Fatal(err)
 	}
+	logged = localOpsSince(t, tp, from)
 	if len(logged) != 1 || logged[0].ID.StringValue() != crdt.DDLKey("b_-1") {
 		t.Fatalf("createIndexes logged %v", logged)
 	}

@@ -24,7 +24,9 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 var (
@@ -79,21 +81,21 @@ func childMain() int {
 	if n, err := strconv.Atoi(os.Getenv(envMaxConns)); err == nil {
 		opts.MaxConns = n
 	}
-	p, err := New(opts, log, prometheus.NewRegistry())
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
 	if f := os.Getenv(envFault); f != "" {
 		point, nStr, _ := strings.Cut(f, ":")
 		n, _ := strconv.Atoi(nStr)
 		var hits atomic.Int64
-		p.testFault = func(at string) {
-			if at == point && hits.Add(1) == int64(n) {
+		opts.Faults = func(at replica.FaultPoint) {
+			if string(at) == point && hits.Add(1) == int64(n) {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
 				select {} // never returns: the kernel takes it from here
 			}
 		}
+	}
+	p, err := New(opts, log, prometheus.NewRegistry())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
 	}
 	if err := p.Start(context.Background()); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -221,6 +223,7 @@ type testProxy struct {
 	logs   *syncBuffer
 	reg    *prometheus.Registry
 	dir    string
+	opts   Options
 }
 
 type proxyOpt func(*Options)
@@ -229,50 +232,117 @@ type proxyOpt func(*Options)
 // with driver clients through it and direct to the database.
 func newProxy(t testing.TB, db int, node string, mods ...proxyOpt) *testProxy {
 	t.Helper()
-	return newProxyWith(t, db, node, nil, mods...)
+	return newProxyAt(t, upstream(t, db), node, mods...)
 }
 
-// newProxyWith is newProxy with a hook run on the Proxy before Start.
-func newProxyWith(t testing.TB, db int, node string, pre func(*Proxy), mods ...proxyOpt) *testProxy {
+// newProxyAt is newProxy in front of the database at uri.
+func newProxyAt(t testing.TB, uri, node string, mods ...proxyOpt) *testProxy {
 	t.Helper()
-	return newProxyAt(t, upstream(t, db), node, pre, mods...)
-}
-
-// newProxyAt is newProxyWith in front of the database at uri.
-func newProxyAt(t testing.TB, uri, node string, pre func(*Proxy), mods ...proxyOpt) *testProxy {
-	t.Helper()
-	tp := &testProxy{logs: &syncBuffer{}, reg: prometheus.NewRegistry(), dir: t.TempDir()}
-	opts := Options{Listen: "127.0.0.1:0", Upstream: uri, NodeID: node, DataDir: tp.dir}
+	tp := &testProxy{logs: &syncBuffer{}, dir: t.TempDir()}
+	tp.opts = Options{Listen: "127.0.0.1:0", Upstream: uri, NodeID: node, DataDir: tp.dir}
 	for _, m := range mods {
-		m(&opts)
+		m(&tp.opts)
 	}
+	tp.start(t)
+	tp.direct = connect(t, tp.opts.Upstream)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_ = tp.direct.Disconnect(ctx)
+		tp.stop(t)
+	})
+	return tp
+}
+
+// start starts a proxy with tp's options and data folder.
+func (tp *testProxy) start(t testing.TB) {
+	t.Helper()
 	var w io.Writer = tp.logs
 	if *flagVerbose {
 		w = io.MultiWriter(tp.logs, os.Stderr)
 	}
-	p, err := New(opts, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})), tp.reg)
+	tp.reg = prometheus.NewRegistry()
+	p, err := New(tp.opts, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelInfo})), tp.reg)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if pre != nil {
-		pre(p)
 	}
 	if err := p.Start(testCtx); err != nil {
 		t.Fatal(err)
 	}
 	tp.Proxy = p
 	tp.client = connect(t, "mongodb://"+p.Addr().String()+"/")
-	tp.direct = connect(t, opts.Upstream)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		_ = tp.client.Disconnect(ctx)
-		_ = tp.direct.Disconnect(ctx)
-		if err := p.Shutdown(ctx); err != nil {
-			t.Errorf("shutdown: %v", err)
+}
+
+func (tp *testProxy) stop(t testing.TB) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_ = tp.client.Disconnect(ctx)
+	if err := tp.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}
+
+// restart stops the proxy and starts a new one on the same data folder
+// (same op log) and database.
+func (tp *testProxy) restart(t testing.TB) {
+	t.Helper()
+	tp.stop(t)
+	tp.start(t)
+}
+
+// mongoPathsIf makes the proxy take the MongoDB code paths (versioned
+// conditional writes, one-query reads of multi-document chunks) on
+// FerretDB, when on is set.
+func mongoPathsIf(on bool) proxyOpt {
+	return func(o *Options) {
+		if on {
+			o.Capabilities = &replica.Capabilities{VersionedWrites: true, BatchReads: true}
 		}
-	})
-	return tp
+	}
+}
+
+// localOpsSince returns the ops tp logged locally after seq from, read
+// from its op log as replication reads them.
+func localOpsSince(t testing.TB, tp *testProxy, from uint64) []*crdt.Op {
+	t.Helper()
+	raws, err := tp.Replica().ReadLocal(from, 1<<20, 1<<30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ops := make([]*crdt.Op, len(raws))
+	for i, raw := range raws {
+		ops[i] = &crdt.Op{}
+		if err := ops[i].UnmarshalBSON(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ops
+}
+
+// stableFollowsClock gives the replica core, every millisecond until the
+// test ends, the newest timestamp of its log as the compaction frontier: on
+// a single node with no peers, every op logged is stable at once (one
+// stamped but not applied yet is its document's lease holder's, which
+// compacts after folding it in; every later op is stamped above).
+func stableFollowsClock(t testing.TB, tp *testProxy) {
+	rep := tp.Replica()
+	rep.SetStable(rep.MaxTimestamp())
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+				rep.SetStable(rep.MaxTimestamp())
+			}
+		}
+	}()
+	t.Cleanup(func() { close(done); <-stopped })
 }
 
 func connect(t testing.TB, uri string) *mongo.Client {

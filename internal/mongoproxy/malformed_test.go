@@ -46,6 +46,9 @@ func header(length, op int32) []byte {
 	return b
 }
 
+// TestMalformedMessages sends broken messages: each closes its own
+// connection with a log line and no other. Long on purpose: one table of
+// malformations.
 func TestMalformedMessages(t *testing.T) {
 	tp := newProxy(t, 0, "n1")
 	addr := tp.Addr().String()

@@ -1,7 +1,13 @@
 package mongoproxy
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"fmt"
 
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the front-end's; the replica core has its own
+// (replica.Metrics), registered by New too.
 type metrics struct {
 	conns         prometheus.Gauge
 	connsRejected prometheus.Counter
@@ -9,16 +15,9 @@ type metrics struct {
 	timeouts      *prometheus.CounterVec // by reason: idle, message, reply
 	commands      *prometheus.CounterVec // by handling: forwarded, captured, refused
 	writeSeconds  prometheus.Histogram   // captured write commands, end to end
-	opsCaptured   *prometheus.CounterVec // by kind
-	opsApplied    *prometheus.CounterVec // by source: local, remote, replay
-	casRetries    prometheus.Counter
-	lateApplies   prometheus.Counter
-	conflicts     *prometheus.CounterVec // by reason: unique, invalid
-	compensations prometheus.Counter
-	replayed      prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		conns: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_connections",
 			Help: "Client connections currently open through the Mongo proxy."}),
@@ -33,24 +32,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "edgenode_mongoproxy_write_seconds",
 			Help:    "Time to capture, log (fsync) and apply a write command on a replicated collection.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
-		opsCaptured: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_ops_captured_total",
-			Help: "Operations captured from local writes and appended to the op log."}, []string{"kind"}),
-		opsApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_ops_applied_total",
-			Help: "Operations applied to the local database, by source."}, []string{"source"}),
-		casRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_cas_retries_total",
-			Help: "Document writes retried because the stored metadata version changed underneath."}),
-		lateApplies: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_late_applies_total",
-			Help: "Operations that changed a document after a later op of their origin had (expected only after a failed apply; otherwise a double application)."}),
-		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_apply_conflicts_total",
-			Help: "Operations that could not be applied locally and were parked in edgenode_meta.conflicts."}, []string{"reason"}),
-		compensations: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_compensations_total",
-			Help: "Local writes logged but refused by the database (unique index), undone by a compensating op."}),
-		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_replayed_ops_total",
-			Help: "Operations re-applied from the op log at start."}),
 	}
-	if reg != nil {
-		reg.MustRegister(m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds, m.opsCaptured,
-			m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed)
+	if reg == nil {
+		return m, nil
 	}
-	return m
+	for _, c := range []prometheus.Collector{m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("mongoproxy: register metrics: %w", err)
+		}
+	}
+	return m, nil
 }

@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"path"
 	"strings"
+
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
-// metaDB is the proxy's own database: tombstones of deleted replicated
-// documents and parked conflicting operations. It is never replicated,
-// hidden from listDatabases replies, and refuses client writes.
-const metaDB = "edgenode_meta"
+// metaDB is the replica core's own database (replica.MetaDB): tombstones
+// of deleted replicated documents, DDL records and parked conflicting
+// operations. It is never replicated, hidden from listDatabases replies,
+// and refuses client writes.
+const metaDB = replica.MetaDB
 
 // nsMatcher decides which namespaces ("db.collection") are replicated.
 // Patterns use path.Match syntax on the full namespace ("db.*", "db.users",
@@ -58,4 +61,9 @@ func (m *nsMatcher) replicated(db, coll string) bool {
 	}
 	ns := db + "." + coll
 	return matchAny(m.replicate, ns) && !matchAny(m.localOnly, ns)
+}
+
+func splitNS(ns string) (db, coll string) {
+	db, coll, _ = strings.Cut(ns, ".")
+	return db, coll
 }

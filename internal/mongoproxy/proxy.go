@@ -6,22 +6,18 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	lru "github.com/hashicorp/golang-lru/v2"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
 
-	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
-	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Options configures a Proxy.
@@ -57,7 +53,8 @@ type Options struct {
 	SyncDatabase func() error
 	// HoldWrites, when set, makes the proxy start with captured writes
 	// refused (error 10107 NotWritablePrimary naming this reason) until
-	// AllowWrites: replication sets it until the node is a complete replica.
+	// the replica core's AllowWrites: replication sets it until the node is
+	// a complete replica.
 	HoldWrites string
 	// MaxDocumentBytes caps a document of a replicated collection as stored
 	// (its fields plus the replication metadata, which repeats assigned
@@ -86,10 +83,19 @@ type Options struct {
 	// Internal connections (DialInternal) are exempt.
 	IdleTimeout time.Duration
 	// MaxClockSkew bounds how far ahead of this node's wall clock a peer's
-	// clock reading may be (ApplyRemote, ObserveClock): a reading beyond it
-	// is refused, so that no peer can drag this node's clock, and the op
-	// log that persists it, into the future. Default DefaultMaxClockSkew.
+	// clock reading may be (replica.Replication's ApplyRemote and
+	// ObserveClock): a reading beyond it is refused, so that no peer can
+	// drag this node's clock, and the op log that persists it, into the
+	// future. Default DefaultMaxClockSkew.
 	MaxClockSkew time.Duration
+	// Capabilities, when set, is what the database can be relied on for,
+	// instead of what replica.Detect finds at Start (tests use it to run
+	// the MongoDB code paths on FerretDB). Its Sync, when nil, is
+	// SyncDatabase.
+	Capabilities *replica.Capabilities
+	// Faults is a test hook called at the replica core's fault points
+	// (the crash tests stop the process there); nil in production.
+	Faults replica.FaultHook
 }
 
 // Defaults of Options.MessageTimeout and Options.IdleTimeout.
@@ -124,14 +130,15 @@ type Proxy struct {
 	dialNet  string
 	dialAddr string
 
-	eng     *engine
-	onLocal func([]*crdt.Op)
-	stable  func() crdt.Timestamp
-
-	// testFault is set by tests before Start (see engine.fault).
-	testFault func(point string)
-	// testNotFerret makes tests run the MongoDB code paths on FerretDB.
-	testNotFerret bool
+	// rmet are the replica core's metrics, registered with the proxy's.
+	rmet *replica.Metrics
+	// client is the proxy's own connection pool to the database (the
+	// replica core writes through it; the front-end reads with it);
+	// replica is the core, and core the part of it the front-end uses.
+	// All three are set by Start.
+	client  *mongo.Client
+	replica *replica.Replica
+	core    replica.Local
 
 	mu    sync.Mutex
 	state int // stateNew, stateRunning, stateStopped
@@ -211,7 +218,15 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{opts: opts, log: log.With("component", "mongoproxy"), reg: reg, met: newMetrics(reg), ns: ns, authRequired: cs.Username != "" || cs.AuthMechanism != "",
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	rmet, err := replica.NewMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("mongoproxy: %w", err)
+	}
+	p := &Proxy{opts: opts, log: log.With("component", "mongoproxy"), reg: reg, met: met, rmet: rmet, ns: ns, authRequired: cs.Username != "" || cs.AuthMechanism != "",
 		dialNet: "tcp", dialAddr: cs.Hosts[0], conns: map[*clientConn]struct{}{}}
 	if strings.HasSuffix(p.dialAddr, ".sock") {
 		p.dialNet = "unix"
@@ -219,36 +234,8 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	return p, nil
 }
 
-// OnLocalOps registers fn to receive the ops of every local write once they
-// are durable in the op log and applied locally. fn runs on the client's
-// connection goroutine: it must not block (hand the ops to a queue).
-func (p *Proxy) OnLocalOps(fn func([]*crdt.Op)) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.onLocal = fn
-	if p.eng != nil {
-		p.eng.onLocal.Store(&fn)
-	}
-}
-
-// SetStable registers fn, which returns a causally stable clock: every op
-// with a timestamp at or below it, from any node, has already been applied
-// here (part 2 derives it from the peers' acknowledged positions). When set,
-// every document write also compacts the metadata below it (crdt
-// Meta.Compact), which keeps documents with many $inc/$min/$max/$addToSet
-// bounded. Without it, the metadata keeps every commutative op that no
-// newer $set/$unset/delete of its path has dominated.
-func (p *Proxy) SetStable(fn func() crdt.Timestamp) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.stable = fn
-	if p.eng != nil {
-		p.eng.stable.Store(&fn)
-	}
-}
-
-// Start opens the op log, connects to the database, re-applies the ops the
-// log holds as unapplied (a crash between log append and apply), then
+// Start connects to the database, opens the replica core (its op log; the
+// ops the log holds as unapplied after a crash are applied again), then
 // listens. It returns once the listener is bound.
 func (p *Proxy) Start(ctx context.Context) error {
 	p.mu.Lock()
@@ -256,14 +243,49 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if p.state != stateNew {
 		return errors.New("mongoproxy: Start called twice")
 	}
-	olog, err := oplog.Open(oplog.Options{Path: filepath.Join(p.opts.DataDir, "oplog.db"), Origin: p.opts.NodeID, SyncApplied: p.opts.SyncDatabase}, p.log, p.reg)
+	client, err := p.connect(ctx)
 	if err != nil {
-		return fmt.Errorf("mongoproxy: open op log: %w", err)
-	}
-	fail := func(err error) error {
-		_ = olog.Close()
 		return err
 	}
+	fail := func(err error) error {
+		_ = client.Disconnect(context.Background())
+		return err
+	}
+	rep, err := replica.Open(ctx, replica.Config{
+		Node:             p.opts.NodeID,
+		DataDir:          p.opts.DataDir,
+		Client:           client,
+		Replicated:       p.ns.replicated,
+		Capabilities:     p.capabilities(ctx, client),
+		HoldWrites:       p.opts.HoldWrites,
+		MaxDocumentBytes: p.opts.MaxDocumentBytes,
+		DocCache:         p.opts.DocCache,
+		MaxClockSkew:     p.opts.MaxClockSkew,
+		Metrics:          p.rmet,
+		Registerer:       p.reg,
+		Faults:           p.opts.Faults,
+	}, p.log)
+	if err != nil {
+		return fail(fmt.Errorf("mongoproxy: %w", err))
+	}
+	ln, err := net.Listen("tcp", p.opts.Listen)
+	if err != nil {
+		_ = rep.Close()
+		return fail(fmt.Errorf("mongoproxy: listen: %w", err))
+	}
+	p.client, p.replica, p.core = client, rep, rep
+	p.ln = ln
+	p.baseCtx, p.cancel = context.WithCancel(context.Background())
+	p.state = stateRunning
+	p.acceptWG.Add(1)
+	go p.acceptLoop()
+	p.log.Info("mongo proxy listening", "addr", ln.Addr().String(), "upstream", p.dialAddr, "node", p.opts.NodeID)
+	return nil
+}
+
+// connect connects the proxy's own client to the database and checks it
+// answers.
+func (p *Proxy) connect(ctx context.Context) (*mongo.Client, error) {
 	copts := options.Client().ApplyURI(p.opts.Upstream).SetAppName("edgenode-mongoproxy")
 	if p.opts.SyncDatabase == nil && copts.WriteConcern == nil {
 		// The op log forgets an op once the database acknowledged applying
@@ -275,67 +297,40 @@ func (p *Proxy) Start(ctx context.Context) error {
 	}
 	client, err := mongo.Connect(copts)
 	if err != nil {
-		return fail(fmt.Errorf("mongoproxy: connect to upstream: %w", err))
+		return nil, fmt.Errorf("mongoproxy: connect to upstream: %w", err)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = client.Ping(pingCtx, nil)
 	cancel()
 	if err != nil {
 		_ = client.Disconnect(context.Background())
-		return fail(fmt.Errorf("mongoproxy: upstream %s not reachable: %w", p.dialAddr, err))
+		return nil, fmt.Errorf("mongoproxy: upstream %s not reachable: %w", p.dialAddr, err)
 	}
-	// FerretDB needs a few workarounds (see engine.ferret).
-	bi, err := client.Database("admin").RunCommand(ctx, bson.D{{Key: "buildInfo", Value: 1}}).Raw()
-	ferret := err == nil && bi.Lookup("ferretdbVersion").Type != 0 && !p.testNotFerret
-	clock := crdt.NewClock(p.opts.NodeID, nil)
-	p.resumeClock(clock, olog.MaxTimestamp())
-	p.eng = &engine{node: p.opts.NodeID, client: client, olog: olog, clock: clock, locks: newStripes(4096),
-		log: p.log, met: p.met, fault: p.testFault, ferret: ferret, replicated: p.ns.replicated,
-		nsl: newNSLocks(), nsDrops: map[string]crdt.Timestamp{}, maxDoc: p.opts.MaxDocumentBytes}
-	if p.opts.HoldWrites != "" {
-		reason := p.opts.HoldWrites
-		p.eng.blocked.Store(&reason)
+	return client, nil
+}
+
+// capabilities is what the replica core may rely on from the database:
+// Options.Capabilities, or what the database says it is.
+func (p *Proxy) capabilities(ctx context.Context, client *mongo.Client) replica.Capabilities {
+	var caps replica.Capabilities
+	if p.opts.Capabilities != nil {
+		caps = *p.opts.Capabilities
+	} else {
+		caps = replica.Detect(ctx, client)
 	}
-	if err := p.eng.loadDDL(ctx); err != nil {
-		_ = client.Disconnect(context.Background())
-		return fail(fmt.Errorf("mongoproxy: %w", err))
+	if caps.Sync == nil {
+		caps.Sync = p.opts.SyncDatabase
 	}
-	if p.opts.DocCache > 0 {
-		p.eng.cache, _ = lru.New[string, cachedDoc](p.opts.DocCache)
-	}
-	if p.onLocal != nil {
-		fn := p.onLocal
-		p.eng.onLocal.Store(&fn)
-	}
-	if p.stable != nil {
-		fn := p.stable
-		p.eng.stable.Store(&fn)
-	}
-	unapplied, err := olog.Unapplied()
-	if err != nil {
-		_ = client.Disconnect(context.Background())
-		return fail(fmt.Errorf("mongoproxy: read unapplied ops: %w", err))
-	}
-	if len(unapplied) > 0 {
-		p.log.Info("re-applying ops logged but not marked applied", "ops", len(unapplied))
-		if err := p.eng.applyOps(ctx, unapplied, "replay"); err != nil {
-			_ = client.Disconnect(context.Background())
-			return fail(fmt.Errorf("mongoproxy: re-apply unapplied ops: %w", err))
-		}
-		p.met.replayed.Add(float64(len(unapplied)))
-	}
-	ln, err := net.Listen("tcp", p.opts.Listen)
-	if err != nil {
-		_ = client.Disconnect(context.Background())
-		return fail(fmt.Errorf("mongoproxy: listen: %w", err))
-	}
-	p.ln = ln
-	p.baseCtx, p.cancel = context.WithCancel(context.Background())
-	p.state = stateRunning
-	p.acceptWG.Add(1)
-	go p.acceptLoop()
-	p.log.Info("mongo proxy listening", "addr", ln.Addr().String(), "upstream", p.dialAddr, "node", p.opts.NodeID)
-	return nil
+	return caps
+}
+
+// Replica is the replica core the proxy captures writes into (nil before
+// Start): replication (package repl) runs on it. It is closed by
+// Shutdown, so whatever uses it must stop first.
+func (p *Proxy) Replica() *replica.Replica {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.replica
 }
 
 // Addr is the bound listen address (nil before Start).
@@ -348,42 +343,9 @@ func (p *Proxy) Addr() net.Addr {
 	return p.ln.Addr()
 }
 
-// ApplyRemote durably logs peers' ops (duplicates are ignored) and applies
-// them to the local database. Ops are validated first; an invalid op, or
-// one whose timestamp is more than MaxClockSkew ahead of the wall clock (a
-// *ClockSkewError), fails the whole call before anything is logged.
-func (p *Proxy) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
-	p.mu.Lock()
-	eng, running := p.eng, p.state == stateRunning
-	p.mu.Unlock()
-	if !running {
-		return errors.New("mongoproxy: not running")
-	}
-	for i, op := range ops {
-		if err := op.Validate(); err != nil {
-			return fmt.Errorf("mongoproxy: remote op %d (%s:%d): %w", i, op.Origin, op.Seq, err)
-		}
-		if op.Origin == "" || op.Seq == 0 {
-			return fmt.Errorf("mongoproxy: remote op %d has no origin/seq", i)
-		}
-	}
-	for _, op := range ops {
-		if err := p.checkClock(eng, op.TS); err != nil {
-			return err
-		}
-	}
-	for _, op := range ops {
-		eng.clock.Observe(op.TS)
-	}
-	if err := eng.olog.AppendRemote(ctx, ops); err != nil {
-		return fmt.Errorf("mongoproxy: log remote ops: %w", err)
-	}
-	return eng.applyOps(ctx, ops, "remote")
-}
-
 // Shutdown stops accepting, closes idle client connections, lets requests
 // in flight finish (until ctx expires, then closes everything), and closes
-// the database client and the op log.
+// the database client and the replica core.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	if p.state != stateRunning {
@@ -417,11 +379,11 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	var errs []error
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := p.eng.client.Disconnect(dctx); err != nil {
+	if err := p.client.Disconnect(dctx); err != nil {
 		errs = append(errs, fmt.Errorf("mongoproxy: disconnect: %w", err))
 	}
-	if err := p.eng.olog.Close(); err != nil {
-		errs = append(errs, fmt.Errorf("mongoproxy: close op log: %w", err))
+	if err := p.replica.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("mongoproxy: %w", err))
 	}
 	return errors.Join(errs...)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -42,11 +41,14 @@ func findOne(t *testing.T, c *mongo.Collection, filter any) bson.M {
 func TestCRUD(t *testing.T) {
 	for _, mongoPaths := range []bool{false, true} {
 		t.Run(fmt.Sprintf("mongodb-paths=%v", mongoPaths), func(t *testing.T) {
-			testCRUD(t, newProxyWith(t, 0, "n1", func(p *Proxy) { p.testNotFerret = mongoPaths }))
+			testCRUD(t, newProxy(t, 0, "n1", mongoPathsIf(mongoPaths)))
 		})
 	}
 }
 
+// testCRUD writes and reads through the proxy, as an application does.
+// Long on purpose: one scenario whose steps build on each other, read top
+// to bottom (a table of cases would hide the order).
 func testCRUD(t *testing.T, tp *testProxy) {
 	db := freshDB("crud")
 	c := tp.client.Database(db).Collection("things")
@@ -138,7 +140,7 @@ func testCRUD(t *testing.T, tp *testProxy) {
 		t.Fatalf("left: %d", n)
 	}
 	// The tombstone is where the proxy reads it, not in the collection.
-	tn, err := tp.direct.Database(metaDB).Collection(tombstoneColl).CountDocuments(testCtx, bson.D{{Key: "ns", Value: db + ".things"}})
+	tn, err := tp.direct.Database(metaDB).Collection("tombstones").CountDocuments(testCtx, bson.D{{Key: "ns", Value: db + ".things"}})
 	if err != nil || tn != 3 {
 		t.Fatalf("tombstones: %d %v", tn, err)
 	}
@@ -167,8 +169,8 @@ func TestInsertOrderedUnordered(t *testing.T) {
 		t.Run(fmt.Sprintf("prefetch=%v", prefetch), func(t *testing.T) {
 			// FerretDB disables the one-query prefetch of multi-document
 			// chunks and the version condition of writes (see
-			// engine.ferret); force the MongoDB paths to test them too.
-			tp := newProxyWith(t, 0, "n1", func(p *Proxy) { p.testNotFerret = prefetch })
+			// replica.Capabilities); force the MongoDB paths to test them too.
+			tp := newProxy(t, 0, "n1", mongoPathsIf(prefetch))
 			testInsertOrderedUnordered(t, tp)
 		})
 	}
@@ -405,6 +407,9 @@ func TestFindAndModify(t *testing.T) {
 	}
 }
 
+// TestRefused: what does not converge is refused on replicated
+// collections with MongoDB's errors, and allowed on local-only ones. Long
+// on purpose: one table of refusals.
 func TestRefused(t *testing.T) {
 	tp := newProxy(t, 0, "n1", func(o *Options) { o.LocalOnly = []string{"*.local"} })
 	dbName := freshDB("ref")
@@ -470,7 +475,7 @@ func TestRefused(t *testing.T) {
 		t.Errorf("$out: %v", err)
 	}
 	// The proxy's own database is not writable by clients.
-	_, err = tp.client.Database(metaDB).Collection(tombstoneColl).InsertOne(testCtx, bson.D{{Key: "x", Value: 1}})
+	_, err = tp.client.Database(metaDB).Collection("tombstones").InsertOne(testCtx, bson.D{{Key: "x", Value: 1}})
 	if err == nil {
 		t.Error("write to edgenode_meta accepted")
 	}
@@ -556,202 +561,6 @@ func TestCursorsAndHiddenField(t *testing.T) {
 	}
 }
 
-func TestIndexesAndUniqueConflict(t *testing.T) {
-	tp := newProxy(t, 0, "n1")
-	dbName := freshDB("idx")
-	c := tp.client.Database(dbName).Collection("users")
-	name, err := c.Indexes().CreateOne(testCtx, mongo.IndexModel{Keys: bson.D{{Key: "email", Value: 1}}, Options: options.Index().SetUnique(true)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	specs, err := c.Indexes().ListSpecifications(testCtx)
-	if err != nil || len(specs) != 2 {
-		t.Fatalf("indexes: %v %v", specs, err)
-	}
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "email", Value: "a@x"}}); err != nil {
-		t.Fatal(err)
-	}
-	var localOps []*crdt.Op
-	var mu sync.Mutex
-	tp.OnLocalOps(func(ops []*crdt.Op) { mu.Lock(); localOps = append(localOps, ops...); mu.Unlock() })
-	// A local write refused by the unique index: the client gets 11000, the
-	// logged op is compensated, nothing stays.
-	_, err = c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "email", Value: "a@x"}})
-	if !mongo.IsDuplicateKeyError(err) {
-		t.Fatalf("unique violation: %v", err)
-	}
-	if n, _ := c.CountDocuments(testCtx, bson.D{}); n != 1 {
-		t.Fatalf("documents: %d", n)
-	}
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 3}, {Key: "email", Value: "c@x"}}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 3}}, bson.D{{Key: "$set", Value: bson.D{{Key: "email", Value: "a@x"}, {Key: "other", Value: 1}}}})
-	if !mongo.IsDuplicateKeyError(err) {
-		t.Fatalf("unique violation on update: %v", err)
-	}
-	if m := findOne(t, c, bson.D{{Key: "_id", Value: 3}}); m["email"] != "c@x" || m["other"] != nil {
-		t.Fatalf("update not undone: %v", m)
-	}
-	if got := counter(t, tp.reg, "edgenode_mongoproxy_compensations_total"); got != 2 {
-		t.Fatalf("compensations: %v", got)
-	}
-	mu.Lock()
-	ops := append([]*crdt.Op(nil), localOps...)
-	mu.Unlock()
-	// A second node receiving the same ops ends identical: compensation replicates.
-	tp2 := newProxy(t, 1, "n2")
-	c2 := tp2.client.Database(dbName).Collection("users")
-	if _, err := c2.Indexes().CreateOne(testCtx, mongo.IndexModel{Keys: bson.D{{Key: "email", Value: 1}}, Options: options.Index().SetUnique(true)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tp2.ApplyRemote(testCtx, ops); err != nil {
-		t.Fatal(err)
-	}
-	got := findAll(t, c2)
-	if len(got) != 1 || got[0].Lookup("email").StringValue() != "c@x" {
-		t.Fatalf("replica: %v", got)
-	}
-
-	// A peer's op colliding with a local unique index is parked, never stalls.
-	remote := &crdt.Op{Origin: "peer", Seq: 1, TS: crdt.Timestamp{Wall: time.Now().UnixMilli(), Node: "peer"}, NS: dbName + ".users",
-		ID: rawValue(50), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 50}, {Key: "email", Value: "a@x"}})}
-	ok := &crdt.Op{Origin: "peer", Seq: 2, TS: crdt.Timestamp{Wall: time.Now().UnixMilli(), Logical: 1, Node: "peer"}, NS: dbName + ".users",
-		ID: rawValue(51), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 51}, {Key: "email", Value: "z@x"}})}
-	if err := tp.ApplyRemote(testCtx, []*crdt.Op{remote, ok}); err != nil {
-		t.Fatal(err)
-	}
-	if got := counter(t, tp.reg, "edgenode_mongoproxy_apply_conflicts_total", "reason", "unique"); got != 1 {
-		t.Fatalf("conflict metric: %v", got)
-	}
-	if n, _ := tp.direct.Database(metaDB).Collection(conflictColl).CountDocuments(testCtx, bson.D{{Key: "_id", Value: "peer:1"}}); n != 1 {
-		t.Fatal("conflict not recorded")
-	}
-	if !strings.Contains(tp.logs.String(), "parked") {
-		t.Fatal("no log line for the parked op")
-	}
-	if n, _ := c.CountDocuments(testCtx, bson.D{{Key: "_id", Value: 51}}); n != 1 {
-		t.Fatal("the op after the conflict was not applied")
-	}
-	if err := c.Indexes().DropOne(testCtx, name); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Drop(testCtx); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// TestConcurrentInc: FerretDB alone loses concurrent $inc on one document;
-// through the proxy none is lost.
-func TestConcurrentInc(t *testing.T) {
-	tp := newProxy(t, 0, "n1")
-	// One node, no peers: every applied op is causally stable at once, so
-	// metadata is compacted on each write (part 2 derives the stable clock
-	// from peer acknowledgements). Without compaction each of the 1,600
-	// $inc deltas stays in the document's metadata and every write costs
-	// more than the previous one.
-	tp.SetStable(tp.eng.clock.Last)
-	c := tp.client.Database(freshDB("inc")).Collection("c")
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: "counter"}, {Key: "n", Value: 0}}); err != nil {
-		t.Fatal(err)
-	}
-	const clients, each = 8, 200
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for i := 0; i < clients; i++ {
-		cl := connect(t, "mongodb://"+tp.Addr().String()+"/")
-		defer func() { _ = cl.Disconnect(testCtx) }()
-		wg.Add(1)
-		go func(cc *mongo.Collection) {
-			defer wg.Done()
-			for j := 0; j < each; j++ {
-				if _, err := cc.UpdateOne(testCtx, bson.D{{Key: "_id", Value: "counter"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}}); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}(cl.Database(c.Database().Name()).Collection("c"))
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	m := findOne(t, c, bson.D{{Key: "_id", Value: "counter"}})
-	if n, _ := m["n"].(int32); n != clients*each {
-		t.Fatalf("n = %v, want %d", m["n"], clients*each)
-	}
-}
-
-// TestTwoNodesViaHook: ops streamed by OnLocalOps to another proxy's
-// ApplyRemote, both ways, converge.
-func TestTwoNodesViaHook(t *testing.T) {
-	a := newProxy(t, 0, "na")
-	b := newProxy(t, 1, "nb")
-	dbName := freshDB("pair")
-	var mu sync.Mutex
-	var toA, toB []*crdt.Op
-	a.OnLocalOps(func(ops []*crdt.Op) { mu.Lock(); toB = append(toB, ops...); mu.Unlock() })
-	b.OnLocalOps(func(ops []*crdt.Op) { mu.Lock(); toA = append(toA, ops...); mu.Unlock() })
-	ca, cb := a.client.Database(dbName).Collection("c"), b.client.Database(dbName).Collection("c")
-	must := func(_ any, err error) {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	must(ca.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "n", Value: 0}, {Key: "s", Value: "a"}}))
-	must(cb.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 1}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 5}}}}, options.UpdateOne().SetUpsert(true)))
-	must(ca.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 1}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 2}}}}))
-	time.Sleep(2 * time.Millisecond)
-	must(cb.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 1}}, bson.D{{Key: "$set", Value: bson.D{{Key: "s", Value: "b"}}}}))
-	must(ca.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}}))
-	must(cb.InsertOne(testCtx, bson.D{{Key: "_id", Value: 3}}))
-	must(ca.DeleteOne(testCtx, bson.D{{Key: "_id", Value: 2}}))
-	mu.Lock()
-	ta, tb := toA, toB
-	mu.Unlock()
-	if err := a.ApplyRemote(testCtx, ta); err != nil {
-		t.Fatal(err)
-	}
-	if err := b.ApplyRemote(testCtx, tb); err != nil {
-		t.Fatal(err)
-	}
-	da, db := findAll(t, ca), findAll(t, cb)
-	if len(da) != 2 || len(da) != len(db) {
-		t.Fatalf("a=%v b=%v", da, db)
-	}
-	for i := range da {
-		if !bytes.Equal(da[i], db[i]) {
-			t.Fatalf("differ: %v vs %v", da[i], db[i])
-		}
-	}
-	if got := da[0].Lookup("n").AsInt64(); got != 7 || da[0].Lookup("s").StringValue() != "b" {
-		t.Fatalf("merged doc: %v", da[0])
-	}
-}
-
-// TestDropThenReuse: a collection dropped through the proxy can be reused
-// at once (the proxy's document cache does not outlive it).
-func TestDropThenReuse(t *testing.T) {
-	tp := newProxy(t, 0, "n1")
-	c := tp.client.Database(freshDB("drop")).Collection("c")
-	for round := 0; round < 2; round++ {
-		if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: "x"}, {Key: "round", Value: round}}); err != nil {
-			t.Fatalf("round %d: %v", round, err)
-		}
-		if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: "x"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}}); err != nil {
-			t.Fatal(err)
-		}
-		if m := findOne(t, c, bson.D{{Key: "_id", Value: "x"}}); m["round"] != int32(round) || m["n"] != int32(1) {
-			t.Fatalf("round %d: %v", round, m)
-		}
-		if err := c.Drop(testCtx); err != nil {
-			t.Fatal(err)
-		}
-	}
-}
-
 func TestAuthGate(t *testing.T) {
 	for _, tc := range []struct {
 		cmd   string
@@ -774,103 +583,4 @@ func TestAuthGate(t *testing.T) {
 	// The gate itself is played against a database that enforces
 	// authentication in auth_test.go (TestFakedAuthenticationIsRefused,
 	// TestRealAuthentication).
-}
-
-// TestRemoteOpsOutsideReplication: a peer's op for a namespace this node
-// keeps local (or a system one) is skipped and counted, never written.
-func TestRemoteOpsOutsideReplication(t *testing.T) {
-	tp := newProxy(t, 0, "n1", func(o *Options) { o.LocalOnly = []string{"*.mine"} })
-	db := freshDB("skip")
-	mk := func(seq uint64, ns string) *crdt.Op {
-		return &crdt.Op{Origin: "peer", Seq: seq, TS: crdt.Timestamp{Wall: time.Now().UnixMilli(), Logical: uint32(seq), Node: "peer"}, NS: ns,
-			ID: rawValue(1), Kind: crdt.Insert, Doc: rawDoc(t, bson.D{{Key: "_id", Value: 1}, {Key: "x", Value: 1}})}
-	}
-	if err := tp.ApplyRemote(testCtx, []*crdt.Op{mk(1, db+".mine"), mk(2, "admin.users"), mk(3, db+".shared")}); err != nil {
-		t.Fatal(err)
-	}
-	if n, _ := tp.direct.Database(db).Collection("mine").CountDocuments(testCtx, bson.D{}); n != 0 {
-		t.Fatal("local-only collection written by a peer")
-	}
-	if n, _ := tp.direct.Database("admin").Collection("users").CountDocuments(testCtx, bson.D{}); n != 0 {
-		t.Fatal("admin written by a peer")
-	}
-	if n, _ := tp.direct.Database(db).Collection("shared").CountDocuments(testCtx, bson.D{}); n != 1 {
-		t.Fatal("replicated op not applied")
-	}
-	if got := counter(t, tp.reg, "edgenode_mongoproxy_apply_conflicts_total", "reason", "not_replicated"); got != 2 {
-		t.Fatalf("metric %v", got)
-	}
-}
-
-// TestLateApplyIsFlagged: an op that changes a document after a later op of
-// its origin already had (a double application, or a retried one) is
-// counted and logged; duplicates recognized as such are not.
-func TestLateApplyIsFlagged(t *testing.T) {
-	tp := newProxy(t, 1, "n1")
-	ns := "late.counters"
-	inc := func(seq uint64, logical uint32) *crdt.Op {
-		return &crdt.Op{Origin: "peer", Seq: seq, TS: crdt.Timestamp{Wall: 1_700_000_000_000, Logical: logical, Node: "peer"}, NS: ns,
-			ID: rawValue("c"), Kind: crdt.Update, Update: rawDoc(t, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}})}
-	}
-	one, two := inc(1, 1), inc(2, 2)
-	// In order, then both again (recognized duplicates): nothing flagged.
-	for _, ops := range [][]*crdt.Op{{one}, {two}, {one, two}} {
-		if err := tp.ApplyRemote(testCtx, ops); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := counter(t, tp.reg, "edgenode_mongoproxy_late_applies_total"); got != 0 {
-		t.Fatalf("duplicates flagged: %v", got)
-	}
-	// A distinct op numbered below the one that last changed the document
-	// (here it stands for a retried apply): flagged.
-	if err := tp.ApplyRemote(testCtx, []*crdt.Op{inc(1, 0)}); err != nil {
-		t.Fatal(err)
-	}
-	if got := counter(t, tp.reg, "edgenode_mongoproxy_late_applies_total"); got != 1 {
-		t.Fatalf("late apply counted %v times", got)
-	}
-	if !strings.Contains(tp.logs.String(), "a retried apply, or a double application") {
-		t.Fatal("no log line for the late apply")
-	}
-}
-
-// TestOversizedWritesAreRefused: a write whose op, or whose document with
-// its replication metadata, would not fit in a replication message gets
-// BSONObjectTooLarge before anything is logged; the document keeps its
-// state and smaller writes go on.
-func TestOversizedWritesAreRefused(t *testing.T) {
-	const limit = 256 << 10
-	tp := newProxy(t, 1, "n1", func(o *Options) { o.MaxDocumentBytes = limit })
-	c := tp.client.Database(freshDB("big")).Collection("docs")
-	log := tp.OpLog()
-	tooLarge := func(err error) bool {
-		var se mongo.ServerError
-		return errors.As(err, &se) && se.HasErrorCode(int(codeBSONObjectTooLarge)) && strings.Contains(err.Error(), "mongo.max_document_bytes")
-	}
-	before := log.LastSeq("n1")
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "blob", Value: strings.Repeat("x", limit)}}); !tooLarge(err) {
-		t.Fatalf("oversized insert: %v", err)
-	}
-	// Under the limit as a document, over it with the metadata's copy.
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "blob", Value: strings.Repeat("y", limit*2/3)}}); !tooLarge(err) {
-		t.Fatalf("insert too large with its metadata: %v", err)
-	}
-	if got := log.LastSeq("n1"); got != before {
-		t.Fatalf("refused writes were logged: last seq %d -> %d", before, got)
-	}
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 3}, {Key: "blob", Value: strings.Repeat("z", limit/4)}}); err != nil {
-		t.Fatal(err)
-	}
-	// Growing it past the limit is refused; it keeps what it had.
-	if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 3}}, bson.D{{Key: "$set", Value: bson.D{{Key: "more", Value: strings.Repeat("w", limit/3)}}}}); !tooLarge(err) {
-		t.Fatalf("growing update: %v", err)
-	}
-	m := findOne(t, c, bson.D{{Key: "_id", Value: 3}})
-	if m["more"] != nil || len(m["blob"].(string)) != limit/4 {
-		t.Fatalf("document changed by a refused update: %d fields", len(m))
-	}
-	if n, _ := c.CountDocuments(testCtx, bson.D{}); n != 1 {
-		t.Fatalf("%d documents, want 1", n)
-	}
 }

@@ -60,6 +60,10 @@ func checkNamespaces(cmd *command, lower string) *mongoError {
 // maxCommandDepth bounds the recursion through explain and applyOps.
 const maxCommandDepth = 8
 
+// checkCommand is checkNamespaces for a command, recursing into explain
+// and applyOps. It is one switch over every way a command can name another
+// database, longer than this package's functions usually are: kept whole
+// so that the list can be read, and reviewed, in one place.
 func checkCommand(db string, body bson.Raw, lower string, seqs []wire.Sequence, depth int) *mongoError {
 	if depth > maxCommandDepth {
 		return errorf(codeFailedToParse, "edgenode: commands nested too deeply")
@@ -185,7 +189,8 @@ func commandDocs(body bson.Raw, seqs []wire.Sequence, name string) []bson.Raw {
 // checkPipeline walks an aggregation pipeline, and the pipelines nested in
 // $lookup, $unionWith and $facet, for stages that name another database:
 // reading from the reserved one, or writing to it or to the metadata
-// database.
+// database. Like checkCommand, one switch over the stages that name a
+// database, kept whole to be reviewed in one place.
 func checkPipeline(db string, pl bson.RawValue, depth int) *mongoError {
 	if pl.Type != bson.TypeArray {
 		return nil

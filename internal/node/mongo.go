@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 	"github.com/edgenode/edgenode/internal/mongoproxy/repl"
@@ -142,9 +143,9 @@ func (p *mongoPart) Start(ctx context.Context) error {
 	}
 	opts := replOptions(p.cfg)
 	if p.mesh != nil {
-		opts.Transport = p.mesh.m
+		opts.Transport = meshTransport{p.mesh.m}
 	}
-	r, err := repl.New(opts, proxy, p.log.With("part", "mongo-repl"), p.reg)
+	r, err := repl.New(opts, proxy.Replica(), p.log.With("part", "mongo-repl"), p.reg)
 	if err == nil {
 		err = r.Start(ctx)
 	}
@@ -231,3 +232,18 @@ func replOptions(cfg *config.Config) repl.Options {
 // clientIdleTimeout is mongo.client_idle_timeout in the proxy's terms (its
 // 0 is the default, a negative value never closes).
 func clientIdleTimeout(c *config.Mongo) time.Duration { return none(c.ClientIdleTimeout) }
+
+// meshTransport is the mesh as replication's transport: the mesh's send
+// errors become the ones package repl documents.
+type meshTransport struct{ *mesh.Mesh }
+
+func (t meshTransport) Send(node, topic string, msg []byte) error {
+	err := t.Mesh.Send(node, topic, msg)
+	switch {
+	case errors.Is(err, mesh.ErrQueueFull):
+		return fmt.Errorf("%w: %w", repl.ErrQueueFull, err)
+	case errors.Is(err, mesh.ErrTooLarge):
+		return fmt.Errorf("%w: %w", repl.ErrTooLarge, err)
+	}
+	return err
+}

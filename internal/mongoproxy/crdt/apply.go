@@ -257,8 +257,8 @@ func MaterializeRaw(id bson.RawValue, m *Meta) (bson.Raw, error) {
 // older than stable. The materialized document does not change.
 //
 // Precondition: stable is causally stable at this replica, i.e. every op with TS <= stable that
-// will ever exist has already been applied here (part 2 derives it from all peers' acknowledged
-// positions). Compact records stable as the metadata's floor and Apply then ignores every op at or
+// will ever exist has already been applied here (package repl derives it from the peers'
+// heartbeats and positions, and gives it to the replica core). Compact records stable as the metadata's floor and Apply then ignores every op at or
 // below it as a duplicate; an op below the floor that was never applied would be lost, hence the
 // precondition. It returns m itself when there was nothing to do.
 func (m *Meta) Compact(stable Timestamp) (*Meta, bool) {

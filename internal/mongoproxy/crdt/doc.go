@@ -85,7 +85,7 @@
 // Overwritten operations are dropped at once, so metadata is bounded by the number of paths
 // written, except that commutative operations ($inc, $min, $max, $addToSet) on a path that is never
 // $set again accumulate. Compact(stable), given a causally stable clock (every op at or below it has
-// been applied: part 2 computes it from all peers' acknowledgements), folds those into the base
+// been applied: package repl computes it from the peers' positions), folds those into the base
 // value, forgets $unset records, and ignores from then on every op at or below stable as an
 // already-applied duplicate. It never changes the document.
 //

@@ -130,7 +130,7 @@ func TestConvergence(t *testing.T) {
 }
 
 // compact folds at the newest clock below which this replica has every op: the causally stable
-// point part 2 will compute from acknowledgements.
+// point replication computes from the peers' positions.
 func (r *replica) compact(t *testing.T, ops []*crdt.Op, delivered map[*crdt.Op]bool) {
 	var minMissing, stable crdt.Timestamp
 	missing := false

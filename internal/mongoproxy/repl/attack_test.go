@@ -21,6 +21,7 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Attacks on replication: a member of the mesh (a certificate from the
@@ -271,14 +272,14 @@ func TestClockSkewPeerRefused(t *testing.T) {
 	if n := countDocs(t, n1.direct, "app.c", nil); n != 0 {
 		t.Errorf("n1 wrote %d documents from ops stamped a year ahead", n)
 	}
-	if d := clockAhead(n1.proxy.Frontier()); d > time.Minute {
+	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
 	waitUntil(t, 60*time.Second, "n1 to count evil's refused heartbeats and ops", func() bool {
 		return metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": "evil", "what": "heartbeat"}) >= 1 &&
 			metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": "evil", "what": "ops"}) >= 3
 	})
-	if d := clockAhead(n1.proxy.Frontier()); d > time.Minute {
+	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
 	// The heartbeat loop fences the clock in the op log once the clock has
@@ -286,8 +287,8 @@ func TestClockSkewPeerRefused(t *testing.T) {
 	since := time.Now().UnixMilli()
 	_, err := n1.cl.Database("app").Collection("mine").InsertOne(context.Background(), bson.D{{Key: "_id", Value: 1}})
 	must(t, err)
-	waitUntil(t, 60*time.Second, "n1 to fence its clock in the op log", func() bool { return n1.proxy.OpLog().MaxTimestamp().Wall >= since })
-	if d := clockAhead(n1.proxy.OpLog().MaxTimestamp()); d > time.Minute {
+	waitUntil(t, 60*time.Second, "n1 to fence its clock in the op log", func() bool { return n1.proxy.Replica().MaxTimestamp().Wall >= since })
+	if d := clockAhead(n1.proxy.Replica().MaxTimestamp()); d > time.Minute {
 		t.Errorf("n1's op log persisted a clock %v ahead of the wall clock", d.Round(time.Second))
 	}
 	logs := n1.logs.String()
@@ -302,7 +303,7 @@ func TestClockSkewPeerRefused(t *testing.T) {
 		a, _ := evil.lastAck()
 		return a.pos == 3 && countDocs(t, n1.direct, "app.c", nil) == 3
 	})
-	if d := clockAhead(n1.proxy.Frontier()); d > time.Minute {
+	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock is %v ahead of its wall clock", d.Round(time.Second))
 	}
 }
@@ -316,7 +317,7 @@ func TestClockSkewPersistedAtStart(t *testing.T) {
 	n1 := c.nodes[0]
 	n1.start()
 	c.waitWritable(n1)
-	origin := n1.proxy.Origin()
+	origin := n1.proxy.Replica().Origin()
 	n1.stop()
 	olog, err := oplog.Open(oplog.Options{Path: filepath.Join(n1.dir, "oplog.db"), Origin: origin}, nil, nil)
 	must(t, err)
@@ -324,7 +325,7 @@ func TestClockSkewPersistedAtStart(t *testing.T) {
 	must(t, olog.Close())
 	n1.start()
 	c.waitWritable(n1)
-	if d := clockAhead(n1.proxy.Frontier()); d > time.Minute {
+	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock resumed %v ahead of its wall clock", d.Round(time.Second))
 	}
 	if logs := n1.logs.String(); !strings.Contains(logs, "level=ERROR") || !strings.Contains(logs, "max_clock_skew") {
@@ -348,12 +349,12 @@ func TestClockSkewSyncSourceRefused(t *testing.T) {
 		}
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncBegin, session: session, vector: map[string]uint64{}, clock: clock}).encode())
 		doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: "x"}})
-		items := []mongoproxy.SnapshotItem{{Kind: mongoproxy.SnapCollection, NS: "app.ok", Doc: bson.Raw{5, 0, 0, 0, 0}}, {Kind: mongoproxy.SnapDoc, NS: "app.ok", Doc: doc}}
+		items := []replica.SnapshotItem{{Kind: replica.SnapCollection, NS: "app.ok", Doc: bson.Raw{5, 0, 0, 0, 0}}, {Kind: replica.SnapDoc, NS: "app.ok", Doc: doc}}
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncItems, session: session, chunk: 1, items: items}).encode())
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncEnd, session: session, chunk: 1}).encode())
 	})
 	waitUntil(t, 120*time.Second, "an initial sync of n1 from evil", func() bool { return attempts.Load() >= 1 && strings.Contains(n1.logs.String(), "initial sync done") })
-	if d := clockAhead(n1.proxy.Frontier()); d > time.Minute {
+	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
 	if attempts.Load() < 2 {
@@ -371,6 +372,8 @@ func TestClockSkewSyncSourceRefused(t *testing.T) {
 // carry namespaces this node keeps local (mongo.local_only), system
 // databases and the proxy's own: nothing of them is written here; the
 // replicated namespace arrives.
+// Long on purpose: one scenario whose steps build on each other, read top
+// to bottom (a table of cases would hide the order).
 func TestInitialSyncScope(t *testing.T) {
 	c := newTCluster(t, 1, func(o *Options) { o.BootstrapWait = 5 * time.Minute })
 	n1 := c.nodes[0]
@@ -399,26 +402,26 @@ func TestInitialSyncScope(t *testing.T) {
 		return raw(bson.D{{Key: "_id", Value: ns + "\x00" + key}, {Key: "ns", Value: ns}, {Key: "key", Value: key},
 			{Key: "ts", Value: op.TS.String()}, {Key: "op", Value: bson.Binary{Data: enc}}})
 	}
-	bad := []mongoproxy.SnapshotItem{
-		{Kind: mongoproxy.SnapCollection, NS: "app.private", Doc: empty},
-		{Kind: mongoproxy.SnapIndex, NS: "app.private", Doc: raw(bson.D{{Key: "key", Value: bson.D{{Key: "email", Value: 1}}}, {Key: "name", Value: "email_1"}, {Key: "unique", Value: true}})},
-		{Kind: mongoproxy.SnapDoc, NS: "app.private", Doc: raw(bson.D{{Key: "_id", Value: "attacker"}})},
-		{Kind: mongoproxy.SnapCollection, NS: "admin.evil", Doc: empty},
-		{Kind: mongoproxy.SnapDoc, NS: "admin.evil", Doc: raw(bson.D{{Key: "_id", Value: 1}})},
-		{Kind: mongoproxy.SnapCollection, NS: "local.evil", Doc: empty},
-		{Kind: mongoproxy.SnapIndex, NS: "local.evil", Doc: raw(bson.D{{Key: "key", Value: bson.D{{Key: "x", Value: 1}}}, {Key: "name", Value: "x_1"}})},
-		{Kind: mongoproxy.SnapDoc, NS: "local.evil", Doc: raw(bson.D{{Key: "_id", Value: 1}})},
-		{Kind: mongoproxy.SnapCollection, NS: "config.evil", Doc: empty},
-		{Kind: mongoproxy.SnapCollection, NS: "edgenode_meta.evil", Doc: empty},
-		{Kind: mongoproxy.SnapTombstone, Doc: raw(bson.D{{Key: "_id", Value: "app.private\x00mine"}, {Key: "ns", Value: "app.private"}, {Key: "id", Value: "mine"}})},
+	bad := []replica.SnapshotItem{
+		{Kind: replica.SnapCollection, NS: "app.private", Doc: empty},
+		{Kind: replica.SnapIndex, NS: "app.private", Doc: raw(bson.D{{Key: "key", Value: bson.D{{Key: "email", Value: 1}}}, {Key: "name", Value: "email_1"}, {Key: "unique", Value: true}})},
+		{Kind: replica.SnapDoc, NS: "app.private", Doc: raw(bson.D{{Key: "_id", Value: "attacker"}})},
+		{Kind: replica.SnapCollection, NS: "admin.evil", Doc: empty},
+		{Kind: replica.SnapDoc, NS: "admin.evil", Doc: raw(bson.D{{Key: "_id", Value: 1}})},
+		{Kind: replica.SnapCollection, NS: "local.evil", Doc: empty},
+		{Kind: replica.SnapIndex, NS: "local.evil", Doc: raw(bson.D{{Key: "key", Value: bson.D{{Key: "x", Value: 1}}}, {Key: "name", Value: "x_1"}})},
+		{Kind: replica.SnapDoc, NS: "local.evil", Doc: raw(bson.D{{Key: "_id", Value: 1}})},
+		{Kind: replica.SnapCollection, NS: "config.evil", Doc: empty},
+		{Kind: replica.SnapCollection, NS: "edgenode_meta.evil", Doc: empty},
+		{Kind: replica.SnapTombstone, Doc: raw(bson.D{{Key: "_id", Value: "app.private\x00mine"}, {Key: "ns", Value: "app.private"}, {Key: "id", Value: "mine"}})},
 		// A tombstone claiming a replicated namespace, keyed in another.
-		{Kind: mongoproxy.SnapTombstone, Doc: raw(bson.D{{Key: "_id", Value: "app.private\x00x"}, {Key: "ns", Value: "app.ok"}, {Key: "id", Value: "x"}})},
-		{Kind: mongoproxy.SnapDDL, Doc: ddlRecord("app.private", "drop", ddlOp("app.private", crdt.DDLKey(""), bson.D{{Key: "drop", Value: "private"}}))},
-		{Kind: mongoproxy.SnapDDL, Doc: ddlRecord("admin.evil", "collection", ddlOp("admin.evil", crdt.DDLKey(""), bson.D{{Key: "create", Value: "evil"}}))},
+		{Kind: replica.SnapTombstone, Doc: raw(bson.D{{Key: "_id", Value: "app.private\x00x"}, {Key: "ns", Value: "app.ok"}, {Key: "id", Value: "x"}})},
+		{Kind: replica.SnapDDL, Doc: ddlRecord("app.private", "drop", ddlOp("app.private", crdt.DDLKey(""), bson.D{{Key: "drop", Value: "private"}}))},
+		{Kind: replica.SnapDDL, Doc: ddlRecord("admin.evil", "collection", ddlOp("admin.evil", crdt.DDLKey(""), bson.D{{Key: "create", Value: "evil"}}))},
 	}
-	good := []mongoproxy.SnapshotItem{
-		{Kind: mongoproxy.SnapCollection, NS: "app.ok", Doc: empty},
-		{Kind: mongoproxy.SnapDoc, NS: "app.ok", Doc: raw(bson.D{{Key: "_id", Value: "legit"}})},
+	good := []replica.SnapshotItem{
+		{Kind: replica.SnapCollection, NS: "app.ok", Doc: empty},
+		{Kind: replica.SnapDoc, NS: "app.ok", Doc: raw(bson.D{{Key: "_id", Value: "legit"}})},
 	}
 	evil.onSync(func(to string, session uint64) {
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncBegin, session: session, vector: map[string]uint64{}, clock: evil.now()}).encode())
@@ -496,20 +499,20 @@ func TestClockSkewOpsFlowOnceClocksAgree(t *testing.T) {
 
 	evil := c.newEvil("evil")
 	evil.offset.Store(drag.Milliseconds())
-	waitUntil(t, 60*time.Second, "n2's clock dragged ahead", func() bool { return clockAhead(n2.proxy.Frontier()) > drag-5*time.Second })
+	waitUntil(t, 60*time.Second, "n2's clock dragged ahead", func() bool { return clockAhead(n2.proxy.Replica().Frontier()) > drag-5*time.Second })
 	_, err := n2.cl.Database("app").Collection("c").InsertOne(ctx, bson.D{{Key: "_id", Value: "ahead"}})
 	must(t, err)
 	evil.offset.Store(0) // n2's clock now stays where it was dragged until the wall clock gets there
 	waitUntil(t, 60*time.Second, "n1 to refuse n2's op", func() bool {
 		return metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": n2.id, "what": "ops"}) >= 1
 	})
-	if d := clockAhead(n1.proxy.Frontier()); d > 2*skew {
+	if d := clockAhead(n1.proxy.Replica().Frontier()); d > 2*skew {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
 	waitUntil(t, 120*time.Second, "n2's op on n1 once the clocks agree", func() bool {
 		return countDocs(t, n1.direct, "app.c", bson.D{{Key: "_id", Value: "ahead"}}) == 1
 	})
-	if d := clockAhead(n1.proxy.OpLog().MaxTimestamp()); d > 2*skew {
+	if d := clockAhead(n1.proxy.Replica().MaxTimestamp()); d > 2*skew {
 		t.Errorf("n1's op log persisted a clock %v ahead of the wall clock", d.Round(time.Second))
 	}
 	waitSame(t, "app", 60*time.Second, n1, n2)

@@ -1,8 +1,17 @@
 // Package repl replicates the Mongo layer between nodes: every node streams
-// the ops its proxy captured (package mongoproxy, op log in package oplog)
-// to every peer over the mesh, applies the peers' ops, keeps the compaction
-// frontier that lets documents fold their commutative history, and brings
-// new, wiped or lagging nodes up to date with an initial sync.
+// the ops its replica core captured (package replica, which the proxy in
+// package mongoproxy feeds; op log in package oplog) to every peer over the
+// mesh, applies the peers' ops, keeps the compaction frontier that lets
+// documents fold their commutative history, and brings new, wiped or
+// lagging nodes up to date with an initial sync.
+//
+// Replication sees the core only through replica.Replication, given to New:
+// peers' ops go in (ApplyRemote), this node's ops are read from a position
+// (ReadLocal, woken by Subscribe), the compaction frontier goes back
+// (SetStable), and the write gate and both halves of an initial sync are
+// there too. The mesh is a Transport. The unit tests run it on an in-memory
+// core (package replica/replicatest) and an in-memory transport; the
+// end-to-end tests on real proxies, FerretDB and meshes.
 //
 // # Streaming
 //
@@ -16,15 +25,16 @@
 // overflowing and a slow peer from being flooded).
 //
 // The receiver applies each origin's ops in order on a goroutine of that
-// origin (proxy.ApplyRemote: logged durably, then applied), and answers
-// with an ack carrying its applied position. A message that does not follow
-// its position (one before it was lost) is answered with a gap ack, and the
-// sender goes back to the acknowledged position; when acks stop coming for
-// ResendAfter (messages lost on a broken link), the sender does the same. A
-// restart of either side resumes from the position the peer reports in its
-// heartbeats (or the one persisted with oplog.SetPeerAck). In the steady
-// state nothing is sent twice; after a loss, what is sent again and was
-// already applied is skipped by position, and applying an op twice would
+// origin (replica.Replication.ApplyRemote: logged durably, then applied),
+// and answers with an ack carrying its applied position. A message that
+// does not follow its position (one before it was lost) is answered with a
+// gap ack, and the sender goes back to the acknowledged position; when
+// acks stop coming for ResendAfter (messages lost on a broken link), the
+// sender does the same. A restart of either side resumes from the position
+// the peer reports in its heartbeats (or the one persisted with
+// replica.Replication.SetPeerAck). In the steady state nothing is sent
+// twice; after a loss, what is sent again and was already applied is
+// skipped by position, and applying an op twice would
 // change nothing anyway (crdt.Apply is idempotent).
 //
 // Peers acknowledge what they applied (and so logged durably). The origin
@@ -57,11 +67,11 @@
 // metadata until a $set of the path dominates them; crdt.Meta.Compact folds
 // them into the value once they are causally stable: every op with a
 // timestamp at or below the frontier has been applied on this node. Without
-// it a hot counter's metadata grows with every increment (measured in part
-// 1: 40 s instead of 9 s for the same run).
+// it a hot counter's metadata grows with every increment (measured: 40 s
+// instead of 9 s for the same run).
 //
 // The frontier is computed here, per node, from heartbeats: a node
-// announces F (mongoproxy.Proxy.Frontier: a clock reading such that all its
+// announces F (replica.Replication.Frontier: a clock reading such that all its
 // ops at or below F are in its log; local writes in progress hold it back)
 // with L, its last seq read after F. Once this node has applied that
 // origin's ops up to L, every op of that origin at or below F is applied
@@ -92,7 +102,8 @@
 // drag every node's clock forward for good, since the op log persists the
 // clock (oplog.Fence, MaxTimestamp), and win every last-writer-wins
 // comparison for as long as its skew lasts. So a reading more than
-// mongo.max_clock_skew (mongoproxy.Options.MaxClockSkew) ahead of the
+// mongo.max_clock_skew (mongoproxy.Options.MaxClockSkew, the replica core's
+// bound) ahead of the
 // receiver's wall clock is refused, whatever carries it:
 //
 //   - ops: the receiver applies an origin's ops up to the first one beyond
@@ -176,7 +187,7 @@
 // (edgenode_mongo_repl_sync_refused_items_total, by peer) and logged once
 // per sync naming the peer and the namespaces. Streamed ops of such
 // namespaces are logged and marked applied but never written (package
-// mongoproxy counts them, edgenode_mongoproxy_apply_conflicts_total with
+// replica counts them, edgenode_mongoproxy_apply_conflicts_total with
 // reason not_replicated, and logs their origin and namespace).
 //
 // With no synced peer after BootstrapWait, and every alive peer heard and
@@ -230,6 +241,6 @@
 //   - Clocks must agree within StableMargin for the compaction frontier's
 //     guarantee, and within mongo.max_clock_skew for ops to flow at all
 //     (see above).
-//   - DDL replicates as ops too (mongoproxy, crdt.DDL); a collection drop
+//   - DDL replicates as ops too (replica, crdt.DDL); a collection drop
 //     deletes only what is older than it, everywhere.
 package repl

@@ -1,6 +1,7 @@
 package repl
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,7 +33,7 @@ type metrics struct {
 // below 100 ms, where the lag target lies.
 var DelayBuckets = []float64{.001, .002, .003, .005, .0075, .01, .015, .02, .03, .04, .05, .075, .1, .15, .2, .3, .5, .75, 1, 2, 5, 10, 30, 60, 300}
 
-func newMetrics(reg prometheus.Registerer, r *Replicator) *metrics {
+func newMetrics(reg prometheus.Registerer, r *Replicator) (*metrics, error) {
 	m := &metrics{
 		opsSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_ops_sent_total",
 			Help: "This node's ops sent to each peer (resends included)."}, []string{"peer"}),
@@ -74,12 +75,17 @@ func newMetrics(reg prometheus.Registerer, r *Replicator) *metrics {
 		syncRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_sync_refused_items_total",
 			Help: "Initial-sync snapshot items not stored, by source peer: their namespace is not replicated on this node (mongo.replicate, mongo.local_only, system databases), or their record does not match it."}, []string{"peer"}),
 	}
-	if reg != nil {
-		reg.MustRegister(m.opsSent, m.opsApplied, m.resends, m.delay, m.applySeconds, m.applyErrors, m.gaps, m.dropped,
-			m.badMessages, m.lateOps, m.tooLarge, m.trimmed, m.syncs, m.syncDocs, m.syncInProgress, m.syncDocsPerSecond,
-			m.cronLeaders, m.clockSkew, m.syncRefused, &lagCollector{r})
+	if reg == nil {
+		return m, nil
 	}
-	return m
+	for _, c := range []prometheus.Collector{m.opsSent, m.opsApplied, m.resends, m.delay, m.applySeconds, m.applyErrors, m.gaps, m.dropped,
+		m.badMessages, m.lateOps, m.tooLarge, m.trimmed, m.syncs, m.syncDocs, m.syncInProgress, m.syncDocsPerSecond,
+		m.cronLeaders, m.clockSkew, m.syncRefused, &lagCollector{r}} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("repl: register metrics: %w", err)
+		}
+	}
+	return m, nil
 }
 
 // lagCollector computes the lag gauges at scrape time from Status.

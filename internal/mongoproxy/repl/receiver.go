@@ -43,7 +43,7 @@ func (r *Replicator) onOps(from string, msg []byte) {
 		return
 	}
 	if !r.isSynced() {
-		r.sendAck(from, origin, r.olog.Applied(origin), ackNotReady)
+		r.sendAck(from, origin, r.core.Applied(origin), ackNotReady)
 		return
 	}
 	r.mu.Lock()
@@ -102,10 +102,10 @@ func (rc *receiver) apply(batch []inbound) {
 	from := batch[len(batch)-1].from
 	if !r.isSynced() {
 		r.applyGate.RUnlock()
-		r.sendAck(from, rc.origin, r.olog.Applied(rc.origin), ackNotReady)
+		r.sendAck(from, rc.origin, r.core.Applied(rc.origin), ackNotReady)
 		return
 	}
-	applied := r.olog.Applied(rc.origin)
+	applied := r.core.Applied(rc.origin)
 	expect := applied
 	var ops []*crdt.Op
 	gap := false
@@ -128,7 +128,7 @@ func (rc *receiver) apply(batch []inbound) {
 	var skewErr error
 	skewed := 0
 	for i, op := range ops {
-		if err := r.proxy.CheckClock(op.TS); err != nil {
+		if err := r.core.CheckClock(op.TS); err != nil {
 			skewErr, skewed = err, len(ops)-i
 			ops = ops[:i]
 			break
@@ -137,7 +137,7 @@ func (rc *receiver) apply(batch []inbound) {
 	if len(ops) > 0 {
 		rc.checkLate(ops)
 		start := time.Now()
-		err := r.proxy.ApplyRemote(r.ctx, ops)
+		err := r.core.ApplyRemote(r.ctx, ops)
 		if err != nil && r.ctx.Err() == nil {
 			if time.Since(rc.errLog) > 10*time.Second {
 				rc.errLog = time.Now()
@@ -154,7 +154,7 @@ func (rc *receiver) apply(batch []inbound) {
 		r.met.opsApplied.WithLabelValues(NodeOf(rc.origin)).Add(float64(len(ops)))
 	}
 	r.applyGate.RUnlock()
-	pos := r.olog.Applied(rc.origin)
+	pos := r.core.Applied(rc.origin)
 	r.noteApplied(NodeOf(rc.origin), rc.origin, pos)
 	var flags byte
 	if skewErr != nil {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -13,10 +12,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
-	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Topics on the mesh.
@@ -29,15 +27,30 @@ const (
 // cron_leader (the node adds it to its mesh tags).
 const CronLeaderTag = "cron-leader"
 
-// Transport is what replication needs from the mesh (*mesh.Mesh implements
-// it): at-most-once, per-pair ordered messages on named topics, and the node
-// map.
+// Transport is what replication needs from the mesh: at-most-once,
+// per-pair ordered messages on named topics, and the node map. The node
+// adapts *mesh.Mesh to it (mapping the mesh's errors to the ones below).
 type Transport interface {
+	// Send queues msg for node on topic. It does not wait for delivery:
+	// a message may still be lost (replication resends from positions).
+	// An error wrapping ErrQueueFull means the peer's queue is full right
+	// now (retry soon); one wrapping ErrTooLarge means msg can never be
+	// sent; any other, that the peer is not reachable now.
 	Send(node, topic string, msg []byte) error
+	// Broadcast sends msg to every peer, best effort.
 	Broadcast(topic string, msg []byte)
+	// Handle registers h for topic (nil: unregisters). h runs on the
+	// transport's goroutine for the sender: it must not block.
 	Handle(topic string, h func(from string, msg []byte))
+	// Current returns the node map and a channel closed when it changes.
 	Current() (*nodemap.Map, <-chan struct{})
 }
+
+// Errors a Transport's Send reports (wrapped or as is).
+var (
+	ErrQueueFull = errors.New("repl: the peer's queue is full")
+	ErrTooLarge  = errors.New("repl: message larger than the transport carries")
+)
 
 // Options configures a Replicator. Zero values take the defaults named.
 type Options struct {
@@ -131,8 +144,7 @@ var stateNames = []string{"checking", "waiting_for_source", "initial_sync", "syn
 type Replicator struct {
 	opts   Options
 	log    *slog.Logger
-	proxy  *mongoproxy.Proxy
-	olog   *oplog.Log
+	core   replica.Replication
 	origin string
 	met    *metrics
 
@@ -144,7 +156,7 @@ type Replicator struct {
 	badLogged atomic.Int64  // unix nanos of the last malformed-message log line
 	syncWake  chan struct{} // wakes the sync loop (resync needed, map changed)
 	resync    atomic.Pointer[string]
-	maxStable atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the proxy
+	maxStable atomic.Pointer[crdt.Timestamp] // the largest frontier handed to the core
 	stable    atomic.Pointer[crdt.Timestamp]
 	started   time.Time
 	// applyGate: receivers hold it shared while applying; a sync takes it
@@ -162,7 +174,6 @@ type Replicator struct {
 	client    *syncClient            // the sync this node runs, if any
 	samples   []seqSample            // own last seq over time, for LogRetention
 	skewLog   map[string]time.Time   // by peer: when a refused clock reading was last logged
-	sendersP  atomic.Pointer[[]*sender]
 }
 
 // nodeState is what this node knows of a peer.
@@ -183,66 +194,24 @@ type nodeState struct {
 	frozen    crdt.Timestamp
 }
 
-// hbQueue keeps recent (frontier, last) announcements of one origin and the
-// newest frontier whose ops this node has all applied.
-type hbQueue struct {
-	pending []hbEntry
-	safe    crdt.Timestamp
-}
-
-type hbEntry struct {
-	frontier crdt.Timestamp
-	last     uint64
-}
-
-const hbQueueMax = 128
-
-func (q *hbQueue) push(f crdt.Timestamp, last uint64) {
-	if n := len(q.pending); n > 0 && q.pending[n-1].last == last && q.pending[n-1].frontier.Compare(f) >= 0 {
-		return
-	}
-	if len(q.pending) >= hbQueueMax {
-		// Keep the newest: the old ones would only give an older frontier.
-		q.pending = slices.Delete(q.pending, 0, len(q.pending)-hbQueueMax/2)
-	}
-	q.pending = append(q.pending, hbEntry{f, last})
-}
-
-// advance moves safe to the newest announced frontier whose ops are all
-// applied (applied >= its last).
-func (q *hbQueue) advance(applied uint64) {
-	i := 0
-	for i < len(q.pending) && q.pending[i].last <= applied {
-		if q.pending[i].frontier.Compare(q.safe) > 0 {
-			q.safe = q.pending[i].frontier
-		}
-		i++
-	}
-	q.pending = q.pending[i:]
-}
-
-type seqSample struct {
-	at  time.Time
-	seq uint64
-}
-
-// New builds a Replicator for a started proxy. Nothing runs until Start.
-func New(opts Options, proxy *mongoproxy.Proxy, log *slog.Logger, reg prometheus.Registerer) (*Replicator, error) {
+// New builds a Replicator for an open replica core (the proxy's, once
+// started). Nothing runs until Start.
+func New(opts Options, core replica.Replication, log *slog.Logger, reg prometheus.Registerer) (*Replicator, error) {
 	opts.defaults()
 	if log == nil {
 		log = slog.Default()
 	}
-	if proxy == nil || proxy.OpLog() == nil {
-		return nil, errors.New("repl: the proxy must be started first")
+	if core == nil {
+		return nil, errors.New("repl: no replica core (start the proxy first)")
 	}
 	if opts.Transport != nil && opts.NodeID == "" {
 		return nil, errors.New("repl: NodeID is required with a Transport")
 	}
-	if opts.Transport != nil && NodeOf(proxy.Origin()) != opts.NodeID {
-		return nil, fmt.Errorf("repl: the proxy's origin %q is not an incarnation of node %q", proxy.Origin(), opts.NodeID)
+	if opts.Transport != nil && NodeOf(core.Origin()) != opts.NodeID {
+		return nil, fmt.Errorf("repl: the replica's origin %q is not an incarnation of node %q", core.Origin(), opts.NodeID)
 	}
 	r := &Replicator{
-		opts: opts, log: log.With("component", "repl"), proxy: proxy, olog: proxy.OpLog(), origin: proxy.Origin(),
+		opts: opts, log: log.With("component", "repl"), core: core, origin: core.Origin(),
 		syncWake: make(chan struct{}, 1), nodes: map[string]*nodeState{}, self: &hbQueue{},
 		senders: map[string]*sender{}, receivers: map[string]*receiver{}, sessions: map[uint64]*syncServer{},
 		skewLog: map[string]time.Time{},
@@ -250,8 +219,11 @@ func New(opts Options, proxy *mongoproxy.Proxy, log *slog.Logger, reg prometheus
 	zero := crdt.Timestamp{}
 	r.stable.Store(&zero)
 	r.maxStable.Store(&zero)
-	r.sendersP.Store(&[]*sender{})
-	r.met = newMetrics(reg, r)
+	met, err := newMetrics(reg, r)
+	if err != nil {
+		return nil, err
+	}
+	r.met = met
 	return r, nil
 }
 
@@ -261,47 +233,37 @@ func NodeOf(origin string) string {
 	return n
 }
 
-// Start begins replication: it registers the mesh handlers, wires the
-// compaction frontier and local-op notifications into the proxy, and starts
-// the heartbeat, membership and sync loops. It returns at once; the
-// initial sync, if one is needed, runs in the background with the proxy's
-// writes blocked (Status and Ready show it).
+// Start begins replication: it registers the mesh handlers and starts the
+// heartbeat (which gives the core its compaction frontier), membership and
+// sync loops; senders follow the core's local ops by subscription. It
+// returns at once; the initial sync, if one is needed, runs in the
+// background with the core's writes blocked (Status and Ready show it).
 func (r *Replicator) Start(ctx context.Context) error {
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.started = time.Now()
-	origin, err := r.proxy.SyncedOrigin(ctx)
+	origin, err := r.core.SyncedOrigin(ctx)
 	if err != nil {
 		return fmt.Errorf("repl: %w", err)
 	}
-	r.proxy.SetStable(r.stableNow)
-	poke := func() {
-		for _, s := range *r.sendersP.Load() {
-			s.poke()
-		}
-	}
-	r.proxy.OnLocalAppend(poke)
-	// DDL ops are logged outside the write path: their notification comes
-	// with OnLocalOps.
-	r.proxy.OnLocalOps(func([]*crdt.Op) { poke() })
 	switch {
 	case origin == r.origin:
 		r.state.Store(stateSynced)
-		r.proxy.AllowWrites()
+		r.core.AllowWrites()
 	case r.opts.Transport == nil:
 		// Standalone: whatever the database holds is the data; the op log
 		// starts over with it.
-		if err := r.proxy.FinishSync(ctx, nil); err != nil {
+		if err := r.core.FinishSync(ctx, nil); err != nil {
 			return fmt.Errorf("repl: %w", err)
 		}
 		r.state.Store(stateSynced)
-		r.proxy.AllowWrites()
+		r.core.AllowWrites()
 	default:
 		r.state.Store(stateWaiting)
 		reason := "waiting for an initial sync from a peer"
 		if origin != "" {
 			reason = "the op log does not belong to this database (wiped?): waiting for an initial sync"
 		}
-		r.proxy.BlockWrites(reason)
+		r.core.BlockWrites(reason)
 		r.log.Info("this database is not a synced replica; an initial sync will run", "origin", r.origin, "database_origin", origin)
 	}
 	if t := r.opts.Transport; t != nil {
@@ -318,8 +280,8 @@ func (r *Replicator) Start(ctx context.Context) error {
 }
 
 // Stop stops every goroutine, unregisters the handlers and persists the
-// peers' acknowledged positions. Call it before the proxy shuts down (the
-// proxy closes the op log).
+// peers' acknowledged positions. Call it before the core closes (the proxy
+// closes it at Shutdown).
 func (r *Replicator) Stop(ctx context.Context) error {
 	if r.cancel == nil {
 		return nil
@@ -352,11 +314,6 @@ func (r *Replicator) Stop(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// stableNow is the compaction frontier handed to the proxy.
-func (r *Replicator) stableNow() crdt.Timestamp {
-	return *r.stable.Load()
 }
 
 func (r *Replicator) isSynced() bool { return r.state.Load() == stateSynced }
@@ -419,8 +376,8 @@ func (r *Replicator) bad(from, what string, err error) {
 const skewLogEvery = time.Minute
 
 // clockRefused counts n of peer's readings (carried by what: ops,
-// heartbeat, sync) refused by the proxy for running ahead (err, a
-// *mongoproxy.ClockSkewError), and logs it at most once per skewLogEvery
+// heartbeat, sync) refused by the core for running ahead (err, a
+// *replica.ClockSkewError), and logs it at most once per skewLogEvery
 // per peer.
 func (r *Replicator) clockRefused(peer, what string, n int, err error) {
 	r.met.clockSkew.WithLabelValues(peer, what).Add(float64(n))
@@ -435,7 +392,7 @@ func (r *Replicator) clockRefused(peer, what string, n int, err error) {
 		return
 	}
 	attrs := []any{"peer", peer, "what", what}
-	var ce *mongoproxy.ClockSkewError
+	var ce *replica.ClockSkewError
 	if errors.As(err, &ce) {
 		attrs = append(attrs, "ahead", ce.Ahead.Round(time.Second), "max_clock_skew", ce.Max, "reading", ce.TS.String())
 	} else {
@@ -444,72 +401,6 @@ func (r *Replicator) clockRefused(peer, what string, n int, err error) {
 	r.log.Error("refusing a peer's clock reading: it is ahead of this node's wall clock by more than mongo.max_clock_skew. "+
 		"Until the clocks agree its ops wait in its log and it is not used as a sync source (check NTP on both nodes; "+
 		"further refusals of this peer are only counted for 1m)", attrs...)
-}
-
-// onHeartbeat records a peer's announcement.
-func (r *Replicator) onHeartbeat(from string, m heartbeat) {
-	if NodeOf(m.origin) != from {
-		r.bad(from, "heartbeat", fmt.Errorf("origin %q is not an incarnation of %q", m.origin, from))
-		return
-	}
-	if err := r.proxy.ObserveClock(m.frontier); err != nil {
-		// Not heard: a peer whose clock runs ahead is not a sync source,
-		// does not move its frontier here, and is counted as unheard
-		// wherever that matters, until its clock is right.
-		r.clockRefused(from, "heartbeat", 1, err)
-		return
-	}
-	r.mu.Lock()
-	// Read under r.mu: a sync resets both the applied positions and the
-	// queues (resetFrontiers), and a heartbeat must not mix the two.
-	applied := r.olog.Applied(m.origin)
-	n := r.node(from)
-	if n.origin != m.origin {
-		if n.origin != "" {
-			r.log.Info("peer has a new incarnation (its op log was wiped)", "peer", from, "old", n.origin, "new", m.origin)
-		}
-		n.origin = m.origin
-		n.hbs = hbQueue{}
-		n.behind = time.Time{}
-	}
-	n.heard = time.Now()
-	n.last, n.first, n.flags, n.applied = m.last, m.first, m.flags, m.applied
-	n.hbs.push(m.frontier, m.last)
-	n.hbs.advance(applied)
-	if applied < m.last {
-		if n.behind.IsZero() {
-			n.behind = time.Now()
-		}
-	} else {
-		n.behind = time.Time{}
-	}
-	s := r.senders[from]
-	r.mu.Unlock()
-	if s != nil {
-		s.onHeartbeat(m.applied[r.origin], m.flags)
-	}
-	// A position below what the origin still has in its log can never be
-	// streamed again: resync.
-	if r.isSynced() && ((m.first == 0 && m.last > applied) || (m.first > 0 && applied+1 < m.first)) {
-		reason := fmt.Sprintf("behind %s's trimmed op log (at %d, its log starts at %d)", m.origin, applied, m.first)
-		if r.resync.CompareAndSwap(nil, &reason) {
-			r.log.Warn("resync needed", "reason", reason)
-			r.wakeSync()
-		}
-	}
-}
-
-// resetFrontiers forgets every announced frontier: after a sync the
-// applied positions were replaced, and a frontier satisfied under the old
-// ones says nothing about the new data.
-func (r *Replicator) resetFrontiers() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.self = &hbQueue{}
-	for _, n := range r.nodes {
-		n.hbs = hbQueue{}
-		n.behind = time.Time{}
-	}
 }
 
 // node returns (creating) the state of peer id; r.mu held.
@@ -521,255 +412,3 @@ func (r *Replicator) node(id string) *nodeState {
 	}
 	return n
 }
-
-// heartbeatLoop announces this node's clock and positions, fences the
-// clock in the op log, and recomputes the compaction frontier.
-func (r *Replicator) heartbeatLoop() {
-	defer r.wg.Done()
-	t := time.NewTicker(r.opts.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		r.beat()
-		select {
-		case <-r.ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-func (r *Replicator) beat() {
-	f := r.proxy.Frontier()
-	if f.IsZero() {
-		return
-	}
-	// Announce only what is fenced: after a crash the clock resumes above
-	// the log's max timestamp, so a fenced frontier stays true forever.
-	// The fence runs a second ahead so that an idle node commits about once
-	// a second, not once per heartbeat.
-	if mt := r.olog.MaxTimestamp(); mt.Compare(f) < 0 {
-		fence := crdt.Timestamp{Wall: f.Wall + 1000, Node: r.origin}
-		if err := r.olog.Fence(r.ctx, fence); err != nil {
-			if r.ctx.Err() == nil {
-				r.log.Warn("fencing the clock in the op log", "err", err)
-			}
-			return
-		}
-	}
-	if mt := r.olog.MaxTimestamp(); mt.Compare(f) < 0 {
-		f = mt
-	}
-	last := r.olog.LastSeq(r.origin) // read after the frontier: see Proxy.Frontier
-	r.mu.Lock()
-	applied := r.olog.AppliedAll()
-	r.self.push(f, last)
-	r.self.advance(applied[r.origin])
-	r.mu.Unlock()
-	r.updateStable()
-	if t := r.opts.Transport; t != nil {
-		var flags byte
-		switch r.state.Load() {
-		case stateSynced:
-			flags |= hbSynced
-		case stateSyncing:
-			flags |= hbSyncing
-		}
-		hb := heartbeat{origin: r.origin, frontier: f, last: last, first: r.olog.FirstSeq(r.origin), flags: flags, applied: applied}
-		t.Broadcast(Topic, hb.encode())
-	}
-}
-
-// updateStable recomputes the compaction frontier: the minimum, over this
-// node and every peer it knows (present or absent from the node map, until
-// forgotten), of the newest frontier of theirs whose ops are all applied
-// here, and never later than the wall clock minus StableMargin. A peer seen
-// in the map but not heard yet freezes it where it was.
-func (r *Replicator) updateStable() {
-	stable := crdt.Timestamp{Wall: time.Now().Add(-r.opts.StableMargin).UnixMilli()}
-	if !r.isSynced() {
-		stable = crdt.Timestamp{}
-	}
-	r.mu.Lock()
-	if r.self.safe.Compare(stable) < 0 {
-		stable = r.self.safe
-	}
-	for _, n := range r.nodes {
-		if n.forgotten(r.opts.ForgetPeerAfter) {
-			continue
-		}
-		var s crdt.Timestamp
-		if n.origin == "" {
-			s = n.frozen
-		} else {
-			s = n.hbs.safe
-		}
-		if s.Compare(stable) < 0 {
-			stable = s
-		}
-	}
-	r.mu.Unlock()
-	r.stable.Store(&stable)
-	if stable.Compare(*r.maxStable.Load()) > 0 {
-		r.maxStable.Store(&stable)
-	}
-}
-
-func (n *nodeState) forgotten(after time.Duration) bool {
-	return !n.inMap && !n.goneSince.IsZero() && time.Since(n.goneSince) > after
-}
-
-// membershipLoop follows the node map: senders for present peers, absence
-// times, the cron leader check.
-func (r *Replicator) membershipLoop() {
-	defer r.wg.Done()
-	t := r.opts.Transport
-	var warned string
-	// The map is also looked at periodically: absences age into
-	// forgetting, and the cron leader is judged once membership settled.
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	for {
-		m, changed := t.Current()
-		r.applyMap(m)
-		if !time.Now().Before(r.started.Add(10 * time.Second)) {
-			warned = r.checkCronLeader(m, warned)
-		}
-		r.wakeSync()
-		select {
-		case <-r.ctx.Done():
-			r.stopSenders()
-			return
-		case <-changed:
-		case <-tick.C:
-		}
-	}
-}
-
-func (r *Replicator) applyMap(m *nodemap.Map) {
-	now := time.Now()
-	present := map[string]nodemap.Node{}
-	for _, n := range m.Nodes {
-		if n.ID != r.opts.NodeID && !n.Self {
-			present[n.ID] = n
-		}
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for id, mn := range present {
-		n := r.node(id)
-		n.inMap, n.mapState, n.goneSince = true, mn.State, time.Time{}
-		if r.senders[id] == nil && !r.stopping {
-			s := newSender(r, id)
-			r.senders[id] = s
-			r.wg.Add(1)
-			go s.run()
-		}
-	}
-	for id, n := range r.nodes {
-		if _, ok := present[id]; ok {
-			continue
-		}
-		if n.inMap || n.goneSince.IsZero() {
-			n.inMap, n.goneSince = false, now
-		}
-		if s := r.senders[id]; s != nil {
-			s.stop()
-			delete(r.senders, id)
-		}
-		if n.forgotten(r.opts.ForgetPeerAfter) {
-			r.log.Warn("forgetting a node absent from the cluster", "node", id, "absent_for", now.Sub(n.goneSince).Round(time.Second))
-			if err := r.olog.RemovePeer(id); err != nil {
-				r.log.Warn("forgetting peer", "node", id, "err", err)
-			}
-			delete(r.nodes, id)
-		}
-	}
-	list := make([]*sender, 0, len(r.senders))
-	for _, s := range r.senders {
-		list = append(list, s)
-	}
-	r.sendersP.Store(&list)
-}
-
-func (r *Replicator) stopSenders() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, s := range r.senders {
-		s.stop()
-	}
-}
-
-// checkCronLeader warns (log and metric) when the live cluster has no node,
-// or more than one, claiming cron_leader. It returns what it last warned.
-func (r *Replicator) checkCronLeader(m *nodemap.Map, warned string) string {
-	var leaders []string
-	for _, n := range m.Nodes {
-		if n.State != nodemap.Dead && n.HasTag(r.opts.CronLeaderTag) {
-			leaders = append(leaders, n.ID)
-		}
-	}
-	r.mu.Lock()
-	r.leaders = leaders
-	r.mu.Unlock()
-	r.met.cronLeaders.Set(float64(len(leaders)))
-	msg := ""
-	switch len(leaders) {
-	case 1:
-		if warned != "" {
-			r.log.Info("exactly one node claims cron_leader again", "node", leaders[0])
-		}
-		return ""
-	case 0:
-		msg = "no live node claims cron_leader: jobs that must run once run nowhere"
-	default:
-		msg = "several live nodes claim cron_leader: jobs that must run once run on each of them"
-	}
-	key := msg + strings.Join(leaders, ",")
-	if key != warned {
-		r.log.Warn(msg+" (set node.cron_leader: true on exactly one node)", "claiming", leaders)
-	}
-	return key
-}
-
-// trimLoop trims the op log below what every peer has applied (and outside
-// LogRetention) and forgets long-gone peers.
-func (r *Replicator) trimLoop() {
-	defer r.wg.Done()
-	t := time.NewTicker(r.opts.TrimInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-r.ctx.Done():
-			return
-		case <-t.C:
-		}
-		now := time.Now()
-		last := r.olog.LastSeq(r.origin)
-		r.mu.Lock()
-		r.samples = append(r.samples, seqSample{now, last})
-		var limit uint64
-		cut := 0
-		for i, s := range r.samples {
-			if now.Sub(s.at) < r.opts.LogRetention {
-				break
-			}
-			limit, cut = s.seq, i
-		}
-		r.samples = r.samples[cut:]
-		r.mu.Unlock()
-		for _, s := range r.sendersSnapshot() {
-			if err := s.persistAck(); err != nil && r.ctx.Err() == nil {
-				r.log.Warn("persisting a peer's position", "peer", s.peer, "err", err)
-			}
-		}
-		if n, err := r.olog.TrimBelow(limit); err != nil {
-			if r.ctx.Err() == nil {
-				r.log.Warn("trimming the op log", "err", err)
-			}
-		} else if n > 0 {
-			r.met.trimmed.Add(float64(n))
-		}
-	}
-}
-
-func (r *Replicator) sendersSnapshot() []*sender { return *r.sendersP.Load() }

@@ -4,12 +4,11 @@ import (
 	"errors"
 	"sync"
 	"time"
-
-	"github.com/edgenode/edgenode/internal/mesh"
 )
 
 // sender streams this node's ops to one peer. It is a small state machine
-// run by its own goroutine (run) and fed by the peer's acks and heartbeats
+// run by its own goroutine (run), woken by the core when local ops are
+// logged (its subscription) and fed by the peer's acks and heartbeats
 // (onAck, onHeartbeat, from the mesh handler):
 //
 //	unknown  the peer's position is not known yet (no ack, heartbeat or
@@ -54,7 +53,7 @@ const clockAheadRetry = 5
 
 func newSender(r *Replicator, peer string) *sender {
 	s := &sender{r: r, peer: peer, wake: make(chan struct{}, 1), done: make(chan struct{})}
-	if a, ok := r.olog.PeerAcks()[peer]; ok {
+	if a, ok := r.core.PeerAcks()[peer]; ok {
 		s.known, s.acked, s.persisted, s.hbPos = true, a, a, a
 	}
 	s.next = s.acked + 1
@@ -138,6 +137,8 @@ func (s *sender) onHeartbeat(pos uint64, flags byte) {
 
 func (s *sender) run() {
 	defer s.r.wg.Done()
+	local, unsubscribe := s.r.core.Subscribe()
+	defer unsubscribe()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -149,6 +150,10 @@ func (s *sender) run() {
 		case <-s.r.ctx.Done():
 			return
 		case <-s.wake:
+			if !timer.Stop() {
+				<-timer.C
+			}
+		case <-local:
 			if !timer.Stop() {
 				<-timer.C
 			}
@@ -191,12 +196,30 @@ func (s *sender) step() time.Duration {
 	}
 	s.mu.Unlock()
 
-	last := r.olog.LastSeq(r.origin)
-	next := start
-	wait := 5 * time.Second
+	next, wait := s.send(start, acked, window)
+	s.mu.Lock()
+	if s.next == start { // no rewind meanwhile
+		s.next = next
+	}
+	if s.next > s.acked+1 && wait > o.ResendAfter {
+		wait = o.ResendAfter
+	}
+	s.mu.Unlock()
+	return wait
+}
+
+// send sends this node's ops from start, as far as the window beyond
+// acked allows, in batches. It returns the next seq to send and when to
+// look again.
+func (s *sender) send(start, acked uint64, window int) (next uint64, wait time.Duration) {
+	r := s.r
+	o := &r.opts
+	last := r.core.LastSeq()
+	next = start
+	wait = 5 * time.Second
 	for next <= last && next-1-acked < uint64(window) {
 		room := window - int(next-1-acked)
-		raws, err := r.olog.ReadRaw(r.origin, next-1, min(o.BatchOps, room), o.BatchBytes)
+		raws, err := r.core.ReadLocal(next-1, min(o.BatchOps, room), o.BatchBytes)
 		if err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Warn("reading the op log to send", "peer", s.peer, "err", err)
@@ -213,9 +236,9 @@ func (s *sender) step() time.Duration {
 		msg := (&opsMsg{origin: r.origin, prev: next - 1, ops: raws}).encode()
 		if err := o.Transport.Send(s.peer, Topic, msg); err != nil {
 			switch {
-			case errors.Is(err, mesh.ErrQueueFull):
+			case errors.Is(err, ErrQueueFull):
 				wait = 50 * time.Millisecond
-			case errors.Is(err, mesh.ErrTooLarge):
+			case errors.Is(err, ErrTooLarge):
 				if time.Since(s.tooLargeLog) > time.Minute {
 					s.tooLargeLog = time.Now()
 					r.log.Error("an op is larger than the mesh's maximum message size and cannot be replicated; raise it or keep documents smaller", "peer", s.peer, "seq", next, "bytes", len(msg))
@@ -231,15 +254,7 @@ func (s *sender) step() time.Duration {
 		r.met.opsSent.WithLabelValues(s.peer).Add(float64(len(raws)))
 		wait = o.ResendAfter
 	}
-	s.mu.Lock()
-	if s.next == start { // no rewind meanwhile
-		s.next = next
-	}
-	if s.next > s.acked+1 && wait > o.ResendAfter {
-		wait = o.ResendAfter
-	}
-	s.mu.Unlock()
-	return wait
+	return next, wait
 }
 
 // persistAck durably records the peer's position (op log trimming and
@@ -251,7 +266,7 @@ func (s *sender) persistAck() error {
 	if acked <= persisted {
 		return nil
 	}
-	if err := s.r.olog.SetPeerAck(s.peer, acked); err != nil {
+	if err := s.r.core.SetPeerAck(s.peer, acked); err != nil {
 		return err
 	}
 	s.mu.Lock()

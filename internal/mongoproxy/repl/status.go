@@ -51,7 +51,7 @@ type PeerStatus struct {
 // Status returns the current replication state.
 func (r *Replicator) Status() Status {
 	st := Status{Origin: r.origin, State: stateNames[r.state.Load()], Writes: "accepted", Stable: r.stableNow().String()}
-	if w := r.proxy.WritesBlocked(); w != "" {
+	if w := r.core.WritesBlocked(); w != "" {
 		st.Writes = w
 	}
 	now := time.Now()
@@ -60,7 +60,7 @@ func (r *Replicator) Status() Status {
 		if n.origin == "" || !n.inMap {
 			continue
 		}
-		applied := r.olog.Applied(n.origin)
+		applied := r.core.Applied(n.origin)
 		o := OriginStatus{Node: n.id, Origin: n.origin, State: n.mapState.String(), Last: n.last, Applied: applied}
 		if n.last > applied {
 			o.LagOps = n.last - applied
@@ -89,13 +89,13 @@ func (r *Replicator) Status() Status {
 		peers = append(peers, p)
 	}
 	r.mu.Unlock()
-	last := r.olog.LastSeq(r.origin)
+	last := r.core.LastSeq()
 	for i := range peers {
 		acked, _ := senders[peers[i].Node].position()
 		peers[i].Acked = acked
 		if last > acked {
 			peers[i].LagOps = last - acked
-			if op, err := r.olog.Get(r.origin, acked+1); err == nil && op != nil {
+			if op, err := r.core.LocalOp(acked + 1); err == nil && op != nil {
 				peers[i].LagSeconds = max(0, now.Sub(op.TS.Time()).Seconds())
 			}
 		}
@@ -133,4 +133,16 @@ func (r *Replicator) ready(st Status) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// senderPosition returns the position of peer's sender and whether it is
+// known (tests).
+func (r *Replicator) senderPosition(peer string) (uint64, bool) {
+	r.mu.Lock()
+	s := r.senders[peer]
+	r.mu.Unlock()
+	if s == nil {
+		return 0, false
+	}
+	return s.position()
 }

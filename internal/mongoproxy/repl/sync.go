@@ -1,19 +1,16 @@
 package repl
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
-	"github.com/edgenode/edgenode/internal/mesh"
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Initial sync. The node that needs one (new, wiped, or behind a peer's
@@ -43,19 +40,10 @@ const (
 
 // syncClient is this node's sync in progress.
 type syncClient struct {
+	r       *Replicator
 	session uint64
 	src     string
 	ch      chan syncMsg
-}
-
-// syncServer is a sync this node serves to a peer.
-type syncServer struct {
-	session uint64
-	peer    string
-	cancel  context.CancelFunc
-	mu      sync.Mutex
-	acked   uint64
-	moved   chan struct{}
 }
 
 func newSession() uint64 {
@@ -64,80 +52,33 @@ func newSession() uint64 {
 	return binary.LittleEndian.Uint64(b[:]) | 1
 }
 
+// syncLoopState is what syncLoop remembers between its steps.
+type syncLoopState struct {
+	backoff      time.Duration // before the next attempt after a failed one
+	waitingSince time.Time
+	failed       string    // the source of the last failed attempt
+	syncedAt     time.Time // writes are allowed once every alive peer was heard since
+	allowed      bool      // writes are allowed
+}
+
 func (r *Replicator) syncLoop() {
 	defer r.wg.Done()
-	backoff := time.Second
-	waitingSince := time.Now()
-	var failed string
-	var syncedAt time.Time
-	allowed := r.isSynced()
+	st := &syncLoopState{backoff: time.Second, waitingSince: time.Now(), allowed: r.isSynced()}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for {
+		again, stop := false, false
 		switch r.state.Load() {
 		case stateSynced:
-			if reason := r.resync.Load(); reason != nil {
-				r.proxy.BlockWrites("resync: " + *reason)
-				r.state.Store(stateWaiting)
-				waitingSince, allowed = time.Now(), false
-				continue
-			}
-			if !allowed && r.peersHeardSince(syncedAt) {
-				r.proxy.AllowWrites()
-				allowed = true
-				r.log.Info("writes accepted", "origin", r.origin)
-			}
+			again = r.syncedStep(st)
 		case stateWaiting:
-			src, bootstrap := r.pickSource(failed, time.Since(waitingSince) > r.opts.BootstrapWait)
-			switch {
-			case src != "":
-				r.state.Store(stateSyncing)
-				start := time.Now()
-				docs, err := r.runSync(src)
-				if err != nil {
-					r.met.syncs.WithLabelValues("failed").Inc()
-					if r.ctx.Err() != nil {
-						return
-					}
-					r.log.Warn("initial sync failed; trying again", "source", src, "err", err, "retry_in", backoff)
-					r.state.Store(stateWaiting)
-					failed = src
-					select {
-					case <-r.ctx.Done():
-						return
-					case <-time.After(backoff):
-					}
-					backoff = min(2*backoff, 30*time.Second)
-					continue
-				}
-				r.met.syncs.WithLabelValues("done").Inc()
-				took := time.Since(start)
-				r.met.syncDocsPerSecond.Set(float64(docs) / took.Seconds())
-				r.log.Info("initial sync done", "source", src, "documents", docs, "took", took.Round(time.Millisecond))
-				r.resync.Store(nil)
-				// The documents now carry the source's compaction floors and the
-				// log the source's positions: what this node knew of frontiers
-				// before says nothing about them.
-				zero := crdt.Timestamp{}
-				r.maxStable.Store(&zero)
-				r.resetFrontiers()
-				r.state.Store(stateSynced)
-				backoff, failed, syncedAt = time.Second, "", time.Now()
-				continue
-			case bootstrap:
-				if err := r.proxy.FinishSync(r.ctx, nil); err != nil {
-					if r.ctx.Err() != nil {
-						return
-					}
-					r.log.Warn("marking the database synced", "err", err)
-					break
-				}
-				r.log.Info("no synced peer: this node starts the cluster's data as it is", "origin", r.origin)
-				r.resetFrontiers()
-				r.state.Store(stateSynced)
-				syncedAt = time.Now()
-				continue
-			}
+			again, stop = r.waitingStep(st)
+		}
+		if stop {
+			return
+		}
+		if again {
+			continue
 		}
 		select {
 		case <-r.ctx.Done():
@@ -146,6 +87,84 @@ func (r *Replicator) syncLoop() {
 		case <-tick.C:
 		}
 	}
+}
+
+// syncedStep allows writes once peers were heard, or goes back to waiting
+// when a resync is needed (again: look at the new state at once).
+func (r *Replicator) syncedStep(st *syncLoopState) (again bool) {
+	if reason := r.resync.Load(); reason != nil {
+		r.core.BlockWrites("resync: " + *reason)
+		r.state.Store(stateWaiting)
+		st.waitingSince, st.allowed = time.Now(), false
+		return true
+	}
+	if !st.allowed && r.peersHeardSince(st.syncedAt) {
+		r.core.AllowWrites()
+		st.allowed = true
+		r.log.Info("writes accepted", "origin", r.origin)
+	}
+	return false
+}
+
+// waitingStep syncs from a source if there is one, or bootstraps when it
+// may.
+func (r *Replicator) waitingStep(st *syncLoopState) (again, stop bool) {
+	src, bootstrap := r.pickSource(st.failed, time.Since(st.waitingSince) > r.opts.BootstrapWait)
+	switch {
+	case src != "":
+		return r.syncFrom(st, src)
+	case bootstrap:
+		if err := r.core.FinishSync(r.ctx, nil); err != nil {
+			if r.ctx.Err() != nil {
+				return false, true
+			}
+			r.log.Warn("marking the database synced", "err", err)
+			return false, false
+		}
+		r.log.Info("no synced peer: this node starts the cluster's data as it is", "origin", r.origin)
+		r.resetFrontiers()
+		r.state.Store(stateSynced)
+		st.syncedAt = time.Now()
+		return true, false
+	}
+	return false, false
+}
+
+// syncFrom runs one initial sync from src.
+func (r *Replicator) syncFrom(st *syncLoopState, src string) (again, stop bool) {
+	r.state.Store(stateSyncing)
+	start := time.Now()
+	docs, err := r.runSync(src)
+	if err != nil {
+		r.met.syncs.WithLabelValues("failed").Inc()
+		if r.ctx.Err() != nil {
+			return false, true
+		}
+		r.log.Warn("initial sync failed; trying again", "source", src, "err", err, "retry_in", st.backoff)
+		r.state.Store(stateWaiting)
+		st.failed = src
+		select {
+		case <-r.ctx.Done():
+			return false, true
+		case <-time.After(st.backoff):
+		}
+		st.backoff = min(2*st.backoff, 30*time.Second)
+		return true, false
+	}
+	r.met.syncs.WithLabelValues("done").Inc()
+	took := time.Since(start)
+	r.met.syncDocsPerSecond.Set(float64(docs) / took.Seconds())
+	r.log.Info("initial sync done", "source", src, "documents", docs, "took", took.Round(time.Millisecond))
+	r.resync.Store(nil)
+	// The documents now carry the source's compaction floors and the log
+	// the source's positions: what this node knew of frontiers before
+	// says nothing about them.
+	zero := crdt.Timestamp{}
+	r.maxStable.Store(&zero)
+	r.resetFrontiers()
+	r.state.Store(stateSynced)
+	st.backoff, st.failed, st.syncedAt = time.Second, "", time.Now()
+	return true, false
 }
 
 // peersHeardSince reports whether every alive peer has sent a heartbeat
@@ -202,7 +221,7 @@ func (r *Replicator) pickSource(failed string, mayBoot bool) (src string, bootst
 
 // runSync copies src's snapshot. It returns the number of documents.
 func (r *Replicator) runSync(src string) (int, error) {
-	sc := &syncClient{session: newSession(), src: src, ch: make(chan syncMsg, 2*syncWindow+4)}
+	sc := &syncClient{r: r, session: newSession(), src: src, ch: make(chan syncMsg, 2*syncWindow+4)}
 	r.mu.Lock()
 	r.client = sc
 	r.mu.Unlock()
@@ -220,83 +239,89 @@ func (r *Replicator) runSync(src string) (int, error) {
 	if err := r.sendSync(src, &syncMsg{typ: msgSyncReq, session: sc.session}); err != nil {
 		return 0, err
 	}
-	cancel := func() { _ = r.sendSync(src, &syncMsg{typ: msgSyncCancel, session: sc.session}) }
-	next := func() (syncMsg, error) {
-		select {
-		case <-r.ctx.Done():
-			return syncMsg{}, r.ctx.Err()
-		case m := <-sc.ch:
-			return m, nil
-		case <-time.After(r.opts.SyncTimeout):
-			cancel()
-			return syncMsg{}, fmt.Errorf("no progress from %s for %v", src, r.opts.SyncTimeout)
-		}
-	}
-	m, err := next()
+	vector, err := sc.begin()
 	if err != nil {
-		return 0, err
-	}
-	switch m.typ {
-	case msgSyncBegin:
-	case msgSyncEnd:
-		return 0, fmt.Errorf("%s refused: %s", src, m.errText)
-	default:
-		cancel()
-		return 0, fmt.Errorf("unexpected message %d from %s", m.typ, src)
-	}
-	vector := m.vector
-	// The source's clock comes before anything is emptied: a source whose
-	// clock runs ahead is refused (the next attempt prefers another).
-	if err := r.proxy.ObserveClock(m.clock); err != nil {
-		r.clockRefused(src, "sync", 1, err)
-		cancel()
-		return 0, fmt.Errorf("refusing %s as a sync source: %w", src, err)
-	}
-	ctx := r.ctx
-	if err := r.proxy.BeginSync(ctx); err != nil {
-		cancel()
 		return 0, err
 	}
 	r.met.syncInProgress.Set(1)
 	defer r.met.syncInProgress.Set(0)
+	return sc.load(vector)
+}
+
+// cancel tells the source this attempt is over.
+func (sc *syncClient) cancel() {
+	_ = sc.r.sendSync(sc.src, &syncMsg{typ: msgSyncCancel, session: sc.session})
+}
+
+// next waits for the source's next message (at most SyncTimeout).
+func (sc *syncClient) next() (syncMsg, error) {
+	r := sc.r
+	select {
+	case <-r.ctx.Done():
+		return syncMsg{}, r.ctx.Err()
+	case m := <-sc.ch:
+		return m, nil
+	case <-time.After(r.opts.SyncTimeout):
+		sc.cancel()
+		return syncMsg{}, fmt.Errorf("no progress from %s for %v", sc.src, r.opts.SyncTimeout)
+	}
+}
+
+// begin waits for the source's syncBegin, checks its clock and empties
+// this node's replicated data. It returns the source's applied vector.
+func (sc *syncClient) begin() (map[string]uint64, error) {
+	r, src := sc.r, sc.src
+	m, err := sc.next()
+	if err != nil {
+		return nil, err
+	}
+	switch m.typ {
+	case msgSyncBegin:
+	case msgSyncEnd:
+		return nil, fmt.Errorf("%s refused: %s", src, m.errText)
+	default:
+		sc.cancel()
+		return nil, fmt.Errorf("unexpected message %d from %s", m.typ, src)
+	}
+	// The source's clock comes before anything is emptied: a source whose
+	// clock runs ahead is refused (the next attempt prefers another).
+	if err := r.core.ObserveClock(m.clock); err != nil {
+		r.clockRefused(src, "sync", 1, err)
+		sc.cancel()
+		return nil, fmt.Errorf("refusing %s as a sync source: %w", src, err)
+	}
+	if err := r.core.BeginSync(r.ctx); err != nil {
+		sc.cancel()
+		return nil, err
+	}
+	return m.vector, nil
+}
+
+// load stores the snapshot's chunks, acknowledging each, until syncEnd,
+// then finishes the sync at vector. It returns the documents stored.
+func (sc *syncClient) load(vector map[string]uint64) (docs int, err error) {
+	r, src := sc.r, sc.src
 	var chunk uint64
-	docs := 0
 	refused := refusedItems{}
 	defer func() { r.logRefused(src, refused) }()
 	for {
-		m, err := next()
+		m, err := sc.next()
 		if err != nil {
 			return docs, err
 		}
 		switch m.typ {
 		case msgSyncItems:
 			if m.chunk != chunk+1 {
-				cancel()
+				sc.cancel()
 				return docs, fmt.Errorf("chunk %d lost (got %d)", chunk+1, m.chunk)
 			}
-			skipped, err := r.proxy.LoadSnapshot(ctx, m.items)
-			refused.add(skipped)
-			r.met.syncRefused.WithLabelValues(src).Add(float64(len(skipped)))
+			n, err := sc.store(m, &refused)
+			docs += n
 			if err != nil {
-				cancel()
+				sc.cancel()
 				return docs, err
 			}
 			chunk = m.chunk
-			for _, it := range m.items {
-				if it.Kind == mongoproxy.SnapDoc {
-					docs++
-				}
-			}
-			for _, it := range skipped {
-				if it.Kind == mongoproxy.SnapDoc {
-					docs--
-				}
-			}
-			r.met.syncDocs.Add(float64(len(m.items)))
-			if err := r.sendSync(src, &syncMsg{typ: msgSyncAck, session: sc.session, chunk: chunk}); err != nil {
-				cancel()
-				return docs, err
-			}
 		case msgSyncEnd:
 			if m.errText != "" {
 				return docs, fmt.Errorf("%s: %s", src, m.errText)
@@ -304,15 +329,36 @@ func (r *Replicator) runSync(src string) (int, error) {
 			if m.chunk != chunk {
 				return docs, fmt.Errorf("%s sent %d chunks, %d arrived", src, m.chunk, chunk)
 			}
-			if err := r.proxy.FinishSync(ctx, vector); err != nil {
-				return docs, err
-			}
-			return docs, nil
+			return docs, r.core.FinishSync(r.ctx, vector)
 		default:
-			cancel()
+			sc.cancel()
 			return docs, fmt.Errorf("unexpected message %d from %s", m.typ, src)
 		}
 	}
+}
+
+// store loads one chunk and acknowledges it. It returns the documents
+// stored.
+func (sc *syncClient) store(m syncMsg, refused *refusedItems) (docs int, err error) {
+	r := sc.r
+	skipped, err := r.core.LoadSnapshot(r.ctx, m.items)
+	refused.add(skipped)
+	r.met.syncRefused.WithLabelValues(sc.src).Add(float64(len(skipped)))
+	if err != nil {
+		return 0, err
+	}
+	for _, it := range m.items {
+		if it.Kind == replica.SnapDoc {
+			docs++
+		}
+	}
+	for _, it := range skipped {
+		if it.Kind == replica.SnapDoc {
+			docs--
+		}
+	}
+	r.met.syncDocs.Add(float64(len(m.items)))
+	return docs, r.sendSync(sc.src, &syncMsg{typ: msgSyncAck, session: sc.session, chunk: m.chunk})
 }
 
 // refusedItems tallies the snapshot items of one sync that were not
@@ -325,7 +371,7 @@ type refusedItems struct {
 
 const maxRefusedNS = 50
 
-func (ri *refusedItems) add(items []mongoproxy.RefusedItem) {
+func (ri *refusedItems) add(items []replica.RefusedItem) {
 	for _, it := range items {
 		ri.items++
 		key := it.NS + " (" + it.Why + ")"
@@ -366,7 +412,7 @@ func (r *Replicator) sendSync(to string, m *syncMsg) error {
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, mesh.ErrQueueFull) || time.Now().After(deadline) {
+		if !errors.Is(err, ErrQueueFull) || time.Now().After(deadline) {
 			return fmt.Errorf("send to %s: %w", to, err)
 		}
 		select {
@@ -375,186 +421,4 @@ func (r *Replicator) sendSync(to string, m *syncMsg) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-}
-
-// handleSync dispatches messages of topic repl-sync (never waits).
-func (r *Replicator) handleSync(from string, msg []byte) {
-	m, err := decodeSync(msg)
-	if err != nil {
-		r.bad(from, "sync", err)
-		return
-	}
-	switch m.typ {
-	case msgSyncReq:
-		r.serveSync(from, m.session)
-	case msgSyncAck, msgSyncCancel:
-		r.mu.Lock()
-		s := r.sessions[m.session]
-		r.mu.Unlock()
-		if s == nil || s.peer != from {
-			return
-		}
-		if m.typ == msgSyncCancel {
-			s.cancel()
-			return
-		}
-		s.mu.Lock()
-		if m.chunk > s.acked {
-			s.acked = m.chunk
-		}
-		s.mu.Unlock()
-		select {
-		case s.moved <- struct{}{}:
-		default:
-		}
-	default:
-		r.mu.Lock()
-		c := r.client
-		r.mu.Unlock()
-		if c == nil || c.session != m.session || c.src != from {
-			return
-		}
-		select {
-		case c.ch <- m:
-		default:
-			// The source respects the window, so this is a confused peer;
-			// the sync notices the missing chunk and starts over.
-		}
-	}
-}
-
-// serveSync starts serving a snapshot to peer.
-func (r *Replicator) serveSync(peer string, session uint64) {
-	refuse := func(why string) {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if r.stopping {
-			return
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			_ = r.sendSync(peer, &syncMsg{typ: msgSyncEnd, session: session, errText: why})
-		}()
-	}
-	if !r.isSynced() {
-		refuse("not a synced replica")
-		return
-	}
-	r.mu.Lock()
-	if r.stopping {
-		r.mu.Unlock()
-		return
-	}
-	if len(r.sessions) >= maxSyncServers {
-		r.mu.Unlock()
-		refuse("busy")
-		return
-	}
-	ctx, cancel := context.WithCancel(r.ctx)
-	s := &syncServer{session: session, peer: peer, cancel: cancel, moved: make(chan struct{}, 1)}
-	r.sessions[session] = s
-	r.wg.Add(1)
-	r.mu.Unlock()
-	go func() {
-		defer r.wg.Done()
-		defer func() {
-			cancel()
-			r.mu.Lock()
-			delete(r.sessions, session)
-			r.mu.Unlock()
-		}()
-		start := time.Now()
-		chunks, items, err := r.sendSnapshot(ctx, s)
-		end := &syncMsg{typ: msgSyncEnd, session: session, chunk: chunks}
-		if err != nil {
-			end.errText = err.Error()
-			if end.errText == "" {
-				end.errText = "failed"
-			}
-		}
-		if serr := r.sendSync(peer, end); serr != nil && err == nil {
-			err = serr
-		}
-		if err != nil {
-			r.log.Warn("serving an initial sync failed", "peer", peer, "err", err)
-			return
-		}
-		r.log.Info("served an initial sync", "peer", peer, "items", items, "chunks", chunks, "took", time.Since(start).Round(time.Millisecond))
-	}()
-}
-
-func (r *Replicator) sendSnapshot(ctx context.Context, s *syncServer) (chunks uint64, items int, err error) {
-	vector, err := r.proxy.AppliedVector()
-	if err != nil {
-		return 0, 0, err
-	}
-	// The clock is read after the vector: the new node's clock then passes
-	// every op the snapshot holds.
-	begin := &syncMsg{typ: msgSyncBegin, session: s.session, vector: vector, clock: r.proxy.Frontier()}
-	if err := r.sendSync(s.peer, begin); err != nil {
-		return 0, 0, err
-	}
-	var buf []mongoproxy.SnapshotItem
-	size := 0
-	flush := func() error {
-		if len(buf) == 0 {
-			return nil
-		}
-		chunks++
-		// Flow control: at most syncWindow chunks beyond the last ack.
-		for {
-			s.mu.Lock()
-			acked := s.acked
-			s.mu.Unlock()
-			if chunks-acked <= syncWindow {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-s.moved:
-			case <-time.After(r.opts.SyncTimeout):
-				return fmt.Errorf("no ack from %s for %v", s.peer, r.opts.SyncTimeout)
-			}
-		}
-		m := &syncMsg{typ: msgSyncItems, session: s.session, chunk: chunks, items: buf}
-		if err := r.sendSync(s.peer, m); err != nil {
-			return err
-		}
-		items += len(buf)
-		buf, size = nil, 0
-		return nil
-	}
-	err = r.proxy.Snapshot(ctx, func(it mongoproxy.SnapshotItem) error {
-		buf = append(buf, it)
-		size += len(it.Doc) + len(it.NS) + 8
-		if size >= syncChunkBytes || len(buf) >= syncChunkItems {
-			return flush()
-		}
-		return nil
-	})
-	if err == nil {
-		err = flush()
-	}
-	if err == nil {
-		// Wait for the last acks, so that syncEnd is not sent while chunks
-		// may still be dropped from a full queue on the way.
-		for err == nil {
-			s.mu.Lock()
-			acked := s.acked
-			s.mu.Unlock()
-			if acked >= chunks {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				err = ctx.Err()
-			case <-s.moved:
-			case <-time.After(r.opts.SyncTimeout):
-				err = fmt.Errorf("no ack from %s for %v", s.peer, r.opts.SyncTimeout)
-			}
-		}
-	}
-	return chunks, items, err
 }

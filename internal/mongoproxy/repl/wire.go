@@ -8,8 +8,8 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 // Messages between nodes. Every message starts with its type byte; the
@@ -306,11 +306,11 @@ func decodeHeartbeat(b []byte) (heartbeat, error) {
 type syncMsg struct {
 	typ     byte
 	session uint64
-	chunk   uint64                    // syncItems, syncAck; syncEnd: number of chunks sent
-	vector  map[string]uint64         // syncBegin
-	clock   crdt.Timestamp            // syncBegin
-	items   []mongoproxy.SnapshotItem // syncItems
-	errText string                    // syncEnd
+	chunk   uint64                 // syncItems, syncAck; syncEnd: number of chunks sent
+	vector  map[string]uint64      // syncBegin
+	clock   crdt.Timestamp         // syncBegin
+	items   []replica.SnapshotItem // syncItems
+	errText string                 // syncEnd
 }
 
 func (m *syncMsg) encode() []byte {
@@ -355,7 +355,7 @@ func decodeSync(b []byte) (syncMsg, error) {
 			return m, errMalformed
 		}
 		for i := uint64(0); i < n && d.err == nil; i++ {
-			kind := mongoproxy.SnapshotKind(d.byte())
+			kind := replica.SnapshotKind(d.byte())
 			ns := d.str()
 			doc := d.bytes(len(b))
 			if d.err != nil {
@@ -364,7 +364,7 @@ func decodeSync(b []byte) (syncMsg, error) {
 			if !validKind(kind) || bson.Raw(doc).Validate() != nil {
 				return m, errMalformed
 			}
-			m.items = append(m.items, mongoproxy.SnapshotItem{Kind: kind, NS: ns, Doc: doc})
+			m.items = append(m.items, replica.SnapshotItem{Kind: kind, NS: ns, Doc: doc})
 		}
 	case msgSyncAck:
 		m.chunk = d.uvarint()
@@ -377,9 +377,9 @@ func decodeSync(b []byte) (syncMsg, error) {
 	return m, d.end()
 }
 
-func validKind(k mongoproxy.SnapshotKind) bool {
+func validKind(k replica.SnapshotKind) bool {
 	switch k {
-	case mongoproxy.SnapCollection, mongoproxy.SnapIndex, mongoproxy.SnapDoc, mongoproxy.SnapTombstone, mongoproxy.SnapDDL:
+	case replica.SnapCollection, replica.SnapIndex, replica.SnapDoc, replica.SnapTombstone, replica.SnapDDL:
 		return true
 	}
 	return false

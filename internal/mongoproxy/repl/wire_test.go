@@ -6,8 +6,8 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 
-	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/replica"
 )
 
 func testOp(t testing.TB, origin string, seq uint64) *crdt.Op {
@@ -64,7 +64,7 @@ func TestWireRoundTrips(t *testing.T) {
 	for _, m := range []syncMsg{
 		{typ: msgSyncReq, session: 7},
 		{typ: msgSyncBegin, session: 7, vector: map[string]uint64{"a": 1}, clock: crdt.Timestamp{Wall: 3, Node: "a"}},
-		{typ: msgSyncItems, session: 7, chunk: 2, items: []mongoproxy.SnapshotItem{{Kind: mongoproxy.SnapDoc, NS: "db.c", Doc: doc}}},
+		{typ: msgSyncItems, session: 7, chunk: 2, items: []replica.SnapshotItem{{Kind: replica.SnapDoc, NS: "db.c", Doc: doc}}},
 		{typ: msgSyncAck, session: 7, chunk: 2},
 		{typ: msgSyncEnd, session: 7, chunk: 2, errText: "boom"},
 		{typ: msgSyncCancel, session: 7},
@@ -112,7 +112,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add((&ackMsg{origin: "n1", pos: 9, flags: ackGap}).encode())
 	f.Add((&heartbeat{origin: "n2", frontier: crdt.Timestamp{Wall: 1, Node: "n2"}, last: 3, applied: map[string]uint64{"n1": 1}}).encode())
 	doc, _ := bson.Marshal(bson.D{{Key: "_id", Value: "x"}, {Key: "a", Value: bson.A{1, "b"}}})
-	f.Add((&syncMsg{typ: msgSyncItems, session: 1, chunk: 1, items: []mongoproxy.SnapshotItem{{Kind: mongoproxy.SnapDoc, NS: "a.b", Doc: doc}}}).encode())
+	f.Add((&syncMsg{typ: msgSyncItems, session: 1, chunk: 1, items: []replica.SnapshotItem{{Kind: replica.SnapDoc, NS: "a.b", Doc: doc}}}).encode())
 	f.Add((&syncMsg{typ: msgSyncBegin, session: 1, vector: map[string]uint64{"n1": 5}}).encode())
 	f.Add([]byte{msgOps, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -52,7 +52,8 @@ func validateDoc(doc []byte, depth int) error {
 }
 
 // valueLen returns the length of a value of type t at the start of p,
-// validating it.
+// validating it. One case per BSON type: kept whole, as the
+// specification lists them, to be checked against it.
 func valueLen(t byte, p []byte, depth int) (int, error) {
 	fixed := func(n int) (int, error) {
 		if len(p) < n {

@@ -1,13 +1,10 @@
-package mongoproxy
+package replica
 
 import (
 	"encoding/binary"
 	"encoding/hex"
-	"hash/maphash"
 	"math"
-	"slices"
 	"strconv"
-	"sync"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 )
@@ -15,7 +12,7 @@ import (
 // docKey is the canonical identity of a document: namespace plus a
 // canonical form of its _id. MongoDB compares numbers by value, so _id 1
 // (int32), 1 (int64) and 1.0 (double) name the same document; the key maps
-// all of them to one string so they share a lock stripe and a tombstone.
+// all of them to one string so they share a lease, a cache entry and a tombstone.
 // Other types use their type byte and raw bytes (numbers nested inside a
 // compound _id are not normalized: use one numeric type inside compound ids).
 func docKey(ns string, id bson.RawValue) string {
@@ -56,41 +53,4 @@ func docKey(ns string, id bson.RawValue) string {
 		b = hex.AppendEncode(b, id.Value)
 	}
 	return string(b)
-}
-
-// stripes serializes the proxy's read-modify-write of each document. A
-// fixed array of mutexes indexed by a hash of the document key bounds memory
-// whatever the number of documents; two documents sharing a stripe only
-// wait for each other. Several stripes are always taken in ascending index
-// order, which rules out deadlock between multi-document commands.
-type stripes struct {
-	seed maphash.Seed
-	mu   []sync.Mutex
-}
-
-func newStripes(n int) *stripes {
-	return &stripes{seed: maphash.MakeSeed(), mu: make([]sync.Mutex, n)}
-}
-
-func (s *stripes) index(key string) int {
-	return int(maphash.String(s.seed, key) % uint64(len(s.mu)))
-}
-
-// lock takes the stripes of every key (each once, in ascending order) and
-// returns the function that releases them.
-func (s *stripes) lock(keys ...string) (unlock func()) {
-	idx := make([]int, 0, len(keys))
-	for _, k := range keys {
-		idx = append(idx, s.index(k))
-	}
-	slices.Sort(idx)
-	idx = slices.Compact(idx)
-	for _, i := range idx {
-		s.mu[i].Lock()
-	}
-	return func() {
-		for j := len(idx) - 1; j >= 0; j-- {
-			s.mu[idx[j]].Unlock()
-		}
-	}
 }

@@ -1,0 +1,49 @@
+package replica
+
+import (
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the core's counters. The names keep the proxy's prefix
+// (edgenode_mongoproxy_), which dashboards already use.
+type Metrics struct {
+	opsCaptured   *prometheus.CounterVec // by kind
+	opsApplied    *prometheus.CounterVec // by source: local, remote, replay, sync
+	casRetries    prometheus.Counter
+	lateApplies   prometheus.Counter
+	conflicts     *prometheus.CounterVec // by reason: unique, invalid, not_replicated
+	compensations prometheus.Counter
+	replayed      prometheus.Counter
+}
+
+// NewMetrics builds the core's metrics and registers them with reg (nil:
+// not registered). Registering twice with one registry is an error.
+func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
+	m := &Metrics{
+		opsCaptured: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_ops_captured_total",
+			Help: "Operations captured from local writes and appended to the op log."}, []string{"kind"}),
+		opsApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_ops_applied_total",
+			Help: "Operations applied to the local database, by source."}, []string{"source"}),
+		casRetries: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_cas_retries_total",
+			Help: "Document writes retried because the stored metadata version changed underneath."}),
+		lateApplies: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_late_applies_total",
+			Help: "Operations that changed a document after a later op of their origin had (expected only after a failed apply; otherwise a double application)."}),
+		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_apply_conflicts_total",
+			Help: "Operations that could not be applied locally and were parked in edgenode_meta.conflicts."}, []string{"reason"}),
+		compensations: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_compensations_total",
+			Help: "Local writes logged but refused by the database (unique index), undone by a compensating op."}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_replayed_ops_total",
+			Help: "Operations re-applied from the op log at start."}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("replica: register metrics: %w", err)
+		}
+	}
+	return m, nil
+}

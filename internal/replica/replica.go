@@ -1,0 +1,184 @@
+package replica
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.mongodb.org/mongo-driver/v2/mongo"
+
+	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
+)
+
+// Collections of the core's own database (MetaDB).
+const (
+	tombstoneColl = "tombstones"
+	conflictColl  = "conflicts"
+	replStateColl = "repl" // {_id: "state", origin, at}: this database is a synced replica
+	ddlColl       = "ddl"  // DDL records, see ddl.go
+)
+
+// MetaDB is the core's own database: tombstones of deleted replicated
+// documents, DDL records, parked conflicting operations and the synced
+// marker. It is never replicated, and the front-end keeps clients from
+// writing it.
+const MetaDB = "edgenode_meta"
+
+// Config configures a Replica.
+type Config struct {
+	// Node is the origin id of the ops this node captures (required).
+	Node string
+	// DataDir holds the op log (DataDir/oplog.db) (required).
+	DataDir string
+	// Client is the local database (required). The caller owns it: it
+	// must outlive the Replica. Writes acknowledged through it must be
+	// durable unless Capabilities.Sync is set.
+	Client *mongo.Client
+	// Replicated says whether this node replicates db.coll (required).
+	Replicated func(db, coll string) bool
+	// Capabilities is what the database can be relied on for (see
+	// Detect).
+	Capabilities Capabilities
+	// HoldWrites, when set, starts with writes blocked for this reason
+	// (see Replication.BlockWrites).
+	HoldWrites string
+	// MaxDocumentBytes caps a replicated document as stored (with its
+	// metadata) and the op of each write (required, > 0).
+	MaxDocumentBytes int
+	// DocCache is how many stored documents the core keeps in memory
+	// (0 or less: none).
+	DocCache int
+	// MaxClockSkew bounds how far ahead of the wall clock a peer's clock
+	// reading may be (required, > 0).
+	MaxClockSkew time.Duration
+	// Metrics are the core's counters (NewMetrics; nil: unregistered ones).
+	Metrics *Metrics
+	// Registerer receives the op log's metrics (nil: none).
+	Registerer prometheus.Registerer
+	// Faults is a test hook (nil in production).
+	Faults FaultHook
+}
+
+// Replica is the replica core: the op log, the clock, the convergent
+// apply, DDL, tombstones and the write gate. See the package
+// documentation; the front-end uses it as a Local, replication as a
+// Replication.
+type Replica struct {
+	node       string
+	client     *mongo.Client
+	olog       *oplog.Log
+	clock      *crdt.Clock
+	caps       Capabilities
+	replicated func(db, coll string) bool
+	maxDoc     int
+	maxSkew    time.Duration
+	log        *slog.Logger
+	met        *Metrics
+	fault      FaultHook
+
+	// Turns, in rank order (lockrank.go): the write gate, namespaces
+	// (shared by document writes, exclusive for DDL), document leases.
+	check rankChecker
+	gate  gate
+	nss   *leaseTable
+	docs  *leaseTable
+
+	// In-memory state behind leaf mutexes.
+	holds  holds
+	drops  drops
+	subs   subscribers
+	cache  *docCache // owned entry by entry by the document lease holders
+	stable atomic.Pointer[crdt.Timestamp]
+}
+
+// Open opens the op log, resumes the clock above its newest timestamp,
+// reads the DDL state and re-applies the ops the log still holds as
+// unapplied (a crash between a log append and its apply). The Replica is
+// then ready for writes (unless held) and replication.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
+	switch {
+	case cfg.Node == "" || cfg.DataDir == "" || cfg.Client == nil || cfg.Replicated == nil:
+		return nil, errors.New("replica: Node, DataDir, Client and Replicated are required")
+	case cfg.MaxDocumentBytes <= 0 || cfg.MaxClockSkew <= 0:
+		return nil, errors.New("replica: MaxDocumentBytes and MaxClockSkew must be positive")
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	met := cfg.Metrics
+	if met == nil {
+		met, _ = NewMetrics(nil)
+	}
+	olog, err := oplog.Open(oplog.Options{Path: filepath.Join(cfg.DataDir, "oplog.db"), Origin: cfg.Node, SyncApplied: cfg.Capabilities.Sync}, log, cfg.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("replica: open op log: %w", err)
+	}
+	r := &Replica{node: cfg.Node, client: cfg.Client, olog: olog, clock: crdt.NewClock(cfg.Node, nil), caps: cfg.Capabilities,
+		replicated: cfg.Replicated, maxDoc: cfg.MaxDocumentBytes, maxSkew: cfg.MaxClockSkew, log: log, met: met, fault: cfg.Faults,
+		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCache)}
+	r.gate.check, r.holds.check, r.drops.check, r.subs.check = &r.check, &r.check, &r.check, &r.check
+	r.gate.exitFn = r.gate.exit
+	r.nss = newLeaseTable(rankNamespace, &r.check)
+	r.docs = newLeaseTable(rankDocument, &r.check)
+	r.cache.docs = r.docs
+	if cfg.HoldWrites != "" {
+		r.gate.block(cfg.HoldWrites)
+	}
+	r.resumeClock(olog.MaxTimestamp())
+	if err := r.start(ctx); err != nil {
+		_ = olog.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Replica) start(ctx context.Context) error {
+	if err := r.loadDDL(ctx); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	unapplied, err := r.olog.Unapplied()
+	if err != nil {
+		return fmt.Errorf("replica: read unapplied ops: %w", err)
+	}
+	if len(unapplied) > 0 {
+		r.log.Info("re-applying ops logged but not marked applied", "ops", len(unapplied))
+		if err := r.applyOps(ctx, unapplied, "replay"); err != nil {
+			return fmt.Errorf("replica: re-apply unapplied ops: %w", err)
+		}
+		r.met.replayed.Add(float64(len(unapplied)))
+	}
+	return nil
+}
+
+// Close closes the op log. Whatever uses the Replica (the front-end's
+// connections, replication) must have stopped.
+func (r *Replica) Close() error {
+	if err := r.olog.Close(); err != nil {
+		return fmt.Errorf("replica: close op log: %w", err)
+	}
+	return nil
+}
+
+// Origin is the origin id of this node's ops (Config.Node).
+func (r *Replica) Origin() string { return r.node }
+
+func splitNS(ns string) (db, coll string) {
+	db, coll, _ = strings.Cut(ns, ".")
+	return db, coll
+}
+
+func (r *Replica) coll(ns string) *mongo.Collection {
+	db, c := splitNS(ns)
+	return r.client.Database(db).Collection(c)
+}
+
+func (r *Replica) metaColl(name string) *mongo.Collection {
+	return r.client.Database(MetaDB).Collection(name)
+}
