@@ -5,6 +5,8 @@ import (
 	"net"
 	"strings"
 	"testing"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // TestListenerClashes: two listeners of one protocol on one address are
@@ -112,18 +114,14 @@ func bindLike(l listener) (func() error, error) {
 	return ln.Close, nil
 }
 
-// freePort is a port free for TCP and UDP on 127.0.0.1 and 127.0.0.2.
+// freePort is a port free for TCP and UDP on 127.0.0.1 (the test kit's,
+// never handed out twice) that is also free on 127.0.0.2.
 func freePort(t *testing.T) int {
 	t.Helper()
 	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
+		port := testkit.FreeUDPTCPPort(t, "127.0.0.1")
 		ok := true
-		for _, a := range []string{"127.0.0.1", "127.0.0.2"} {
+		for _, a := range []string{"127.0.0.2"} {
 			for _, nw := range []string{"tcp", "udp"} {
 				cl, err := bindLike(listener{network: nw, addr: net.JoinHostPort(a, fmt.Sprint(port))})
 				if err != nil {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,6 +18,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // An auth-enforcing upstream: the FerretDB server binary (v1.24.2, built by
@@ -109,15 +112,6 @@ func authURI(addr string) string {
 	return fmt.Sprintf("mongodb://%s:%s@%s/?authSource=admin&authMechanism=SCRAM-SHA-256", ferretAdminUser, ferretAdminPass, addr)
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
 func startAuthFerret() error {
 	bin, err := ferretdbPath()
 	if err != nil {
@@ -129,7 +123,8 @@ func startAuthFerret() error {
 	}
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
-		addr, err := freePort()
+		port, err := testkit.PickPort("127.0.0.1", false)
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 		if err != nil {
 			return err
 		}

@@ -22,6 +22,7 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
 	"github.com/edgenode/edgenode/internal/replica"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // Attacks on replication: a member of the mesh (a certificate from the
@@ -265,7 +266,7 @@ func TestClockSkewPeerRefused(t *testing.T) {
 
 	evil.sendOps(n1.id, 1, insertOp("app.c", "a", bson.E{Key: "v", Value: "from the future"}),
 		insertOp("app.c", "b"), insertOp("app.c", "c"))
-	waitUntil(t, 60*time.Second, "n1 to answer evil's ops", func() bool { _, ok := evil.lastAck(); return ok })
+	testkit.WaitFor(t, 60*time.Second, "n1 to answer evil's ops", func() bool { _, ok := evil.lastAck(); return ok })
 	if a, _ := evil.lastAck(); a.pos != 0 {
 		t.Errorf("n1 acknowledged evil's ops stamped a year ahead as applied (position %d)", a.pos)
 	}
@@ -275,7 +276,7 @@ func TestClockSkewPeerRefused(t *testing.T) {
 	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
-	waitUntil(t, 60*time.Second, "n1 to count evil's refused heartbeats and ops", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "n1 to count evil's refused heartbeats and ops", func() bool {
 		return metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": "evil", "what": "heartbeat"}) >= 1 &&
 			metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": "evil", "what": "ops"}) >= 3
 	})
@@ -287,7 +288,7 @@ func TestClockSkewPeerRefused(t *testing.T) {
 	since := time.Now().UnixMilli()
 	_, err := n1.cl.Database("app").Collection("mine").InsertOne(context.Background(), bson.D{{Key: "_id", Value: 1}})
 	must(t, err)
-	waitUntil(t, 60*time.Second, "n1 to fence its clock in the op log", func() bool { return n1.proxy.Replica().MaxTimestamp().Wall >= since })
+	testkit.WaitFor(t, 60*time.Second, "n1 to fence its clock in the op log", func() bool { return n1.proxy.Replica().MaxTimestamp().Wall >= since })
 	if d := clockAhead(n1.proxy.Replica().MaxTimestamp()); d > time.Minute {
 		t.Errorf("n1's op log persisted a clock %v ahead of the wall clock", d.Round(time.Second))
 	}
@@ -299,7 +300,7 @@ func TestClockSkewPeerRefused(t *testing.T) {
 	// The peer's clock is right again: what it sends now applies.
 	evil.offset.Store(0)
 	evil.sendOps(n1.id, 1, insertOp("app.c", "a", bson.E{Key: "v", Value: "on time"}), insertOp("app.c", "b"), insertOp("app.c", "c"))
-	waitUntil(t, 60*time.Second, "evil's ops on time applied on n1", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "evil's ops on time applied on n1", func() bool {
 		a, _ := evil.lastAck()
 		return a.pos == 3 && countDocs(t, n1.direct, "app.c", nil) == 3
 	})
@@ -353,7 +354,7 @@ func TestClockSkewSyncSourceRefused(t *testing.T) {
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncItems, session: session, chunk: 1, items: items}).encode())
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncEnd, session: session, chunk: 1}).encode())
 	})
-	waitUntil(t, 120*time.Second, "an initial sync of n1 from evil", func() bool { return attempts.Load() >= 1 && strings.Contains(n1.logs.String(), "initial sync done") })
+	testkit.WaitFor(t, 120*time.Second, "an initial sync of n1 from evil", func() bool { return attempts.Load() >= 1 && strings.Contains(n1.logs.String(), "initial sync done") })
 	if d := clockAhead(n1.proxy.Replica().Frontier()); d > time.Minute {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
@@ -428,7 +429,7 @@ func TestInitialSyncScope(t *testing.T) {
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncItems, session: session, chunk: 1, items: append(slices.Clone(good), bad...)}).encode())
 		evil.send(to, SyncTopic, (&syncMsg{typ: msgSyncEnd, session: session, chunk: 1}).encode())
 	})
-	waitUntil(t, 120*time.Second, "an initial sync of n1 from evil", func() bool { return n1.rep.Status().State == "synced" })
+	testkit.WaitFor(t, 120*time.Second, "an initial sync of n1 from evil", func() bool { return n1.rep.Status().State == "synced" })
 	if n := countDocs(t, n1.direct, "app.ok", nil); n != 1 {
 		t.Fatalf("app.ok has %d documents after the sync, want 1", n)
 	}
@@ -477,7 +478,7 @@ func TestInitialSyncScope(t *testing.T) {
 		insertOp("app.private", "attacker2"),
 		ddlOp("edgenode_meta.evil", crdt.DDLKey(""), bson.D{{Key: "create", Value: "evil"}}),
 		insertOp("app.ok", "legit2"))
-	waitUntil(t, 60*time.Second, "evil's ops applied on n1", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "evil's ops applied on n1", func() bool {
 		a, _ := evil.lastAck()
 		return a.pos == 6 && countDocs(t, n1.direct, "app.ok", nil) == 2
 	})
@@ -499,17 +500,17 @@ func TestClockSkewOpsFlowOnceClocksAgree(t *testing.T) {
 
 	evil := c.newEvil("evil")
 	evil.offset.Store(drag.Milliseconds())
-	waitUntil(t, 60*time.Second, "n2's clock dragged ahead", func() bool { return clockAhead(n2.proxy.Replica().Frontier()) > drag-5*time.Second })
+	testkit.WaitFor(t, 60*time.Second, "n2's clock dragged ahead", func() bool { return clockAhead(n2.proxy.Replica().Frontier()) > drag-5*time.Second })
 	_, err := n2.cl.Database("app").Collection("c").InsertOne(ctx, bson.D{{Key: "_id", Value: "ahead"}})
 	must(t, err)
 	evil.offset.Store(0) // n2's clock now stays where it was dragged until the wall clock gets there
-	waitUntil(t, 60*time.Second, "n1 to refuse n2's op", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "n1 to refuse n2's op", func() bool {
 		return metricValue(t, n1.reg, "edgenode_mongo_repl_clock_skew_refused_total", map[string]string{"peer": n2.id, "what": "ops"}) >= 1
 	})
 	if d := clockAhead(n1.proxy.Replica().Frontier()); d > 2*skew {
 		t.Errorf("n1's clock moved %v ahead of its wall clock", d.Round(time.Second))
 	}
-	waitUntil(t, 120*time.Second, "n2's op on n1 once the clocks agree", func() bool {
+	testkit.WaitFor(t, 120*time.Second, "n2's op on n1 once the clocks agree", func() bool {
 		return countDocs(t, n1.direct, "app.c", bson.D{{Key: "_id", Value: "ahead"}}) == 1
 	})
 	if d := clockAhead(n1.proxy.Replica().MaxTimestamp()); d > 2*skew {

@@ -26,6 +26,7 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy"
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // In-process clusters: each node is a real embedded FerretDB, a real proxy
@@ -248,7 +249,7 @@ func (nd *tnode) stop() {
 
 func (c *tcluster) waitWritable(nodes ...*tnode) {
 	c.t.Helper()
-	waitUntil(c.t, 60*time.Second, "nodes synced and writable", func() bool {
+	testkit.WaitFor(c.t, 60*time.Second, "nodes synced and writable", func() bool {
 		for _, nd := range nodes {
 			st := nd.rep.Status()
 			if st.State != "synced" || st.Writes != "accepted" {
@@ -257,17 +258,6 @@ func (c *tcluster) waitWritable(nodes ...*tnode) {
 		}
 		return true
 	})
-}
-
-func waitUntil(t testing.TB, d time.Duration, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
 }
 
 // state reads, through the proxy, every document of every collection of

@@ -14,6 +14,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // TestReplicationDDLAndCompaction: three nodes write concurrently while DDL
@@ -147,14 +149,14 @@ func TestInitialSyncAndTrimmedResync(t *testing.T) {
 	n2.stop()
 	core := n1.proxy.Replica()
 	had := core.LastSeq()
-	waitUntil(t, 30*time.Second, "n1 to forget n2 and trim its log", func() bool {
+	testkit.WaitFor(t, 30*time.Second, "n1 to forget n2 and trim its log", func() bool {
 		_, err := coll.UpdateOne(ctx, bson.D{{Key: "_id", Value: "d00100"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}})
 		must(t, err)
 		_, known := core.PeerAcks()["n2"]
 		return !known && core.FirstSeq() > had+1
 	})
 	n2.start()
-	waitUntil(t, 60*time.Second, "n2 to resync", func() bool {
+	testkit.WaitFor(t, 60*time.Second, "n2 to resync", func() bool {
 		return strings.Contains(n2.logs.String(), "resync needed") && n2.rep.Status().State == "synced"
 	})
 	c.waitWritable(n2)
@@ -260,7 +262,7 @@ func TestRepeatedWipesKeepCounters(t *testing.T) {
 		nd.cl = nil
 		mu.Unlock()
 		_ = cl
-		waitUntil(t, 30*time.Second, nd.id+"'s ops acknowledged", func() bool {
+		testkit.WaitFor(t, 30*time.Second, nd.id+"'s ops acknowledged", func() bool {
 			for _, p := range nd.rep.Status().Peers {
 				if p.LagOps != 0 {
 					return false
