@@ -2,9 +2,9 @@
 // ports that are never handed out twice, polling for a condition with a
 // deadline, and a log capture that tests can wait on.
 //
-// Only _test.go files import testkit. The one exception is the benchmark
-// drivers under scripts/, which start real nodes and take their free ports
-// from [PickPort]. Production code must not import it; TestOnlyTestsImport
+// Only _test.go files import testkit. The exceptions are the benchmark
+// drivers (under scripts/, and the load tool cmd/edgebench), which start
+// real nodes and take their free ports from [PickPort]. Production code must not import it; TestOnlyTestsImport
 // checks that.
 //
 // Metrics are read in tests with
