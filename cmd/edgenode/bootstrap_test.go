@@ -62,8 +62,8 @@ func TestClusterNewNodeWaitsForPeer(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(body, want)
 	})
 	t.Logf("node2 /readyz: %s", strings.TrimSpace(body))
-	// The log line repeats every 10 s: the second one proves node2 waited
-	// well beyond the 3 s after which it used to start a cluster alone.
+	// The log line comes once node2 would have started alone (3 s), then
+	// every 10 s: the second one proves it waited well beyond that.
 	testkit.WaitFor(t, 60*time.Second, "node2 to log twice that it waits for a peer", func() bool {
 		return strings.Count(node2.out.String(), `msg="waiting for a peer to sync from`) >= 2
 	})

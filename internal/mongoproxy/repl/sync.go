@@ -129,7 +129,8 @@ func (r *Replicator) waitingStep(st *syncLoopState) (again, stop bool) {
 			r.log.Info("a peer was heard: looking for a sync source", "origin", r.origin)
 		} else {
 			holdBack = true
-			if time.Since(st.awaitLogged) >= awaitPeerLogEvery {
+			// Said once it would have started alone, then every so often.
+			if time.Since(st.waitingSince) > r.opts.BootstrapWait && time.Since(st.awaitLogged) >= awaitPeerLogEvery {
 				st.awaitLogged = time.Now()
 				r.log.Warn(r.awaitPeerReason(), "origin", r.origin, "waiting", time.Since(st.waitingSince).Round(time.Second))
 			}
