@@ -24,6 +24,9 @@ import (
 
 // cluster is several real edgenode processes on 127.0.0.1, .2, .3, ...
 // joined by the mesh, each with its own ports, data folder and certificate.
+// node1 has mongo.bootstrap: started first and alone (start waits for each
+// node to be ready), it starts the cluster's data; the others, whose seeds
+// include it, sync from it.
 type cluster struct {
 	t     *testing.T
 	nodes []*nodeProc
@@ -80,7 +83,7 @@ admin: {listen: "%s"}
 dns:
   listen: "%s"
   dynamic: [{name: widget.edgenode.test., count: 3}]
-mongo: {listen: "%s"}
+mongo: {listen: "%s", bootstrap: %t}
 mesh:
   enabled: true
   bind: "%s:%d"
@@ -91,7 +94,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, ip, gossip[i], ip, testkit.FreeUDPTCPPort(t, ip),
+`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, i == 0, ip, gossip[i], ip, testkit.FreeUDPTCPPort(t, ip),
 			seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
 		c.cfgs = append(c.cfgs, mergeYAML(t, cfg, extra))
 		c.nodes = append(c.nodes, p)

@@ -128,12 +128,21 @@ func startNode(t testing.TB, cfg string, p *nodeProc) *nodeProc {
 // e.g. {"ip", "netns", "exec", NS} for a node in a network namespace.
 func startNodeWith(t testing.TB, prefix []string, cfg string, p *nodeProc) *nodeProc {
 	t.Helper()
+	spawnNode(t, prefix, nil, cfg, p)
+	waitNodeReady(t, p)
+	return p
+}
+
+// spawnNode writes cfg and starts the binary (under prefix, with the
+// extra arguments of run) without waiting for anything.
+func spawnNode(t testing.TB, prefix, args []string, cfg string, p *nodeProc) {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "edgenode.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	p.out = &testkit.LogBuffer{}
-	argv := append(append([]string{}, prefix...), binPath, "run", "--config", path)
+	argv := append(append(append([]string{}, prefix...), binPath, "run", "--config", path), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -152,7 +161,12 @@ func startNodeWith(t testing.TB, prefix []string, cfg string, p *nodeProc) *node
 			t.Logf("node output:\n%s", p.out.String())
 		}
 	})
-	// On failure the cleanup above logs the node's output.
+}
+
+// waitNodeReady waits until the node's /readyz is 200 (on failure
+// spawnNode's cleanup logs the node's output).
+func waitNodeReady(t testing.TB, p *nodeProc) {
+	t.Helper()
 	testkit.WaitFor(t, 60*time.Second, "the node to be ready", func() bool {
 		select {
 		case <-p.done:
@@ -166,7 +180,6 @@ func startNodeWith(t testing.TB, prefix []string, cfg string, p *nodeProc) *node
 		resp.Body.Close()
 		return resp.StatusCode == 200
 	})
-	return p
 }
 
 func (p *nodeProc) signal(sig syscall.Signal) {

@@ -100,6 +100,7 @@ func runNode(args []string, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "config file (YAML); none: the embedded single node")
 	dataDir := fs.String("data", "", "data folder (overrides node.data_dir)")
+	bootstrap := fs.Bool("bootstrap", false, "this node may start a new cluster's Mongo data alone (sets mongo.bootstrap)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -110,6 +111,9 @@ func runNode(args []string, stderr io.Writer) int {
 	}
 	if *dataDir != "" {
 		cfg.Node.DataDir = *dataDir
+	}
+	if *bootstrap {
+		cfg.Mongo.Bootstrap = true
 	}
 	log := newLogger(cfg.Log, stderr)
 	// Signals are wired before anything starts, so a SIGTERM during start-up

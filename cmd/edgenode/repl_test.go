@@ -642,6 +642,7 @@ func (rn *replNet) cut(i int, on bool) {
 
 // nsCluster makes a cluster like newCluster whose nodes live in rn's
 // namespaces: mesh on the bridge, admin and Mongo on the management link.
+// node1 bootstraps, as in newCluster.
 func nsCluster(t *testing.T, rn *replNet, n int) *cluster {
 	t.Helper()
 	dir := t.TempDir()
@@ -680,7 +681,7 @@ log: {level: info}
 https: {listen: "%s", fleet_secret: {file: %s}}
 admin: {listen: "%s"}
 dns: {listen: "%s"}
-mongo: {listen: "%s"}
+mongo: {listen: "%s", bootstrap: %t}
 mesh:
   enabled: true
   bind: "%s:7946"
@@ -691,7 +692,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
+`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, i == 0, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
 		c.cfgs = append(c.cfgs, cfg)
 		c.nodes = append(c.nodes, p)
 	}

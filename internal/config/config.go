@@ -402,6 +402,12 @@ type Mongo struct {
 	// node's wall clock is refused, so that no peer drags the cluster's
 	// clocks into the future; its ops wait until the clocks agree.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
+	// Bootstrap says this node may start a new cluster's data alone. Off,
+	// a node with mesh seeds and an empty op log (new, or its data folder
+	// wiped) waits, writes refused, until it has heard a peer to sync
+	// from, rather than start a cluster of its own from what may be
+	// nothing. Also `edgenode run --bootstrap`.
+	Bootstrap bool `yaml:"bootstrap"`
 }
 
 // CDN is the media cache in front of an origin.

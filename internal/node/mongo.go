@@ -221,12 +221,32 @@ func (n *Node) buildMongo(mp *meshPart) (db *embeddedDB, _ *mongoPart, _ error) 
 // replOptions translates the replication keys of the mongo section; see
 // none for their zeros.
 func replOptions(cfg *config.Config) repl.Options {
-	return repl.Options{
+	o := repl.Options{
 		NodeID:          cfg.Node.ID,
 		MaxLag:          none(cfg.Mongo.MaxLag),
 		LogRetention:    none(cfg.Mongo.LogRetention),
 		ForgetPeerAfter: cfg.Mongo.ForgetPeerAfter,
 	}
+	// A node with seeds belongs to a cluster: new or wiped, it waits for a
+	// peer rather than start a cluster of its own, unless told it is the
+	// first (mongo.bootstrap).
+	if cfg.Mesh.Enabled && !cfg.Mongo.Bootstrap {
+		o.Seeds = otherSeeds(&cfg.Mesh)
+		o.RequirePeer = len(o.Seeds) > 0
+	}
+	return o
+}
+
+// otherSeeds are mesh.seeds without this node's own gossip address (a
+// config shared by every node may list them all).
+func otherSeeds(m *config.Mesh) []string {
+	var out []string
+	for _, s := range m.Seeds {
+		if s != m.Bind && s != m.Advertise {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // clientIdleTimeout is mongo.client_idle_timeout in the proxy's terms (its

@@ -192,7 +192,15 @@
 //
 // With no synced peer after BootstrapWait, and every alive peer heard and
 // unsynced (or no peer at all), the node starts the cluster's data as it
-// is. A node that finds itself behind a peer's trimmed log resyncs the same
+// is. Not so a node with RequirePeer (the node sets it when the mesh has
+// seeds and mongo.bootstrap is off) whose op log is empty (new, or its
+// data folder wiped): until it has heard some peer it waits for one,
+// writes refused and Ready saying why, rather than start a new cluster
+// from what may be nothing because its seeds are unreachable; once a peer
+// is heard, the rule above applies with twice BootstrapWait counted from
+// then, so that a first node started at the same time with bootstrap gets
+// synced first and this one syncs from it (nodes started together, none
+// with bootstrap, still bootstrap together). A node that finds itself behind a peer's trimmed log resyncs the same
 // way, from any synced peer, with writes refused meanwhile; it never
 // bootstraps. Writes are allowed after a sync once every alive peer has
 // been heard (its clock observed), or after 3 s.

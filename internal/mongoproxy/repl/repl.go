@@ -90,6 +90,18 @@ type Options struct {
 	// BootstrapWait is how long a node that needs an initial sync waits for
 	// a synced peer before deciding it starts the cluster (default 3s).
 	BootstrapWait time.Duration
+	// RequirePeer keeps a node whose op log is empty (new, or its data
+	// folder wiped) from starting the cluster's data alone before it has
+	// heard any peer: it waits, writes refused, for a peer to sync from,
+	// instead of taking writes on what may be nothing while the cluster it
+	// belongs to is unreachable. Once a peer has been heard, the rule of
+	// BootstrapWait applies with twice the wait, counted from then (so a
+	// first node started with bootstrap at the same time gets synced
+	// first; nodes started together without it bootstrap together). Set
+	// it when the mesh has seeds and the node is not told it is the first
+	// of a new cluster; Seeds names them in the reason given.
+	RequirePeer bool
+	Seeds       []string
 	// SyncTimeout aborts an initial sync that makes no progress for this
 	// long (default 30s); another attempt follows.
 	SyncTimeout time.Duration
@@ -153,6 +165,7 @@ type Replicator struct {
 	wg     sync.WaitGroup
 
 	state     atomic.Int32
+	needPeer  bool          // RequirePeer applies: the op log was empty at Start
 	badLogged atomic.Int64  // unix nanos of the last malformed-message log line
 	syncWake  chan struct{} // wakes the sync loop (resync needed, map changed)
 	resync    atomic.Pointer[string]
@@ -263,6 +276,10 @@ func (r *Replicator) Start(ctx context.Context) error {
 		if origin != "" {
 			reason = "the op log does not belong to this database (wiped?): waiting for an initial sync"
 		}
+		if r.opts.RequirePeer && r.logEmpty() {
+			r.needPeer = true
+			reason = r.awaitPeerReason()
+		}
 		r.core.BlockWrites(reason)
 		r.log.Info("this database is not a synced replica; an initial sync will run", "origin", r.origin, "database_origin", origin)
 	}
@@ -314,6 +331,30 @@ func (r *Replicator) Stop(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// logEmpty reports whether the op log holds nothing: no op of this node,
+// no position in any peer's ops.
+func (r *Replicator) logEmpty() bool {
+	if r.core.LastSeq() != 0 {
+		return false
+	}
+	for _, seq := range r.core.AppliedVector() {
+		if seq != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// awaitPeerReason is why writes are refused while RequirePeer holds the
+// node back.
+func (r *Replicator) awaitPeerReason() string {
+	seeds := "the mesh seeds"
+	if len(r.opts.Seeds) > 0 {
+		seeds = "seeds " + strings.Join(r.opts.Seeds, ", ")
+	}
+	return "waiting for a peer to sync from: " + seeds + " not reached; start with --bootstrap (or mongo.bootstrap: true) if this is the first node of a new cluster"
 }
 
 func (r *Replicator) isSynced() bool { return r.state.Load() == stateSynced }

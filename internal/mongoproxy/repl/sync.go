@@ -19,7 +19,9 @@ import (
 //	waiting  writes blocked; look for a source: an alive peer whose
 //	         heartbeat says it is a synced replica. With none after
 //	         BootstrapWait, and every alive peer heard and unsynced (or no
-//	         peer at all), this node starts the cluster: it is synced as is.
+//	         peer at all), this node starts the cluster: it is synced as is;
+//	         with RequirePeer and an empty op log, not before some peer
+//	         has been heard.
 //	syncing  ask the source (syncReq); it answers with its applied vector
 //	         (syncBegin), then its snapshot in numbered chunks (syncItems),
 //	         at most syncWindow chunks beyond the last syncAck, then syncEnd.
@@ -59,6 +61,8 @@ type syncLoopState struct {
 	failed       string    // the source of the last failed attempt
 	syncedAt     time.Time // writes are allowed once every alive peer was heard since
 	allowed      bool      // writes are allowed
+	peerSeen     bool      // some peer was heard (RequirePeer no longer holds)
+	awaitLogged  time.Time // when waiting for a first peer was last logged
 }
 
 func (r *Replicator) syncLoop() {
@@ -109,7 +113,30 @@ func (r *Replicator) syncedStep(st *syncLoopState) (again bool) {
 // waitingStep syncs from a source if there is one, or bootstraps when it
 // may.
 func (r *Replicator) waitingStep(st *syncLoopState) (again, stop bool) {
-	src, bootstrap := r.pickSource(st.failed, time.Since(st.waitingSince) > r.opts.BootstrapWait)
+	wait := r.opts.BootstrapWait
+	if r.needPeer {
+		// A peer heard first may be the cluster's first node, started
+		// (with bootstrap) just now: it gets its own BootstrapWait to
+		// become synced before this node gives up on it, so the two do
+		// not both start the data.
+		wait *= 2
+	}
+	holdBack := false
+	if r.needPeer && !st.peerSeen {
+		if st.peerSeen = r.heardAnyPeer(); st.peerSeen {
+			st.waitingSince = time.Now()
+			r.core.BlockWrites("waiting for an initial sync from a peer")
+			r.log.Info("a peer was heard: looking for a sync source", "origin", r.origin)
+		} else {
+			holdBack = true
+			// Said once it would have started alone, then every so often.
+			if time.Since(st.waitingSince) > r.opts.BootstrapWait && time.Since(st.awaitLogged) >= awaitPeerLogEvery {
+				st.awaitLogged = time.Now()
+				r.log.Warn(r.awaitPeerReason(), "origin", r.origin, "waiting", time.Since(st.waitingSince).Round(time.Second))
+			}
+		}
+	}
+	src, bootstrap := r.pickSource(st.failed, !holdBack && time.Since(st.waitingSince) > wait)
 	switch {
 	case src != "":
 		return r.syncFrom(st, src)
@@ -181,6 +208,22 @@ func (r *Replicator) peersHeardSince(t time.Time) bool {
 		}
 	}
 	return true
+}
+
+// awaitPeerLogEvery rate-limits the log line of a node waiting for its
+// first peer (RequirePeer).
+const awaitPeerLogEvery = 10 * time.Second
+
+// heardAnyPeer reports whether some peer's heartbeat has been heard.
+func (r *Replicator) heardAnyPeer() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range r.nodes {
+		if !n.heard.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // pickSource chooses an alive, synced peer to sync from (avoiding the one

@@ -312,3 +312,41 @@ func counterValue(t testing.TB, c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// TestUnitRequirePeer: a node with RequirePeer and an empty op log does
+// not start the cluster alone while it has heard no peer (writes refused,
+// Ready naming the seeds); once a synced peer appears it syncs from it.
+// With its own ops in the log, it bootstraps after BootstrapWait as before.
+func TestUnitRequirePeer(t *testing.T) {
+	n := newFakeNet(t, "a", "b")
+	need := func(o *Options) { o.RequirePeer, o.Seeds = true, []string{"10.0.0.2:7946"} }
+	a := newFakeNode(t, n, "a", false, need)
+	a.start(t)
+	if w := a.core.WritesBlocked(); !strings.Contains(w, "seeds 10.0.0.2:7946 not reached") {
+		t.Fatalf("writes blocked with %q", w)
+	}
+	if err := a.rep.Ready(); err == nil || !strings.Contains(err.Error(), "--bootstrap") {
+		t.Fatalf("Ready: %v", err)
+	}
+	// Several BootstrapWaits pass with b silent; the outcome below (a
+	// syncs from b, never marks its data synced alone) shows a waited.
+	time.Sleep(1500 * time.Millisecond)
+	b := newFakeNode(t, n, "b", true, nil)
+	b.core.Write("app.c", 3)
+	b.start(t)
+	eventually(t, "a to sync from b", func() bool { return a.rep.Status().State == "synced" })
+	if got := a.core.Calls("BeginSync"); got != 1 {
+		t.Fatalf("a: BeginSync called %d times, want 1 (a sync from b, not a bootstrap)", got)
+	}
+	eventually(t, "a to accept writes", func() bool { return a.core.WritesBlocked() == "" })
+
+	// A restart with ops in the log: RequirePeer does not apply.
+	n2 := newFakeNet(t, "c")
+	c := newFakeNode(t, n2, "c", false, need)
+	c.core.Write("app.c", 2)
+	c.start(t)
+	eventually(t, "c to bootstrap alone", func() bool { return c.rep.Status().State == "synced" })
+	if got := c.core.Calls("BeginSync"); got != 0 {
+		t.Fatalf("c: BeginSync called %d times, want a bootstrap", got)
+	}
+}
