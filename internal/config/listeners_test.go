@@ -14,7 +14,7 @@ import (
 // validator's verdict is checked against the kernel's: the two parts'
 // sockets are really bound, the way the node binds them.
 func TestListenerClashes(t *testing.T) {
-	port := freePort(t)
+	port := freePortOnBoth(t)
 	at := func(host string) string { return net.JoinHostPort(host, fmt.Sprint(port)) }
 	set := map[string]func(c *Config, addr string){
 		"https.listen":     func(c *Config, a string) { c.HTTPS.Listen = a },
@@ -114,9 +114,9 @@ func bindLike(l listener) (func() error, error) {
 	return ln.Close, nil
 }
 
-// freePort is a port free for TCP and UDP on 127.0.0.1 (the test kit's,
+// freePortOnBoth is a port free for TCP and UDP on 127.0.0.1 (the test kit's,
 // never handed out twice) that is also free on 127.0.0.2.
-func freePort(t *testing.T) int {
+func freePortOnBoth(t *testing.T) int {
 	t.Helper()
 	for range 20 {
 		port := testkit.FreeUDPTCPPort(t, "127.0.0.1")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // events records what fake parts are asked to do, in order.
@@ -313,9 +314,9 @@ func TestRunSignals(t *testing.T) {
 	signals := make(chan os.Signal, 2)
 	done := make(chan error, 1)
 	go func() { done <- n.Run(context.Background(), signals) }()
-	waitFor(t, func() bool { code, _ := readyz(url); return code == http.StatusOK })
+	testkit.WaitFor(t, time.Minute, "the condition", func() bool { code, _ := readyz(url); return code == http.StatusOK })
 	signals <- syscall.SIGHUP
-	waitFor(t, func() bool { return len(ev.only("reload")) == 1 })
+	testkit.WaitFor(t, time.Minute, "the condition", func() bool { return len(ev.only("reload")) == 1 })
 	signals <- syscall.SIGTERM
 	select {
 	case err := <-done:
@@ -370,17 +371,6 @@ func (a *announcingProbe) Announce(context.Context) error {
 	a.probe()
 	a.ev.add("announce " + a.name)
 	return nil
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestStartOrderDeclared: startOrder places every part New can build, in

@@ -13,6 +13,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/edgenode/edgenode/internal/replica"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // appliedInOrder reports whether core applied exactly origin's ops 1..n,
@@ -95,11 +96,11 @@ func TestUnitStreamWindow(t *testing.T) {
 	for range total / 50 {
 		a.core.Write("app.c", 50)
 	}
-	eventually(t, "b to apply a's ops", func() bool { return len(b.core.Remote("a")) == total })
+	testkit.WaitFor(t, time.Minute, "b to apply a's ops", func() bool { return len(b.core.Remote("a")) == total })
 	if got := remoteSeqs(b, "a"); !appliedInOrder(got, total) {
 		t.Fatalf("b applied %v", got)
 	}
-	eventually(t, "a to learn b's position", func() bool {
+	testkit.WaitFor(t, time.Minute, "a to learn b's position", func() bool {
 		st := a.rep.Status()
 		return len(st.Peers) == 1 && st.Peers[0].Acked == total && st.Peers[0].LagOps == 0
 	})
@@ -136,7 +137,7 @@ func TestUnitStreamFromPersistedPosition(t *testing.T) {
 	b.core.SetApplied("a", 100)
 	a.start(t)
 	b.start(t)
-	eventually(t, "b to apply a's ops after its position", func() bool { return b.core.Applied("a") == 150 })
+	testkit.WaitFor(t, time.Minute, "b to apply a's ops after its position", func() bool { return b.core.Applied("a") == 150 })
 	if got := firstPrev.Load(); got != 100 {
 		t.Fatalf("a's first batch to b followed seq %d, want 100 (b's persisted position)", got)
 	}
@@ -172,9 +173,9 @@ func TestUnitGapAckAndResend(t *testing.T) {
 	b.start(t)
 	// The peer's position first (so the sender streams at once), then
 	// the ops in one go: several batches in flight, the second lost.
-	eventually(t, "a to learn b's position", func() bool { p, ok := a.rep.senderPosition("b"); return ok && p == 0 })
+	testkit.WaitFor(t, time.Minute, "a to learn b's position", func() bool { p, ok := a.rep.senderPosition("b"); return ok && p == 0 })
 	a.core.Write("app.c", 100)
-	eventually(t, "b to apply a's ops", func() bool { return len(b.core.Remote("a")) == 100 })
+	testkit.WaitFor(t, time.Minute, "b to apply a's ops", func() bool { return len(b.core.Remote("a")) == 100 })
 	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 100) {
 		t.Fatalf("b applied %v", got)
 	}
@@ -207,9 +208,9 @@ func TestUnitClockSkewRefused(t *testing.T) {
 	b.core.SetWall(time.Now().Add(-time.Hour))
 	a.start(t)
 	b.start(t)
-	eventually(t, "a to learn b's position", func() bool { p, ok := a.rep.senderPosition("b"); return ok && p == 0 })
+	testkit.WaitFor(t, time.Minute, "a to learn b's position", func() bool { p, ok := a.rep.senderPosition("b"); return ok && p == 0 })
 	a.core.Write("app.c", 20)
-	eventually(t, "b to refuse a's ops for its clock", func() bool { return w.sawFlag(ackClockAhead) })
+	testkit.WaitFor(t, time.Minute, "b to refuse a's ops for its clock", func() bool { return w.sawFlag(ackClockAhead) })
 	if got := counterValue(t, b.rep.met.clockSkew.WithLabelValues("a", "ops")); got < 1 {
 		t.Fatalf("refused ops counted on b: %v", got)
 	}
@@ -217,11 +218,11 @@ func TestUnitClockSkewRefused(t *testing.T) {
 		t.Fatalf("b applied %d ops stamped an hour ahead of its clock", len(got))
 	}
 	// a's heartbeats carry its clock too: b does not hear them either.
-	eventually(t, "b to refuse a's heartbeats", func() bool {
+	testkit.WaitFor(t, time.Minute, "b to refuse a's heartbeats", func() bool {
 		return counterValue(t, b.rep.met.clockSkew.WithLabelValues("a", "heartbeat")) >= 1
 	})
 	b.core.SetWall(time.Time{})
-	eventually(t, "b to apply a's ops once the clocks agree", func() bool { return len(b.core.Remote("a")) == 20 })
+	testkit.WaitFor(t, time.Minute, "b to apply a's ops once the clocks agree", func() bool { return len(b.core.Remote("a")) == 20 })
 	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 20) {
 		t.Fatalf("b applied %v", got)
 	}
@@ -247,7 +248,7 @@ func TestUnitInitialSync(t *testing.T) {
 	if b.core.WritesBlocked() == "" {
 		t.Fatal("an unsynced node accepts writes")
 	}
-	eventually(t, "b to sync", func() bool { return b.rep.Status().State == "synced" })
+	testkit.WaitFor(t, time.Minute, "b to sync", func() bool { return b.rep.Status().State == "synced" })
 	if got := b.core.Calls("BeginSync"); got != 1 {
 		t.Fatalf("BeginSync called %d times", got)
 	}
@@ -257,9 +258,9 @@ func TestUnitInitialSync(t *testing.T) {
 	if got := b.core.Applied("a"); got != 20 {
 		t.Fatalf("b's position in a's ops after the sync: %d, want a's applied vector (20)", got)
 	}
-	eventually(t, "b to accept writes", func() bool { return b.core.WritesBlocked() == "" })
+	testkit.WaitFor(t, time.Minute, "b to accept writes", func() bool { return b.core.WritesBlocked() == "" })
 	a.core.Write("app.c", 5)
-	eventually(t, "b to stream a's ops after the vector", func() bool { return b.core.Applied("a") == 25 })
+	testkit.WaitFor(t, time.Minute, "b to stream a's ops after the vector", func() bool { return b.core.Applied("a") == 25 })
 	if got := remoteSeqs(b, "a"); !slices.Equal(got, []uint64{21, 22, 23, 24, 25}) {
 		t.Fatalf("b applied %v after the sync", got)
 	}
@@ -282,14 +283,14 @@ func TestUnitReadinessAndLag(t *testing.T) {
 	})
 	a.start(t)
 	b.start(t)
-	eventually(t, "b to be ready", func() bool { return b.rep.Ready() == nil })
+	testkit.WaitFor(t, time.Minute, "b to be ready", func() bool { return b.rep.Ready() == nil })
 	cut.Store(true)
 	a.core.Write("app.c", 7)
-	eventually(t, "b to see a's ops as lag", func() bool {
+	testkit.WaitFor(t, time.Minute, "b to see a's ops as lag", func() bool {
 		st := b.rep.Status()
 		return len(st.Origins) == 1 && st.Origins[0].LagOps == 7 && st.Origins[0].LagSeconds > 0
 	})
-	eventually(t, "b not ready for its lag", func() bool {
+	testkit.WaitFor(t, time.Minute, "b not ready for its lag", func() bool {
 		err := b.rep.Ready()
 		return err != nil && strings.Contains(err.Error(), "7 ops of a waiting")
 	})
@@ -297,7 +298,7 @@ func TestUnitReadinessAndLag(t *testing.T) {
 		t.Fatalf("a's view of b: %+v", st.Peers)
 	}
 	cut.Store(false)
-	eventually(t, "b to catch up and be ready", func() bool {
+	testkit.WaitFor(t, time.Minute, "b to catch up and be ready", func() bool {
 		st := b.rep.Status()
 		return b.rep.Ready() == nil && len(st.Origins) == 1 && st.Origins[0].LagOps == 0
 	})
@@ -334,18 +335,18 @@ func TestUnitRequirePeer(t *testing.T) {
 	b := newFakeNode(t, n, "b", true, nil)
 	b.core.Write("app.c", 3)
 	b.start(t)
-	eventually(t, "a to sync from b", func() bool { return a.rep.Status().State == "synced" })
+	testkit.WaitFor(t, time.Minute, "a to sync from b", func() bool { return a.rep.Status().State == "synced" })
 	if got := a.core.Calls("BeginSync"); got != 1 {
 		t.Fatalf("a: BeginSync called %d times, want 1 (a sync from b, not a bootstrap)", got)
 	}
-	eventually(t, "a to accept writes", func() bool { return a.core.WritesBlocked() == "" })
+	testkit.WaitFor(t, time.Minute, "a to accept writes", func() bool { return a.core.WritesBlocked() == "" })
 
 	// A restart with ops in the log: RequirePeer does not apply.
 	n2 := newFakeNet(t, "c")
 	c := newFakeNode(t, n2, "c", false, need)
 	c.core.Write("app.c", 2)
 	c.start(t)
-	eventually(t, "c to bootstrap alone", func() bool { return c.rep.Status().State == "synced" })
+	testkit.WaitFor(t, time.Minute, "c to bootstrap alone", func() bool { return c.rep.Status().State == "synced" })
 	if got := c.core.Calls("BeginSync"); got != 0 {
 		t.Fatalf("c: BeginSync called %d times, want a bootstrap", got)
 	}
