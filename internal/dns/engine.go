@@ -23,6 +23,23 @@ const maxTCPMessage = 65535
 func (s *Server) handle(pkt []byte, client netip.Addr, tr int, out []byte) []byte {
 	var q query
 	outcome, rc := parse(pkt, &q)
+	return s.respond(&q, outcome, rc, client, tr, out)
+}
+
+// handleCut answers the start of a UDP datagram too big for the read
+// buffer: as the whole would have been (nothing for what parse drops),
+// except that a query that parses cleanly, being cut, is a FORMERR.
+func (s *Server) handleCut(pkt []byte, client netip.Addr, out []byte) []byte {
+	var q query
+	outcome, rc := parse(pkt, &q)
+	if outcome == parseOK {
+		outcome, rc = parseErr, rcodeFormErr
+	}
+	return s.respond(&q, outcome, rc, client, trUDP, out)
+}
+
+// respond answers q, which parse read with outcome and rc.
+func (s *Server) respond(q *query, outcome, rc int, client netip.Addr, tr int, out []byte) []byte {
 	if outcome == parseDrop {
 		s.m.drop(dropMalformed)
 		return nil
@@ -34,16 +51,16 @@ func (s *Server) handle(pkt []byte, client netip.Addr, tr int, out []byte) []byt
 			return nil
 		case rrlSlip:
 			s.m.slipped.Inc()
-			return s.errorResponse(out, &q, rcodeSuccess, true, tr)
+			return s.errorResponse(out, q, rcodeSuccess, true, tr)
 		}
 	}
 	if outcome == parseErr {
-		resp := s.errorResponse(out, &q, rc, false, tr)
-		s.m.query(&q, rc, tr)
+		resp := s.errorResponse(out, q, rc, false, tr)
+		s.m.query(q, rc, tr)
 		return resp
 	}
-	resp, rc := s.answer(out, &q, client, tr)
-	s.m.query(&q, rc, tr)
+	resp, rc := s.answer(out, q, client, tr)
+	s.m.query(q, rc, tr)
 	return resp
 }
 
