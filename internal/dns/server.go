@@ -673,7 +673,7 @@ func (s *Server) serveTCP(c *net.TCPConn, client, key netip.Addr) {
 		if err != nil {
 			return
 		}
-		s.m.latency[trTCP].Observe(time.Since(t0).Seconds())
+		s.m.common[trTCP].observe(time.Since(t0), 1)
 	}
 }
 

@@ -81,6 +81,7 @@ func (u *udpSocket) close() { u.c.Close() }
 type udpLoop struct {
 	s *Server
 	u *udpSocket
+	t *tally
 
 	rmsg  [udpBatch]unix.Mmsghdr
 	riov  [udpBatch]unix.Iovec
@@ -103,7 +104,7 @@ type udpLoop struct {
 }
 
 func newUDPLoop(s *Server, u *udpSocket) *udpLoop {
-	l := &udpLoop{s: s, u: u, outSlot: s.opts.MaxUDPSize + 4096}
+	l := &udpLoop{s: s, u: u, t: s.m.newTally(trUDP), outSlot: s.opts.MaxUDPSize + 4096}
 	l.in = make([]byte, udpBatch*udpInSize)
 	l.out = make([]byte, udpBatch*l.outSlot)
 	for i := range l.rmsg {
@@ -254,11 +255,11 @@ func (s *Server) serveUDP(u *udpSocket) {
 			var resp []byte
 			switch {
 			case !ok:
-				s.m.drop(dropMalformed)
+				l.t.drop(dropMalformed)
 			case cut:
-				resp = s.handleCut(pkt, client, l.outBuf(i))
+				resp = s.handleCut(l.t, pkt, client, l.outBuf(i))
 			default:
-				resp = s.handle(pkt, client, trUDP, l.outBuf(i))
+				resp = s.handleTally(l.t, pkt, client, l.outBuf(i))
 			}
 			if len(resp) == 0 {
 				continue
@@ -272,9 +273,6 @@ func (s *Server) serveUDP(u *udpSocket) {
 		if err := l.send(m); err != nil {
 			s.log.Debug("dns: udp write", "err", err)
 		}
-		d := time.Since(t0).Seconds()
-		for range m {
-			s.m.latency[trUDP].Observe(d)
-		}
+		l.t.observe(time.Since(t0), m)
 	}
 }

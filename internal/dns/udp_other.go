@@ -25,6 +25,7 @@ func (u *udpSocket) close() { u.c.Close() }
 func (s *Server) serveUDP(u *udpSocket) {
 	defer s.wg.Done()
 	c := u.c
+	t := s.m.newTally(trUDP)
 	in := make([]byte, 65536)
 	out := make([]byte, 0, outBufSize)
 	for {
@@ -37,13 +38,13 @@ func (s *Server) serveUDP(u *udpSocket) {
 			continue
 		}
 		t0 := time.Now()
-		resp := s.handle(in[:n], from.Addr().Unmap(), trUDP, out)
+		resp := s.handleTally(t, in[:n], from.Addr().Unmap(), out)
 		if resp == nil {
 			continue
 		}
 		if _, err := c.WriteToUDPAddrPort(resp, from); err != nil && !errors.Is(err, net.ErrClosed) {
 			s.log.Debug("dns: udp write", "to", from.String(), "err", err)
 		}
-		s.m.latency[trUDP].Observe(time.Since(t0).Seconds())
+		t.observe(time.Since(t0), 1)
 	}
 }
