@@ -16,11 +16,10 @@ import (
 
 // UDP on Linux moves up to udpBatch datagrams per system call each way:
 // recvmmsg takes whatever is queued and sendmmsg sends the batch's answers,
-// as gdnsd and Knot do. While datagrams are queued the serving goroutine
-// makes these calls itself, non-blocking (MSG_DONTWAIT) and as raw system
-// calls, which never block: no fd mutex, no poller, no scheduler. Only when
-// the socket runs dry does it wait in the runtime's poller (RawConn.Read),
-// like any Go network read. Compared with ReadFromUDP and WriteToUDP per
+// as gdnsd and Knot do. Both are non-blocking (MSG_DONTWAIT) raw system
+// calls, recvmmsg inside RawConn.Read: only when the socket runs dry does
+// the goroutine wait in the runtime's poller, like any Go network read;
+// sendmmsg waits there only if the send buffer is full. Compared with ReadFromUDP and WriteToUDP per
 // datagram, that saves per query two system call entries, the poller's
 // bookkeeping and, whenever the queue empties between two datagrams,
 // parking the goroutine and waking it through the scheduler: together more
@@ -131,12 +130,13 @@ func newUDPLoop(s *Server, u *udpSocket) *udpLoop {
 }
 
 // recv reads up to udpBatch datagrams into l.n, waiting for the first in
-// the poller if none is queued.
+// the poller if none is queued. (RawConn.Read calls readFn at once: a
+// recvmmsg of our own before it would only double the failed call when the
+// socket is dry, and it cannot be skipped: a datagram arriving between a
+// failed call and the poller's arming would wait for the next one.)
 func (l *udpLoop) recv() error {
-	if l.recvmmsg(l.u.fd); l.errno == unix.EAGAIN {
-		if err := l.u.rc.Read(l.readFn); err != nil {
-			return err
-		}
+	if err := l.u.rc.Read(l.readFn); err != nil {
+		return err
 	}
 	if l.errno != 0 {
 		l.n = 0
