@@ -56,7 +56,16 @@ func newUDPSocket(c *net.UDPConn) (*udpSocket, error) {
 		return nil, fmt.Errorf("dns: udp socket: %w", err)
 	}
 	u := &udpSocket{c: c, rc: rc}
-	if err := rc.Control(func(fd uintptr) { u.fd = int(fd) }); err != nil {
+	if err := rc.Control(func(fd uintptr) {
+		u.fd = int(fd)
+		// No path MTU discovery: answers leave without DF and the
+		// socket keeps no per-destination MTU state, so a forged ICMP
+		// "fragmentation needed" cannot shrink our answers or make them
+		// fail (what BIND, Knot and gdnsd do). One option per family;
+		// an IPv6 socket serving IPv4-mapped clients takes both.
+		_ = unix.SetsockoptInt(u.fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_OMIT)
+		_ = unix.SetsockoptInt(u.fd, unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_OMIT)
+	}); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("dns: udp socket: %w", err)
 	}
