@@ -19,8 +19,9 @@ const maxTCPMessage = 65535
 
 // handle answers one packet into out (reused by the caller; it must have
 // room for a full response to avoid growing) and returns the response, or
-// nil to send nothing. client is the resolver's address.
-// It is counted in the server's common tally for tr.
+// nil to send nothing. client is the resolver's address. The query counts
+// in the server's common tally for tr (the TCP connections' for trTCP);
+// a UDP socket's loop calls handleTally with its own.
 func (s *Server) handle(pkt []byte, client netip.Addr, tr int, out []byte) []byte {
 	return s.handleTally(s.m.common[tr], pkt, client, out)
 }
