@@ -19,31 +19,56 @@ const maxTCPMessage = 65535
 
 // handle answers one packet into out (reused by the caller; it must have
 // room for a full response to avoid growing) and returns the response, or
-// nil to send nothing. client is the resolver's address.
+// nil to send nothing. client is the resolver's address. The query counts
+// in the server's common tally for tr (the TCP connections' for trTCP);
+// a UDP socket's loop calls handleTally with its own.
 func (s *Server) handle(pkt []byte, client netip.Addr, tr int, out []byte) []byte {
+	return s.handleTally(s.m.common[tr], pkt, client, out)
+}
+
+// handleTally is handle counting in t, whose transport it answers for.
+func (s *Server) handleTally(t *tally, pkt []byte, client netip.Addr, out []byte) []byte {
 	var q query
 	outcome, rc := parse(pkt, &q)
+	return s.respond(t, &q, outcome, rc, client, out)
+}
+
+// handleCut answers the start of a UDP datagram too big for the read
+// buffer: as the whole would have been (nothing for what parse drops),
+// except that a query that parses cleanly, being cut, is a FORMERR.
+func (s *Server) handleCut(t *tally, pkt []byte, client netip.Addr, out []byte) []byte {
+	var q query
+	outcome, rc := parse(pkt, &q)
+	if outcome == parseOK {
+		outcome, rc = parseErr, rcodeFormErr
+	}
+	return s.respond(t, &q, outcome, rc, client, out)
+}
+
+// respond answers q, which parse read with outcome and rc.
+func (s *Server) respond(t *tally, q *query, outcome, rc int, client netip.Addr, out []byte) []byte {
+	tr := t.tr
 	if outcome == parseDrop {
-		s.m.drop(dropMalformed)
+		t.drop(dropMalformed)
 		return nil
 	}
 	if tr == trUDP && s.rrl != nil {
 		switch s.rrl.check(client) {
 		case rrlDrop:
-			s.m.drop(dropRRL)
+			t.drop(dropRRL)
 			return nil
 		case rrlSlip:
-			s.m.slipped.Inc()
-			return s.errorResponse(out, &q, rcodeSuccess, true, tr)
+			t.slipped.Add(1)
+			return s.errorResponse(out, q, rcodeSuccess, true, tr)
 		}
 	}
 	if outcome == parseErr {
-		resp := s.errorResponse(out, &q, rc, false, tr)
-		s.m.query(&q, rc, tr)
+		resp := s.errorResponse(out, q, rc, false, tr)
+		t.query(q, rc)
 		return resp
 	}
-	resp, rc := s.answer(out, &q, client, tr)
-	s.m.query(&q, rc, tr)
+	resp, rc := s.answer(out, q, client, tr)
+	t.query(q, rc)
 	return resp
 }
 

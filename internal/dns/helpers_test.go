@@ -244,3 +244,40 @@ func replyECS(r *mdns.Msg) *mdns.EDNS0_SUBNET {
 }
 
 func nodemapOf(nodes []nodemap.Node) *nodemap.Publisher { return nodemap.NewPublisher(nodes) }
+
+// metricValue is series name{labels} as the registry exports it (labels:
+// name, value, ...): a counter's or gauge's value, a histogram's sample
+// count; 0 when there is no such series.
+func metricValue(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue metrics
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			case m.Histogram != nil:
+				return float64(m.Histogram.GetSampleCount())
+			}
+		}
+	}
+	return 0
+}

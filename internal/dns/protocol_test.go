@@ -9,7 +9,6 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/testkit"
 )
@@ -256,8 +255,9 @@ func TestRRL(t *testing.T) {
 	// their way is known: read exactly those, with no wait for silence.
 	var dropped float64
 	testkit.WaitFor(t, settle, "every query answered, slipped or dropped", func() bool {
-		dropped = testutil.ToFloat64(ts.m.dropped[dropRRL])
-		return testutil.ToFloat64(ts.m.queries.WithLabelValues("A", "NOERROR", "udp"))+testutil.ToFloat64(ts.m.slipped)+dropped == n
+		dropped = metricValue(t, ts.reg, "edgenode_dns_dropped_total", "reason", "rrl")
+		return metricValue(t, ts.reg, "edgenode_dns_queries_total", "qtype", "A", "rcode", "NOERROR", "transport", "udp")+
+			metricValue(t, ts.reg, "edgenode_dns_rrl_slipped_total")+dropped == n
 	})
 	buf := make([]byte, 4096)
 	answered, truncated := 0, 0

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/dns/geoindex/geotest"
@@ -274,18 +273,21 @@ func TestMetrics(t *testing.T) {
 	ts.query(t, "nope.edgenode.test.", mdns.TypeAAAA, qopt{tcp: true})
 	ts.query(t, "example.com.", mdns.TypeA, qopt{})
 	for _, c := range []struct {
-		name string
-		c    prometheus.Collector
-		want float64
+		name   string
+		labels []string
+		want   float64
 	}{
-		{`edgenode_dns_queries_total{qtype="A",rcode="NOERROR",transport="udp"}`, ts.m.queries.WithLabelValues("A", "NOERROR", "udp"), 3},
-		{`edgenode_dns_queries_total{qtype="AAAA",rcode="NXDOMAIN",transport="tcp"}`, ts.m.queries.WithLabelValues("AAAA", "NXDOMAIN", "tcp"), 1},
-		{`edgenode_dns_queries_total{qtype="A",rcode="REFUSED",transport="udp"}`, ts.m.queries.WithLabelValues("A", "REFUSED", "udp"), 1},
-		{`edgenode_dns_dynamic_answers_total{node="fra"}`, ts.m.answers.WithLabelValues("fra"), 3},
-		{`edgenode_dns_geoindex_networks`, ts.m.networks, float64(len(clientNets))},
+		{"edgenode_dns_queries_total", []string{"qtype", "A", "rcode", "NOERROR", "transport", "udp"}, 3},
+		{"edgenode_dns_queries_total", []string{"qtype", "AAAA", "rcode", "NXDOMAIN", "transport", "tcp"}, 1},
+		{"edgenode_dns_queries_total", []string{"qtype", "A", "rcode", "REFUSED", "transport", "udp"}, 1},
+		{"edgenode_dns_queries_total", []string{"qtype", "A", "rcode", "NOERROR", "transport", "tcp"}, 0},
+		{"edgenode_dns_dynamic_answers_total", []string{"node", "fra"}, 3},
+		{"edgenode_dns_geoindex_networks", nil, float64(len(clientNets))},
+		{"edgenode_dns_answer_duration_seconds", []string{"transport", "tcp"}, 1},
+		{"edgenode_dns_dropped_total", []string{"reason", "malformed"}, 0},
 	} {
-		if got := testutil.ToFloat64(c.c); got != c.want {
-			t.Errorf("%s = %v, want %v", c.name, got, c.want)
+		if got := metricValue(t, ts.reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%q = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 	if got := testutil.ToFloat64(ts.m.build); got <= 0 {
@@ -294,7 +296,7 @@ func TestMetrics(t *testing.T) {
 	// The server observes latency after its write, so the last reply may
 	// arrive before its observation: wait for it.
 	testkit.WaitFor(t, settle, "4 UDP latency samples", func() bool {
-		return testkit.SampleCount(t, ts.m.latency[trUDP].(prometheus.Histogram)) == 4
+		return metricValue(t, ts.reg, "edgenode_dns_answer_duration_seconds", "transport", "udp") == 4
 	})
 }
 

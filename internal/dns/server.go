@@ -50,7 +50,7 @@ type Server struct {
 	life    sync.Mutex
 	state   int
 	stop    chan struct{}
-	udp     []*net.UDPConn
+	udp     []*udpSocket
 	tcp     *net.TCPListener
 	conns   map[*net.TCPConn]struct{}
 	perIP   map[netip.Addr]int // open TCP connections per tcpClientKey
@@ -411,14 +411,29 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	s.udp, s.tcp = udp, tcp
 	s.udpAddr, s.tcpAddr = udp[0].LocalAddr(), tcp.Addr()
+	socks := make([]*udpSocket, 0, len(udp))
+	for i, c := range udp {
+		_ = c.SetReadBuffer(4 << 20) // ride out bursts; the kernel caps it
+		u, err := newUDPSocket(c)
+		if err != nil {
+			for _, u := range socks {
+				u.close()
+			}
+			for _, c := range udp[i+1:] {
+				c.Close()
+			}
+			tcp.Close()
+			return err
+		}
+		socks = append(socks, u)
+	}
+	s.udp, s.tcp = socks, tcp
 	s.stop = make(chan struct{})
 	s.state = stateRunning
-	for _, c := range udp {
-		_ = c.SetReadBuffer(4 << 20) // ride out bursts; the kernel caps it
+	for _, u := range s.udp {
 		s.wg.Add(1)
-		go s.serveUDP(c)
+		go s.serveUDP(u)
 	}
 	s.wg.Add(3)
 	go s.acceptTCP(tcp)
@@ -501,8 +516,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.state = stateStopped
 	close(s.stop)
-	for _, c := range s.udp {
-		c.Close()
+	for _, u := range s.udp {
+		u.wake()
 	}
 	s.tcp.Close()
 	// Wake connections blocked waiting for their next query; one busy
@@ -535,31 +550,6 @@ func (s *Server) stopping() bool {
 		return true
 	default:
 		return false
-	}
-}
-
-func (s *Server) serveUDP(c *net.UDPConn) {
-	defer s.wg.Done()
-	in := make([]byte, 65536)
-	out := make([]byte, 0, outBufSize)
-	for {
-		n, from, err := c.ReadFromUDPAddrPort(in)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || s.stopping() {
-				return
-			}
-			s.log.Debug("dns: udp read", "err", err)
-			continue
-		}
-		t0 := time.Now()
-		resp := s.handle(in[:n], from.Addr().Unmap(), trUDP, out)
-		if resp == nil {
-			continue
-		}
-		if _, err := c.WriteToUDPAddrPort(resp, from); err != nil && !errors.Is(err, net.ErrClosed) {
-			s.log.Debug("dns: udp write", "to", from.String(), "err", err)
-		}
-		s.m.latency[trUDP].Observe(time.Since(t0).Seconds())
 	}
 }
 
@@ -683,7 +673,7 @@ func (s *Server) serveTCP(c *net.TCPConn, client, key netip.Addr) {
 		if err != nil {
 			return
 		}
-		s.m.latency[trTCP].Observe(time.Since(t0).Seconds())
+		s.m.common[trTCP].observe(time.Since(t0), 1)
 	}
 }
 
