@@ -315,6 +315,7 @@ func TestSlowPeerDoesNotBlockOthers(t *testing.T) {
 
 	msg := make([]byte, 16<<10)
 	sentC, full := 0, 0
+	maxDepth := 0.0
 	start := time.Now()
 	for i := 0; full < 100; i++ {
 		if time.Since(start) > settle {
@@ -323,6 +324,10 @@ func TestSlowPeerDoesNotBlockOthers(t *testing.T) {
 		switch err := a.Send("b", "t", msg); {
 		case errors.Is(err, ErrQueueFull):
 			full++
+			// Sampled while it is full: the link's writer may still move
+			// queued messages into QUIC buffers when b's flow-control
+			// window grows, so the depth read later can be 0.
+			maxDepth = max(maxDepth, peerMetric(a, descQueueDepth, "b"))
 		case err != nil:
 			t.Fatal(err)
 		}
@@ -338,8 +343,8 @@ func TestSlowPeerDoesNotBlockOthers(t *testing.T) {
 	if d := testutil.ToFloat64(a.met.drops.WithLabelValues("queue_full")); d < 100 {
 		t.Errorf("queue_full drops %v, want >= 100", d)
 	}
-	if q := peerMetric(a, descQueueDepth, "b"); q == 0 {
-		t.Error("queue depth for b is 0 while b is stuck")
+	if maxDepth == 0 {
+		t.Error("queue depth for b read 0 while its queue was full")
 	}
 	if d := peerMetric(a, descPeerDrops, "b"); d < 100 {
 		t.Errorf("per-peer drops for b %v", d)
