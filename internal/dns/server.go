@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgenode/edgenode/internal/clientaddr"
 	"github.com/edgenode/edgenode/internal/dns/geoindex"
 	"github.com/edgenode/edgenode/internal/nodemap"
 )
@@ -577,7 +578,7 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 		if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 			client = ta.AddrPort().Addr().Unmap()
 		}
-		key := tcpClientKey(client)
+		key := clientaddr.Key(client)
 		s.life.Lock()
 		refused := ""
 		switch {
@@ -602,16 +603,6 @@ func (s *Server) acceptTCP(l *net.TCPListener) {
 		s.life.Unlock()
 		go s.serveTCP(c, client, key)
 	}
-}
-
-// tcpClientKey is what the per-address TCP limit counts: the IPv4 address,
-// or the /64 of an IPv6 address, since one host commonly gets a whole /64
-// and can pick any address in it.
-func tcpClientKey(a netip.Addr) netip.Addr {
-	if a.Is6() {
-		return netip.PrefixFrom(a, 64).Masked().Addr()
-	}
-	return a
 }
 
 // serveTCP answers length-prefixed queries on one connection in order

@@ -110,22 +110,3 @@ func isReset(err error) bool {
 	var op *net.OpError
 	return errors.As(err, &op) && !op.Timeout()
 }
-
-func TestTCPClientKeyGroupsIPv6By64(t *testing.T) {
-	for _, c := range []struct{ a, b string }{
-		{"2001:db8:1:2::1", "2001:db8:1:2:ffff:ffff:ffff:ffff"},
-		{"192.0.2.1", "192.0.2.1"},
-	} {
-		if tcpClientKey(ip(c.a)) != tcpClientKey(ip(c.b)) {
-			t.Errorf("%s and %s counted apart", c.a, c.b)
-		}
-	}
-	for _, c := range []struct{ a, b string }{
-		{"2001:db8:1:2::1", "2001:db8:1:3::1"},
-		{"192.0.2.1", "192.0.2.2"}, // IPv4: per address, as the transport counts
-	} {
-		if tcpClientKey(ip(c.a)) == tcpClientKey(ip(c.b)) {
-			t.Errorf("%s and %s counted together", c.a, c.b)
-		}
-	}
-}

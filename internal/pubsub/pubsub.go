@@ -16,6 +16,8 @@ import (
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/edgenode/edgenode/internal/clientaddr"
 )
 
 // Mesh is what pubsub needs from the cluster mesh (internal/mesh satisfies
@@ -168,7 +170,7 @@ func (p *PubSub) Routes() map[string]http.Handler {
 // may proceed, else the refusal reason. The per-address limit counts by
 // clientKey (an IPv6 /64 is one client).
 func (p *PubSub) reserve(ip netip.Addr) string {
-	key := clientKey(ip)
+	key := clientaddr.Key(ip)
 	p.connMu.Lock()
 	defer p.connMu.Unlock()
 	switch {
@@ -188,7 +190,7 @@ func (p *PubSub) release(ip netip.Addr) {
 }
 
 func (p *PubSub) releaseLocked(ip netip.Addr) {
-	key := clientKey(ip)
+	key := clientaddr.Key(ip)
 	if p.perIP[key]--; p.perIP[key] <= 0 {
 		delete(p.perIP, key)
 	}

@@ -20,23 +20,6 @@ func clientIP(r *http.Request) netip.Addr {
 	return ap.Addr().Unmap()
 }
 
-// clientKey is what the per-address limit counts: an IPv4 address as it
-// is, an IPv6 address by its /64. A /64 is the smallest network a site or
-// a home is given, and its owner picks any of its 2^64 addresses freely,
-// so counting single IPv6 addresses would be no limit at all. (The
-// transport groups its own per-address limit the same way.)
-func clientKey(a netip.Addr) netip.Addr {
-	a = a.Unmap()
-	if !a.Is6() {
-		return a
-	}
-	p, err := a.WithZone("").Prefix(64)
-	if err != nil {
-		return a
-	}
-	return p.Addr()
-}
-
 // checkHandshake applies the checks every subscriber connection gets before
 // it is accepted: an optional ?tenant= binding (with its Origin list), or
 // an Origin some tenant allows, and the per-address limit. It answers the

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+
+	"github.com/edgenode/edgenode/internal/clientaddr"
 )
 
 // limitListener counts open connections and connections per client address
@@ -60,7 +62,7 @@ func refuse(c net.Conn) {
 // per client, whatever the protocol) and reports whether it is over the
 // limit. The caller calls forget for it either way, once it is gone.
 func (l *limitListener) acquire(addr netip.Addr) (over bool) {
-	key := clientKey(addr)
+	key := clientaddr.Key(addr)
 	l.mu.Lock()
 	l.count[key]++
 	over = l.perIP > 0 && l.count[key] > l.perIP
@@ -72,7 +74,7 @@ func (l *limitListener) acquire(addr netip.Addr) (over bool) {
 }
 
 func (l *limitListener) forget(addr netip.Addr) {
-	key := clientKey(addr)
+	key := clientaddr.Key(addr)
 	l.mu.Lock()
 	if l.count[key]--; l.count[key] <= 0 {
 		delete(l.count, key)
@@ -91,22 +93,6 @@ func remoteAddr(c net.Conn) netip.Addr {
 		return a.Unmap()
 	}
 	return netip.Addr{}
-}
-
-// clientKey is what the per-address limit counts: an IPv4 address as it
-// is, an IPv6 address by its /64. A /64 is the smallest network a site or
-// a home is given, and its owner picks any of its 2^64 addresses freely,
-// so counting single IPv6 addresses would be no limit at all.
-func clientKey(a netip.Addr) netip.Addr {
-	a = a.Unmap()
-	if !a.Is6() {
-		return a
-	}
-	p, err := a.WithZone("").Prefix(64)
-	if err != nil {
-		return a
-	}
-	return p.Addr()
 }
 
 type countedConn struct {
