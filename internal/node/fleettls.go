@@ -19,6 +19,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
+	"github.com/edgenode/edgenode/internal/atomicfile"
 	fleet "github.com/edgenode/edgenode/internal/certs"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
@@ -202,33 +203,12 @@ func ensureFleetSecret(path string) (secret []byte, made bool, err error) {
 	raw := make([]byte, 32)
 	_, _ = rand.Read(raw) // crypto/rand never fails on Linux
 	text := base64.StdEncoding.EncodeToString(raw) + "\n"
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".fleet.secret-*") // mode 0600
-	if err != nil {
-		return nil, false, err
-	}
-	defer os.Remove(tmp.Name())
-	_, werr := tmp.WriteString(text)
-	if err := errors.Join(werr, tmp.Sync(), tmp.Close()); err != nil {
-		return nil, false, fmt.Errorf("write %s: %w", tmp.Name(), err)
-	}
-	if err := os.Link(tmp.Name(), path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
+	if err := atomicfile.Create(path, []byte(text), 0o600); err != nil {
+		if errors.Is(err, fs.ErrExist) { // another process made it meanwhile
 			v, err := read()
 			return v, false, err
 		}
 		return nil, false, err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, false, err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return nil, false, fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return []byte(strings.TrimRight(text, "\n")), true, nil
 }

@@ -21,6 +21,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/edgenode/edgenode/internal/atomicfile"
 )
 
 // CertSource is one certificate chain and key. The key is PEM read from
@@ -244,10 +246,10 @@ func EnsureSelfSigned(dir string, names []string, log *slog.Logger) (certFile, k
 	if err != nil {
 		return "", "", err
 	}
-	if err := writeAtomic(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+	if err := atomicfile.Write(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
 		return "", "", err
 	}
-	if err := writeAtomic(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
+	if err := atomicfile.Write(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return "", "", err
 	}
 	return certFile, keyFile, logFingerprint(certFile, log, true)
@@ -268,12 +270,4 @@ func logFingerprint(certFile string, log *slog.Logger, created bool) error {
 	}
 	log.Info(msg, "file", certFile, "sha256", Fingerprint(blk.Bytes))
 	return nil
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, mode); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }
