@@ -120,9 +120,6 @@ func (s *Server) failingCheck() error {
 	s.checksMu.Unlock()
 	for _, c := range checks {
 		if err := c.fn(); err != nil {
-			if strings.HasPrefix(err.Error(), c.name+":") {
-				return err // already says whose it is
-			}
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
 	}

@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -122,7 +123,10 @@ func mongoReadiness(p *mongoPart) func() error {
 		if r == nil {
 			return errors.New("mongo replication: not running")
 		}
-		return r.Ready()
+		if err := r.Ready(); err != nil {
+			return fmt.Errorf("mongo replication: %w", err)
+		}
+		return nil
 	}
 }
 

@@ -121,7 +121,7 @@ func (r *Replicator) Ready() error { return r.ready(r.Status()) }
 
 func (r *Replicator) ready(st Status) error {
 	if st.State != stateNames[stateSynced] {
-		return fmt.Errorf("mongo replication: %s (%s)", st.State, st.Writes)
+		return fmt.Errorf("%s (%s)", st.State, st.Writes)
 	}
 	if r.opts.MaxLag < 0 {
 		return nil
@@ -129,7 +129,7 @@ func (r *Replicator) ready(st Status) error {
 	var errs []error
 	for _, o := range st.Origins {
 		if o.State == nodemap.Alive.String() && o.LagSeconds > r.opts.MaxLag.Seconds() {
-			errs = append(errs, fmt.Errorf("mongo replication: %d ops of %s waiting for %.0fs (max_lag %v)", o.LagOps, o.Node, o.LagSeconds, r.opts.MaxLag))
+			errs = append(errs, fmt.Errorf("%d ops of %s waiting for %.0fs (max_lag %v)", o.LagOps, o.Node, o.LagSeconds, r.opts.MaxLag))
 		}
 	}
 	return errors.Join(errs...)
