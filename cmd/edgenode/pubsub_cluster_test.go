@@ -1,16 +1,13 @@
 package main
 
 import (
-	crand "crypto/rand"
 	"crypto/tls"
-	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -23,7 +20,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/edgenode/edgenode/internal/mesh/pki"
 	"github.com/edgenode/edgenode/internal/testkit"
 )
 
@@ -414,63 +410,6 @@ func (n *psNet) cutLink(i, j int, on bool) {
 	}
 }
 
-// psCluster makes the configs of n nodes in net's namespaces.
-func psCluster(t *testing.T, pn *psNet, n int) *cluster {
-	t.Helper()
-	dir := t.TempDir()
-	caDir := filepath.Join(dir, "ca")
-	if err := pki.InitCA(caDir); err != nil {
-		t.Fatal(err)
-	}
-	key := make([]byte, 32)
-	_, _ = crand.Read(key)
-	keyFile := filepath.Join(dir, "gossip.key")
-	if err := os.WriteFile(keyFile, []byte(base64.StdEncoding.EncodeToString(key)+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fleetSecret := writeFleetSecret(t, dir)
-	var seeds []string
-	for i := range n {
-		seeds = append(seeds, pn.meshIP(i)+":7946")
-	}
-	seedsJSON, _ := json.Marshal(seeds)
-	c := &cluster{t: t}
-	for i := range n {
-		ip, mg := pn.meshIP(i), pn.mgmtIP(i)
-		id := fmt.Sprintf("node%d", i+1)
-		certFile, keyPath, err := pki.IssueNode(caDir, id, filepath.Join(dir, "certs"), []string{ip})
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := &nodeProc{t: t, https: mg + ":8443", admin: mg + ":9090", dns: mg + ":8053", mongo: mg + ":27018", dataDir: filepath.Join(dir, id)}
-		cfg := fmt.Sprintf(`node:
-  id: %s
-  region: r%d
-  public_ipv4: %s
-  data_dir: %s
-  drain_timeout: 10s
-log: {level: info}
-https: {listen: "%s", fleet_secret: {file: %s}}
-admin: {listen: "%s"}
-dns: {listen: "%s"}
-mongo: {enabled: false}
-mesh:
-  enabled: true
-  bind: "%s:7946"
-  link_listen: "%s:7947"
-  seeds: %s
-  gossip_keys: [{file: %s}]
-  profile: local
-  ca_cert: %s
-  cert: %s
-  key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
-		c.cfgs = append(c.cfgs, cfg)
-		c.nodes = append(c.nodes, p)
-	}
-	return c
-}
-
 // node1 and node2 cannot reach each other over their mesh link; node3
 // reaches both: a publish on node1 reaches a subscriber on node2 through
 // node3 within a second; after the heal nothing is repeated or lost.
@@ -480,7 +419,7 @@ func TestClusterPubSubRelayAroundCut(t *testing.T) {
 		t.Skip("needs nftables (nft)")
 	}
 	pn := setupPSNet(t, 3)
-	c := psCluster(t, pn, 3)
+	c := nsCluster(t, pn, 3, false)
 	for i := range 3 {
 		p := *c.nodes[i]
 		c.nodes[i] = startNodeIn(t, pn.ns[i], c.cfgs[i], &p)

@@ -640,10 +640,19 @@ func (rn *replNet) cut(i int, on bool) {
 	runCmd(rn.t, "ip", "-n", rn.sw, "link", "set", fmt.Sprintf("c%d", i), state)
 }
 
+// nsLayout is where the nodes of a namespace cluster listen: the mesh on
+// a shared bridge, admin, HTTPS, DNS and Mongo on each node's management
+// link (replNet, psNet).
+type nsLayout interface {
+	meshIP(i int) string
+	mgmtIP(i int) string
+}
+
 // nsCluster makes a cluster like newCluster whose nodes live in rn's
 // namespaces: mesh on the bridge, admin and Mongo on the management link.
-// node1 bootstraps, as in newCluster.
-func nsCluster(t *testing.T, rn *replNet, n int) *cluster {
+// With mongo, node1 bootstraps, as in newCluster; without, the Mongo layer
+// is off.
+func nsCluster(t *testing.T, rn nsLayout, n int, mongo bool) *cluster {
 	t.Helper()
 	dir := t.TempDir()
 	caDir := filepath.Join(dir, "ca")
@@ -671,6 +680,10 @@ func nsCluster(t *testing.T, rn *replNet, n int) *cluster {
 			t.Fatal(err)
 		}
 		p := &nodeProc{t: t, https: mg + ":8443", admin: mg + ":9090", dns: mg + ":8053", mongo: mg + ":27018", dataDir: filepath.Join(dir, id)}
+		mongoCfg := "{enabled: false}"
+		if mongo {
+			mongoCfg = fmt.Sprintf(`{listen: "%s", bootstrap: %t}`, p.mongo, i == 0)
+		}
 		cfg := fmt.Sprintf(`node:
   id: %s
   region: r%d
@@ -681,7 +694,7 @@ log: {level: info}
 https: {listen: "%s", fleet_secret: {file: %s}}
 admin: {listen: "%s"}
 dns: {listen: "%s"}
-mongo: {listen: "%s", bootstrap: %t}
+mongo: %s
 mesh:
   enabled: true
   bind: "%s:7946"
@@ -692,7 +705,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, p.mongo, i == 0, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
+`, id, i+1, ip, p.dataDir, p.https, fleetSecret, p.admin, p.dns, mongoCfg, ip, ip, seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), certFile, keyPath)
 		c.cfgs = append(c.cfgs, cfg)
 		c.nodes = append(c.nodes, p)
 	}
@@ -708,7 +721,7 @@ func startNodeIn(t *testing.T, ns, cfg string, p *nodeProc) *nodeProc {
 func TestReplPartitionHeals(t *testing.T) {
 	needNetns(t)
 	rn := setupReplNet(t, 3)
-	c := nsCluster(t, rn, 3)
+	c := nsCluster(t, rn, 3, true)
 	for i := range 3 {
 		p := *c.nodes[i]
 		c.nodes[i] = startNodeIn(t, rn.ns[i], c.cfgs[i], &p)
@@ -754,7 +767,7 @@ func TestReplSoak(t *testing.T) {
 	netns := os.Geteuid() == 0 && exec.Command("ip", "netns", "list").Run() == nil && os.Getenv("REPL_SOAK_LOOPBACK") == ""
 	if netns {
 		rn = setupReplNet(t, n)
-		c = nsCluster(t, rn, n)
+		c = nsCluster(t, rn, n, true)
 		start = func(i int) {
 			p := *c.nodes[i]
 			c.nodes[i] = startNodeIn(t, rn.ns[i], c.cfgs[i], &p)
