@@ -14,7 +14,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,44 +59,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
-// versitygwPath finds the binary in $TOOLS_DIR, <repo>/tools or PATH, and
-// otherwise installs it with scripts/install-test-tools (once).
-func versitygwPath() (string, error) {
-	var cands []string
-	if d := os.Getenv("TOOLS_DIR"); d != "" {
-		cands = append(cands, filepath.Join(d, "versitygw"))
-	}
-	cands = append(cands, filepath.Join(repoRoot(), "tools", "versitygw"))
-	for _, p := range cands {
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath("versitygw"); err == nil {
-		return p, nil
-	}
-	script := filepath.Join(repoRoot(), "scripts", "install-test-tools")
-	cmd := exec.Command("bash", script)
-	cmd.Env = os.Environ()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("versitygw missing and %s failed: %v\n%s", script, err, out)
-	}
-	tools := os.Getenv("TOOLS_DIR")
-	if tools == "" {
-		tools = filepath.Join(repoRoot(), "tools")
-	}
-	p := filepath.Join(tools, "versitygw")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("install-test-tools ran but %s is missing: %v", p, err)
-	}
-	return p, nil
-}
+func versitygwPath() (string, error) { return testkit.Tool("versitygw", nil) }
 
 // xattrsWork reports whether dir's filesystem takes user xattrs (versitygw's
 // posix backend keeps metadata there; otherwise it needs --sidecar).

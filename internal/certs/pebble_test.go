@@ -18,9 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,48 +27,15 @@ import (
 	"github.com/edgenode/edgenode/internal/testkit"
 )
 
-// pebbleBinary finds Pebble in $TOOLS_DIR, <repo>/tools or PATH, running
-// scripts/install-test-tools once when it is in none of them.
+// pebbleBinary is Pebble, Let's Encrypt's test ACME server.
 func pebbleBinary(t *testing.T) string {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	repo := filepath.Join(filepath.Dir(file), "..", "..")
-	find := func() string {
-		var dirs []string
-		if d := os.Getenv("TOOLS_DIR"); d != "" {
-			dirs = append(dirs, d)
-		}
-		dirs = append(dirs, filepath.Join(repo, "tools"))
-		for _, d := range dirs {
-			p := filepath.Join(d, "pebble")
-			if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
-				return p
-			}
-		}
-		if p, err := exec.LookPath("pebble"); err == nil {
-			return p
-		}
-		return ""
+	p, err := testkit.Tool("pebble", nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if p := find(); p != "" {
-		return p
-	}
-	installOnce.Do(func() {
-		cmd := exec.Command(filepath.Join(repo, "scripts", "install-test-tools"))
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		installErr = cmd.Run()
-	})
-	if p := find(); p != "" {
-		return p
-	}
-	t.Fatalf("pebble not found in $TOOLS_DIR, %s/tools or PATH, and scripts/install-test-tools did not provide it: %v", repo, installErr)
-	return ""
+	return p
 }
-
-var (
-	installOnce sync.Once
-	installErr  error
-)
 
 // pebble is a running Pebble ACME server with its own DNS server that
 // resolves every name to 127.0.0.1, so its validations reach our listeners.

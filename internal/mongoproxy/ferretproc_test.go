@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -54,45 +53,11 @@ func stopAuthFerret() {
 	}
 }
 
-func repoRoot() string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
-// ferretdbPath finds the binary in $TOOLS_DIR, <repo>/tools or PATH, and
-// otherwise installs it with scripts/install-test-tools (once). A binary
-// that cannot print its version is skipped: `go install` builds one that
-// panics at start (see the script).
+// ferretdbPath is the FerretDB server binary. One that cannot print its
+// version is passed over: `go install` builds one that panics at start
+// (see scripts/install-test-tools).
 func ferretdbPath() (string, error) {
-	var cands []string
-	if d := os.Getenv("TOOLS_DIR"); d != "" {
-		cands = append(cands, filepath.Join(d, "ferretdb"))
-	}
-	cands = append(cands, filepath.Join(repoRoot(), "tools", "ferretdb"))
-	if p, err := exec.LookPath("ferretdb"); err == nil {
-		cands = append(cands, p)
-	}
-	for _, p := range cands {
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 && exec.Command(p, "--version").Run() == nil {
-			return p, nil
-		}
-	}
-	script := filepath.Join(repoRoot(), "scripts", "install-test-tools")
-	cmd := exec.Command("bash", script)
-	cmd.Env = os.Environ()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("ferretdb missing and %s failed: %v\n%s", script, err, out)
-	}
-	tools := os.Getenv("TOOLS_DIR")
-	if tools == "" {
-		tools = filepath.Join(repoRoot(), "tools")
-	}
-	p := filepath.Join(tools, "ferretdb")
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("install-test-tools ran but %s is missing: %v", p, err)
-	}
-	return p, nil
+	return testkit.Tool("ferretdb", func(p string) bool { return exec.Command(p, "--version").Run() == nil })
 }
 
 // authFerret returns the address of the shared auth-enforcing FerretDB
