@@ -81,6 +81,7 @@ type mongoStatus struct {
 		LagOps  uint64 `json:"lag_ops"`
 		Applied uint64 `json:"applied"`
 		Last    uint64 `json:"last"`
+		Via     string `json:"via"`
 	} `json:"origins"`
 	Peers []struct {
 		Node   string `json:"node"`

@@ -305,7 +305,7 @@ func mongoPathsIf(on bool) proxyOpt {
 // from its op log as replication reads them.
 func localOpsSince(t testing.TB, tp *testProxy, from uint64) []*crdt.Op {
 	t.Helper()
-	raws, err := tp.Replica().ReadLocal(from, 1<<20, 1<<30)
+	raws, err := tp.Replica().ReadOps(tp.Replica().Origin(), from, 1<<20, 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}

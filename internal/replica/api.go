@@ -115,15 +115,17 @@ type Replication interface {
 	AppliedVector() map[string]uint64
 
 	// Subscribe returns a channel that receives a value (coalesced: at
-	// most one waits) whenever this node's ops were appended to the log
-	// or applied, and the function that unsubscribes. Read the ops with
-	// ReadLocal from the subscriber's own position.
+	// most one waits) whenever ops were appended to the log (this node's)
+	// or applied (peers'), and the function that unsubscribes. Read the
+	// ops with ReadOps from the subscriber's own position.
 	Subscribe() (notify <-chan struct{}, cancel func())
-	// ReadLocal returns the stored encodings (crdt.Op BSON) of this node's
-	// ops after seq after, in order, at most maxOps of them and about
+	// ReadOps returns the stored encodings (crdt.Op BSON) of origin's ops
+	// after seq after, in order, at most maxOps of them and about
 	// maxBytes (at least one). None: nothing there (yet, or any more:
-	// compare FirstSeq).
-	ReadLocal(after uint64, maxOps, maxBytes int) ([][]byte, error)
+	// compare FirstSeq for this node's own ops). For this node's origin
+	// that is every op it logged; for a peer's, the ops it applied and
+	// still keeps (see TrimBelow), which it may relay.
+	ReadOps(origin string, after uint64, maxOps, maxBytes int) ([][]byte, error)
 	// LocalOp returns this node's op seq (nil if the log no longer has it).
 	LocalOp(seq uint64) (*crdt.Op, error)
 	// LastSeq is the seq of this node's newest op; FirstSeq the oldest
@@ -137,9 +139,10 @@ type Replication interface {
 	PeerAcks() map[string]uint64
 	SetPeerAck(peer string, seq uint64) error
 	RemovePeer(peer string) error
-	// TrimBelow deletes ops nobody needs any more, keeping this node's ops
-	// above seq in any case.
-	TrimBelow(seq uint64) (removed int, err error)
+	// TrimBelow deletes ops nobody needs any more (this node's: applied
+	// and acknowledged by every known peer; a peer's: applied), keeping
+	// each origin's ops above keep[origin] in any case.
+	TrimBelow(keep map[string]uint64) (removed int, err error)
 
 	// Frontier is a clock reading F such that every op this node has
 	// stamped or will stamp at or below F is already in the log (local

@@ -42,7 +42,10 @@ func (r *Replica) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
 	if err := r.olog.AppendRemote(ctx, ops); err != nil {
 		return fmt.Errorf("replica: log remote ops: %w", err)
 	}
-	return r.applyOps(ctx, ops, "remote")
+	err := r.applyOps(ctx, ops, "remote")
+	// Relays (package repl) stream peers' ops they applied: wake them.
+	r.notify()
+	return err
 }
 
 // applyOps applies already-logged ops (from peers, or unapplied ones at

@@ -97,7 +97,7 @@ func TestLocalWriteIsStreamed(t *testing.T) {
 	if !notified(notify) {
 		t.Fatal("the subscriber was not told")
 	}
-	raws, err := r.ReadLocal(from, 10, 1<<20)
+	raws, err := r.ReadOps(r.Origin(), from, 10, 1<<20)
 	if err != nil || len(raws) != 2 {
 		t.Fatalf("read %d ops after %d: %v", len(raws), from, err)
 	}

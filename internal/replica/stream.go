@@ -57,10 +57,10 @@ func (r *Replica) notify() {
 	}
 }
 
-// ReadLocal returns the stored encodings of this node's ops after seq
-// after (see Replication).
-func (r *Replica) ReadLocal(after uint64, maxOps, maxBytes int) ([][]byte, error) {
-	return r.olog.ReadRaw(r.node, after, maxOps, maxBytes)
+// ReadOps returns the stored encodings of origin's ops after seq after
+// (see Replication).
+func (r *Replica) ReadOps(origin string, after uint64, maxOps, maxBytes int) ([][]byte, error) {
+	return r.olog.ReadRaw(origin, after, maxOps, maxBytes)
 }
 
 // LocalOp returns this node's op seq, or nil if the log does not hold it.
@@ -93,9 +93,9 @@ func (r *Replica) SetPeerAck(peer string, seq uint64) error { return r.olog.SetP
 // RemovePeer forgets a peer's position (a node gone for good).
 func (r *Replica) RemovePeer(peer string) error { return r.olog.RemovePeer(peer) }
 
-// TrimBelow deletes the ops nobody needs any more, keeping this node's ops
-// above seq in any case.
-func (r *Replica) TrimBelow(seq uint64) (int, error) { return r.olog.TrimBelow(seq) }
+// TrimBelow deletes the ops nobody needs any more, keeping each origin's
+// ops above keep[origin] in any case.
+func (r *Replica) TrimBelow(keep map[string]uint64) (int, error) { return r.olog.TrimBelow(keep) }
 
 // MaxTimestamp is the newest timestamp the log holds durably.
 func (r *Replica) MaxTimestamp() crdt.Timestamp { return r.olog.MaxTimestamp() }

@@ -25,6 +25,11 @@ const (
 	// ops that is. Any other label is folded (largest value per peer).
 	metricReplLagSeconds = "edgenode_mongo_repl_peer_lag_seconds"
 	metricReplLagOps     = "edgenode_mongo_repl_peer_lag_ops"
+	// How each peer's data reaches this node: its Mongo ops ("origin" and
+	// "via" labels: direct, or the relaying peer) and its pubsub messages
+	// (1 direct, 0 through a relay, by "peer").
+	metricReplRoute    = "edgenode_mongo_repl_route"
+	metricPubSubDirect = "edgenode_pubsub_peer_direct"
 )
 
 // cacheHitResults are the cdn results answered from the cache without the
@@ -44,6 +49,11 @@ type Figures struct {
 	CacheBytes *float64           `json:"cache_bytes,omitempty"` // bytes in the media cache
 	Lag        map[string]float64 `json:"lag,omitempty"`         // peer id -> replication lag in seconds
 	LagOps     map[string]float64 `json:"lag_ops,omitempty"`     // peer id -> ops the peer has not acknowledged
+	// Routes: peer id -> how its data reaches this node when not over the
+	// direct link: "via <id>" (its Mongo ops relayed by that peer) or
+	// "relayed" (pubsub through a peer that reaches it). Direct peers are
+	// absent.
+	Routes map[string]string `json:"routes,omitempty"`
 }
 
 // Limits on figures from peers: they come over authenticated links, but a
@@ -73,6 +83,14 @@ func decodeFigures(b []byte) (*Figures, error) {
 	if f.CacheHit != nil && *f.CacheHit > 1 {
 		return nil, errBadFigures
 	}
+	if len(f.Routes) > maxLagPeers {
+		return nil, errBadFigures
+	}
+	for k, v := range f.Routes {
+		if k == "" || len(k) > maxPeerIDLen || len(v) > maxPeerIDLen+4 {
+			return nil, errBadFigures
+		}
+	}
 	for _, m := range []map[string]float64{f.Lag, f.LagOps} {
 		if len(m) > maxLagPeers {
 			return nil, errBadFigures
@@ -99,6 +117,7 @@ type sample struct {
 	cacheHits, cacheTotal float64
 	cacheBytes            float64
 	lag, lagOps           map[string]float64
+	routes                map[string]string
 }
 
 // takeSample reads the families the page shows. parts are the node's
@@ -137,6 +156,26 @@ func takeSample(fams []*dto.MetricFamily, at time.Time, parts map[string]bool) s
 			s.lag = perPeer(f)
 		case metricReplLagOps:
 			s.lagOps = perPeer(f)
+		case metricReplRoute:
+			for _, m := range f.GetMetric() {
+				if via := label(m, "via"); via != "direct" && via != "" && value(m) > 0 {
+					if s.routes == nil {
+						s.routes = map[string]string{}
+					}
+					s.routes[label(m, "origin")] = "via " + via
+				}
+			}
+		case metricPubSubDirect:
+			for _, m := range f.GetMetric() {
+				if value(m) == 0 {
+					if s.routes == nil {
+						s.routes = map[string]string{}
+					}
+					if _, ok := s.routes[label(m, "peer")]; !ok {
+						s.routes[label(m, "peer")] = "relayed"
+					}
+				}
+			}
 		}
 	}
 	return s
@@ -244,6 +283,9 @@ func (h *history) figures() *Figures {
 	}
 	if len(last.lag) > 0 {
 		f.Lag = last.lag
+	}
+	if len(last.routes) > 0 {
+		f.Routes = last.routes
 	}
 	if len(last.lagOps) > 0 {
 		f.LagOps = last.lagOps

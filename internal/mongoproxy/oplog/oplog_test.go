@@ -550,3 +550,36 @@ func readApplied(tx *bolt.Tx, origin string) uint64 {
 	}
 	return binary.BigEndian.Uint64(v)
 }
+
+// TestTrimKeepsRetainedOps: TrimBelow keeps each origin's ops above its
+// bound, a peer's applied ops as well as this node's own (relays serve
+// them from here), and trims them once the bound moves past.
+func TestTrimKeepsRetainedOps(t *testing.T) {
+	l := open(t, filepath.Join(t.TempDir(), "log.db"), "n1")
+	defer l.Close()
+	c := crdt.NewClock("p", nil)
+	var ops []*crdt.Op
+	for i := range 10 {
+		op := mkOp(t, c, i)
+		op.Origin, op.Seq = "p", uint64(i+1)
+		ops = append(ops, op)
+	}
+	ctx := context.Background()
+	if err := l.AppendRemote(ctx, ops); err != nil {
+		t.Fatal(err)
+	}
+	l.MarkApplied(ops...)
+	if n, err := l.TrimBelow(map[string]uint64{"p": 4}); err != nil || n != 4 {
+		t.Fatalf("TrimBelow(p: 4) removed %d (%v), want 4", n, err)
+	}
+	raws, err := l.ReadRaw("p", 4, 100, 1<<20)
+	if err != nil || len(raws) != 6 {
+		t.Fatalf("read %d of p's ops after 4 (%v), want 6", len(raws), err)
+	}
+	if n, err := l.TrimBelow(map[string]uint64{"p": 0}); err != nil || n != 0 {
+		t.Fatalf("TrimBelow(p: 0) removed %d (%v), want 0", n, err)
+	}
+	if n, err := l.TrimBelow(nil); err != nil || n != 6 {
+		t.Fatalf("TrimBelow(nil) removed %d (%v), want 6", n, err)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"math"
 	"slices"
 
 	bolt "go.etcd.io/bbolt"
@@ -67,20 +66,25 @@ func (l *Log) PeerAcks() map[string]uint64 {
 
 // Trim deletes what no one needs any more: local ops at or below both the applied watermark and
 // every known peer's acknowledgement (with no known peer, the applied watermark alone), and other
-// origins' ops at or below their applied watermark (their origin keeps them for its peers).
-func (l *Log) Trim() (removed int, err error) { return l.TrimBelow(math.MaxUint64) }
+// origins' ops at or below their applied watermark.
+func (l *Log) Trim() (removed int, err error) { return l.TrimBelow(nil) }
 
-// TrimBelow is Trim with local ops above maxLocal kept in any case (replication keeps a
-// retention window so a node doing an initial sync can still stream from a peer's position).
-func (l *Log) TrimBelow(maxLocal uint64) (removed int, err error) {
+// TrimBelow is Trim with each origin's ops above keep[origin] kept in any case (origins missing
+// from keep: no such bound). Replication keeps a retention window of every origin's ops, its own
+// and the ones it applied: a node doing an initial sync can still stream from a peer's position,
+// and a peer cut off from an origin can get its ops from here.
+func (l *Log) TrimBelow(keep map[string]uint64) (removed int, err error) {
 	// Only what is durably applied may go: persist the watermark first.
 	l.flushWatermarks()
 	l.mu.Lock()
 	limits := map[string]uint64{}
 	for origin, w := range l.persisted {
+		if k, ok := keep[origin]; ok {
+			w = min(w, k)
+		}
 		limits[origin] = w
 	}
-	local := min(l.persisted[l.opts.Origin], maxLocal)
+	local := limits[l.opts.Origin]
 	for _, a := range l.acks {
 		local = min(local, a)
 	}

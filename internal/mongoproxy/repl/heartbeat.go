@@ -89,9 +89,18 @@ func (r *Replicator) onHeartbeat(from string, m heartbeat) {
 		n.behind = time.Time{}
 	}
 	s := r.senders[from]
+	var relays []*sender
+	for k, rs := range r.relays {
+		if k.peer == from {
+			relays = append(relays, rs)
+		}
+	}
 	r.mu.Unlock()
 	if s != nil {
 		s.onHeartbeat(m.applied[r.origin], m.flags)
+	}
+	for _, rs := range relays {
+		rs.onHeartbeat(m.applied[rs.origin], m.flags)
 	}
 	// A position below what the origin still has in its log can never be
 	// streamed again: resync.
@@ -171,6 +180,11 @@ func (r *Replicator) beat() {
 		}
 		hb := heartbeat{origin: r.origin, frontier: f, last: last, first: r.core.FirstSeq(), flags: flags, applied: applied}
 		t.Broadcast(Topic, hb.encode())
+		r.mu.Lock()
+		links := linksMsg{origin: r.origin, nodes: r.heardLocked(time.Now())}
+		r.mu.Unlock()
+		t.Broadcast(Topic, links.encode())
+		r.planRelays()
 	}
 }
 

@@ -122,13 +122,17 @@ func (r *Replicator) checkCronLeader(m *nodemap.Map, warned string) string {
 	return key
 }
 
-type seqSample struct {
+// posSample is this node's position in every origin's ops at one time:
+// its own last seq and its applied position of the others.
+type posSample struct {
 	at  time.Time
-	seq uint64
+	pos map[string]uint64
 }
 
 // trimLoop trims the op log below what every peer has applied (and outside
-// LogRetention) and forgets long-gone peers.
+// LogRetention: every origin's ops, this node's own and the ones it
+// applied, stay at least that long, for initial syncs and relays) and
+// forgets long-gone peers.
 func (r *Replicator) trimLoop() {
 	defer r.wg.Done()
 	t := time.NewTicker(r.opts.TrimInterval)
@@ -140,25 +144,32 @@ func (r *Replicator) trimLoop() {
 		case <-t.C:
 		}
 		now := time.Now()
-		last := r.core.LastSeq()
+		pos := r.core.AppliedVector()
+		pos[r.origin] = r.core.LastSeq()
 		r.mu.Lock()
-		r.samples = append(r.samples, seqSample{now, last})
-		var limit uint64
+		r.samples = append(r.samples, posSample{now, pos})
+		var old map[string]uint64
 		cut := 0
 		for i, s := range r.samples {
 			if now.Sub(s.at) < r.opts.LogRetention {
 				break
 			}
-			limit, cut = s.seq, i
+			old, cut = s.pos, i
 		}
 		r.samples = r.samples[cut:]
 		r.mu.Unlock()
+		// Keep what came after the retention window began: an origin
+		// absent from the old sample keeps everything.
+		keep := make(map[string]uint64, len(pos))
+		for origin := range pos {
+			keep[origin] = old[origin]
+		}
 		for _, s := range r.sendersSnapshot() {
 			if err := s.persistAck(); err != nil && r.ctx.Err() == nil {
 				r.log.Warn("persisting a peer's position", "peer", s.peer, "err", err)
 			}
 		}
-		if n, err := r.core.TrimBelow(limit); err != nil {
+		if n, err := r.core.TrimBelow(keep); err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Warn("trimming the op log", "err", err)
 			}

@@ -9,6 +9,8 @@ import (
 
 type metrics struct {
 	opsSent           *prometheus.CounterVec // by peer
+	opsRelayed        *prometheus.CounterVec // by peer
+	relays            prometheus.Gauge
 	opsApplied        *prometheus.CounterVec // by origin node
 	resends           *prometheus.CounterVec // by peer
 	delay             *prometheus.HistogramVec
@@ -37,6 +39,10 @@ func newMetrics(reg prometheus.Registerer, r *Replicator) (*metrics, error) {
 	m := &metrics{
 		opsSent: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_ops_sent_total",
 			Help: "This node's ops sent to each peer (resends included)."}, []string{"peer"}),
+		opsRelayed: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_ops_relayed_total",
+			Help: "Other origins' ops this node relayed to each peer, which could not hear their origin directly (resends included)."}, []string{"peer"}),
+		relays: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongo_repl_relays",
+			Help: "Streams of another origin's ops this node relays to a peer right now."}),
 		opsApplied: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_ops_applied_total",
 			Help: "Peers' ops applied here, by origin node."}, []string{"origin"}),
 		resends: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongo_repl_resends_total",
@@ -78,7 +84,7 @@ func newMetrics(reg prometheus.Registerer, r *Replicator) (*metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.opsSent, m.opsApplied, m.resends, m.delay, m.applySeconds, m.applyErrors, m.gaps, m.dropped,
+	for _, c := range []prometheus.Collector{m.opsSent, m.opsRelayed, m.relays, m.opsApplied, m.resends, m.delay, m.applySeconds, m.applyErrors, m.gaps, m.dropped,
 		m.badMessages, m.lateOps, m.tooLarge, m.trimmed, m.syncs, m.syncDocs, m.syncInProgress, m.syncDocsPerSecond,
 		m.cronLeaders, m.clockSkew, m.syncRefused, &lagCollector{r}} {
 		if err := reg.Register(c); err != nil {
@@ -100,6 +106,8 @@ var (
 		"This node's ops each peer has not acknowledged yet.", []string{"peer"}, nil)
 	descPeerLagSeconds = prometheus.NewDesc("edgenode_mongo_repl_peer_lag_seconds",
 		"Age of this node's oldest op each peer has not acknowledged (0: none).", []string{"peer"}, nil)
+	descRoute = prometheus.NewDesc("edgenode_mongo_repl_route",
+		"1 for each origin node, labelled with the way its ops reach this node: via=\"direct\", or the peer that relays them (the direct link is down).", []string{"origin", "via"}, nil)
 	descSynced = prometheus.NewDesc("edgenode_mongo_repl_synced",
 		"1 when this node's database is a complete replica that streams (0: waiting for or running an initial sync).", nil, nil)
 	descReady = prometheus.NewDesc("edgenode_mongo_repl_ready",
@@ -109,7 +117,7 @@ var (
 )
 
 func (c *lagCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descLagOps, descLagSeconds, descPeerLagOps, descPeerLagSeconds, descSynced, descReady, descStableAge} {
+	for _, d := range []*prometheus.Desc{descLagOps, descLagSeconds, descPeerLagOps, descPeerLagSeconds, descRoute, descSynced, descReady, descStableAge} {
 		ch <- d
 	}
 }
@@ -119,6 +127,11 @@ func (c *lagCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, o := range st.Origins {
 		ch <- prometheus.MustNewConstMetric(descLagOps, prometheus.GaugeValue, float64(o.LagOps), o.Node)
 		ch <- prometheus.MustNewConstMetric(descLagSeconds, prometheus.GaugeValue, o.LagSeconds, o.Node)
+		via := o.Via
+		if via == "" {
+			via = "direct"
+		}
+		ch <- prometheus.MustNewConstMetric(descRoute, prometheus.GaugeValue, 1, o.Node, via)
 	}
 	for _, p := range st.Peers {
 		ch <- prometheus.MustNewConstMetric(descPeerLagOps, prometheus.GaugeValue, float64(p.LagOps), p.Node)

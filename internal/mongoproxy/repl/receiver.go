@@ -1,6 +1,7 @@
 package repl
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
@@ -28,6 +29,17 @@ type inbound struct {
 	ops  []*crdt.Op
 }
 
+// maxReceivers bounds the origins whose ops this node applies (one
+// goroutine each): origins are nodes and their incarnations, and a peer
+// with a node certificate could otherwise invent them without end.
+const maxReceivers = 4096
+
+// route is who last delivered an origin's ops, and when.
+type route struct {
+	from string
+	at   time.Time
+}
+
 // maxApplyOps bounds the ops applied in one call (consecutive batches are
 // merged: ops of one document fold into one write).
 const maxApplyOps = 8192
@@ -38,7 +50,9 @@ func (r *Replicator) onOps(from string, msg []byte) {
 		r.bad(from, "ops", err)
 		return
 	}
-	if NodeOf(origin) != from || origin == r.origin {
+	// Any peer may deliver any origin's ops (relay.go), except this
+	// node's own current ones: it is their only source.
+	if origin == "" || origin == r.origin {
 		r.bad(from, "ops", errMalformed)
 		return
 	}
@@ -51,7 +65,13 @@ func (r *Replicator) onOps(from string, msg []byte) {
 		r.mu.Unlock()
 		return
 	}
+	r.routes[origin] = route{from: from, at: time.Now()}
 	rc := r.receivers[origin]
+	if rc == nil && len(r.receivers) >= maxReceivers {
+		r.mu.Unlock()
+		r.bad(from, "ops", fmt.Errorf("ops of a new origin %q beyond %d origins", origin, maxReceivers))
+		return
+	}
 	if rc == nil {
 		rc = &receiver{r: r, origin: origin, q: make(chan inbound, 256)}
 		r.receivers[origin] = rc

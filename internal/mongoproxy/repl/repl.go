@@ -180,12 +180,14 @@ type Replicator struct {
 	stopping  bool                  // Stop was called: start no goroutine
 	nodes     map[string]*nodeState // by node id, peers only
 	self      *hbQueue
-	senders   map[string]*sender
+	senders   map[string]*sender   // this node's ops, by peer
+	relays    map[relayKey]*sender // other origins' ops to peers that cannot hear them (relay.go)
 	receivers map[string]*receiver // by origin
+	routes    map[string]route     // by origin: who delivered its ops last
 	leaders   []string
 	sessions  map[uint64]*syncServer // sync sessions this node serves
 	client    *syncClient            // the sync this node runs, if any
-	samples   []seqSample            // own last seq over time, for LogRetention
+	samples   []posSample            // positions over time, for LogRetention
 	skewLog   map[string]time.Time   // by peer: when a refused clock reading was last logged
 }
 
@@ -205,6 +207,8 @@ type nodeState struct {
 	goneSince time.Time // absent from the node map since (zero: present)
 	seenAt    time.Time // first seen in the map
 	frozen    crdt.Timestamp
+	links     map[string]bool // the peers it hears directly, from its links message
+	linksAt   time.Time
 }
 
 // New builds a Replicator for an open replica core (the proxy's, once
@@ -226,7 +230,7 @@ func New(opts Options, core replica.Replication, log *slog.Logger, reg prometheu
 	r := &Replicator{
 		opts: opts, log: log.With("component", "repl"), core: core, origin: core.Origin(),
 		syncWake: make(chan struct{}, 1), nodes: map[string]*nodeState{}, self: &hbQueue{},
-		senders: map[string]*sender{}, receivers: map[string]*receiver{}, sessions: map[uint64]*syncServer{},
+		senders: map[string]*sender{}, relays: map[relayKey]*sender{}, routes: map[string]route{}, receivers: map[string]*receiver{}, sessions: map[uint64]*syncServer{},
 		skewLog: map[string]time.Time{},
 	}
 	zero := crdt.Timestamp{}
@@ -381,11 +385,13 @@ func (r *Replicator) handle(from string, msg []byte) {
 			r.bad(from, "ack", err)
 			return
 		}
-		if m.origin != r.origin {
-			return // an ack for a previous incarnation of this node
-		}
 		r.mu.Lock()
 		s := r.senders[from]
+		if m.origin != r.origin {
+			// A relay's ack, or one for a previous incarnation of this
+			// node (no relay has that key).
+			s = r.relays[relayKey{from, m.origin}]
+		}
 		r.mu.Unlock()
 		if s != nil {
 			s.onAck(m.pos, m.flags)
@@ -397,6 +403,13 @@ func (r *Replicator) handle(from string, msg []byte) {
 			return
 		}
 		r.onHeartbeat(from, m)
+	case msgLinks:
+		m, err := decodeLinks(msg)
+		if err != nil {
+			r.bad(from, "links", err)
+			return
+		}
+		r.onLinks(from, m)
 	default:
 		r.bad(from, "message", errMalformed)
 	}

@@ -6,7 +6,9 @@ import (
 	"time"
 )
 
-// sender streams this node's ops to one peer. It is a small state machine
+// sender streams one origin's ops to one peer: this node's own (one sender
+// per peer), or, as a relay, a peer's ops this node applied to a peer that
+// cannot hear that origin directly (see relay.go). It is a small state machine
 // run by its own goroutine (run), woken by the core when local ops are
 // logged (its subscription) and fed by the peer's acks and heartbeats
 // (onAck, onHeartbeat, from the mesh handler):
@@ -26,16 +28,17 @@ import (
 // flight when a link breaks; rewinding to the acknowledged position covers
 // both, and a duplicate is harmless (the receiver skips what it has).
 type sender struct {
-	r    *Replicator
-	peer string
-	wake chan struct{}
-	done chan struct{}
-	once sync.Once
+	r      *Replicator
+	peer   string
+	origin string // r.origin, or the relayed origin
+	wake   chan struct{}
+	done   chan struct{}
+	once   sync.Once
 
 	mu          sync.Mutex
 	known       bool
 	paused      bool
-	acked       uint64    // the peer's applied position of this node's origin
+	acked       uint64    // the peer's applied position of origin
 	next        uint64    // next seq to send
 	progress    time.Time // when acked last moved, or sending started from it
 	hbPos       uint64    // the position its latest heartbeat announced
@@ -52,13 +55,22 @@ type sender struct {
 const clockAheadRetry = 5
 
 func newSender(r *Replicator, peer string) *sender {
-	s := &sender{r: r, peer: peer, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	s := &sender{r: r, peer: peer, origin: r.origin, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	if a, ok := r.core.PeerAcks()[peer]; ok {
 		s.known, s.acked, s.persisted, s.hbPos = true, a, a, a
 	}
 	s.next = s.acked + 1
 	return s
 }
+
+// newRelay returns a sender of origin's ops to peer, which has applied
+// them up to pos (its heartbeat said so).
+func newRelay(r *Replicator, peer, origin string, pos uint64) *sender {
+	return &sender{r: r, peer: peer, origin: origin, wake: make(chan struct{}, 1), done: make(chan struct{}),
+		known: true, acked: pos, next: pos + 1, hbPos: pos, progress: time.Now()}
+}
+
+func (s *sender) relay() bool { return s.origin != s.r.origin }
 
 func (s *sender) poke() {
 	select {
@@ -208,18 +220,22 @@ func (s *sender) step() time.Duration {
 	return wait
 }
 
-// send sends this node's ops from start, as far as the window beyond
-// acked allows, in batches. It returns the next seq to send and when to
-// look again.
+// send sends origin's ops from start, as far as the window beyond acked
+// allows, in batches. It returns the next seq to send and when to look
+// again.
 func (s *sender) send(start, acked uint64, window int) (next uint64, wait time.Duration) {
 	r := s.r
 	o := &r.opts
 	last := r.core.LastSeq()
+	if s.relay() {
+		// What this node vouches for: applied here, so in its log.
+		last = r.core.Applied(s.origin)
+	}
 	next = start
 	wait = 5 * time.Second
 	for next <= last && next-1-acked < uint64(window) {
 		room := window - int(next-1-acked)
-		raws, err := r.core.ReadLocal(next-1, min(o.BatchOps, room), o.BatchBytes)
+		raws, err := r.core.ReadOps(s.origin, next-1, min(o.BatchOps, room), o.BatchBytes)
 		if err != nil {
 			if r.ctx.Err() == nil {
 				r.log.Warn("reading the op log to send", "peer", s.peer, "err", err)
@@ -229,11 +245,12 @@ func (s *sender) send(start, acked uint64, window int) (next uint64, wait time.D
 		}
 		if len(raws) == 0 {
 			// Trimmed below the peer's position: its heartbeat check sees our
-			// first seq and resyncs.
+			// first seq and resyncs (a relay: another relay, or the origin,
+			// may still have them).
 			wait = o.ResendAfter
 			break
 		}
-		msg := (&opsMsg{origin: r.origin, prev: next - 1, ops: raws}).encode()
+		msg := (&opsMsg{origin: s.origin, prev: next - 1, ops: raws}).encode()
 		if err := o.Transport.Send(s.peer, Topic, msg); err != nil {
 			switch {
 			case errors.Is(err, ErrQueueFull):
@@ -251,15 +268,22 @@ func (s *sender) send(start, acked uint64, window int) (next uint64, wait time.D
 			break
 		}
 		next += uint64(len(raws))
-		r.met.opsSent.WithLabelValues(s.peer).Add(float64(len(raws)))
+		if s.relay() {
+			r.met.opsRelayed.WithLabelValues(s.peer).Add(float64(len(raws)))
+		} else {
+			r.met.opsSent.WithLabelValues(s.peer).Add(float64(len(raws)))
+		}
 		wait = o.ResendAfter
 	}
 	return next, wait
 }
 
-// persistAck durably records the peer's position (op log trimming and
-// restarts use it) if it moved.
+// persistAck durably records the peer's position in this node's ops (op
+// log trimming and restarts use it) if it moved. Relays keep nothing.
 func (s *sender) persistAck() error {
+	if s.relay() {
+		return nil
+	}
 	s.mu.Lock()
 	acked, persisted := s.acked, s.persisted
 	s.mu.Unlock()

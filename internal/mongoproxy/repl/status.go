@@ -36,6 +36,10 @@ type OriginStatus struct {
 	Applied    uint64  `json:"applied"`
 	LagOps     uint64  `json:"lag_ops"`
 	LagSeconds float64 `json:"lag_seconds"`
+	// Via is the peer its ops arrived through last, when not from the
+	// node itself (its link to this node is down: relay.go); empty:
+	// direct.
+	Via string `json:"via,omitempty"`
 }
 
 // PeerStatus is one peer's position in this node's ops.
@@ -46,6 +50,9 @@ type PeerStatus struct {
 	LagSeconds float64           `json:"lag_seconds"`
 	Synced     bool              `json:"synced"`
 	Applied    map[string]uint64 `json:"applied,omitempty"` // by origin, from its heartbeat
+	// Relaying lists the nodes whose ops this node relays to the peer
+	// (it cannot hear them directly).
+	Relaying []string `json:"relaying,omitempty"`
 }
 
 // Status returns the current replication state.
@@ -62,6 +69,11 @@ func (r *Replicator) Status() Status {
 		}
 		applied := r.core.Applied(n.origin)
 		o := OriginStatus{Node: n.id, Origin: n.origin, State: n.mapState.String(), Last: n.last, Applied: applied}
+		// Direct while this node hears the origin's node; otherwise through
+		// whoever delivered its ops last.
+		if rt, ok := r.routes[n.origin]; ok && rt.from != n.id && !n.hearsMe(now, r.linkTimeout()) {
+			o.Via = rt.from
+		}
 		if n.last > applied {
 			o.LagOps = n.last - applied
 			if !n.behind.IsZero() {
@@ -86,6 +98,12 @@ func (r *Replicator) Status() Status {
 			p.Synced = n.flags&hbSynced != 0
 			p.Applied = n.applied
 		}
+		for k := range r.relays {
+			if k.peer == id {
+				p.Relaying = append(p.Relaying, NodeOf(k.origin))
+			}
+		}
+		slices.Sort(p.Relaying)
 		peers = append(peers, p)
 	}
 	r.mu.Unlock()

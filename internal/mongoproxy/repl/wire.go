@@ -23,6 +23,8 @@ import (
 //	ops        origin, prev, ops[]      an origin's ops prev+1 .. prev+n, to one peer
 //	ack        origin, pos, flags       the receiver's applied position for origin
 //	heartbeat  origin, frontier, last, first, flags, vector
+//	links      origin, nodes[]          the peers whose heartbeats the node hears
+//	                                    directly (relays, see relay.go)
 //
 // Topic "repl-sync" (initial sync):
 //
@@ -42,6 +44,11 @@ const (
 	msgSyncAck
 	msgSyncEnd
 	msgSyncCancel
+	// msgLinks is separate from the heartbeat (not a field of it) so that
+	// a node of the version before relays drops it as one message it does
+	// not know, and keeps understanding heartbeats, during a rolling
+	// upgrade.
+	msgLinks
 )
 
 // Limits on what a peer may send (beyond the mesh's own message size cap).
@@ -298,6 +305,41 @@ func decodeHeartbeat(b []byte) (heartbeat, error) {
 	m.first = d.uvarint()
 	m.flags = d.byte()
 	m.applied = d.vector()
+	return m, d.end()
+}
+
+// linksMsg says which peers a node hears directly (their heartbeats
+// arrive over their link).
+type linksMsg struct {
+	origin string
+	nodes  []string
+}
+
+func (m *linksMsg) encode() []byte {
+	e := encoder{b: make([]byte, 0, 16+16*len(m.nodes))}
+	e.byte(msgLinks)
+	e.str(m.origin)
+	e.uvarint(uint64(len(m.nodes)))
+	for _, n := range m.nodes {
+		e.str(n)
+	}
+	return e.b
+}
+
+func decodeLinks(b []byte) (linksMsg, error) {
+	d := decoder{b: b}
+	var m linksMsg
+	if d.byte() != msgLinks {
+		return m, errMalformed
+	}
+	m.origin = d.str()
+	n := d.uvarint()
+	if n > maxVectorLen {
+		d.fail()
+	}
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		m.nodes = append(m.nodes, d.str())
+	}
 	return m, d.end()
 }
 

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -158,6 +159,12 @@ func (c *Core) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
 			c.remote[op.Origin] = append(c.remote[op.Origin], op)
 		}
 	}
+	for _, ch := range c.subs { // as the real core: relays follow applied ops
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 	return nil
 }
 
@@ -221,17 +228,22 @@ func (c *Core) Subscribe() (<-chan struct{}, func()) {
 	}
 }
 
-// ReadLocal implements replica.Replication.
-func (c *Core) ReadLocal(after uint64, maxOps, maxBytes int) ([][]byte, error) {
+// ReadOps implements replica.Replication: this origin's ops, or the ops
+// of another origin applied here (the fake never trims those).
+func (c *Core) ReadOps(origin string, after uint64, maxOps, maxBytes int) ([][]byte, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if after+1 < c.first {
+	ops, first := c.local, c.first
+	if origin != c.origin {
+		ops, first = c.remote[origin], 1
+	}
+	if after+1 < first {
 		return nil, nil
 	}
 	var out [][]byte
 	size := 0
-	for i := int(after + 1 - c.first); i < len(c.local) && len(out) < maxOps; i++ {
-		raw, err := c.local[i].MarshalBSON()
+	for i := int(after + 1 - first); i < len(ops) && len(out) < maxOps; i++ {
+		raw, err := ops[i].MarshalBSON()
 		if err != nil {
 			return nil, err
 		}
@@ -296,11 +308,15 @@ func (c *Core) RemovePeer(peer string) error {
 	return nil
 }
 
-// TrimBelow drops local ops at or below every peer's ack and seq.
-func (c *Core) TrimBelow(seq uint64) (int, error) {
+// TrimBelow drops local ops at or below every peer's ack and
+// keep[origin] (peers' ops are kept).
+func (c *Core) TrimBelow(keep map[string]uint64) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	limit := seq
+	limit, ok := keep[c.origin]
+	if !ok {
+		limit = math.MaxUint64
+	}
 	for _, a := range c.acks {
 		limit = min(limit, a)
 	}

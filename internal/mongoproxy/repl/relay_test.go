@@ -1,0 +1,120 @@
+package repl
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/edgenode/edgenode/internal/testkit"
+)
+
+// TestUnitRelayAroundCut: a and b cannot reach each other, c reaches both.
+// a's ops reach b through c (and b's reach a), in order, none twice;
+// Status names the route; once the link heals the relays stop and the
+// direct streams carry on from where the relays left.
+func TestUnitRelayAroundCut(t *testing.T) {
+	n := newFakeNet(t, "a", "b", "c")
+	var cut atomic.Bool
+	n.setDrop(func(from, to, topic string, msg []byte) bool {
+		return cut.Load() && (from == "a" && to == "b" || from == "b" && to == "a")
+	})
+	a := newFakeNode(t, n, "a", true, nil)
+	b := newFakeNode(t, n, "b", true, nil)
+	c := newFakeNode(t, n, "c", true, nil)
+	a.start(t)
+	b.start(t)
+	c.start(t)
+	a.core.Write("app.c", 10)
+	testkit.WaitFor(t, time.Minute, "b to apply a's first ops directly", func() bool { return len(b.core.Remote("a")) == 10 })
+
+	cut.Store(true)
+	a.core.Write("app.c", 40) // right into the cut: in flight to b, lost
+	b.core.Write("app.c", 5)
+	testkit.WaitFor(t, time.Minute, "b to get a's ops through c", func() bool { return len(b.core.Remote("a")) == 50 })
+	testkit.WaitFor(t, time.Minute, "a to get b's ops through c", func() bool { return len(a.core.Remote("b")) == 5 })
+	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 50) {
+		t.Fatalf("b applied %v", got)
+	}
+	testkit.WaitFor(t, time.Minute, "b's status to show a's ops coming through c", func() bool {
+		st := b.rep.Status()
+		i := slices.IndexFunc(st.Origins, func(o OriginStatus) bool { return o.Node == "a" })
+		return i >= 0 && st.Origins[i].Via == "c"
+	})
+	st := c.rep.Status()
+	i := slices.IndexFunc(st.Peers, func(p PeerStatus) bool { return p.Node == "b" })
+	if i < 0 || !slices.Equal(st.Peers[i].Relaying, []string{"a"}) {
+		t.Fatalf("c's view of b: %+v", st.Peers)
+	}
+	if got := counterValue(t, c.rep.met.opsRelayed.WithLabelValues("b")); got < 40 {
+		t.Fatalf("c relayed %v ops to b", got)
+	}
+	// A steady stream while cut: each op arrives through c.
+	for range 3 {
+		a.core.Write("app.c", 1)
+	}
+	testkit.WaitFor(t, time.Minute, "b to get a's later ops through c", func() bool { return len(b.core.Remote("a")) == 53 })
+
+	cut.Store(false)
+	testkit.WaitFor(t, time.Minute, "the relays to stop once a and b hear each other", func() bool {
+		return len(c.rep.relaysSnapshot()) == 0
+	})
+	a.core.Write("app.c", 7)
+	testkit.WaitFor(t, time.Minute, "b to get a's ops directly again", func() bool { return len(b.core.Remote("a")) == 60 })
+	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 60) {
+		t.Fatalf("b applied %v", got)
+	}
+	testkit.WaitFor(t, time.Minute, "b's status to show a direct", func() bool {
+		st := b.rep.Status()
+		i := slices.IndexFunc(st.Origins, func(o OriginStatus) bool { return o.Node == "a" })
+		return i >= 0 && st.Origins[i].Via == ""
+	})
+	// c relayed only while needed: nobody relays in a whole cluster.
+	if got := counterValue(t, a.rep.met.opsRelayed.WithLabelValues("b")) + counterValue(t, b.rep.met.opsRelayed.WithLabelValues("a")); got != 0 {
+		t.Fatalf("a or b relayed %v ops", got)
+	}
+}
+
+// TestUnitRelayOneWayCut: a's messages to b are lost (b's to a arrive):
+// b cannot hear a, so c relays a's ops to b.
+func TestUnitRelayOneWayCut(t *testing.T) {
+	n := newFakeNet(t, "a", "b", "c")
+	n.setDrop(func(from, to, topic string, msg []byte) bool { return from == "a" && to == "b" })
+	a := newFakeNode(t, n, "a", true, nil)
+	b := newFakeNode(t, n, "b", true, nil)
+	c := newFakeNode(t, n, "c", true, nil)
+	a.start(t)
+	b.start(t)
+	c.start(t)
+	a.core.Write("app.c", 25)
+	testkit.WaitFor(t, time.Minute, "b to get a's ops from c", func() bool { return len(b.core.Remote("a")) == 25 })
+	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 25) {
+		t.Fatalf("b applied %v", got)
+	}
+}
+
+// TestUnitRelayFromDeadOrigin: a's ops reached c, then a stopped for good
+// before b came up. b gets them from c: no op is lost with its origin
+// (before relays, b never got them). The same path gives a node whose
+// data folder was wiped the ops of its old incarnation.
+func TestUnitRelayFromDeadOrigin(t *testing.T) {
+	n := newFakeNet(t, "a", "b", "c")
+	a := newFakeNode(t, n, "a", true, nil)
+	b := newFakeNode(t, n, "b", true, nil)
+	c := newFakeNode(t, n, "c", true, nil)
+	a.start(t)
+	c.start(t)
+	a.core.Write("app.c", 25)
+	testkit.WaitFor(t, time.Minute, "c to apply a's ops", func() bool { return len(c.core.Remote("a")) == 25 })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := a.rep.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.start(t)
+	testkit.WaitFor(t, time.Minute, "b to get a's ops from c", func() bool { return len(b.core.Remote("a")) == 25 })
+	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 25) {
+		t.Fatalf("b applied %v", got)
+	}
+}
