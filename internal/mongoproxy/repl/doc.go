@@ -15,9 +15,11 @@
 //
 // # Streaming
 //
-// Each node streams its own ops, and only its own, to each peer on mesh
-// topic "repl" (package mesh: per-pair ordered, at most once, bounded
-// queues). A sender per peer keeps the peer's position in this node's ops
+// Each node streams its own ops to each peer on mesh topic "repl" (package
+// mesh: per-pair ordered, at most once, bounded queues), and relays a
+// peer's ops it applied to a node that cannot hear that peer (see
+// relay.go: a cut link between two live nodes, a dead origin, an old
+// incarnation). A sender per peer keeps the peer's position in this node's ops
 // (the highest seq it has applied: its checkpoint) and sends from there, in
 // seq order, in messages of up to BatchOps ops, never more than WindowOps
 // beyond the last acknowledged position (flow control: the mesh drops what
@@ -40,7 +42,8 @@
 // Peers acknowledge what they applied (and so logged durably). The origin
 // persists those positions and trims its log below the smallest of them,
 // but never the last LogRetention of its ops (a new node syncing from a
-// third node may need them). A node missing from the node map for
+// third node may need them); every node keeps the peers' ops it applied
+// for LogRetention too, for relays. A node missing from the node map for
 // ForgetPeerAfter stops holding the log back; if it comes back, its
 // position is below what the log still holds, which it sees in heartbeats,
 // and it resyncs.
@@ -236,10 +239,14 @@
 //
 // # Limits
 //
-//   - A node streams only its own ops. If a node's data folder is destroyed
-//     before its ops reached every peer, the peers that missed them never get
-//     them (the others keep them): before wiping a node, let its peers catch
-//     up (peer lag 0).
+//   - Relays serve what they still hold: ops a node missed for longer than
+//     LogRetention, from an origin that is gone, are lost to it (its
+//     heartbeat check resyncs it while the origin is alive). Before wiping
+//     a node, let its peers catch up (peer lag 0) all the same.
+//   - Heartbeats are not relayed: a node cut off from a live origin does
+//     not learn that origin's compaction frontier, so compaction waits
+//     there until the link heals (metadata grows meanwhile; nothing is
+//     lost).
 //   - Ops and snapshot items travel in mesh messages (8 MiB at most). The
 //     proxy refuses, before logging anything, a write whose op or whose
 //     stored document (with its metadata) exceeds mongo.max_document_bytes
