@@ -3,6 +3,8 @@ package mongoproxy
 import (
 	"bytes"
 	"context"
+	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -11,6 +13,8 @@ import (
 	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 // directTo is a driver client straight to one shim member's FerretDB: what
@@ -114,7 +118,7 @@ func TestHelloIsTheProxy(t *testing.T) {
 			seen[s.Addr.String()] = true
 		}
 	}}
-	c, err := mongo.Connect(options.Client().ApplyURI("mongodb://"+addr+"/?replicaSet="+DefaultSetName).SetServerMonitor(mon).SetTimeout(60*time.Second))
+	c, err := mongo.Connect(options.Client().ApplyURI("mongodb://" + addr + "/?replicaSet=" + DefaultSetName).SetServerMonitor(mon).SetTimeout(60 * time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,5 +141,105 @@ func TestHelloIsTheProxy(t *testing.T) {
 	// The write went to the upstream's primary, member 0.
 	if n := countDocs(t, directTo(t, set.members[0]), db, "c", bson.D{}); n != 1 {
 		t.Errorf("member 0 (primary) holds %d documents, want 1", n)
+	}
+}
+
+// TestUpstreamStepdown: the proxy follows an election of its upstream
+// replica set. A forwarded write in flight on the old primary gets the
+// retryable error MongoDB answers (10107 NotWritablePrimary with the
+// RetryableWriteError label) and its connection is closed after it; then
+// captured and forwarded writes land on the new primary, and a driver
+// with retryable writes (the default) never sees the election. While no
+// member is primary, the proxy says so: not ready, and captured writes
+// get the retryable error at once.
+func TestUpstreamStepdown(t *testing.T) {
+	set := newRSSet(t, "pop2", 5, 6)
+	db := freshDB("stepdown")
+	tp := newProxyAt(t, set.uri(), "n1", func(o *Options) { o.LocalOnly = []string{db + ".local"} })
+	a, b := set.members[0], set.members[1]
+	da, dbb := directTo(t, a), directTo(t, b)
+	waitProxyPrimary(t, tp.Proxy, a.addr)
+
+	noRetry := connect(t, "mongodb://"+tp.Addr().String()+"/?retryWrites=false")
+	defer noRetry.Disconnect(testCtx)
+	if _, err := noRetry.Database(db).Collection("local").InsertOne(testCtx, bson.D{{Key: "_id", Value: "before"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tp.client.Database(db).Collection("c").InsertOne(testCtx, bson.D{{Key: "_id", Value: "before"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// A forwarded write held at the primary while it steps down.
+	held := a.holdWrites()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := noRetry.Database(db).Collection("local").InsertOne(testCtx, bson.D{{Key: "_id", Value: "inflight"}})
+		errc <- err
+	}()
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the write did not reach the primary")
+	}
+	set.elect(-1)
+	a.release()
+	err := <-errc
+	var se mongo.ServerError
+	if !errors.As(err, &se) || !se.HasErrorCode(10107) || !se.HasErrorLabel(labelRetryableWrite) {
+		t.Fatalf("in-flight write at stepdown: %v, want 10107 NotWritablePrimary with %s", err, labelRetryableWrite)
+	}
+
+	// No primary: not ready, and a captured write is refused at once,
+	// retryably, naming the cause.
+	testkit.WaitFor(t, 60*time.Second, "the proxy to see no primary", func() bool { return tp.Ready() != nil })
+	if !strings.Contains(tp.Ready().Error(), "no primary") {
+		t.Errorf("Ready() = %v", tp.Ready())
+	}
+	_, err = noRetry.Database(db).Collection("c").InsertOne(testCtx, bson.D{{Key: "_id", Value: "nowhere"}})
+	if !errors.As(err, &se) || !se.HasErrorCode(10107) || !se.HasErrorLabel(labelRetryableWrite) || !strings.Contains(err.Error(), "no known primary") {
+		t.Fatalf("captured write without a primary: %v", err)
+	}
+	if v := counter(t, tp.reg, "edgenode_mongoproxy_upstream_primary_known"); v != 0 {
+		t.Errorf("upstream_primary_known = %v while there is none", v)
+	}
+
+	// B is elected: a write through a driver that retries succeeds, even
+	// one started before the proxy knows; both kinds land on B.
+	retried := make(chan error, 1)
+	go func() {
+		_, err := tp.client.Database(db).Collection("local").InsertOne(testCtx, bson.D{{Key: "_id", Value: "retried"}})
+		retried <- err
+	}()
+	set.elect(1)
+	waitProxyPrimary(t, tp.Proxy, b.addr)
+	if err := <-retried; err != nil {
+		t.Fatalf("retryable write across the election: %v", err)
+	}
+	if _, err := tp.client.Database(db).Collection("c").InsertOne(testCtx, bson.D{{Key: "_id", Value: "after"}}); err != nil {
+		t.Fatalf("captured write after the election: %v", err)
+	}
+	if _, err := noRetry.Database(db).Collection("local").InsertOne(testCtx, bson.D{{Key: "_id", Value: "after"}}); err != nil {
+		// The first command on a connection to the former primary finds
+		// it closed (the driver reconnects); the next one succeeds.
+		if _, err := noRetry.Database(db).Collection("local").InsertOne(testCtx, bson.D{{Key: "_id", Value: "after"}}); err != nil {
+			t.Fatalf("forwarded write after the election: %v", err)
+		}
+	}
+	for _, coll := range []string{"c", "local"} {
+		if n := countDocs(t, dbb, db, coll, bson.D{{Key: "_id", Value: "after"}}); n != 1 {
+			t.Errorf("%s: the new primary has %d documents _id after, want 1", coll, n)
+		}
+		if n := countDocs(t, da, db, coll, bson.D{{Key: "_id", Value: "after"}}); n != 0 {
+			t.Errorf("%s: the former primary has %d documents _id after, want 0", coll, n)
+		}
+	}
+	if n := countDocs(t, dbb, db, "local", bson.D{{Key: "_id", Value: "retried"}}); n != 1 {
+		t.Errorf("the retried write is not on the new primary")
+	}
+	if v := counter(t, tp.reg, "edgenode_mongoproxy_upstream_primary_known"); v != 1 {
+		t.Errorf("upstream_primary_known = %v with a primary", v)
+	}
+	if err := tp.Ready(); err != nil {
+		t.Errorf("Ready() with a primary: %v", err)
 	}
 }
