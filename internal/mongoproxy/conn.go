@@ -58,6 +58,9 @@ type clientConn struct {
 	// privs caches what the client's user may do (see privileges); nil
 	// until asked, dropped by every authentication command and logout.
 	privs *privileges
+	// secCursors are the cursors this connection opened on an upstream
+	// secondary, and their member (reads.go).
+	secCursors map[int64]string
 	// internal: the node's own client (Proxy.DialInternal), the only one
 	// allowed into the reserved namespaces, with every privilege, and
 	// exempt from the idle timeout.

@@ -16,6 +16,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
 
 	"github.com/edgenode/edgenode/internal/replica"
 )
@@ -155,7 +156,9 @@ type Proxy struct {
 	// replica core writes through it; the front-end reads with it);
 	// replica is the core, and core the part of it the front-end uses.
 	// All three are set by Start.
-	client  *mongo.Client
+	client *mongo.Client
+	// reads is the driver's pool for reads on secondaries (reads.go).
+	reads   *topology.Topology
 	replica *replica.Replica
 	core    replica.Local
 
@@ -281,7 +284,13 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	reads, err := openReadPool(p.opts.Upstream)
+	if err != nil {
+		_ = client.Disconnect(context.Background())
+		return err
+	}
 	fail := func(err error) error {
+		_ = reads.Disconnect(context.Background())
 		_ = client.Disconnect(context.Background())
 		return err
 	}
@@ -307,7 +316,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		_ = rep.Close()
 		return fail(fmt.Errorf("mongoproxy: listen: %w", err))
 	}
-	p.client, p.replica, p.core = client, rep, rep
+	p.client, p.reads, p.replica, p.core = client, reads, rep, rep
 	p.ln = ln
 	p.baseCtx, p.cancel = context.WithCancel(context.Background())
 	p.state = stateRunning
@@ -416,6 +425,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	defer cancel()
 	if err := p.client.Disconnect(dctx); err != nil {
 		errs = append(errs, fmt.Errorf("mongoproxy: disconnect: %w", err))
+	}
+	if err := p.reads.Disconnect(dctx); err != nil {
+		errs = append(errs, fmt.Errorf("mongoproxy: disconnect read pool: %w", err))
 	}
 	if err := p.replica.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mongoproxy: %w", err))

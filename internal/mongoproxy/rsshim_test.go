@@ -223,7 +223,8 @@ func (m *rsShim) conn(c net.Conn) {
 				answer = shimError(10107, "NotWritablePrimary", "not primary", "RetryableWriteError")
 			}
 		case shimReads[name]:
-			if primary, _, _ := m.set.role(m.idx); !primary && !secondaryOK(body) {
+			// getMore carries no read preference: its cursor exists.
+			if primary, _, _ := m.set.role(m.idx); !primary && name != "getmore" && !secondaryOK(body) {
 				answer = shimError(13435, "NotPrimaryNoSecondaryOk", "not primary and secondaryOk=false")
 			} else {
 				m.reads.Add(1)

@@ -196,6 +196,7 @@ func (p *Proxy) Ready() error {
 
 // Upstream errors the proxy answers with.
 const (
+	codeHostUnreachable               int32 = 6
 	codeFailedToSatisfyReadPreference int32 = 133
 	labelRetryableWrite                     = "RetryableWriteError"
 )

@@ -13,6 +13,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/event"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
+	"go.mongodb.org/mongo-driver/v2/mongo/readpref"
 
 	"github.com/edgenode/edgenode/internal/testkit"
 )
@@ -241,5 +242,59 @@ func TestUpstreamStepdown(t *testing.T) {
 	}
 	if err := tp.Ready(); err != nil {
 		t.Errorf("Ready() with a primary: %v", err)
+	}
+}
+
+// TestSecondaryPreferredRead: a read whose read preference allows a
+// secondary is served by the upstream's secondary (the shim refuses it
+// there without the $readPreference the proxy must pass on), its cursor's
+// getMore follows it there, and a primary read stays on the primary. The
+// members share no data, so what a read returns shows where it ran.
+func TestSecondaryPreferredRead(t *testing.T) {
+	set := newRSSet(t, "pop3", 7, 8)
+	tp := newProxyAt(t, set.uri(), "n1")
+	a, b := set.members[0], set.members[1]
+	db := freshDB("secread")
+	var docs []any
+	for i := range 5 {
+		docs = append(docs, bson.D{{Key: "_id", Value: i}, {Key: "on", Value: "secondary"}})
+	}
+	if _, err := directTo(t, b).Database(db).Collection("c").InsertMany(testCtx, docs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := directTo(t, a).Database(db).Collection("c").InsertOne(testCtx, bson.D{{Key: "_id", Value: "p"}, {Key: "on", Value: "primary"}}); err != nil {
+		t.Fatal(err)
+	}
+	// The read pool must have seen the secondary.
+	testkit.WaitFor(t, 60*time.Second, "the read pool to see the secondary", func() bool {
+		_, ok := pickSecondary(tp.reads.Description(), "secondaryPreferred", nil)
+		return ok
+	})
+
+	sp := tp.client.Database(db, options.Database().SetReadPreference(readpref.SecondaryPreferred())).Collection("c")
+	before := b.reads.Load()
+	cur, err := sp.Find(testCtx, bson.D{}, options.Find().SetBatchSize(2).SetSort(bson.D{{Key: "_id", Value: 1}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []bson.Raw
+	if err := cur.All(testCtx, &got); err != nil {
+		t.Fatalf("secondaryPreferred find and its getMores: %v", err)
+	}
+	if len(got) != 5 || got[0].Lookup("on").StringValue() != "secondary" {
+		t.Fatalf("secondaryPreferred find returned %v, want the secondary's 5 documents", got)
+	}
+	if n := b.reads.Load() - before; n < 3 {
+		t.Errorf("the secondary served %d reads, want the find and its getMores (3)", n)
+	}
+	if n, err := sp.CountDocuments(testCtx, bson.D{}); err != nil || n != 5 {
+		t.Errorf("secondaryPreferred count = %d, %v; want the secondary's 5", n, err)
+	}
+	if v := counter(t, tp.reg, "edgenode_mongoproxy_secondary_reads_total"); v < 4 {
+		t.Errorf("secondary_reads_total = %v", v)
+	}
+	// A primary read (no $readPreference) stays on the primary.
+	if n, err := tp.client.Database(db).Collection("c").CountDocuments(testCtx, bson.D{}); err != nil || n != 1 {
+		t.Errorf("primary count = %d, %v; want the primary's 1", n, err)
 	}
 }
