@@ -368,7 +368,15 @@ type Mongo struct {
 	Listen  string `yaml:"listen"`
 	// Upstream is the local MongoDB URI. Empty starts an embedded FerretDB
 	// (SQLite) in DATA_DIR/mongo.
-	Upstream  Secret   `yaml:"upstream"`
+	Upstream Secret `yaml:"upstream"`
+	// Advertise is the address (HOST:PORT) the app reaches the proxy at:
+	// hello reports it as the only member (me, primary, hosts) of the
+	// replica set the proxy presents. Empty: the address each client
+	// connection reached (set it behind NAT or a port forward).
+	Advertise string `yaml:"advertise"`
+	// SetName is the name of that one-member replica set (the app may
+	// put replicaSet=SET_NAME in its connection string).
+	SetName   string   `yaml:"set_name"`
 	Replicate []string `yaml:"replicate"`
 	LocalOnly []string `yaml:"local_only"`
 	MaxConns  int      `yaml:"max_conns"`
@@ -506,6 +514,7 @@ func Default() Config {
 		Mongo: Mongo{
 			Enabled:          true,
 			Listen:           "127.0.0.1:27018",
+			SetName:          "edgenode",
 			Replicate:        []string{"*"},
 			MaxConns:         4096,
 			MaxDocumentBytes: 15 << 19,

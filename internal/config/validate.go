@@ -327,6 +327,15 @@ func (m *Mongo) validate(ps *Problems) {
 			ps.add("mongo.upstream", "is not a MongoDB URI: want mongodb://HOST:PORT/ (or leave empty for the embedded database)")
 		}
 	}
+	if m.Advertise != "" {
+		checkAddr(ps, "mongo.advertise", m.Advertise, false)
+		if _, port, err := net.SplitHostPort(m.Advertise); err == nil && port == "0" {
+			ps.add("mongo.advertise", "port 0 cannot be reached: want the proxy's HOST:PORT as the app dials it, e.g. 10.0.0.5:27018")
+		}
+	}
+	if m.SetName == "" || strings.ContainsAny(m.SetName, " /\\,?#@") {
+		ps.add("mongo.set_name", "%q is not a replica set name: want letters, digits, '-', '_' or '.', e.g. edgenode", m.SetName)
+	}
 	for i, p := range m.Replicate {
 		checkNamespacePattern(ps, fmt.Sprintf("mongo.replicate[%d]", i), p)
 	}

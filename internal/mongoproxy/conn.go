@@ -43,6 +43,10 @@ type clientConn struct {
 	mu    sync.Mutex
 	state int
 	up    net.Conn
+	// upAddr is the member up is connected to: the primary when it was
+	// dialed. Once another member is primary the connection is closed
+	// as soon as it is idle (setState).
+	upAddr string
 
 	cr, ur    *bufio.Reader
 	buf, ubuf []byte
@@ -54,6 +58,9 @@ type clientConn struct {
 	// privs caches what the client's user may do (see privileges); nil
 	// until asked, dropped by every authentication command and logout.
 	privs *privileges
+	// secCursors are the cursors this connection opened on an upstream
+	// secondary, and their member (reads.go).
+	secCursors map[int64]string
 	// internal: the node's own client (Proxy.DialInternal), the only one
 	// allowed into the reserved namespaces, with every privilege, and
 	// exempt from the idle timeout.
@@ -120,6 +127,12 @@ func (c *clientConn) setState(s int) bool {
 		c.closeLocked()
 		return false
 	}
+	// Between two messages (after a reply, or before the next message is
+	// handled), a connection whose upstream stopped being the primary
+	// closes.
+	if c.staleLocked() {
+		return false
+	}
 	c.state = s
 	return true
 }
@@ -132,6 +145,21 @@ func (c *clientConn) closeIfIdle() {
 	if c.state == connIdle {
 		c.closeLocked()
 	}
+}
+
+// staleLocked closes the connection, and reports true, when its upstream
+// is no longer the primary. Its client authenticated on that upstream
+// socket, which cannot be moved to another member (SCRAM cannot be
+// replayed); a driver that finds its connection closed opens another,
+// which reaches the new primary, and retries a retryable operation there.
+func (c *clientConn) staleLocked() bool {
+	if c.upAddr == "" || !c.p.up.isStale(c.upAddr) {
+		return false
+	}
+	c.p.log.Info("closing client connection: its upstream is no longer the primary", "conn", c.id, "upstream", c.upAddr)
+	c.p.met.connsMoved.Inc()
+	c.closeLocked()
+	return true
 }
 
 func (c *clientConn) forceClose() {
@@ -155,9 +183,19 @@ func (c *clientConn) serve() {
 	defer c.p.removeConn(c)
 	defer c.forceClose()
 	log := c.p.log.With("conn", c.id, "client", c.c.RemoteAddr().String())
-	up, err := net.DialTimeout(c.p.dialNet, c.p.dialAddr, 10*time.Second)
+	// During an election there is no primary for a while: wait a little
+	// for one rather than fail the driver's handshake at once.
+	addr, err := c.p.up.waitPrimary(c.p.baseCtx, min(10*time.Second, c.p.opts.MessageTimeout))
+	var up net.Conn
+	if err == nil {
+		up, err = c.p.up.dial(c.p.baseCtx, addr)
+		if err != nil {
+			err = fmt.Errorf("edgenode: cannot reach the upstream primary %s: %w", addr, err)
+		}
+	}
 	if err != nil {
-		log.Warn("cannot reach the upstream database; closing client connection", "upstream", c.p.dialAddr, "err", err)
+		log.Warn("no upstream connection; answering the client's first message with the error and closing", "err", err)
+		c.refuseFirst(err)
 		return
 	}
 	c.mu.Lock()
@@ -166,7 +204,7 @@ func (c *clientConn) serve() {
 		_ = up.Close()
 		return
 	}
-	c.up = up
+	c.up, c.upAddr = up, addr
 	c.mu.Unlock()
 	c.cr = bufio.NewReaderSize(c.c, readBufSize)
 	c.ur = bufio.NewReaderSize(up, readBufSize)
@@ -216,6 +254,29 @@ func (c *clientConn) serve() {
 		if cap(c.ubuf) > 1<<20 {
 			c.ubuf = nil
 		}
+	}
+}
+
+// refuseFirst answers the client's first message with err (the connection
+// has no upstream): the driver's handshake then fails with that message,
+// rather than with a bare closed connection.
+func (c *clientConn) refuseFirst(err error) {
+	cr := bufio.NewReaderSize(c.c, readBufSize)
+	_ = c.c.SetReadDeadline(time.Now().Add(c.p.opts.MessageTimeout))
+	msg, rerr := wire.ReadMessage(cr, nil, c.p.opts.MaxMessageSize)
+	if rerr != nil {
+		return
+	}
+	h, herr := wire.ParseHeader(msg)
+	if herr != nil {
+		return
+	}
+	body := errorReply(errorf(codeFailedToSatisfyReadPreference, "%v", err))
+	switch h.OpCode {
+	case wire.OpMsg:
+		_ = c.writeClient(wire.AppendMsg(nil, c.p.nextRequestID(), h.RequestID, 0, body))
+	case wire.OpQuery:
+		_ = c.writeClient(wire.AppendReply(nil, &wire.Reply{Header: wire.Header{RequestID: c.p.nextRequestID(), ResponseTo: h.RequestID}, Documents: [][]byte{body}}))
 	}
 }
 
@@ -393,7 +454,7 @@ func (c *clientConn) handleQuery(h wire.Header, msg []byte) error {
 		return refuse(reservedError())
 	}
 	if name == "hello" || name == "ismaster" {
-		if stripped, changed := removeTopLevel(cmd, "compression"); changed {
+		if stripped := helloCommand(cmd); stripped != nil {
 			if wrapped {
 				stripped = replaceTopLevel(bson.Raw(q.Query), bson.Raw(q.Query).Index(0).Key(), stripped)
 			}
@@ -408,11 +469,15 @@ func (c *clientConn) handleQuery(h wire.Header, msg []byte) error {
 	if authCmd {
 		c.beginAuth()
 	}
-	return c.forward(msg, h.RequestID, true, replyFilter{onReply: func(body bson.Raw) {
+	f := replyFilter{onReply: func(body bson.Raw) {
 		if authCmd && body != nil && authSucceeded(name, body) {
 			c.authenticated = true
 		}
-	}})
+	}}
+	if name == "hello" || name == "ismaster" {
+		f.rewrite = func(up bson.Raw) bson.Raw { return c.helloReply(name, up) }
+	}
+	return c.forward(msg, h.RequestID, true, f)
 }
 
 // forward sends msg (request id reqID) upstream and reads its replies: one,
@@ -441,7 +506,13 @@ func (c *clientConn) forward(msg []byte, reqID int32, relay bool, f replyFilter)
 				f.onReply = nil
 			}
 		}
-		out, more, err := filterReply(reply, f)
+		var out []byte
+		var more bool
+		if f.rewrite != nil {
+			out, err = rewriteReply(reply, f.rewrite(replyBody(reply)))
+		} else {
+			out, more, err = filterReply(reply, f)
+		}
 		if err != nil {
 			return fmt.Errorf("upstream reply: %w", err)
 		}

@@ -41,11 +41,11 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, lower string, c *cli
 	}
 	switch lower {
 	case "hello", "ismaster":
+		// Forwarded for the client's authentication; answered as the
+		// proxy itself (hello.go).
 		p.met.commands.WithLabelValues("forwarded").Inc()
-		var d dispatched
-		if b, changed := removeTopLevel(cmd.body, "compression"); changed {
-			d.rewrite = b
-		}
+		d := dispatched{rewrite: helloCommand(cmd.body)}
+		d.filter.rewrite = func(up bson.Raw) bson.Raw { return c.helloReply(lower, up) }
 		return d
 	case "drop", "dropdatabase", "create", "createindexes", "dropindexes":
 		if d, ok := p.dispatchDDL(ctx, cmd, lower, c); ok {
@@ -70,6 +70,9 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, lower string, c *cli
 		if d, ok := p.checkBypass(cmd, lower, c); ok {
 			return d
 		}
+	}
+	if d, ok := p.dispatchRead(ctx, cmd, lower, c); ok {
+		return d
 	}
 	if cmd.coll != "" && transactional(cmd.body) && p.ns.replicated(cmd.db, cmd.coll) {
 		return p.refused(refuse(cmd.ns(), "a multi-document transaction"))
@@ -98,6 +101,13 @@ func (p *Proxy) dispatchWrite(ctx context.Context, cmd *command, lower string, c
 		return dispatched{closeErr: err}, true
 	} else if e != nil {
 		return p.refused(e), true
+	}
+	// The core writes through the proxy's driver client, which would wait
+	// for a primary until its server selection timeout: tell the client
+	// at once, in the form its driver retries.
+	if _, err := p.up.Primary(); err != nil {
+		p.met.commands.WithLabelValues("refused").Inc()
+		return dispatched{reply: noPrimaryReply(err, true)}, true
 	}
 	done, err := p.core.Admit()
 	if err != nil {

@@ -9,11 +9,37 @@
 // Start connects to the database, opens the replica core (Replica returns
 // it, for replication) and listens; Shutdown closes them in reverse.
 //
+// # The server the driver sees
+//
+// The application connects to the proxy as to MongoDB:
+// mongodb://HOST:27018/, or mongodb://HOST:27018/?replicaSet=edgenode
+// (Options.SetName). hello and isMaster are answered as the proxy itself,
+// a one-member replica set whose member is the address the client reached
+// it at (Options.Advertise), with nothing of the upstream's members (see
+// hello.go for what is kept, what is dropped and why).
+//
+// # Upstream
+//
+// Options.Upstream is any MongoDB URI: one server, a replica set (several
+// hosts, replicaSet=), mongos, TLS options, mongodb+srv://, any
+// authentication mechanism. The proxy's own driver client does server
+// discovery and monitoring; the proxy follows its topology events
+// (upstream.go). Each client connection is dialed to the current primary;
+// a connection whose member stopped being primary is closed between two
+// commands, so its driver reconnects (to the new primary) and retries a
+// retryable operation. A write in flight on a primary that steps down gets
+// the member's own answer (10107 NotWritablePrimary with the
+// RetryableWriteError label). While no primary is known, new connections
+// wait up to 10s for one and then have their first command answered with
+// error 133 naming the cause, captured writes get 10107 with
+// RetryableWriteError, Proxy.Ready fails, and
+// edgenode_mongoproxy_upstream_primary_known is 0. Reads whose
+// $readPreference allows a secondary may go to one (reads.go).
+//
 // # Wire
 //
 // Each client connection gets its own upstream connection, so
-// authentication, cursors, sessions and read preferences pass through
-// untouched. Messages are decoded by package wire (strict lengths, CRC-32C
+// authentication, cursors and sessions pass through untouched. Messages are decoded by package wire (strict lengths, CRC-32C
 // checksums, BSON validated recursively). Everything the proxy does not
 // intercept is forwarded byte for byte. The proxy never offers compression:
 // `compression` is removed from the client's hello/isMaster, and an

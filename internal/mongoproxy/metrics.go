@@ -15,6 +15,11 @@ type metrics struct {
 	timeouts      *prometheus.CounterVec // by reason: idle, message, reply
 	commands      *prometheus.CounterVec // by handling: forwarded, captured, refused
 	writeSeconds  prometheus.Histogram   // captured write commands, end to end
+
+	primaryKnown   prometheus.Gauge   // 1 while the upstream has a known primary
+	primaryChanges prometheus.Counter // the upstream primary changed (or was lost)
+	connsMoved     prometheus.Counter // client connections closed: their upstream stopped being primary
+	secondaryReads prometheus.Counter // commands served by an upstream secondary
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -32,11 +37,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "edgenode_mongoproxy_write_seconds",
 			Help:    "Time to capture, log (fsync) and apply a write command on a replicated collection.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		primaryKnown: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_upstream_primary_known",
+			Help: "1 while the upstream database has a known primary (writes and client connections go there), 0 while it has none."}),
+		primaryChanges: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_upstream_primary_changes_total",
+			Help: "Changes of the upstream database's primary as the proxy's driver saw them (a loss of the primary counts too)."}),
+		connsMoved: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_connections_moved_total",
+			Help: "Client connections closed because their upstream member stopped being the primary (the driver reconnects to the new one)."}),
+		secondaryReads: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_secondary_reads_total",
+			Help: "Client reads (and their getMore/killCursors) served by an upstream secondary, as their read preference allowed."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds} {
+	for _, c := range []prometheus.Collector{m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds, m.primaryKnown, m.primaryChanges, m.connsMoved, m.secondaryReads} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("mongoproxy: register metrics: %w", err)
 		}

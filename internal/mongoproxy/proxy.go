@@ -16,6 +16,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 	"go.mongodb.org/mongo-driver/v2/mongo/writeconcern"
 	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/connstring"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
 
 	"github.com/edgenode/edgenode/internal/replica"
 )
@@ -24,10 +25,23 @@ import (
 type Options struct {
 	// Listen is the client address (default "127.0.0.1:27018").
 	Listen string
-	// Upstream is the mongodb:// URI of the local database (required). The
-	// proxy dials its first host for client connections (plain TCP, or a Unix
-	// socket path ending in ".sock") and uses the whole URI for its own client.
+	// Upstream is the MongoDB URI of the local database (required): any
+	// URI the official driver takes (several hosts, replicaSet, TLS
+	// options, mongodb+srv://, authentication). The proxy's own driver
+	// client discovers and monitors the deployment; each client connection
+	// is dialed to the current primary (TCP with the URI's TLS settings,
+	// or a Unix socket path ending in ".sock"). See upstream.go.
 	Upstream string
+	// Advertise is the address clients reach the proxy at (host:port): the
+	// proxy's hello reports it as its replica set's only member, me and
+	// primary. Empty: each client connection's own local address, the
+	// address that client dialed (wrong only behind NAT or a port
+	// forward, where Advertise must be set).
+	Advertise string
+	// SetName is the replica set name the proxy reports in hello (default
+	// DefaultSetName); an application may put it in its connection string
+	// as replicaSet=.
+	SetName string
 	// NodeID is this node's id: the origin of the ops it captures (required).
 	NodeID string
 	// DataDir holds the op log (DataDir/oplog.db) (required).
@@ -104,6 +118,9 @@ const (
 	DefaultIdleTimeout    = 30 * time.Minute
 )
 
+// DefaultSetName is Options.SetName's default.
+const DefaultSetName = "edgenode"
+
 // DefaultMaxClockSkew is Options.MaxClockSkew's default (see package repl
 // for why a minute).
 const DefaultMaxClockSkew = time.Minute
@@ -126,9 +143,12 @@ type Proxy struct {
 	// not authenticated themselves.
 	authRequired bool
 	// noRoles logs, once, that the database has no role model.
-	noRoles  sync.Once
-	dialNet  string
-	dialAddr string
+	noRoles sync.Once
+	// up is the upstream's current primary and secondaries, kept by the
+	// proxy's driver client's topology events.
+	up *upstreamTopology
+	// upstreamHosts names the URI's hosts (or SRV name) in logs.
+	upstreamHosts string
 
 	// rmet are the replica core's metrics, registered with the proxy's.
 	rmet *replica.Metrics
@@ -136,7 +156,9 @@ type Proxy struct {
 	// replica core writes through it; the front-end reads with it);
 	// replica is the core, and core the part of it the front-end uses.
 	// All three are set by Start.
-	client  *mongo.Client
+	client *mongo.Client
+	// reads is the driver's pool for reads on secondaries (reads.go).
+	reads   *topology.Topology
 	replica *replica.Replica
 	core    replica.Local
 
@@ -183,6 +205,14 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	if opts.MaxClockSkew <= 0 {
 		opts.MaxClockSkew = DefaultMaxClockSkew
 	}
+	if opts.SetName == "" {
+		opts.SetName = DefaultSetName
+	}
+	if opts.Advertise != "" {
+		if _, port, err := net.SplitHostPort(opts.Advertise); err != nil || port == "" {
+			return nil, fmt.Errorf("mongoproxy: Advertise %q is not host:port", opts.Advertise)
+		}
+	}
 	if opts.MaxMessageSize <= 0 {
 		opts.MaxMessageSize = 48_000_000
 	}
@@ -208,11 +238,20 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	if err != nil {
 		return nil, fmt.Errorf("mongoproxy: upstream URI: %w", err)
 	}
-	if cs.SSL {
-		return nil, errors.New("mongoproxy: a TLS upstream is not supported (the local database is reached over loopback or a Unix socket)")
+	if cs.LoadBalanced {
+		return nil, errors.New("mongoproxy: upstream URI: loadBalanced is not supported (the proxy must know the primary: name the members or the replica set)")
 	}
-	if cs.Scheme != connstring.SchemeMongoDB || len(cs.Hosts) == 0 {
-		return nil, errors.New("mongoproxy: upstream URI must be mongodb://host:port (no SRV)")
+	// The driver's own TLS settings (tlsCAFile, tlsCertificateKeyFile,
+	// tlsInsecure, ...), for the client connections the proxy dials.
+	copts := options.Client().ApplyURI(opts.Upstream)
+	if err := copts.Validate(); err != nil {
+		return nil, fmt.Errorf("mongoproxy: upstream URI: %w", err)
+	}
+	hosts := strings.Join(cs.Hosts, ",")
+	if cs.Scheme == connstring.SchemeMongoDBSRV {
+		// Resolved by the driver when it connects (and again as the
+		// records change).
+		hosts = "SRV " + hosts
 	}
 	ns, err := newNSMatcher(opts.Replicate, opts.LocalOnly)
 	if err != nil {
@@ -227,10 +266,8 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 		return nil, fmt.Errorf("mongoproxy: %w", err)
 	}
 	p := &Proxy{opts: opts, log: log.With("component", "mongoproxy"), reg: reg, met: met, rmet: rmet, ns: ns, authRequired: cs.Username != "" || cs.AuthMechanism != "",
-		dialNet: "tcp", dialAddr: cs.Hosts[0], conns: map[*clientConn]struct{}{}}
-	if strings.HasSuffix(p.dialAddr, ".sock") {
-		p.dialNet = "unix"
-	}
+		up: newUpstreamTopology(copts.TLSConfig), upstreamHosts: hosts, conns: map[*clientConn]struct{}{}}
+	p.up.onChange = p.primaryChanged
 	return p, nil
 }
 
@@ -247,7 +284,13 @@ func (p *Proxy) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	reads, err := openReadPool(p.opts.Upstream)
+	if err != nil {
+		_ = client.Disconnect(context.Background())
+		return err
+	}
 	fail := func(err error) error {
+		_ = reads.Disconnect(context.Background())
 		_ = client.Disconnect(context.Background())
 		return err
 	}
@@ -273,20 +316,21 @@ func (p *Proxy) Start(ctx context.Context) error {
 		_ = rep.Close()
 		return fail(fmt.Errorf("mongoproxy: listen: %w", err))
 	}
-	p.client, p.replica, p.core = client, rep, rep
+	p.client, p.reads, p.replica, p.core = client, reads, rep, rep
 	p.ln = ln
 	p.baseCtx, p.cancel = context.WithCancel(context.Background())
 	p.state = stateRunning
 	p.acceptWG.Add(1)
 	go p.acceptLoop()
-	p.log.Info("mongo proxy listening", "addr", ln.Addr().String(), "upstream", p.dialAddr, "node", p.opts.NodeID)
+	primary, _ := p.up.Primary()
+	p.log.Info("mongo proxy listening", "addr", ln.Addr().String(), "upstream", p.upstreamHosts, "primary", primary, "set_name", p.opts.SetName, "node", p.opts.NodeID)
 	return nil
 }
 
 // connect connects the proxy's own client to the database and checks it
 // answers.
 func (p *Proxy) connect(ctx context.Context) (*mongo.Client, error) {
-	copts := options.Client().ApplyURI(p.opts.Upstream).SetAppName("edgenode-mongoproxy")
+	copts := options.Client().ApplyURI(p.opts.Upstream).SetAppName("edgenode-mongoproxy").SetServerMonitor(p.up.monitor())
 	if p.opts.SyncDatabase == nil && copts.WriteConcern == nil {
 		// The op log forgets an op once the database acknowledged applying
 		// it, so the acknowledgement must mean durable: journaled (MongoDB's
@@ -304,7 +348,7 @@ func (p *Proxy) connect(ctx context.Context) (*mongo.Client, error) {
 	cancel()
 	if err != nil {
 		_ = client.Disconnect(context.Background())
-		return nil, fmt.Errorf("mongoproxy: upstream %s not reachable: %w", p.dialAddr, err)
+		return nil, fmt.Errorf("mongoproxy: upstream %s not reachable: %w", p.upstreamHosts, err)
 	}
 	return client, nil
 }
@@ -381,6 +425,9 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	defer cancel()
 	if err := p.client.Disconnect(dctx); err != nil {
 		errs = append(errs, fmt.Errorf("mongoproxy: disconnect: %w", err))
+	}
+	if err := p.reads.Disconnect(dctx); err != nil {
+		errs = append(errs, fmt.Errorf("mongoproxy: disconnect read pool: %w", err))
 	}
 	if err := p.replica.Close(); err != nil {
 		errs = append(errs, fmt.Errorf("mongoproxy: %w", err))

@@ -24,6 +24,32 @@ type replyFilter struct {
 	// does: authentication is judged by it, and DDL is logged before the
 	// client learns it succeeded.
 	onReply func(body bson.Raw)
+	// rewrite, when set, replaces the first reply's body (the proxy's own
+	// hello): the reply is rebuilt around what it returns, and a stream
+	// ends there.
+	rewrite func(body bson.Raw) bson.Raw
+}
+
+// rewriteReply rebuilds reply (an OP_MSG or OP_REPLY) with body instead of
+// its own, without moreToCome.
+func rewriteReply(reply []byte, body bson.Raw) ([]byte, error) {
+	h, err := wire.ParseHeader(reply)
+	if err != nil {
+		return nil, err
+	}
+	switch h.OpCode {
+	case wire.OpMsg:
+		return wire.AppendMsg(nil, h.RequestID, h.ResponseTo, 0, body), nil
+	case wire.OpReply:
+		r, err := wire.ParseReply(reply)
+		if err != nil {
+			return nil, err
+		}
+		r.Documents = [][]byte{body}
+		return wire.AppendReply(nil, r), nil
+	default:
+		return nil, fmt.Errorf("unexpected op code %d from upstream", h.OpCode)
+	}
 }
 
 // replyBody is a reply's OP_MSG body or its OP_REPLY's first document (nil

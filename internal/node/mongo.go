@@ -75,8 +75,9 @@ type mongoPart struct {
 	reg      prometheus.Registerer
 	detail   string
 
-	proxy *mongoproxy.Proxy               // set by a Start that succeeded
-	rep   atomic.Pointer[repl.Replicator] // read by the admin routes too
+	proxy *mongoproxy.Proxy                // set by a Start that succeeded
+	rep   atomic.Pointer[repl.Replicator]  // read by the admin routes too
+	up    atomic.Pointer[mongoproxy.Proxy] // proxy, for the readiness check
 }
 
 func (p *mongoPart) Name() string   { return "mongo" }
@@ -123,6 +124,8 @@ func (p *mongoPart) Start(ctx context.Context) error {
 	proxy, err := mongoproxy.New(mongoproxy.Options{
 		Listen:           c.Listen,
 		Upstream:         upstream,
+		Advertise:        c.Advertise,
+		SetName:          c.SetName,
 		NodeID:           origin,
 		DataDir:          p.cfg.Node.DataDir,
 		Replicate:        replicate,
@@ -157,6 +160,7 @@ func (p *mongoPart) Start(ctx context.Context) error {
 	}
 	p.rep.Store(r)
 	p.proxy = proxy
+	p.up.Store(proxy)
 	return nil
 }
 
@@ -168,6 +172,7 @@ func (p *mongoPart) Stop(ctx context.Context) error {
 	if r := p.rep.Swap(nil); r != nil {
 		errs = append(errs, r.Stop(ctx))
 	}
+	p.up.Store(nil)
 	if p.proxy != nil {
 		errs = append(errs, p.proxy.Shutdown(ctx))
 	}
@@ -191,6 +196,13 @@ func (p *mongoPart) statusJSON(w http.ResponseWriter, _ *http.Request) {
 // balancers and DNS health checks move clients to a fresher node (it still
 // accepts writes; see package repl).
 func (p *mongoPart) ready() error {
+	if px := p.up.Load(); px != nil {
+		// A database without a primary takes no writes: send clients to
+		// a node whose database does.
+		if err := px.Ready(); err != nil {
+			return err
+		}
+	}
 	if r := p.rep.Load(); r != nil {
 		return r.Ready()
 	}
