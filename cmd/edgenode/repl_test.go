@@ -481,8 +481,47 @@ func waitOwnOpsAcked(t *testing.T, c *cluster, i, peers int, d time.Duration) {
 	})
 }
 
+// TestReplKillAndRestart: three nodes under a concurrent workload, one
+// killed with SIGKILL and restarted, converge with every acknowledged
+// increment; over each node's embedded FerretDB (SQLite), and over a
+// FerretDB on PostgreSQL per node, each its own process (a real external
+// database, as mongo.upstream).
 func TestReplKillAndRestart(t *testing.T) {
-	c := replCluster(t, 3)
+	for _, upstream := range []string{"sqlite", "postgresql"} {
+		t.Run(upstream, func(t *testing.T) {
+			c := replCluster(t, 3)
+			var uris []string
+			if upstream == "postgresql" {
+				uris = usePGUpstreams(t, c)
+			}
+			testReplKillAndRestart(t, c)
+			for i, uri := range uris { // the data is where the node was told to keep it
+				cl, err := mongo.Connect(options.Client().ApplyURI(uri).SetTimeout(15 * time.Second))
+				if err != nil {
+					t.Fatal(err)
+				}
+				n, err := cl.Database(replDB).Collection(counterColl).CountDocuments(context.Background(), bson.D{})
+				_ = cl.Disconnect(context.Background())
+				if err != nil || n == 0 {
+					t.Errorf("node%d's upstream %s holds %d counters (%v)", i+1, uri, n, err)
+				}
+			}
+		})
+	}
+}
+
+// usePGUpstreams gives each node of c its own FerretDB-on-PostgreSQL
+// upstream (stopped when t ends, after the nodes).
+func usePGUpstreams(t *testing.T, c *cluster) []string {
+	t.Helper()
+	uris := testkit.PGUpstreams(t, len(c.cfgs))
+	for i, uri := range uris {
+		c.cfgs[i] = mergeYAML(t, c.cfgs[i], fmt.Sprintf("mongo: {upstream: %q}\n", uri))
+	}
+	return uris
+}
+
+func testReplKillAndRestart(t *testing.T, c *cluster) {
 	cs := startReplCluster(t, c, 3)
 	led := &ledger{}
 	stop := runWorkload(cs.get, 6, led)

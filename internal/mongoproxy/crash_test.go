@@ -21,14 +21,20 @@ import (
 // TestCrash kills the proxy process with SIGKILL right after an op reached
 // the log (before it was applied), and right after it was applied (before it
 // was marked applied), restarts it on the same op log and database, and
-// checks that the op is applied exactly once.
+// checks that the op is applied exactly once, over each upstream kind.
 func TestCrash(t *testing.T) {
+	for _, k := range upstreamKinds {
+		t.Run(string(k), func(t *testing.T) { testCrash(t, k) })
+	}
+}
+
+func testCrash(t *testing.T, k upstreamKind) {
 	for _, tc := range []struct {
 		point    string
 		nAtCrash int32 // n in the database right after the kill
 	}{{"after-append", 0}, {"after-apply", 1}} {
 		t.Run(tc.point, func(t *testing.T) {
-			up := upstream(t, 0)
+			up := upstreamOf(t, k, 0)
 			dir := t.TempDir()
 			db := freshDB("crash")
 			const node = "crashy"

@@ -27,6 +27,7 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 	"github.com/edgenode/edgenode/internal/mongoproxy/embedded"
 	"github.com/edgenode/edgenode/internal/replica"
+	"github.com/edgenode/edgenode/internal/testkit"
 )
 
 var (
@@ -70,6 +71,9 @@ func TestMain(m *testing.M) {
 	}
 	dbOnce.Unlock()
 	stopAuthFerret()
+	if pgPool.s != nil {
+		pgPool.s.Stop()
+	}
 	_ = os.RemoveAll(dbRoot)
 	os.Exit(code)
 }
@@ -191,6 +195,51 @@ func upstream(t testing.TB, i int) string {
 	return dbPool[i].URI()
 }
 
+// upstreamKind names a database the proxy runs in front of.
+type upstreamKind string
+
+const (
+	// sqliteKind is the embedded FerretDB 1.24.2 over SQLite, in process.
+	sqliteKind upstreamKind = "sqlite"
+	// postgresKind is FerretDB 1.24.2 over PostgreSQL, each its own
+	// process (testkit.StartPGFerrets): a real external database.
+	postgresKind upstreamKind = "postgresql"
+)
+
+// upstreamKinds are the databases the end-to-end tests run over.
+var upstreamKinds = []upstreamKind{sqliteKind, postgresKind}
+
+// pgPool is the package's FerretDB-on-PostgreSQL upstreams: one server,
+// started on first use, with one FerretDB per index (stopped by TestMain).
+var pgPool struct {
+	mu sync.Mutex
+	s  *testkit.PGFerrets
+}
+
+// upstreamOf returns the URI of the i-th shared upstream of kind k (tests
+// use their own databases on it).
+func upstreamOf(t testing.TB, k upstreamKind, i int) string {
+	t.Helper()
+	if k == sqliteKind {
+		return upstream(t, i)
+	}
+	pgPool.mu.Lock()
+	defer pgPool.mu.Unlock()
+	if pgPool.s == nil {
+		s, err := testkit.StartPGFerrets(0)
+		if err != nil {
+			t.Fatalf("FerretDB on PostgreSQL: %v", err)
+		}
+		pgPool.s = s
+	}
+	if n := i + 1 - len(pgPool.s.Ferrets); n > 0 {
+		if err := pgPool.s.Add(n); err != nil {
+			t.Fatalf("FerretDB on PostgreSQL: %v", err)
+		}
+	}
+	return pgPool.s.Ferrets[i].URI
+}
+
 func testLogger() *slog.Logger {
 	if *flagVerbose {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -233,6 +282,12 @@ type proxyOpt func(*Options)
 func newProxy(t testing.TB, db int, node string, mods ...proxyOpt) *testProxy {
 	t.Helper()
 	return newProxyAt(t, upstream(t, db), node, mods...)
+}
+
+// newProxyOver is newProxy over the db-th upstream of kind k.
+func newProxyOver(t testing.TB, k upstreamKind, db int, node string, mods ...proxyOpt) *testProxy {
+	t.Helper()
+	return newProxyAt(t, upstreamOf(t, k, db), node, mods...)
 }
 
 // newProxyAt is newProxy in front of the database at uri.

@@ -37,8 +37,6 @@ type ddlRecord struct {
 	op      *crdt.Op
 }
 
-func ddlID(ns, key string) string { return ns + "\x00" + key }
-
 // ddlDropKey is the record holding a namespace's newest drop (the collection
 // key may meanwhile be won by a newer create).
 const ddlDropKey = "drop"

@@ -113,8 +113,8 @@
 // _edgenode, stored as {v: version, b: BinData} (FerretDB v1 cannot store
 // nested arrays, and nothing queries it but the version). A deleted
 // document is removed from its collection and its metadata kept as a
-// tombstone in edgenode_meta.tombstones ({_id: "<ns>\x00<canonical id>",
-// ns, id, m: metadata}), where a late operation finds it: an op older than
+// tombstone in edgenode_meta.tombstones ({_id: docKey, ns, id, m:
+// metadata}), where a late operation finds it: an op older than
 // the delete stays deleted, a newer one re-creates the document with only
 // the fields written after the delete. Deletion writes the tombstone before
 // removing the document; re-creation inserts the document before removing
@@ -124,6 +124,14 @@
 // metadata) are adopted on their first replicated write, their fields
 // counting as older than any operation. Canonical ids compare numbers by
 // value, as MongoDB does (docKey).
+//
+// Every key the core stores (tombstone and DDL record _ids) is
+// "<len(ns)>:<ns>:<id or key>", printable or the string _id's own valid
+// UTF-8: storable on every backend (PostgreSQL's jsonb, under FerretDB,
+// refuses a NUL) and unambiguous whatever the namespace holds. Keys of the
+// first form (namespace NUL id) are converted at Open, once (the database
+// records the form in edgenode_meta.repl {_id: "keys"}), and in snapshots
+// from peers that still send them (keys.go, migrate.go).
 //
 // # Crashes
 //

@@ -140,6 +140,9 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 }
 
 func (r *Replica) start(ctx context.Context) error {
+	if err := r.migrateKeys(ctx); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
 	if err := r.loadDDL(ctx); err != nil {
 		return fmt.Errorf("replica: %w", err)
 	}

@@ -226,7 +226,7 @@ func (b *loadBatch) flush(ctx context.Context) error {
 func (r *Replica) LoadSnapshot(ctx context.Context, items []SnapshotItem) (refused []RefusedItem, err error) {
 	b := &loadBatch{}
 	for _, it := range items {
-		if ns, why := r.snapshotItemScope(it); why != "" {
+		if ns, why := r.snapshotItemScope(&it); why != "" {
 			refused = append(refused, RefusedItem{Kind: it.Kind, NS: ns, Why: why})
 			continue
 		}
@@ -282,16 +282,23 @@ func (r *Replica) loadSchema(ctx context.Context, it SnapshotItem) error {
 
 // snapshotItemScope returns the namespace a snapshot item writes to, and
 // why it must not be stored here ("" when it may).
-func (r *Replica) snapshotItemScope(it SnapshotItem) (ns, why string) {
+// A tombstone or DDL record keyed in an older form is rewritten in it
+// under its current key.
+func (r *Replica) snapshotItemScope(it *SnapshotItem) (ns, why string) {
 	switch it.Kind {
 	case SnapCollection, SnapIndex, SnapDoc:
 		ns = it.NS
 	case SnapTombstone:
-		// Keyed by docKey(ns, _id): the key, not the ns field, is what a
-		// later write of the document finds.
+		// Keyed by docKey(ns, id): the key, not the ns field, is what a
+		// later write of the document finds. A peer of an older version
+		// sends keys of format 1, stored here in the current form.
 		ns, _ = it.Doc.Lookup("ns").StringValueOK()
-		if key, _ := it.Doc.Lookup("_id").StringValueOK(); !strings.HasPrefix(key, ns+"\x00") {
+		doc, _, err := rekey(tombstoneColl, it.Doc)
+		if err != nil {
 			return ns, "tombstone key outside its namespace"
+		}
+		if doc != nil {
+			it.Doc = doc
 		}
 	case SnapDDL:
 		rec, err := decodeDDLRecord(it.Doc)
@@ -299,8 +306,12 @@ func (r *Replica) snapshotItemScope(it SnapshotItem) (ns, why string) {
 			return "", "malformed DDL record"
 		}
 		ns = rec.ns
-		if id, _ := it.Doc.Lookup("_id").StringValueOK(); id != ddlID(rec.ns, rec.key) || rec.op.NS != rec.ns || rec.op.Kind != crdt.DDL {
+		doc, _, err := rekey(ddlColl, it.Doc)
+		if err != nil || rec.op.NS != rec.ns || rec.op.Kind != crdt.DDL {
 			return ns, "DDL record key or op outside its namespace"
+		}
+		if doc != nil {
+			it.Doc = doc
 		}
 	default:
 		return it.NS, "unknown item kind"

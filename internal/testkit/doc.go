@@ -1,7 +1,9 @@
 // Package testkit holds the helpers the tests of every package share: free
 // ports that are never handed out twice, polling for a condition with a
 // deadline, a log capture that tests can wait on, and the test servers
-// (Tool: versitygw, pebble, ferretdb) found or installed once.
+// (Tool: versitygw, pebble, ferretdb) found or installed once, and a real
+// external database: FerretDB over its own PostgreSQL server (PGUpstreams,
+// StartPGFerrets).
 //
 // Only _test.go files import testkit. The exceptions are the benchmark
 // drivers (under scripts/, and the load tool cmd/edgebench), which start
