@@ -117,6 +117,7 @@ type request struct {
 	ops    []*crdt.Op
 	local  bool
 	fence  crdt.Timestamp // raise the persisted max timestamp to at least this (Fence)
+	recs   []Record       // written in the same transaction (AppendLocalRecords)
 	result chan error
 }
 
