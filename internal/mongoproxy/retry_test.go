@@ -293,3 +293,31 @@ func TestRetryTxnTooOld(t *testing.T) {
 		t.Fatalf("multi:true with a txnNumber: %v, want error 72", r)
 	}
 }
+
+// TestRetryForwardedFerretDB pins what FerretDB 1.24.2 does with a
+// retryable write the proxy forwards (a local-only collection: the
+// client's command goes upstream byte for byte, lsid and txnNumber
+// included): it accepts both and ignores them, so a resent command is
+// applied again and an older txnNumber is not refused. (It answers hello
+// as a standalone, to which drivers never send a txnNumber.) The proxy
+// records nothing for forwarded writes: see the package documentation,
+// "Retryable writes". If this test fails, FerretDB changed, and so may
+// what the documentation says.
+func TestRetryForwardedFerretDB(t *testing.T) {
+	db := freshDB("retryfwd")
+	tp := newProxy(t, 0, "retryfwd", func(o *Options) { o.LocalOnly = []string{db + ".local"} })
+	addr, lsid := tp.Addr().String(), newLsid(t)
+	body := bson.D{{Key: "update", Value: "local"}}
+	seqs := []wire.Sequence{{Identifier: "updates", Docs: [][]byte{rawDoc(t, bson.D{{Key: "q", Value: bson.D{{Key: "_id", Value: 1}}},
+		{Key: "u", Value: bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: int32(1)}}}}}, {Key: "upsert", Value: true}})}}}
+	for _, txn := range []int64{2, 2, 1} {
+		if _, r := sendOnce(t, addr, retryCmd(body, db, lsid, txn), seqs); r == nil {
+			t.Fatal("no reply")
+		} else {
+			wantInt(t, r, "n", 1)
+		}
+	}
+	if m := findOne(t, tp.client.Database(db).Collection("local"), bson.D{{Key: "_id", Value: 1}}); m["n"] != int32(3) {
+		t.Fatalf("n = %v; FerretDB used to apply every resend (n = 3): its handling of txnNumber changed", m["n"])
+	}
+}
