@@ -116,11 +116,17 @@ func TestRetryTurnAndTooOld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	if _, err := f.r.BeginTxn(ctx, []byte("a"), 6); !errors.Is(err, context.DeadlineExceeded) {
+	// (From other goroutines: one goroutine holds one session turn.)
+	waited := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		_, err := f.r.BeginTxn(ctx, []byte("a"), 6)
+		waited <- err
+	}()
+	if err := <-waited; !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("second command of a busy session: %v, want it to wait until its context ends", err)
 	}
-	cancel()
 	got := make(chan error, 1)
 	go func() {
 		tx2, err := f.r.BeginTxn(context.Background(), []byte("a"), 6)
