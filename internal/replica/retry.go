@@ -276,40 +276,45 @@ func (rs *retryStore) plan(t *Txn, stmts []StmtResult) []oplog.Record {
 	}
 	// Expired sessions go; then, over the bound, the oldest ones' results
 	// (their header stays, so that a retry gets 217 instead of running
-	// again), then, if headers alone are too many, whole sessions.
+	// again); then, if headers alone are too many, whole sessions, oldest
+	// first. A busy session (this one among them) is never touched.
 	for e := rs.lru.Front(); e != nil; {
-		o := e.Value.(*session)
-		next := e.Next()
-		early := now.Sub(o.at) < rs.ttl
-		if early && (rs.max <= 0 || rs.bytes <= rs.max) {
+		o, next := e.Value.(*session), e.Next()
+		if now.Sub(o.at) < rs.ttl {
 			break
 		}
-		if o.busy != nil {
-			e = next
-			continue
+		if o.busy == nil {
+			recs = rs.evict(recs, o, "expired")
 		}
-		if early && !o.dropped && o.bytes > headerBytes {
+		e = next
+	}
+	for e := rs.lru.Front(); e != nil && rs.max > 0 && rs.bytes > rs.max; e = e.Next() {
+		if o := e.Value.(*session); o.busy == nil && !o.dropped && o.bytes > headerBytes {
 			recs = append(recs, oplog.Record{Key: stmtPrefix(o.key, o.txn), DeletePrefix: true})
 			rs.bytes -= o.bytes - headerBytes
 			o.bytes, o.dropped = headerBytes, true
 			recs = append(recs, oplog.Record{Key: headerKey(o.key), Value: header(o)})
 			rs.met.retryEvicted.WithLabelValues("results").Inc()
-			e = next
-			continue
 		}
-		recs = append(recs, oplog.Record{Key: headerKey(o.key), DeletePrefix: true})
-		rs.bytes -= o.bytes
-		rs.lru.Remove(e)
-		o.elem = nil
-		rs.forgetIdle(o)
-		if early {
-			rs.met.retryEvicted.WithLabelValues("session").Inc()
-		} else {
-			rs.met.retryEvicted.WithLabelValues("expired").Inc()
+	}
+	for e := rs.lru.Front(); e != nil && rs.max > 0 && rs.bytes > rs.max; {
+		o, next := e.Value.(*session), e.Next()
+		if o.busy == nil {
+			recs = rs.evict(recs, o, "session")
 		}
 		e = next
 	}
 	return recs
+}
+
+// evict removes a whole session (what: the metric's label); call with mu.
+func (rs *retryStore) evict(recs []oplog.Record, o *session, what string) []oplog.Record {
+	rs.bytes -= o.bytes
+	rs.lru.Remove(o.elem)
+	o.elem = nil
+	rs.forgetIdle(o)
+	rs.met.retryEvicted.WithLabelValues(what).Inc()
+	return append(recs, oplog.Record{Key: headerKey(o.key), DeletePrefix: true})
 }
 
 // forget removes the results of statements whose ops were undone (a

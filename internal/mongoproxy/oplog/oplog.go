@@ -21,6 +21,8 @@
 //	              / bucket "last"    / <origin> -> highest seq stored (survives Trim, so local seqs never repeat)
 //	              / bucket "applied" / <origin> -> contiguous applied watermark
 //	              / bucket "acks"    / <peer>   -> the peer's acknowledged position in our local ops
+//	bucket "records" / key -> value   the owner's records, written in an append's transaction
+//	                                  (AppendLocalRecords: the core's retryable-write results)
 //
 // # Group commit
 //
