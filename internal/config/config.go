@@ -410,6 +410,13 @@ type Mongo struct {
 	// node's wall clock is refused, so that no peer drags the cluster's
 	// clocks into the future; its ops wait until the clocks agree.
 	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
+	// RetryRecordsBytes bounds what the proxy keeps of retryable writes
+	// (per client session, the results of its latest txnNumber's
+	// statements, findAndModify's document included) for 30 minutes
+	// after each, so that a driver's retry is answered without applying
+	// the write again. Beyond it the oldest sessions' results go early
+	// (their retries get error 217); 0: no bound.
+	RetryRecordsBytes ByteSize `yaml:"retry_records_bytes"`
 	// Bootstrap says this node may start a new cluster's data alone. Off,
 	// a node with mesh seeds and an empty op log (new, or its data folder
 	// wiped) waits, writes refused, until it has heard a peer to sync
@@ -522,6 +529,8 @@ func Default() Config {
 			LogRetention:     10 * time.Minute,
 			ForgetPeerAfter:  24 * time.Hour,
 			MaxClockSkew:     time.Minute,
+
+			RetryRecordsBytes: 64 << 20,
 
 			ClientMessageTimeout: 30 * time.Second,
 			ClientIdleTimeout:    30 * time.Minute,

@@ -360,6 +360,9 @@ func (m *Mongo) validate(ps *Problems) {
 	if m.MaxClockSkew < time.Second || m.MaxClockSkew > 24*time.Hour {
 		ps.add("mongo.max_clock_skew", "%v is out of range: want 1s (replication's stable margin) to 24h, e.g. 1m", m.MaxClockSkew)
 	}
+	if m.RetryRecordsBytes < 0 {
+		ps.add("mongo.retry_records_bytes", "must not be negative: want e.g. 64MiB (0: no bound)")
+	}
 	if m.ClientMessageTimeout <= 0 {
 		ps.add("mongo.client_message_timeout", "must be positive (a message once begun must arrive within it): want e.g. 30s")
 	}

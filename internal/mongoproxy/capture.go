@@ -17,8 +17,9 @@ import (
 // (replica.Local.Write); their outcomes become MongoDB's reply. A filter
 // other than {_id: v} is first resolved to _ids with a find on this node.
 
-// run inserts the documents.
-func (c *insertCmd) run(ctx context.Context, p *Proxy) []byte {
+// run inserts the documents (those a retry finds recorded count as
+// inserted and are not inserted again).
+func (c *insertCmd) run(ctx context.Context, p *Proxy, rt *retryCtx) []byte {
 	if c.err != nil {
 		return errorReply(c.err)
 	}
@@ -30,7 +31,17 @@ func (c *insertCmd) run(ctx context.Context, p *Proxy) []byte {
 			pre = append(pre, writeError{Index: d.stmt, Err: d.err})
 			continue
 		}
-		items = append(items, capItem{stmt: d.stmt, id: d.id, compute: insertCompute(c.ns, d.doc, d.id)})
+		if rec, e := rt.recorded(d.stmt); e != nil || rec != nil {
+			if e != nil {
+				pre = append(pre, writeError{Index: d.stmt, Err: e})
+			} else {
+				res.N++
+			}
+			continue
+		}
+		it := capItem{stmt: d.stmt, id: d.id, compute: insertCompute(c.ns, d.doc, d.id)}
+		rt.mark(&it, d.stmt, func(outcome) []byte { return stmtResult(1, 0, bson.RawValue{}) })
+		items = append(items, it)
 	}
 	// With ordered inserts a bad document stops the batch at its index:
 	// only the documents before it run (parseInsert stopped there).
@@ -76,7 +87,7 @@ func mergeErrors(a, b []writeError) []writeError {
 
 // run applies the statements in order (an ordered update stops at the
 // first that fails).
-func (c *updateCmd) run(ctx context.Context, p *Proxy) []byte {
+func (c *updateCmd) run(ctx context.Context, p *Proxy, rt *retryCtx) []byte {
 	if c.err != nil {
 		return errorReply(c.err)
 	}
@@ -84,7 +95,7 @@ func (c *updateCmd) run(ctx context.Context, p *Proxy) []byte {
 	for i, s := range c.stmts {
 		e := s.err
 		if e == nil {
-			e = p.runUpdateStmt(ctx, c.ns, i, s, c.let, res)
+			e = p.runUpdateStmt(ctx, c.ns, i, s, c.let, res, rt)
 		}
 		if e != nil {
 			res.Errors = append(res.Errors, writeError{Index: i, Err: e})
@@ -96,26 +107,37 @@ func (c *updateCmd) run(ctx context.Context, p *Proxy) []byte {
 	return res.reply()
 }
 
-// runUpdateStmt runs update statement i and counts what it did in res.
-func (p *Proxy) runUpdateStmt(ctx context.Context, ns string, i int, s *updateStmt, let bson.RawValue, res *writeResult) *mongoError {
+// runUpdateStmt runs update statement i and counts what it did in res (a
+// retry finds what it did recorded, and counts that).
+func (p *Proxy) runUpdateStmt(ctx context.Context, ns string, i int, s *updateStmt, let bson.RawValue, res *writeResult, rt *retryCtx) *mongoError {
+	if rec, e := rt.recorded(i); e != nil || rec != nil {
+		if rec != nil {
+			addRecorded(res, i, rec)
+		}
+		return e
+	}
 	items, e := p.updateItems(ctx, ns, i, s, let)
 	if e != nil {
 		return e
 	}
+	if len(items) == 0 {
+		return rt.record(ctx, i, stmtResult(0, 0, bson.RawValue{}))
+	}
+	for j := range items {
+		id := items[j].id
+		rt.mark(&items[j], i, func(o outcome) []byte { return stmtResult(updateCounts(o, id)) })
+	}
 	outs := p.write(ctx, ns, items, true)
 	for j, o := range outs {
-		switch {
-		case !o.done:
-		case o.err != nil:
+		if o.err != nil && o.done {
 			e = o.err
-		case o.op != nil && o.before == nil:
-			res.N++
-			res.Upserted = append(res.Upserted, upserted{Index: i, ID: items[j].id})
-		case o.found:
-			res.N++
-			if o.op != nil && !docEqual(o.before, o.after) {
-				res.NModified++
-			}
+			continue
+		}
+		n, m, up := updateCounts(o, items[j].id)
+		res.N += n
+		res.NModified += m
+		if up.Type != 0 {
+			res.Upserted = append(res.Upserted, upserted{Index: i, ID: up})
 		}
 	}
 	return e
@@ -128,7 +150,7 @@ func docEqual(a, b bson.D) bool {
 }
 
 // run deletes what each statement matches, in order.
-func (c *deleteCmd) run(ctx context.Context, p *Proxy) []byte {
+func (c *deleteCmd) run(ctx context.Context, p *Proxy, rt *retryCtx) []byte {
 	if c.err != nil {
 		return errorReply(c.err)
 	}
@@ -136,7 +158,7 @@ func (c *deleteCmd) run(ctx context.Context, p *Proxy) []byte {
 	for i, s := range c.stmts {
 		e := s.err
 		if e == nil {
-			e = p.runDeleteStmt(ctx, c.ns, i, s, c.let, res)
+			e = p.runDeleteStmt(ctx, c.ns, i, s, c.let, res, rt)
 		}
 		if e != nil {
 			res.Errors = append(res.Errors, writeError{Index: i, Err: e})
@@ -148,8 +170,15 @@ func (c *deleteCmd) run(ctx context.Context, p *Proxy) []byte {
 	return res.reply()
 }
 
-// runDeleteStmt runs delete statement i and counts what it did in res.
-func (p *Proxy) runDeleteStmt(ctx context.Context, ns string, i int, s *deleteStmt, let bson.RawValue, res *writeResult) *mongoError {
+// runDeleteStmt runs delete statement i and counts what it did in res (a
+// retry finds what it did recorded, and counts that).
+func (p *Proxy) runDeleteStmt(ctx context.Context, ns string, i int, s *deleteStmt, let bson.RawValue, res *writeResult, rt *retryCtx) *mongoError {
+	if rec, e := rt.recorded(i); e != nil || rec != nil {
+		if rec != nil {
+			addRecorded(res, i, rec)
+		}
+		return e
+	}
 	var items []capItem
 	var e *mongoError
 	if id, ok := idOnlyFilter(s.q); ok {
@@ -165,6 +194,17 @@ func (p *Proxy) runDeleteStmt(ctx context.Context, ns string, i int, s *deleteSt
 	}
 	if e != nil {
 		return e
+	}
+	if len(items) == 0 {
+		return rt.record(ctx, i, stmtResult(0, 0, bson.RawValue{}))
+	}
+	for j := range items {
+		rt.mark(&items[j], i, func(o outcome) []byte {
+			if o.op != nil {
+				return stmtResult(1, 0, bson.RawValue{})
+			}
+			return stmtResult(0, 0, bson.RawValue{})
+		})
 	}
 	for _, o := range p.write(ctx, ns, items, true) {
 		switch {
@@ -186,17 +226,24 @@ func deleteCompute(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, erro
 	return &crdt.Op{Kind: crdt.Delete}, nil
 }
 
-// run updates or removes one document and answers with it.
-func (c *famCmd) run(ctx context.Context, p *Proxy) []byte {
+// run updates or removes one document and answers with it. A retry
+// gets the reply recorded the first time: the same value document.
+func (c *famCmd) run(ctx context.Context, p *Proxy, rt *retryCtx) []byte {
 	if c.err != nil {
 		return errorReply(c.err)
+	}
+	if rec, e := rt.recorded(0); e != nil {
+		return errorReply(e)
+	} else if rec != nil {
+		return rec
 	}
 	var outs []outcome
 	var items []capItem
 	// A document resolved by the filter may stop matching before its
 	// lease is taken (a concurrent write); resolve again a few times, as
 	// mongod retries a findAndModify whose document changed under it.
-	for attempt := 0; attempt < 5; attempt++ {
+	const attempts = 5
+	for attempt := 0; attempt < attempts; attempt++ {
 		var err *mongoError
 		if c.remove {
 			items, err = p.famRemoveItems(ctx, c.ns, c.stmt, c.hasSort, c.let)
@@ -206,6 +253,17 @@ func (c *famCmd) run(ctx context.Context, p *Proxy) []byte {
 		if err != nil {
 			return errorReply(err)
 		}
+		if len(items) == 1 {
+			// Recorded with the op: the reply this outcome gives, unless
+			// the document stopped matching and another attempt follows.
+			its, last := items, attempt == attempts-1
+			rt.mark(&items[0], 0, func(o outcome) []byte {
+				if !o.found && its[0].filter != nil && !last {
+					return nil
+				}
+				return c.reply([]outcome{o}, its)
+			})
+		}
 		outs = p.write(ctx, c.ns, items, true)
 		if len(outs) == 0 || outs[0].found || outs[0].err != nil || items[0].filter == nil {
 			break
@@ -214,7 +272,13 @@ func (c *famCmd) run(ctx context.Context, p *Proxy) []byte {
 	if len(outs) == 1 && outs[0].err != nil {
 		return errorReply(outs[0].err)
 	}
-	return c.reply(outs, items)
+	reply := c.reply(outs, items)
+	if len(items) == 0 {
+		if e := rt.record(ctx, 0, reply); e != nil {
+			return errorReply(e)
+		}
+	}
+	return reply
 }
 
 // reply is findAndModify's answer: lastErrorObject and the document
@@ -384,6 +448,11 @@ type capItem struct {
 	// compute decides the op for the document's current state (nil op:
 	// nothing to write) or refuses with a write error (a *mongoError).
 	compute computeFunc
+	// A retryable statement (retryCtx.mark): result is recorded with the
+	// item's op (nil result: nothing recorded).
+	txn    *replica.Txn
+	stmtID int32
+	result func(outcome) []byte
 }
 
 // computeFunc is a replica.Item's Compute: it returns the client's own
@@ -406,14 +475,16 @@ func (p *Proxy) write(ctx context.Context, ns string, items []capItem, ordered b
 	in := make([]replica.Item, len(items))
 	for i, it := range items {
 		in[i] = replica.Item{ID: it.id, Filter: it.filter, Compute: it.compute}
+		if it.txn != nil {
+			result := it.result
+			in[i].Txn, in[i].StmtID = it.txn, it.stmtID
+			in[i].Result = func(o replica.Outcome) []byte { return result(toOutcome(o)) }
+		}
 	}
 	res := p.core.Write(ctx, ns, in, ordered)
 	out := make([]outcome, len(res))
 	for i, o := range res {
-		out[i] = outcome{done: o.Done, found: o.Found, op: o.Op, before: o.Before, after: o.After}
-		if o.Err != nil {
-			out[i].err = clientError(o.Err)
-		}
+		out[i] = toOutcome(o)
 	}
 	return out
 }

@@ -109,18 +109,28 @@ func (p *Proxy) dispatchWrite(ctx context.Context, cmd *command, lower string, c
 		p.met.commands.WithLabelValues("refused").Inc()
 		return dispatched{reply: noPrimaryReply(err, true)}, true
 	}
+	// Bounded so a stuck database cannot hold a document's lease (or a
+	// session's turn) forever.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	// A retryable write holds its session's turn from here until it is
+	// answered (before the write gate: see package replica's lock order).
+	rt, e := p.beginRetry(ctx, cmd, w)
+	if e != nil {
+		return p.refused(e), true
+	}
+	if rt != nil {
+		defer rt.txn.End()
+	}
 	done, err := p.core.Admit()
 	if err != nil {
 		return p.refused(admitError(err)), true
 	}
 	defer done()
 	p.met.commands.WithLabelValues("captured").Inc()
-	// Bounded so a stuck database cannot hold a document's lease forever.
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
 	start := time.Now()
 	defer func() { p.met.writeSeconds.Observe(time.Since(start).Seconds()) }()
-	return dispatched{reply: w.run(ctx, p)}, true
+	return dispatched{reply: w.run(ctx, p, rt)}, true
 }
 
 // checkBypass refuses the commands that would write a replicated

@@ -113,6 +113,37 @@
 // which it must be anyway for them to replicate. A forwarded drop or
 // dropDatabase drops that cache.
 //
+// # Retryable writes
+//
+// A captured write that carries lsid and txnNumber (a driver's retryable
+// write) is run holding its session's turn in the core (retry.go,
+// replica.BeginTxn); a statement already recorded for that lsid and
+// txnNumber is answered from its record and not applied again: an insert
+// counts in n, an update its n, nModified and upserted _id, a delete its
+// n, and findAndModify returns its whole first reply (the same pre- or
+// post-image). Statement ids are the command's stmtIds, or the
+// statements' positions; findAndModify is statement 0. Each statement run
+// records its result in the op log transaction of its op (see package
+// replica, "Retryable writes"), so a retry after a lost reply, or after a
+// kill -9 of the proxy once the op was logged, finds it. A txnNumber below
+// the session's newest gets 225 TransactionTooOld; multi:true updates and
+// limit:0 deletes with a txnNumber get 72 InvalidOptions, as MongoDB
+// refuses to retry them. The records are this node's: a driver retries on
+// the server it used, so they do not travel to peers. The client's lsid
+// and txnNumber never reach the database for captured writes (the core
+// writes new commands, with the proxy's own sessions).
+//
+// Writes the proxy forwards (local-only collections) go upstream byte for
+// byte, lsid and txnNumber included, and the proxy records nothing for
+// them. A MongoDB replica set then keeps its own records, so retries of
+// them are applied once there. FerretDB 1.24.2 accepts lsid and txnNumber
+// and ignores both: a resent forwarded write is applied again, and an
+// older txnNumber is not refused (TestRetryForwardedFerretDB pins this).
+// A standalone mongod refuses a txnNumber (error 20): a driver sends
+// txnNumber only to a replica set member or mongos, so once the proxy
+// presents itself as a replica set, forwarded retryable writes to a
+// standalone upstream would fail until that case strips txnNumber.
+//
 // # Authentication and privileges
 //
 // Captured writes and DDL are performed by the proxy with its own

@@ -107,6 +107,10 @@ type Options struct {
 	// the MongoDB code paths on FerretDB). Its Sync, when nil, is
 	// SyncDatabase.
 	Capabilities *replica.Capabilities
+	// RetryRecordBytes bounds the records of retryable writes (default
+	// DefaultRetryRecordBytes; negative: no bound): see "Retryable
+	// writes" in the package documentation.
+	RetryRecordBytes int64
 	// Faults is a test hook called at the replica core's fault points
 	// (the crash tests stop the process there); nil in production.
 	Faults replica.FaultHook
@@ -120,6 +124,11 @@ const (
 
 // DefaultSetName is Options.SetName's default.
 const DefaultSetName = "edgenode"
+
+// DefaultRetryRecordBytes is Options.RetryRecordBytes's default: room for
+// the results of some hundred thousand sessions' statements, or a few
+// thousand findAndModify documents of a few KiB.
+const DefaultRetryRecordBytes = 64 << 20
 
 // DefaultMaxClockSkew is Options.MaxClockSkew's default (see package repl
 // for why a minute).
@@ -201,6 +210,9 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	}
 	if opts.DocCache == 0 {
 		opts.DocCache = 4096
+	}
+	if opts.RetryRecordBytes == 0 {
+		opts.RetryRecordBytes = DefaultRetryRecordBytes
 	}
 	if opts.MaxClockSkew <= 0 {
 		opts.MaxClockSkew = DefaultMaxClockSkew
@@ -307,6 +319,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		Metrics:          p.rmet,
 		Registerer:       p.reg,
 		Faults:           p.opts.Faults,
+		RetryRecordBytes: p.opts.RetryRecordBytes,
 	}, p.log)
 	if err != nil {
 		return fail(fmt.Errorf("mongoproxy: %w", err))

@@ -30,8 +30,10 @@ type writeCmd interface {
 	// requires them: an upsert also needs insert, and findAndModify
 	// (which returns the document) find.
 	actions() []string
-	// run performs it through the replica core and returns the reply body.
-	run(ctx context.Context, p *Proxy) []byte
+	// run performs it through the replica core and returns the reply
+	// body; rt is its session turn when it is a retryable write (nil:
+	// not one).
+	run(ctx context.Context, p *Proxy, rt *retryCtx) []byte
 }
 
 // parseWrite decodes an insert, update, delete or findAndModify.

@@ -137,6 +137,7 @@ func (p *mongoPart) Start(ctx context.Context) error {
 		MaxClockSkew:     c.MaxClockSkew,
 		MessageTimeout:   c.ClientMessageTimeout,
 		IdleTimeout:      clientIdleTimeout(&c),
+		RetryRecordBytes: retryRecordsBytes(&c),
 	}, p.log.With("part", "mongo"), p.reg)
 	if err != nil {
 		return err
@@ -264,6 +265,13 @@ func otherSeeds(m *config.Mesh) []string {
 // clientIdleTimeout is mongo.client_idle_timeout in the proxy's terms (its
 // 0 is the default, a negative value never closes).
 func clientIdleTimeout(c *config.Mongo) time.Duration { return none(c.ClientIdleTimeout) }
+
+func retryRecordsBytes(c *config.Mongo) int64 {
+	if c.RetryRecordsBytes == 0 {
+		return -1
+	}
+	return int64(c.RetryRecordsBytes)
+}
 
 // meshTransport is the mesh as replication's transport: the mesh's send
 // errors become the ones package repl documents.

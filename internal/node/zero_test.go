@@ -38,6 +38,7 @@ var zeroMeansNone = map[string]func(c *config.Config) bool{
 	"mongo.max_lag":                 func(c *config.Config) bool { return replOptions(c).MaxLag < 0 },
 	"mongo.log_retention":           func(c *config.Config) bool { return replOptions(c).LogRetention < 0 },
 	"mongo.client_idle_timeout":     func(c *config.Config) bool { return clientIdleTimeout(&c.Mongo) < 0 },
+	"mongo.retry_records_bytes":     func(c *config.Config) bool { return retryRecordsBytes(&c.Mongo) < 0 },
 	"cdn.stale_while_revalidate":    func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).StaleWhileRevalidate < 0 },
 	"cdn.negative_ttl":              func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).NegativeTTL < 0 },
 	"pubsub.history":                func(c *config.Config) bool { return mustPubSub(c).History < 0 },

@@ -33,6 +33,9 @@ type Local interface {
 	// Forget drops the read-your-write cache of stored documents
 	// (collections were dropped or renamed behind the core's back).
 	Forget()
+	// BeginTxn takes a client session's turn for a retryable write
+	// command (see Replica.BeginTxn). Take it before Admit.
+	BeginTxn(ctx context.Context, lsid []byte, txnNumber int64) (*Txn, error)
 }
 
 // Item is one document-level write of a client command.
@@ -50,6 +53,13 @@ type Item struct {
 	// the op's clock. The core fills in the op's origin, clock, namespace
 	// and _id.
 	Compute func(st crdt.State, found bool, ts crdt.Timestamp) (*crdt.Op, error)
+	// Txn, when set, makes the item statement StmtID of a retryable
+	// write: once the item is done without error, Result(outcome) (nil:
+	// record nothing) is recorded as the statement's result in the same
+	// op log transaction as the item's op (see "Retryable writes").
+	Txn    *Txn
+	StmtID int32
+	Result func(Outcome) []byte
 }
 
 // Outcome is what happened to one Item.

@@ -13,6 +13,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
 )
 
 // This file holds the multi-document shortcuts of a chunk (one read for
@@ -170,7 +171,8 @@ func (r *Replica) insertFresh(ctx context.Context, ns string, order []*docState)
 // restores every path they touched (or deletes the document they created),
 // and stores the result. Every replica ends in the same state as if the
 // write had never happened (modulo writes concurrent with it).
-func (r *Replica) compensate(ctx context.Context, ds *docState, ops []*crdt.Op) (*crdt.Op, error) {
+// recs are written with it (see chunk.undo).
+func (r *Replica) compensate(ctx context.Context, ds *docState, ops []*crdt.Op, recs []oplog.Record) (*crdt.Op, error) {
 	if err := r.reload(ctx, ds); err != nil {
 		return nil, err
 	}
@@ -184,7 +186,7 @@ func (r *Replica) compensate(ctx context.Context, ds *docState, ops []*crdt.Op) 
 		}
 		comp.Kind, comp.Update = crdt.Update, u
 	}
-	if err := r.olog.AppendLocal(ctx, []*crdt.Op{comp}); err != nil {
+	if err := r.olog.AppendLocalRecords(ctx, []*crdt.Op{comp}, recs); err != nil {
 		return nil, fmt.Errorf("append compensating op: %w", err)
 	}
 	r.met.compensations.Inc()

@@ -78,6 +78,8 @@
 // (lockrank.go; a goroutine that takes a turn at or below a rank it holds
 // panics, naming both):
 //
+//	rank 0  session          a client session's turn (BeginTxn), held by a
+//	                         retryable write command until it is answered
 //	rank 1  write gate       shared by each captured write and DDL command,
 //	                         for its whole duration; BlockWrites takes it
 //	                         exclusively for an instant (a barrier)
@@ -140,6 +142,37 @@
 // runs; applying is idempotent (the metadata recognizes an op already
 // merged), so an op is applied exactly once whatever the crash point. The
 // crash tests stop the process at the FaultPoints (Config.Faults).
+//
+// # Retryable writes
+//
+// MongoDB's retryable writes promise that a write a driver sends again
+// (same lsid, txnNumber and stmtId, after a lost reply) is applied once
+// and answered as the first time. The core keeps, per client session (the
+// SHA-256 of its lsid document), the highest txnNumber that recorded a
+// statement and each of that txnNumber's statements' results, as records
+// of the op log file (oplog.Record) written in the SAME bbolt transaction
+// as the statements' ops (Item.Txn, Item.Result): once an op is durable
+// its result is, so a crash between the append and the reply (kill -9)
+// still finds it. Statements that logged no op (nothing matched) are
+// recorded by an append of records alone (Txn.Record). A statement undone
+// by a compensation loses its record in the compensating append, as
+// MongoDB records only statements that succeeded. The front-end takes the
+// session's turn (BeginTxn, rank 0) for the whole command, so a retry
+// that arrives while the original still runs waits for it; a txnNumber
+// below the session's is refused with 225 TransactionTooOld.
+//
+// Records live SessionTTL (30 minutes, MongoDB's
+// logicalSessionTimeoutMinutes) after their session's last recorded
+// statement, and a new txnNumber replaces the older one's; expired
+// sessions are removed by later appends (no goroutine). Over
+// RetryRecordBytes the least recently written sessions lose their results
+// early but keep their header, so that a retry of them gets 217
+// IncompleteTransactionHistory (what MongoDB answers once its oplog no
+// longer holds the statement) instead of being applied again; only when
+// headers alone exceed the bound do whole sessions go. Records never
+// travel with ops: a driver retries on the server it used, peers'
+// copies of an op are idempotent by origin and seq anyway, and no
+// client's session id leaves the node.
 //
 // # Unique indexes
 //

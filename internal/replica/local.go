@@ -8,6 +8,7 @@ import (
 	"go.mongodb.org/mongo-driver/v2/bson"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
+	"github.com/edgenode/edgenode/internal/mongoproxy/oplog"
 )
 
 // chunkSize bounds how many documents one log append and one set of held
@@ -81,7 +82,16 @@ func (c *chunk) run(ctx context.Context) {
 	defer release()
 
 	c.stage(ctx)
-	if len(c.ops) == 0 || !c.append(ctx) {
+	recs := c.records()
+	if len(c.ops) == 0 {
+		if len(recs) > 0 {
+			if err := r.olog.AppendLocalRecords(ctx, nil, recs); err != nil {
+				r.log.Warn("recording retryable statements that wrote nothing failed; a retry runs them again", "ns", c.ns, "err", err)
+			}
+		}
+		return
+	}
+	if !c.append(ctx, recs) {
 		return
 	}
 	c.store(ctx)
@@ -177,12 +187,44 @@ func (c *chunk) stageItem(ctx context.Context, i int, used map[string]bool) {
 	c.ops = append(c.ops, op)
 }
 
-// append logs the staged ops (one fsync) and tells replication. When the
-// log refuses them, nothing was written: every staged item fails and the
-// write stops.
-func (c *chunk) append(ctx context.Context) bool {
+// records are the results of the chunk's retryable statements that are
+// done without error, to be written with its ops.
+func (c *chunk) records() []oplog.Record {
+	var recs []oplog.Record
+	var txn *Txn
+	var stmts []StmtResult
+	flush := func() {
+		if len(stmts) > 0 {
+			recs = append(recs, c.r.retry.plan(txn, stmts)...)
+		}
+		stmts = nil
+	}
+	for i, it := range c.items {
+		o := c.out[i]
+		if it.Txn == nil || it.Result == nil || !o.Done || o.Err != nil {
+			continue
+		}
+		res := it.Result(o)
+		if res == nil {
+			continue
+		}
+		if it.Txn != txn {
+			flush()
+			txn = it.Txn
+		}
+		stmts = append(stmts, StmtResult{ID: it.StmtID, Result: res})
+	}
+	flush()
+	return recs
+}
+
+// append logs the staged ops (one fsync), with the records of the chunk's
+// retryable statements in the same transaction, and tells replication.
+// When the log refuses them, nothing was written: every staged item fails
+// and the write stops.
+func (c *chunk) append(ctx context.Context, recs []oplog.Record) bool {
 	r := c.r
-	if err := r.olog.AppendLocal(ctx, c.ops); err != nil {
+	if err := r.olog.AppendLocalRecords(ctx, c.ops, recs); err != nil {
 		r.log.Error("op log append failed; write refused", "ns", c.ns, "err", err)
 		for _, ds := range c.order {
 			for _, i := range ds.stmts {
@@ -255,9 +297,17 @@ func (c *chunk) storeDoc(ctx context.Context, ds *docState, inserted bool) {
 	}
 }
 
-// undo logs and stores a compensating op for a document's logged ops.
+// undo logs and stores a compensating op for a document's logged ops; the
+// records of its retryable statements go in the same append (a retry runs
+// them again, as MongoDB records only statements that succeeded).
 func (c *chunk) undo(ctx context.Context, ds *docState, mine []*crdt.Op) {
-	comp, err := c.r.compensate(ctx, ds, mine)
+	var forget []oplog.Record
+	for _, i := range ds.stmts {
+		if it := c.items[i]; it.Txn != nil {
+			forget = append(forget, c.r.retry.forget(it.Txn, []int32{it.StmtID})...)
+		}
+	}
+	comp, err := c.r.compensate(ctx, ds, mine, forget)
 	if err != nil {
 		c.r.log.Error("compensating a refused local write failed; it stays unapplied in the log and is retried at restart", "ns", c.ns, "id", ds.id, "err", err)
 		return

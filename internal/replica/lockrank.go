@@ -4,6 +4,8 @@ package replica
 // goroutine takes turns in increasing rank only (see the package
 // documentation, "Concurrency"):
 //
+//	rankSession    a client session's turn, held by a retryable write
+//	               command while it runs (BeginTxn)
 //	rankGate       the write gate, shared by captured writes and local DDL
 //	rankNamespace  a namespace: shared by document writes, exclusive for DDL
 //	rankDocument   document leases (several at once only in one call, which
@@ -18,7 +20,8 @@ package replica
 type rank int
 
 const (
-	rankGate rank = 1 + iota
+	rankSession rank = 1 + iota
+	rankGate
 	rankNamespace
 	rankDocument
 	rankLeaf
@@ -26,6 +29,8 @@ const (
 
 func (r rank) String() string {
 	switch r {
+	case rankSession:
+		return "session"
 	case rankGate:
 		return "write gate"
 	case rankNamespace:

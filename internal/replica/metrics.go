@@ -16,6 +16,8 @@ type Metrics struct {
 	conflicts     *prometheus.CounterVec // by reason: unique, invalid, not_replicated
 	compensations prometheus.Counter
 	replayed      prometheus.Counter
+	retryHits     prometheus.Counter
+	retryEvicted  *prometheus.CounterVec // by what: expired, results, session
 }
 
 // NewMetrics builds the core's metrics and registers them with reg (nil:
@@ -36,11 +38,15 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Local writes logged but refused by the database (unique index), undone by a compensating op."}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_replayed_ops_total",
 			Help: "Operations re-applied from the op log at start."}),
+		retryHits: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_retried_statements_total",
+			Help: "Statements of retried writes answered with their recorded result instead of being applied again."}),
+		retryEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_retry_records_evicted_total",
+			Help: "Retryable-write session records removed: expired (after the session timeout), or early because of mongo.retry_records_bytes (results: the results went, a retry gets 217; session: everything went)."}, []string{"what"}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed} {
+	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed, m.retryHits, m.retryEvicted} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("replica: register metrics: %w", err)
 		}

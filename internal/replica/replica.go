@@ -64,6 +64,12 @@ type Config struct {
 	Registerer prometheus.Registerer
 	// Faults is a test hook (nil in production).
 	Faults FaultHook
+	// RetryRecordBytes bounds the records of retryable writes (0 or
+	// less: no bound); SessionTTL is how long they are kept after a
+	// session's last recorded statement (0: DefaultSessionTTL). See
+	// "Retryable writes".
+	RetryRecordBytes int64
+	SessionTTL       time.Duration
 }
 
 // Replica is the replica core: the op log, the clock, the convergent
@@ -95,6 +101,7 @@ type Replica struct {
 	drops  drops
 	subs   subscribers
 	cache  *docCache // owned entry by entry by the document lease holders
+	retry  *retryStore
 	stable atomic.Pointer[crdt.Timestamp]
 }
 
@@ -128,6 +135,11 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 	r.nss = newLeaseTable(rankNamespace, &r.check)
 	r.docs = newLeaseTable(rankDocument, &r.check)
 	r.cache.docs = r.docs
+	r.retry = newRetryStore(olog, cfg.SessionTTL, cfg.RetryRecordBytes, &r.check, met)
+	if err := r.retry.load(); err != nil {
+		_ = olog.Close()
+		return nil, err
+	}
 	if cfg.HoldWrites != "" {
 		r.gate.block(cfg.HoldWrites)
 	}

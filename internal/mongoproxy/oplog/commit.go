@@ -131,6 +131,11 @@ func (cb *commitBatch) write(tx *bolt.Tx, batch []*request) error {
 				return err
 			}
 		}
+		if len(r.recs) > 0 {
+			if err := putRecords(tx, r.recs); err != nil {
+				return err
+			}
+		}
 		if r.fence.Compare(cb.maxTS) > 0 {
 			cb.maxTS = r.fence
 		}

@@ -21,6 +21,8 @@
 //	              / bucket "last"    / <origin> -> highest seq stored (survives Trim, so local seqs never repeat)
 //	              / bucket "applied" / <origin> -> contiguous applied watermark
 //	              / bucket "acks"    / <peer>   -> the peer's acknowledged position in our local ops
+//	bucket "records" / key -> value   the owner's records, written in an append's transaction
+//	                                  (AppendLocalRecords: the core's retryable-write results)
 //
 // # Group commit
 //
@@ -117,6 +119,7 @@ type request struct {
 	ops    []*crdt.Op
 	local  bool
 	fence  crdt.Timestamp // raise the persisted max timestamp to at least this (Fence)
+	recs   []Record       // written in the same transaction (AppendLocalRecords)
 	result chan error
 }
 
