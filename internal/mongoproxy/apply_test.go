@@ -284,6 +284,9 @@ func TestOversizedWritesAreRefused(t *testing.T) {
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "blob", Value: strings.Repeat("x", limit)}}); !tooLarge(err) {
 		t.Fatalf("oversized insert: %v", err)
 	}
+	if got := log.LastSeq(); got != before {
+		t.Fatalf("a refused insert was logged: last seq %d -> %d", before, got)
+	}
 	// Under the limit as a document, and with its metadata: an assigned
 	// value is stored once.
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "blob", Value: strings.Repeat("y", limit*2/3)}}); err != nil {
