@@ -284,9 +284,19 @@ func TestOversizedWritesAreRefused(t *testing.T) {
 	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 1}, {Key: "blob", Value: strings.Repeat("x", limit)}}); !tooLarge(err) {
 		t.Fatalf("oversized insert: %v", err)
 	}
-	// Under the limit as a document, over it with the metadata's copy.
-	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "blob", Value: strings.Repeat("y", limit*2/3)}}); !tooLarge(err) {
-		t.Fatalf("insert too large with its metadata: %v", err)
+	if got := log.LastSeq(); got != before {
+		t.Fatalf("a refused insert was logged: last seq %d -> %d", before, got)
+	}
+	// Under the limit as a document, and with its metadata: an assigned
+	// value is stored once.
+	if _, err := c.InsertOne(testCtx, bson.D{{Key: "_id", Value: 2}, {Key: "blob", Value: strings.Repeat("y", limit*2/3)}}); err != nil {
+		t.Fatalf("insert of 2/3 of the limit: %v", err)
+	}
+	before = log.LastSeq()
+	// Under the limit as a document, over it with the metadata's copy of a
+	// pending commutative op's operand.
+	if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 2}}, bson.D{{Key: "$addToSet", Value: bson.D{{Key: "set", Value: strings.Repeat("v", limit/4)}}}}); !tooLarge(err) {
+		t.Fatalf("update too large with its metadata: %v", err)
 	}
 	if got := log.LastSeq(); got != before {
 		t.Fatalf("refused writes were logged: last seq %d -> %d", before, got)
@@ -295,14 +305,14 @@ func TestOversizedWritesAreRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Growing it past the limit is refused; it keeps what it had.
-	if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 3}}, bson.D{{Key: "$set", Value: bson.D{{Key: "more", Value: strings.Repeat("w", limit/3)}}}}); !tooLarge(err) {
+	if _, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: 3}}, bson.D{{Key: "$set", Value: bson.D{{Key: "more", Value: strings.Repeat("w", limit*4/5)}}}}); !tooLarge(err) {
 		t.Fatalf("growing update: %v", err)
 	}
 	m := findOne(t, c, bson.D{{Key: "_id", Value: 3}})
 	if m["more"] != nil || len(m["blob"].(string)) != limit/4 {
 		t.Fatalf("document changed by a refused update: %d fields", len(m))
 	}
-	if n, _ := c.CountDocuments(testCtx, bson.D{}); n != 1 {
-		t.Fatalf("%d documents, want 1", n)
+	if n, _ := c.CountDocuments(testCtx, bson.D{}); n != 2 {
+		t.Fatalf("%d documents, want 2", n)
 	}
 }

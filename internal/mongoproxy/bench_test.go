@@ -2,6 +2,7 @@ package mongoproxy
 
 import (
 	"bufio"
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -21,6 +22,11 @@ import (
 )
 
 const benchDocs = 1000
+
+// flagBenchUpstream runs the benchmarks over another upstream than the
+// embedded FerretDB (FerretDB on PostgreSQL, say): any MongoDB URI. The
+// proxy, the direct paths and the seed documents all use it.
+var flagBenchUpstream = flag.String("mongoproxy.bench-upstream", "", "MongoDB URI of the benchmarks' upstream (empty: the embedded FerretDB)")
 
 // benchEnv is one FerretDB with a proxy in front, and two collections with
 // the same documents: one written through the proxy (so its documents carry
@@ -53,7 +59,11 @@ var (
 
 func setupBench(b *testing.B) *benchEnv {
 	benchOnce.Do(func() {
-		tp := newProxyNoCleanup(b, 0, "bench")
+		uri := *flagBenchUpstream
+		if uri == "" {
+			uri = upstream(b, 0)
+		}
+		tp := newProxyAtNoCleanup(b, uri, "bench")
 		// A single node: every op is causally stable as soon as it is
 		// applied, so metadata is compacted on every write, as replication
 		// does from peer acknowledgements. Without it, pending $inc ops
@@ -80,11 +90,11 @@ func setupBench(b *testing.B) *benchEnv {
 	return benchE
 }
 
-// newProxyNoCleanup is newProxy for state shared by several benchmarks
+// newProxyAtNoCleanup is newProxyAt for state shared by several benchmarks
 // (the process exit cleans up).
-func newProxyNoCleanup(b *testing.B, db int, node string) *testProxy {
+func newProxyAtNoCleanup(b *testing.B, uri, node string) *testProxy {
 	t := &noCleanupTB{B: b}
-	return newProxy(t, db, node)
+	return newProxyAt(t, uri, node)
 }
 
 type noCleanupTB struct{ *testing.B }

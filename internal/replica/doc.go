@@ -113,7 +113,12 @@
 // A live replicated document carries its metadata (per-field clocks,
 // pending commutative ops, per-origin watermark, version) in the field
 // _edgenode, stored as {v: version, b: BinData} (FerretDB v1 cannot store
-// nested arrays, and nothing queries it but the version). A deleted
+// nested arrays, and nothing queries it but the version). The metadata
+// keeps clocks, not copies of the values its document holds
+// (crdt.Meta.EncodeWith): a value is stored once. Documents stored by
+// older nodes (values copied) are read as they are and rewritten in the
+// new form by their next write; a tombstone has no document and copies
+// what it keeps. A deleted
 // document is removed from its collection and its metadata kept as a
 // tombstone in edgenode_meta.tombstones ({_id: docKey, ns, id, m:
 // metadata}), where a late operation finds it: an op older than

@@ -340,10 +340,11 @@ func (r *Replica) checkSize(op *crdt.Op, next crdt.State) error {
 	if next.Doc == nil {
 		return nil
 	}
-	// The stored form is the document plus metadata that repeats every
-	// assigned value and keeps pending commutative ops: bounded cheaply
-	// first (values twice, generously per pending op), encoded only when
-	// it may be near the limit.
+	// The stored form is the document plus metadata that keeps clocks and
+	// pending commutative ops (and copies of the values the document does
+	// not show as assigned): bounded cheaply first (values twice,
+	// generously per pending op), encoded only when it may be near the
+	// limit.
 	raw, err := bson.Marshal(next.Doc)
 	if err != nil {
 		return err
@@ -351,7 +352,7 @@ func (r *Replica) checkSize(op *crdt.Op, next crdt.State) error {
 	if 2*len(raw)+256*next.Meta.PendingOps()+64<<10 < r.maxDoc {
 		return nil
 	}
-	if n := len(raw) + len(next.Meta.Encode()); n > r.maxDoc {
+	if n := len(raw) + len(next.Meta.EncodeWith(raw)); n > r.maxDoc {
 		return errorf(CodeBSONObjectTooLarge, "edgenode: after this write the document %v of %s would take %d bytes with its replication metadata; the limit is %d (mongo.max_document_bytes): keep large blobs out of the database (the media cache), or make the collection local-only", op.ID, op.NS, n, r.maxDoc)
 	}
 	return nil

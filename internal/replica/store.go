@@ -93,7 +93,7 @@ func (ds *docState) setStored(raw bson.Raw) error {
 	}
 	mv, err := raw.LookupErr(crdt.MetaField)
 	ds.hasMeta = err == nil
-	meta, err := decodeMeta(mv)
+	meta, err := decodeMetaIn(mv, raw)
 	if err != nil {
 		return fmt.Errorf("%s %v: %w", ds.ns, ds.id, err)
 	}
@@ -177,17 +177,24 @@ func foldChecked(st crdt.State, ops []*crdt.Op) (crdt.State, bool, []*crdt.Op, e
 // The version stays queryable for the compare-and-swap filter; the rest is
 // opaque bytes. Opaque because the metadata's encoding nests arrays, which
 // FerretDB v1 refuses to store, and because nobody queries it: the database
-// only has to keep it.
-func encodeMeta(m *crdt.Meta) bsoncore.Document {
+// only has to keep it. doc is the document the metadata is stored in (nil
+// for a tombstone): values it holds are not copied (crdt.Meta.EncodeWith).
+func encodeMeta(m *crdt.Meta, doc bson.Raw) bsoncore.Document {
 	idx, b := bsoncore.AppendDocumentStart(nil)
 	b = bsoncore.AppendInt64Element(b, "v", m.Version())
-	b = bsoncore.AppendBinaryElement(b, "b", 0, m.Encode())
+	b = bsoncore.AppendBinaryElement(b, "b", 0, m.EncodeWith(doc))
 	b, _ = bsoncore.AppendDocumentEnd(b, idx)
 	return b
 }
 
-// decodeMeta reverses encodeMeta; an absent field is empty metadata.
-func decodeMeta(rv bson.RawValue) (*crdt.Meta, error) {
+// decodeMeta reverses encodeMeta for metadata stored apart from its
+// document (a tombstone); an absent field is empty metadata.
+func decodeMeta(rv bson.RawValue) (*crdt.Meta, error) { return decodeMetaIn(rv, nil) }
+
+// decodeMetaIn reverses encodeMeta for metadata stored in doc. Both forms
+// read: documents written before values were left in the document carry
+// copies of them, and get the new form at their next write.
+func decodeMetaIn(rv bson.RawValue, doc bson.Raw) (*crdt.Meta, error) {
 	if rv.Type == 0 {
 		return crdt.DecodeMeta(rv)
 	}
@@ -199,7 +206,7 @@ func decodeMeta(rv bson.RawValue) (*crdt.Meta, error) {
 		return nil, fmt.Errorf("%s has no metadata bytes", crdt.MetaField)
 	}
 	_, data := bin.Binary()
-	return crdt.DecodeMeta(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: data})
+	return crdt.DecodeMetaWith(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: data}, doc)
 }
 
 // withMeta encodes doc with the metadata appended as MetaField.
@@ -208,8 +215,9 @@ func withMeta(doc bson.D, m *crdt.Meta) (bson.Raw, error) {
 	if err != nil {
 		return nil, err
 	}
+	meta := encodeMeta(m, b)
 	b = b[:len(b)-1]
-	b = bsoncore.AppendDocumentElement(b, crdt.MetaField, encodeMeta(m))
+	b = bsoncore.AppendDocumentElement(b, crdt.MetaField, meta)
 	b = append(b, 0)
 	bsoncore.UpdateLength(b, 0, int32(len(b)))
 	return b, nil
@@ -276,7 +284,7 @@ func (r *Replica) store(ctx context.Context, ds *docState) error {
 }
 
 func (r *Replica) storeDeleted(ctx context.Context, ds *docState) error {
-	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: bson.Raw(encodeMeta(ds.cur.Meta))}}
+	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: bson.Raw(encodeMeta(ds.cur.Meta, nil))}}
 	if _, err := r.metaColl(tombstoneColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: ds.key}}, tomb, options.Replace().SetUpsert(true)); err != nil {
 		return classify(err)
 	}

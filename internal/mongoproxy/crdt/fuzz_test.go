@@ -60,6 +60,16 @@ func FuzzOp(f *testing.F) {
 			if _, err := crdt.DecodeMeta(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: next.Meta.Encode()}); err != nil {
 				t.Fatalf("metadata after Apply does not decode: %v", err)
 			}
+			if next.Doc != nil {
+				doc, err := bson.Marshal(next.Doc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				m, err := crdt.DecodeMetaWith(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: next.Meta.EncodeWith(doc)}, doc)
+				if err != nil || !m.Equal(next.Meta) {
+					t.Fatalf("metadata stored with its document does not decode to itself: %v", err)
+				}
+			}
 		}
 	})
 }
@@ -68,12 +78,18 @@ func FuzzOp(f *testing.F) {
 // written into it.
 func FuzzDecodeMeta(f *testing.F) {
 	ops, st := fuzzBase(f)
+	// Values the metadata leaves in its document are looked up in the base history's document.
+	doc, err := bson.Marshal(st.Doc)
+	if err != nil {
+		f.Fatal(err)
+	}
 	f.Add([]byte(st.Meta.Encode()))
+	f.Add([]byte(st.Meta.EncodeWith(doc)))
 	m2, _ := st.Meta.Compact(ops[len(ops)-1].TS)
 	f.Add([]byte(m2.Encode()))
 	f.Add([]byte{5, 0, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := crdt.DecodeMeta(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: b})
+		m, err := crdt.DecodeMetaWith(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: b}, doc)
 		if err != nil {
 			return
 		}

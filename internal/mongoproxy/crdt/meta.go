@@ -173,13 +173,29 @@ func (m *Meta) find(path string) (int, bool) {
 //
 //	{v: int64 version, l: ts live, d: ts tombstone, g: true if legacy, c: ts compaction floor,
 //	 w: [[origin, int64 seq], ...],
-//	 f: [{p: path, t: ts base, k: ts key (if != t), i: int32 idx (if != 0), x: value (if set),
+//	 f: [{p: path, t: ts base, k: ts key (if != t), i: int32 idx (if != 0),
+//	      x: value (if set and not in the document) or y: true (set, value in the document),
 //	      o: [[int32 kind, ts, int32 idx, value], ...]}, ...]}
 //
 // with ts = [int64 wall, int64 logical, node]. Zero/empty fields are omitted.
+//
+// Version 1 of the encoding (what Encode writes, and all that existed before EncodeWith) copies
+// every assigned value into x. EncodeWith writes y instead of x wherever the document the metadata
+// is stored with holds exactly that value at that path, which is the common case (a path set and
+// not changed since by commutative ops or by writes to its sub-paths), so a value is stored once.
+// DecodeMetaWith reads both forms; a document written in the old form is rewritten in the new one
+// by its next write.
 
-// Encode returns what to store under MetaField.
-func (m *Meta) Encode() bson.Raw {
+// Encode returns what to store under MetaField, every value copied into the metadata: the form
+// for metadata stored apart from its document (a tombstone), and the old form.
+func (m *Meta) Encode() bson.Raw { return m.EncodeWith(nil) }
+
+// EncodeWith returns what to store under MetaField of doc, the document the metadata describes
+// exactly as it is stored (MetaField itself, if present, is ignored). An assigned value that doc
+// holds byte for byte at its path is not copied: DecodeMetaWith takes it from the same document.
+// Since Materialize replays assignments and the value is checked here rather than inferred, this
+// is exact whatever the history of the path. A nil doc copies every value (Encode).
+func (m *Meta) EncodeWith(doc bson.Raw) bson.Raw {
 	if m == nil {
 		m = &Meta{}
 	}
@@ -225,7 +241,10 @@ func (m *Meta) Encode() bson.Raw {
 				if e.idx != 0 {
 					b = bsoncore.AppendInt32Element(b, "i", e.idx)
 				}
-				if e.present {
+				switch {
+				case e.present && inDoc(doc, e.comps, e.val):
+					b = bsoncore.AppendBooleanElement(b, "y", true)
+				case e.present:
 					b = bsoncore.AppendValueElement(b, "x", e.val)
 				}
 			}
@@ -251,6 +270,15 @@ func (m *Meta) Encode() bson.Raw {
 	return b
 }
 
+// inDoc reports whether doc holds exactly v at the path comps.
+func inDoc(doc bson.Raw, comps []string, v bsoncore.Value) bool {
+	if doc == nil || comps[0] == MetaField || len(v.Data) <= 1 {
+		return false // (a null or a boolean is no longer than the mark y: true)
+	}
+	got, err := bsoncore.Document(doc).LookupErr(comps...)
+	return err == nil && valEqual(got, v)
+}
+
 func itoa(i int) string {
 	if i < 10 {
 		return string(rune('0' + i))
@@ -259,8 +287,15 @@ func itoa(i int) string {
 }
 
 // DecodeMeta parses what Encode produced. The zero RawValue (field absent) gives an empty Meta.
-// The input is treated as untrusted: anything malformed is an error, never a panic.
-func DecodeMeta(rv bson.RawValue) (*Meta, error) {
+// The input is treated as untrusted: anything malformed is an error, never a panic. Metadata that
+// leaves values in its document (EncodeWith) needs DecodeMetaWith.
+func DecodeMeta(rv bson.RawValue) (*Meta, error) { return DecodeMetaWith(rv, nil) }
+
+// DecodeMetaWith parses what Encode or EncodeWith produced, stored in doc (nil for metadata stored
+// apart from its document): values the metadata left in the document are copied from doc, and
+// one that doc does not hold is an error (the document was changed behind the proxy's back; a
+// value changed there is taken as it is, as the application reads it).
+func DecodeMetaWith(rv bson.RawValue, doc bson.Raw) (*Meta, error) {
 	if rv.Type == 0 {
 		return &Meta{}, nil
 	}
@@ -308,7 +343,7 @@ func DecodeMeta(rv bson.RawValue) (*Meta, error) {
 			})
 		case "f":
 			err = eachArray(k, v, func(e bsoncore.Value) error {
-				en, err := decodeEntry(e)
+				en, err := decodeEntry(e, doc)
 				if err == nil {
 					m.entries = append(m.entries, en)
 				}
@@ -349,13 +384,13 @@ func eachArray(k string, v bsoncore.Value, fn func(bsoncore.Value) error) error 
 	return err
 }
 
-func decodeEntry(v bsoncore.Value) (entry, error) {
+func decodeEntry(v bsoncore.Value, doc bson.Raw) (entry, error) {
 	var e entry
 	if v.Type != bsoncore.TypeEmbeddedDocument {
 		return e, fmt.Errorf("path entry: want document, got %s", v.Type)
 	}
 	var err error
-	var hasKey, hasPath bool
+	var hasKey, hasPath, valInDoc bool
 	seen := map[string]bool{}
 	elements(v.Data, func(k string, x bsoncore.Value) bool {
 		if seen[k] {
@@ -384,6 +419,11 @@ func decodeEntry(v bsoncore.Value) (entry, error) {
 			}
 		case "x":
 			e.present, e.val = true, x
+		case "y":
+			if x.Type != bsoncore.TypeBoolean || !x.Boolean() {
+				err = fmt.Errorf("path entry: field y: want true, got %s", x)
+			}
+			valInDoc = true
 		case "o":
 			err = eachArray(k, x, func(c bsoncore.Value) error {
 				var parts []bsoncore.Value
@@ -414,8 +454,20 @@ func decodeEntry(v bsoncore.Value) (entry, error) {
 	case err != nil:
 	case !hasPath:
 		err = fmt.Errorf("path entry without a path")
-	case !e.hasBase && (hasKey || e.present || e.idx != 0):
+	case !e.hasBase && (hasKey || e.present || valInDoc || e.idx != 0):
 		err = fmt.Errorf("path entry %q: base fields without a base clock", e.path)
+	case valInDoc && e.present:
+		err = fmt.Errorf("path entry %q: value both in the metadata and in the document", e.path)
+	case valInDoc:
+		var got bsoncore.Value
+		if doc != nil && e.comps[0] != MetaField {
+			got, err = bsoncore.Document(doc).LookupErr(e.comps...)
+		}
+		if doc == nil || e.comps[0] == MetaField || err != nil {
+			err = fmt.Errorf("path entry %q: the value is kept in the document, which does not hold it", e.path)
+			break
+		}
+		e.present, e.val = true, bsoncore.Value{Type: got.Type, Data: bytes.Clone(got.Data)}
 	case !e.hasBase && len(e.ops) == 0:
 		err = fmt.Errorf("path entry %q is empty", e.path)
 	}

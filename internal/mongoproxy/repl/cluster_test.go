@@ -334,7 +334,7 @@ func pendingOps(t *testing.T, nd *tnode, ns string, id any) int {
 		t.Fatal(err)
 	}
 	_, data := raw.Lookup(crdt.MetaField, "b").Binary()
-	m, err := crdt.DecodeMeta(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: data})
+	m, err := crdt.DecodeMetaWith(bson.RawValue{Type: bson.TypeEmbeddedDocument, Value: data}, raw)
 	if err != nil {
 		t.Fatal(err)
 	}
