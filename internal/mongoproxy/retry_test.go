@@ -321,3 +321,49 @@ func TestRetryForwardedFerretDB(t *testing.T) {
 		t.Fatalf("n = %v; FerretDB used to apply every resend (n = 3): its handling of txnNumber changed", m["n"])
 	}
 }
+
+// TestDriverRetryAppliesOnce is the test with the driver itself:
+// an ordinary Go driver on a plain mongodb://HOST:PORT/ (retryWrites is
+// its default: the proxy presents a one-member replica set) sends an
+// $inc; the connection is cut once the op is logged, before the reply;
+// the driver retries on its own, on a new connection, with the same
+// lsid and txnNumber, and the counter is incremented once.
+func TestDriverRetryAppliesOnce(t *testing.T) {
+	for _, point := range []replica.FaultPoint{replica.FaultAfterAppend, replica.FaultAfterApply} {
+		t.Run(string(point), func(t *testing.T) {
+			relay := newCutRelay(t)
+			// The proxy advertises the relay's address (as behind a port
+			// mapping), so the driver's topology keeps going through it.
+			tp := newProxy(t, 0, "dretry", func(o *Options) { o.Faults, o.Advertise = relay.hook, relay.addr() })
+			relay.start(t, tp.Addr().String())
+			cl := connect(t, "mongodb://"+relay.addr()+"/")
+			db := freshDB("dretry")
+			coll := cl.Database(db).Collection("c")
+			if _, err := coll.InsertOne(testCtx, bson.D{{Key: "_id", Value: "k"}, {Key: "n", Value: int32(0)}}); err != nil {
+				t.Fatal(err)
+			}
+			cuts := relay.cuts.Load()
+			relay.arm(point)
+			res, err := coll.UpdateOne(testCtx, bson.D{{Key: "_id", Value: "k"}}, bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: int32(1)}}}})
+			if err != nil {
+				t.Fatalf("the driver's retried $inc failed: %v", err)
+			}
+			if relay.cuts.Load() == cuts {
+				t.Fatal("the connection was never cut: the test proves nothing")
+			}
+			if res.MatchedCount != 1 || res.ModifiedCount != 1 {
+				t.Fatalf("the retry answered %+v, want the original n 1, nModified 1", res)
+			}
+			var got struct{ N int32 }
+			if err := tp.client.Database(db).Collection("c").FindOne(testCtx, bson.D{{Key: "_id", Value: "k"}}).Decode(&got); err != nil {
+				t.Fatal(err)
+			}
+			if got.N != 1 {
+				t.Fatalf("counter is %d after one $inc retried by the driver, want 1", got.N)
+			}
+			if n := counter(t, tp.reg, "edgenode_mongoproxy_retried_statements_total"); n == 0 {
+				t.Fatal("no statement was answered from its record")
+			}
+		})
+	}
+}
