@@ -115,7 +115,7 @@ func (p *Proxy) dispatchWrite(ctx context.Context, cmd *command, lower string, c
 	defer cancel()
 	// A retryable write holds its session's turn from here until it is
 	// answered (before the write gate: see package replica's lock order).
-	rt, e := p.beginRetry(ctx, cmd, w)
+	rt, e := p.beginRetry(ctx, cmd, w, c)
 	if e != nil {
 		return p.refused(e), true
 	}

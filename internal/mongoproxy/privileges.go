@@ -1,6 +1,7 @@
 package mongoproxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"strings"
@@ -35,6 +36,10 @@ type privileges struct {
 	// authenticated user may do everything.
 	unrestricted bool
 	list         []privilege
+	// users is the reply's authInfo.authenticatedUsers as the database
+	// encodes it (nil if absent): who the client is, for the retry
+	// records, which belong to a session of that user only.
+	users []byte
 }
 
 // privilege is one entry: a resource pattern and its actions.
@@ -59,9 +64,13 @@ func parseConnectionStatus(reply bson.Raw) (*privileges, error) {
 	if err != nil || ai.Type != bson.TypeEmbeddedDocument {
 		return nil, errors.New("connectionStatus reply has no authInfo document")
 	}
+	var users []byte
+	if u, err := bson.Raw(ai.Value).LookupErr("authenticatedUsers"); err == nil {
+		users = bytes.Clone(u.Value)
+	}
 	pv, err := bson.Raw(ai.Value).LookupErr("authenticatedUserPrivileges")
 	if err != nil {
-		return &privileges{unrestricted: true}, nil
+		return &privileges{unrestricted: true, users: users}, nil
 	}
 	if pv.Type != bson.TypeArray {
 		return nil, fmt.Errorf("authenticatedUserPrivileges is a %s, not an array", pv.Type)
@@ -70,7 +79,7 @@ func parseConnectionStatus(reply bson.Raw) (*privileges, error) {
 	if err != nil {
 		return nil, fmt.Errorf("authenticatedUserPrivileges: %w", err)
 	}
-	ps := &privileges{}
+	ps := &privileges{users: users}
 	for i, v := range vals {
 		if v.Type != bson.TypeEmbeddedDocument {
 			return nil, fmt.Errorf("authenticatedUserPrivileges.%d is a %s, not a document", i, v.Type)

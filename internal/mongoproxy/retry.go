@@ -1,6 +1,7 @@
 package mongoproxy
 
 import (
+	"bytes"
 	"context"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -78,7 +79,7 @@ func (rt *retryCtx) record(ctx context.Context, i int, result []byte) *mongoErro
 
 // beginRetry takes the session turn of a write command that carries a
 // txnNumber (nil, nil: it carries none). done gives it back.
-func (p *Proxy) beginRetry(ctx context.Context, cmd *command, w writeCmd) (*retryCtx, *mongoError) {
+func (p *Proxy) beginRetry(ctx context.Context, cmd *command, w writeCmd, c *clientConn) (*retryCtx, *mongoError) {
 	tv, err := cmd.body.LookupErr("txnNumber")
 	if err != nil {
 		return nil, nil
@@ -101,7 +102,16 @@ func (p *Proxy) beginRetry(ctx context.Context, cmd *command, w writeCmd) (*retr
 			return nil, e
 		}
 	}
-	rt.txn, err = p.core.BeginTxn(ctx, lsid.Value, txn)
+	// A session belongs to its user, as in MongoDB (whose lsid carries the
+	// user's digest): with authentication, the records are keyed by the
+	// lsid and the authenticated users together, so a client that learned
+	// another's session id can neither read its recorded replies nor make
+	// its statements look done. authorize asked for the privileges first.
+	key := lsid.Value
+	if c != nil && c.privs != nil {
+		key = append(append(bytes.Clone(lsid.Value), 0), c.privs.users...)
+	}
+	rt.txn, err = p.core.BeginTxn(ctx, key, txn)
 	if err != nil {
 		return nil, clientError(err)
 	}

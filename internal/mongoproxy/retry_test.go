@@ -367,3 +367,69 @@ func TestDriverRetryAppliesOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestRetrySessionBelongsToItsUser: with authentication, a retry record
+// belongs to the session of one user. Another user sending the same lsid
+// (learned somehow) with the same txnNumber gets neither the recorded
+// reply nor TransactionTooOld for an older txnNumber: the records are
+// keyed by the lsid and the authenticated users together. (The users come
+// from the database's connectionStatus reply, as the privilege check reads
+// it; here two connections' cached privileges stand in for two logins.)
+func TestRetrySessionBelongsToItsUser(t *testing.T) {
+	tp := newProxy(t, 0, "owner")
+	lsid := newLsid(t)
+	body := func(txn int64) *command {
+		b, err := bson.Marshal(retryCmd(bson.D{{Key: "update", Value: "c"}, {Key: "updates", Value: bson.A{bson.D{
+			{Key: "q", Value: bson.D{{Key: "_id", Value: "k"}}}, {Key: "u", Value: bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}}}}}}},
+			"owner", lsid, txn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cmd, err := parseCommand(&wire.Msg{Body: b})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cmd
+	}
+	user := func(name string) *clientConn {
+		u, _ := bson.Marshal(bson.D{{Key: "0", Value: bson.D{{Key: "user", Value: name}, {Key: "db", Value: "admin"}}}})
+		return &clientConn{privs: &privileges{unrestricted: true, users: u}}
+	}
+	alice, mallory := user("alice"), user("mallory")
+	cmd := body(9)
+	rt, e := tp.beginRetry(testCtx, cmd, parseWrite(cmd, "update"), alice)
+	if e != nil {
+		t.Fatal(e)
+	}
+	if err := rt.txn.Record(testCtx, []replica.StmtResult{{ID: 0, Result: []byte("alice's reply")}}); err != nil {
+		t.Fatal(err)
+	}
+	rt.txn.End()
+
+	// Alice's own retry finds it; her older txnNumber is too old.
+	rt, e = tp.beginRetry(testCtx, cmd, parseWrite(cmd, "update"), alice)
+	if e != nil {
+		t.Fatal(e)
+	}
+	if got, err := rt.txn.Recorded(0); err != nil || string(got) != "alice's reply" {
+		t.Fatalf("alice's retry: %q %v", got, err)
+	}
+	rt.txn.End()
+	old := body(8)
+	if _, e := tp.beginRetry(testCtx, old, parseWrite(old, "update"), alice); e == nil || e.Code != 225 {
+		t.Fatalf("alice's older txnNumber: %v, want 225", e)
+	}
+
+	// Mallory, same lsid: nothing recorded, nothing too old.
+	rt, e = tp.beginRetry(testCtx, cmd, parseWrite(cmd, "update"), mallory)
+	if e != nil {
+		t.Fatalf("mallory with alice's lsid: %v", e)
+	}
+	if got, err := rt.txn.Recorded(0); err != nil || got != nil {
+		t.Fatalf("mallory read alice's recorded reply: %q %v", got, err)
+	}
+	rt.txn.End()
+	if _, e := tp.beginRetry(testCtx, old, parseWrite(old, "update"), mallory); e != nil {
+		t.Fatalf("mallory's txnNumber 8 on alice's lsid: %v", e)
+	}
+}

@@ -133,8 +133,9 @@ type Txn struct {
 	txn int64
 }
 
-// BeginTxn takes the turn of the session lsid (the client's lsid document,
-// byte for byte) for txnNumber txn, waiting while another command of the
+// BeginTxn takes the turn of the session lsid (the client's session
+// identity: its lsid document byte for byte, followed by its authenticated
+// user where the database authenticates) for txnNumber txn, waiting while another command of the
 // session runs (until ctx ends). A txnNumber below the highest one the
 // session recorded is refused with error 225 TransactionTooOld. Take it
 // before Admit (its rank is below the write gate's) and End it once the
