@@ -129,7 +129,10 @@
 // the session's newest gets 225 TransactionTooOld; multi:true updates and
 // limit:0 deletes with a txnNumber get 72 InvalidOptions, as MongoDB
 // refuses to retry them. The records are this node's: a driver retries on
-// the server it used, so they do not travel to peers. The client's lsid
+// the server it used, so they do not travel to peers. A session belongs
+// to its user, as in MongoDB: with authentication the records are keyed
+// by the lsid and the users connectionStatus names, so another user who
+// sends the same lsid has a session of its own. The client's lsid
 // and txnNumber never reach the database for captured writes (the core
 // writes new commands, with the proxy's own sessions).
 //
@@ -139,10 +142,10 @@
 // them are applied once there. FerretDB 1.24.2 accepts lsid and txnNumber
 // and ignores both: a resent forwarded write is applied again, and an
 // older txnNumber is not refused (TestRetryForwardedFerretDB pins this).
-// A standalone mongod refuses a txnNumber (error 20): a driver sends
-// txnNumber only to a replica set member or mongos, so once the proxy
-// presents itself as a replica set, forwarded retryable writes to a
-// standalone upstream would fail until that case strips txnNumber.
+// A standalone mongod refuses a txnNumber (error 20), and the proxy
+// presents itself as a replica set, so drivers send one: run MongoDB as a
+// replica set (even of one member) behind the proxy, which production
+// deployments do anyway.
 //
 // # Authentication and privileges
 //
