@@ -42,7 +42,8 @@ type benchConfig struct {
 	settle    time.Duration
 	wait      time.Duration
 
-	cpuProfile string
+	cpuProfile    string
+	serverProfile string
 }
 
 func runCmd(args []string) error {
@@ -67,6 +68,7 @@ func runCmd(args []string) error {
 	fs.DurationVar(&c.wait, "wait", 15*time.Second, "how long to wait for stragglers after the last publish")
 	header := fs.Bool("header", true, "print the header line")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's CPU profile of the publish phase here")
+	fs.StringVar(&c.serverProfile, "server-cpuprofile", "", "write the server's CPU profile of the publish phase here (from the admin listener's /debug/pprof/profile)")
 	_ = fs.Parse(args)
 	c.cpuProfile = *cpuProfile
 	if *tokenFile != "" {
@@ -233,6 +235,13 @@ func runBench(c benchConfig) (result, error) {
 			return r, err
 		}
 	}
+	var profDone chan error
+	if c.serverProfile != "" {
+		// The server samples for as long as the publishing lasts.
+		secs := max(1, int(float64(c.messages)/c.rate+0.5))
+		profDone = make(chan error, 1)
+		go func() { profDone <- fetchServerProfile(c, secs) }()
+	}
 	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 	pad := strings.Repeat("x", max(0, c.size-40))
 	start := time.Now()
@@ -258,6 +267,11 @@ func runBench(c benchConfig) (result, error) {
 	}
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
+	}
+	if profDone != nil {
+		if err := <-profDone; err != nil {
+			fmt.Fprintln(os.Stderr, "edgebench: server profile:", err)
+		}
 	}
 	if cpu1 := readCPU(c.pid); cpu0 >= 0 && cpu1 >= 0 && delivered.Load() > 0 {
 		r.cpuPerDelivery = (cpu1 - cpu0) * 1e6 / float64(delivered.Load())
@@ -451,6 +465,37 @@ func publish(hc *http.Client, c benchConfig, channel, data string) error {
 		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	return nil
+}
+
+// fetchServerProfile writes the server's CPU profile of the next secs
+// seconds to c.serverProfile.
+func fetchServerProfile(c benchConfig, secs int) error {
+	url := strings.TrimRight(c.adminURL, "/") + "/debug/pprof/profile?seconds=" + strconv.Itoa(secs)
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := (&http.Client{Timeout: time.Duration(secs+30) * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	f, err := os.Create(c.serverProfile)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // readRSS is VmRSS in KiB; 0 when unknown.
