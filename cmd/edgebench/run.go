@@ -26,6 +26,7 @@ import (
 
 type benchConfig struct {
 	label     string
+	proto     string // "edgenode" (default) or "centrifugo"
 	wsURL     string
 	adminURL  string
 	token     string
@@ -50,6 +51,7 @@ func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var c benchConfig
 	fs.StringVar(&c.label, "label", "", "first column of the output line (default: derived)")
+	fs.StringVar(&c.proto, "proto", "edgenode", "server protocol: edgenode or centrifugo (token: its HTTP API key)")
 	fs.StringVar(&c.wsURL, "ws", "wss://127.0.0.1:8443/ws", "websocket URL")
 	fs.StringVar(&c.adminURL, "admin", "http://127.0.0.1:9090", "admin listener URL (publish API)")
 	fs.StringVar(&c.token, "token", "", "admin bearer token")
@@ -145,6 +147,8 @@ type subscriber struct {
 	lat     []int32  // microseconds
 	dups    int64
 	errs    int64
+
+	centrifugo bool // frames are Centrifugo's: lines, pushes, pings
 }
 
 func runBench(c benchConfig) (result, error) {
@@ -242,14 +246,15 @@ func runBench(c benchConfig) (result, error) {
 		profDone = make(chan error, 1)
 		go func() { profDone <- fetchServerProfile(c, secs) }()
 	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // Centrifugo's API: the bench's self-signed certificate
 	pad := strings.Repeat("x", max(0, c.size-40))
 	start := time.Now()
 	for j := range c.messages {
 		if d := time.Until(start.Add(time.Duration(float64(j) / c.rate * float64(time.Second)))); d > 0 {
 			time.Sleep(d)
 		}
-		ch := c.tenant + "/" + c.prefix + strconv.Itoa(j%c.channels)
+		ch := c.channelName(j % c.channels)
 		data := fmt.Sprintf(`{"seq":%d,"ts":%d,"pad":"%s"}`, j, time.Now().UnixNano(), pad)
 		if err := publish(hc, c, ch, data); err != nil {
 			r.publishErrs++
@@ -352,8 +357,11 @@ func connect(u wsTarget, c benchConfig, i int) (*subscriber, error) {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	ch := i % c.channels
-	sub, _ := json.Marshal(map[string]string{"type": "subscribe", "channel": c.tenant + "/" + c.prefix + strconv.Itoa(ch)})
 	_ = ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if c.centrifugo() {
+		return connectCentrifugo(ws, c, ch)
+	}
+	sub, _ := json.Marshal(map[string]string{"type": "subscribe", "channel": c.channelName(ch)})
 	if err := ws.WriteMessage(websocket.TextMessage, sub); err != nil {
 		ws.Close()
 		return nil, fmt.Errorf("subscribe: %w", err)
@@ -375,6 +383,45 @@ func connect(u wsTarget, c benchConfig, i int) (*subscriber, error) {
 	}
 	_ = ws.SetReadDeadline(time.Time{})
 	return &subscriber{ws: ws, channel: ch}, nil
+}
+
+func (c benchConfig) centrifugo() bool { return c.proto == "centrifugo" }
+
+// channelName is channel k's name: "{tenant}/{prefix}{k}" on edgenode,
+// "{prefix}{k}" on Centrifugo (no namespace).
+func (c benchConfig) channelName(k int) string {
+	if c.centrifugo() {
+		return c.prefix + strconv.Itoa(k)
+	}
+	return c.tenant + "/" + c.prefix + strconv.Itoa(k)
+}
+
+// connectCentrifugo sends Centrifugo's connect and subscribe commands (in
+// one frame, one per line) and waits for the subscribe reply.
+func connectCentrifugo(ws *websocket.Conn, c benchConfig, ch int) (*subscriber, error) {
+	cmd := fmt.Sprintf("{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":%q}}", c.channelName(ch))
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(cmd)); err != nil {
+		ws.Close()
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			ws.Close()
+			return nil, fmt.Errorf("waiting for subscribe reply: %w", err)
+		}
+		for line := range bytes.SplitSeq(b, []byte("\n")) {
+			if bytes.Contains(line, []byte(`"error"`)) {
+				ws.Close()
+				return nil, fmt.Errorf("refused: %s", line)
+			}
+			if bytes.HasPrefix(line, []byte(`{"id":2,`)) {
+				_ = ws.SetReadDeadline(time.Time{})
+				return &subscriber{ws: ws, channel: ch, centrifugo: true}, nil
+			}
+		}
+	}
 }
 
 var (
@@ -408,27 +455,46 @@ func (s *subscriber) read(messages int, delivered *atomic.Int64) {
 		}
 		buf = b
 		now := time.Now().UnixNano()
+		if s.centrifugo {
+			for line := range bytes.SplitSeq(b, []byte("\n")) {
+				switch {
+				case bytes.HasPrefix(line, []byte(`{"push":`)) && bytes.Contains(line, []byte(`"pub":`)):
+					s.record(line, messages, now, delivered)
+				case bytes.Equal(line, []byte("{}")):
+					// A server ping: answer, or be disconnected.
+					_ = s.ws.WriteMessage(websocket.TextMessage, line)
+				case bytes.Contains(line, []byte(`"error"`)):
+					s.errs++
+				}
+			}
+			continue
+		}
 		if !bytes.HasPrefix(b, []byte(`{"type":"message"`)) {
 			if bytes.Contains(b, []byte(`"type":"error"`)) {
 				s.errs++
 			}
 			continue
 		}
-		seq, ok1 := intAfter(b, seqKey)
-		ts, ok2 := intAfter(b, tsKey)
-		if !ok1 || !ok2 || seq < 0 || seq >= int64(messages) {
-			s.errs++
-			continue
-		}
-		w, bit := seq/64, uint64(1)<<(seq%64)
-		if s.seen[w]&bit != 0 {
-			s.dups++
-			continue
-		}
-		s.seen[w] |= bit
-		s.lat = append(s.lat, int32(min((now-ts)/1000, 1<<31-1)))
-		delivered.Add(1)
+		s.record(b, messages, now, delivered)
 	}
+}
+
+// record notes one message: its sequence number and latency.
+func (s *subscriber) record(b []byte, messages int, now int64, delivered *atomic.Int64) {
+	seq, ok1 := intAfter(b, seqKey)
+	ts, ok2 := intAfter(b, tsKey)
+	if !ok1 || !ok2 || seq < 0 || seq >= int64(messages) {
+		s.errs++
+		return
+	}
+	w, bit := seq/64, uint64(1)<<(seq%64)
+	if s.seen[w]&bit != 0 {
+		s.dups++
+		return
+	}
+	s.seen[w] |= bit
+	s.lat = append(s.lat, int32(min((now-ts)/1000, 1<<31-1)))
+	delivered.Add(1)
 }
 
 func intAfter(b, key []byte) (int64, bool) {
@@ -447,12 +513,20 @@ func intAfter(b, key []byte) (int64, bool) {
 
 func publish(hc *http.Client, c benchConfig, channel, data string) error {
 	body := `{"channel":"` + channel + `","data":` + data + `}`
-	req, err := http.NewRequest("POST", strings.TrimRight(c.adminURL, "/")+"/v1/publish", strings.NewReader(body))
+	path := "/v1/publish"
+	if c.centrifugo() {
+		path = "/api/publish"
+	}
+	req, err := http.NewRequest("POST", strings.TrimRight(c.adminURL, "/")+path, strings.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if c.token != "" {
+	switch {
+	case c.token == "":
+	case c.centrifugo():
+		req.Header.Set("X-API-Key", c.token)
+	default:
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := hc.Do(req)
