@@ -276,7 +276,8 @@
 // _publishes_total{source}, _deliveries_total, _dropped_total{reason},
 // _disconnects_total{reason}, _refusals_total{reason},
 // _recoveries_total{result}, _fanout_seconds (publish accepted to the last
-// local socket written), _peer_messages_bad_total; between nodes:
+// local socket written), _writer_stalls_total (websocket writer workers
+// replaced behind a stuck write), _peer_messages_bad_total; between nodes:
 // _peer_sent_total{peer,path} (messages published here and sent to a peer
 // that follows the channel, directly or through a relay),
 // _peer_direct{peer} (1: the direct path works), _peer_received_total{result}
