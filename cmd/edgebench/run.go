@@ -102,6 +102,8 @@ type result struct {
 	cpuPerDelivery      float64 // microseconds; -1: unknown
 	publishErrs         int
 	publishDur          time.Duration
+	lost                int64  // connections that ended before the bench closed them
+	lostErr             string // the first one's error
 }
 
 func printHeader() {
@@ -132,8 +134,9 @@ func printRow(r result) {
 	fmt.Printf("%-16s %6d %6d %6d %6.0f %8.1fs %8s %21s %5d %9s %9s %9s %13s %12s\n",
 		label, r.cfg.n, r.cfg.channels, r.cfg.messages, rate, r.connectTime.Seconds(), conn,
 		fmt.Sprintf("%d/%d", r.delivered, r.expected), r.dups, ms(r.p50), ms(r.p99), ms(r.max), kib, cpu)
-	if r.failed > 0 || r.publishErrs > 0 || r.errFrames > 0 {
-		fmt.Printf("%-16s failed connections %d, failed publishes %d, error frames %d\n", "", r.failed, r.publishErrs, r.errFrames)
+	if r.failed > 0 || r.publishErrs > 0 || r.errFrames > 0 || r.lost > 0 {
+		fmt.Printf("%-16s failed connections %d, failed publishes %d, error frames %d, connections ended by the server %d %s\n",
+			"", r.failed, r.publishErrs, r.errFrames, r.lost, r.lostErr)
 	}
 }
 
@@ -209,7 +212,9 @@ func runBench(c benchConfig) (result, error) {
 	}
 
 	// Read everything that arrives.
-	var delivered atomic.Int64
+	var delivered, lost atomic.Int64
+	var closing atomic.Bool
+	var lostErr atomic.Value
 	var readers sync.WaitGroup
 	for _, s := range subs {
 		if s == nil {
@@ -220,7 +225,11 @@ func runBench(c benchConfig) (result, error) {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			s.read(c.messages, &delivered)
+			err := s.read(c.messages, &delivered)
+			if !closing.Load() {
+				lost.Add(1)
+				lostErr.CompareAndSwap(nil, fmt.Sprintf("(first: %v)", err))
+			}
 		}()
 	}
 
@@ -281,6 +290,7 @@ func runBench(c benchConfig) (result, error) {
 	if cpu1 := readCPU(c.pid); cpu0 >= 0 && cpu1 >= 0 && delivered.Load() > 0 {
 		r.cpuPerDelivery = (cpu1 - cpu0) * 1e6 / float64(delivered.Load())
 	}
+	closing.Store(true)
 	for _, s := range subs {
 		if s != nil {
 			_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
@@ -288,6 +298,10 @@ func runBench(c benchConfig) (result, error) {
 		}
 	}
 	readers.Wait()
+	r.lost = lost.Load()
+	if v, ok := lostErr.Load().(string); ok {
+		r.lostErr = v
+	}
 
 	var lats []int32
 	for _, s := range subs {
@@ -429,15 +443,15 @@ var (
 	tsKey  = []byte(`"ts":`)
 )
 
-// read records every message until the connection ends. One buffer per
+// read records every message until the connection ends (its error). One buffer per
 // subscriber, reused: the load tool should cost as little CPU as it can,
 // since it shares the machine with the server.
-func (s *subscriber) read(messages int, delivered *atomic.Int64) {
+func (s *subscriber) read(messages int, delivered *atomic.Int64) error {
 	buf := make([]byte, 0, 1024)
 	for {
 		_, rd, err := s.ws.NextReader()
 		if err != nil {
-			return
+			return err
 		}
 		b := buf[:0]
 		for {
@@ -450,7 +464,7 @@ func (s *subscriber) read(messages int, delivered *atomic.Int64) {
 				break
 			}
 			if err != nil {
-				return
+				return err
 			}
 		}
 		buf = b
