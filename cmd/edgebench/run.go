@@ -26,6 +26,7 @@ import (
 
 type benchConfig struct {
 	label     string
+	proto     string // "edgenode" (default) or "centrifugo"
 	wsURL     string
 	adminURL  string
 	token     string
@@ -42,13 +43,15 @@ type benchConfig struct {
 	settle    time.Duration
 	wait      time.Duration
 
-	cpuProfile string
+	cpuProfile    string
+	serverProfile string
 }
 
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ExitOnError)
 	var c benchConfig
 	fs.StringVar(&c.label, "label", "", "first column of the output line (default: derived)")
+	fs.StringVar(&c.proto, "proto", "edgenode", "server protocol: edgenode or centrifugo (token: its HTTP API key)")
 	fs.StringVar(&c.wsURL, "ws", "wss://127.0.0.1:8443/ws", "websocket URL")
 	fs.StringVar(&c.adminURL, "admin", "http://127.0.0.1:9090", "admin listener URL (publish API)")
 	fs.StringVar(&c.token, "token", "", "admin bearer token")
@@ -67,6 +70,7 @@ func runCmd(args []string) error {
 	fs.DurationVar(&c.wait, "wait", 15*time.Second, "how long to wait for stragglers after the last publish")
 	header := fs.Bool("header", true, "print the header line")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tool's CPU profile of the publish phase here")
+	fs.StringVar(&c.serverProfile, "server-cpuprofile", "", "write the server's CPU profile of the publish phase here (from the admin listener's /debug/pprof/profile)")
 	_ = fs.Parse(args)
 	c.cpuProfile = *cpuProfile
 	if *tokenFile != "" {
@@ -98,6 +102,8 @@ type result struct {
 	cpuPerDelivery      float64 // microseconds; -1: unknown
 	publishErrs         int
 	publishDur          time.Duration
+	lost                int64  // connections that ended before the bench closed them
+	lostErr             string // the first one's error
 }
 
 func printHeader() {
@@ -128,8 +134,9 @@ func printRow(r result) {
 	fmt.Printf("%-16s %6d %6d %6d %6.0f %8.1fs %8s %21s %5d %9s %9s %9s %13s %12s\n",
 		label, r.cfg.n, r.cfg.channels, r.cfg.messages, rate, r.connectTime.Seconds(), conn,
 		fmt.Sprintf("%d/%d", r.delivered, r.expected), r.dups, ms(r.p50), ms(r.p99), ms(r.max), kib, cpu)
-	if r.failed > 0 || r.publishErrs > 0 || r.errFrames > 0 {
-		fmt.Printf("%-16s failed connections %d, failed publishes %d, error frames %d\n", "", r.failed, r.publishErrs, r.errFrames)
+	if r.failed > 0 || r.publishErrs > 0 || r.errFrames > 0 || r.lost > 0 {
+		fmt.Printf("%-16s failed connections %d, failed publishes %d, error frames %d, connections ended by the server %d %s\n",
+			"", r.failed, r.publishErrs, r.errFrames, r.lost, r.lostErr)
 	}
 }
 
@@ -143,6 +150,8 @@ type subscriber struct {
 	lat     []int32  // microseconds
 	dups    int64
 	errs    int64
+
+	centrifugo bool // frames are Centrifugo's: lines, pushes, pings
 }
 
 func runBench(c benchConfig) (result, error) {
@@ -203,7 +212,9 @@ func runBench(c benchConfig) (result, error) {
 	}
 
 	// Read everything that arrives.
-	var delivered atomic.Int64
+	var delivered, lost atomic.Int64
+	var closing atomic.Bool
+	var lostErr atomic.Value
 	var readers sync.WaitGroup
 	for _, s := range subs {
 		if s == nil {
@@ -214,7 +225,11 @@ func runBench(c benchConfig) (result, error) {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
-			s.read(c.messages, &delivered)
+			err := s.read(c.messages, &delivered)
+			if !closing.Load() {
+				lost.Add(1)
+				lostErr.CompareAndSwap(nil, fmt.Sprintf("(first: %v)", err))
+			}
 		}()
 	}
 
@@ -233,14 +248,22 @@ func runBench(c benchConfig) (result, error) {
 			return r, err
 		}
 	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	var profDone chan error
+	if c.serverProfile != "" {
+		// The server samples for as long as the publishing lasts.
+		secs := max(1, int(float64(c.messages)/c.rate+0.5))
+		profDone = make(chan error, 1)
+		go func() { profDone <- fetchServerProfile(c, secs) }()
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4,
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} // Centrifugo's API: the bench's self-signed certificate
 	pad := strings.Repeat("x", max(0, c.size-40))
 	start := time.Now()
 	for j := range c.messages {
 		if d := time.Until(start.Add(time.Duration(float64(j) / c.rate * float64(time.Second)))); d > 0 {
 			time.Sleep(d)
 		}
-		ch := c.tenant + "/" + c.prefix + strconv.Itoa(j%c.channels)
+		ch := c.channelName(j % c.channels)
 		data := fmt.Sprintf(`{"seq":%d,"ts":%d,"pad":"%s"}`, j, time.Now().UnixNano(), pad)
 		if err := publish(hc, c, ch, data); err != nil {
 			r.publishErrs++
@@ -259,9 +282,15 @@ func runBench(c benchConfig) (result, error) {
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
+	if profDone != nil {
+		if err := <-profDone; err != nil {
+			fmt.Fprintln(os.Stderr, "edgebench: server profile:", err)
+		}
+	}
 	if cpu1 := readCPU(c.pid); cpu0 >= 0 && cpu1 >= 0 && delivered.Load() > 0 {
 		r.cpuPerDelivery = (cpu1 - cpu0) * 1e6 / float64(delivered.Load())
 	}
+	closing.Store(true)
 	for _, s := range subs {
 		if s != nil {
 			_ = s.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
@@ -269,6 +298,10 @@ func runBench(c benchConfig) (result, error) {
 		}
 	}
 	readers.Wait()
+	r.lost = lost.Load()
+	if v, ok := lostErr.Load().(string); ok {
+		r.lostErr = v
+	}
 
 	var lats []int32
 	for _, s := range subs {
@@ -338,8 +371,11 @@ func connect(u wsTarget, c benchConfig, i int) (*subscriber, error) {
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	ch := i % c.channels
-	sub, _ := json.Marshal(map[string]string{"type": "subscribe", "channel": c.tenant + "/" + c.prefix + strconv.Itoa(ch)})
 	_ = ws.SetWriteDeadline(time.Now().Add(30 * time.Second))
+	if c.centrifugo() {
+		return connectCentrifugo(ws, c, ch)
+	}
+	sub, _ := json.Marshal(map[string]string{"type": "subscribe", "channel": c.channelName(ch)})
 	if err := ws.WriteMessage(websocket.TextMessage, sub); err != nil {
 		ws.Close()
 		return nil, fmt.Errorf("subscribe: %w", err)
@@ -363,20 +399,59 @@ func connect(u wsTarget, c benchConfig, i int) (*subscriber, error) {
 	return &subscriber{ws: ws, channel: ch}, nil
 }
 
+func (c benchConfig) centrifugo() bool { return c.proto == "centrifugo" }
+
+// channelName is channel k's name: "{tenant}/{prefix}{k}" on edgenode,
+// "{prefix}{k}" on Centrifugo (no namespace).
+func (c benchConfig) channelName(k int) string {
+	if c.centrifugo() {
+		return c.prefix + strconv.Itoa(k)
+	}
+	return c.tenant + "/" + c.prefix + strconv.Itoa(k)
+}
+
+// connectCentrifugo sends Centrifugo's connect and subscribe commands (in
+// one frame, one per line) and waits for the subscribe reply.
+func connectCentrifugo(ws *websocket.Conn, c benchConfig, ch int) (*subscriber, error) {
+	cmd := fmt.Sprintf("{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":%q}}", c.channelName(ch))
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(cmd)); err != nil {
+		ws.Close()
+		return nil, fmt.Errorf("subscribe: %w", err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(30 * time.Second))
+	for {
+		_, b, err := ws.ReadMessage()
+		if err != nil {
+			ws.Close()
+			return nil, fmt.Errorf("waiting for subscribe reply: %w", err)
+		}
+		for line := range bytes.SplitSeq(b, []byte("\n")) {
+			if bytes.Contains(line, []byte(`"error"`)) {
+				ws.Close()
+				return nil, fmt.Errorf("refused: %s", line)
+			}
+			if bytes.HasPrefix(line, []byte(`{"id":2,`)) {
+				_ = ws.SetReadDeadline(time.Time{})
+				return &subscriber{ws: ws, channel: ch, centrifugo: true}, nil
+			}
+		}
+	}
+}
+
 var (
 	seqKey = []byte(`"seq":`)
 	tsKey  = []byte(`"ts":`)
 )
 
-// read records every message until the connection ends. One buffer per
+// read records every message until the connection ends (its error). One buffer per
 // subscriber, reused: the load tool should cost as little CPU as it can,
 // since it shares the machine with the server.
-func (s *subscriber) read(messages int, delivered *atomic.Int64) {
+func (s *subscriber) read(messages int, delivered *atomic.Int64) error {
 	buf := make([]byte, 0, 1024)
 	for {
 		_, rd, err := s.ws.NextReader()
 		if err != nil {
-			return
+			return err
 		}
 		b := buf[:0]
 		for {
@@ -389,32 +464,51 @@ func (s *subscriber) read(messages int, delivered *atomic.Int64) {
 				break
 			}
 			if err != nil {
-				return
+				return err
 			}
 		}
 		buf = b
 		now := time.Now().UnixNano()
+		if s.centrifugo {
+			for line := range bytes.SplitSeq(b, []byte("\n")) {
+				switch {
+				case bytes.HasPrefix(line, []byte(`{"push":`)) && bytes.Contains(line, []byte(`"pub":`)):
+					s.record(line, messages, now, delivered)
+				case bytes.Equal(line, []byte("{}")):
+					// A server ping: answer, or be disconnected.
+					_ = s.ws.WriteMessage(websocket.TextMessage, line)
+				case bytes.Contains(line, []byte(`"error"`)):
+					s.errs++
+				}
+			}
+			continue
+		}
 		if !bytes.HasPrefix(b, []byte(`{"type":"message"`)) {
 			if bytes.Contains(b, []byte(`"type":"error"`)) {
 				s.errs++
 			}
 			continue
 		}
-		seq, ok1 := intAfter(b, seqKey)
-		ts, ok2 := intAfter(b, tsKey)
-		if !ok1 || !ok2 || seq < 0 || seq >= int64(messages) {
-			s.errs++
-			continue
-		}
-		w, bit := seq/64, uint64(1)<<(seq%64)
-		if s.seen[w]&bit != 0 {
-			s.dups++
-			continue
-		}
-		s.seen[w] |= bit
-		s.lat = append(s.lat, int32(min((now-ts)/1000, 1<<31-1)))
-		delivered.Add(1)
+		s.record(b, messages, now, delivered)
 	}
+}
+
+// record notes one message: its sequence number and latency.
+func (s *subscriber) record(b []byte, messages int, now int64, delivered *atomic.Int64) {
+	seq, ok1 := intAfter(b, seqKey)
+	ts, ok2 := intAfter(b, tsKey)
+	if !ok1 || !ok2 || seq < 0 || seq >= int64(messages) {
+		s.errs++
+		return
+	}
+	w, bit := seq/64, uint64(1)<<(seq%64)
+	if s.seen[w]&bit != 0 {
+		s.dups++
+		return
+	}
+	s.seen[w] |= bit
+	s.lat = append(s.lat, int32(min((now-ts)/1000, 1<<31-1)))
+	delivered.Add(1)
 }
 
 func intAfter(b, key []byte) (int64, bool) {
@@ -433,12 +527,20 @@ func intAfter(b, key []byte) (int64, bool) {
 
 func publish(hc *http.Client, c benchConfig, channel, data string) error {
 	body := `{"channel":"` + channel + `","data":` + data + `}`
-	req, err := http.NewRequest("POST", strings.TrimRight(c.adminURL, "/")+"/v1/publish", strings.NewReader(body))
+	path := "/v1/publish"
+	if c.centrifugo() {
+		path = "/api/publish"
+	}
+	req, err := http.NewRequest("POST", strings.TrimRight(c.adminURL, "/")+path, strings.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	if c.token != "" {
+	switch {
+	case c.token == "":
+	case c.centrifugo():
+		req.Header.Set("X-API-Key", c.token)
+	default:
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := hc.Do(req)
@@ -451,6 +553,37 @@ func publish(hc *http.Client, c benchConfig, channel, data string) error {
 		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
 	}
 	return nil
+}
+
+// fetchServerProfile writes the server's CPU profile of the next secs
+// seconds to c.serverProfile.
+func fetchServerProfile(c benchConfig, secs int) error {
+	url := strings.TrimRight(c.adminURL, "/") + "/debug/pprof/profile?seconds=" + strconv.Itoa(secs)
+	req, err := http.NewRequest("GET", url, nil)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := (&http.Client{Timeout: time.Duration(secs+30) * time.Second}).Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 200))
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	f, err := os.Create(c.serverProfile)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // readRSS is VmRSS in KiB; 0 when unknown.

@@ -21,6 +21,8 @@ func suiteCmd(args []string) error {
 	messages := fs.Int("m", 100, "messages per one-channel run (at -rate)")
 	rate := fs.Float64("rate", 10, "messages per second on one channel")
 	manyRate := fs.Float64("many-rate", 2000, "messages per second on N channels (N messages: one per subscriber)")
+	centrifugo := fs.String("centrifugo", "", "Centrifugo binary: each one-channel run is repeated against it (same subscribers, message size and rate, TLS) and the ratio printed")
+	only1 := fs.Bool("one-channel", false, "only the one-channel runs")
 	_ = fs.Parse(args)
 	var ns []int
 	for _, s := range strings.Split(*sizes, ",") {
@@ -33,8 +35,16 @@ func suiteCmd(args []string) error {
 	fmt.Printf("# edgebench: websocket subscribers over TLS, load tool and server on this machine (%d CPUs); server: %s\n",
 		numCPU(), strings.TrimSpace("edgebench serve "+*serveArgs))
 	printHeader()
+	if *centrifugo != "" {
+		if _, err := os.Stat(*centrifugo); err != nil {
+			return fmt.Errorf("centrifugo: %w (scripts/install-bench-tools installs it)", err)
+		}
+	}
 	for _, n := range ns {
 		for _, many := range []bool{false, true} {
+			if many && *only1 {
+				continue
+			}
 			c := benchConfig{tenant: "demo", prefix: "bench-", n: n, channels: 1, messages: *messages, rate: *rate,
 				size: 100, conc: 64, perSource: 200, settle: 3 * time.Second, wait: 15 * time.Second}
 			if many {
@@ -48,9 +58,39 @@ func suiteCmd(args []string) error {
 				return err
 			}
 			printRow(r)
+			if many || *centrifugo == "" {
+				continue
+			}
+			cc := c
+			cc.label, cc.proto, cc.tenant = "centrifugo 1ch", "centrifugo", ""
+			cr, err := withCentrifugo(*centrifugo, func(ws, api, key string, pid int) (result, error) {
+				cc.wsURL, cc.adminURL, cc.token, cc.pid = ws, api, key, pid
+				return runBench(cc)
+			})
+			if err != nil {
+				fmt.Printf("%-16s %v\n", "centrifugo 1ch", err)
+				continue
+			}
+			printRow(cr)
+			printRatio(r, cr)
 		}
 	}
 	return nil
+}
+
+// printRatio compares edgenode's run with Centrifugo's: how many times
+// lower edgenode's latency, memory and CPU are (above 1: edgenode ahead).
+func printRatio(e, c result) {
+	ratio := func(ce, ee float64) string {
+		if ce < 0 || ee <= 0 {
+			return "?"
+		}
+		return fmt.Sprintf("%.2fx", ce/ee)
+	}
+	fmt.Printf("%-16s centrifugo/edgenode: p50 %s, p99 %s, KiB/conn %s, server CPU per delivery %s (above 1: edgenode ahead); delivered %d/%d vs %d/%d\n",
+		"ratio", ratio(float64(c.p50), float64(e.p50)), ratio(float64(c.p99), float64(e.p99)),
+		ratio(c.kibPerConn, e.kibPerConn), ratio(c.cpuPerDelivery, e.cpuPerDelivery),
+		e.delivered, e.expected, c.delivered, c.expected)
 }
 
 func numCPU() int {

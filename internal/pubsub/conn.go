@@ -141,8 +141,7 @@ func (c *conn) wakeLocked() {
 	}
 	if !c.writing && c.nc != nil {
 		c.writing = true
-		c.p.wg.Add(1)
-		go c.writeLoop()
+		c.p.writers.schedule(c)
 	}
 }
 
@@ -237,12 +236,13 @@ func closeRaw(nc net.Conn) {
 
 var batchPool = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
-// writeLoop writes what is queued until the queue is empty. No lock is held
-// while writing.
-func (c *conn) writeLoop() {
-	defer c.p.wg.Done()
+// writePass writes what is queued for c, in at most two batches, with no
+// lock held while writing. It returns true when frames are still queued:
+// c stays scheduled (writing set) and its worker comes back to it after
+// the other ready connections. Otherwise c is no longer scheduled.
+func (c *conn) writePass(w *writer) bool {
 	var local [8]qitem
-	for {
+	for range 2 {
 		c.mu.Lock()
 		if c.state == stateClosed || len(c.q) == 0 {
 			c.writing = false
@@ -250,7 +250,7 @@ func (c *conn) writeLoop() {
 				c.q = nil // a burst is over: give its memory back
 			}
 			c.mu.Unlock()
-			return
+			return false
 		}
 		// Take the whole queue; small batches are copied out so that the
 		// queue's array is kept (no allocation per message).
@@ -266,7 +266,9 @@ func (c *conn) writeLoop() {
 		}
 		c.mu.Unlock()
 
+		w.since.Store(time.Now().UnixNano())
 		sentClose, err := c.writeBatch(batch)
+		w.since.Store(0)
 		delivered := 0
 		for i, it := range batch {
 			if it.live {
@@ -278,14 +280,15 @@ func (c *conn) writeLoop() {
 		if err != nil {
 			c.p.met.drops.WithLabelValues("closed").Add(float64(delivered))
 			c.terminate("write_error")
-			return
+			return false
 		}
 		c.p.met.deliveries.Add(float64(delivered))
 		if sentClose {
 			c.closeWritten()
-			return
+			return false
 		}
 	}
+	return true
 }
 
 // writeBatch writes frames in as few writes as possible (up to 16 KiB

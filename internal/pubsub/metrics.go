@@ -24,6 +24,7 @@ type metrics struct {
 	relayed      prometheus.Counter
 	syncs        *prometheus.CounterVec
 	gaps         *prometheus.CounterVec
+	writerStalls prometheus.Counter
 	connsWS      prometheus.Gauge
 	connsSSE     prometheus.Gauge
 }
@@ -111,6 +112,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "gaps_total",
 			Help: "Gaps in a stream that needed a repair round, by result: repaired, lost (subscribers got must_reload).",
 		}, []string{"result"}),
+		writerStalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "writer_stalls_total",
+			Help: "Websocket writer workers replaced because one write to a client (a full socket buffer) lasted over 20 ms.",
+		}),
 	}
 	m.connsWS = m.conns.WithLabelValues("ws")
 	m.connsSSE = m.conns.WithLabelValues("sse")
@@ -139,7 +144,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.conns, m.subs, m.channels, m.publishes, m.deliveries, m.drops,
 		m.disconnects, m.refusals, m.recoveries, m.fanout, m.meshBad,
-		m.peerSent, m.peerDirect, m.peerReceived, m.relayed, m.syncs, m.gaps} {
+		m.peerSent, m.peerDirect, m.peerReceived, m.relayed, m.syncs, m.gaps, m.writerStalls} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("pubsub: register metrics: %w", err)
 		}

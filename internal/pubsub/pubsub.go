@@ -74,6 +74,8 @@ type PubSub struct {
 
 	clock atomic.Int64 // unix nanoseconds, updated by the sweeper every tick
 
+	writers *writerPool // websocket writer workers
+
 	stop chan struct{}
 	bg   sync.WaitGroup // sweeper, poller, presence, cluster
 	wg   sync.WaitGroup // per-connection goroutines: writers, readers, SSE handlers
@@ -138,6 +140,8 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 			p.poller = pl
 		}
 	}
+	p.writers = newWriterPool(p)
+	p.writers.start()
 	p.bg.Add(1)
 	go p.sweeper()
 	if p.poller != nil {
