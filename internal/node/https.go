@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
 	"net/url"
@@ -213,6 +214,19 @@ func (n *Node) buildAdmin() (*adminPart, error) {
 		return nil, err
 	}
 	n.admin = srv
+	// /readyz as a metric, for the "not ready" alert: Prometheus scrapes
+	// /metrics, not /readyz.
+	readyGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgenode_ready",
+		Help: "1 when /readyz answers 200 (started, not draining, every readiness check passing), else 0."},
+		func() float64 {
+			if srv.Readiness() != nil {
+				return 0
+			}
+			return 1
+		})
+	if err := n.reg.Register(readyGauge); err != nil {
+		return nil, fmt.Errorf("metrics: register edgenode_ready: %w", err)
+	}
 	return &adminPart{
 		srv:     srv,
 		detail:  "http://" + n.adminLn.Addr().String() + " (/healthz /readyz /metrics /debug/pprof/)",
