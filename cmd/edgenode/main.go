@@ -3,6 +3,8 @@
 //
 //	edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
 //	edgenode check-config FILE                    print every problem in FILE; exit 1 if any
+//	edgenode conflicts list|show ID|resolve ID --keep stored|parked
+//	                                              parked unique-key collisions (admin API client)
 //	edgenode version                              print the version
 package main
 
@@ -41,6 +43,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(args, stdout, stderr)
 	case "ca":
 		return caCommand(args, stdout, stderr)
+	case "conflicts":
+		return conflictsCommand(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "edgenode", versionString())
 		return 0
@@ -61,6 +65,9 @@ func usage(w io.Writer) {
   edgenode ca issue --dir DIR --node ID --host IP[,IP...]
                                                 issue a node certificate from the CA in DIR, naming the
                                                 node's public addresses (peers put it in DNS only for those)
+  edgenode conflicts list|show ID|resolve ID --keep stored|parked
+                                                the unique-key collisions the node parked, and
+                                                their resolution (replicated): edgenode conflicts
   edgenode version                              print the version
 `)
 }

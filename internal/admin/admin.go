@@ -54,14 +54,9 @@ func New(ln net.Listener, gatherer prometheus.Gatherer, token string, log *slog.
 	})
 	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !s.ready.Load() {
+		if err := s.Readiness(); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready\n"))
-			return
-		}
-		if err := s.failingCheck(); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = w.Write([]byte("not ready: " + err.Error() + "\n"))
+			_, _ = w.Write([]byte(err.Error() + "\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
@@ -122,6 +117,21 @@ func (s *Server) failingCheck() error {
 		if err := c.fn(); err != nil {
 			return fmt.Errorf("%s: %w", c.name, err)
 		}
+	}
+	return nil
+}
+
+// errNotReady is /readyz's answer before SetReady(true) and after
+// SetReady(false).
+var errNotReady = errors.New("not ready")
+
+// Readiness is nil when /readyz answers 200, else what it says.
+func (s *Server) Readiness() error {
+	if !s.ready.Load() {
+		return errNotReady
+	}
+	if err := s.failingCheck(); err != nil {
+		return fmt.Errorf("not ready: %w", err)
 	}
 	return nil
 }

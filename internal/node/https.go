@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"github.com/prometheus/client_golang/prometheus"
 	"net"
 	"net/http"
 	"net/url"
@@ -93,6 +95,9 @@ func (n *Node) buildHTTPS(acme *fleet.Manager) (*httpsPart, error) {
 	certs, err := transport.NewCertStore(sources, n.log.With("part", "https"))
 	if err != nil {
 		return nil, fmt.Errorf("https.certificates: %w", err)
+	}
+	if err := n.registerCertExpiry(sources, acme); err != nil {
+		return nil, err
 	}
 	var app http.Handler
 	var proxy *transport.AppProxy
@@ -209,9 +214,39 @@ func (n *Node) buildAdmin() (*adminPart, error) {
 		return nil, err
 	}
 	n.admin = srv
+	// /readyz as a metric, for the "not ready" alert: Prometheus scrapes
+	// /metrics, not /readyz.
+	readyGauge := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "edgenode_ready",
+		Help: "1 when /readyz answers 200 (started, not draining, every readiness check passing), else 0."},
+		func() float64 {
+			if srv.Readiness() != nil {
+				return 0
+			}
+			return 1
+		})
+	if err := n.reg.Register(readyGauge); err != nil {
+		return nil, fmt.Errorf("metrics: register edgenode_ready: %w", err)
+	}
 	return &adminPart{
 		srv:     srv,
 		detail:  "http://" + n.adminLn.Addr().String() + " (/healthz /readyz /metrics /debug/pprof/)",
 		serving: serving{failures: n.failures},
 	}, nil
+}
+
+// registerCertExpiry exports the days left of every certificate the node
+// uses (edgenode_tls_certificate_expiry_seconds), for the alert rules.
+func (n *Node) registerCertExpiry(sources []transport.CertSource, acme *fleet.Manager) error {
+	var files []fleet.CertFile
+	for _, s := range sources {
+		files = append(files, fleet.CertFile{Use: "https", Path: s.CertFile})
+	}
+	if m := n.cfg.Mesh; m.Enabled {
+		files = append(files, fleet.CertFile{Use: "mesh", Path: m.Cert}, fleet.CertFile{Use: "mesh_ca", Path: m.CACert})
+	}
+	var managed func() []*x509.Certificate
+	if acme != nil {
+		managed = acme.Leaves
+	}
+	return fleet.RegisterExpiry(n.reg, files, managed)
 }

@@ -227,6 +227,7 @@ func (n *Node) buildMongo(mp *meshPart) (db *embeddedDB, _ *mongoPart, _ error) 
 	}
 	p := &mongoPart{cfg: &n.cfg, upstream: upstream, db: db, mesh: mp, log: n.log, reg: n.reg, detail: detail}
 	n.admin.Handle("GET /mongo/status.json", http.HandlerFunc(p.statusJSON))
+	p.routeConflicts(n.admin.Handle)
 	n.admin.AddCheck("mongo replication", p.ready)
 	return db, p, nil
 }

@@ -169,6 +169,9 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := registerProcessMetrics(n.reg, version, cfg.Node.ID); err != nil {
 		return nil, err
 	}
+	if err := registerLimits(n.reg, &cfg); err != nil {
+		return nil, err
+	}
 	b, err := n.build()
 	if err != nil {
 		return nil, err

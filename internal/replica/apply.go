@@ -43,6 +43,11 @@ func (r *Replica) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
 		return fmt.Errorf("replica: log remote ops: %w", err)
 	}
 	err := r.applyOps(ctx, ops, "remote")
+	if err == nil {
+		// These ops may have cleared the way for a parked one (a resolution
+		// made on another node): see conflicts.go.
+		r.settleParked(ctx, ops)
+	}
 	// Relays (package repl) stream peers' ops they applied: wake them.
 	r.notify()
 	return err
@@ -258,7 +263,10 @@ func (r *Replica) park(ctx context.Context, op *crdt.Op, ae *applyError) {
 	}
 	rec := bson.D{{Key: "_id", Value: fmt.Sprintf("%s:%d", op.Origin, op.Seq)}, {Key: "ns", Value: op.NS}, {Key: "id", Value: op.ID},
 		{Key: "reason", Value: reason}, {Key: "error", Value: ae.err.Error()}, {Key: "at", Value: time.Now().UTC()}, {Key: "op", Value: bson.Raw(raw)}}
-	if _, err := r.metaColl(conflictColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: rec[0].Value}}, rec, options.Replace().SetUpsert(true)); err != nil {
+	res, err := r.metaColl(conflictColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: rec[0].Value}}, rec, options.Replace().SetUpsert(true))
+	if err != nil {
 		r.log.Error("recording parked op", "err", err)
+		return
 	}
+	r.addParked(res.UpsertedCount)
 }

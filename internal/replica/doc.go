@@ -53,7 +53,10 @@
 // refuses for good (a unique index, a document it cannot store) is parked
 // in edgenode_meta.conflicts with a log line and
 // edgenode_mongoproxy_apply_conflicts_total{reason}, and marked applied:
-// replication never stalls. An op of a namespace this node does not
+// replication never stalls. Operators list, show and resolve parked ops
+// (Conflicts, Conflict, Resolve); a resolution is made of captured writes
+// and so replicates, and every node tries its parked ops again after a
+// peer's batch, dropping those that now apply (conflicts.go). An op of a namespace this node does not
 // replicate is skipped the same way (reason not_replicated). Transient
 // errors stop the apply; the ops stay unapplied in the log, applied again
 // by the next call or at start.

@@ -14,6 +14,7 @@ type Metrics struct {
 	casRetries    prometheus.Counter
 	lateApplies   prometheus.Counter
 	conflicts     *prometheus.CounterVec // by reason: unique, invalid, not_replicated
+	parked        prometheus.Gauge       // records in edgenode_meta.conflicts now (conflicts.go)
 	compensations prometheus.Counter
 	replayed      prometheus.Counter
 	retryHits     prometheus.Counter
@@ -34,6 +35,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Operations that changed a document after a later op of their origin had (expected only after a failed apply; otherwise a double application)."}),
 		conflicts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_apply_conflicts_total",
 			Help: "Operations that could not be applied locally and were parked in edgenode_meta.conflicts."}, []string{"reason"}),
+		parked: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_conflicts_parked",
+			Help: "Operations parked in edgenode_meta.conflicts now, waiting to be resolved (edgenode conflicts list)."}),
 		compensations: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_compensations_total",
 			Help: "Local writes logged but refused by the database (unique index), undone by a compensating op."}),
 		replayed: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_replayed_ops_total",
@@ -46,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.compensations, m.replayed, m.retryHits, m.retryEvicted} {
+	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("replica: register metrics: %w", err)
 		}

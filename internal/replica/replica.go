@@ -103,6 +103,10 @@ type Replica struct {
 	cache  *docCache // owned entry by entry by the document lease holders
 	retry  *retryStore
 	stable atomic.Pointer[crdt.Timestamp]
+	// parked counts the records in edgenode_meta.conflicts, so that
+	// settling them after a peer's batch costs nothing when there are none
+	// (conflicts.go).
+	parked atomic.Int64
 }
 
 // Open opens the op log, resumes the clock above its newest timestamp,
@@ -156,6 +160,9 @@ func (r *Replica) start(ctx context.Context) error {
 		return fmt.Errorf("replica: %w", err)
 	}
 	if err := r.loadDDL(ctx); err != nil {
+		return fmt.Errorf("replica: %w", err)
+	}
+	if err := r.countParked(ctx); err != nil {
 		return fmt.Errorf("replica: %w", err)
 	}
 	unapplied, err := r.olog.Unapplied()
