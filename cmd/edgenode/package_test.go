@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -188,8 +189,10 @@ func query(t *testing.T, format string) string {
 	return string(out)
 }
 
+// exitStderr is what a command run with Output wrote on stderr.
 func exitStderr(err error) []byte {
-	if ee, ok := err.(*exec.ExitError); ok {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
 		return ee.Stderr
 	}
 	return nil
