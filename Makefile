@@ -5,7 +5,7 @@ LDFLAGS  := -s -w -X main.version=$(VERSION)
 BIN      := bin/edgenode
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build run test test-short bench lint fmt clean
+.PHONY: all build run test test-short bench lint fmt clean package
 
 all: build
 
@@ -20,6 +20,11 @@ run: build
 # Every test, including the seed corpora of the fuzz targets.
 test:
 	$(GO) test -count=1 -timeout 20m ./...
+
+# The Debian package (Debian 12): bin/edgenode_VERSION_ARCH.deb, built with
+# dpkg-deb; what it holds and does: scripts/package, packaging/.
+package: build
+	SOURCE_DATE_EPOCH=$$(git log -1 --format=%ct 2>/dev/null || date +%s) ./scripts/package $(BIN) $(VERSION)
 
 bench: build
 	./scripts/bench

@@ -54,7 +54,7 @@ func TestSystemdUnitIsHardenedAndVerifies(t *testing.T) {
 	// verify checks that the executables exist: point them at the test binary.
 	dir := t.TempDir()
 	copyPath := filepath.Join(dir, "edgenode.service")
-	if err := os.WriteFile(copyPath, []byte(strings.ReplaceAll(string(b), "/usr/local/bin/edgenode", binPath)), 0o644); err != nil {
+	if err := os.WriteFile(copyPath, []byte(strings.ReplaceAll(string(b), "/usr/bin/edgenode", binPath)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out, err := exec.Command(sa, "verify", copyPath).CombinedOutput()
