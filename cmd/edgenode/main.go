@@ -3,6 +3,8 @@
 //
 //	edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
 //	edgenode check-config FILE                    print every problem in FILE; exit 1 if any
+//	edgenode backup --to DIR|s3://...             back up the running node's Mongo replica
+//	edgenode restore --from DIR|s3://...          seed a stopped, new or wiped node from a backup
 //	edgenode version                              print the version
 package main
 
@@ -41,6 +43,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return checkConfig(args, stdout, stderr)
 	case "ca":
 		return caCommand(args, stdout, stderr)
+	case "backup":
+		return backupCommand(args, stdout, stderr)
+	case "restore":
+		return restoreCommand(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "edgenode", versionString())
 		return 0
@@ -61,6 +67,10 @@ func usage(w io.Writer) {
   edgenode ca issue --dir DIR --node ID --host IP[,IP...]
                                                 issue a node certificate from the CA in DIR, naming the
                                                 node's public addresses (peers put it in DNS only for those)
+  edgenode backup --to DIR|s3://BUCKET/PREFIX [--config FILE]
+                                                copy the running node's Mongo replica and op-log position
+  edgenode restore --from DIR|s3://BUCKET/PREFIX [--config FILE] [--data DIR]
+                                                seed a stopped, new or wiped node from the newest backup there
   edgenode version                              print the version
 `)
 }
