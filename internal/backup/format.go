@@ -66,7 +66,9 @@ type Clock struct {
 	Node    string `json:"node"`
 }
 
-func clockOf(ts crdt.Timestamp) Clock { return Clock{Wall: ts.Wall, Logical: ts.Logical, Node: ts.Node} }
+func clockOf(ts crdt.Timestamp) Clock {
+	return Clock{Wall: ts.Wall, Logical: ts.Logical, Node: ts.Node}
+}
 func (c Clock) timestamp() crdt.Timestamp {
 	return crdt.Timestamp{Wall: c.Wall, Logical: c.Logical, Node: c.Node}
 }
