@@ -127,6 +127,7 @@ func restoreCommand(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(dataDir, "data-dir", "", "same as --data")
 	from := fs.String("from", "", "the backup: its folder, or a folder or s3://BUCKET/PREFIX of backups (the newest is taken) (required)")
 	check := fs.Bool("check", false, "only check the backup (checksums, sizes, counts); change nothing")
+	force := fs.Bool("force", false, "restore a backup older than mongo.log_retention (see the README's Backups)")
 	s3opts := s3Flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -167,6 +168,15 @@ func restoreCommand(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintln(stdout, "restore: backup checked: every part's size, SHA-256 and item count match the manifest")
 	if *check {
 		return 0
+	}
+	// Peers keep every origin's ops for log_retention. Past it, a live
+	// peer whose log was trimmed above the backup's position makes the
+	// node resync fully anyway, but the ops of a node gone since (this
+	// node's previous incarnation among them) that every peer trimmed
+	// would be missing for good: a full initial sync is the safe way.
+	if ret := cfg.Mongo.LogRetention; ret > 0 && age > ret && !*force {
+		return fail(fmt.Errorf("the backup is %v old, older than mongo.log_retention (%v): the peers may no longer hold every operation written since. "+
+			"Start the node without restoring (it makes a full initial sync), or restore a newer backup; --force restores it anyway (see the README's Backups)", age, ret))
 	}
 	log := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, stderr).With("cmd", "restore")
 	var refused []replica.RefusedItem

@@ -246,6 +246,15 @@ func TestBackupRestoreRejoinsWithDelta(t *testing.T) {
 			t.Fatalf("a refused restore (%s) created the data folder", damage.name)
 		}
 	}
+	// A backup older than the peers' log retention is refused (the
+	// backup is seconds old here; this config keeps ops for 1 ms).
+	shortCfg := writeTestFile(t, tmp, "short.yaml", mergeYAML(t, c.cfgs[1], "mongo: {log_retention: 1ms}\n"))
+	if code, out := edgenodeCmd(t, nil, "restore", "--config", shortCfg, "--from", folder); code == 0 || !strings.Contains(out, "older than mongo.log_retention") {
+		t.Errorf("restore of a backup older than log_retention: exit %d, want a refusal:\n%s", code, out)
+	}
+	if _, err := os.Stat(dataDir); err == nil {
+		t.Fatal("a refused restore (too old) created the data folder")
+	}
 	if code, out := edgenodeCmd(t, nil, "restore", "--config", cfg2, "--from", folder, "--check"); code != 0 {
 		t.Errorf("restore --check of the sound backup: exit %d:\n%s", code, out)
 	}
