@@ -48,8 +48,11 @@
 //
 // When the node starts, its peers stream every op above the vector, from
 // their own logs or relayed (package repl keeps every origin's ops for
-// LogRetention). A backup older than what the peers still keep is caught
-// by the heartbeat check (an origin's log starts above the node's
-// position) and the node resyncs fully, as a node back from a long absence
-// does.
+// LogRetention). Of a backup older than what the peers still keep, a live
+// origin's trimmed log is caught by the heartbeat check (its log starts
+// above the node's position) and the node resyncs fully, as a node back
+// from a long absence does; but the ops of an origin gone since (the
+// restored node's previous incarnation among them) that every peer trimmed
+// are lost to it. The restore command therefore refuses a backup older
+// than mongo.log_retention unless forced.
 package backup
