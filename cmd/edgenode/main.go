@@ -5,6 +5,8 @@
 //	edgenode check-config FILE                    print every problem in FILE; exit 1 if any
 //	edgenode conflicts list|show ID|resolve ID --keep stored|parked
 //	                                              parked unique-key collisions (admin API client)
+//	edgenode backup --to DIR|s3://...             back up the running node's Mongo replica
+//	edgenode restore --from DIR|s3://...          seed a stopped, new or wiped node from a backup
 //	edgenode version                              print the version
 package main
 
@@ -45,6 +47,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return caCommand(args, stdout, stderr)
 	case "conflicts":
 		return conflictsCommand(args, stdout, stderr)
+	case "backup":
+		return backupCommand(args, stdout, stderr)
+	case "restore":
+		return restoreCommand(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "edgenode", versionString())
 		return 0
@@ -68,6 +74,10 @@ func usage(w io.Writer) {
   edgenode conflicts list|show ID|resolve ID --keep stored|parked
                                                 the unique-key collisions the node parked, and
                                                 their resolution (replicated): edgenode conflicts
+  edgenode backup --to DIR|s3://BUCKET/PREFIX [--config FILE]
+                                                copy the running node's Mongo replica and op-log position
+  edgenode restore --from DIR|s3://BUCKET/PREFIX [--config FILE] [--data DIR]
+                                                seed a stopped, new or wiped node from the newest backup there
   edgenode version                              print the version
 `)
 }

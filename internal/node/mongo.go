@@ -108,15 +108,7 @@ func (p *mongoPart) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	replicate := c.Replicate
-	if p.cfg.FleetStore() == config.FleetStorageMongo {
-		// The fleet's TLS material replicates whatever the operator chose
-		// for the app (config validation keeps it out of local_only).
-		replicate = append(slices.Clip(replicate), config.FleetNamespace)
-	}
-	if p.cfg.CDN.Enabled {
-		replicate = append(slices.Clip(replicate), purgeNamespace) // see purgeLog
-	}
+	replicate := replicatedNamespaces(p.cfg)
 	hold := ""
 	if p.mesh != nil {
 		hold = "replication is starting"
@@ -180,6 +172,21 @@ func (p *mongoPart) Stop(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// replicatedNamespaces is mongo.replicate plus the node's own replicated
+// collections.
+func replicatedNamespaces(cfg *config.Config) []string {
+	replicate := cfg.Mongo.Replicate
+	if cfg.FleetStore() == config.FleetStorageMongo {
+		// The fleet's TLS material replicates whatever the operator chose
+		// for the app (config validation keeps it out of local_only).
+		replicate = append(slices.Clip(replicate), config.FleetNamespace)
+	}
+	if cfg.CDN.Enabled {
+		replicate = append(slices.Clip(replicate), purgeNamespace) // see purgeLog
+	}
+	return replicate
+}
+
 // statusJSON serves the replication status; 503 while stopped.
 func (p *mongoPart) statusJSON(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
@@ -229,6 +236,7 @@ func (n *Node) buildMongo(mp *meshPart) (db *embeddedDB, _ *mongoPart, _ error) 
 	n.admin.Handle("GET /mongo/status.json", http.HandlerFunc(p.statusJSON))
 	p.routeConflicts(n.admin.Handle)
 	n.admin.AddCheck("mongo replication", p.ready)
+	n.admin.Handle("GET /v1/mongo/backup", p.backupHandler())
 	return db, p, nil
 }
 
