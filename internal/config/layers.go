@@ -301,7 +301,7 @@ func envPath(rest string) ([]string, reflect.Type, error) {
 			fields := yamlFields(t)
 			ft, ok := fields[k]
 			if !ok {
-				return nil, nil, fmt.Errorf("names no config key: %s%s", join(done, k), envSuggest(keys[:i], k, t))
+				return nil, nil, fmt.Errorf("names no config key: %s%s", join(done, k), envSuggest(keys[:i], keys[i:], t))
 			}
 			t = ft
 		default:
@@ -320,20 +320,26 @@ func envName(keys []string) string {
 	return EnvPrefix + strings.ToUpper(strings.Join(keys, envSep))
 }
 
-// envSuggest hints at the variable meant: one with double underscores
-// where single ones were written, else the closest key.
-func envSuggest(done []string, key string, t reflect.Type) string {
-	if keys := splitKeys(key, t); keys != nil {
-		return "; keys are separated by a double underscore: did you mean " + envName(append(slices.Clone(done), keys...)) + "?"
+// envSuggest hints at the variable meant, the keys done being right and
+// the rest not: the same words with the underscores where they belong
+// (EDGENODE_NODE_ID → EDGENODE_NODE__ID, EDGENODE_MESH__LINK__LISTEN →
+// EDGENODE_MESH__LINK_LISTEN), else the closest key.
+func envSuggest(done, rest []string, t reflect.Type) string {
+	if keys := splitKeys(strings.Join(rest, "_"), t); keys != nil {
+		name := envName(append(slices.Clone(done), keys...))
+		if len(keys) > len(rest) {
+			return "; keys are separated by a double underscore: did you mean " + name + "?"
+		}
+		return "; did you mean " + name + "?"
 	}
 	fields := yamlFields(t)
 	best, bestD := "", 1<<30
 	for f := range fields {
-		if d := distance(key, f); d < bestD || (d == bestD && f < best) {
+		if d := distance(rest[0], f); d < bestD || (d == bestD && f < best) {
 			best, bestD = f, d
 		}
 	}
-	if best != "" && bestD <= max(2, len(key)/3) {
+	if best != "" && bestD <= max(2, len(rest[0])/3) {
 		return "; did you mean " + envName(append(slices.Clone(done), best)) + "?"
 	}
 	return ""
@@ -392,6 +398,7 @@ func envValue(v string, t reflect.Type) (*yaml.Node, error) {
 // defaults and validates it.
 func build(layers []layer, probs *Problems, unknownEnv map[string]Problem) (Loaded, error) {
 	l := Loaded{Config: Default(), origins: map[string]Source{}}
+	secretVars := map[string]bool{} // what the layers' {env: NAME} secrets name
 	for _, ly := range layers {
 		if ly.root == nil {
 			continue
@@ -405,6 +412,7 @@ func build(layers []layer, probs *Problems, unknownEnv map[string]Problem) (Load
 			if err := ly.root.Decode(&c); err != nil {
 				probs.add("", "%v", cleanYAMLError(err))
 			}
+			secretEnvs(reflect.ValueOf(c), secretVars)
 		}
 		for i := start; i < len(probs.List); i++ {
 			probs.List[i].File, probs.List[i].Env = ly.file, ly.env
@@ -413,9 +421,20 @@ func build(layers []layer, probs *Problems, unknownEnv map[string]Problem) (Load
 			}
 		}
 	}
+	// A config variable that names no key is a problem unless a secret
+	// refers to it (secretVars may hold more names than the merged config
+	// uses: one more exempted, never one wrongly refused).
+	names := make([]string, 0, len(unknownEnv))
+	for n := range unknownEnv {
+		if !secretVars[n] {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		probs.List = append(probs.List, unknownEnv[n])
+	}
 	if len(probs.List) > 0 {
-		// Variables naming no key wait: a secret of a file being fixed
-		// may refer to them.
 		return l, probs
 	}
 	merged := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
@@ -435,9 +454,6 @@ func build(layers []layer, probs *Problems, unknownEnv map[string]Problem) (Load
 		probs.add("", "%v", cleanYAMLError(err))
 		return l, probs
 	}
-	if err := l.withUnknownEnv(probs, unknownEnv); err != nil {
-		return l, err
-	}
 	l.Config.validate(probs)
 	// Say where a wrong value was set, when that is more than "line N" of
 	// the only file.
@@ -448,26 +464,6 @@ func build(layers []layer, probs *Problems, unknownEnv map[string]Problem) (Load
 		}
 	}
 	return l, probs.err()
-}
-
-// withUnknownEnv adds the problems of config variables that name no key,
-// except those a secret's {env: NAME} refers to.
-func (l *Loaded) withUnknownEnv(probs *Problems, unknown map[string]Problem) error {
-	if len(unknown) > 0 {
-		used := map[string]bool{}
-		secretEnvs(reflect.ValueOf(l.Config), used)
-		names := make([]string, 0, len(unknown))
-		for n := range unknown {
-			if !used[n] {
-				names = append(names, n)
-			}
-		}
-		slices.Sort(names)
-		for _, n := range names {
-			probs.List = append(probs.List, unknown[n])
-		}
-	}
-	return probs.err()
 }
 
 // secretEnvs collects the variables the secrets in v refer to.
