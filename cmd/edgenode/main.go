@@ -3,10 +3,10 @@
 //
 //	edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
 //	edgenode check-config [-print] FILE           print every problem in FILE, its drop-ins and EDGENODE_ variables; exit 1 if any
+//	edgenode version                              print the version
 //
 // A config is the main file, then the drop-ins DIR/conf.d/*.yaml beside it
 // in name order, then EDGENODE_ environment variables (see package config).
-//	edgenode version                              print the version
 package main
 
 import (
