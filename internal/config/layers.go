@@ -439,15 +439,14 @@ func build(layers []layer, probs *Problems, unknownEnv map[string]Problem) (Load
 	}
 	merged := &yaml.Node{Kind: yaml.MappingNode, Tag: "!!map"}
 	for _, ly := range layers {
-		if ly.root == nil {
-			continue
-		}
-		merged = l.merge(merged, ly.root, "", typeOfConfig, ly)
 		if ly.file != "" {
-			l.Files = append(l.Files, ly.file)
+			l.Files = append(l.Files, ly.file) // an empty one too: it was read
 		}
 		if ly.env != "" {
 			l.Env = append(l.Env, ly.env)
+		}
+		if ly.root != nil {
+			merged = l.merge(merged, ly.root, "", typeOfConfig, ly)
 		}
 	}
 	if err := merged.Decode(&l.Config); err != nil {
