@@ -23,6 +23,11 @@
 // A package's own Options mean something else by 0 (the default, as in the
 // standard library); package node translates, see its func none.
 //
+// A config is made of layers (see LoadLayers): the defaults, the main
+// file, its drop-ins conf.d/*.yaml and EDGENODE_ environment variables, so
+// that every clone of a fleet shares the main file and only a drop-in or a
+// few variables say which machine it is.
+//
 // Secrets (keys, tokens) are of type Secret and may be given inline, as
 // {file: PATH} or as {env: NAME}, so a config can be committed and shared by
 // every clone while the secrets stay on each machine.

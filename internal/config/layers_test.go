@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -282,4 +283,23 @@ func secretFile(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// FuzzEnv feeds arbitrary variables to the loader: it must return a config
+// or problems that each name where they are, never panic.
+func FuzzEnv(f *testing.F) {
+	for _, s := range [][2]string{
+		{"NODE__ID", "a"}, {"NODE", "{id: a}"}, {"MESH__SEEDS", "[a, b"}, {"NODE_ID", "x"}, {"ADMIN__TOKEN", "{file: }"},
+		{"CDN__ORIGIN__S3__BUCKETS__", "x"}, {"DNS__ZONES", "[{origin: a.}]"}, {"__", ""}, {"NODE__TAGS", "&a [*a]"},
+		{"HTTPS__LIMITS", "{max_body_bytes: 1MiB}"}, {"MONGO__UPSTREAM", "{env: X}"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	f.Fuzz(func(t *testing.T, name, value string) {
+		_, err := LoadLayers("", []string{EnvPrefix + name + "=" + value})
+		var ps *Problems
+		if err != nil && (!errors.As(err, &ps) || len(ps.List) == 0) {
+			t.Fatalf("not a problem list: %v", err)
+		}
+	})
 }
