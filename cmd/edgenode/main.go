@@ -2,12 +2,15 @@
 // TLS transport, pubsub, CDN and the multi-master Mongo proxy, in one process.
 //
 //	edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
-//	edgenode check-config FILE                    print every problem in FILE; exit 1 if any
+//	edgenode check-config [-print] FILE           print every problem in FILE, its drop-ins and EDGENODE_ variables; exit 1 if any
 //	edgenode conflicts list|show ID|resolve ID --keep stored|parked
 //	                                              parked unique-key collisions (admin API client)
 //	edgenode backup --to DIR|s3://...             back up the running node's Mongo replica
 //	edgenode restore --from DIR|s3://...          seed a stopped, new or wiped node from a backup
 //	edgenode version                              print the version
+//
+// A config is the main file, then the drop-ins DIR/conf.d/*.yaml beside it
+// in name order, then EDGENODE_ environment variables (see package config).
 package main
 
 import (
@@ -66,7 +69,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
-  edgenode check-config FILE                    print every problem in FILE; exit 1 if any
+  edgenode check-config [-print] FILE           print every problem in FILE, its drop-ins (conf.d/*.yaml beside it)
+                                                and EDGENODE_ variables; exit 1 if any. -print: the merged config,
+                                                each value with where it came from (secrets redacted)
   edgenode ca init --dir DIR                    create the cluster CA
   edgenode ca issue --dir DIR --node ID --host IP[,IP...]
                                                 issue a node certificate from the CA in DIR, naming the
@@ -115,17 +120,18 @@ func versionString() string {
 func runNode(args []string, stderr io.Writer) int {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	cfgPath := fs.String("config", "", "config file (YAML); none: the embedded single node")
+	cfgPath := fs.String("config", "", "config file (YAML), with its drop-ins DIR/conf.d/*.yaml; none: the embedded single node (EDGENODE_ variables still apply)")
 	dataDir := fs.String("data", "", "data folder (overrides node.data_dir)")
 	bootstrap := fs.Bool("bootstrap", false, "this node may start a new cluster's Mongo data alone (sets mongo.bootstrap)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	cfg, err := config.Load(*cfgPath)
+	loaded, err := config.LoadLayers(*cfgPath, os.Environ())
 	if err != nil {
 		fmt.Fprintf(stderr, "edgenode: %v\n", err)
 		return 1
 	}
+	cfg := loaded.Config
 	if *dataDir != "" {
 		cfg.Node.DataDir = *dataDir
 	}
@@ -133,6 +139,7 @@ func runNode(args []string, stderr io.Writer) int {
 		cfg.Mongo.Bootstrap = true
 	}
 	log := newLogger(cfg.Log, stderr)
+	log.Info("config", "files", loaded.Files, "env", loaded.Env)
 	// Signals are wired before anything starts, so a SIGTERM during start-up
 	// is a clean stop rather than a kill.
 	sigs := make(chan os.Signal, 4)
@@ -163,7 +170,7 @@ func newLogger(c config.Log, w io.Writer) *slog.Logger {
 func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	print := fs.Bool("print", false, "print the effective config (secrets redacted)")
+	print := fs.Bool("print", false, "print the effective config, each value with where it came from (secrets redacted)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -171,7 +178,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "usage: edgenode check-config [-print] FILE")
 		return 2
 	}
-	cfg, err := config.Load(fs.Arg(0))
+	loaded, err := config.LoadLayers(fs.Arg(0), os.Environ())
 	if err != nil {
 		var ps *config.Problems
 		if errors.As(err, &ps) {
@@ -185,7 +192,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if *print {
-		b, err := cfg.YAML()
+		b, err := loaded.Explain()
 		if err != nil {
 			fmt.Fprintln(stderr, err)
 			return 1

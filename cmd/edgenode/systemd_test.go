@@ -38,6 +38,10 @@ func TestSystemdUnitIsHardenedAndVerifies(t *testing.T) {
 			t.Errorf("%s=%v, want %s", k, have[k], want)
 		}
 	}
+	// Per-host EDGENODE_ variables (package config), optional ("-").
+	if e := have["EnvironmentFile"]; len(e) != 1 || e[0] != "-/etc/default/edgenode" {
+		t.Errorf("EnvironmentFile=%v, want -/etc/default/edgenode", e)
+	}
 	for _, k := range []string{"MemoryMax", "MemoryHigh", "TasksMax"} {
 		if len(have[k]) != 1 || have[k][0] == "" || have[k][0] == "infinity" {
 			t.Errorf("%s=%v: want a bound", k, have[k])

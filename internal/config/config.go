@@ -23,6 +23,11 @@
 // A package's own Options mean something else by 0 (the default, as in the
 // standard library); package node translates, see its func none.
 //
+// A config is made of layers (see LoadLayers): the defaults, the main
+// file, its drop-ins conf.d/*.yaml and EDGENODE_ environment variables, so
+// that every clone of a fleet shares the main file and only a drop-in or a
+// few variables say which machine it is.
+//
 // Secrets (keys, tokens) are of type Secret and may be given inline, as
 // {file: PATH} or as {env: NAME}, so a config can be committed and shared by
 // every clone while the secrets stay on each machine.
@@ -34,9 +39,7 @@ package config
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -571,58 +574,37 @@ func Default() Config {
 	}
 }
 
-// Load reads and validates the file at path. An empty path gives Default().
-// The returned error, when it is a *Problems, lists every problem found.
-func Load(path string) (Config, error) {
-	if path == "" {
-		c := Default()
-		return c, c.Validate()
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return Config{}, fmt.Errorf("read config: %w", err)
-	}
-	return Parse(data)
-}
-
-// Parse decodes a YAML config on top of the defaults and validates it.
-func Parse(data []byte) (Config, error) {
-	c := Default()
-	var probs Problems
-	var root yaml.Node
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&root); err != nil && !errors.Is(err, io.EOF) {
-		probs.add("", "is not valid YAML: %v", err)
-		return c, &probs
-	}
-	if root.Kind == 0 { // empty document
-		return c, c.Validate()
-	}
-	checkKeys(&probs, &root, "", typeOfConfig)
-	if len(probs.List) > 0 {
-		return c, &probs
-	}
-	if err := root.Decode(&c); err != nil {
-		probs.add("", "%v", err)
-		return c, &probs
-	}
-	return c, c.Validate()
-}
-
 // Problem is one thing wrong with a config.
 type Problem struct {
 	Path string // dotted key path, e.g. https.limits.max_body_bytes
+	File string // the file it is in; "" for Parse's bytes or a variable
 	Line int    // 0 when unknown
+	Env  string // the environment variable it is in, if any
 	What string // what is wrong and what would be right
 }
 
+// String is "PATH (WHERE): WHAT", WHERE being "line N", "line N of FILE"
+// or "env NAME".
 func (p Problem) String() string {
-	loc := p.Path
-	if loc == "" {
-		loc = "(config)"
+	var where string
+	switch {
+	case p.Env != "":
+		where = "env " + p.Env
+	case p.File != "" && p.Line > 0:
+		where = fmt.Sprintf("line %d of %s", p.Line, p.File)
+	case p.File != "":
+		where = p.File
+	case p.Line > 0:
+		where = fmt.Sprintf("line %d", p.Line)
 	}
-	if p.Line > 0 {
-		loc = fmt.Sprintf("%s (line %d)", loc, p.Line)
+	loc := p.Path
+	switch {
+	case loc == "" && where == "":
+		loc = "(config)"
+	case loc == "":
+		loc = where
+	case where != "":
+		loc += " (" + where + ")"
 	}
 	return loc + ": " + p.What
 }
