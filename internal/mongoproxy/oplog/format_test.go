@@ -38,7 +38,9 @@ func goldenOps(t *testing.T) map[string]*crdt.Op {
 		}
 		return bson.RawValue{Type: typ, Value: b}
 	}
-	ts := func(n int64) crdt.Timestamp { return crdt.Timestamp{Wall: 1_767_225_600_000 + n, Logical: uint32(n), Node: "n1~a"} }
+	ts := func(n int64) crdt.Timestamp {
+		return crdt.Timestamp{Wall: 1_767_225_600_000 + n, Logical: uint32(n), Node: "n1~a"}
+	}
 	return map[string]*crdt.Op{
 		"insert": {Origin: "n1~a", Seq: 1, TS: ts(1), NS: "app.docs", ID: id("doc-1"), Kind: crdt.Insert,
 			Doc: must(bson.Marshal(bson.D{{Key: "_id", Value: "doc-1"}, {Key: "n", Value: int32(1)}, {Key: "tags", Value: bson.A{"a", "b"}}, {Key: "sub", Value: bson.D{{Key: "x", Value: 1.5}}}}))},
