@@ -57,6 +57,8 @@ type nodeProc struct {
 	dataDir string
 	done    chan struct{}
 	exitErr error
+	bin     string   // the binary to run; "" is binPath (this tree's)
+	env     []string // added to the test's environment
 }
 
 // nodeConfig is the YAML every test node starts from: free ports, a data
@@ -142,8 +144,15 @@ func spawnNode(t testing.TB, prefix, args []string, cfg string, p *nodeProc) {
 		t.Fatal(err)
 	}
 	p.out = &testkit.LogBuffer{}
-	argv := append(append(append([]string{}, prefix...), binPath, "run", "--config", path), args...)
+	bin := binPath
+	if p.bin != "" {
+		bin = p.bin
+	}
+	argv := append(append(append([]string{}, prefix...), bin, "run", "--config", path), args...)
 	p.cmd = exec.Command(argv[0], argv[1:]...)
+	if len(p.env) > 0 {
+		p.cmd.Env = append(os.Environ(), p.env...)
+	}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

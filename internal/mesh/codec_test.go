@@ -26,14 +26,15 @@ func sampleMeta() Meta {
 		ConfigVersion: "sha256:abcd",
 		Link:          netip.MustParseAddrPort("203.0.113.7:7947"),
 		Boot:          0x0123456789abcdef,
+		Protocol:      Protocol,
 	}
 }
 
 func TestMetaRoundTrip(t *testing.T) {
 	for _, m := range []Meta{
 		sampleMeta(),
-		{ID: "x", State: MetaAlive, Link: netip.MustParseAddrPort("[2001:db8::1]:1")},
-		{ID: "y", State: MetaLeaving, Lat: -90, Lon: 180, Link: netip.MustParseAddrPort("127.0.0.1:9")},
+		{ID: "x", State: MetaAlive, Link: netip.MustParseAddrPort("[2001:db8::1]:1"), Protocol: 1},
+		{ID: "y", State: MetaLeaving, Lat: -90, Lon: 180, Link: netip.MustParseAddrPort("127.0.0.1:9"), Protocol: 7},
 	} {
 		b, err := encodeMeta(m)
 		if err != nil {
@@ -139,7 +140,7 @@ func FuzzMetaDecoder(f *testing.F) {
 
 func TestFrameRoundTrip(t *testing.T) {
 	msgs := [][]byte{nil, []byte("a"), bytes.Repeat([]byte{7}, 127), bytes.Repeat([]byte{8}, 128), bytes.Repeat([]byte{9}, 70000)}
-	b := appendStreamHeader(nil, "pubsub")
+	b := appendStreamHeader(nil, Protocol, "pubsub")
 	for _, m := range msgs {
 		before := len(b)
 		b = appendFrame(b, m)
@@ -148,7 +149,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		}
 	}
 	r := bufio.NewReader(bytes.NewReader(b))
-	topic, err := readStreamHeader(r)
+	topic, err := readStreamHeader(r, Protocol)
 	if err != nil || topic != "pubsub" {
 		t.Fatal(topic, err)
 	}
@@ -185,7 +186,7 @@ func TestFrameRejects(t *testing.T) {
 		"ctrl":    {1, 1, 0},
 		"nothing": {},
 	} {
-		if _, err := readStreamHeader(r(b)); !errors.Is(err, errBadHeader) {
+		if _, err := readStreamHeader(r(b), 1); !errors.Is(err, errBadHeader) {
 			t.Errorf("%s header: %v", name, err)
 		}
 	}
@@ -195,12 +196,12 @@ func TestFrameRejects(t *testing.T) {
 // frames. Decoding must never panic or return a frame beyond the limit, and
 // what decodes must survive re-encoding unchanged.
 func FuzzFrameDecoder(f *testing.F) {
-	seed := appendStreamHeader(nil, "repl")
+	seed := appendStreamHeader(nil, Protocol, "repl")
 	seed = appendFrame(seed, []byte("hello"))
 	seed = appendFrame(seed, nil)
 	seed = appendFrame(seed, bytes.Repeat([]byte("x"), 300))
 	f.Add(seed)
-	f.Add(appendStreamHeader(nil, "t"))
+	f.Add(appendStreamHeader(nil, Protocol, "t"))
 	f.Add([]byte{1, 1, 't', 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{1, 1, 't', 0x80})
 	f.Add([]byte{1, 1, 't', 0x80, 0x00}) // non-minimal varint for 0
@@ -209,7 +210,7 @@ func FuzzFrameDecoder(f *testing.F) {
 	const max = 4096
 	decode := func(b []byte) (string, [][]byte, error) {
 		r := bufio.NewReader(bytes.NewReader(b))
-		topic, err := readStreamHeader(r)
+		topic, err := readStreamHeader(r, Protocol)
 		if err != nil {
 			return "", nil, err
 		}
@@ -233,7 +234,7 @@ func FuzzFrameDecoder(f *testing.F) {
 		if err == nil {
 			t.Fatal("decoder stopped without an error")
 		}
-		out := appendStreamHeader(nil, topic)
+		out := appendStreamHeader(nil, Protocol, topic)
 		for _, m := range msgs {
 			out = appendFrame(out, m)
 		}

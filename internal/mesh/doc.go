@@ -11,7 +11,7 @@
 // binds and advertises loopback addresses only. Seeds come from the
 // options; the rest is learned. A node's metadata (id, region, location,
 // public addresses, tags, alive/draining state, load, binary and config
-// versions, link address, boot id, and why it is not ready when it is not,
+// versions, mesh protocol version, link address, boot id, and why it is not ready when it is not,
 // see SetReadiness) travels in memberlist's node metadata in a compact
 // tag-length-value encoding that tolerates fields from newer versions (see
 // Meta; under 100 bytes for a typical node, limit 512).
@@ -90,6 +90,15 @@
 // certificate's node id is not a live member whose advertised link address
 // is the address the connection comes from (a stolen key alone is not
 // enough).
+//
+// The handshake also settles the link's protocol version (see Protocol):
+// ALPN "edgenode-mesh/N", each node offering its own version and the one
+// before it, so nodes one version apart link on the older one's version and
+// nodes further apart are refused (link_refused_total{reason=
+// "protocol_version"}, a warning naming the peer, both versions and what to
+// do, and the peer unverified on the node map). Each node gossips its
+// version in its metadata, so a peer known to be too far is not even
+// dialed. PeerProtocol tells a part the version of a link.
 //
 // Every topic uses its own unidirectional stream per direction, so
 // messages of a topic arrive in order and a slow handler of one topic

@@ -12,7 +12,11 @@ import (
 // direction, so a slow consumer of one topic never holds up another and
 // messages of one topic arrive in order. A stream starts with a header:
 //
-//	version byte (1), topic length byte (1..255), topic bytes
+//	version byte, topic length byte (1..255), topic bytes
+//
+// where the version is the mesh protocol version the link negotiated in its
+// handshake (ALPN, see Protocol); a stream that names another is refused.
+// (Version 1 nodes wrote and required 1, their only version.)
 //
 // and then carries frames, each a message:
 //
@@ -20,10 +24,7 @@ import (
 //
 // The writer packs many frames into one stream write; that batching is what
 // makes small messages cheap.
-const (
-	streamVersion = 1
-	maxTopicLen   = 255
-)
+const maxTopicLen = 255
 
 var (
 	errFrameTooLarge = errors.New("frame larger than the maximum message size")
@@ -44,8 +45,8 @@ func ValidTopic(t string) error {
 	return nil
 }
 
-func appendStreamHeader(b []byte, topic string) []byte {
-	b = append(b, streamVersion, byte(len(topic)))
+func appendStreamHeader(b []byte, version int, topic string) []byte {
+	b = append(b, byte(version), byte(len(topic)))
 	return append(b, topic...)
 }
 
@@ -63,14 +64,15 @@ func frameSize(n int) int {
 	return s + n
 }
 
-// readStreamHeader reads and checks a stream header.
-func readStreamHeader(r *bufio.Reader) (string, error) {
+// readStreamHeader reads and checks the header of a stream on a link of
+// the given protocol version.
+func readStreamHeader(r *bufio.Reader, version int) (string, error) {
 	var h [2]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
 		return "", fmt.Errorf("%w: %w", errBadHeader, err)
 	}
-	if h[0] != streamVersion {
-		return "", fmt.Errorf("%w: version %d", errBadHeader, h[0])
+	if int(h[0]) != version {
+		return "", fmt.Errorf("%w: version %d on a link of version %d", errBadHeader, h[0], version)
 	}
 	topic := make([]byte, h[1])
 	if _, err := io.ReadFull(r, topic); err != nil {

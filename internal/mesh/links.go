@@ -32,10 +32,6 @@ import (
 // Leave waits for it.
 type Handler func(from string, msg []byte)
 
-// alpn names the link protocol, so a QUIC client of another kind (HTTP/3)
-// can never be mistaken for a peer.
-const alpn = "edgenode-mesh/1"
-
 // QUIC application error codes.
 const (
 	codeLeaving   quic.ApplicationErrorCode = 0
@@ -69,6 +65,7 @@ type links struct {
 	m     *Mesh
 	log   *slog.Logger
 	self  string
+	proto int // the mesh protocol version this node speaks (Protocol, or a test's override)
 	cert  tls.Certificate
 	roots *x509.CertPool
 	qconf *quic.Config
@@ -87,16 +84,24 @@ type links struct {
 	snap   atomic.Pointer[map[string]*peer] // lock-free view for Send
 	peerWG sync.WaitGroup
 	loopWG sync.WaitGroup
+
+	// vmu guards versionLogged: the version each peer was last refused
+	// for, so a peer that redials every few seconds is logged at warning
+	// level once per version, not once per attempt (each is counted).
+	vmu           sync.Mutex
+	versionLogged map[string]int
 }
 
 func newLinks(m *Mesh, cert tls.Certificate, roots *x509.CertPool) *links {
 	l := &links{
-		m:     m,
-		log:   m.log,
-		self:  m.o.NodeID,
-		cert:  cert,
-		roots: roots,
-		peers: make(map[string]*peer),
+		m:             m,
+		log:           m.log,
+		self:          m.o.NodeID,
+		proto:         m.o.Protocol,
+		cert:          cert,
+		roots:         roots,
+		peers:         make(map[string]*peer),
+		versionLogged: map[string]int{},
 		qconf: &quic.Config{
 			HandshakeIdleTimeout: dialTimeout,
 			MaxIdleTimeout:       20 * time.Second,
@@ -199,10 +204,12 @@ func (l *links) publishSnap() {
 }
 
 // linkTarget is where a member's links go: its advertised link address,
-// and the boot id of the process behind it.
+// the boot id of the process behind it and the mesh protocol version it
+// gossips.
 type linkTarget struct {
-	addr netip.AddrPort
-	boot uint64
+	addr  netip.AddrPort
+	boot  uint64
+	proto int
 }
 
 // sync makes the set of peers match want.
@@ -220,10 +227,11 @@ func (l *links) sync(want map[string]linkTarget) {
 			p.stop(true)
 			delete(l.peers, id)
 			changed = true
-		case tg.boot != p.boot.Load():
-			// Same address, new process: the queue stays, the old
-			// connection goes.
+		case tg.boot != p.boot.Load() || tg.proto != int(p.proto.Load()):
+			// Same address, new process (perhaps of another version):
+			// the queue stays, the old connection goes.
 			p.boot.Store(tg.boot)
+			p.proto.Store(int64(tg.proto))
 			select {
 			case p.restarted <- struct{}{}:
 			default:
@@ -255,6 +263,7 @@ func (l *links) addPeerLocked(id string, tg linkTarget) *peer {
 		cancel:    cancel,
 	}
 	p.boot.Store(tg.boot)
+	p.proto.Store(int64(tg.proto))
 	l.peers[id] = p
 	l.peerWG.Add(1)
 	go func() { defer l.peerWG.Done(); p.run() }()
@@ -276,7 +285,7 @@ func (l *links) baseTLS() *tls.Config {
 	return &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{l.cert},
-		NextProtos:   []string{alpn},
+		NextProtos:   offered(l.proto),
 	}
 }
 
@@ -290,6 +299,12 @@ func (l *links) serverTLS() *tls.Config {
 		var remote netip.AddrPort
 		if hello.Conn != nil {
 			remote = addrPortOf(hello.Conn.RemoteAddr())
+		}
+		// A peer whose versions all lie more than one away from ours
+		// offers none of our ALPN IDs. The TLS stack would refuse it
+		// anyway; refusing here says who and what to do.
+		if theirs := newest(hello.SupportedProtos); theirs != 0 && !compatible(l.proto, theirs) {
+			return nil, l.refuseVersion(l.m.memberAt(remote), remote, theirs)
 		}
 		cc := l.baseTLS()
 		cc.ClientAuth = tls.RequireAnyClientCert
@@ -391,6 +406,30 @@ func (l *links) refuse(reason string, remote netip.AddrPort, id string, err erro
 	}
 	l.log.Log(context.Background(), lvl, "peer link refused", "reason", reason, "remote", remote.String(), "peer", id, "err", err)
 	return fmt.Errorf("mesh: link refused (%s): %w", reason, err)
+}
+
+// refuseVersion counts and logs the refusal of a link with peer (its node
+// id, or "" when no member advertises the address), whose newest mesh
+// protocol version is theirs. It returns the error for the handshake.
+func (l *links) refuseVersion(peer string, remote netip.AddrPort, theirs int) error {
+	l.m.met.refused.WithLabelValues("protocol_version").Inc()
+	name := peer
+	if name == "" {
+		name = "at " + remote.String()
+	}
+	advice := versionAdvice(name, l.proto, theirs)
+	l.vmu.Lock()
+	first := l.versionLogged[name] != theirs
+	l.versionLogged[name] = theirs
+	l.vmu.Unlock()
+	lvl := slog.LevelDebug
+	if first {
+		lvl = slog.LevelWarn
+	}
+	l.log.Log(context.Background(), lvl, "peer link refused: mesh protocol versions more than one apart",
+		"reason", "protocol_version", "peer", peer, "remote", remote.String(),
+		"peer_protocol", theirs, "local_protocol", l.proto, "action", advice)
+	return fmt.Errorf("mesh: link refused (protocol_version): %s", advice)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -523,6 +562,7 @@ type peer struct {
 	up        atomic.Bool
 	inbound   chan *quic.Conn
 	boot      atomic.Uint64 // the member's boot id as gossip last told us
+	proto     atomic.Int64  // the member's mesh protocol version as gossip last told us
 	restarted chan struct{} // boot changed: the current connection is stale
 
 	ctx      context.Context
@@ -540,8 +580,9 @@ type peer struct {
 // peer's node id, and the boot id gossip announced for the process the
 // link was made to.
 type linkProof struct {
-	cert *x509.Certificate
-	boot uint64
+	cert  *x509.Certificate
+	boot  uint64
+	proto int // the mesh protocol version the link negotiated
 }
 
 // setRefused records why the last dial was refused ("": it was not), and
@@ -638,14 +679,17 @@ func (p *peer) run() {
 		// us. (A connection made just before gossip reports a restart is
 		// dropped once too often; the redial costs a round trip.)
 		boot := p.boot.Load()
+		// Both ends offered only versions they speak, so the handshake's
+		// choice is one both speak.
+		ver, _ := parseALPN(conn.ConnectionState().TLS.NegotiatedProtocol)
 		if certs := conn.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 			// Verified in the handshake: clientTLS or verifyInbound.
-			p.setProof(&linkProof{cert: certs[0], boot: boot})
+			p.setProof(&linkProof{cert: certs[0], boot: boot, proto: ver})
 		}
 		p.up.Store(true)
-		log.Info("peer link up", "dialer", p.dial)
+		log.Info("peer link up", "dialer", p.dial, "protocol", ver)
 		var err error
-		next, err = p.serve(conn, boot)
+		next, err = p.serve(conn, boot, ver)
 		p.up.Store(false)
 		p.setProof(nil)
 		if p.ctx.Err() != nil {
@@ -662,6 +706,22 @@ func (p *peer) run() {
 // from the peer. nil means the peer is stopping.
 func (p *peer) connect(bo *backoff, log *slog.Logger) *quic.Conn {
 	for {
+		if theirs := int(p.proto.Load()); !compatible(p.l.proto, theirs) {
+			// Gossip says the member's version is too far from ours: no
+			// dial (its handshake would fail on ALPN anyway), one refusal
+			// logged and shown on the node map until its process changes.
+			err := p.l.refuseVersion(p.id, p.addr, theirs)
+			p.setRefused(strings.TrimPrefix(err.Error(), "mesh: "))
+			select {
+			case <-p.ctx.Done():
+				return nil
+			case c := <-p.inbound:
+				// Gossip was stale: the handshake proved a version we speak.
+				return c
+			case <-p.restarted:
+				continue
+			}
+		}
 		if !p.dial {
 			select {
 			case <-p.ctx.Done():
@@ -716,10 +776,10 @@ var errPeerRestarted = errors.New("peer restarted")
 
 // serve runs one connection until it fails, the peer stops, or the peer
 // dials again (the new connection is returned to replace this one).
-func (p *peer) serve(conn *quic.Conn, connBoot uint64) (*quic.Conn, error) {
+func (p *peer) serve(conn *quic.Conn, connBoot uint64, ver int) (*quic.Conn, error) {
 	var readers sync.WaitGroup
 	readers.Add(1)
-	go func() { defer readers.Done(); p.l.readConn(p.ctx, conn, p.id, &readers) }()
+	go func() { defer readers.Done(); p.l.readConn(p.ctx, conn, p.id, ver, &readers) }()
 	finish := func(code quic.ApplicationErrorCode, why string) {
 		conn.CloseWithError(code, why)
 		readers.Wait()
@@ -743,7 +803,7 @@ func (p *peer) serve(conn *quic.Conn, connBoot uint64) (*quic.Conn, error) {
 			}
 			s = &outStream{
 				s:        st,
-				buf:      appendStreamHeader(make([]byte, 0, 4096), it.topic),
+				buf:      appendStreamHeader(make([]byte, 0, 4096), ver, it.topic),
 				messages: p.l.m.met.messages.WithLabelValues(it.topic, "out"),
 				bytes:    p.l.m.met.bytes.WithLabelValues(it.topic, "out"),
 			}
@@ -829,20 +889,20 @@ func (p *peer) serve(conn *quic.Conn, connBoot uint64) (*quic.Conn, error) {
 }
 
 // readConn accepts the peer's topic streams until the connection ends.
-func (l *links) readConn(ctx context.Context, conn *quic.Conn, from string, wg *sync.WaitGroup) {
+func (l *links) readConn(ctx context.Context, conn *quic.Conn, from string, ver int, wg *sync.WaitGroup) {
 	for {
 		s, err := conn.AcceptUniStream(ctx)
 		if err != nil {
 			return
 		}
 		wg.Add(1)
-		go func() { defer wg.Done(); l.readStream(s, from) }()
+		go func() { defer wg.Done(); l.readStream(s, from, ver) }()
 	}
 }
 
-func (l *links) readStream(s *quic.ReceiveStream, from string) {
+func (l *links) readStream(s *quic.ReceiveStream, from string, ver int) {
 	br := bufio.NewReaderSize(s, 64<<10)
-	topic, err := readStreamHeader(br)
+	topic, err := readStreamHeader(br, ver)
 	if err != nil {
 		if !isClosed(err) {
 			l.log.Warn("bad link stream from peer", "peer", from, "err", err)

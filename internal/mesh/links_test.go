@@ -22,6 +22,12 @@ import (
 // so a refused client sees its connection closed after that.
 func rawDial(t *testing.T, c *cluster, target string, cert tls.Certificate) *quic.Conn {
 	t.Helper()
+	return rawDialALPN(t, c, target, cert, offered(Protocol))
+}
+
+// rawDialALPN is rawDial offering the ALPN protocol IDs protos.
+func rawDialALPN(t *testing.T, c *cluster, target string, cert tls.Certificate, protos []string) *quic.Conn {
+	t.Helper()
 	udp, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(c.ip())})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +46,7 @@ func rawDial(t *testing.T, c *cluster, target string, cert tls.Certificate) *qui
 	conn, err := tr.Dial(ctx, addr, &tls.Config{
 		Certificates:       []tls.Certificate{cert},
 		InsecureSkipVerify: true,
-		NextProtos:         []string{alpn},
+		NextProtos:         protos,
 	}, &quic.Config{})
 	if err != nil {
 		return nil
@@ -48,7 +54,7 @@ func rawDial(t *testing.T, c *cluster, target string, cert tls.Certificate) *qui
 	t.Cleanup(func() { conn.CloseWithError(0, "") })
 	s, err := conn.OpenUniStream()
 	if err == nil {
-		_, _ = s.Write(appendFrame(appendStreamHeader(nil, "t"), []byte("hi")))
+		_, _ = s.Write(appendFrame(appendStreamHeader(nil, Protocol, "t"), []byte("hi")))
 	}
 	return conn
 }

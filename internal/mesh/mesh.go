@@ -625,7 +625,36 @@ func (m *Mesh) memberLink(id string) (linkTarget, bool) {
 	if mem == nil || mem.state == msDead {
 		return linkTarget{}, false
 	}
-	return linkTarget{addr: mem.meta.Link, boot: mem.meta.Boot}, true
+	return linkTarget{addr: mem.meta.Link, boot: mem.meta.Boot, proto: mem.meta.Protocol}, true
+}
+
+// memberAt returns the id of the live member that advertises link address
+// a ("" if none), to name the peer of a handshake refused before its
+// certificate was seen.
+func (m *Mesh) memberAt(a netip.AddrPort) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, mem := range m.members {
+		if mem.state != msDead && mem.meta.Link == a {
+			return id
+		}
+	}
+	return ""
+}
+
+// PeerProtocol returns the mesh protocol version of the link up with node
+// id (see Protocol); false when no link is up. A part whose messages differ
+// between versions encodes them for this version.
+func (m *Mesh) PeerProtocol(id string) (int, bool) {
+	p := (*m.links.snap.Load())[id]
+	if p == nil {
+		return 0, false
+	}
+	pr := p.proof.Load()
+	if pr == nil {
+		return 0, false
+	}
+	return pr.proto, true
 }
 
 // buildNodes makes the node list of a map from the current view.
@@ -690,7 +719,7 @@ func (m *Mesh) publishLoop(ctx context.Context) {
 		want := make(map[string]linkTarget, len(m.members))
 		for id, mem := range m.members {
 			if mem.state != msDead {
-				want[id] = linkTarget{addr: mem.meta.Link, boot: mem.meta.Boot}
+				want[id] = linkTarget{addr: mem.meta.Link, boot: mem.meta.Boot, proto: mem.meta.Protocol}
 			}
 		}
 		m.mu.Unlock()

@@ -42,6 +42,10 @@ type Meta struct {
 	// empty when it is. Nodes that predate the field never send it: they
 	// count as ready, as they did.
 	NotReady string
+	// Protocol is the mesh protocol version the node speaks (see
+	// Protocol). Nodes of version 1 never send the field: decoding gives
+	// 1 when it is absent.
+	Protocol int
 }
 
 // Meta wire format, chosen to stay far below memberlist's 512-byte limit and
@@ -69,6 +73,7 @@ const (
 	fLink          = 11 // 4 or 16 address bytes, then port big endian
 	fBoot          = 12 // uint64 big endian
 	fNotReady      = 13 // why the node is not ready; absent when it is
+	fProtocol      = 14 // uvarint mesh protocol version; absent: 1
 
 	maxMetaString = 64
 	maxTags       = 16
@@ -156,6 +161,9 @@ func encodeMeta(m Meta) ([]byte, error) {
 	}
 	if err := str(fNotReady, m.NotReady); err != nil {
 		return nil, err
+	}
+	if m.Protocol > 1 {
+		raw(fProtocol, binary.AppendUvarint(nil, uint64(m.Protocol)))
 	}
 	if len(b) > MetaMaxSize {
 		return nil, errMetaTooLarge
@@ -304,6 +312,12 @@ func decodeMeta(b []byte) (Meta, error) {
 			if m.NotReady, err = str(); err == nil && m.NotReady == "" {
 				err = errors.New("metadata: empty not-ready reason")
 			}
+		case fProtocol:
+			p, k := binary.Uvarint(v)
+			if k != len(v) || p < 2 || p > math.MaxUint16 {
+				return Meta{}, errors.New("metadata protocol version: want a uvarint from 2 to 65535")
+			}
+			m.Protocol = int(p)
 		case fLink:
 			if len(v) != 6 && len(v) != 18 {
 				return Meta{}, errors.New("metadata link address: want 6 or 18 bytes")
@@ -328,6 +342,9 @@ func decodeMeta(b []byte) (Meta, error) {
 	}
 	if !m.Link.IsValid() {
 		return Meta{}, errors.New("metadata: no link address")
+	}
+	if m.Protocol == 0 {
+		m.Protocol = 1 // a node from before versions were gossiped
 	}
 	return m, nil
 }

@@ -65,7 +65,7 @@ func newMetrics(reg prometheus.Registerer, peers func() []peerStat, health func(
 		}, []string{"peer"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "link_refused_total",
-			Help: "Peer link handshakes refused, by reason: bad_certificate, unknown_member, address_mismatch, wrong_id.",
+			Help: "Peer link handshakes refused, by reason: bad_certificate, unknown_member, address_mismatch, wrong_id, protocol_version.",
 		}, []string{"reason"}),
 		mapChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "node_map_changes_total",

@@ -83,6 +83,11 @@ type Options struct {
 	DrainTimeout time.Duration
 	// LeaveTimeout bounds Leave the same way (default 5s).
 	LeaveTimeout time.Duration
+
+	// Protocol overrides the mesh protocol version this node speaks
+	// (default: the package's Protocol). Only tests set it, to play a node
+	// of another version.
+	Protocol int
 }
 
 // Tuning holds the membership timings. Zero fields keep the profile's value.
@@ -403,6 +408,12 @@ func (o Options) resolve() (*resolved, error) {
 	setDur(&r.DeadRetention, DefaultDeadRetention)
 	setDur(&r.DrainTimeout, DefaultDrainTimeout)
 	setDur(&r.LeaveTimeout, DefaultLeaveTimeout)
+	if r.Protocol == 0 {
+		r.Protocol = Protocol
+	}
+	if r.Protocol < 1 || r.Protocol > math.MaxUint16 {
+		errs = append(errs, fmt.Errorf("protocol version %d out of range 1..65535", r.Protocol))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("mesh options: %w", err)
 	}
@@ -437,6 +448,7 @@ func (r *resolved) meta(load float64, draining bool) Meta {
 		ConfigVersion: r.ConfigVersion,
 		Link:          r.linkAdvertise,
 		Boot:          r.boot,
+		Protocol:      r.Protocol,
 	}
 }
 

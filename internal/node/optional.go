@@ -4,9 +4,12 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -166,18 +169,42 @@ func (n *Node) buildMesh() (*meshPart, error) {
 		// Peers check from the node map that exactly one node claims it.
 		tags = append(tags, repl.CronLeaderTag)
 	}
+	proto, err := testMeshProtocol(n.log)
+	if err != nil {
+		return nil, err
+	}
 	m, err := mesh.New(mesh.Options{
 		NodeID: n.cfg.Node.ID, Region: n.cfg.Node.Region, Lat: n.cfg.Node.Latitude, Lon: n.cfg.Node.Longitude,
 		PublicIPv4: self.IPv4, PublicIPv6: self.IPv6, Tags: tags,
 		BinaryVersion: n.version, ConfigVersion: n.cfgVersion,
 		BindAddr: c.Bind, AdvertiseAddr: c.Advertise, LinkAddr: c.LinkListen, Seeds: c.Seeds,
 		GossipKeys: keys, CACertFile: c.CACert, CertFile: c.Cert, KeyFile: c.KeyFile,
-		Profile: c.Profile, QueueLen: c.QueueLength,
+		Profile: c.Profile, QueueLen: c.QueueLength, Protocol: proto,
 	}, n.log.With("part", "mesh"), n.reg)
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
 	return &meshPart{m: m, detail: "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen}, nil
+}
+
+// testMeshProtocolEnv names the environment variable with which tests make
+// a node speak another mesh protocol version than its own (mesh.Protocol),
+// to play a node of another release: see cmd/edgenode's mixed-version
+// test. It is not a config key because no operator should ever set it.
+const testMeshProtocolEnv = "EDGENODE_TEST_MESH_PROTOCOL"
+
+// testMeshProtocol reads testMeshProtocolEnv: 0 when unset.
+func testMeshProtocol(log *slog.Logger) (int, error) {
+	v := os.Getenv(testMeshProtocolEnv)
+	if v == "" {
+		return 0, nil
+	}
+	p, err := strconv.Atoi(v)
+	if err != nil || p < 1 {
+		return 0, fmt.Errorf("%s=%q: want a mesh protocol version (a number from 1)", testMeshProtocolEnv, v)
+	}
+	log.Warn("this node plays another mesh protocol version (a test setting)", "env", testMeshProtocolEnv, "protocol", p, "own_protocol", mesh.Protocol)
+	return p, nil
 }
 
 // dnsPart is the authoritative GeoIP DNS server.

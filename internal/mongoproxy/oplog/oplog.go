@@ -17,7 +17,8 @@
 // # Layout
 //
 //	bucket "ops"  / bucket <origin> / 8-byte big-endian seq -> crdt.Op stable BSON
-//	bucket "meta" / "maxts"   -> newest Timestamp ever appended (the HLC resumes above it)
+//	bucket "meta" / "format"  -> the file's format version, 8-byte big-endian (see Format)
+//	              / "maxts"   -> newest Timestamp ever appended (the HLC resumes above it)
 //	              / bucket "last"    / <origin> -> highest seq stored (survives Trim, so local seqs never repeat)
 //	              / bucket "applied" / <origin> -> contiguous applied watermark
 //	              / bucket "acks"    / <peer>   -> the peer's acknowledged position in our local ops
@@ -57,6 +58,26 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 )
 
+// Format is the version of the op log's layout and of the stored op
+// encoding (crdt.Op's stable BSON; golden files in testdata keep it from
+// changing by accident). It is recorded in the "meta" bucket when a file is
+// created; a file without it was written before formats were recorded and
+// is format 1, which is the same layout. Every record of a file has the
+// file's format, so records carry no version of their own.
+//
+// Open reads formats MinFormat..Format. A release that changes the format
+// reads the one before it (so an upgrade by one release keeps its log) and
+// rewrites the file or records the new format; a file of a newer format
+// than the binary knows is refused with an error saying so, never misread.
+const (
+	Format    = 1
+	MinFormat = 1
+)
+
+// ErrFormat is wrapped by Open's error for a file of a format this binary
+// does not read.
+var ErrFormat = errors.New("oplog: unsupported file format")
+
 // Options configures a Log.
 type Options struct {
 	Path   string // the bbolt file (created if missing); required
@@ -88,6 +109,7 @@ var (
 	bucketApplied = []byte("applied")
 	bucketAcks    = []byte("acks")
 	keyMaxTS      = []byte("maxts")
+	keyFormat     = []byte("format")
 )
 
 // Log is the durable op log. Safe for concurrent use.
@@ -180,6 +202,9 @@ func (l *Log) load() error {
 		if err != nil {
 			return err
 		}
+		if err := checkFormat(meta, l.opts.Path); err != nil {
+			return err
+		}
 		for name, into := range map[string]map[string]uint64{string(bucketLast): l.last, string(bucketApplied): l.applied, string(bucketAcks): l.acks} {
 			b, err := meta.CreateBucketIfNotExists([]byte(name))
 			if err != nil {
@@ -215,6 +240,28 @@ func (l *Log) load() error {
 		return fmt.Errorf("oplog: load %s: %w", l.opts.Path, err)
 	}
 	maps.Copy(l.persisted, l.applied)
+	return nil
+}
+
+// checkFormat refuses a file of a format this binary does not read, and
+// records the format in a file that has none (new, or written before
+// formats were recorded: both are format 1).
+func checkFormat(meta *bolt.Bucket, path string) error {
+	v := meta.Get(keyFormat)
+	if v == nil {
+		return meta.Put(keyFormat, binary.BigEndian.AppendUint64(nil, Format))
+	}
+	if len(v) != 8 {
+		return fmt.Errorf("%w: bad format record of %d bytes", ErrFormat, len(v))
+	}
+	switch f := binary.BigEndian.Uint64(v); {
+	case f > Format:
+		return fmt.Errorf("%w: %s is of format %d, written by a newer release; this binary reads formats %d to %d: run a release of format %d or newer (downgrade by one release at most, and only to one that reads the format)",
+			ErrFormat, path, f, MinFormat, Format, f)
+	case f < MinFormat:
+		return fmt.Errorf("%w: %s is of format %d; this binary reads formats %d to %d: upgrade one release at a time, starting a release that reads format %d on it first",
+			ErrFormat, path, f, MinFormat, Format, f)
+	}
 	return nil
 }
 

@@ -34,6 +34,32 @@ import (
 //	syncAck    session, chunk           new node -> source: chunks stored up to chunk
 //	syncEnd    session, chunks, error   source -> new node ("" error: complete)
 //	syncCancel session                  new node -> source: give up
+//
+// # Versions
+//
+// These messages travel only over the mesh's peer links, whose handshake
+// negotiates the protocol version of the link (mesh.Protocol: a node links
+// with peers one version older or newer, never further), so a message
+// carries no version of its own: what a message of a link means is what
+// that link's version defines. WireVersion is the newest version this file
+// encodes; the messages of versions 1 and 2 are the same bytes (version 2
+// changed the link handshake, not these). testdata/wire/v<N> holds every
+// message as version N encodes it, and the tests hold the encoders and
+// decoders to the files of the versions a node still talks to
+// (WireVersion-1 and WireVersion). A change to a message's bytes therefore
+// needs a new version: the sender chooses the encoding from the version of
+// the link to the peer (mesh.Mesh.PeerProtocol), the receiver decodes by
+// the same, and a new message type (as msgLinks was) is one an older node
+// drops as unknown.
+const (
+	// WireVersion is the mesh protocol version whose messages this file
+	// encodes; internal/node checks it is the mesh's.
+	WireVersion = 2
+	// MinWireVersion is the oldest link version whose messages this file
+	// still decodes: one before WireVersion.
+	MinWireVersion = WireVersion - 1
+)
+
 const (
 	msgOps byte = iota + 1
 	msgAck
