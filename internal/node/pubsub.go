@@ -16,6 +16,7 @@ import (
 	"github.com/edgenode/edgenode/internal/atomicfile"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/pubsub"
+	"github.com/edgenode/edgenode/internal/web"
 )
 
 // pubsubPart is live channels: /ws and /sse on the public listener,
@@ -28,7 +29,7 @@ type pubsubPart struct {
 
 func (p *pubsubPart) Name() string { return "pubsub" }
 func (p *pubsubPart) Detail() string {
-	return "websocket /ws and SSE /sse; publish with POST /v1/publish on the admin listener"
+	return "websocket /ws and SSE /sse, browser client /sdk/v1/edgenode.js; publish with POST /v1/publish on the admin listener"
 }
 func (p *pubsubPart) Start(context.Context) error     { return nil }
 func (p *pubsubPart) Drain(ctx context.Context) error { return p.ps.Drain(ctx) }
@@ -52,6 +53,15 @@ func (n *Node) buildPubSub(mp *meshPart) (*pubsubPart, error) {
 	}
 	for pattern, h := range ps.AdminRoutes() {
 		n.admin.Handle(pattern, h)
+	}
+	// Every node with live channels serves their browser client,
+	// edgenode.js, so a page loads it from the node it will talk to.
+	js, err := web.NewSDK()
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: %w", err)
+	}
+	for pattern, h := range js.Routes() {
+		n.https.Handle(pattern, h)
 	}
 	return &pubsubPart{ps: ps}, nil
 }

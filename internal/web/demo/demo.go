@@ -8,9 +8,11 @@
 // both of which the proxy replicates to every node), and announces each
 // change on the pubsub channel "{tenant}/comments-{thread}" through the
 // function it is given (the admin listener's /v1/publish, or the node's
-// pubsub directly). Browsers subscribe to that channel with Server-Sent
-// Events (/sse on the same node), so a comment posted on one node appears
-// on every other node's page at once, before replication has even copied it.
+// pubsub directly). Browsers subscribe to that channel with edgenode.js,
+// the client library every node serves at /sdk/v1/edgenode.js (websocket,
+// SSE where websockets are blocked, reconnect and resume), so a comment
+// posted on one node appears on every other node's page at once, before
+// replication has even copied it.
 //
 // Votes are a grow-only counter per node: a comment's votes are
 // {"node1": 3, "node2": 1} and its count is the sum. Each node increments
@@ -40,9 +42,8 @@
 //	<script src="https://NODE/demo/widget.js" async></script>
 //
 // The widget talks to the node that served the script. The API answers any
-// origin (CORS). The live stream is pubsub's /sse, which checks the tenant's
-// origin list and echoes an allowed Origin in Access-Control-Allow-Origin,
-// so the widget is live on other sites too.
+// origin (CORS), and so does edgenode.js; pubsub's /ws and /sse check the
+// tenant's origin list, so the widget is live on other sites too.
 package demo
 
 import (

@@ -1,12 +1,17 @@
-/* edgenode demo comment widget.
+/* edgenode demo comment widget: an example of a real integration of
+ * edgenode.js, the client library of live channels.
  *
  *   <div data-edgenode-thread="welcome"></div>
  *   <script src="https://NODE/demo/widget.js" async></script>
  *
- * It loads the thread from the node that served this script, subscribes to
- * the thread's pubsub channel with Server-Sent Events, and merges what
- * arrives: comments by id, votes as one counter per node (the larger value
- * wins), so duplicates and reloads never double count.
+ * It loads the thread from the node that served this script (the app's
+ * API), loads edgenode.js from the same node, and subscribes to the
+ * thread's channel with it: websocket, or SSE where websockets are
+ * blocked; reconnects, resumes and token refresh are the library's. It
+ * merges what arrives: comments by id, votes as one counter per node (the
+ * larger value wins), so duplicates and reloads never double count, and it
+ * loads the thread again when the library says the gap since the last
+ * message cannot be replayed (must_reload).
  * Each new comment fires "edgenode:comment" on the widget's element
  * (detail: {id, text, node, source: "load" | "live" | "own"}).
  */
@@ -36,6 +41,31 @@
     ".en-f button{font:inherit;font-weight:600;border:0;border-radius:6px;padding:.35rem 1rem;background:#1f883d;color:#fff;cursor:pointer}" +
     ".en-f button:disabled{opacity:.6}.en-x{grid-column:1/-1;color:#cf222e;font-size:.85rem}.en-x:empty{display:none}" +
     "@media(max-width:32rem){.en-f{grid-template-columns:1fr auto}.en-f input{grid-column:1/-1}}";
+
+  // edgenode.js from the node that served this script, loaded once; one
+  // client (one connection) for every widget of the page.
+  var sdkLoading = null, shared = null;
+  function sdk() {
+    if (window.edgenode) return Promise.resolve(window.edgenode);
+    if (!sdkLoading) {
+      sdkLoading = new Promise(function (resolve, reject) {
+        var s = document.createElement("script");
+        s.src = base + "/sdk/v1/edgenode.js";
+        s.async = true;
+        s.onload = function () {
+          if (window.edgenode) resolve(window.edgenode);
+          else reject(new Error("edgenode.js did not load"));
+        };
+        s.onerror = function () { sdkLoading = null; reject(new Error("edgenode.js did not load")); };
+        document.head.appendChild(s);
+      });
+    }
+    return sdkLoading;
+  }
+  function client(en) {
+    if (!shared) shared = en.connect({ url: base });
+    return shared;
+  }
 
   function el(tag, cls, text) {
     var e = document.createElement(tag);
@@ -71,7 +101,7 @@
     w.comments = {};
     w.items = {};
     w.early = {}; // votes for comments not seen yet: id -> {node: count}
-    w.es = null;
+    w.sub = null;
     root.classList.add("en-w");
     root.textContent = "";
     var h = el("div", "en-h");
@@ -119,33 +149,39 @@
 
   Widget.prototype.subscribe = function () {
     var w = this;
-    if (w.es) w.es.close();
-    var url = base + "/sse?channel=" + encodeURIComponent(w.channel) + (w.token ? "&token=" + encodeURIComponent(w.token) : "");
-    var es = w.es = new EventSource(url);
-    es.onmessage = function (e) {
-      var f;
-      try { f = JSON.parse(e.data); } catch (err) { return; }
-      if (f.type === "subscribed") {
-        w.state("live");
-        // Anything posted between the first load and the subscription is
-        // in the store: load again (merging is idempotent).
-        w.load().catch(function () {});
-      } else if (f.type === "message" && f.data) {
-        w.apply(f.data);
-      } else if (f.type === "error") {
-        if (f.code === "must_reload") w.load().catch(function () {});
-        else w.state("error", f.reason);
-      } else if (f.type === "reconnect-elsewhere") {
-        es.close();
-        w.state("reconnecting", f.reason);
-        w.retry();
+    sdk().then(function (en) {
+      if (w.sub) return;
+      var c = client(en);
+      var first = true;
+      var opts = {
+        onSubscribed: function () {
+          w.state("live");
+          // Anything posted between the first load and the subscription
+          // is in the store: load again (merging is idempotent).
+          if (first) w.load().catch(function () {});
+          first = false;
+        },
+        onMessage: function (d) { w.apply(d); },
+        // The gap cannot be replayed: the store has everything.
+        onMustReload: function () { w.load().catch(function () {}); },
+        onError: function (e) { w.state("error", e.reason); }
+      };
+      if (w.token) {
+        // A private thread: the app's API hands out a fresh token.
+        opts.token = w.token;
+        opts.getToken = function () {
+          return api("threads/" + encodeURIComponent(w.thread)).then(function (st) { return st.token || ""; });
+        };
       }
-    };
-    es.onerror = function () {
-      // EventSource retries by itself unless the node refused the stream.
-      w.state(es.readyState === EventSource.CLOSED ? "error" : "reconnecting");
-      if (es.readyState === EventSource.CLOSED) w.retry();
-    };
+      w.sub = c.subscribe(w.channel, opts);
+      c.on("state", function (e) {
+        w.root.setAttribute("data-transport", e.transport);
+        if (e.state === "disconnected") w.state("reconnecting", e.reason);
+      });
+    }, function (e) {
+      w.state("error", e.message);
+      w.retry();
+    });
   };
 
   Widget.prototype.retry = function () {
