@@ -369,8 +369,9 @@ func (t *Table) rebuild() {
 	for p, m := range merged {
 		var nodes []NodeMedian
 		for id, s := range m {
-			if w := s.total(); w >= min {
-				nodes = append(nodes, NodeMedian{ID: id, MedianMS: s.median(), Samples: math.Round(w*10) / 10})
+			// Rounded: samples taken a moment apart have decayed a hair.
+			if w := math.Round(s.total()*10) / 10; w >= min {
+				nodes = append(nodes, NodeMedian{ID: id, MedianMS: s.median(), Samples: w})
 			}
 		}
 		if len(nodes) < 2 {
