@@ -2,6 +2,7 @@ package rum
 
 import (
 	"bytes"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -19,7 +20,23 @@ const (
 	RTTPath     = "/.well-known/edgenode/rtt"
 	BeaconPath  = "/.well-known/edgenode/beacon"
 	TargetsPath = "/.well-known/edgenode/rtt-targets"
+	// ScriptPath serves rtt.js, the measuring script: the demo widget
+	// loads it, and any page (or the JS SDK) can with one script tag.
+	ScriptPath = "/.well-known/edgenode/rtt.js"
 )
+
+//go:embed assets/rtt.js
+var script []byte
+
+// ScriptHandler serves the measuring script.
+func ScriptHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/javascript; charset=utf-8")
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+		_, _ = w.Write(script)
+	})
+}
 
 // Beacon limits: a beacon is a JSON object of at most MaxBeaconEntries
 // node ids, each mapped to a round trip in milliseconds (0 < ms <= MaxMS),
