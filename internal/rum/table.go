@@ -26,7 +26,6 @@ package rum
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math"
 	"net/netip"
@@ -126,9 +125,8 @@ type Table struct {
 	remote map[string]*remoteDigest
 	dirty  bool
 
-	pref  atomic.Pointer[prefs]
-	wake  chan struct{}
-	ready chan struct{} // closed by rebuild; tests wait on it
+	pref atomic.Pointer[prefs]
+	wake chan struct{}
 }
 
 // New makes a Table; it measures nothing until Record or Merge.
@@ -439,5 +437,3 @@ func (t *Table) Digest() []byte {
 	}
 	return encodeDigest(nets)
 }
-
-var errNoNetwork = errors.New("rum: no client network")
