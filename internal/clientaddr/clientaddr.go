@@ -20,3 +20,20 @@ func Key(a netip.Addr) netip.Addr {
 	}
 	return p.Addr()
 }
+
+// Network is the client network an address belongs to for measurements
+// that are kept per network, not per person (package rum): an IPv4
+// address's /24, an IPv6 address's /48, the granularity RFC 7871
+// recommends for EDNS client subnet. The zero Prefix for an invalid Addr.
+func Network(a netip.Addr) netip.Prefix {
+	a = a.Unmap().WithZone("")
+	bits := 24
+	if a.Is6() {
+		bits = 48
+	}
+	p, err := a.Prefix(bits)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	return p
+}

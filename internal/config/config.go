@@ -249,6 +249,27 @@ type DNS struct {
 	// TCPMaxConnsPerIP bounds TCP connections per client address (IPv6:
 	// per /64); 0 means no limit.
 	TCPMaxConnsPerIP int `yaml:"tcp_max_conns_per_ip"`
+	// Measured steers dynamic answers by round trips browsers measured
+	// (package rum).
+	Measured Measured `yaml:"measured"`
+}
+
+// Measured configures real-user measurements: the widget times the node
+// it loaded from and one other, beacons the figures, and DNS prefers, per
+// client /24 (/48), the node with the best median once enough samples
+// exist.
+type Measured struct {
+	Enabled bool `yaml:"enabled"`
+	// SampleRate is the share of page loads that measure, (0, 1].
+	SampleRate float64 `yaml:"sample_rate"`
+	// MinSamples is the decayed sample count a node needs in a network
+	// before its median counts.
+	MinSamples int `yaml:"min_samples"`
+	// HalfLife is how long a sample takes to lose half its weight.
+	HalfLife time.Duration `yaml:"half_life"`
+	// MaxNetworks bounds the client networks kept (about 2.5 KiB each at
+	// worst).
+	MaxNetworks int `yaml:"max_networks"`
 }
 
 // Zone is one zone this server is authoritative for.
@@ -514,6 +535,7 @@ func Default() Config {
 			Dynamic:          []DynamicName{{Name: "widget.edgenode.test.", Count: 2, TTL: 30 * time.Second}},
 			RRL:              RRL{ResponsesPerSec: 50, Slip: 2, ExemptLoopback: true},
 			TCPMaxConnsPerIP: 16,
+			Measured:         Measured{Enabled: true, SampleRate: 0.05, MinSamples: 20, HalfLife: time.Hour, MaxNetworks: 10000},
 		},
 		Mesh: Mesh{
 			Bind:        "127.0.0.1:7946",

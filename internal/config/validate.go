@@ -224,6 +224,23 @@ func (d *DNS) validate(ps *Problems) {
 	if d.TCPMaxConnsPerIP < 0 {
 		ps.add("dns.tcp_max_conns_per_ip", "must not be negative: want e.g. 16 (0 means no limit)")
 	}
+	d.Measured.validate(ps)
+}
+
+func (m *Measured) validate(ps *Problems) {
+	const off = " (measured.enabled: false turns measuring off)"
+	if !(m.SampleRate > 0 && m.SampleRate <= 1) {
+		ps.add("dns.measured.sample_rate", "%v is out of range: want a share of page loads in (0, 1], e.g. 0.05%s", m.SampleRate, off)
+	}
+	if m.MinSamples < 1 || m.MinSamples > 1000000 {
+		ps.add("dns.measured.min_samples", "%d is out of range: want 1 to 1000000, e.g. 20%s", m.MinSamples, off)
+	}
+	if m.HalfLife < time.Minute || m.HalfLife > 30*24*time.Hour {
+		ps.add("dns.measured.half_life", "%v is out of range: want 1m to 720h, e.g. 1h%s", m.HalfLife, off)
+	}
+	if m.MaxNetworks < 1 || m.MaxNetworks > 1000000 {
+		ps.add("dns.measured.max_networks", "%d is out of range: want 1 to 1000000, e.g. 10000 (about 2.5 KiB each at worst)%s", m.MaxNetworks, off)
+	}
 }
 
 func (z *Zone) validate(ps *Problems, p string) {

@@ -319,8 +319,20 @@ func (s *Server) putDynamic(out []byte, owner int, d *dynamic, q *query, client 
 		return out, 0, scope
 	}
 	r := v.ranking(d.pool, fam, loc, known, ms, s.opts.SlackKM)
+	first := int32(-1)
+	if s.opts.Measured != nil {
+		if a, bits, ok := measuredClient(q, client); ok {
+			if first = preferred(v.ns, ms, s.opts.Measured.Prefer(a)); first >= 0 && q.ecs {
+				// The answer is specific to the client's /24 (/48).
+				scope = max(scope, bits)
+			}
+		}
+	}
 	var buf [32]int32
-	sel := pick(r, v.ns, ms, d.k, buf[:0])
+	sel := pick(r, v.ns, ms, d.k, first, buf[:0])
+	if first >= 0 {
+		s.m.measuredAnswers.Inc()
+	}
 	for _, m := range sel {
 		ni := &v.ns.nodes[ms.node[m]]
 		if fam == famV4 {

@@ -88,6 +88,8 @@ type metrics struct {
 	unready        prometheus.Gauge
 	unreadyPools   prometheus.Gauge
 	unreadyAnswers prometheus.Counter
+	// measuredAnswers counts dynamic answers led by a measured preference.
+	measuredAnswers prometheus.Counter
 }
 
 // latBuckets are the upper bounds of edgenode_dns_answer_duration_seconds.
@@ -247,6 +249,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "edgenode_dns_unready_fallback_answers_total",
 			Help: "Dynamic answers that named nodes that are not ready because none of the name's pool was.",
 		}),
+		measuredAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgenode_dns_measured_answers_total",
+			Help: "Dynamic answers led by the node browsers in the client's network measured fastest (dns.measured).",
+		}),
 	}
 	for _, r := range []string{"max_conns", "conns_per_ip"} {
 		m.tcpRefused.WithLabelValues(r)
@@ -269,7 +275,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	for _, c := range []prometheus.Collector{tc, m.answers, m.networks, m.locs, m.build,
-		m.builds, m.mapVer, m.tcpRefused, m.unverified, m.unready, m.unreadyPools, m.unreadyAnswers} {
+		m.builds, m.mapVer, m.tcpRefused, m.unverified, m.unready, m.unreadyPools, m.unreadyAnswers, m.measuredAnswers} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

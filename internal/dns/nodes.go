@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"github.com/hashicorp/serf/coordinate"
+
 	"github.com/edgenode/edgenode/internal/dns/geoindex"
 	"github.com/edgenode/edgenode/internal/nodemap"
 )
@@ -51,6 +53,10 @@ type members struct {
 	// unready says that no candidate was ready, so the members are
 	// nodes that are not.
 	unready bool
+	// coord are the members' network coordinates (nil: unknown), nil
+	// when none has one. Not in the fingerprint: pick reads them, cached
+	// rankings do not.
+	coord []*coordinate.Coordinate
 }
 
 // nodeState is derived from one nodemap.Map. Immutable.
@@ -146,6 +152,7 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 				}
 			}
 			ms.unready = len(cand) > 0 && ready == 0
+			withCoord := false
 			for _, i := range cand {
 				n := &m.Nodes[i]
 				if ready > 0 && !n.Ready {
@@ -157,7 +164,14 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 				ms.x, ms.y, ms.z = append(ms.x, x), append(ms.y, y), append(ms.z, z)
 				ms.placed = append(ms.placed, placed)
 				ms.region = append(ms.region, n.Region)
+				ms.coord = append(ms.coord, n.Coord)
+				if n.Coord != nil {
+					withCoord = true
+				}
 				fmt.Fprintf(&fp, "%s|%g|%g|%s\n", n.ID, n.Lat, n.Lon, n.Region)
+			}
+			if !withCoord {
+				ms.coord = nil
 			}
 			fmt.Fprintf(&fp, "self=%s", ns.selfRegion)
 			ms.fingerprint = fp.String()
@@ -264,13 +278,26 @@ func computeRanking(ms *members, loc geoindex.Location, known bool, slackKM floa
 	return r
 }
 
-// pick appends up to k member positions to dst: from the first tier by the
-// power of two random choices on load (so the herd spreads over equally near
-// nodes, leaning away from busy ones), then the rest in distance order.
-func pick(r *ranking, ns *nodeState, ms *members, k int, dst []int32) []int32 {
+// pick appends up to k member positions to dst: first the measured
+// preference when there is one (first >= 0), else one from the first tier
+// by the power of two random choices on load (so the herd spreads over
+// equally near nodes, leaning away from busy ones); then, when the
+// members have network coordinates, the member estimated closest in RTT
+// to the first (the client's fallback is then near what it reached); then
+// more of the first tier by load, then the rest in distance order.
+func pick(r *ranking, ns *nodeState, ms *members, k int, first int32, dst []int32) []int32 {
 	var cand [maxTier]int32
 	n := copy(cand[:r.tier], r.order[:r.tier])
-	for len(dst) < k && n > 0 {
+	drop := func(m int32) {
+		for i := range n {
+			if cand[i] == m {
+				n--
+				cand[i] = cand[n]
+				return
+			}
+		}
+	}
+	p2c := func() {
 		c := 0
 		if n > 1 {
 			a := rand.IntN(n)
@@ -287,8 +314,29 @@ func pick(r *ranking, ns *nodeState, ms *members, k int, dst []int32) []int32 {
 		n--
 		cand[c] = cand[n]
 	}
+	if k <= 0 {
+		return dst
+	}
+	switch {
+	case first >= 0:
+		dst = append(dst, first)
+		drop(first)
+	case n > 0:
+		p2c()
+	}
+	if len(dst) == 1 && k > 1 {
+		if c := closestRTT(ms, dst[0]); c >= 0 {
+			dst = append(dst, c)
+			drop(c)
+		}
+	}
+	for len(dst) < k && n > 0 {
+		p2c()
+	}
 	for i := r.tier; len(dst) < k && i < len(r.order); i++ {
-		dst = append(dst, r.order[i])
+		if m := r.order[i]; !slices.Contains(dst, m) {
+			dst = append(dst, m)
+		}
 	}
 	return dst
 }

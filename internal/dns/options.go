@@ -137,6 +137,20 @@ type Options struct {
 
 	// RRL is response rate limiting.
 	RRL RRLOptions
+
+	// Measured, when set, steers dynamic answers by measured round trips:
+	// for a client (the ECS address when the query carries one of at
+	// least /24, /48 for IPv6; else the resolver), the first of the nodes
+	// it names that is a member of the answer goes first (see measured.go).
+	// Nil: map distance only.
+	Measured Measured
+}
+
+// Measured names, for a client address, the nodes measured best from its
+// network (package rum implements it). Prefer is called on every dynamic
+// answer: it must not block or allocate, and its result is not modified.
+type Measured interface {
+	Prefer(client netip.Addr) []string
 }
 
 // Zone is one zone this server is authoritative for.

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/mesh/pki"
@@ -78,10 +79,15 @@ type Mesh struct {
 	load     float64 // the gossiped load: in our metadata and our own map entry
 	notReady string  // why this node is not ready ("" ready): SetReadiness
 	members  map[string]*member
-	badMeta  map[string]string // last metadata error per member, to log each once
+	// coordSent is the coordinate in our metadata and our own map entry:
+	// coord's value when it was last gossiped (see loadLoop).
+	coordSent *coordinate.Coordinate
+	badMeta   map[string]string // last metadata error per member, to log each once
 
 	loadWanted atomic.Uint64 // float64 bits from SetLoad
 	loadCh     chan struct{}
+	coordCh    chan struct{} // coord moved: maybe gossip it (loadLoop)
+	coord      *coordinate.Client
 	dirty      chan struct{}
 	rejoinNow  chan struct{}
 
@@ -125,6 +131,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Mesh, e
 		members:   make(map[string]*member),
 		badMeta:   make(map[string]string),
 		loadCh:    make(chan struct{}, 1),
+		coordCh:   make(chan struct{}, 1),
 		dirty:     make(chan struct{}, 1),
 		rejoinNow: make(chan struct{}, 1),
 		stoppedCh: make(chan struct{}),
@@ -145,6 +152,9 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Mesh, e
 					"address", a.String(), "cert", o.CertFile, "cert_ips", fmt.Sprint(leaf.IPAddresses))
 			}
 		}
+	}
+	if m.coord, err = coordinate.NewClient(coordConfig()); err != nil {
+		return nil, fmt.Errorf("mesh: network coordinate: %w", err)
 	}
 	m.links = newLinks(m, cert, roots)
 	m.met, err = newMetrics(reg, m.links.stats, m.healthScore)
@@ -526,6 +536,7 @@ func (m *Mesh) selfMeta() Meta {
 		md.State = MetaLeaving
 	}
 	md.NotReady = m.notReady
+	md.Coord = m.coordSent
 	return md
 }
 
@@ -581,6 +592,7 @@ func (m *Mesh) memberLeft(n *memberlist.Node) {
 	if mem.meta.State == MetaLeaving {
 		delete(m.members, n.Name)
 		m.met.probeRTT.DeleteLabelValues(n.Name)
+		m.coord.ForgetNode(n.Name)
 		m.log.Info("member left", "member", n.Name)
 	} else {
 		mem.state = msDead
@@ -672,6 +684,7 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 		State: nodemap.Alive, Load: m.load, Self: true,
 		BinaryVersion: o.BinaryVersion, ConfigVersion: o.ConfigVersion,
 		Verified: true, // this node knows its own addresses
+		Coord:    m.coordSent,
 	}
 	if m.draining || m.leaving {
 		self.State = nodemap.Draining
@@ -685,6 +698,7 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 			ID: id, Region: md.Region, Lat: md.Lat, Lon: md.Lon,
 			IPv4: md.IPv4, IPv6: md.IPv6, Tags: md.Tags, Load: md.Load,
 			BinaryVersion: md.BinaryVersion, ConfigVersion: md.ConfigVersion,
+			Coord: md.Coord,
 		}
 		// Anyone with the gossip key can write metadata; only the peer
 		// link's certificate vouches for the addresses in it.
@@ -760,7 +774,7 @@ func sameNodes(a, b []nodemap.Node) bool {
 			x.State == y.State && x.Load == y.Load && x.Self == y.Self &&
 			x.BinaryVersion == y.BinaryVersion && x.ConfigVersion == y.ConfigVersion &&
 			x.Verified == y.Verified && x.Unverified == y.Unverified &&
-			x.Ready == y.Ready && x.NotReady == y.NotReady
+			x.Ready == y.Ready && x.NotReady == y.NotReady && sameCoord(x.Coord, y.Coord)
 	})
 }
 
@@ -816,6 +830,7 @@ func (m *Mesh) maintain(ctx context.Context, ml *memberlist.Memberlist) (quick b
 		case mem.state == msDead && now.Sub(mem.since) > m.o.DeadRetention:
 			delete(m.members, id)
 			m.met.probeRTT.DeleteLabelValues(id)
+			m.coord.ForgetNode(id)
 			m.signal(m.dirty)
 		case mem.state == msDead:
 			dead = append(dead, mem.gossip.String())
@@ -869,7 +884,9 @@ func (m *Mesh) maintain(ctx context.Context, ml *memberlist.Memberlist) (quick b
 	return quick
 }
 
-// loadLoop gossips load changes, at most once per LoadUpdateInterval.
+// loadLoop gossips load changes and coordinate moves, at most once per
+// LoadUpdateInterval: both change the metadata, and every change of it is
+// a broadcast to the whole cluster.
 func (m *Mesh) loadLoop(ctx context.Context) {
 	var last time.Time
 	for {
@@ -877,6 +894,7 @@ func (m *Mesh) loadLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-m.loadCh:
+		case <-m.coordCh:
 		}
 		if wait := m.o.LoadUpdateInterval - time.Since(last); wait > 0 {
 			t := time.NewTimer(wait)
@@ -888,9 +906,14 @@ func (m *Mesh) loadLoop(ctx context.Context) {
 			}
 		}
 		v := math.Float64frombits(m.loadWanted.Load())
+		cur := m.coord.GetCoordinate()
 		m.mu.Lock()
 		changed := v != m.load
 		m.load = v
+		if coordMoved(m.coordSent, cur) {
+			m.coordSent = cur
+			changed = true
+		}
 		m.mu.Unlock()
 		if !changed {
 			continue
@@ -899,7 +922,7 @@ func (m *Mesh) loadLoop(ctx context.Context) {
 		m.signal(m.dirty)
 		if ml := m.running(); ml != nil {
 			if err := ml.UpdateNode(m.o.LoadUpdateInterval); err != nil {
-				m.log.Debug("load update not confirmed", "err", err)
+				m.log.Debug("metadata update not confirmed", "err", err)
 			}
 		}
 	}
@@ -933,10 +956,12 @@ func (d *delegate) NotifyLeave(n *memberlist.Node) {
 	}
 }
 
-// Ping delegate: probe round trips for the metrics, and proof of life.
-func (d *delegate) AckPayload() []byte { return nil }
-func (d *delegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, _ []byte) {
+// Ping delegate: probe round trips for the metrics, proof of life and
+// the network coordinates (as Serf does: our coordinate rides on our acks).
+func (d *delegate) AckPayload() []byte { return encodeCoord(d.m.coord.GetCoordinate()) }
+func (d *delegate) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
 	d.m.probeOK(other.Name, rtt)
+	d.m.coordPing(other.Name, rtt, payload)
 }
 
 // Conflict delegate: two nodes claim one name, which breaks everything.

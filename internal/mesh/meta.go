@@ -9,6 +9,8 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/hashicorp/serf/coordinate"
+
 	"github.com/edgenode/edgenode/internal/mesh/pki"
 )
 
@@ -46,6 +48,9 @@ type Meta struct {
 	// Protocol). Nodes of version 1 never send the field: decoding gives
 	// 1 when it is absent.
 	Protocol int
+	// Coord is the node's network coordinate (Vivaldi, see coordinate.go);
+	// nil when the node sends none (older versions).
+	Coord *coordinate.Coordinate
 }
 
 // Meta wire format, chosen to stay far below memberlist's 512-byte limit and
@@ -74,6 +79,7 @@ const (
 	fBoot          = 12 // uint64 big endian
 	fNotReady      = 13 // why the node is not ready; absent when it is
 	fProtocol      = 14 // uvarint mesh protocol version; absent: 1
+	fCoord         = 15 // network coordinate, see encodeCoord; absent: unknown
 
 	maxMetaString = 64
 	maxTags       = 16
@@ -164,6 +170,9 @@ func encodeMeta(m Meta) ([]byte, error) {
 	}
 	if m.Protocol > 1 {
 		raw(fProtocol, binary.AppendUvarint(nil, uint64(m.Protocol)))
+	}
+	if m.Coord != nil {
+		raw(fCoord, encodeCoord(m.Coord))
 	}
 	if len(b) > MetaMaxSize {
 		return nil, errMetaTooLarge
@@ -318,6 +327,12 @@ func decodeMeta(b []byte) (Meta, error) {
 				return Meta{}, errors.New("metadata protocol version: want a uvarint from 2 to 65535")
 			}
 			m.Protocol = int(p)
+		case fCoord:
+			c, cerr := decodeCoord(v)
+			if cerr != nil {
+				return Meta{}, fmt.Errorf("metadata: %w", cerr)
+			}
+			m.Coord = c
 		case fLink:
 			if len(v) != 6 && len(v) != 18 {
 				return Meta{}, errors.New("metadata link address: want 6 or 18 bytes")

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
+
 	"github.com/edgenode/edgenode/internal/mesh/pki"
 )
 
@@ -422,6 +424,7 @@ func (o Options) resolve() (*resolved, error) {
 	// rather than fail later inside gossip.
 	widest := r.meta(1, false)
 	widest.NotReady = strings.Repeat("x", notReadyRoom)
+	widest.Coord = coordinate.NewCoordinate(coordConfig())
 	if _, err := encodeMeta(widest); err != nil {
 		return nil, fmt.Errorf("mesh options: %w", err)
 	}

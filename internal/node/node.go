@@ -62,6 +62,7 @@ type built struct {
 	mesh         *meshPart
 	load         *loadReporter
 	dns          *dnsPart
+	rum          *rumPart
 	mongoDB      *embeddedDB
 	mongo        *mongoPart
 	cdn          *cdnPart
@@ -97,6 +98,9 @@ func startOrder(b *built) []Part {
 		opt(b.mesh),
 		// After the mesh, which it feeds this node's load.
 		opt(b.load),
+		// After the mesh, which carries its digests; before DNS, which
+		// reads its preferences.
+		opt(b.rum),
 		// After the node map (the mesh's, or the static one) it answers from.
 		opt(b.dns),
 		// The embedded database before the proxy in front of it, which
@@ -207,8 +211,13 @@ func (n *Node) build() (*built, error) {
 		nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
 	}
 	n.admin.Handle("GET /status.json", statusJSON(nodes, n.cfg.Node.ID, n.version))
+	if n.cfg.DNS.Enabled && n.cfg.DNS.Measured.Enabled {
+		if b.rum, err = n.buildRUM(nodes, b.mesh); err != nil {
+			return nil, err
+		}
+	}
 	if n.cfg.DNS.Enabled {
-		if b.dns, err = n.buildDNS(nodes); err != nil {
+		if b.dns, err = n.buildDNS(nodes, b.rum); err != nil {
 			return nil, err
 		}
 	}
@@ -232,7 +241,7 @@ func (n *Node) build() (*built, error) {
 	}
 	if n.cfg.Web.Status {
 		// Named: the parts built so far, whose figures the page shows.
-		if b.status, err = n.buildStatus(nodes, b.mesh, partNames(startOrder(b))); err != nil {
+		if b.status, err = n.buildStatus(nodes, b.mesh, b.rum, partNames(startOrder(b))); err != nil {
 			return nil, err
 		}
 	}

@@ -219,10 +219,13 @@ func (p *dnsPart) Start(ctx context.Context) error { return p.srv.Start(ctx) }
 func (p *dnsPart) Stop(ctx context.Context) error  { return p.srv.Shutdown(ctx) }
 func (p *dnsPart) Reload() error                   { return p.srv.Reload() }
 
-func (n *Node) buildDNS(src nodemap.Source) (*dnsPart, error) {
+func (n *Node) buildDNS(src nodemap.Source, rp *rumPart) (*dnsPart, error) {
 	opts, err := dnsOptions(&n.cfg.DNS)
 	if err != nil {
 		return nil, err
+	}
+	if rp != nil {
+		opts.Measured = rp.table
 	}
 	srv, err := dns.New(opts, src, n.log.With("part", "dns"), n.reg)
 	if err != nil {

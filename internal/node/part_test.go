@@ -377,7 +377,7 @@ func (a *announcingProbe) Announce(context.Context) error {
 // the declared order, and skips those the config leaves out.
 func TestStartOrderDeclared(t *testing.T) {
 	all := &built{
-		https: &httpsPart{}, admin: &adminPart{}, mesh: &meshPart{}, load: &loadReporter{}, dns: &dnsPart{},
+		https: &httpsPart{}, admin: &adminPart{}, mesh: &meshPart{}, load: &loadReporter{}, rum: &rumPart{}, dns: &dnsPart{},
 		mongoDB: &embeddedDB{}, mongo: &mongoPart{}, cdn: &cdnPart{}, purges: &purgeLog{}, pubsub: &pubsubPart{}, status: &statusPart{},
 		demo: &demoPart{}, fleetStorage: &fleetStorage{}, tickets: &ticketsPart{}, acme: &acmePart{},
 		readiness: &readinessReporter{},
@@ -389,7 +389,7 @@ func TestStartOrderDeclared(t *testing.T) {
 		}
 	}
 	got := partNames(startOrder(all))
-	want := []string{"https", "admin", "mesh", "load", "dns", "mongo-db", "mongo", "cdn", "cdn-purges", "pubsub", "status", "demo",
+	want := []string{"https", "admin", "mesh", "load", "measured", "dns", "mongo-db", "mongo", "cdn", "cdn-purges", "pubsub", "status", "demo",
 		"fleet-storage", "session-tickets", "acme", "readiness"}
 	if !slices.Equal(got, want) {
 		t.Errorf("all parts: got %v\nwant %v", got, want)

@@ -6,6 +6,7 @@ import (
 	"net"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/rum"
 	"github.com/edgenode/edgenode/internal/web"
 	"github.com/edgenode/edgenode/internal/web/demo"
 )
@@ -26,14 +27,18 @@ func (p *statusPart) Stop(ctx context.Context) error { return p.st.Stop(ctx) }
 
 // buildStatus builds the status page; parts names the parts whose figures
 // it shows.
-func (n *Node) buildStatus(nodes nodemap.Source, mp *meshPart, parts []string) (*statusPart, error) {
+func (n *Node) buildStatus(nodes nodemap.Source, mp *meshPart, rp *rumPart, parts []string) (*statusPart, error) {
 	var mesh web.Mesh
 	if mp != nil {
 		mesh = mp.m
 	}
+	var measured func() []rum.Preference
+	if rp != nil {
+		measured = rp.table.Preferences
+	}
 	st, err := web.NewStatus(web.StatusOptions{
 		NodeID: n.cfg.Node.ID, Version: n.version, Nodes: nodes, Gatherer: n.reg, Mesh: mesh,
-		Interval: n.cfg.Web.StatusInterval, Parts: parts,
+		Interval: n.cfg.Web.StatusInterval, Parts: parts, Measured: measured,
 	}, n.log.With("part", "status"), n.reg)
 	if err != nil {
 		return nil, fmt.Errorf("web.status: %w", err)

@@ -13,6 +13,9 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
+
+	"github.com/hashicorp/serf/coordinate"
 )
 
 // State is what a node says about itself or what failure detection says of it.
@@ -75,6 +78,19 @@ type Node struct {
 	Ready bool
 	// NotReady says why Ready is false (empty when it is true).
 	NotReady string
+	// Coord is the node's network coordinate (Vivaldi, fed by the mesh's
+	// probe round trips; see package mesh), nil when unknown: no mesh, or
+	// a node of an older version. It must not be modified.
+	Coord *coordinate.Coordinate
+}
+
+// RTT estimates the round trip time between n and o from their network
+// coordinates; false when either has none.
+func (n *Node) RTT(o *Node) (time.Duration, bool) {
+	if n.Coord == nil || o.Coord == nil || !n.Coord.IsCompatibleWith(o.Coord) {
+		return 0, false
+	}
+	return n.Coord.DistanceTo(o.Coord), true
 }
 
 // Serving reports whether DNS may hand this node to new clients: it is

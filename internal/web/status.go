@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"html/template"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
+	"github.com/edgenode/edgenode/internal/rum"
 )
 
 // StatusTopic is the mesh topic on which every node shares its Figures with
@@ -50,6 +53,9 @@ type StatusOptions struct {
 	Interval time.Duration
 	// MaxViewers bounds the open event streams. Default 64.
 	MaxViewers int
+	// Measured lists the client networks with a measured preference
+	// (rum.Table.Preferences); nil when measuring is off.
+	Measured func() []rum.Preference
 }
 
 // Defaults of StatusOptions.
@@ -109,7 +115,13 @@ type snapshot struct {
 	At         int64          `json:"at"` // unix ms
 	IntervalMS int64          `json:"interval_ms"`
 	Members    []statusMember `json:"members"`
+	// Measured is the measured preference per client network (at most
+	// maxMeasuredShown, most samples first).
+	Measured []rum.Preference `json:"measured,omitempty"`
 }
+
+// maxMeasuredShown bounds the networks the page lists.
+const maxMeasuredShown = 50
 
 type statusMember struct {
 	ID            string   `json:"id"`
@@ -127,6 +139,9 @@ type statusMember struct {
 	NotReady      string   `json:"not_ready,omitempty"`  // why not
 	Figures       *Figures `json:"figures,omitempty"`
 	AgeMS         int64    `json:"age_ms,omitempty"` // how old the figures are, as received
+	// RTTMS is the round trip between this node and the member estimated
+	// from their network coordinates; absent when either has none.
+	RTTMS *float64 `json:"rtt_ms,omitempty"`
 }
 
 // NewStatus builds the status page. It registers its mesh handler at once;
@@ -283,12 +298,24 @@ func (s *Status) publish(now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	inMap := make(map[string]bool, len(m.Nodes))
+	var self *nodemap.Node
+	for i := range m.Nodes {
+		if m.Nodes[i].Self {
+			self = &m.Nodes[i]
+		}
+	}
 	for _, n := range m.Nodes {
 		inMap[n.ID] = true
 		sm := statusMember{
 			ID: n.ID, Region: n.Region, Lat: n.Lat, Lon: n.Lon, State: n.State.String(), Load: n.Load,
 			Self: n.Self, BinaryVersion: n.BinaryVersion, ConfigVersion: n.ConfigVersion,
 			Verified: n.Verified, Unverified: n.Unverified, Ready: n.Ready, NotReady: n.NotReady,
+		}
+		if self != nil && !n.Self {
+			if d, ok := self.RTT(&n); ok {
+				ms := float64(d.Microseconds()) / 1000
+				sm.RTTMS = &ms
+			}
 		}
 		if n.Self || n.ID == s.opts.NodeID {
 			sm.Figures = s.own
@@ -303,6 +330,9 @@ func (s *Status) publish(now time.Time) {
 		if !inMap[id] {
 			delete(s.peers, id)
 		}
+	}
+	if s.opts.Measured != nil {
+		snap.Measured = topMeasured(s.opts.Measured(), maxMeasuredShown)
 	}
 	b, err := json.Marshal(snap)
 	if err != nil { // cannot happen: plain types, finite numbers
@@ -412,4 +442,22 @@ func (s *Status) serveEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// topMeasured returns the n networks with the most samples (the list is
+// the table's, not to be modified: sorted in a copy).
+func topMeasured(ps []rum.Preference, n int) []rum.Preference {
+	if len(ps) <= n {
+		return ps
+	}
+	weight := func(p rum.Preference) float64 {
+		w := 0.0
+		for _, x := range p.Nodes {
+			w += x.Samples
+		}
+		return w
+	}
+	out := slices.Clone(ps)
+	slices.SortStableFunc(out, func(a, b rum.Preference) int { return cmp.Compare(weight(b), weight(a)) })
+	return out[:n]
 }

@@ -14,6 +14,8 @@
  * message cannot be replayed (must_reload).
  * Each new comment fires "edgenode:comment" on the widget's element
  * (detail: {id, text, node, source: "load" | "live" | "own"}).
+ * It also loads /.well-known/edgenode/rtt.js, which times this node and one
+ * other on a sampled share of page loads (see that script).
  */
 (function () {
   "use strict";
@@ -299,4 +301,11 @@
   }
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", boot);
   else boot();
+
+  // Real-user round trips (dns.measured): a separate script from the same
+  // node, sampled and anonymous; a 404 (measuring off) costs nothing.
+  var rtt = document.createElement("script");
+  rtt.async = true;
+  rtt.src = base + "/.well-known/edgenode/rtt.js";
+  (document.head || document.documentElement).appendChild(rtt);
 })();
