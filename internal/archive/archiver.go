@@ -266,6 +266,7 @@ func (a *Archiver) store(ctx context.Context, ops [][]byte) error {
 func (a *Archiver) baseLoop(ctx context.Context, last time.Time) {
 	defer a.wg.Done()
 	next := last.Add(a.opts.BaseInterval)
+	var retry time.Duration
 	for {
 		wait := max(time.Until(next), 0)
 		select {
@@ -279,12 +280,15 @@ func (a *Archiver) baseLoop(ctx context.Context, last time.Time) {
 			if ctx.Err() != nil {
 				return
 			}
-			// Not synced yet, or the store is down: try again soon.
+			// Not synced yet (replication starts after the archiver), or
+			// the store is down: try again soon, then less often.
+			retry = min(max(2*retry, time.Second), time.Minute)
 			a.met.failures.Inc()
-			a.opts.Log.Warn("op-log archive: base snapshot failed; retrying in a minute", "err", err)
-			next = time.Now().Add(time.Minute)
+			a.opts.Log.Warn("op-log archive: base snapshot failed; retrying", "in", retry, "err", err)
+			next = time.Now().Add(retry)
 			continue
 		}
+		retry = 0
 		a.met.bases.Inc()
 		a.opts.Log.Info("op-log archive: base snapshot written", "id", id, "documents", m.Counts.Documents, "bytes", m.Bytes, "took", time.Since(start).Round(time.Millisecond))
 		next = time.Now().Add(a.opts.BaseInterval)
