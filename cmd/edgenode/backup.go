@@ -128,9 +128,23 @@ func restoreCommand(args []string, stdout, stderr io.Writer) int {
 	from := fs.String("from", "", "the backup: its folder, or a folder or s3://BUCKET/PREFIX of backups (the newest is taken) (required)")
 	check := fs.Bool("check", false, "only check the backup (checksums, sizes, counts); change nothing")
 	force := fs.Bool("force", false, "restore a backup older than mongo.log_retention (see the README's Backups)")
+	toTime := fs.String("to-time", "", "point-in-time restore from the op-log archive (--from, default mongo.archive.target): the database as it was at this time (RFC 3339, or unix milliseconds)")
+	toOp := fs.String("to-op", "", "point-in-time restore up to and including the archived op ORIGIN:SEQ")
+	dump := fs.String("dump", "", "with --to-time/--to-op: write the restored documents as Extended JSON into this folder (one DB.COLLECTION.json per collection) instead of seeding the data folder")
 	s3opts := s3Flags(fs)
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *toTime != "" || *toOp != "" {
+		if fs.NArg() != 0 || (*toTime != "" && *toOp != "") {
+			fmt.Fprintln(stderr, "usage: edgenode restore --to-time T|--to-op ORIGIN:SEQ [--from DIR|s3://BUCKET/PREFIX] [--config FILE] [--data DIR | --dump DIR] [--check]")
+			return 2
+		}
+		cfg, ok := loadConfig(*cfgPath, *dataDir, stderr)
+		if !ok {
+			return 1
+		}
+		return pitrRestore(pitrArgs{cfg: cfg, from: *from, s3: s3opts, s3Set: flagSet(fs, "s3-endpoint"), toTime: *toTime, toOp: *toOp, dump: *dump, check: *check}, stdout, stderr)
 	}
 	if *from == "" || fs.NArg() != 0 {
 		fmt.Fprintln(stderr, "usage: edgenode restore --from DIR|s3://BUCKET/PREFIX [--config FILE] [--data DIR] [--check] [--s3-endpoint URL]")

@@ -204,3 +204,71 @@ func (s *S3Store) Backups(ctx context.Context) ([]string, error) {
 	slices.Sort(ids)
 	return ids, nil
 }
+
+// List returns the names under prefix (slash-separated, relative to the
+// store), sorted. The op-log archive (package archive) lists its segments
+// with it.
+func (d *DirStore) List(_ context.Context, prefix string) ([]string, error) {
+	var names []string
+	root := d.path(prefix)
+	err := filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		if e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			return nil // atomicfile's temporaries are hidden files
+		}
+		rel, err := filepath.Rel(d.Root, p)
+		if err != nil {
+			return err
+		}
+		names = append(names, filepath.ToSlash(rel))
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("backup: list %s: %w", root, err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Delete removes name; a missing name is not an error.
+func (d *DirStore) Delete(_ context.Context, name string) error {
+	if err := os.Remove(d.path(name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("backup: %w", err)
+	}
+	return nil
+}
+
+// List returns the names under prefix (relative to the store's prefix),
+// sorted.
+func (s *S3Store) List(ctx context.Context, prefix string) ([]string, error) {
+	base := ""
+	if s.Prefix != "" {
+		base = s.Prefix + "/"
+	}
+	var names []string
+	p := s3.NewListObjectsV2Paginator(s.Client, &s3.ListObjectsV2Input{Bucket: aws.String(s.Bucket), Prefix: aws.String(base + prefix)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("backup: list %s/%s: %w", s, prefix, err)
+		}
+		for _, o := range page.Contents {
+			names = append(names, strings.TrimPrefix(aws.ToString(o.Key), base))
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// Delete removes name.
+func (s *S3Store) Delete(ctx context.Context, name string) error {
+	if _, err := s.Client.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(s.Bucket), Key: aws.String(s.key(name))}); err != nil {
+		return fmt.Errorf("backup: delete %s/%s: %w", s, name, err)
+	}
+	return nil
+}

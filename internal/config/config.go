@@ -447,6 +447,38 @@ type Mongo struct {
 	// from, rather than start a cluster of its own from what may be
 	// nothing. Also `edgenode run --bootstrap`.
 	Bootstrap bool `yaml:"bootstrap"`
+	// Archive streams this node's ops to a folder or S3 for
+	// point-in-time restores (package archive).
+	Archive MongoArchive `yaml:"archive"`
+}
+
+// MongoArchive is the continuous op-log archive: this node's ops in
+// segments, plus periodic base snapshots, in a folder or under an S3
+// prefix; `edgenode restore --to-time` reads it.
+type MongoArchive struct {
+	// Target is a folder or s3://BUCKET/PREFIX; empty: no archive.
+	Target string `yaml:"target"`
+	// S3 reaches the bucket of an s3:// target.
+	S3 ArchiveS3 `yaml:"s3"`
+	// SegmentBytes and SegmentInterval cut a segment when its ops take
+	// this many bytes (before compression) or its oldest op has waited
+	// this long, whichever comes first.
+	SegmentBytes    ByteSize      `yaml:"segment_bytes"`
+	SegmentInterval time.Duration `yaml:"segment_interval"`
+	// BaseInterval is how often a base snapshot (a backup) is written.
+	BaseInterval time.Duration `yaml:"base_interval"`
+	// Retention: a restore can reach any time this far back; older
+	// segments and bases of this node are deleted. 0: never deleted.
+	Retention time.Duration `yaml:"retention"`
+}
+
+// ArchiveS3 reaches the archive's bucket.
+type ArchiveS3 struct {
+	Endpoint        string `yaml:"endpoint"` // e.g. http://127.0.0.1:7070; empty: AWS
+	Region          string `yaml:"region"`   // empty: us-east-1
+	PathStyle       bool   `yaml:"path_style"`
+	AccessKeyID     Secret `yaml:"access_key_id"` // empty: the SDK's standard chain
+	SecretAccessKey Secret `yaml:"secret_access_key"`
 }
 
 // CDN is the media cache in front of an origin.
@@ -559,6 +591,13 @@ func Default() Config {
 
 			ClientMessageTimeout: 30 * time.Second,
 			ClientIdleTimeout:    30 * time.Minute,
+
+			Archive: MongoArchive{
+				SegmentBytes:    16 << 20,
+				SegmentInterval: 10 * time.Second,
+				BaseInterval:    24 * time.Hour,
+				Retention:       30 * 24 * time.Hour,
+			},
 		},
 		PubSub: PubSub{
 			Enabled:         true,

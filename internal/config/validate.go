@@ -383,6 +383,7 @@ func (m *Mongo) validate(ps *Problems) {
 	if m.ClientMessageTimeout <= 0 {
 		ps.add("mongo.client_message_timeout", "must be positive (a message once begun must arrive within it): want e.g. 30s")
 	}
+	validateArchive(ps, &m.Archive)
 	if m.ClientIdleTimeout < 0 {
 		ps.add("mongo.client_idle_timeout", "must not be negative: want e.g. 30m (0: never close idle clients)")
 	}
@@ -717,4 +718,38 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+func validateArchive(ps *Problems, a *MongoArchive) {
+	if a.SegmentBytes < 64<<10 || a.SegmentBytes > 1<<30 {
+		ps.add("mongo.archive.segment_bytes", "%d is out of range: want 64KiB to 1GiB, e.g. 16MiB", int64(a.SegmentBytes))
+	}
+	if a.SegmentInterval < 100*time.Millisecond {
+		ps.add("mongo.archive.segment_interval", "%v is too short: want at least 100ms, e.g. 10s", a.SegmentInterval)
+	}
+	if a.BaseInterval < time.Minute {
+		ps.add("mongo.archive.base_interval", "%v is too short: want at least 1m, e.g. 24h", a.BaseInterval)
+	}
+	if a.Retention < 0 {
+		ps.add("mongo.archive.retention", "must not be negative: want e.g. 720h (0: never delete)")
+	} else if a.Retention > 0 && a.Retention < a.BaseInterval {
+		ps.add("mongo.archive.retention", "%v is shorter than mongo.archive.base_interval (%v): want at least that, e.g. 720h", a.Retention, a.BaseInterval)
+	}
+	if a.Target == "" {
+		return
+	}
+	if rest, ok := strings.CutPrefix(a.Target, "s3://"); ok {
+		if b, _, _ := strings.Cut(rest, "/"); b == "" {
+			ps.add("mongo.archive.target", "%q names no bucket: want s3://BUCKET/PREFIX or a folder", a.Target)
+		}
+	} else if strings.Contains(a.Target, "://") {
+		ps.add("mongo.archive.target", "%q: want a folder or s3://BUCKET/PREFIX", a.Target)
+	}
+	if a.S3.Endpoint != "" {
+		if u, err := url.Parse(a.S3.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") {
+			ps.add("mongo.archive.s3.endpoint", "%q is not an http(s) URL", a.S3.Endpoint)
+		}
+	}
+	checkSecret(ps, "mongo.archive.s3.access_key_id", a.S3.AccessKeyID, false)
+	checkSecret(ps, "mongo.archive.s3.secret_access_key", a.S3.SecretAccessKey, !a.S3.AccessKeyID.IsZero())
 }

@@ -74,6 +74,9 @@ func (p *Proxy) dispatch(ctx context.Context, cmd *command, lower string, c *cli
 	if d, ok := p.dispatchRead(ctx, cmd, lower, c); ok {
 		return d
 	}
+	if d, ok := p.coalesce(ctx, cmd, lower, c); ok {
+		return d
+	}
 	if cmd.coll != "" && transactional(cmd.body) && p.ns.replicated(cmd.db, cmd.coll) {
 		return p.refused(refuse(cmd.ns(), "a multi-document transaction"))
 	}

@@ -20,6 +20,8 @@ type metrics struct {
 	primaryChanges prometheus.Counter // the upstream primary changed (or was lost)
 	connsMoved     prometheus.Counter // client connections closed: their upstream stopped being primary
 	secondaryReads prometheus.Counter // commands served by an upstream secondary
+	coalesced      prometheus.Counter // reads answered with another client's identical read's reply
+	sharedReads    prometheus.Counter // upstream round trips made for coalesced reads
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -45,11 +47,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Client connections closed because their upstream member stopped being the primary (the driver reconnects to the new one)."}),
 		secondaryReads: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_secondary_reads_total",
 			Help: "Client reads (and their getMore/killCursors) served by an upstream secondary, as their read preference allowed."}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_coalesced_reads_total",
+			Help: "Client reads answered with the reply of an identical read in flight at the same time (no upstream round trip of their own)."}),
+		sharedReads: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_shared_reads_total",
+			Help: "Upstream round trips made on the proxy's pool for coalescable reads (each may answer many clients)."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds, m.primaryKnown, m.primaryChanges, m.connsMoved, m.secondaryReads} {
+	for _, c := range []prometheus.Collector{m.conns, m.connsRejected, m.badMessages, m.timeouts, m.commands, m.writeSeconds, m.primaryKnown, m.primaryChanges, m.connsMoved, m.secondaryReads, m.coalesced, m.sharedReads} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("mongoproxy: register metrics: %w", err)
 		}

@@ -23,6 +23,9 @@ import (
 
 // Options configures a Proxy.
 type Options struct {
+	// NoCoalescing sends every read on its client's own connection, even
+	// when identical reads are in flight together (coalesce.go).
+	NoCoalescing bool
 	// Listen is the client address (default "127.0.0.1:27018").
 	Listen string
 	// Upstream is the MongoDB URI of the local database (required): any
@@ -153,6 +156,8 @@ type Proxy struct {
 	authRequired bool
 	// noRoles logs, once, that the database has no role model.
 	noRoles sync.Once
+	// flights are the coalescable reads in flight (coalesce.go).
+	flights flights
 	// up is the upstream's current primary and secondaries, kept by the
 	// proxy's driver client's topology events.
 	up *upstreamTopology

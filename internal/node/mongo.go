@@ -15,6 +15,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/edgenode/edgenode/internal/archive"
+	"github.com/edgenode/edgenode/internal/backup"
 	"github.com/edgenode/edgenode/internal/config"
 	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/mongoproxy"
@@ -76,6 +78,7 @@ type mongoPart struct {
 	detail   string
 
 	proxy *mongoproxy.Proxy                // set by a Start that succeeded
+	arch  *archive.Archiver                // set by Start with mongo.archive.target
 	rep   atomic.Pointer[repl.Replicator]  // read by the admin routes too
 	up    atomic.Pointer[mongoproxy.Proxy] // proxy, for the readiness check
 }
@@ -141,16 +144,32 @@ func (p *mongoPart) Start(ctx context.Context) error {
 	if p.mesh != nil {
 		opts.Transport = meshTransport{p.mesh.m}
 	}
-	r, err := repl.New(opts, proxy.Replica(), p.log.With("part", "mongo-repl"), p.reg)
+	var arch *archive.Archiver
+	if c.Archive.Target != "" {
+		// The archiver's position holds back the op log's trimming from
+		// the start: nothing leaves the log unarchived.
+		arch, err = p.startArchive(ctx, proxy.Replica())
+		if err == nil {
+			opts.TrimFloor = arch.Floor
+		}
+	}
+	var r *repl.Replicator
+	if err == nil {
+		r, err = repl.New(opts, proxy.Replica(), p.log.With("part", "mongo-repl"), p.reg)
+	}
 	if err == nil {
 		err = r.Start(ctx)
 	}
 	if err != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
+		if arch != nil {
+			_ = arch.Stop(sctx)
+		}
 		_ = proxy.Shutdown(sctx)
 		return err
 	}
+	p.arch = arch
 	p.rep.Store(r)
 	p.proxy = proxy
 	p.up.Store(proxy)
@@ -166,6 +185,10 @@ func (p *mongoPart) Stop(ctx context.Context) error {
 		errs = append(errs, r.Stop(ctx))
 	}
 	p.up.Store(nil)
+	if p.arch != nil {
+		// Before the proxy closes the op log it reads.
+		errs = append(errs, p.arch.Stop(ctx))
+	}
 	if p.proxy != nil {
 		errs = append(errs, p.proxy.Shutdown(ctx))
 	}
@@ -295,4 +318,51 @@ func (t meshTransport) Send(node, topic string, msg []byte) error {
 		return fmt.Errorf("%w: %w", repl.ErrTooLarge, err)
 	}
 	return err
+}
+
+// archiveOptions are mongo.archive in package archive's terms (no store).
+func archiveOptions(cfg *config.Config) archive.Options {
+	a := cfg.Mongo.Archive
+	return archive.Options{
+		Node:            cfg.Node.ID,
+		SegmentBytes:    int(a.SegmentBytes),
+		SegmentInterval: a.SegmentInterval,
+		BaseInterval:    a.BaseInterval,
+		Retention:       a.Retention, // 0 keeps everything there too
+	}
+}
+
+// OpenArchive opens the store mongo.archive.target names (loc overrides
+// it when not empty).
+func OpenArchive(ctx context.Context, cfg *config.Config, loc string) (archive.Store, error) {
+	a := cfg.Mongo.Archive
+	if loc == "" {
+		loc = a.Target
+	}
+	if loc == "" {
+		return nil, errors.New("no archive: set mongo.archive.target (or give its location)")
+	}
+	o := backup.S3Options{Endpoint: a.S3.Endpoint, Region: a.S3.Region, PathStyle: a.S3.PathStyle}
+	var err error
+	if o.AccessKeyID, err = a.S3.AccessKeyID.Resolve(); err != nil {
+		return nil, fmt.Errorf("mongo.archive.s3.access_key_id: %w", err)
+	}
+	if o.SecretAccessKey, err = a.S3.SecretAccessKey.Resolve(); err != nil {
+		return nil, fmt.Errorf("mongo.archive.s3.secret_access_key: %w", err)
+	}
+	return archive.Open(ctx, loc, o)
+}
+
+func (p *mongoPart) startArchive(ctx context.Context, src archive.Source) (*archive.Archiver, error) {
+	st, err := OpenArchive(ctx, p.cfg, "")
+	if err != nil {
+		return nil, fmt.Errorf("mongo.archive: %w", err)
+	}
+	o := archiveOptions(p.cfg)
+	o.Store, o.Log = st, p.log.With("part", "mongo-archive")
+	a := archive.New(o, src, p.reg)
+	if err := a.Start(ctx); err != nil {
+		return nil, fmt.Errorf("mongo.archive: %w", err)
+	}
+	return a, nil
 }

@@ -39,11 +39,13 @@ var zeroMeansNone = map[string]func(c *config.Config) bool{
 	"mongo.log_retention":           func(c *config.Config) bool { return replOptions(c).LogRetention < 0 },
 	"mongo.client_idle_timeout":     func(c *config.Config) bool { return clientIdleTimeout(&c.Mongo) < 0 },
 	"mongo.retry_records_bytes":     func(c *config.Config) bool { return retryRecordsBytes(&c.Mongo) < 0 },
-	"cdn.stale_while_revalidate":    func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).StaleWhileRevalidate < 0 },
-	"cdn.negative_ttl":              func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).NegativeTTL < 0 },
-	"pubsub.history":                func(c *config.Config) bool { return mustPubSub(c).History < 0 },
-	"pubsub.max_conns_per_ip":       func(c *config.Config) bool { return mustPubSub(c).MaxConnsPerIP < 0 },
-	"pubsub.subscribe_rate":         func(c *config.Config) bool { return mustPubSub(c).SubscribeRate < 0 },
+	// archive.Options.Retention: 0 is none (never deleted) there too.
+	"mongo.archive.retention":    func(c *config.Config) bool { return archiveOptions(c).Retention == 0 },
+	"cdn.stale_while_revalidate": func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).StaleWhileRevalidate < 0 },
+	"cdn.negative_ttl":           func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).NegativeTTL < 0 },
+	"pubsub.history":             func(c *config.Config) bool { return mustPubSub(c).History < 0 },
+	"pubsub.max_conns_per_ip":    func(c *config.Config) bool { return mustPubSub(c).MaxConnsPerIP < 0 },
+	"pubsub.subscribe_rate":      func(c *config.Config) bool { return mustPubSub(c).SubscribeRate < 0 },
 }
 
 // zeroIsAValue lists the keys whose 0 is a value like any other: ports (0

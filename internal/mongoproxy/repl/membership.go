@@ -164,6 +164,13 @@ func (r *Replicator) trimLoop() {
 		for origin := range pos {
 			keep[origin] = old[origin]
 		}
+		if r.opts.TrimFloor != nil {
+			for origin, f := range r.opts.TrimFloor() {
+				if k, ok := keep[origin]; !ok || f < k {
+					keep[origin] = f
+				}
+			}
+		}
 		for _, s := range r.sendersSnapshot() {
 			if err := s.persistAck(); err != nil && r.ctx.Err() == nil {
 				r.log.Warn("persisting a peer's position", "peer", s.peer, "err", err)

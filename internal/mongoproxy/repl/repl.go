@@ -110,6 +110,10 @@ type Options struct {
 	CronLeaderTag string
 	// TrimInterval is how often the op log is trimmed (default 5s).
 	TrimInterval time.Duration
+	// TrimFloor, when set, holds back trimming further: each origin's ops
+	// above TrimFloor()[origin] stay in the log (the op-log archive's
+	// position: an op leaves the log only once it is archived).
+	TrimFloor func() map[string]uint64
 }
 
 func (o *Options) defaults() {
