@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/edgenode/edgenode/internal/clientaddr"
 )
@@ -103,18 +104,30 @@ type countedConn struct {
 	// handshakeCounted: the TLS handshake on this connection was counted.
 	handshakeCounted atomic.Bool
 
-	// Writes while corked go to wbuf (see cork). wmu orders every write
-	// below TLS, as tls.Conn's own lock does above it: a close_notify
-	// alert from a Shutdown must not overtake corked bytes.
-	wmu    sync.Mutex
-	corked bool
-	wbuf   *[]byte
-	werr   error // sticky: a corked write that failed broke the stream
+	// Writes below TLS: direct, corked (HTTP/1.1, see cork) or handed to
+	// a writer goroutine (HTTP/2, see startAsync). wmu orders them, as
+	// tls.Conn's own lock does above it: a close_notify alert from a
+	// Shutdown must not overtake earlier bytes.
+	wmu        sync.Mutex
+	dataReady  sync.Cond // async: wbuf has bytes, or closing
+	spaceReady sync.Cond // async: wbuf was taken (or the writer failed)
+	corked     bool
+	async      bool
+	writing    bool // async: the writer is writing a batch, outside wmu
+	closing    bool
+	wbuf       *[]byte
+	werr       error         // sticky: a held write failed, the stream is broken
+	writerDone chan struct{} // async: closed when the writer has returned
 }
 
-// corkFlush is how much a corked connection holds before it writes anyway:
-// four full TLS records, a 64 KiB body chunk.
+// corkFlush is how much a corked or async connection holds before a write
+// waits: four full TLS records, a 64 KiB body chunk.
 const corkFlush = 64<<10 + 4*(5+16+256)
+
+// asyncCloseWait bounds how long Close waits for an async connection's
+// last bytes (a GOAWAY, the end of a response) to leave before it closes
+// the socket anyway.
+const asyncCloseWait = 5 * time.Second
 
 var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, corkFlush+16<<10+512); return &b }}
 
@@ -128,7 +141,9 @@ var corkBufs = sync.Pool{New: func() any { b := make([]byte, 0, corkFlush+16<<10
 // client at once).
 func (c *countedConn) cork() {
 	c.wmu.Lock()
-	c.corked = true
+	if !c.async {
+		c.corked = true
+	}
 	c.wmu.Unlock()
 }
 
@@ -136,10 +151,15 @@ func (c *countedConn) cork() {
 func (c *countedConn) uncork() error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if !c.corked {
+		return c.werr
+	}
 	c.corked = false
 	return c.flushLocked()
 }
 
+// flushLocked writes a corked buffer (the cork's own write: the lock is
+// the order of writes, like tls.Conn's).
 func (c *countedConn) flushLocked() error {
 	if c.wbuf == nil {
 		return c.werr
@@ -147,10 +167,7 @@ func (c *countedConn) flushLocked() error {
 	b := *c.wbuf
 	if len(b) > 0 && c.werr == nil {
 		if _, err := c.Conn.Write(b); err != nil {
-			// TLS believes these records were sent: the stream is
-			// broken, so every later write fails, and reads end too.
-			c.werr = err
-			_ = c.Conn.Close()
+			c.failLocked(err)
 		}
 	}
 	*c.wbuf = b[:0]
@@ -159,32 +176,169 @@ func (c *countedConn) flushLocked() error {
 	return c.werr
 }
 
+// failLocked records a write error of bytes that TLS believes were sent:
+// the stream is broken, so every later write fails and reads end too.
+func (c *countedConn) failLocked(err error) {
+	if c.werr == nil {
+		c.werr = err
+		_ = c.Conn.Close()
+	}
+}
+
+// startAsync hands this connection's writes to a goroutine of its own,
+// for HTTP/2. net/http's HTTP/2 server writes frames through a 4 KiB
+// buffer from a goroutine per frame, so a 10 KiB response leaves in three
+// TLS records and three system calls, a 1 MiB one in about 150, and it
+// never tells the connection when a burst ends (so a cork cannot be
+// used). Here Write only appends to a buffer and the writer sends
+// whatever has gathered since its last write(2) in one: under load,
+// bursts coalesce by themselves; when idle, each write leaves at once. A
+// full buffer makes Write wait (the client's TCP window still pushes
+// back). Idempotent; called once the connection is known to be HTTP/2.
+func (c *countedConn) startAsync() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.async || c.closing || c.werr != nil {
+		return
+	}
+	if c.corked { // not on HTTP/2, but never strand corked bytes
+		c.corked = false
+		_ = c.flushLocked()
+	}
+	c.async = true
+	c.dataReady.L, c.spaceReady.L = &c.wmu, &c.wmu
+	c.writerDone = make(chan struct{})
+	go c.writeLoop()
+}
+
+// writeLoop is the async writer: it owns the socket's writes until Close.
+func (c *countedConn) writeLoop() {
+	defer close(c.writerDone)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	for {
+		for c.wbuf == nil && !c.closing && c.werr == nil {
+			c.dataReady.Wait()
+		}
+		if c.wbuf == nil || c.werr != nil {
+			return // closing and drained, or broken
+		}
+		b := c.wbuf
+		c.wbuf, c.writing = nil, true
+		c.spaceReady.Broadcast()
+		c.wmu.Unlock()
+		_, err := c.Conn.Write(*b) // outside the lock: Writes keep appending
+		*b = (*b)[:0]
+		corkBufs.Put(b)
+		c.wmu.Lock()
+		c.writing = false
+		c.spaceReady.Broadcast() // also wakes drain
+		if err != nil {
+			c.failLocked(err)
+			return
+		}
+	}
+}
+
+// drainLocked waits until an async connection has written everything
+// handed to it so far (or failed).
+func (c *countedConn) drainLocked() {
+	for c.async && (c.wbuf != nil || c.writing) && c.werr == nil {
+		c.spaceReady.Wait()
+	}
+}
+
 func (c *countedConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.werr != nil {
 		return 0, c.werr
 	}
-	if !c.corked {
-		return c.Conn.Write(p)
-	}
-	if c.wbuf == nil {
-		c.wbuf = corkBufs.Get().(*[]byte)
-	}
-	*c.wbuf = append(*c.wbuf, p...)
-	if len(*c.wbuf) >= corkFlush {
-		if err := c.flushLocked(); err != nil {
-			return 0, err
+	switch {
+	case c.async:
+		for c.wbuf != nil && len(*c.wbuf) >= corkFlush && c.werr == nil {
+			c.spaceReady.Wait()
 		}
+		if c.werr != nil {
+			return 0, c.werr
+		}
+		if c.closing {
+			return 0, net.ErrClosed
+		}
+		if c.wbuf == nil {
+			c.wbuf = corkBufs.Get().(*[]byte)
+			c.dataReady.Signal()
+		}
+		*c.wbuf = append(*c.wbuf, p...)
+		return len(p), nil
+	case c.corked:
+		if c.wbuf == nil {
+			c.wbuf = corkBufs.Get().(*[]byte)
+		}
+		*c.wbuf = append(*c.wbuf, p...)
+		if len(*c.wbuf) >= corkFlush {
+			if err := c.flushLocked(); err != nil {
+				return 0, err
+			}
+		}
+		return len(p), nil
 	}
-	return len(p), nil
+	return c.Conn.Write(p)
+}
+
+// SetWriteDeadline keeps a deadline's meaning for an async connection: it
+// bounds the writes handed over before it, as it would have bounded them
+// had they been written at once. tls.Conn's Close sets a deadline of now
+// right after its close_notify alert, which must not cut off the alert or
+// the bytes before it: a deadline already past applies once they are out
+// (within the deadline set before); any other applies to them.
+func (c *countedConn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if !c.async {
+		return c.Conn.SetWriteDeadline(t)
+	}
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.drainLocked()
+		return c.Conn.SetWriteDeadline(t)
+	}
+	err := c.Conn.SetWriteDeadline(t)
+	c.drainLocked()
+	return err
+}
+
+func (c *countedConn) SetDeadline(t time.Time) error {
+	if err := c.SetWriteDeadline(t); err != nil {
+		return err
+	}
+	return c.Conn.SetReadDeadline(t)
 }
 
 // Close frees the connection's slot before closing it, so a client that
 // sees its connection end can count on the slot being free again.
+// An async connection first lets its writer send what it holds (within
+// asyncCloseWait) and waits for the writer to end.
 func (c *countedConn) Close() error {
 	c.once.Do(func() { c.l.release(c.addr) })
-	return c.Conn.Close()
+	c.wmu.Lock()
+	if !c.async || c.closing {
+		c.closing = true
+		c.wmu.Unlock()
+		return c.Conn.Close()
+	}
+	c.closing = true
+	c.dataReady.Signal()
+	c.wmu.Unlock()
+	t := time.NewTimer(asyncCloseWait)
+	defer t.Stop()
+	select {
+	case <-c.writerDone:
+		return c.Conn.Close()
+	case <-t.C:
+	}
+	err := c.Conn.Close() // unblocks the writer's write
+	<-c.writerDone
+	return err
 }
 
 // overLimit reports whether the request came on a QUIC connection over the

@@ -194,7 +194,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 			}
 			return ctx
 		},
-		ErrorLog:       log.New(&serverErrorLog{s: s}, "", 0),
+		ErrorLog: log.New(&serverErrorLog{s: s}, "", 0),
 	}
 	s.srv.RegisterOnShutdown(s.drainHijacked)
 	// A TLS-ALPN-01 validator only wants the handshake; there is no HTTP
@@ -464,6 +464,11 @@ func (s *Server) connState(c net.Conn, st http.ConnState) {
 	cc, ok := tc.NetConn().(*countedConn)
 	if !ok {
 		return
+	}
+	if st == http.StateActive && !cc.handshakeCounted.Load() && tc.ConnectionState().NegotiatedProtocol == "h2" {
+		// net/http's HTTP/2 server reports its connection active as it
+		// starts, before its first frame.
+		cc.startAsync()
 	}
 	switch st {
 	case http.StateActive, http.StateClosed, http.StateHijacked:
