@@ -109,15 +109,16 @@ type countedConn struct {
 	// tls.Conn's own lock does above it: a close_notify alert from a
 	// Shutdown must not overtake earlier bytes.
 	wmu        sync.Mutex
-	dataReady  sync.Cond // async: wbuf has bytes, or closing
-	spaceReady sync.Cond // async: wbuf was taken (or the writer failed)
+	spaceReady sync.Cond // async: wbuf was taken, or the writer ended
 	corked     bool
 	async      bool
-	writing    bool // async: the writer is writing a batch, outside wmu
 	closing    bool
 	wbuf       *[]byte
-	werr       error         // sticky: a held write failed, the stream is broken
-	writerDone chan struct{} // async: closed when the writer has returned
+	werr       error // sticky: a held write failed, the stream is broken
+	// writerDone is non-nil while an async writer runs, closed when it has
+	// returned. A writer runs only while there is something to write: an
+	// idle connection holds no goroutine of its own.
+	writerDone chan struct{}
 }
 
 // corkFlush is how much a corked or async connection holds before a write
@@ -185,16 +186,17 @@ func (c *countedConn) failLocked(err error) {
 	}
 }
 
-// startAsync hands this connection's writes to a goroutine of its own,
-// for HTTP/2. net/http's HTTP/2 server writes frames through a 4 KiB
-// buffer from a goroutine per frame, so a 10 KiB response leaves in three
-// TLS records and three system calls, a 1 MiB one in about 150, and it
-// never tells the connection when a burst ends (so a cork cannot be
-// used). Here Write only appends to a buffer and the writer sends
-// whatever has gathered since its last write(2) in one: under load,
-// bursts coalesce by themselves; when idle, each write leaves at once. A
-// full buffer makes Write wait (the client's TCP window still pushes
-// back). Idempotent; called once the connection is known to be HTTP/2.
+// startAsync hands this connection's writes to a goroutine, for HTTP/2.
+// net/http's HTTP/2 server writes frames through a 4 KiB buffer from a
+// goroutine per frame, so a 10 KiB response leaves in three TLS records
+// and three system calls, a 1 MiB one in about 150, and it never tells
+// the connection when a burst ends (so a cork cannot be used). Here Write
+// only appends to a buffer and starts a writer when none runs; the writer
+// sends whatever has gathered since its last write(2) in one, and ends
+// when nothing more has. Under load, bursts coalesce by themselves; when
+// idle, each write leaves at once. A full buffer makes Write wait (the
+// client's TCP window still pushes back). Idempotent; called once the
+// connection is known to be HTTP/2.
 func (c *countedConn) startAsync() {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
@@ -206,36 +208,30 @@ func (c *countedConn) startAsync() {
 		_ = c.flushLocked()
 	}
 	c.async = true
-	c.dataReady.L, c.spaceReady.L = &c.wmu, &c.wmu
-	c.writerDone = make(chan struct{})
-	go c.writeLoop()
+	c.spaceReady.L = &c.wmu
 }
 
-// writeLoop is the async writer: it owns the socket's writes until Close.
-func (c *countedConn) writeLoop() {
-	defer close(c.writerDone)
+// writeLoop is the async writer: it owns the socket's writes while there
+// is something to write, then returns.
+func (c *countedConn) writeLoop(done chan struct{}) {
 	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	for {
-		for c.wbuf == nil && !c.closing && c.werr == nil {
-			c.dataReady.Wait()
-		}
-		if c.wbuf == nil || c.werr != nil {
-			return // closing and drained, or broken
-		}
+	defer func() {
+		c.writerDone = nil
+		c.spaceReady.Broadcast() // drain and full-buffer waiters
+		c.wmu.Unlock()
+		close(done)
+	}()
+	for c.wbuf != nil && c.werr == nil {
 		b := c.wbuf
-		c.wbuf, c.writing = nil, true
+		c.wbuf = nil
 		c.spaceReady.Broadcast()
 		c.wmu.Unlock()
 		_, err := c.Conn.Write(*b) // outside the lock: Writes keep appending
 		*b = (*b)[:0]
 		corkBufs.Put(b)
 		c.wmu.Lock()
-		c.writing = false
-		c.spaceReady.Broadcast() // also wakes drain
 		if err != nil {
 			c.failLocked(err)
-			return
 		}
 	}
 }
@@ -243,7 +239,7 @@ func (c *countedConn) writeLoop() {
 // drainLocked waits until an async connection has written everything
 // handed to it so far (or failed).
 func (c *countedConn) drainLocked() {
-	for c.async && (c.wbuf != nil || c.writing) && c.werr == nil {
+	for c.writerDone != nil {
 		c.spaceReady.Wait()
 	}
 }
@@ -267,9 +263,12 @@ func (c *countedConn) Write(p []byte) (int, error) {
 		}
 		if c.wbuf == nil {
 			c.wbuf = corkBufs.Get().(*[]byte)
-			c.dataReady.Signal()
 		}
 		*c.wbuf = append(*c.wbuf, p...)
+		if c.writerDone == nil {
+			c.writerDone = make(chan struct{})
+			go c.writeLoop(c.writerDone)
+		}
 		return len(p), nil
 	case c.corked:
 		if c.wbuf == nil {
@@ -317,27 +316,25 @@ func (c *countedConn) SetDeadline(t time.Time) error {
 // Close frees the connection's slot before closing it, so a client that
 // sees its connection end can count on the slot being free again.
 // An async connection first lets its writer send what it holds (within
-// asyncCloseWait) and waits for the writer to end.
+// asyncCloseWait).
 func (c *countedConn) Close() error {
 	c.once.Do(func() { c.l.release(c.addr) })
 	c.wmu.Lock()
-	if !c.async || c.closing {
-		c.closing = true
-		c.wmu.Unlock()
+	c.closing = true
+	done := c.writerDone
+	c.wmu.Unlock()
+	if done == nil {
 		return c.Conn.Close()
 	}
-	c.closing = true
-	c.dataReady.Signal()
-	c.wmu.Unlock()
 	t := time.NewTimer(asyncCloseWait)
 	defer t.Stop()
 	select {
-	case <-c.writerDone:
+	case <-done:
 		return c.Conn.Close()
 	case <-t.C:
 	}
 	err := c.Conn.Close() // unblocks the writer's write
-	<-c.writerDone
+	<-done
 	return err
 }
 
