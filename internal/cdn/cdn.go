@@ -17,6 +17,11 @@
 // fails or times out and a copy exists, the copy is served (stale-if-error)
 // with "X-Cache: STALE-IF-ERROR". 404s are remembered for NegativeTTL.
 //
+// Small objects (MemoryMaxObjectBytes) also enter a memory tier bounded by
+// MemoryBytes at their first hit, least recently used out first: a hit on
+// one is a single Write of bytes in memory, with no file read and no copy
+// buffer (docs/https-edge-profile.md).
+//
 // Objects larger than MaxObjectBytes are streamed through without caching
 // (single ranges are forwarded to the origin as ranges); so is everything while
 // the disk is full or failing.

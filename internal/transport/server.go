@@ -20,6 +20,14 @@
 // such requests get 501 here. Browsers open websockets over HTTP/1.1 when
 // the server does not offer extended CONNECT on HTTP/2, which is what they
 // get, and streaming responses (SSE, long polls) work over all three.
+//
+// Speed (docs/https-edge-profile.md has the profiles): a system call costs
+// more than anything else per small response, so the connection under TLS
+// gathers writes. On HTTP/1.1 it is corked for the length of one
+// ResponseWriter Write (the TLS records net/http makes of it leave in one
+// write(2)); on HTTP/2 a writer goroutine, running only while there is
+// something to write, sends everything gathered since its last write(2).
+// The Date header is formatted once a second.
 package transport
 
 import (
