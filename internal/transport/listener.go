@@ -125,6 +125,13 @@ type countedConn struct {
 // waits: four full TLS records, a 64 KiB body chunk.
 const corkFlush = 64<<10 + 4*(5+16+256)
 
+// directWrite: a corked write this large (a full TLS record) goes to the
+// socket at once, after what is held: gathering saves system calls on
+// small records, but for full ones it would only add a copy of every byte
+// (the kernel's cost is per byte by then). Async connections gather every
+// write: there the gathering also merges the frames of many streams.
+const directWrite = 16 << 10
+
 // asyncCloseWait bounds how long Close waits for an async connection's
 // last bytes (a GOAWAY, the end of a response) to leave before it closes
 // the socket anyway.
@@ -216,6 +223,11 @@ func (c *countedConn) startAsync() {
 func (c *countedConn) writeLoop(done chan struct{}) {
 	c.wmu.Lock()
 	defer func() {
+		if c.wbuf != nil { // broken: what was handed over since is lost with the stream
+			*c.wbuf = (*c.wbuf)[:0]
+			corkBufs.Put(c.wbuf)
+			c.wbuf = nil
+		}
 		c.writerDone = nil
 		c.spaceReady.Broadcast() // drain and full-buffer waiters
 		c.wmu.Unlock()
@@ -251,6 +263,11 @@ func (c *countedConn) Write(p []byte) (int, error) {
 		return 0, c.werr
 	}
 	switch {
+	case c.corked && len(p) >= directWrite:
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		return c.Conn.Write(p)
 	case c.async:
 		for c.wbuf != nil && len(*c.wbuf) >= corkFlush && c.werr == nil {
 			c.spaceReady.Wait()
