@@ -47,10 +47,10 @@ func TestMemoryTier(t *testing.T) {
 	if r := get("m/00.bin"); r.status != 200 || r.header.Get("X-Cache") != "MISS" || !bytes.Equal(r.body, a) {
 		t.Fatalf("miss: %d %q", r.status, r.header.Get("X-Cache"))
 	}
-	if n := memEntries(); n != 0 {
-		t.Fatalf("%d in memory after a miss, want 0 (entry at the first hit)", n)
-	}
-	disk := get("m/00.bin") // the first hit reads the file into memory
+	// A miss streams from the download (or, when the download ended
+	// before the request looked, from the new entry, which enters the
+	// tier then); the first hit reads the file into memory at the latest.
+	disk := get("m/00.bin")
 	if n := memEntries(); n != 1 {
 		t.Fatalf("%d in memory after a hit, want 1", n)
 	}
