@@ -17,6 +17,11 @@
 // fails or times out and a copy exists, the copy is served (stale-if-error)
 // with "X-Cache: STALE-IF-ERROR". 404s are remembered for NegativeTTL.
 //
+// Small objects (MemoryMaxObjectBytes) also enter a memory tier bounded by
+// MemoryBytes at their first hit, least recently used out first: a hit on
+// one is a single Write of bytes in memory, with no file read and no copy
+// buffer (docs/https-edge-profile.md).
+//
 // Objects larger than MaxObjectBytes are streamed through without caching
 // (single ranges are forwarded to the origin as ranges); so is everything while
 // the disk is full or failing.
@@ -89,6 +94,14 @@ type Options struct {
 	// MaxRanges is the most ranges one request may ask for; default 16.
 	// More get 416.
 	MaxRanges int
+	// MemoryBytes bounds the memory tier: the bytes of small hot objects
+	// also held in memory, so that a hit on one costs no file read and no
+	// copy buffer (default 64 MiB; negative: no memory tier). Objects of
+	// at most MemoryMaxObjectBytes (default 64 KiB, never more than
+	// MemoryBytes/16) enter it at their first hit; the least recently
+	// used leave it first.
+	MemoryBytes          int64
+	MemoryMaxObjectBytes int64
 }
 
 func (o *Options) setDefaults() error {
@@ -144,6 +157,15 @@ func (o *Options) setDefaults() error {
 	if o.MaxRanges <= 0 {
 		o.MaxRanges = 16
 	}
+	if o.MemoryBytes == 0 {
+		o.MemoryBytes = 64 << 20
+	} else if o.MemoryBytes < 0 {
+		o.MemoryBytes = 0
+	}
+	if o.MemoryMaxObjectBytes <= 0 {
+		o.MemoryMaxObjectBytes = 64 << 10
+	}
+	o.MemoryMaxObjectBytes = min(o.MemoryMaxObjectBytes, o.MemoryBytes/16)
 	return nil
 }
 
@@ -165,7 +187,8 @@ type Cache struct {
 	// Precomputed header values shared by every response (never mutated).
 	hdrCacheControl []string
 
-	bufs sync.Pool // *[]byte copy buffers for fills and the hit path
+	bufs      sync.Pool // *[]byte copy buffers (copyBufSize) for fills and the HTTP/1.1 hit path
+	smallBufs sync.Pool // *[]byte copy buffers (smallBufSize) for HTTP/2 and HTTP/3 hits
 
 	mu       sync.Mutex
 	closed   bool
@@ -177,6 +200,8 @@ type Cache struct {
 	fills    map[string]*fill                 // running fills by key
 	negative *simplelru.LRU[string, time.Time]
 	tooBig   *simplelru.LRU[string, time.Time] // keys found over MaxObjectBytes
+	mem      *simplelru.LRU[*entry, struct{}]  // entries held in memory (entry.mem set), by recency
+	memBytes int64                             // their bytes
 	noDisk   int64                             // unix nanos: until then, misses pass through
 	onPurge  []PurgeHook
 }
@@ -205,6 +230,7 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Cache, err
 		fills: map[string]*fill{},
 	}
 	c.bufs.New = func() any { b := make([]byte, copyBufSize); return &b }
+	c.smallBufs.New = func() any { b := make([]byte, smallBufSize); return &b }
 	if opts.CacheControl != "-" {
 		c.hdrCacheControl = []string{opts.CacheControl}
 	}
@@ -217,6 +243,9 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Cache, err
 	if err != nil {
 		return nil, fmt.Errorf("cdn: open files: %w", err)
 	}
+	// Bounded by bytes (memBytes), not by count: the count bound is never
+	// reached before MaxEntries.
+	c.mem, _ = simplelru.NewLRU(opts.MaxEntries+1, c.onMemRemove)
 	c.negative, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
 	c.tooBig, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
 	c.m, err = newMetrics(reg, opts.Origin.Name())
@@ -378,6 +407,7 @@ func (c *Cache) Close() error {
 	c.mu.Lock()
 	order := c.idx.Values() // oldest first
 	c.open.Purge()          // closes the files (readers keep their refs)
+	c.mem.Purge()
 	victims := c.takeVictimsLocked()
 	c.mu.Unlock()
 	c.deleteFiles(victims)
@@ -393,6 +423,7 @@ func (c *Cache) onRemove(_ string, e *entry) {
 	c.bytes -= e.size
 	e.removed = true
 	c.open.Remove(e)
+	c.mem.Remove(e)
 	c.victims = append(c.victims, e)
 }
 
@@ -428,4 +459,33 @@ func (c *Cache) deleteFiles(victims []*entry) {
 func (c *Cache) updateGaugesLocked() {
 	c.m.diskBytes.Set(float64(c.bytes))
 	c.m.entries.Set(float64(c.idx.Len()))
+	c.m.memBytes.Set(float64(c.memBytes))
+	c.m.memEntries.Set(float64(c.mem.Len()))
+}
+
+// onMemRemove is the memory tier's eviction callback, under c.mu. Requests
+// serving the bytes keep them until they finish; the garbage collector
+// frees them after.
+func (c *Cache) onMemRemove(e *entry, _ struct{}) {
+	c.memBytes -= int64(len(e.mem.b))
+	e.mem = nil
+}
+
+// addMemLocked puts an entry's bytes in the memory tier, evicting the least
+// recently used to stay within MemoryBytes.
+func (c *Cache) addMemLocked(e *entry, m *memObject) {
+	if e.mem != nil || e.removed || c.closed {
+		return
+	}
+	e.mem = m
+	c.mem.Add(e, struct{}{})
+	c.memBytes += int64(len(m.b))
+	n := 0
+	for c.memBytes > c.opts.MemoryBytes && c.mem.Len() > 0 {
+		c.mem.RemoveOldest()
+		n++
+	}
+	c.m.memEvictions.Add(float64(n))
+	c.m.memBytes.Set(float64(c.memBytes))
+	c.m.memEntries.Set(float64(c.mem.Len()))
 }

@@ -2,6 +2,7 @@ package cdn
 
 import (
 	"encoding/hex"
+	"io"
 	"mime"
 	"net/http"
 	"os"
@@ -31,8 +32,25 @@ type entry struct {
 	// failedUntil (unix nanos): a revalidation failed; until then the copy
 	// is served as stale-if-error without asking the origin again.
 	failedUntil int64
-	h           *handle // open file while the entry is in Cache.open
+	h           *handle    // open file while the entry is in Cache.open
+	mem         *memObject // the bytes while the entry is in Cache.mem
 	removed     bool
+}
+
+// memObject is the bytes of a small object held in the memory tier; never
+// mutated. A pointer, so that passing it as an io.ReaderAt allocates
+// nothing.
+type memObject struct{ b []byte }
+
+func (m *memObject) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(m.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, m.b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
 
 // handle is an open file shared by the requests reading it (pread only, so

@@ -24,6 +24,10 @@ type metrics struct {
 	purges         prometheus.Counter
 	diskBytes      prometheus.Gauge
 	entries        prometheus.Gauge
+	memBytes       prometheus.Gauge
+	memEntries     prometheus.Gauge
+	memHits        prometheus.Counter
+	memEvictions   prometheus.Counter
 }
 
 // newMetrics makes the metrics of one Cache and registers them on reg. A
@@ -64,6 +68,22 @@ func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 			Name: "edgenode_cdn_entries",
 			Help: "Cached objects.",
 		}),
+		memBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_cdn_memory_bytes",
+			Help: "Bytes of cached objects also held in the memory tier (small hot objects).",
+		}),
+		memEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgenode_cdn_memory_entries",
+			Help: "Cached objects also held in the memory tier.",
+		}),
+		memHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgenode_cdn_memory_hits_total",
+			Help: "Responses whose body came from the memory tier (no file read).",
+		}),
+		memEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgenode_cdn_memory_evictions_total",
+			Help: "Objects dropped from the memory tier to stay within its byte budget (they stay on disk).",
+		}),
 	}
 	dur := prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:        "edgenode_cdn_origin_duration_seconds",
@@ -73,7 +93,7 @@ func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 	})
 	m.originDuration = dur
 	for _, c := range []prometheus.Collector{m.requests, m.coalesced, m.originRequests, m.fillFailures, m.evictions,
-		m.purges, m.diskBytes, m.entries, dur} {
+		m.purges, m.diskBytes, m.entries, m.memBytes, m.memEntries, m.memHits, m.memEvictions, dur} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -16,6 +16,10 @@ import (
 
 const (
 	copyBufSize = 64 << 10
+	// smallBufSize: an HTTP/2 or HTTP/3 response is framed in pieces of
+	// 16 KiB at most (the default largest frame), so a larger buffer would
+	// only hold more memory for each of the many streams of a connection.
+	smallBufSize = 16 << 10
 	// sendfileMin: below it a pread into a pooled buffer costs less than
 	// opening a private file descriptor for sendfile.
 	sendfileMin = 64 << 10
@@ -135,6 +139,14 @@ func (c *Cache) serveKey(w http.ResponseWriter, r *http.Request, key string, ret
 // serveEntryLocked serves a cached entry; called with c.mu held, returns
 // with it released (the lock covers only the handle bookkeeping).
 func (c *Cache) serveEntryLocked(w http.ResponseWriter, r *http.Request, e *entry, xcache []string, counter interface{ Inc() }) {
+	if m := e.mem; m != nil {
+		c.mem.Get(e) // recency
+		c.mu.Unlock()
+		counter.Inc()
+		c.m.memHits.Inc()
+		c.serveObject(w, r, &e.hdr, m, "", xcache)
+		return
+	}
 	h := e.h
 	if h != nil {
 		c.open.Get(e) // recency among open files
@@ -150,6 +162,19 @@ func (c *Cache) serveEntryLocked(w http.ResponseWriter, r *http.Request, e *entr
 	}
 	defer h.release()
 	counter.Inc()
+	if c.opts.MemoryBytes > 0 && e.size <= c.opts.MemoryMaxObjectBytes && r.Method != http.MethodHead {
+		// Small, and asked for: read it once into the memory tier.
+		b := make([]byte, e.size)
+		if _, err := h.f.ReadAt(b, 0); err == nil || (errors.Is(err, io.EOF) && e.size == 0) {
+			m := &memObject{b: b}
+			c.mu.Lock()
+			c.addMemLocked(e, m)
+			c.mu.Unlock()
+			c.m.memHits.Inc()
+			c.serveObject(w, r, &e.hdr, m, "", xcache)
+			return
+		}
+	}
 	c.serveObject(w, r, &e.hdr, h.f, e.dataPath, xcache)
 }
 
@@ -393,6 +418,11 @@ func (c *Cache) serveMultipart(w http.ResponseWriter, r *http.Request, oh *objHe
 // fails (a download that broke off), the response is aborted so that the
 // client sees a truncated transfer, never a complete-looking one.
 func (c *Cache) copyBody(w http.ResponseWriter, r *http.Request, src io.ReaderAt, path string, off, n int64) {
+	if m, ok := src.(*memObject); ok {
+		// One write of the bytes themselves: no read, no buffer.
+		_, _ = w.Write(m.b[off : off+n])
+		return
+	}
 	if path != "" && n >= sendfileMin && r.TLS == nil && r.ProtoMajor == 1 {
 		if rf := innerReaderFrom(w); rf != nil {
 			if f, err := os.Open(path); err == nil {
@@ -404,8 +434,12 @@ func (c *Cache) copyBody(w http.ResponseWriter, r *http.Request, src io.ReaderAt
 			}
 		}
 	}
-	bp := c.bufs.Get().(*[]byte)
-	defer c.bufs.Put(bp)
+	pool := &c.bufs
+	if r.ProtoMajor >= 2 {
+		pool = &c.smallBufs
+	}
+	bp := pool.Get().(*[]byte)
+	defer pool.Put(bp)
 	buf := *bp
 	for n > 0 {
 		m, err := src.ReadAt(buf[:min(int64(len(buf)), n)], off)

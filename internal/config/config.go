@@ -493,7 +493,12 @@ type CDN struct {
 	StaleWhileRevalidate time.Duration `yaml:"stale_while_revalidate"`
 	NegativeTTL          time.Duration `yaml:"negative_ttl"`
 	OriginTimeout        time.Duration `yaml:"origin_timeout"`
-	Origin               Origin        `yaml:"origin"`
+	// MemoryBytes bounds the memory tier: small hot objects (at most
+	// MemoryMaxObjectBytes each) are also held in memory, so a hit costs
+	// no file read. 0: no memory tier.
+	MemoryBytes          ByteSize `yaml:"memory_bytes"`
+	MemoryMaxObjectBytes ByteSize `yaml:"memory_max_object_bytes"`
+	Origin               Origin   `yaml:"origin"`
 }
 
 // Origin is where cache misses are fetched from: a local folder or S3.
@@ -631,6 +636,8 @@ func Default() Config {
 			StaleWhileRevalidate: 10 * time.Minute,
 			NegativeTTL:          10 * time.Second,
 			OriginTimeout:        10 * time.Second,
+			MemoryBytes:          64 << 20,
+			MemoryMaxObjectBytes: 64 << 10,
 		},
 	}
 }

@@ -511,6 +511,15 @@ func (d *CDN) validate(ps *Problems) {
 	if d.OriginTimeout <= 0 {
 		ps.add("cdn.origin_timeout", "must be positive: want e.g. 10s")
 	}
+	if d.MemoryBytes < 0 {
+		ps.add("cdn.memory_bytes", "must not be negative: want e.g. 64MiB (0: no memory tier)")
+	}
+	if d.MemoryMaxObjectBytes <= 0 {
+		ps.add("cdn.memory_max_object_bytes", "must be positive: want e.g. 64KiB")
+	} else if d.MemoryBytes > 0 && d.MemoryMaxObjectBytes > d.MemoryBytes/16 {
+		ps.add("cdn.memory_max_object_bytes", "%d is more than a sixteenth of cdn.memory_bytes (%d): want at most %d, or a larger memory_bytes",
+			d.MemoryMaxObjectBytes, d.MemoryBytes, d.MemoryBytes/16)
+	}
 	d.Origin.validate(ps)
 }
 

@@ -160,7 +160,7 @@ func httpsLimits(l *config.Limits) transport.Limits {
 // holds its default (see package config); in the packages' Options, as in
 // the standard library, 0 means "the default" and a negative value means
 // none. Keys whose 0 the config rejects need no translation.
-func none[T int | float64 | time.Duration](v T) T {
+func none[T int | int64 | float64 | time.Duration](v T) T {
 	if v == 0 {
 		return -1
 	}

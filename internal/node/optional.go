@@ -126,6 +126,8 @@ func cdnOptions(c *config.CDN, dataDir string, origin cdn.Origin) cdn.Options {
 		StaleWhileRevalidate: none(c.StaleWhileRevalidate),
 		NegativeTTL:          none(c.NegativeTTL),
 		OriginTimeout:        c.OriginTimeout,
+		MemoryBytes:          none(int64(c.MemoryBytes)),
+		MemoryMaxObjectBytes: int64(c.MemoryMaxObjectBytes),
 	}
 }
 

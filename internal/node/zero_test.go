@@ -43,6 +43,7 @@ var zeroMeansNone = map[string]func(c *config.Config) bool{
 	"mongo.archive.retention":    func(c *config.Config) bool { return archiveOptions(c).Retention == 0 },
 	"cdn.stale_while_revalidate": func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).StaleWhileRevalidate < 0 },
 	"cdn.negative_ttl":           func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).NegativeTTL < 0 },
+	"cdn.memory_bytes":           func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).MemoryBytes < 0 },
 	"pubsub.history":             func(c *config.Config) bool { return mustPubSub(c).History < 0 },
 	"pubsub.max_conns_per_ip":    func(c *config.Config) bool { return mustPubSub(c).MaxConnsPerIP < 0 },
 	"pubsub.subscribe_rate":      func(c *config.Config) bool { return mustPubSub(c).SubscribeRate < 0 },

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	_ "net/http/pprof" // -pprof
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -44,6 +45,7 @@ func run() error {
 	mode := flag.String("mode", "edgenode", "edgenode (cache behind the transport) or bare (http.FileServer)")
 	certDir := flag.String("certdir", os.TempDir(), "folder for the self-signed certificate")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile here until SIGTERM")
+	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (heap and allocation profiles under load)")
 	flag.Parse()
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
@@ -54,6 +56,14 @@ func run() error {
 			return err
 		}
 		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
+	if *pprofAddr != "" {
+		pl, err := net.Listen("tcp", *pprofAddr)
+		if err != nil {
+			return err
+		}
+		// Only this tool's own diagnostics: the process ends at SIGTERM.
+		go http.Serve(pl, nil) //nolint:errcheck
 	}
 	if *origin == "" {
 		return fmt.Errorf("-origin is required")
