@@ -126,19 +126,28 @@ func runNode(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	loaded, err := config.LoadLayers(*cfgPath, os.Environ())
+	// load reads the config as at start; SIGHUP calls it again.
+	load := func() (config.Loaded, error) {
+		loaded, err := config.LoadLayers(*cfgPath, os.Environ())
+		if err != nil {
+			return loaded, err
+		}
+		if *dataDir != "" {
+			loaded.Config.Node.DataDir = *dataDir
+		}
+		if *bootstrap {
+			loaded.Config.Mongo.Bootstrap = true
+		}
+		return loaded, nil
+	}
+	loaded, err := load()
 	if err != nil {
 		fmt.Fprintf(stderr, "edgenode: %v\n", err)
 		return 1
 	}
 	cfg := loaded.Config
-	if *dataDir != "" {
-		cfg.Node.DataDir = *dataDir
-	}
-	if *bootstrap {
-		cfg.Mongo.Bootstrap = true
-	}
-	log := newLogger(cfg.Log, stderr)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg.Log, level, stderr)
 	log.Info("config", "files", loaded.Files, "env", loaded.Env)
 	// Signals are wired before anything starts, so a SIGTERM during start-up
 	// is a clean stop rather than a kill.
@@ -150,6 +159,13 @@ func runNode(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	n.SetReload(func() (config.Config, error) {
+		loaded, err := load()
+		if err == nil {
+			log.Info("config", "files", loaded.Files, "env", loaded.Env)
+		}
+		return loaded.Config, err
+	}, level)
 	if err := n.Run(context.Background(), sigs); err != nil {
 		log.Error("node failed", "err", err)
 		return 1
@@ -157,10 +173,11 @@ func runNode(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: lvl}
+// newLogger returns the node's logger, its level in level (validated: a
+// reload sets it).
+func newLogger(c config.Log, level *slog.LevelVar, w io.Writer) *slog.Logger {
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}

@@ -29,6 +29,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
@@ -48,6 +49,14 @@ type Node struct {
 
 	https *transport.Server // set once built: it then owns httpsUDP
 	admin *admin.Server     // /readyz follows the node's state
+	mesh  *mesh.Mesh        // nil without a mesh: gossips the config version
+
+	// Reload (see reload.go): how to read the config again, the level of
+	// the node's logger, the reload metrics.
+	load      func() (config.Config, error)
+	level     *slog.LevelVar
+	reloadMet *reloadMetrics
+	cdnMax    prometheus.Gauge // edgenode_cdn_max_bytes; nil without the CDN
 
 	// failures receives the error of a serving part whose server stopped
 	// on its own (see serving); Run stops the node on the first.
@@ -169,7 +178,10 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := registerProcessMetrics(n.reg, version, cfg.Node.ID); err != nil {
 		return nil, err
 	}
-	if err := registerLimits(n.reg, &cfg); err != nil {
+	if n.cdnMax, err = registerLimits(n.reg, &cfg); err != nil {
+		return nil, err
+	}
+	if n.reloadMet, err = newReloadMetrics(n.reg); err != nil {
 		return nil, err
 	}
 	b, err := n.build()
@@ -203,6 +215,7 @@ func (n *Node) build() (*built, error) {
 		}
 		b.load = newLoadReporter(b.mesh.m.SetLoad, loadInterval)
 		nodes = b.mesh.m
+		n.mesh = b.mesh.m
 	} else {
 		nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
 	}
@@ -390,7 +403,7 @@ func (n *Node) wait(ctx context.Context, signals <-chan os.Signal, lc *lifecycle
 		case sig := <-signals:
 			switch sig {
 			case syscall.SIGHUP:
-				lc.reload()
+				n.reloadConfig(lc)
 			default:
 				n.log.Info("stopping", "signal", sig.String())
 				return nil

@@ -1,11 +1,11 @@
 package pubsub
 
 import (
-	"sync/atomic"
 	"cmp"
 	"container/list"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 

@@ -50,10 +50,10 @@ var (
 
 // PubSub is the live-channel service of one node.
 type PubSub struct {
-	opts    Options
-	log     *slog.Logger
-	met     *metrics
-	mesh    Mesh
+	opts Options
+	log  *slog.Logger
+	met  *metrics
+	mesh Mesh
 	// tenants and live are what a reload replaces (Reconfigure): the
 	// tenants by name, and opts with the limits a reload may change.
 	tenants atomic.Pointer[map[string]*tenant]
