@@ -1,12 +1,14 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -198,11 +200,7 @@ func (n *Node) applyReload(lc *lifecycle, eff *config.Config) error {
 	if err := level.UnmarshalText([]byte(eff.Log.Level)); err != nil {
 		return fmt.Errorf("log.level: %w", err)
 	}
-	applies := []func(){func() {
-		if n.level != nil {
-			n.level.Set(level)
-		}
-	}}
+	var applies []func()
 	var errs []error
 	for _, p := range lc.parts[:lc.started] {
 		r, ok := p.(ConfigReloader)
@@ -227,6 +225,10 @@ func (n *Node) applyReload(lc *lifecycle, eff *config.Config) error {
 	changed := v != n.cfgVersion
 	n.cfgVersion = v
 	n.log.Info("config reloaded", "config_version", v, "changed", changed)
+	// Last, so this reload's lines follow the level it started with.
+	if n.level != nil {
+		n.level.Set(level)
+	}
 	if changed && n.mesh != nil {
 		// Gossiped so the node map shows which config each node runs.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -286,12 +288,17 @@ func (p *meshPart) PrepareReload(cfg *config.Config) (func(), error) {
 			return nil, fmt.Errorf("mesh.gossip_keys[%d]: %d bytes; want 16, 24 or 32 (AES-128, -192, -256)", i, l)
 		}
 	}
+	if slices.EqualFunc(keys, p.m.GossipKeys(), bytes.Equal) {
+		return func() {}, nil
+	}
 	return func() {
 		// Cannot fail on keys of those sizes: the new primary is added
 		// before it is used, and removed keys are not primary.
 		if err := p.m.SetGossipKeys(keys); err != nil {
 			p.log.Error("gossip keyring not changed", "err", err)
+			return
 		}
+		p.log.Info("gossip keyring changed", "keys", len(keys))
 	}, nil
 }
 
