@@ -342,3 +342,50 @@ func TestNoGoroutineLeak(t *testing.T) {
 	}
 	testkit.WaitFor(t, settle, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }
+
+// Reconfigure swaps zones, dynamic names and overrides in while the server
+// runs; a configuration it cannot take changes nothing.
+func TestReconfigure(t *testing.T) {
+	at := func(p geotest.Place) []Override {
+		return []Override{{Prefix: pfx("127.0.0.0/8"), Lat: p.Lat, Lon: p.Lon, HasCoords: true}}
+	}
+	ts := startServer(t, "", fiveNodes(), func(o *Options) { o.Overrides = at(geotest.Frankfurt) })
+	one := func() []string { return answerNodes(t, ts.query(t, "one.edgenode.test.", mdns.TypeA, qopt{})) }
+	if got := one(); len(got) != 1 || got[0] != "fra" {
+		t.Fatalf("one before: %v, want fra", got)
+	}
+
+	o := ts.opts
+	z := testZone()
+	z.Records = append(z.Records, Record{Name: "new", Type: "A", Value: "192.0.2.77"})
+	o.Zones = []Zone{z}
+	o.Dynamic = append(o.Dynamic, DynamicName{Name: "two.edgenode.test.", K: 2})
+	o.Overrides = at(geotest.Singapore)
+	commit, err := ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := one(); len(got) != 1 || got[0] != "fra" {
+		t.Fatalf("prepared, not committed: %v, want fra", got)
+	}
+	commit()
+	if got := one(); len(got) != 1 || got[0] != "sin" {
+		t.Errorf("one after: %v, want sin (the new override)", got)
+	}
+	if r := ts.query(t, "new.edgenode.test.", mdns.TypeA, qopt{}); len(r.Answer) != 1 || r.Answer[0].(*mdns.A).A.String() != "192.0.2.77" {
+		t.Errorf("the new record: %v", r.Answer)
+	}
+	if got := answerNodes(t, ts.query(t, "two.edgenode.test.", mdns.TypeA, qopt{})); len(got) != 2 {
+		t.Errorf("the new dynamic name: %v", got)
+	}
+
+	bad := o
+	bad.Zones = append([]Zone{}, o.Zones...)
+	bad.Zones = append(bad.Zones, Zone{Origin: "sub.edgenode.test."}) // nested
+	if _, err := ts.Reconfigure(bad); err == nil {
+		t.Fatal("nested zones taken")
+	}
+	if r := ts.query(t, "new.edgenode.test.", mdns.TypeA, qopt{}); len(r.Answer) != 1 {
+		t.Errorf("after a refused reconfigure: %v", r.Answer)
+	}
+}
