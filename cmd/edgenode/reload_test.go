@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -236,6 +237,22 @@ func TestReloadUnderLiveTraffic(t *testing.T) {
 	// One reload changes every kind at once.
 	after := reloadStep{region: "r2", level: "warn", app: appB.URL, www: "192.0.2.99", secret: secret2,
 		maxBody: 1024, maxMessage: 1024, maxEntries: 1}
+	// check-config -running says, before the reload, what it will do.
+	if err := os.WriteFile(p.cfgPath, []byte(reloadConfig(t, base, after)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(binPath, "check-config", "-running", p.cfgPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("check-config -running: %v\n%s", err, out)
+	}
+	for _, want := range []string{
+		"a reload applies: log.level, https.app_server, https.limits.max_body_bytes, dns.zones, cdn.max_entries, pubsub.tenants, pubsub.max_message_bytes\n",
+		"changed but needs a restart: node.region\n",
+	} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("check-config -running says\n%s\nwant %q", out, want)
+		}
+	}
 	reload(t, p, reloadConfig(t, base, after), "ok")
 
 	publishAndSee("after the reload")

@@ -20,7 +20,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -57,6 +59,9 @@ type Node struct {
 	level     *slog.LevelVar
 	reloadMet *reloadMetrics
 	cdnMax    prometheus.Gauge // edgenode_cdn_max_bytes; nil without the CDN
+	// running is cfg for other goroutines (GET /v1/config/pending):
+	// replaced whole after each reload.
+	running atomic.Pointer[config.Config]
 
 	// failures receives the error of a serving part whose server stopped
 	// on its own (see serving); Run stops the node on the first.
@@ -189,6 +194,8 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 		return nil, err
 	}
 	n.parts = startOrder(b)
+	n.running.Store(&cfg)
+	n.admin.Handle("GET /v1/config/pending", http.HandlerFunc(n.servePending))
 	return n, nil
 }
 

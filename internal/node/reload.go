@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"reflect"
 	"slices"
 	"strings"
@@ -221,6 +223,8 @@ func (n *Node) applyReload(lc *lifecycle, eff *config.Config) error {
 		apply()
 	}
 	n.cfg = *eff
+	running := *eff
+	n.running.Store(&running)
 	v := configVersion(eff)
 	changed := v != n.cfgVersion
 	n.cfgVersion = v
@@ -341,4 +345,49 @@ func gossipKeys(ks []config.Secret) ([][]byte, error) {
 		keys = append(keys, key)
 	}
 	return keys, nil
+}
+
+// Pending is what a reload would do now: GET /v1/config/pending, which
+// `edgenode check-config -running` shows.
+type Pending struct {
+	// ConfigVersion is the running config's (as in the node map).
+	ConfigVersion string `json:"config_version"`
+	// Live are the keys whose values in the files differ from the running
+	// ones and that a reload applies; Restart those that need a restart.
+	Live    []string `json:"live"`
+	Restart []string `json:"restart"`
+	// Problems: the files do not validate (a reload would change nothing).
+	Problems []string `json:"problems,omitempty"`
+}
+
+// servePending reads the config as a reload would, changing nothing, and
+// answers with a Pending.
+func (n *Node) servePending(w http.ResponseWriter, r *http.Request) {
+	if n.load == nil {
+		http.Error(w, "this node was not given a way to read its config again", http.StatusNotImplemented)
+		return
+	}
+	running := n.running.Load()
+	pd := Pending{ConfigVersion: configVersion(running), Live: []string{}, Restart: []string{}}
+	loaded, err := n.load()
+	if err != nil {
+		var ps *config.Problems
+		if errors.As(err, &ps) {
+			for _, p := range ps.List {
+				pd.Problems = append(pd.Problems, p.String())
+			}
+		} else {
+			pd.Problems = []string{err.Error()}
+		}
+	} else {
+		eff := *running
+		liveKeys(&eff, &loaded)
+		diffKeys(reflect.ValueOf(*running), reflect.ValueOf(eff), "", &pd.Live)
+		pd.Restart = append(pd.Restart, RestartKeys(running, &loaded)...)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(pd)
 }
