@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -233,6 +234,15 @@ func TestReloadUnderLiveTraffic(t *testing.T) {
 	}
 	testkit.WaitFor(t, 10*time.Second, "two cached entries", func() bool { return metricValue(t, p.admin, "edgenode_cdn_entries") == "2" })
 	infoLines := p.out.Count(`msg="reloading the config"`)
+	version := func() string {
+		_, body := get(t, http.DefaultClient, "http://"+p.admin+"/status.json")
+		var st struct{ Members []memberView }
+		if err := json.Unmarshal([]byte(body), &st); err != nil || len(st.Members) != 1 {
+			t.Fatalf("status.json: %v %s", err, body)
+		}
+		return st.Members[0].ConfigVersion
+	}
+	v0 := version()
 
 	// One reload changes every kind at once.
 	after := reloadStep{region: "r2", level: "warn", app: appB.URL, www: "192.0.2.99", secret: secret2,
@@ -256,6 +266,9 @@ func TestReloadUnderLiveTraffic(t *testing.T) {
 	reload(t, p, reloadConfig(t, base, after), "ok")
 
 	publishAndSee("after the reload")
+	if v := version(); v == "" || v == v0 {
+		t.Errorf("config_version in the node map: %q after the reload, %q before", v, v0)
+	}
 	if got := dnsA(t, p, "www.edgenode.test."); len(got) != 1 || got[0] != "192.0.2.99" {
 		t.Errorf("www after: %v, want the new record", got)
 	}

@@ -52,6 +52,9 @@ type Node struct {
 	https *transport.Server // set once built: it then owns httpsUDP
 	admin *admin.Server     // /readyz follows the node's state
 	mesh  *mesh.Mesh        // nil without a mesh: gossips the config version
+	// static is the node map without a mesh (nil with one): a reload
+	// republishes it with the new config version.
+	static *nodemap.Publisher
 
 	// Reload (see reload.go): how to read the config again, the level of
 	// the node's logger, the reload metrics.
@@ -224,7 +227,8 @@ func (n *Node) build() (*built, error) {
 		nodes = b.mesh.m
 		n.mesh = b.mesh.m
 	} else {
-		nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
+		n.static = nodemap.NewPublisher(staticNodes(&n.cfg, n.version, n.cfgVersion))
+		nodes = n.static
 	}
 	n.admin.Handle("GET /status.json", statusJSON(nodes, n.cfg.Node.ID, n.version))
 	if n.cfg.DNS.Enabled {

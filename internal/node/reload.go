@@ -44,7 +44,8 @@ import (
 // a new app proxy), changing nothing; only when every part has prepared
 // does each apply, and applying cannot fail. A config that does not
 // validate, or that a part cannot take, is logged with every problem and
-// changes nothing.
+// changes nothing (certificates and the GeoIP database are not read again
+// either; their files are also polled).
 
 // A ConfigReloader is a part that takes the live keys of a reloaded
 // config (see above). PrepareReload checks and builds what cfg asks of
@@ -173,7 +174,6 @@ func (n *Node) reloadConfig(lc *lifecycle) {
 			n.log.Error("config reload refused; nothing changed", "err", err)
 		}
 		n.reloadMet.reloads.WithLabelValues(reloadInvalid).Inc()
-		lc.reload()
 		return
 	}
 	restart := RestartKeys(&n.cfg, &loaded)
@@ -182,7 +182,6 @@ func (n *Node) reloadConfig(lc *lifecycle) {
 	if err := n.applyReload(lc, &eff); err != nil {
 		n.log.Error("config reload refused; nothing changed", "err", err)
 		n.reloadMet.reloads.WithLabelValues(reloadRefused).Inc()
-		lc.reload()
 		return
 	}
 	if len(restart) > 0 {
@@ -232,6 +231,10 @@ func (n *Node) applyReload(lc *lifecycle, eff *config.Config) error {
 	// Last, so this reload's lines follow the level it started with.
 	if n.level != nil {
 		n.level.Set(level)
+	}
+	if changed && n.static != nil {
+		// dns.nodes needs a restart: the running config's list.
+		n.static.Publish(staticNodes(&n.cfg, n.version, v))
 	}
 	if changed && n.mesh != nil {
 		// Gossiped so the node map shows which config each node runs.
