@@ -366,6 +366,19 @@ func TestReloadGossipKeyRotation(t *testing.T) {
 		v := c.members(0)["node1"].ConfigVersion
 		return v != "" && v != v0 && c.members(1)["node1"].ConfigVersion == v
 	})
+	// A reload that one part cannot take (a 10-byte key passes validation,
+	// the keyring refuses it) changes nothing, not even what other parts
+	// could take: here a new dynamic name.
+	short := base64.StdEncoding.EncodeToString(make([]byte, 10))
+	refused := mergeYAML(t, c.cfgs[0], `{mesh: {gossip_keys: ["`+short+`"]}, dns: {dynamic: [{name: widget.edgenode.test., count: 3}, {name: other.edgenode.test.}]}}`)
+	reload(t, c.nodes[0], refused, "refused")
+	if got := dnsA(t, c.nodes[0], "other.edgenode.test."); len(got) != 0 {
+		t.Errorf("a refused reload added a dynamic name: %v", got)
+	}
+	if !c.nodes[0].out.Contains("mesh.gossip_keys[0]: 10 bytes") {
+		t.Errorf("the refused reload does not say why")
+	}
+	together("after a refused reload")
 	for i, p := range c.nodes {
 		if p.out.Contains("gossip keyring not changed") || p.out.Count(`msg="gossip keyring changed"`) != 3 ||
 			!p.out.Contains(`msg="gossip keyring changed" part=mesh keys=1`) {

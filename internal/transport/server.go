@@ -372,6 +372,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.requests.WithLabelValues(route, r.Method, code, proto).Inc()
 		s.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	}()
+	maxBody := s.lim.Load().MaxBodyBytes // SetLimits may change it
 	switch {
 	case r.Method == http.MethodConnect:
 		// Plain CONNECT is for forward proxies, which this is not. Extended
@@ -395,13 +396,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		closeAfter(rw, r)
 		http.Error(rw, "request header fields too large", http.StatusRequestHeaderFieldsTooLarge)
 		r.Pattern = "limit"
-	case s.lim.Load().MaxBodyBytes > 0 && r.ContentLength > s.lim.Load().MaxBodyBytes:
+	case maxBody > 0 && r.ContentLength > maxBody:
 		s.metrics.limitHits.WithLabelValues("body_size").Inc()
 		closeAfter(rw, r)
 		http.Error(rw, "request body too large", http.StatusRequestEntityTooLarge)
 		r.Pattern = "limit"
 	default:
-		if maxBody := s.lim.Load().MaxBodyBytes; maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
+		if maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
 			r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(rw, r.Body, maxBody), m: s.metrics}
 		}
 		s.mux.ServeHTTP(rw, r)
