@@ -389,3 +389,54 @@ func TestReconfigure(t *testing.T) {
 		t.Errorf("after a refused reconfigure: %v", r.Answer)
 	}
 }
+
+// Reconfigure turns response rate limiting on, keeps the limiter (and its
+// buckets) when the limits stay the same, and turns it off again.
+func TestReconfigureRateLimit(t *testing.T) {
+	ts := startServer(t, "", fiveNodes(), nil)
+	if ts.rrl.Load() != nil {
+		t.Fatal("rate limiting on by default")
+	}
+	o := ts.opts
+	o.RRL = RRLOptions{Enabled: true, ResponsesPerSecond: 1, Slip: -1, Loopback: true}
+	commit, err := ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	rl := ts.rrl.Load()
+	if rl == nil {
+		t.Fatal("rate limiting still off")
+	}
+	// 1 response a second for this client: of 20 queries sent as fast as
+	// a dropped one times out (0.2 s), most are dropped.
+	c := &mdns.Client{Net: "udp", Timeout: 200 * time.Millisecond}
+	m := new(mdns.Msg)
+	m.SetQuestion("static.edgenode.test.", mdns.TypeA)
+	for range 20 {
+		_, _, _ = c.Exchange(m, ts.udp)
+	}
+	if n := metricValue(t, ts.reg, "edgenode_dns_dropped_total", "reason", "rrl"); n == 0 {
+		t.Error("no response dropped by the new rate limit")
+	}
+	commit, err = ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	if ts.rrl.Load() != rl {
+		t.Error("the same limits made a new limiter: every client got a fresh bucket")
+	}
+	o.RRL.Enabled = false
+	commit, err = ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	if ts.rrl.Load() != nil {
+		t.Error("rate limiting not turned off")
+	}
+	if r := ts.query(t, "static.edgenode.test.", mdns.TypeA, qopt{}); len(r.Answer) != 2 {
+		t.Errorf("after turning rate limiting off: %v", r)
+	}
+}
