@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/signal"
@@ -192,7 +193,7 @@ func restoreCommand(args []string, stdout, stderr io.Writer) int {
 		return fail(fmt.Errorf("the backup is %v old, older than mongo.log_retention (%v): the peers may no longer hold every operation written since. "+
 			"Start the node without restoring (it makes a full initial sync), or restore a newer backup; --force restores it anyway (see the README's Backups)", age, ret))
 	}
-	log := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, stderr).With("cmd", "restore")
+	log := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, new(slog.LevelVar), stderr).With("cmd", "restore")
 	var refused []replica.RefusedItem
 	start := time.Now()
 	origin, err := node.RestoreMongo(ctx, cfg, log, func(ctx context.Context, core *replica.Replica) error {

@@ -133,6 +133,8 @@ type memberView struct {
 	Unverified string `json:"unverified"`
 	Ready      bool   `json:"ready"`
 	NotReady   string `json:"not_ready"`
+
+	ConfigVersion string `json:"config_version"`
 }
 
 // members is what node i's /status.json says of every member.

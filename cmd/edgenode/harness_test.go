@@ -57,6 +57,7 @@ type nodeProc struct {
 	dataDir string
 	done    chan struct{}
 	exitErr error
+	cfgPath string   // the config file it was started with
 	bin     string   // the binary to run; "" is binPath (this tree's)
 	env     []string // added to the test's environment
 }
@@ -143,6 +144,7 @@ func spawnNode(t testing.TB, prefix, args []string, cfg string, p *nodeProc) {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	p.cfgPath = path
 	p.out = &testkit.LogBuffer{}
 	bin := binPath
 	if p.bin != "" {

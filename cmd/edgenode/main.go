@@ -2,7 +2,7 @@
 // TLS transport, pubsub, CDN and the multi-master Mongo proxy, in one process.
 //
 //	edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
-//	edgenode check-config [-print] FILE           print every problem in FILE, its drop-ins and EDGENODE_ variables; exit 1 if any
+//	edgenode check-config [-print] [-running] FILE print every problem in FILE, its drop-ins and EDGENODE_ variables; exit 1 if any
 //	edgenode conflicts list|show ID|resolve ID --keep stored|parked
 //	                                              parked unique-key collisions (admin API client)
 //	edgenode backup --to DIR|s3://...             back up the running node's Mongo replica
@@ -15,14 +15,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/edgenode/edgenode/internal/config"
@@ -69,9 +72,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   edgenode [run] [--config FILE] [--data DIR]   start a node (no config: an embedded single node)
-  edgenode check-config [-print] FILE           print every problem in FILE, its drop-ins (conf.d/*.yaml beside it)
+  edgenode check-config [-print] [-running] FILE
+                                                print every problem in FILE, its drop-ins (conf.d/*.yaml beside it)
                                                 and EDGENODE_ variables; exit 1 if any. -print: the merged config,
-                                                each value with where it came from (secrets redacted)
+                                                each value with where it came from (secrets redacted). -running:
+                                                also ask the node FILE configures which changed keys a reload
+                                                applies and which need a restart
   edgenode ca init --dir DIR                    create the cluster CA
   edgenode ca issue --dir DIR --node ID --host IP[,IP...]
                                                 issue a node certificate from the CA in DIR, naming the
@@ -126,19 +132,28 @@ func runNode(args []string, stderr io.Writer) int {
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
-	loaded, err := config.LoadLayers(*cfgPath, os.Environ())
+	// load reads the config as at start; SIGHUP calls it again.
+	load := func() (config.Loaded, error) {
+		loaded, err := config.LoadLayers(*cfgPath, os.Environ())
+		if err != nil {
+			return loaded, err
+		}
+		if *dataDir != "" {
+			loaded.Config.Node.DataDir = *dataDir
+		}
+		if *bootstrap {
+			loaded.Config.Mongo.Bootstrap = true
+		}
+		return loaded, nil
+	}
+	loaded, err := load()
 	if err != nil {
 		fmt.Fprintf(stderr, "edgenode: %v\n", err)
 		return 1
 	}
 	cfg := loaded.Config
-	if *dataDir != "" {
-		cfg.Node.DataDir = *dataDir
-	}
-	if *bootstrap {
-		cfg.Mongo.Bootstrap = true
-	}
-	log := newLogger(cfg.Log, stderr)
+	level := new(slog.LevelVar)
+	log := newLogger(cfg.Log, level, stderr)
 	log.Info("config", "files", loaded.Files, "env", loaded.Env)
 	// Signals are wired before anything starts, so a SIGTERM during start-up
 	// is a clean stop rather than a kill.
@@ -150,6 +165,13 @@ func runNode(args []string, stderr io.Writer) int {
 		log.Error("cannot start", "err", err)
 		return 1
 	}
+	n.SetReload(func() (config.Config, error) {
+		loaded, err := load()
+		if err == nil {
+			log.Info("config", "files", loaded.Files, "env", loaded.Env)
+		}
+		return loaded.Config, err
+	}, level)
 	if err := n.Run(context.Background(), sigs); err != nil {
 		log.Error("node failed", "err", err)
 		return 1
@@ -157,10 +179,11 @@ func runNode(args []string, stderr io.Writer) int {
 	return 0
 }
 
-func newLogger(c config.Log, w io.Writer) *slog.Logger {
-	var lvl slog.Level
-	_ = lvl.UnmarshalText([]byte(c.Level))
-	opts := &slog.HandlerOptions{Level: lvl}
+// newLogger returns the node's logger, its level in level (validated: a
+// reload sets it).
+func newLogger(c config.Log, level *slog.LevelVar, w io.Writer) *slog.Logger {
+	_ = level.UnmarshalText([]byte(c.Level))
+	opts := &slog.HandlerOptions{Level: level}
 	if c.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
@@ -171,11 +194,12 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	print := fs.Bool("print", false, "print the effective config, each value with where it came from (secrets redacted)")
+	running := fs.Bool("running", false, "also ask the node FILE configures (admin.listen, its token) what a reload would apply and which changed keys need a restart")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
 	if fs.NArg() != 1 {
-		fmt.Fprintln(stderr, "usage: edgenode check-config [-print] FILE")
+		fmt.Fprintln(stderr, "usage: edgenode check-config [-print] [-running] FILE")
 		return 2
 	}
 	loaded, err := config.LoadLayers(fs.Arg(0), os.Environ())
@@ -200,5 +224,45 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		stdout.Write(b)
 	}
 	fmt.Fprintf(stdout, "%s: ok\n", fs.Arg(0))
+	if *running {
+		return checkRunning(fs.Arg(0), stdout, stderr)
+	}
+	return 0
+}
+
+// checkRunning asks the node the config at path configures what a reload
+// would do with the files it reads (GET /v1/config/pending).
+func checkRunning(path string, stdout, stderr io.Writer) int {
+	base, token, err := adminTarget(path, "", "")
+	if err != nil {
+		fmt.Fprintf(stderr, "edgenode check-config -running: %v\n", err)
+		return 1
+	}
+	body, err := adminCall(http.MethodGet, base+"/v1/config/pending", token)
+	if err != nil {
+		fmt.Fprintf(stderr, "edgenode check-config -running: %v\n", err)
+		return 1
+	}
+	var pd node.Pending
+	if err := json.Unmarshal(body, &pd); err != nil {
+		fmt.Fprintf(stderr, "edgenode check-config -running: the node's answer: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "running node at %s (config %s):\n", base, pd.ConfigVersion)
+	if len(pd.Problems) > 0 {
+		fmt.Fprintf(stdout, "  its config files have problems; a reload would change nothing:\n")
+		for _, p := range pd.Problems {
+			fmt.Fprintf(stdout, "    %s\n", p)
+		}
+		return 1
+	}
+	list := func(keys []string) string {
+		if len(keys) == 0 {
+			return "none"
+		}
+		return strings.Join(keys, ", ")
+	}
+	fmt.Fprintf(stdout, "  a reload applies: %s\n", list(pd.Live))
+	fmt.Fprintf(stdout, "  changed but needs a restart: %s\n", list(pd.Restart))
 	return 0
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -127,7 +128,7 @@ func pitrRestore(a pitrArgs, stdout, stderr io.Writer) int {
 		cfg.Node.DataDir = filepath.Join(tmp, "data")
 		cfg.Mongo.Upstream = config.Secret{} // always an embedded database of its own
 	}
-	log := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, stderr).With("cmd", "restore")
+	log := newLogger(config.Log{Level: "warn", Format: cfg.Log.Format}, new(slog.LevelVar), stderr).With("cmd", "restore")
 	start := time.Now()
 	var applied, docs int
 	origin, err := node.RestoreMongo(ctx, &cfg, log, func(ctx context.Context, core *replica.Replica) error {

@@ -427,6 +427,21 @@ func (c *Cache) onRemove(_ string, e *entry) {
 	c.victims = append(c.victims, e)
 }
 
+// SetLimits changes the cache's budget, bytes and entries (Options.MaxBytes
+// and MaxEntries), as a config reload does: a smaller budget evicts the
+// least recently used entries at once. Other options need a new Cache.
+func (c *Cache) SetLimits(maxBytes int64, maxEntries int) {
+	c.mu.Lock()
+	c.opts.MaxBytes, c.opts.MaxEntries = maxBytes, maxEntries
+	n := c.idx.Resize(maxEntries)
+	c.m.evictions.Add(float64(n))
+	c.evictLocked(0)
+	victims := c.takeVictimsLocked()
+	c.updateGaugesLocked()
+	c.mu.Unlock()
+	c.deleteFiles(victims)
+}
+
 // evictLocked removes least recently used entries until need more bytes
 // fit in the budget; it returns how many were evicted.
 func (c *Cache) evictLocked(need int64) int {

@@ -52,8 +52,8 @@ func (s *Server) respond(t *tally, q *query, outcome, rc int, client netip.Addr,
 		t.drop(dropMalformed)
 		return nil
 	}
-	if tr == trUDP && s.rrl != nil {
-		switch s.rrl.check(client) {
+	if rl := s.rrl.Load(); tr == trUDP && rl != nil {
+		switch rl.check(client) {
 		case rrlDrop:
 			t.drop(dropRRL)
 			return nil
@@ -197,7 +197,7 @@ func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte
 	owner := headerLen // where the current name sits in the packet
 	name := nameString(q)
 	for hop := 0; ; hop++ {
-		e := s.c.names[name]
+		e := v.c.names[name]
 		var z *zone
 		node := int32(-1)
 		if e != nil {
@@ -205,7 +205,7 @@ func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte
 		} else if ref, ok := v.ns.byName[name]; ok {
 			node, z = ref.node, ref.zone
 		} else {
-			z = s.findZone(name)
+			z = v.c.findZone(name)
 		}
 		if z == nil {
 			if hop == 0 {
@@ -245,9 +245,9 @@ func (s *Server) answer(out []byte, q *query, client netip.Addr, tr int) ([]byte
 }
 
 // findZone returns the zone enclosing name, or nil.
-func (s *Server) findZone(name string) *zone {
+func (c *compiled) findZone(name string) *zone {
 	for off := 0; off < len(name) && name[off] != 0; off += 1 + int(name[off]) {
-		if z := s.c.zones[name[off:]]; z != nil {
+		if z := c.zones[name[off:]]; z != nil {
 			return z
 		}
 	}
@@ -269,7 +269,7 @@ func (s *Server) putData(out []byte, owner int, name string, e *entry, node int3
 		// RFC 8482: one synthesized HINFO instead of everything.
 		if node >= 0 || e.hasData() {
 			out = putOwner(out, owner, name)
-			return append(out, s.c.hinfo...), 1, 0
+			return append(out, v.c.hinfo...), 1, 0
 		}
 		return out, 0, 0
 	}
@@ -284,7 +284,7 @@ func (s *Server) putData(out []byte, owner int, name string, e *entry, node int3
 		return out, 0, 0
 	}
 	if e.dyn >= 0 && (q.qtype == typeA || q.qtype == typeAAAA) {
-		return s.putDynamic(out, owner, &s.c.dynamics[e.dyn], q, client, v)
+		return s.putDynamic(out, owner, &v.c.dynamics[e.dyn], q, client, v)
 	}
 	set := e.set(q.qtype)
 	if set == nil {
@@ -318,7 +318,7 @@ func (s *Server) putDynamic(out []byte, owner int, d *dynamic, q *query, client 
 	if len(ms.node) == 0 {
 		return out, 0, scope
 	}
-	r := v.ranking(d.pool, fam, loc, known, ms, s.opts.SlackKM)
+	r := v.ranking(d.pool, fam, loc, known, ms, v.c.slackKM)
 	first := int32(-1)
 	if s.opts.Measured != nil {
 		if a, bits, ok := measuredClient(q, client); ok {

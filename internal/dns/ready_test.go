@@ -123,7 +123,7 @@ func TestNoReadyNodeFallsBackToServingOnes(t *testing.T) {
 		t.Errorf("warned again on map changes: %d warnings, want 4", n)
 	}
 	// A minute on, it is said again.
-	ts.noteReadiness(ts.currentView().ns, time.Now().Add(renoteEvery+time.Second))
+	ts.noteReadiness(ts.currentView().c, ts.currentView().ns, time.Now().Add(renoteEvery+time.Second))
 	if n := logs.Count(warning); n != 8 {
 		t.Errorf("after a minute: %d warnings, want 8", n)
 	}

@@ -342,3 +342,101 @@ func TestNoGoroutineLeak(t *testing.T) {
 	}
 	testkit.WaitFor(t, settle, "goroutines to end", func() bool { return runtime.NumGoroutine() <= before })
 }
+
+// Reconfigure swaps zones, dynamic names and overrides in while the server
+// runs; a configuration it cannot take changes nothing.
+func TestReconfigure(t *testing.T) {
+	at := func(p geotest.Place) []Override {
+		return []Override{{Prefix: pfx("127.0.0.0/8"), Lat: p.Lat, Lon: p.Lon, HasCoords: true}}
+	}
+	ts := startServer(t, "", fiveNodes(), func(o *Options) { o.Overrides = at(geotest.Frankfurt) })
+	one := func() []string { return answerNodes(t, ts.query(t, "one.edgenode.test.", mdns.TypeA, qopt{})) }
+	if got := one(); len(got) != 1 || got[0] != "fra" {
+		t.Fatalf("one before: %v, want fra", got)
+	}
+
+	o := ts.opts
+	z := testZone()
+	z.Records = append(z.Records, Record{Name: "new", Type: "A", Value: "192.0.2.77"})
+	o.Zones = []Zone{z}
+	o.Dynamic = append(o.Dynamic, DynamicName{Name: "two.edgenode.test.", K: 2})
+	o.Overrides = at(geotest.Singapore)
+	commit, err := ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := one(); len(got) != 1 || got[0] != "fra" {
+		t.Fatalf("prepared, not committed: %v, want fra", got)
+	}
+	commit()
+	if got := one(); len(got) != 1 || got[0] != "sin" {
+		t.Errorf("one after: %v, want sin (the new override)", got)
+	}
+	if r := ts.query(t, "new.edgenode.test.", mdns.TypeA, qopt{}); len(r.Answer) != 1 || r.Answer[0].(*mdns.A).A.String() != "192.0.2.77" {
+		t.Errorf("the new record: %v", r.Answer)
+	}
+	if got := answerNodes(t, ts.query(t, "two.edgenode.test.", mdns.TypeA, qopt{})); len(got) != 2 {
+		t.Errorf("the new dynamic name: %v", got)
+	}
+
+	bad := o
+	bad.Zones = append([]Zone{}, o.Zones...)
+	bad.Zones = append(bad.Zones, Zone{Origin: "sub.edgenode.test."}) // nested
+	if _, err := ts.Reconfigure(bad); err == nil {
+		t.Fatal("nested zones taken")
+	}
+	if r := ts.query(t, "new.edgenode.test.", mdns.TypeA, qopt{}); len(r.Answer) != 1 {
+		t.Errorf("after a refused reconfigure: %v", r.Answer)
+	}
+}
+
+// Reconfigure turns response rate limiting on, keeps the limiter (and its
+// buckets) when the limits stay the same, and turns it off again.
+func TestReconfigureRateLimit(t *testing.T) {
+	ts := startServer(t, "", fiveNodes(), nil)
+	if ts.rrl.Load() != nil {
+		t.Fatal("rate limiting on by default")
+	}
+	o := ts.opts
+	o.RRL = RRLOptions{Enabled: true, ResponsesPerSecond: 1, Slip: -1, Loopback: true}
+	commit, err := ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	rl := ts.rrl.Load()
+	if rl == nil {
+		t.Fatal("rate limiting still off")
+	}
+	// 1 response a second for this client: of 20 queries sent as fast as
+	// a dropped one times out (0.2 s), most are dropped.
+	c := &mdns.Client{Net: "udp", Timeout: 200 * time.Millisecond}
+	m := new(mdns.Msg)
+	m.SetQuestion("static.edgenode.test.", mdns.TypeA)
+	for range 20 {
+		_, _, _ = c.Exchange(m, ts.udp)
+	}
+	if n := metricValue(t, ts.reg, "edgenode_dns_dropped_total", "reason", "rrl"); n == 0 {
+		t.Error("no response dropped by the new rate limit")
+	}
+	commit, err = ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	if ts.rrl.Load() != rl {
+		t.Error("the same limits made a new limiter: every client got a fresh bucket")
+	}
+	o.RRL.Enabled = false
+	commit, err = ts.Reconfigure(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	commit()
+	if ts.rrl.Load() != nil {
+		t.Error("rate limiting not turned off")
+	}
+	if r := ts.query(t, "static.edgenode.test.", mdns.TypeA, qopt{}); len(r.Answer) != 2 {
+		t.Errorf("after turning rate limiting off: %v", r)
+	}
+}

@@ -77,7 +77,7 @@ func TestRRLVictimLimitedWhateverTheInterleaving(t *testing.T) {
 	}{
 		{"unkeyed-collision", ip("127.0.1.1"), []netip.Addr{unkeyedCollider(t, ip("127.0.1.1"))}},
 		{"many-prefixes", ip("127.0.3.1"), many},
-		{"keyed-collision", ip("127.0.5.1"), []netip.Addr{keyedCollider(t, ts.rrl, ip("127.0.5.1"))}},
+		{"keyed-collision", ip("127.0.5.1"), []netip.Addr{keyedCollider(t, ts.rrl.Load(), ip("127.0.5.1"))}},
 	} {
 		victim := c.victim
 		t.Run(c.name, func(t *testing.T) {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,12 +29,12 @@ import (
 type Server struct {
 	opts    Options
 	log     *slog.Logger
-	c       *compiled
 	src     nodemap.Source
 	m       *metrics
-	rrl     *rrl
+	rrl     atomic.Pointer[rrl] // nil: no response rate limiting
 	nodeTTL uint32
-	ovr     []geoindex.Override
+	ovr     []geoindex.Override // under buildMu once New returned
+	rrlOpts RRLOptions          // those of rrl; under buildMu
 
 	view    atomic.Pointer[view]
 	viewMu  sync.Mutex // serializes replacing the view
@@ -90,7 +91,6 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 	s := &Server{
 		opts:    o,
 		log:     log,
-		c:       c,
 		src:     nodes,
 		nodeTTL: ttlSeconds(o.NodeTTL),
 		conns:   map[*net.TCPConn]struct{}{},
@@ -101,29 +101,18 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 		unreadyPools: map[poolFamily]*unreadyNote{},
 	}
 	s.outPool.New = func() any { b := make([]byte, outBufSize); return &b }
-	for _, ov := range o.Overrides {
-		if err := ov.validate(); err != nil {
-			return nil, fmt.Errorf("dns: %w", err)
-		}
-		l := geoindex.Location{Lat: float32(ov.Lat), Lon: float32(ov.Lon), HasCoords: ov.HasCoords}
-		if len(ov.Country) == 2 {
-			cc := strings.ToUpper(ov.Country)
-			l.Country = [2]byte{cc[0], cc[1]}
-		}
-		if len(ov.Continent) == 2 {
-			cc := strings.ToUpper(ov.Continent)
-			l.Continent = [2]byte{cc[0], cc[1]}
-		}
-		s.ovr = append(s.ovr, geoindex.Override{Prefix: ov.Prefix, Location: l})
+	if s.ovr, err = overrides(o.Overrides); err != nil {
+		return nil, err
 	}
 	if s.m, err = newMetrics(reg); err != nil {
 		return nil, err
 	}
 	if o.RRL.Enabled {
-		s.rrl = newRRL(o.RRL)
+		s.rrl.Store(newRRL(o.RRL))
 	}
+	s.rrlOpts = o.RRL
 
-	ix, id, err := s.buildIndex()
+	ix, id, err := s.buildIndex(s.ovr)
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +122,7 @@ func New(opts Options, nodes nodemap.Source, log *slog.Logger, reg prometheus.Re
 			"overrides", len(s.ovr))
 	}
 	m, changed := nodes.Current()
-	ns := s.nodeState(m)
+	ns := s.nodeState(c, m)
 	s.view.Store(newView(c, ns, changed, ix, nil))
 	s.m.mapVer.Set(float64(m.Version))
 	return s, nil
@@ -161,7 +150,7 @@ func statFile(path string) (fileID, error) {
 // buildIndex builds an index from the configured database and overrides.
 // The file's identity is taken before reading it, so a change during the
 // build is seen again by the next poll.
-func (s *Server) buildIndex() (*geoindex.Index, fileID, error) {
+func (s *Server) buildIndex(ovr []geoindex.Override) (*geoindex.Index, fileID, error) {
 	var id fileID
 	if s.opts.GeoIPPath != "" {
 		var err error
@@ -170,7 +159,7 @@ func (s *Server) buildIndex() (*geoindex.Index, fileID, error) {
 			return nil, id, fmt.Errorf("dns: GeoIP database: %w", err)
 		}
 	}
-	ix, err := geoindex.Build(s.opts.GeoIPPath, s.ovr)
+	ix, err := geoindex.Build(s.opts.GeoIPPath, ovr)
 	if err != nil {
 		s.m.builds.WithLabelValues("error").Inc()
 		return nil, id, fmt.Errorf("dns: %w", err)
@@ -192,7 +181,7 @@ func (s *Server) buildIndex() (*geoindex.Index, fileID, error) {
 func (s *Server) Reload() error {
 	s.buildMu.Lock()
 	defer s.buildMu.Unlock()
-	ix, id, err := s.buildIndex()
+	ix, id, err := s.buildIndex(s.ovr)
 	if err != nil {
 		s.log.Error("dns: GeoIP reload failed; keeping the current index", "err", err)
 		return err
@@ -202,19 +191,105 @@ func (s *Server) Reload() error {
 	s.statMu.Unlock()
 	s.viewMu.Lock()
 	cur := s.view.Load()
-	s.view.Store(newView(s.c, cur.ns, cur.changed, ix, cur))
+	s.view.Store(newView(cur.c, cur.ns, cur.changed, ix, cur))
 	s.viewMu.Unlock()
 	return nil
 }
 
-func (s *Server) nodeState(m *nodemap.Map) *nodeState {
-	ns, warnings := buildNodeState(s.c, m, func(id string) counter { return s.m.answers.WithLabelValues(id) })
+// Reconfigure takes what a config reload may change while the server
+// runs: the zones, the dynamic names, the overrides, the slack and
+// response rate limiting (opts' other fields are ignored: they need a
+// restart). It checks and builds everything first, changing nothing, and
+// returns the func that swaps it in; queries in flight finish with the old
+// zones, the next ones see the new. An error leaves the server as it is.
+func (s *Server) Reconfigure(opts Options) (commit func(), err error) {
+	o := s.opts
+	o.Zones, o.Dynamic, o.Overrides, o.SlackKM, o.RRL = opts.Zones, opts.Dynamic, opts.Overrides, opts.SlackKM, opts.RRL
+	o = o.withDefaults()
+	c, err := compile(&o)
+	if err != nil {
+		return nil, err
+	}
+	ovr, err := overrides(o.Overrides)
+	if err != nil {
+		return nil, err
+	}
+	// The index holds the overrides: rebuilt only when they changed.
+	s.buildMu.Lock()
+	sameOvr := slices.Equal(ovr, s.ovr)
+	s.buildMu.Unlock()
+	var ix *geoindex.Index
+	var id fileID
+	if !sameOvr {
+		if ix, id, err = s.buildIndex(ovr); err != nil {
+			return nil, err
+		}
+	}
+	return func() {
+		s.buildMu.Lock()
+		defer s.buildMu.Unlock()
+		if ix != nil {
+			s.ovr = ovr
+			// Should the database have changed since ix was built, the
+			// watcher sees a newer file than this and rebuilds.
+			s.statMu.Lock()
+			s.lastStat = id
+			s.statMu.Unlock()
+		}
+		// Same limits: the same limiter, so reloading hands no client a
+		// fresh bucket.
+		if o.RRL != s.rrlOpts {
+			var rl *rrl
+			if o.RRL.Enabled {
+				rl = newRRL(o.RRL)
+			}
+			s.rrl.Store(rl)
+		}
+		s.rrlOpts = o.RRL
+		s.viewMu.Lock()
+		defer s.viewMu.Unlock()
+		cur := s.view.Load()
+		if ix == nil {
+			ix = cur.ix
+		}
+		m, changed := s.src.Current()
+		s.noteMu.Lock()
+		clear(s.unreadyPools) // indexed by the old pools
+		s.noteMu.Unlock()
+		s.view.Store(newView(c, s.nodeState(c, m), changed, ix, cur))
+		s.log.Info("dns: reconfigured", "zones", len(c.zoneList), "dynamic", len(c.dynamics), "overrides", len(ovr))
+	}, nil
+}
+
+// overrides checks and translates Options.Overrides.
+func overrides(ovs []Override) ([]geoindex.Override, error) {
+	var out []geoindex.Override
+	for _, ov := range ovs {
+		if err := ov.validate(); err != nil {
+			return nil, fmt.Errorf("dns: %w", err)
+		}
+		l := geoindex.Location{Lat: float32(ov.Lat), Lon: float32(ov.Lon), HasCoords: ov.HasCoords}
+		if len(ov.Country) == 2 {
+			cc := strings.ToUpper(ov.Country)
+			l.Country = [2]byte{cc[0], cc[1]}
+		}
+		if len(ov.Continent) == 2 {
+			cc := strings.ToUpper(ov.Continent)
+			l.Continent = [2]byte{cc[0], cc[1]}
+		}
+		out = append(out, geoindex.Override{Prefix: ov.Prefix, Location: l})
+	}
+	return out, nil
+}
+
+func (s *Server) nodeState(c *compiled, m *nodemap.Map) *nodeState {
+	ns, warnings := buildNodeState(c, m, func(id string) counter { return s.m.answers.WithLabelValues(id) })
 	for _, w := range warnings {
 		s.log.Warn("dns: " + w)
 	}
 	now := time.Now()
 	s.noteUnverified(m, now)
-	s.noteReadiness(ns, now)
+	s.noteReadiness(c, ns, now)
 	return ns
 }
 
@@ -235,7 +310,7 @@ type unreadyNote struct {
 // lasts, never more often, however often the map changes (a pool that
 // flaps is warned about once per renoteEvery); its recovery at Info after
 // a warning.
-func (s *Server) noteReadiness(ns *nodeState, now time.Time) {
+func (s *Server) noteReadiness(c *compiled, ns *nodeState, now time.Time) {
 	s.noteMu.Lock()
 	defer s.noteMu.Unlock()
 	for id, why := range ns.notReady {
@@ -262,7 +337,7 @@ func (s *Server) noteReadiness(ns *nodeState, now time.Time) {
 				if note != nil && note.in {
 					note.in = false
 					if !note.warned.IsZero() {
-						s.log.Info("dns: a node is ready again; dynamic answers name ready nodes only", s.poolAttrs(p, fam, nil, nil)...)
+						s.log.Info("dns: a node is ready again; dynamic answers name ready nodes only", s.poolAttrs(c, p, fam, nil, nil)...)
 					}
 				}
 				continue
@@ -276,7 +351,7 @@ func (s *Server) noteReadiness(ns *nodeState, now time.Time) {
 			if note.warned.IsZero() || now.Sub(note.warned) >= renoteEvery {
 				note.warned = now
 				s.log.Warn("dns: no node is ready; dynamic answers name alive, verified nodes that are not ready "+
-					"rather than none (further warnings about this pool at most once a minute)", s.poolAttrs(p, fam, ns, ms)...)
+					"rather than none (further warnings about this pool at most once a minute)", s.poolAttrs(c, p, fam, ns, ms)...)
 			}
 		}
 	}
@@ -285,13 +360,13 @@ func (s *Server) noteReadiness(ns *nodeState, now time.Time) {
 
 // poolAttrs describes a pool and family for a log line: its tag, the
 // dynamic names it answers, and with ns, its members and their reasons.
-func (s *Server) poolAttrs(p, fam int, ns *nodeState, ms *members) []any {
-	tag := s.c.pools[p]
+func (s *Server) poolAttrs(c *compiled, p, fam int, ns *nodeState, ms *members) []any {
+	tag := c.pools[p]
 	if tag == "" {
 		tag = "(all nodes)"
 	}
 	var names []string
-	for _, d := range s.c.dynamics {
+	for _, d := range c.dynamics {
 		if d.pool == p {
 			names = append(names, d.name)
 		}
@@ -391,8 +466,8 @@ func (s *Server) refreshNodes() *view {
 		return cur // someone else refreshed it
 	}
 	m, changed := s.src.Current()
-	ns := s.nodeState(m)
-	nv := newView(s.c, ns, changed, cur.ix, cur)
+	ns := s.nodeState(cur.c, m)
+	nv := newView(cur.c, ns, changed, cur.ix, cur)
 	s.view.Store(nv)
 	s.m.mapVer.Set(float64(m.Version))
 	s.log.Debug("dns: node map changed", "version", m.Version, "nodes", len(m.Nodes))
@@ -441,7 +516,7 @@ func (s *Server) Start(ctx context.Context) error {
 	go s.watchNodes()
 	go s.watchFile()
 	s.log.Info("dns: serving", "udp", s.udpAddr.String(), "tcp", s.tcpAddr.String(), "udp_sockets", len(udp),
-		"zones", len(s.c.zoneList), "dynamic", len(s.c.dynamics))
+		"zones", len(s.view.Load().c.zoneList), "dynamic", len(s.view.Load().c.dynamics))
 	return nil
 }
 

@@ -11,6 +11,7 @@ import (
 // fill lazily; the Server swaps whole views atomically, so a query sees
 // either the old or the new pair, never half of each.
 type view struct {
+	c       *compiled // the zones, names and pools ns was built for
 	ns      *nodeState
 	changed <-chan struct{} // closed when the node map behind ns is replaced
 	ix      *geoindex.Index
@@ -21,11 +22,11 @@ type view struct {
 // made for the same index and the same members (ids, places, regions):
 // a load change alone does not throw rankings away.
 func newView(c *compiled, ns *nodeState, changed <-chan struct{}, ix *geoindex.Index, prev *view) *view {
-	v := &view{ns: ns, changed: changed, ix: ix, ranks: make([][2]*rankCache, len(c.pools))}
+	v := &view{c: c, ns: ns, changed: changed, ix: ix, ranks: make([][2]*rankCache, len(c.pools))}
 	for p := range c.pools {
 		for fam := range 2 {
 			fp := ns.pools[p][fam].fingerprint
-			if prev != nil && prev.ix == ix && prev.ranks[p][fam].fingerprint == fp {
+			if prev != nil && prev.c == c && prev.ix == ix && prev.ranks[p][fam].fingerprint == fp {
 				v.ranks[p][fam] = prev.ranks[p][fam]
 				continue
 			}

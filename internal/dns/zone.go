@@ -106,6 +106,7 @@ type compiled struct {
 	pools    []string // tag per pool ("" = all nodes)
 	zoneList []*zone  // in configuration order
 	hinfo    []byte   // RFC 8482 HINFO tail
+	slackKM  float64  // Options.SlackKM, with its default
 }
 
 // wireName returns the lower-case wire form of a presentation name.
@@ -161,6 +162,7 @@ func compile(opts *Options) (*compiled, error) {
 		return nil, err
 	}
 	c.hinfo = hinfo
+	c.slackKM = opts.SlackKM
 	if len(opts.Zones) == 0 {
 		return nil, errors.New("dns: no zones configured")
 	}

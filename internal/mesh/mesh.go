@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -78,6 +79,7 @@ type Mesh struct {
 	leaving  bool
 	load     float64 // the gossiped load: in our metadata and our own map entry
 	notReady string  // why this node is not ready ("" ready): SetReadiness
+	cfgVer   string  // the gossiped config version: SetConfigVersion
 	members  map[string]*member
 	// coordSent is the coordinate in our metadata and our own map entry:
 	// coord's value when it was last gossiped (see loadLoop).
@@ -127,6 +129,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Mesh, e
 	}
 	m := &Mesh{
 		o:         o,
+		cfgVer:    o.ConfigVersion,
 		log:       logger,
 		members:   make(map[string]*member),
 		badMeta:   make(map[string]string),
@@ -346,6 +349,31 @@ func (m *Mesh) SetReadiness(ctx context.Context, notReady string) error {
 	return nil
 }
 
+// SetConfigVersion sets the config version this node gossips (a reload
+// changed the config), so every node map shows which config each node
+// runs. Like SetReadiness it shows in this node's map at once and returns
+// once the metadata has gone to at least one member, or with an error
+// after ctx or DrainTimeout.
+func (m *Mesh) SetConfigVersion(ctx context.Context, v string) error {
+	v = clipUTF8(v, maxMetaString)
+	m.mu.Lock()
+	changed := m.cfgVer != v
+	m.cfgVer = v
+	m.mu.Unlock()
+	if !changed {
+		return nil
+	}
+	m.signal(m.dirty)
+	ml := m.running()
+	if ml == nil {
+		return nil
+	}
+	if err := ml.UpdateNode(boundedTimeout(ctx, m.o.DrainTimeout)); err != nil {
+		return fmt.Errorf("mesh: announce config version: %w", err)
+	}
+	return nil
+}
+
 // Leave leaves the cluster gracefully: it announces the leave (other nodes
 // drop this node from their maps instead of marking it dead), closes the
 // peer links with a goodbye and stops every goroutine. It is bounded by ctx
@@ -525,6 +553,36 @@ func (m *Mesh) GossipKeys() [][]byte {
 	return m.keyring.GetKeys()
 }
 
+// SetGossipKeys makes the keyring hold exactly keys, keys[0] primary: it
+// adds the keys it lacks, makes keys[0] primary, then removes the others,
+// in that order so that at no step is a key in use missing (a reload does
+// one step of the cluster-wide rotation described above). It does not turn
+// encryption on or off: that needs a restart (ErrNoKeyring when off).
+func (m *Mesh) SetGossipKeys(keys [][]byte) error {
+	if m.keyring == nil {
+		return ErrNoKeyring
+	}
+	if len(keys) == 0 {
+		return errors.New("mesh: set gossip keys: encryption cannot be turned off without a restart")
+	}
+	for _, k := range keys {
+		if err := m.AddGossipKey(k); err != nil {
+			return err
+		}
+	}
+	if err := m.UseGossipKey(keys[0]); err != nil {
+		return err
+	}
+	for _, have := range m.keyring.GetKeys() {
+		if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, have) }) {
+			if err := m.RemoveGossipKey(have); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // ---- membership view ----
 
 // selfMeta is the metadata this node gossips now.
@@ -537,6 +595,7 @@ func (m *Mesh) selfMeta() Meta {
 	}
 	md.NotReady = m.notReady
 	md.Coord = m.coordSent
+	md.ConfigVersion = m.cfgVer
 	return md
 }
 
@@ -682,7 +741,7 @@ func (m *Mesh) buildNodesLocked() []nodemap.Node {
 		ID: o.NodeID, Region: o.Region, Lat: o.Lat, Lon: o.Lon,
 		IPv4: o.PublicIPv4, IPv6: o.PublicIPv6, Tags: o.Tags,
 		State: nodemap.Alive, Load: m.load, Self: true,
-		BinaryVersion: o.BinaryVersion, ConfigVersion: o.ConfigVersion,
+		BinaryVersion: o.BinaryVersion, ConfigVersion: m.cfgVer,
 		Verified: true, // this node knows its own addresses
 		Coord:    m.coordSent,
 	}

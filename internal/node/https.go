@@ -5,13 +5,16 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"github.com/prometheus/client_golang/prometheus"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/admin"
 	fleet "github.com/edgenode/edgenode/internal/certs"
@@ -28,6 +31,13 @@ type httpsPart struct {
 	certs    *transport.CertStore
 	interval time.Duration // https.cert_check_interval; 0: no watching
 	detail   string
+	log      *slog.Logger
+
+	// The app server: what app serves, the https.app_server it serves
+	// (changed by reloads, on Run's goroutine) and how to make it.
+	app       *appHandler
+	appTarget string
+	newApp    func(target string) (http.Handler, error)
 
 	serving   serving
 	stopWatch chan struct{}
@@ -99,18 +109,25 @@ func (n *Node) buildHTTPS(acme *fleet.Manager) (*httpsPart, error) {
 	if err := n.registerCertExpiry(sources, acme); err != nil {
 		return nil, err
 	}
-	var app http.Handler
-	var proxy *transport.AppProxy
-	if h.AppServer != "" {
-		u, err := url.Parse(h.AppServer)
+	// The server and the app proxy each need the other: the proxy is made
+	// once the server is (newApp runs after transport.New).
+	var srv *transport.Server
+	newApp := func(target string) (http.Handler, error) {
+		if target == "" {
+			return web.Landing(n.cfg.Node.ID, n.version, n.partList), nil
+		}
+		u, err := url.Parse(target)
 		if err != nil {
 			return nil, fmt.Errorf("https.app_server: %w", err)
 		}
-		proxy = transport.NewAppProxy(u, n.log.With("part", "app-proxy"))
-		app = proxy
-	} else {
-		app = web.Landing(n.cfg.Node.ID, n.version, n.partList)
+		proxy := transport.NewAppProxy(u, n.log.With("part", "app-proxy"))
+		proxy.Attach(srv)
+		return proxy, nil
 	}
+	if _, err := url.Parse(h.AppServer); err != nil {
+		return nil, fmt.Errorf("https.app_server: %w", err)
+	}
+	app := &appHandler{}
 	opts := transport.Options{
 		Listener:   n.httpsLn,
 		Certs:      certs,
@@ -124,21 +141,38 @@ func (n *Node) buildHTTPS(acme *fleet.Manager) (*httpsPart, error) {
 	if acme != nil {
 		opts.ACME = acme
 	}
-	srv, err := transport.New(opts, n.log.With("part", "https"), n.reg)
+	srv, err = transport.New(opts, n.log.With("part", "https"), n.reg)
 	if err != nil {
 		return nil, err
 	}
-	if proxy != nil {
-		proxy.Attach(srv)
+	first, err := newApp(h.AppServer)
+	if err != nil {
+		return nil, err
 	}
+	app.set(first)
 	n.https = srv
 	return &httpsPart{
-		srv:      srv,
-		certs:    certs,
-		interval: h.CertCheckInterval,
-		detail:   "TLS (" + protoList(n.httpsUDP != nil) + ") on " + n.httpsLn.Addr().String() + appDetail(h.AppServer),
-		serving:  serving{failures: n.failures},
+		srv:       srv,
+		certs:     certs,
+		interval:  h.CertCheckInterval,
+		detail:    "TLS (" + protoList(n.httpsUDP != nil) + ") on " + n.httpsLn.Addr().String() + appDetail(h.AppServer),
+		log:       n.log.With("part", "https"),
+		app:       app,
+		appTarget: h.AppServer,
+		newApp:    newApp,
+		serving:   serving{failures: n.failures},
 	}, nil
+}
+
+// appHandler serves requests no part claims with the app server's proxy
+// (or the landing page); a reload swaps it. Requests and websockets in
+// flight finish with the handler they started with.
+type appHandler struct{ h atomic.Pointer[http.Handler] }
+
+func (a *appHandler) set(h http.Handler) { a.h.Store(&h) }
+
+func (a *appHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	(*a.h.Load()).ServeHTTP(w, r)
 }
 
 // httpsLimits translates https.limits. The transport's zeros already mean

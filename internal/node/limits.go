@@ -11,13 +11,15 @@ import (
 // registerLimits exports the configured bounds that alert rules compare
 // figures with (configs/prometheus/alerts.yml), so one rule fits every
 // node whatever its config says: 0 means the bound is off (no alert).
-func registerLimits(reg prometheus.Registerer, cfg *config.Config) error {
+// It returns the gauge of cdn.max_bytes (nil without the CDN), which a
+// reload sets.
+func registerLimits(reg prometheus.Registerer, cfg *config.Config) (cdnMax prometheus.Gauge, err error) {
 	var gs []prometheus.Collector
 	if cfg.CDN.Enabled {
-		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_cdn_max_bytes",
+		cdnMax = prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_cdn_max_bytes",
 			Help: "cdn.max_bytes: the disk budget of the media cache (0: none)."})
-		g.Set(float64(cfg.CDN.MaxBytes))
-		gs = append(gs, g)
+		cdnMax.Set(float64(cfg.CDN.MaxBytes))
+		gs = append(gs, cdnMax)
 	}
 	if cfg.Mongo.Enabled {
 		g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongo_repl_max_lag_seconds",
@@ -27,8 +29,8 @@ func registerLimits(reg prometheus.Registerer, cfg *config.Config) error {
 	}
 	for _, g := range gs {
 		if err := reg.Register(g); err != nil {
-			return fmt.Errorf("metrics: register the configured limits: %w", err)
+			return nil, fmt.Errorf("metrics: register the configured limits: %w", err)
 		}
 	}
-	return nil
+	return cdnMax, nil
 }

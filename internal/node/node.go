@@ -20,7 +20,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,6 +31,7 @@ import (
 
 	"github.com/edgenode/edgenode/internal/admin"
 	"github.com/edgenode/edgenode/internal/config"
+	"github.com/edgenode/edgenode/internal/mesh"
 	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/transport"
 	"github.com/edgenode/edgenode/internal/web"
@@ -48,6 +51,20 @@ type Node struct {
 
 	https *transport.Server // set once built: it then owns httpsUDP
 	admin *admin.Server     // /readyz follows the node's state
+	mesh  *mesh.Mesh        // nil without a mesh: gossips the config version
+	// static is the node map without a mesh (nil with one): a reload
+	// republishes it with the new config version.
+	static *nodemap.Publisher
+
+	// Reload (see reload.go): how to read the config again, the level of
+	// the node's logger, the reload metrics.
+	load      func() (config.Config, error)
+	level     *slog.LevelVar
+	reloadMet *reloadMetrics
+	cdnMax    prometheus.Gauge // edgenode_cdn_max_bytes; nil without the CDN
+	// running is cfg for other goroutines (GET /v1/config/pending):
+	// replaced whole after each reload.
+	running atomic.Pointer[config.Config]
 
 	// failures receives the error of a serving part whose server stopped
 	// on its own (see serving); Run stops the node on the first.
@@ -173,7 +190,10 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 	if err := registerProcessMetrics(n.reg, version, cfg.Node.ID); err != nil {
 		return nil, err
 	}
-	if err := registerLimits(n.reg, &cfg); err != nil {
+	if n.cdnMax, err = registerLimits(n.reg, &cfg); err != nil {
+		return nil, err
+	}
+	if n.reloadMet, err = newReloadMetrics(n.reg); err != nil {
 		return nil, err
 	}
 	b, err := n.build()
@@ -181,6 +201,8 @@ func New(cfg config.Config, log *slog.Logger, version string) (_ *Node, err erro
 		return nil, err
 	}
 	n.parts = startOrder(b)
+	n.running.Store(&cfg)
+	n.admin.Handle("GET /v1/config/pending", http.HandlerFunc(n.servePending))
 	return n, nil
 }
 
@@ -207,8 +229,10 @@ func (n *Node) build() (*built, error) {
 		}
 		b.load = newLoadReporter(b.mesh.m.SetLoad, loadInterval)
 		nodes = b.mesh.m
+		n.mesh = b.mesh.m
 	} else {
-		nodes = nodemap.NewPublisher(staticNodes(&n.cfg, n.version))
+		n.static = nodemap.NewPublisher(staticNodes(&n.cfg, n.version, n.cfgVersion))
+		nodes = n.static
 	}
 	n.admin.Handle("GET /status.json", statusJSON(nodes, n.cfg.Node.ID, n.version))
 	if n.cfg.DNS.Enabled && n.cfg.DNS.Measured.Enabled {
@@ -399,7 +423,7 @@ func (n *Node) wait(ctx context.Context, signals <-chan os.Signal, lc *lifecycle
 		case sig := <-signals:
 			switch sig {
 			case syscall.SIGHUP:
-				lc.reload()
+				n.reloadConfig(lc)
 			default:
 				n.log.Info("stopping", "signal", sig.String())
 				return nil

@@ -44,8 +44,10 @@ func selfNode(cfg *config.Config, version string) nodemap.Node {
 
 // staticNodes is the node list without a mesh: this node plus the config's
 // dns.nodes, all alive.
-func staticNodes(cfg *config.Config, version string) []nodemap.Node {
-	nodes := []nodemap.Node{selfNode(cfg, version)}
+func staticNodes(cfg *config.Config, version, cfgVersion string) []nodemap.Node {
+	self := selfNode(cfg, version)
+	self.ConfigVersion = cfgVersion
+	nodes := []nodemap.Node{self}
 	for _, sn := range cfg.DNS.Nodes {
 		if sn.ID == cfg.Node.ID {
 			continue

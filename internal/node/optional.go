@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -12,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/cdn"
 	"github.com/edgenode/edgenode/internal/config"
@@ -43,8 +44,9 @@ const purgeTopic = "cdn-purge"
 // cdnPart is the media cache: routes on the public listener, purge on the
 // admin listener, purges fanned out through the mesh.
 type cdnPart struct {
-	cache  *cdn.Cache
-	detail string
+	cache    *cdn.Cache
+	detail   string
+	maxBytes prometheus.Gauge // edgenode_cdn_max_bytes, set by reloads
 }
 
 func (p *cdnPart) Name() string                { return "cdn" }
@@ -109,7 +111,7 @@ func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
 			}
 		})
 	}
-	return &cdnPart{cache: cache, detail: "media cache at " + c.Prefix + " from " + originDesc}, nil
+	return &cdnPart{cache: cache, detail: "media cache at " + c.Prefix + " from " + originDesc, maxBytes: n.cdnMax}, nil
 }
 
 // cdnOptions translates the cdn section; see none for its zeros.
@@ -137,6 +139,7 @@ func cdnOptions(c *config.CDN, dataDir string, origin cdn.Origin) cdn.Options {
 type meshPart struct {
 	m      *mesh.Mesh
 	detail string
+	log    *slog.Logger
 }
 
 func (p *meshPart) Name() string   { return "mesh" }
@@ -153,17 +156,9 @@ func (p *meshPart) Stop(ctx context.Context) error     { return p.m.Leave(ctx) }
 
 func (n *Node) buildMesh() (*meshPart, error) {
 	c := n.cfg.Mesh
-	var keys [][]byte
-	for i, k := range c.GossipKeys {
-		v, err := k.Resolve()
-		if err != nil {
-			return nil, fmt.Errorf("mesh.gossip_keys[%d]: %w", i, err)
-		}
-		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(v))
-		if err != nil {
-			return nil, fmt.Errorf("mesh.gossip_keys[%d]: not base64: %w", i, err)
-		}
-		keys = append(keys, key)
+	keys, err := gossipKeys(c.GossipKeys)
+	if err != nil {
+		return nil, err
 	}
 	self := selfNode(&n.cfg, n.version)
 	tags := slices.Clone(n.cfg.Node.Tags)
@@ -186,7 +181,7 @@ func (n *Node) buildMesh() (*meshPart, error) {
 	if err != nil {
 		return nil, fmt.Errorf("mesh: %w", err)
 	}
-	return &meshPart{m: m, detail: "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen}, nil
+	return &meshPart{m: m, log: n.log.With("part", "mesh"), detail: "gossip on " + c.Bind + ", mTLS QUIC peer links on " + c.LinkListen}, nil
 }
 
 // testMeshProtocolEnv names the environment variable with which tests make

@@ -39,7 +39,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // servePublish: POST /v1/publish {"channel":"demo/thread-1","data":{...}}
 // -> 200 {"channel":...,"position":{"epoch":...,"offset":...}}
 func (p *PubSub) servePublish(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(p.opts.MaxMessageBytes)+4096))
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(p.o().MaxMessageBytes)+4096))
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
@@ -87,7 +87,7 @@ func (p *PubSub) servePresence(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, apiError{ErrBadChannel.Error()})
 		return
 	}
-	if p.tenants[tn] == nil {
+	if p.tenant(tn) == nil {
 		writeJSON(w, http.StatusNotFound, apiError{ErrUnknownTenant.Error()})
 		return
 	}

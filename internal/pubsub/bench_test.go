@@ -112,7 +112,7 @@ func BenchmarkFanoutQueue(b *testing.B) {
 			b.Fatal("admit")
 		}
 		ps.wg.Done() // no handler goroutine here
-		if code := ps.join(c, ps.tenants["demo"], "demo/thread-1", nil, ""); code != "" {
+		if code := ps.join(c, ps.tenant("demo"), "demo/thread-1", nil, ""); code != "" {
 			b.Fatal(code)
 		}
 		sinks = append(sinks, d)

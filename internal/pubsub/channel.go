@@ -5,24 +5,35 @@ import (
 	"container/list"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // tenant is a configured Tenant, ready for checks.
 type tenant struct {
-	name      string
-	secret    []byte
-	publicKey []byte
-	origins   []originPattern
-	public    []string
+	name  string
+	rules atomic.Pointer[tenantRules] // replaced whole by Reconfigure
 
 	// Guarded by PubSub.chMu.
 	nChannels int        // channels kept for this tenant
 	idle      *list.List // its channels without subscribers, most recently idle first
 }
 
+// tenantRules are what a tenant's config says of who may do what: the keys
+// its tokens are checked with, the origins and the public threads. They
+// are immutable; a reload swaps in new ones, so a subscribe is checked
+// against the old rules or the new, never half of each.
+type tenantRules struct {
+	secret    []byte
+	publicKey []byte
+	origins   []originPattern
+	public    []string
+}
+
+func (t *tenant) r() *tenantRules { return t.rules.Load() }
+
 func (t *tenant) isPublic(thread string) bool {
-	for _, p := range t.public {
+	for _, p := range t.r().public {
 		if matchPattern(p, thread) {
 			return true
 		}

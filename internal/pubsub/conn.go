@@ -105,7 +105,7 @@ func (c *conn) enqueueLocked(m *outMsg, live bool) {
 	}
 	limit := c.p.opts.QueueLen
 	if !live {
-		limit += c.p.opts.History + 16
+		limit += c.p.o().History + 16
 	}
 	if len(c.q) >= limit {
 		if live {
@@ -483,7 +483,7 @@ func (c *conn) onFrame(op byte, payload []byte) error {
 // token bucket (Options.SubscribeRate, SubscribeBurst); false when it is
 // empty. Only the reader calls it.
 func (c *conn) takeToken(now time.Time) bool {
-	rate, burst := c.p.opts.SubscribeRate, float64(c.p.opts.SubscribeBurst)
+	rate, burst := c.p.o().SubscribeRate, float64(c.p.o().SubscribeBurst)
 	if rate < 0 {
 		return true
 	}

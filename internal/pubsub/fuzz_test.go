@@ -106,7 +106,8 @@ func abs(i int) int {
 
 func FuzzVerifyToken(f *testing.F) {
 	secret := []byte("0123456789abcdef0123456789abcdef")
-	tn := &tenant{name: "demo", secret: secret}
+	tn := &tenant{name: "demo"}
+	tn.rules.Store(&tenantRules{secret: secret})
 	exp := time.Now().Add(24 * time.Hour).Unix()
 	for _, ch := range []string{"demo/thread-1", "demo/*", "demo/thr*", "acme/thread-1"} {
 		tok, _ := SignHS256(TokenClaims{Tenant: "demo", Channel: ch, Exp: exp}, secret)
@@ -120,7 +121,8 @@ func FuzzVerifyToken(f *testing.F) {
 			return
 		}
 		// Accepted: it must be the secret that made it valid.
-		other := &tenant{name: "demo", secret: []byte("another-secret-another-secret-00")}
+		other := &tenant{name: "demo"}
+		other.rules.Store(&tenantRules{secret: []byte("another-secret-another-secret-00")})
 		if verifyToken(other, tok, thread, now) == "" {
 			t.Fatalf("token %q valid under two secrets", tok)
 		}

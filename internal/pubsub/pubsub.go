@@ -50,11 +50,14 @@ var (
 
 // PubSub is the live-channel service of one node.
 type PubSub struct {
-	opts    Options
-	log     *slog.Logger
-	met     *metrics
-	mesh    Mesh
-	tenants map[string]*tenant
+	opts Options
+	log  *slog.Logger
+	met  *metrics
+	mesh Mesh
+	// tenants and live are what a reload replaces (Reconfigure): the
+	// tenants by name, and opts with the limits a reload may change.
+	tenants atomic.Pointer[map[string]*tenant]
+	live    atomic.Pointer[Options]
 	up      websocket.Upgrader
 	poller  *poller // nil: a reader goroutine per websocket
 	pres    *presence
@@ -103,7 +106,6 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 		log:      log,
 		met:      met,
 		mesh:     mesh,
-		tenants:  make(map[string]*tenant, len(o.Tenants)),
 		channels: make(map[string]*channel),
 		byHash:   make(map[uint64]*channel),
 		idle:     list.New(),
@@ -112,14 +114,12 @@ func New(opts Options, mesh Mesh, log *slog.Logger, reg prometheus.Registerer) (
 		stop:     make(chan struct{}),
 	}
 	p.clock.Store(time.Now().UnixNano())
-	for _, t := range o.Tenants {
-		nt := &tenant{name: t.Name, secret: t.Secret, publicKey: t.PublicKey, public: t.Public, idle: list.New()}
-		for _, s := range t.Origins {
-			pat, _ := parseOriginPattern(s) // validated
-			nt.origins = append(nt.origins, pat)
-		}
-		p.tenants[t.Name] = nt
+	p.live.Store(&o)
+	tenants, rules := p.tenantsFor(o.Tenants)
+	for name, r := range rules {
+		tenants[name].rules.Store(r)
 	}
+	p.tenants.Store(&tenants)
 	p.up = websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
 		// The gorilla connection is dropped right after the handshake (see
@@ -180,7 +180,7 @@ func (p *PubSub) reserve(ip netip.Addr) string {
 	switch {
 	case p.closed || p.draining:
 		return "draining"
-	case p.opts.MaxConnsPerIP > 0 && p.perIP[key] >= p.opts.MaxConnsPerIP:
+	case p.o().MaxConnsPerIP > 0 && p.perIP[key] >= p.o().MaxConnsPerIP:
 		return "conns_per_ip"
 	}
 	p.perIP[key]++
@@ -297,7 +297,7 @@ func (p *PubSub) authorize(c *conn, name, tok string) (*tenant, string) {
 	if !ok {
 		return nil, p.refuse(codeBadChannel)
 	}
-	t := p.tenants[tn]
+	t := p.tenant(tn)
 	if t == nil {
 		return nil, p.refuse(codeUnknownTenant)
 	}
@@ -307,7 +307,7 @@ func (p *PubSub) authorize(c *conn, name, tok string) (*tenant, string) {
 	if bound != nil && bound != t {
 		return nil, p.refuse(codeTenantMismatch)
 	}
-	if !originAllowed(t.origins, c.origin) {
+	if !originAllowed(t.r().origins, c.origin) {
 		return nil, p.refuse(codeOrigin)
 	}
 	if !t.isPublic(thread) {
@@ -387,7 +387,7 @@ func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id strin
 			return ""
 		}
 	}
-	if len(c.subs) >= p.opts.MaxSubsPerConn {
+	if len(c.subs) >= p.o().MaxSubsPerConn {
 		c.mu.Unlock()
 		return p.refuse(codeTooManySubs)
 	}
@@ -410,7 +410,7 @@ func (p *PubSub) join(c *conn, t *tenant, name string, since *Position, id strin
 			ch.mu.Unlock()
 			continue
 		}
-		ch.trimLocked(now, p.opts.HistoryTTL)
+		ch.trimLocked(now, p.o().HistoryTTL)
 		c.mu.Lock()
 		if c.state != stateOpen {
 			c.mu.Unlock()
@@ -520,7 +520,7 @@ func (p *PubSub) admitLocked(ch *channel, s *subscription, extra map[msgKey]*out
 	reload := s.legacy
 	if s.hasSince && !s.legacy {
 		var ok bool
-		replay, ok, _ = ch.replayLocked(s.since, s.sinceT, p.opts.HistoryTTL, extra)
+		replay, ok, _ = ch.replayLocked(s.since, s.sinceT, p.o().HistoryTTL, extra)
 		if !ok {
 			if !final {
 				return false
@@ -622,8 +622,8 @@ func (p *PubSub) channel(t *tenant, name string, now time.Time) (ch *channel, cr
 	if ch = p.channels[name]; ch != nil {
 		return ch, false, ""
 	}
-	if t.nChannels >= p.opts.MaxChannelsPerTenant && !p.evictIdleLocked(t.idle) ||
-		len(p.channels) >= p.opts.MaxChannels && !p.evictIdleLocked(p.idle) {
+	if t.nChannels >= p.o().MaxChannelsPerTenant && !p.evictIdleLocked(t.idle) ||
+		len(p.channels) >= p.o().MaxChannels && !p.evictIdleLocked(p.idle) {
 		return nil, false, codeTooManyChannels
 	}
 	ch = &channel{name: name, hash: channelHash(name), tenant: t, touched: now}
@@ -752,7 +752,7 @@ func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error)
 	tn, _, _ := splitChannel(channel)
 	now := time.Now()
 	for {
-		ch, created, code := p.channel(p.tenants[tn], channel, now)
+		ch, created, code := p.channel(p.tenant(tn), channel, now)
 		if code != "" {
 			// No room to keep the channel: the message goes out in a
 			// stream of its own, kept nowhere here.
@@ -767,7 +767,7 @@ func (p *PubSub) Publish(channel string, data json.RawMessage) (Position, error)
 			ch.mu.Unlock()
 			continue
 		}
-		st := ch.ownStreamLocked(now, p.opts.HistoryTTL)
+		st := ch.ownStreamLocked(now, p.o().HistoryTTL)
 		seq := st.last + 1
 		st.otime = max(st.otime, now.UnixMilli()) // never backwards within a stream
 		if p.cl != nil {
@@ -792,7 +792,7 @@ func (p *PubSub) checkMessage(channel string, data []byte) ([]byte, error) {
 	if !ok {
 		return nil, ErrBadChannel
 	}
-	if p.tenants[tn] == nil {
+	if p.tenant(tn) == nil {
 		return nil, ErrUnknownTenant
 	}
 	var buf bytes.Buffer
@@ -800,7 +800,7 @@ func (p *PubSub) checkMessage(channel string, data []byte) ([]byte, error) {
 	if err := json.Compact(&buf, data); err != nil || buf.Len() == 0 {
 		return nil, ErrBadData
 	}
-	if buf.Len() > p.opts.MaxMessageBytes {
+	if buf.Len() > p.o().MaxMessageBytes {
 		return nil, ErrTooLarge
 	}
 	return buf.Bytes(), nil
@@ -819,8 +819,8 @@ func (p *PubSub) appendLocked(ch *channel, st *stream, seq uint64, otime int64, 
 	}
 	m.sid, m.seq, m.otime = st.sid, seq, otime
 	st.otime = max(st.otime, otime)
-	ch.hist.push(m, p.opts.History)
-	ch.trimLocked(now, p.opts.HistoryTTL)
+	ch.hist.push(m, p.o().History)
+	ch.trimLocked(now, p.o().HistoryTTL)
 	ch.touched = now
 	p.fanoutLocked(ch, m)
 }
@@ -961,7 +961,7 @@ func (p *PubSub) sweeper() {
 			clear(stuck)
 			clear(ping)
 			stuck, ping = stuck[:0], ping[:0]
-			if now.Sub(lastChannelSweep) >= min(10*time.Second, p.opts.HistoryTTL/2) {
+			if now.Sub(lastChannelSweep) >= min(10*time.Second, p.o().HistoryTTL/2) {
 				lastChannelSweep = now
 				p.sweepChannels(now)
 			}
@@ -976,9 +976,9 @@ func (p *PubSub) sweepChannels(now time.Time) {
 	defer p.chMu.Unlock()
 	for _, ch := range p.channels {
 		ch.mu.Lock()
-		ch.trimLocked(now, p.opts.HistoryTTL)
-		ch.pruneLocked(now, p.opts.HistoryTTL)
-		if ch.interestLocked() == 0 && (p.opts.History == 0 || now.Sub(ch.touched) > p.opts.HistoryTTL) {
+		ch.trimLocked(now, p.o().HistoryTTL)
+		ch.pruneLocked(now, p.o().HistoryTTL)
+		if ch.interestLocked() == 0 && (p.o().History == 0 || now.Sub(ch.touched) > p.o().HistoryTTL) {
 			p.forgetLocked(ch)
 		}
 		ch.mu.Unlock()

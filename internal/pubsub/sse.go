@@ -40,9 +40,9 @@ func parseEventID(s string) (channel string, pos Position, ok bool) {
 func (p *PubSub) serveSSE(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	names := q["channel"]
-	if len(names) == 0 || len(names) > p.opts.MaxSubsPerConn {
+	if len(names) == 0 || len(names) > p.o().MaxSubsPerConn {
 		p.refuse(codeBadChannel)
-		sseRefuse(w, http.StatusBadRequest, codeBadChannel, "want 1 to "+strconv.Itoa(p.opts.MaxSubsPerConn)+" channel parameters")
+		sseRefuse(w, http.StatusBadRequest, codeBadChannel, "want 1 to "+strconv.Itoa(p.o().MaxSubsPerConn)+" channel parameters")
 		return
 	}
 	tok := q.Get("token")

@@ -131,7 +131,7 @@ func (p *PubSub) expireRounds(now time.Time) {
 // onSyncReq answers a peer's sync request (and registers its interest).
 func (p *PubSub) onSyncReq(from string, q syncReq) {
 	tn, _, ok := splitChannel(q.channel)
-	if !ok || p.tenants[tn] == nil {
+	if !ok || p.tenant(tn) == nil {
 		p.met.meshBad.Inc()
 		return
 	}
@@ -222,7 +222,7 @@ func (p *PubSub) onSyncReply(from string, rep syncReply) {
 }
 
 func (p *PubSub) validData(data []byte) bool {
-	return len(data) <= p.opts.MaxMessageBytes && json.Valid(data)
+	return len(data) <= p.o().MaxMessageBytes && json.Valid(data)
 }
 
 // completeLocked ends a round: what it learned goes into the channel's
@@ -292,9 +292,9 @@ func (p *PubSub) beginFollowingLocked(ch *channel, r *syncRound, now time.Time) 
 		ch.advanceLocked(st, h.last, now)
 	}
 	for _, m := range mergeByTime(older) {
-		ch.hist.push(m, p.opts.History)
+		ch.hist.push(m, p.o().History)
 	}
-	ch.trimLocked(now, p.opts.HistoryTTL)
+	ch.trimLocked(now, p.o().HistoryTTL)
 	ch.follow = following
 	for _, st := range ch.streams {
 		if st.last == 0 && st != ch.own {
@@ -532,7 +532,7 @@ func (p *PubSub) giveUpLocked(ch *channel, st *stream, now time.Time) {
 // its publisher, also when it came through a relay).
 func (p *PubSub) onMessage(origin string, m wireMsg) {
 	tn, _, ok := splitChannel(m.channel)
-	if !ok || p.tenants[tn] == nil || !p.validData(m.data) {
+	if !ok || p.tenant(tn) == nil || !p.validData(m.data) {
 		// A peer with another tenant list or limits: count, drop.
 		p.met.meshBad.Inc()
 		return
@@ -585,7 +585,7 @@ func (p *PubSub) onMessage(origin string, m wireMsg) {
 // channel's position unchanged), as such nodes did.
 func (p *PubSub) onLegacy(channel string, data []byte) {
 	tn, _, ok := splitChannel(channel)
-	if !ok || p.tenants[tn] == nil || !p.validData(data) {
+	if !ok || p.tenant(tn) == nil || !p.validData(data) {
 		p.met.meshBad.Inc()
 		return
 	}

@@ -106,15 +106,16 @@ func verifyToken(t *tenant, tok, thread string, now time.Time) string {
 	if err != nil {
 		return codeTokenInvalid
 	}
+	r := t.r()
 	switch {
-	case head.Alg == "HS256" && len(t.secret) > 0:
-		m := hmac.New(sha256.New, t.secret)
+	case head.Alg == "HS256" && len(r.secret) > 0:
+		m := hmac.New(sha256.New, r.secret)
 		m.Write([]byte(signed))
 		if !hmac.Equal(m.Sum(nil), sig) {
 			return codeTokenInvalid
 		}
-	case head.Alg == "EdDSA" && t.publicKey != nil:
-		if len(sig) != ed25519.SignatureSize || !ed25519.Verify(t.publicKey, []byte(signed), sig) {
+	case head.Alg == "EdDSA" && r.publicKey != nil:
+		if len(sig) != ed25519.SignatureSize || !ed25519.Verify(r.publicKey, []byte(signed), sig) {
 			return codeTokenInvalid
 		}
 	default:

@@ -27,12 +27,12 @@ func clientIP(r *http.Request) netip.Addr {
 func (p *PubSub) checkHandshake(w http.ResponseWriter, r *http.Request) (t *tenant, ip netip.Addr, ok bool) {
 	origin := r.Header.Get("Origin")
 	if name := r.URL.Query().Get("tenant"); name != "" {
-		if t = p.tenants[name]; t == nil {
+		if t = p.tenant(name); t == nil {
 			p.refuse(codeUnknownTenant)
 			http.Error(w, "unknown tenant", http.StatusNotFound)
 			return nil, ip, false
 		}
-		if !originAllowed(t.origins, origin) {
+		if !originAllowed(t.r().origins, origin) {
 			p.refuse(codeOrigin)
 			http.Error(w, "origin not allowed", http.StatusForbidden)
 			return nil, ip, false
@@ -59,8 +59,8 @@ func (p *PubSub) checkHandshake(w http.ResponseWriter, r *http.Request) (t *tena
 }
 
 func (p *PubSub) someTenantAllows(origin string) bool {
-	for _, t := range p.tenants {
-		if originAllowed(t.origins, origin) {
+	for _, t := range *p.tenants.Load() {
+		if originAllowed(t.r().origins, origin) {
 			return true
 		}
 	}

@@ -181,8 +181,10 @@ func (p *AppProxy) relayWebsocket(w http.ResponseWriter, r *http.Request) {
 
 // messageLimit is the largest websocket message relayed.
 func (p *AppProxy) messageLimit() int64 {
-	if p.srv != nil && p.srv.opts.Limits.MaxWebsocketMessageBytes > 0 {
-		return p.srv.opts.Limits.MaxWebsocketMessageBytes
+	if p.srv != nil {
+		if n := p.srv.lim.Load().MaxWebsocketMessageBytes; n > 0 {
+			return n
+		}
 	}
 	return DefaultMaxWebsocketMessageBytes
 }

@@ -18,7 +18,7 @@ import (
 // for every refused connection, which is what a flood wants it to spend.
 type limitListener struct {
 	net.Listener
-	perIP   int
+	perIP   int // under mu: SetLimits changes it
 	metrics *metrics
 
 	mu    sync.Mutex
@@ -72,6 +72,12 @@ func (l *limitListener) acquire(addr netip.Addr) (over bool) {
 		l.metrics.limitHits.WithLabelValues("conns_per_ip").Inc()
 	}
 	return over
+}
+
+func (l *limitListener) setPerIP(n int) {
+	l.mu.Lock()
+	l.perIP = n
+	l.mu.Unlock()
 }
 
 func (l *limitListener) forget(addr netip.Addr) {

@@ -116,6 +116,7 @@ type Server struct {
 	mux     *http.ServeMux
 	srv     *http.Server
 	ln      *limitListener
+	lim     atomic.Pointer[Limits] // opts.Limits as SetLimits last changed them
 
 	// Hijacked connections (websockets) are not tracked by http.Server, so
 	// their goroutines register here and Shutdown waits for them.
@@ -161,6 +162,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 		}
 	}
 	s.mux.Handle("/", opts.App)
+	s.lim.Store(&opts.Limits)
 	s.ln = newLimitListener(opts.Listener, opts.Limits.MaxConnsPerIP, s.metrics)
 	tlsConf := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
@@ -399,6 +401,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.metrics.requests.WithLabelValues(route, r.Method, code, proto).Inc()
 		s.metrics.duration.WithLabelValues(route).Observe(time.Since(start).Seconds())
 	}()
+	maxBody := s.lim.Load().MaxBodyBytes // SetLimits may change it
 	switch {
 	case r.Method == http.MethodConnect:
 		// Plain CONNECT is for forward proxies, which this is not. Extended
@@ -422,14 +425,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		closeAfter(rw, r)
 		http.Error(rw, "request header fields too large", http.StatusRequestHeaderFieldsTooLarge)
 		r.Pattern = "limit"
-	case s.opts.Limits.MaxBodyBytes > 0 && r.ContentLength > s.opts.Limits.MaxBodyBytes:
+	case maxBody > 0 && r.ContentLength > maxBody:
 		s.metrics.limitHits.WithLabelValues("body_size").Inc()
 		closeAfter(rw, r)
 		http.Error(rw, "request body too large", http.StatusRequestEntityTooLarge)
 		r.Pattern = "limit"
 	default:
-		if s.opts.Limits.MaxBodyBytes > 0 && r.Body != nil && r.Body != http.NoBody {
-			r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(rw, r.Body, s.opts.Limits.MaxBodyBytes), m: s.metrics}
+		if maxBody > 0 && r.Body != nil && r.Body != http.NoBody {
+			r.Body = &limitedBody{ReadCloser: http.MaxBytesReader(rw, r.Body, maxBody), m: s.metrics}
 		}
 		s.mux.ServeHTTP(rw, r)
 	}
@@ -650,4 +653,16 @@ func NewFromFiles(ln net.Listener, certFile, keyFile string, log *slog.Logger, r
 		return nil, err
 	}
 	return New(Options{Listener: ln, Certs: certs, App: http.NotFoundHandler(), Limits: BenchLimits}, log, reg)
+}
+
+// SetLimits changes the limits a config reload may change while the server
+// runs: MaxBodyBytes, MaxConnsPerIP and MaxWebsocketMessageBytes, each from
+// its next check (a lower MaxConnsPerIP refuses new connections beyond it
+// and closes none). l's other fields are the http.Server's, fixed once it
+// serves: they need a restart and are ignored.
+func (s *Server) SetLimits(l Limits) {
+	cur := *s.lim.Load()
+	cur.MaxBodyBytes, cur.MaxConnsPerIP, cur.MaxWebsocketMessageBytes = l.MaxBodyBytes, l.MaxConnsPerIP, l.MaxWebsocketMessageBytes
+	s.lim.Store(&cur)
+	s.ln.setPerIP(l.MaxConnsPerIP)
 }
