@@ -102,6 +102,8 @@ type Options struct {
 	// used leave it first.
 	MemoryBytes          int64
 	MemoryMaxObjectBytes int64
+	// Peer turns on peer fill (see peerfill.go) when Peer.Peers is set.
+	Peer PeerOptions
 }
 
 func (o *Options) setDefaults() error {
@@ -166,6 +168,12 @@ func (o *Options) setDefaults() error {
 		o.MemoryMaxObjectBytes = 64 << 10
 	}
 	o.MemoryMaxObjectBytes = min(o.MemoryMaxObjectBytes, o.MemoryBytes/16)
+	if o.Peer.FirstByte <= 0 {
+		o.Peer.FirstByte = time.Second
+	}
+	if o.Peer.BadFor <= 0 {
+		o.Peer.BadFor = time.Minute
+	}
 	return nil
 }
 
@@ -204,6 +212,8 @@ type Cache struct {
 	memBytes int64                             // their bytes
 	noDisk   int64                             // unix nanos: until then, misses pass through
 	onPurge  []PurgeHook
+	peerBad  *simplelru.LRU[string, time.Time] // keys filling from the origin only, until
+	purgedAt *simplelru.LRU[string, time.Time] // keys' latest purge: older peer copies are refused
 }
 
 // A PurgeHook is told of each purge that came through the admin route:
@@ -248,6 +258,8 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Cache, err
 	c.mem, _ = simplelru.NewLRU(opts.MaxEntries+1, c.onMemRemove)
 	c.negative, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
 	c.tooBig, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
+	c.peerBad, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
+	c.purgedAt, _ = simplelru.NewLRU[string, time.Time](opts.MaxNegativeEntries, nil)
 	c.m, err = newMetrics(reg, opts.Origin.Name())
 	if err != nil {
 		return nil, err
@@ -336,6 +348,7 @@ func (c *Cache) Purge(key string) error {
 		return fmt.Errorf("cdn: purge: %w", err)
 	}
 	c.mu.Lock()
+	c.notePurgeLocked(key, time.Now())
 	if f := c.fills[key]; f != nil {
 		f.purged = true
 		delete(c.fills, key)
@@ -364,6 +377,7 @@ func (c *Cache) PurgeBefore(key string, at time.Time) (bool, error) {
 	}
 	dropped := false
 	c.mu.Lock()
+	c.notePurgeLocked(key, at)
 	if f := c.fills[key]; f != nil && f.begun.Before(at) {
 		f.purged = true
 		delete(c.fills, key)

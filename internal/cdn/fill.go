@@ -35,6 +35,7 @@ type fill struct {
 	old *entry // the entry being revalidated; nil on a miss
 
 	purged bool      // guarded by Cache.mu: Purge ran; never commit
+	noPeer bool      // fill from the origin: a peer asked, or a revalidation
 	begun  time.Time // when the origin GET began: the copy is as of then or later
 
 	mu       sync.Mutex
@@ -62,8 +63,8 @@ const (
 )
 
 // newFillLocked registers and starts a fill (under c.mu).
-func (c *Cache) newFillLocked(key string, old *entry) *fill {
-	f := &fill{c: c, key: key, old: old, notify: make(chan struct{}), begun: time.Now()}
+func (c *Cache) newFillLocked(key string, old *entry, noPeer bool) *fill {
+	f := &fill{c: c, key: key, old: old, noPeer: noPeer, notify: make(chan struct{}), begun: time.Now()}
 	c.fills[key] = f
 	c.wg.Add(1)
 	c.running.Add(1)
@@ -205,8 +206,10 @@ func (c *Cache) runFill(f *fill) {
 		}
 	}
 	start := time.Now()
-	obj, err := c.opts.Origin.Fetch(ctx, req)
-	c.m.originDuration.Observe(time.Since(start).Seconds())
+	obj, fromPeer, err := c.fetchMiss(ctx, f, req, stall)
+	if !fromPeer {
+		c.m.originDuration.Observe(time.Since(start).Seconds())
+	}
 	if err != nil {
 		if stall.fired() {
 			err = fmt.Errorf("%w after %v: %w", errOriginTimeout, c.opts.OriginTimeout, err)
@@ -215,7 +218,19 @@ func (c *Cache) runFill(f *fill) {
 		return
 	}
 	defer obj.Body.Close()
-	c.m.originOK.Inc()
+	peerBad := func(reason string) string { return reason }
+	if fromPeer {
+		// A peer's copy is as old as its own download: a purge that reaches
+		// this node later must still drop it.
+		c.mu.Lock()
+		if !obj.FetchedAt.IsZero() && obj.FetchedAt.Before(f.begun) {
+			f.begun = obj.FetchedAt
+		}
+		c.mu.Unlock()
+		peerBad = func(reason string) string { c.peerRefused(f.key, peerCorrupt); return "peer_" + reason }
+	} else {
+		c.m.originOK.Inc()
+	}
 
 	size := obj.Size
 	if obj.Offset != 0 {
@@ -311,20 +326,23 @@ func (c *Cache) runFill(f *fill) {
 				rerr = fmt.Errorf("%w after %v: %w", errOriginTimeout, c.opts.OriginTimeout, rerr)
 			}
 			removeTmp()
-			c.fail(f, fmt.Errorf("reading from the origin after %d of %d bytes: %w", written, size, rerr), "origin", false)
+			c.fail(f, fmt.Errorf("reading from the origin after %d of %d bytes: %w", written, size, rerr), peerBad("origin"), false)
 			return
 		}
 	}
 	if written != size {
 		removeTmp()
-		c.fail(f, fmt.Errorf("origin sent %d of %d bytes", written, size), "short", false)
+		c.fail(f, fmt.Errorf("origin sent %d of %d bytes", written, size), peerBad("short"), false)
 		return
 	}
 	digest := sum.Sum(nil)
 	if obj.MD5 != nil && !bytes.Equal(obj.MD5, digest) {
 		removeTmp()
-		c.fail(f, fmt.Errorf("MD5 %x does not match the origin's %x", digest, obj.MD5), "checksum", false)
+		c.fail(f, fmt.Errorf("MD5 %x does not match the origin's %x", digest, obj.MD5), peerBad("checksum"), false)
 		return
+	}
+	if fromPeer {
+		c.m.peerFills.WithLabelValues(peerOK).Inc()
 	}
 	c.commit(f, tmp, obj, digest, res)
 }

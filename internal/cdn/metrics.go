@@ -20,6 +20,7 @@ type metrics struct {
 	originTimeout prometheus.Counter
 	originDuration prometheus.Observer
 	fillFailures   *prometheus.CounterVec
+	peerFills      *prometheus.CounterVec
 	evictions      prometheus.Counter
 	purges         prometheus.Counter
 	diskBytes      prometheus.Gauge
@@ -52,6 +53,10 @@ func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 			Name: "edgenode_cdn_fill_failures_total",
 			Help: "Downloads that did not become cache entries, by reason.",
 		}, []string{"reason"}),
+		peerFills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_cdn_peer_fills_total",
+			Help: "Misses asked of the owning peer, by result: ok (filled from the peer), or why the fill went to the origin: slow (no answer within the first-byte bound), unreachable, error (not 200 or malformed), stale (copy older than a purge known here), corrupt (length or MD5 mismatch, or broken stream; the fill failed and the key skips the peer for a while).",
+		}, []string{"result"}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgenode_cdn_evictions_total",
 			Help: "Entries evicted to stay within the byte and entry budgets.",
@@ -92,7 +97,7 @@ func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 		Buckets:     []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 	})
 	m.originDuration = dur
-	for _, c := range []prometheus.Collector{m.requests, m.coalesced, m.originRequests, m.fillFailures, m.evictions,
+	for _, c := range []prometheus.Collector{m.requests, m.coalesced, m.originRequests, m.fillFailures, m.peerFills, m.evictions,
 		m.purges, m.diskBytes, m.entries, m.memBytes, m.memEntries, m.memHits, m.memEvictions, dur} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
@@ -110,5 +115,8 @@ func newMetrics(reg prometheus.Registerer, origin string) (*metrics, error) {
 	o := m.originRequests.WithLabelValues
 	m.originOK, m.originNotModified, m.originNotFound = o("ok"), o("not_modified"), o("not_found")
 	m.originError, m.originTimeout = o("error"), o("timeout")
+	for _, r := range peerResults {
+		m.peerFills.WithLabelValues(r)
+	}
 	return m, nil
 }

@@ -45,6 +45,9 @@ type Object struct {
 	// (S3's ETag of a single-part upload); the cache checks it. nil: no
 	// check beyond the length.
 	MD5 []byte
+	// FetchedAt is when the copy was taken from the true origin, when
+	// that was before this GET (a peer's copy); zero: now.
+	FetchedAt time.Time
 }
 
 // Origin errors.

@@ -86,14 +86,14 @@ func (c *Cache) serveKey(w http.ResponseWriter, r *http.Request, key string, ret
 			return
 		case age < ttl+int64(c.opts.StaleWhileRevalidate):
 			if c.fills[key] == nil && !c.closed {
-				c.newFillLocked(key, e)
+				c.newFillLocked(key, e, true)
 			}
 			c.serveEntryLocked(w, r, e, xStale, c.m.stale)
 			return
 		}
 		f := c.fills[key]
 		if f == nil && !c.closed {
-			f = c.newFillLocked(key, e)
+			f = c.newFillLocked(key, e, true)
 		}
 		c.mu.Unlock()
 		if f == nil {
@@ -131,7 +131,7 @@ func (c *Cache) serveKey(w http.ResponseWriter, r *http.Request, key string, ret
 		c.passThrough(w, r, key)
 		return
 	}
-	f := c.newFillLocked(key, nil)
+	f := c.newFillLocked(key, nil, noPeerFill(r.Context()))
 	c.mu.Unlock()
 	c.serveFill(w, r, f, nil, retry)
 }
