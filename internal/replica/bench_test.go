@@ -20,12 +20,16 @@ import (
 )
 
 // flagBenchUpstream: the catch-up benchmark's database, any MongoDB URI
-// ("pg": start FerretDB on PostgreSQL; empty: the embedded FerretDB).
-var flagBenchUpstream = flag.String("replica.bench-upstream", "", `MongoDB URI of BenchmarkCatchUp's database ("pg": a FerretDB on PostgreSQL started for it; empty: the embedded FerretDB)`)
+// ("pg": start FerretDB on PostgreSQL, "pg-indexed": the same with
+// testkit.Postgres.IndexIDs; empty: the embedded FerretDB).
+var flagBenchUpstream = flag.String("replica.bench-upstream", "", `MongoDB URI of BenchmarkCatchUp's database ("pg": a FerretDB on PostgreSQL started for it, "pg-indexed": with testkit.Postgres.IndexIDs; empty: the embedded FerretDB)`)
+
+var flagBenchBatch = flag.Int("replica.bench-batch", 65536, "BenchmarkCatchUp's ops per ApplyRemote (the receiver merges up to 65,536 while a peer catches up, 8,192 before)")
 
 // BenchmarkCatchUp is a node catching up: a peer's ops, $inc+$set updates
 // of a working set of 10,000 documents (benchrepl's load), applied in the
-// batches the receiver makes (up to maxApplyOps). It reports ops/s.
+// batches the receiver makes (-replica.bench-batch). It reports ops/s and
+// the database writes per op.
 func BenchmarkCatchUp(b *testing.B) {
 	const docs = 10000
 	r := openBenchReplica(b)
@@ -52,7 +56,7 @@ func BenchmarkCatchUp(b *testing.B) {
 	b.ResetTimer()
 	start := time.Now()
 	for done := 0; done < b.N; {
-		n := min(b.N-done, 8192)
+		n := min(b.N-done, *flagBenchBatch)
 		batch := make([]*crdt.Op, n)
 		for i := range batch {
 			batch[i] = next(crdt.Update, fmt.Sprintf("w%06d", rng.IntN(docs)))
@@ -81,6 +85,13 @@ func openBenchReplica(b *testing.B) *Replica {
 		uri = db.URI()
 	case "pg":
 		uri = testkit.PGUpstreams(b, 1)[0]
+	case "pg-indexed":
+		s, err := testkit.StartPGFerretsIndexed(1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(s.Stop)
+		uri = s.URIs()[0]
 	}
 	client, err := mongo.Connect(options.Client().ApplyURI(uri))
 	if err != nil {

@@ -8,7 +8,12 @@
 // downloaded: PostgreSQL and FerretDB must be installed ($TOOLS_DIR or
 // <repo>/tools for ferretdb; scripts/install-test-tools).
 //
-//	go run ./scripts/pgferret [-n 3]
+// With -id-index every database gets the event trigger of
+// testkit.Postgres.IndexIDs: each table FerretDB creates gets a GIN index
+// FerretDB 1.24's {_id: v} queries can use (without it they scan the
+// table).
+//
+//	go run ./scripts/pgferret [-n 3] [-id-index]
 package main
 
 import (
@@ -24,6 +29,7 @@ import (
 
 func main() {
 	n := flag.Int("n", 1, "FerretDB processes (one database each)")
+	indexIDs := flag.Bool("id-index", false, "index _id so that FerretDB's {_id: v} queries do not scan the table (testkit.Postgres.IndexIDs)")
 	flag.Parse()
 	if *n < 1 {
 		fmt.Fprintln(os.Stderr, "pgferret: -n must be at least 1")
@@ -32,7 +38,11 @@ func main() {
 	// Signals first: a SIGTERM during start-up stops what started.
 	sig := make(chan os.Signal, 1)
 	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	s, err := testkit.StartPGFerrets(*n)
+	start := testkit.StartPGFerrets
+	if *indexIDs {
+		start = testkit.StartPGFerretsIndexed
+	}
+	s, err := start(*n)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "pgferret:", err)
 		os.Exit(1)
