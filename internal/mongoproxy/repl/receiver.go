@@ -159,9 +159,7 @@ func (rc *receiver) apply(batch []inbound) {
 	if len(ops) > 0 {
 		rc.checkLate(ops)
 		start := time.Now()
-		stopProgress := rc.ackProgress(from)
 		err := r.core.ApplyRemote(r.ctx, ops)
-		stopProgress()
 		if err != nil && r.ctx.Err() == nil {
 			if time.Since(rc.errLog) > 10*time.Second {
 				rc.errLog = time.Now()
@@ -196,45 +194,6 @@ func (rc *receiver) apply(batch []inbound) {
 		r.met.gaps.Inc()
 	}
 	r.sendAck(from, rc.origin, pos, flags)
-}
-
-// ackProgress acknowledges, every ResendAfter/2 while an apply runs, the
-// position applied so far, and returns the function that stops it (and
-// waits for it). A catch-up apply of maxApplyOps ops on a slow database
-// takes far longer than ResendAfter; without these acks the sender would
-// take the silence for a loss and rewind, sending again, every
-// ResendAfter, a window this node is still applying (the duplicates fill
-// the queue and cost decoding). The core marks each document's ops
-// applied as it writes them, so the position moves during the apply; an
-// ack that does not move it changes nothing at the sender. These are
-// ordinary acks: the position is one the core has applied, as always.
-func (rc *receiver) ackProgress(to string) (stop func()) {
-	r := rc.r
-	done := make(chan struct{})
-	exited := make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(r.opts.ResendAfter / 2)
-		defer t.Stop()
-		last := r.core.Applied(rc.origin)
-		for {
-			select {
-			case <-done:
-				return
-			case <-r.ctx.Done():
-				return
-			case <-t.C:
-			}
-			if pos := r.core.Applied(rc.origin); pos > last {
-				last = pos
-				r.sendAck(to, rc.origin, pos, 0)
-			}
-		}
-	}()
-	return func() {
-		close(done)
-		<-exited
-	}
 }
 
 // checkLate counts ops that arrive below the compaction frontier this node

@@ -56,8 +56,9 @@ type sender struct {
 // one apply with one read and one write, so the wider the apply, the fewer
 // writes per op: 8,192 updates spread over 10,000 documents touch 5,600 of
 // them (1.5 ops per write), 65,536 touch nearly all of them once (6.5).
-// The acks the receiver sends while it applies (ackProgress) keep the
-// sender from taking the long apply for a loss.
+// The peer's heartbeats, which carry its applied position as the core
+// moves it document by document, keep the sender from taking the long
+// apply for a loss.
 const catchUpWindows = 8
 
 // lastSeq is the newest op this sender may send.

@@ -353,3 +353,31 @@ func TestUnitRequirePeer(t *testing.T) {
 		t.Fatalf("c: BeginSync called %d times, want a bootstrap", got)
 	}
 }
+
+// TestUnitSlowApplyIsNotResent: a peer whose database applies slowly (an
+// apply of a merged catch-up window takes several ResendAfter) announces
+// its progress while it applies (its heartbeats carry the applied
+// position, which the core moves document by document), so the sender
+// does not take the long wait for the apply's ack for a loss and send
+// the window being applied again. One rewind is tolerated here for a
+// receiver starved of CPU for a whole ResendAfter.
+func TestUnitSlowApplyIsNotResent(t *testing.T) {
+	n := newFakeNet(t, "a", "b")
+	tune := func(o *Options) { o.BatchOps, o.WindowOps, o.ResendAfter = 100, 500, time.Second }
+	a := newFakeNode(t, n, "a", true, tune)
+	b := newFakeNode(t, n, "b", true, tune)
+	b.core.SlowApply(time.Millisecond)
+	a.start(t)
+	b.start(t)
+	const total = 3000
+	for range total / 100 {
+		a.core.Write("app.c", 100)
+	}
+	testkit.WaitFor(t, 2*time.Minute, "b to apply a's ops", func() bool { return len(b.core.Remote("a")) == total })
+	if got := remoteSeqs(b, "a"); !appliedInOrder(got, total) {
+		t.Fatalf("b applied %v", got)
+	}
+	if got := counterValue(t, a.rep.met.resends.WithLabelValues("b")); got > 1 {
+		t.Fatalf("a sent its window to b again %v times while b was applying it", got)
+	}
+}
