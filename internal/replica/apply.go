@@ -15,8 +15,19 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 )
 
-// applyWorkers is how many documents applyOps writes at once.
-const applyWorkers = 4
+// applyWorkers is how many documents applyOps writes at once: more where
+// the database serves connections in parallel. The embedded database
+// (Capabilities.Sync set: SQLite) commits one write at a time, so more
+// connections only queue there. A separate server (FerretDB on
+// PostgreSQL, MongoDB) overlaps them: FerretDB 1.24 on PostgreSQL 15,
+// measured on a loaded 2-core machine, served findOne/replaceOne by _id
+// 4x and 2.3x faster with 8 clients than with 1, and no faster with 32.
+func (r *Replica) applyWorkers() int {
+	if r.caps.Sync != nil {
+		return 4
+	}
+	return 8
+}
 
 // ApplyRemote durably logs peers' ops (duplicates are ignored) and applies
 // them to the local database. Ops are validated first; an invalid op, or
@@ -151,7 +162,8 @@ func (r *Replica) applyDocOps(ctx context.Context, ops []*crdt.Op, source string
 		}
 		g.ops = append(g.ops, op)
 	}
-	if len(groups) < 2*applyWorkers {
+	workers := r.applyWorkers()
+	if len(groups) < 2*workers {
 		for _, g := range groups {
 			if err := r.applyGroup(ctx, g, source); err != nil {
 				return err
@@ -168,7 +180,7 @@ func (r *Replica) applyDocOps(ctx context.Context, ops []*crdt.Op, source string
 		firstErr atomic.Pointer[error]
 		wg       sync.WaitGroup
 	)
-	for range applyWorkers {
+	for range workers {
 		wg.Go(func() {
 			for firstErr.Load() == nil {
 				i := int(next.Add(1)) - 1

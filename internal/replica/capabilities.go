@@ -24,7 +24,11 @@ type Capabilities struct {
 	// BatchReads: a {_id: {$in: [...]}} query uses the _id index, so a
 	// multi-document write reads its documents (and their tombstones) with
 	// one query each (MongoDB). Without it (FerretDB v1 scans the
-	// collection for it) documents are read one by one.
+	// collection for it) documents are read one by one. (FerretDB 1.24
+	// does not push $in down to its backend at all: on PostgreSQL a $in of
+	// 64 _ids over 10,000 documents took seconds, as every document is
+	// fetched and filtered in FerretDB; and its {_id: v} is a scan too
+	// unless PostgreSQL has the index of testkit.Postgres.IndexIDs.)
 	BatchReads bool
 	// Sync, when set, makes every database write completed before the call
 	// durable (the embedded database does not fsync each commit): the op

@@ -62,8 +62,17 @@ var (
 	flagConns     = flag.Int("conns", 48, "client connections (spread over the nodes)")
 	flagKeep      = flag.Bool("keep", false, "keep the temporary folder (node logs)")
 	flagUpstreams = flag.String("upstreams", "", "three comma-separated MongoDB URIs, each node's mongo.upstream (empty: the embedded FerretDB of each node)")
+	flagTSV       = flag.String("tsv", "", "also write the rows to this file as key<TAB>target<TAB>short figure<TAB>number (scripts/bench joins two runs)")
 	flagCapFrac   = flag.Float64("capacity-fraction", 0.5, "also measure lag at this fraction of the upstream's own write capacity (0: skip); the capacity is measured straight to node1's upstream with -upstreams, else through the three proxies")
 )
+
+// row is one line of the table; key, short and num are its summary for
+// -tsv (key names the measure the same way in every run).
+type row struct {
+	measure, target, figure string
+	key, short              string
+	num                     float64
+}
 
 type node struct {
 	id, ip  string
@@ -129,7 +138,7 @@ func run() error {
 	if err := waitCaughtUp(nodes, 120*time.Second); err != nil {
 		return err
 	}
-	var rows [][3]string
+	var rows []row
 	for _, s := range strings.Split(*flagRates, ",") {
 		if strings.TrimSpace(s) == "" {
 			continue
@@ -138,11 +147,11 @@ func run() error {
 		if err != nil || rate <= 0 {
 			return fmt.Errorf("bad rate %q", s)
 		}
-		row, err := lagRun(nodes, rate, *flagDuration)
+		lr, err := lagRun(nodes, rate, *flagDuration)
 		if err != nil {
 			return err
 		}
-		rows = append(rows, row)
+		rows = append(rows, lr)
 		if err := waitCaughtUp(nodes, 5*time.Minute); err != nil {
 			return err
 		}
@@ -157,17 +166,17 @@ func run() error {
 			return err
 		}
 	}
-	row, err := catchUpRun(nodes, *flagPartition, *flagPartRate)
+	cr, err := catchUpRun(nodes, *flagPartition, *flagPartRate)
 	if err != nil {
 		return err
 	}
-	rows = append(rows, row)
+	rows = append(rows, cr)
 	if *flagSyncDocs > 0 {
-		row, err = syncRun(bin, nodes, *flagSyncDocs)
+		sr, err := syncRun(bin, nodes, *flagSyncDocs)
 		if err != nil {
 			return err
 		}
-		rows = append(rows, row)
+		rows = append(rows, sr)
 	}
 
 	fmt.Println()
@@ -177,8 +186,13 @@ func run() error {
 	}
 	fmt.Println("Mongo replication, 3 edgenode processes on loopback,", what)
 	fmt.Printf("%-58s %-14s %s\n", "measure", "target", "measured")
+	var tsv strings.Builder
 	for _, r := range rows {
-		fmt.Printf("%-58s %-14s %s\n", r[0], r[1], r[2])
+		fmt.Printf("%-58s %-14s %s\n", r.measure, r.target, r.figure)
+		fmt.Fprintf(&tsv, "%s\t%s\t%s\t%g\n", r.key, r.target, r.short, r.num)
+	}
+	if *flagTSV != "" {
+		return os.WriteFile(*flagTSV, []byte(tsv.String()), 0o644)
 	}
 	return nil
 }
@@ -187,7 +201,7 @@ func run() error {
 // benchmark's writes as fast as -conns clients go for 5 s: straight to
 // node1's upstream when -upstreams names it, else through the three
 // proxies, which gives a lower figure), then the lag at frac of it.
-func capacityLagRun(nodes []*node, frac float64, d time.Duration) ([][3]string, error) {
+func capacityLagRun(nodes []*node, frac float64, d time.Duration) ([]row, error) {
 	targets, how := nodes, "through the proxies"
 	if *flagUpstreams != "" {
 		uri := strings.Split(*flagUpstreams, ",")[0]
@@ -208,13 +222,16 @@ func capacityLagRun(nodes []*node, frac float64, d time.Duration) ([][3]string, 
 		return nil, err
 	}
 	rate := max(1, int(capacity*frac))
-	row, err := lagRun(nodes, rate, d)
+	lr, err := lagRun(nodes, rate, d)
 	if err != nil {
 		return nil, err
 	}
-	row[0] = fmt.Sprintf("%s (%.0f%% of capacity)", row[0], 100*frac)
-	row[1] = "p99 < 100 ms"
-	return [][3]string{{"upstream write capacity, " + how, "", fmt.Sprintf("%.0f writes/s", capacity)}, row}, nil
+	lr.measure = fmt.Sprintf("%s (%.0f%% of capacity)", lr.measure, 100*frac)
+	lr.key = fmt.Sprintf("lag p50 / p99 at %.0f%% of capacity", 100*frac)
+	lr.target = "p99 < 100 ms"
+	capRow := row{measure: "upstream write capacity, " + how, figure: fmt.Sprintf("%.0f writes/s", capacity),
+		key: "upstream write capacity", short: fmt.Sprintf("%.0f writes/s", capacity), num: capacity}
+	return []row{capRow, lr}, nil
 }
 
 func setup(dir string) ([]*node, error) {
@@ -557,11 +574,11 @@ func ms(s float64) string {
 	return fmt.Sprintf("%.1f ms", s*1000)
 }
 
-func lagRun(nodes []*node, rate int, d time.Duration) ([3]string, error) {
+func lagRun(nodes []*node, rate int, d time.Duration) (row, error) {
 	fmt.Fprintf(os.Stderr, "benchrepl: lag at %d writes/s for %v...\n", rate, d)
 	before, err := scrapeAll(nodes)
 	if err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	start := time.Now()
@@ -569,11 +586,11 @@ func lagRun(nodes []*node, rate int, d time.Duration) ([3]string, error) {
 	cancel()
 	elapsed := time.Since(start)
 	if err := waitCaughtUp(nodes, 5*time.Minute); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	after, err := scrapeAll(nodes)
 	if err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	p50, n := quantile(before, after, 0.5)
 	p99, _ := quantile(before, after, 0.99)
@@ -582,21 +599,23 @@ func lagRun(nodes []*node, rate int, d time.Duration) ([3]string, error) {
 		target = "p99 < 100 ms"
 	}
 	achieved := float64(done) / elapsed.Seconds()
-	return [3]string{fmt.Sprintf("lag p50 / p99 at %d writes/s", rate), target,
-		fmt.Sprintf("%s / %s (achieved %.0f writes/s, %d failed; %.0f applies measured)", ms(p50), ms(p99), achieved, failed, n)}, nil
+	m := fmt.Sprintf("lag p50 / p99 at %d writes/s", rate)
+	return row{measure: m, target: target,
+		figure: fmt.Sprintf("%s / %s (achieved %.0f writes/s, %d failed; %.0f applies measured)", ms(p50), ms(p99), achieved, failed, n),
+		key:    m, short: fmt.Sprintf("%s / %s", ms(p50), ms(p99)), num: p99 * 1000}, nil
 }
 
-func catchUpRun(nodes []*node, part time.Duration, rate int) ([3]string, error) {
+func catchUpRun(nodes []*node, part time.Duration, rate int) (row, error) {
 	fmt.Fprintf(os.Stderr, "benchrepl: node3 cut off for %v while the others write %d/s...\n", part, rate)
 	n3 := nodes[2]
 	if err := n3.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), part)
 	done, failed := load(ctx, nodes[:2], rate)
 	cancel()
 	if err := n3.cmd.Process.Signal(syscall.SIGCONT); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	start := time.Now()
 	// The resumed node learns the peers' positions from their heartbeats;
@@ -615,14 +634,16 @@ func catchUpRun(nodes []*node, part time.Duration, rate int) ([3]string, error) 
 		time.Sleep(50 * time.Millisecond)
 	}
 	if last.IsZero() {
-		return [3]string{}, fmt.Errorf("node3 did not catch up (peak lag %d)", peak)
+		return row{}, fmt.Errorf("node3 did not catch up (peak lag %d)", peak)
 	}
 	took := last.Sub(start)
-	return [3]string{fmt.Sprintf("catch-up after a %v partition (%d ops behind)", part, done), ">= 5,000 ops/s",
-		fmt.Sprintf("%.0f ops/s (%d ops in %v from resume; %d writes failed)", float64(done)/took.Seconds(), done, took.Round(time.Millisecond), failed)}, nil
+	opsPerSec := float64(done) / took.Seconds()
+	return row{measure: fmt.Sprintf("catch-up after a %v partition (%d ops behind)", part, done), target: ">= 5,000 ops/s",
+		figure: fmt.Sprintf("%.0f ops/s (%d ops in %v from resume; %d writes failed)", opsPerSec, done, took.Round(time.Millisecond), failed),
+		key:    fmt.Sprintf("catch-up after a %v partition", part), short: fmt.Sprintf("%.0f ops/s", opsPerSec), num: opsPerSec}, nil
 }
 
-func syncRun(bin string, nodes []*node, docs int) ([3]string, error) {
+func syncRun(bin string, nodes []*node, docs int) (row, error) {
 	fmt.Fprintf(os.Stderr, "benchrepl: initial sync of %d documents...\n", docs)
 	c := nodes[0].client.Database("bench").Collection("sync")
 	ctx := context.Background()
@@ -632,28 +653,28 @@ func syncRun(bin string, nodes []*node, docs int) ([3]string, error) {
 			batch = append(batch, bson.D{{Key: "_id", Value: fmt.Sprintf("s%07d", i)}, {Key: "n", Value: i}, {Key: "body", Value: strings.Repeat("b", 200)}})
 		}
 		if _, err := c.InsertMany(ctx, batch, options.InsertMany().SetOrdered(false)); err != nil {
-			return [3]string{}, err
+			return row{}, err
 		}
 	}
 	if err := waitCaughtUp(nodes, 10*time.Minute); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	total, err := c.CountDocuments(ctx, bson.D{})
 	if err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	total += int64(*flagDocs)
 	n3 := nodes[2]
 	n3.stop()
 	if err := os.RemoveAll(n3.dataDir); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	start := time.Now()
 	if err := n3.start(bin); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	if err := waitSynced([]*node{n3}, 15*time.Minute); err != nil {
-		return [3]string{}, err
+		return row{}, err
 	}
 	took := time.Since(start)
 	inner := ""
@@ -668,8 +689,10 @@ func syncRun(bin string, nodes []*node, docs int) ([3]string, error) {
 		}
 		resp.Body.Close()
 	}
-	return [3]string{fmt.Sprintf("initial sync (%d documents, wiped node3)", total), ">= 10,000 docs/s",
-		fmt.Sprintf("%.0f docs/s (start to synced %v%s)", float64(total)/took.Seconds(), took.Round(time.Millisecond), inner)}, nil
+	rate := float64(total) / took.Seconds()
+	return row{measure: fmt.Sprintf("initial sync (%d documents, wiped node3)", total), target: ">= 10,000 docs/s",
+		figure: fmt.Sprintf("%.0f docs/s (start to synced %v%s)", rate, took.Round(time.Millisecond), inner),
+		key:    "initial sync", short: fmt.Sprintf("%.0f docs/s", rate), num: rate}, nil
 }
 
 // upstreamYAML is node i's mongo.upstream setting, from -upstreams.

@@ -41,8 +41,10 @@ type route struct {
 }
 
 // maxApplyOps bounds the ops applied in one call (consecutive batches are
-// merged: ops of one document fold into one write).
-const maxApplyOps = 8192
+// merged: ops of one document fold into one write): a catch-up window of a
+// sender with the default options (catchUpWindows × 8,192), 128 batches of
+// 512 ops, which the queue (256 batches) holds.
+const maxApplyOps = catchUpWindows * 8192
 
 func (r *Replicator) onOps(from string, msg []byte) {
 	origin, prev, ops, err := decodeOps(msg)

@@ -76,7 +76,8 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// BatchOps and BatchBytes bound one ops message (defaults 512 ops,
 	// 1 MiB); WindowOps bounds the ops sent to a peer and not yet
-	// acknowledged (default 8192).
+	// acknowledged (default 8192), catchUpWindows times that while the
+	// peer is more than a window behind.
 	BatchOps   int
 	BatchBytes int
 	WindowOps  int

@@ -50,6 +50,26 @@ type sender struct {
 	probe       bool      // after a hold: one batch at a time until an ack without ackClockAhead
 }
 
+// catchUpWindows is how many WindowOps a sender keeps in flight to a peer
+// that is more than one window behind, and how many the receiver merges
+// into one apply (maxApplyOps). A catch-up applies each document's ops of
+// one apply with one read and one write, so the wider the apply, the fewer
+// writes per op: 8,192 updates spread over 10,000 documents touch 5,600 of
+// them (1.5 ops per write), 65,536 touch nearly all of them once (6.5).
+// The peer's heartbeats, which carry its applied position as the core
+// moves it document by document, keep the sender from taking the long
+// apply for a loss.
+const catchUpWindows = 8
+
+// lastSeq is the newest op this sender may send.
+func (s *sender) lastSeq() uint64 {
+	if s.relay() {
+		// What this node vouches for: applied here, so in its log.
+		return s.r.core.Applied(s.origin)
+	}
+	return s.r.core.LastSeq()
+}
+
 // clockAheadRetry is how long a sender waits after a peer refused its ops
 // for a clock running ahead, in units of ResendAfter.
 const clockAheadRetry = 5
@@ -179,6 +199,7 @@ func (s *sender) step() time.Duration {
 	r := s.r
 	o := &r.opts
 	now := time.Now()
+	last := s.lastSeq() // before s.mu: the core's locks are not taken under it
 	s.mu.Lock()
 	if !s.known || s.paused {
 		s.mu.Unlock()
@@ -205,6 +226,11 @@ func (s *sender) step() time.Duration {
 	window := o.WindowOps
 	if s.probe {
 		window = min(window, o.BatchOps)
+	} else if last > acked && last-acked > uint64(window) {
+		// Far behind (back from a partition): a wider window lets the
+		// peer merge more of the backlog into one apply, which folds
+		// each document's ops into one write (see catchUpWindows).
+		window = int(min(last-acked, uint64(catchUpWindows*o.WindowOps)))
 	}
 	s.mu.Unlock()
 
@@ -226,11 +252,7 @@ func (s *sender) step() time.Duration {
 func (s *sender) send(start, acked uint64, window int) (next uint64, wait time.Duration) {
 	r := s.r
 	o := &r.opts
-	last := r.core.LastSeq()
-	if s.relay() {
-		// What this node vouches for: applied here, so in its log.
-		last = r.core.Applied(s.origin)
-	}
+	last := s.lastSeq()
 	next = start
 	wait = 5 * time.Second
 	for next <= last && next-1-acked < uint64(window) {

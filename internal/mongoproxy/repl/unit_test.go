@@ -82,8 +82,10 @@ func (w *wireLog) sawFlag(f byte) bool {
 }
 
 // TestUnitStreamWindow: a node streams its ops to a peer from the peer's
-// position, in batches, never more than WindowOps beyond what the peer
-// acknowledged; the peer applies them in order and acknowledges them all.
+// position, in batches, never more than catchUpWindows × WindowOps beyond
+// what the peer acknowledged (the peer starts 500 ops behind: far behind,
+// so the window widens); the peer applies them in order and acknowledges
+// them all.
 func TestUnitStreamWindow(t *testing.T) {
 	n := newFakeNet(t, "a", "b")
 	var w wireLog
@@ -106,8 +108,8 @@ func TestUnitStreamWindow(t *testing.T) {
 	})
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.maxAhead > 50 {
-		t.Fatalf("a had %d ops in flight beyond b's position; the window is 50", w.maxAhead)
+	if w.maxAhead > catchUpWindows*50 {
+		t.Fatalf("a had %d ops in flight beyond b's position; the window is 50, %d while b is far behind", w.maxAhead, catchUpWindows*50)
 	}
 	if w.sent != total {
 		t.Fatalf("highest seq sent %d, want %d", w.sent, total)
@@ -349,5 +351,33 @@ func TestUnitRequirePeer(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "c to bootstrap alone", func() bool { return c.rep.Status().State == "synced" })
 	if got := c.core.Calls("BeginSync"); got != 0 {
 		t.Fatalf("c: BeginSync called %d times, want a bootstrap", got)
+	}
+}
+
+// TestUnitSlowApplyIsNotResent: a peer whose database applies slowly (an
+// apply of a merged catch-up window takes several ResendAfter) announces
+// its progress while it applies (its heartbeats carry the applied
+// position, which the core moves document by document), so the sender
+// does not take the long wait for the apply's ack for a loss and send
+// the window being applied again. One rewind is tolerated here for a
+// receiver starved of CPU for a whole ResendAfter.
+func TestUnitSlowApplyIsNotResent(t *testing.T) {
+	n := newFakeNet(t, "a", "b")
+	tune := func(o *Options) { o.BatchOps, o.WindowOps, o.ResendAfter = 100, 500, time.Second }
+	a := newFakeNode(t, n, "a", true, tune)
+	b := newFakeNode(t, n, "b", true, tune)
+	b.core.SlowApply(time.Millisecond)
+	a.start(t)
+	b.start(t)
+	const total = 3000
+	for range total / 100 {
+		a.core.Write("app.c", 100)
+	}
+	testkit.WaitFor(t, 2*time.Minute, "b to apply a's ops", func() bool { return len(b.core.Remote("a")) == total })
+	if got := remoteSeqs(b, "a"); !appliedInOrder(got, total) {
+		t.Fatalf("b applied %v", got)
+	}
+	if got := counterValue(t, a.rep.met.resends.WithLabelValues("b")); got > 1 {
+		t.Fatalf("a sent its window to b again %v times while b was applying it", got)
 	}
 }

@@ -47,6 +47,7 @@ type Core struct {
 	subs     map[int]chan struct{}
 	subSeq   int
 	applyErr error
+	perOp    time.Duration // SlowApply
 	calls    map[string]int
 }
 
@@ -133,9 +134,38 @@ func (c *Core) FailApply(err error) {
 	c.applyErr = err
 }
 
+// SlowApply makes ApplyRemote take d per op, moving the applied position
+// op by op as it goes (as the real core marks each document's ops applied
+// once written): a slow database.
+func (c *Core) SlowApply(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.perOp = d
+}
+
 // ApplyRemote applies ops whose seq follows their origin's applied
 // position (the receiver sends them in order; others are duplicates).
 func (c *Core) ApplyRemote(ctx context.Context, ops []*crdt.Op) error {
+	c.mu.Lock()
+	perOp := c.perOp
+	c.mu.Unlock()
+	if perOp > 0 {
+		for i := range ops {
+			select {
+			case <-time.After(perOp):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			if err := c.applyRemote(ops[i : i+1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return c.applyRemote(ops)
+}
+
+func (c *Core) applyRemote(ops []*crdt.Op) error {
 	for i, op := range ops {
 		if op.Origin == "" || op.Seq == 0 {
 			return fmt.Errorf("replicatest: remote op %d has no origin/seq", i)
