@@ -637,9 +637,15 @@ func needNetns(t *testing.T) {
 }
 
 func setupReplNet(t *testing.T, n int) *replNet {
-	sfx := fmt.Sprintf("%d", os.Getpid()%100000)
+	// A name per call, not per process: a namespace's interfaces go away
+	// after `ip netns del` returns, so a second network in the same run
+	// (subtests) must not reuse the names of the first.
+	sfx := fmt.Sprintf("%d%d", os.Getpid()%100000, replNetSeq.Add(1)%10)
 	rn := &replNet{t: t, sw: "rsw" + sfx}
 	t.Cleanup(func() {
+		for i := range rn.ns {
+			_ = exec.Command("ip", "link", "del", fmt.Sprintf("rm%sx%d", sfx, i)).Run()
+		}
 		for _, ns := range append([]string{rn.sw}, rn.ns...) {
 			_ = exec.Command("ip", "netns", "del", ns).Run()
 		}
@@ -667,6 +673,9 @@ func setupReplNet(t *testing.T, n int) *replNet {
 	}
 	return rn
 }
+
+// replNetSeq numbers the networks setupReplNet makes in this process.
+var replNetSeq atomic.Int32
 
 func (rn *replNet) meshIP(i int) string { return fmt.Sprintf("10.77.9.%d", i+1) }
 func (rn *replNet) mgmtIP(i int) string { return fmt.Sprintf("10.78.%d.2", i) }
@@ -760,8 +769,23 @@ func startNodeIn(t *testing.T, ns, cfg string, p *nodeProc) *nodeProc {
 
 func TestReplPartitionHeals(t *testing.T) {
 	needNetns(t)
-	rn := setupReplNet(t, 3)
-	c := nsCluster(t, rn, 3, true)
+	for _, upstream := range []string{"sqlite", "postgresql"} {
+		t.Run(upstream, func(t *testing.T) {
+			rn := setupReplNet(t, 3)
+			c := nsCluster(t, rn, 3, true)
+			if upstream == "postgresql" {
+				// Unix sockets: the nodes' namespaces share the file
+				// system, not the host's 127.0.0.1.
+				for i, uri := range testkit.PGUnixUpstreams(t, 3) {
+					c.cfgs[i] = mergeYAML(t, c.cfgs[i], fmt.Sprintf("mongo: {upstream: %q}\n", uri))
+				}
+			}
+			testReplPartitionHeals(t, rn, c)
+		})
+	}
+}
+
+func testReplPartitionHeals(t *testing.T, rn *replNet, c *cluster) {
 	for i := range 3 {
 		p := *c.nodes[i]
 		c.nodes[i] = startNodeIn(t, rn.ns[i], c.cfgs[i], &p)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -240,11 +241,12 @@ func (p *Postgres) Stop() error {
 // Ferret is a FerretDB server process. Stop it when done; if the test
 // binary dies instead, the kernel kills it (Pdeathsig).
 type Ferret struct {
-	URI    string // mongodb://127.0.0.1:port/
-	Addr   string // 127.0.0.1:port
-	cmd    *exec.Cmd
-	exited chan struct{}
-	logs   *lockedBuffer
+	URI     string // mongodb://127.0.0.1:port/
+	Addr    string // 127.0.0.1:port
+	UnixURI string // mongodb://<escaped socket path>/: the same server
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	logs    *lockedBuffer
 
 	stopOnce sync.Once
 }
@@ -275,9 +277,14 @@ func StartFerretDB(pgURL, stateDir string) (*Ferret, error) {
 			return nil, err
 		}
 		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		f := &Ferret{URI: "mongodb://" + addr + "/", Addr: addr, logs: &lockedBuffer{}, exited: make(chan struct{})}
+		// Also a Unix socket: nodes in network namespaces of their own
+		// (the partition tests) share the file system, not 127.0.0.1.
+		sock := filepath.Join(stateDir, "ferretdb.sock")
+		_ = os.Remove(sock)
+		f := &Ferret{URI: "mongodb://" + addr + "/", Addr: addr, UnixURI: "mongodb://" + url.PathEscape(sock) + "/",
+			logs: &lockedBuffer{}, exited: make(chan struct{})}
 		f.cmd = exec.Command(bin, "--handler=postgresql", "--postgresql-url="+pgURL,
-			"--listen-addr="+addr, "--debug-addr=-", "--state-dir="+stateDir,
+			"--listen-addr="+addr, "--listen-unix="+sock, "--debug-addr=-", "--state-dir="+stateDir,
 			"--telemetry=disable", "--log-level=error")
 		f.cmd.Stdout, f.cmd.Stderr = f.logs, f.logs
 		f.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
@@ -383,6 +390,15 @@ func (s *PGFerrets) Add(n int) error {
 	return nil
 }
 
+// UnixURIs are the FerretDB processes' Unix-socket URIs, in order.
+func (s *PGFerrets) UnixURIs() []string {
+	var out []string
+	for _, f := range s.Ferrets {
+		out = append(out, f.UnixURI)
+	}
+	return out
+}
+
 // URIs are the FerretDB processes' mongodb:// URIs, in order.
 func (s *PGFerrets) URIs() []string {
 	var out []string
@@ -428,4 +444,16 @@ func PGUpstreams(t testing.TB, n int) []string {
 	}
 	t.Cleanup(s.Stop)
 	return s.URIs()
+}
+
+// PGUnixUpstreams is PGUpstreams with Unix-socket URIs, which nodes in
+// network namespaces of their own can reach.
+func PGUnixUpstreams(t testing.TB, n int) []string {
+	t.Helper()
+	s, err := StartPGFerrets(n)
+	if err != nil {
+		t.Fatalf("FerretDB on PostgreSQL: %v", err)
+	}
+	t.Cleanup(s.Stop)
+	return s.UnixURIs()
 }
