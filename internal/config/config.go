@@ -499,6 +499,22 @@ type CDN struct {
 	MemoryBytes          ByteSize `yaml:"memory_bytes"`
 	MemoryMaxObjectBytes ByteSize `yaml:"memory_max_object_bytes"`
 	Origin               Origin   `yaml:"origin"`
+	PeerFill             PeerFill `yaml:"peer_fill"`
+}
+
+// PeerFill is the media cache's peer fill: on a miss a node asks the
+// key's owner among the fleet's nodes (rendezvous hash) before the origin,
+// so a cold object costs the origin one GET for the whole fleet. It runs
+// only where it can and pays: see Config.PeerFillActive.
+type PeerFill struct {
+	Enabled bool `yaml:"enabled"`
+	// Listen is the peer listener (HTTPS, mutual TLS with the mesh's node
+	// certificates). Peers reach it at their advertised address and this
+	// port: the port must be the same on every clone.
+	Listen string `yaml:"listen"`
+	// FirstByteTimeout bounds the wait for the owner's answer; past it the
+	// fill goes to the origin.
+	FirstByteTimeout time.Duration `yaml:"first_byte_timeout"`
 }
 
 // Origin is where cache misses are fetched from: a local folder or S3.
@@ -638,6 +654,7 @@ func Default() Config {
 			OriginTimeout:        10 * time.Second,
 			MemoryBytes:          64 << 20,
 			MemoryMaxObjectBytes: 64 << 10,
+			PeerFill:             PeerFill{Enabled: true, Listen: ":7948", FirstByteTimeout: time.Second},
 		},
 	}
 }

@@ -521,6 +521,23 @@ func (d *CDN) validate(ps *Problems) {
 			d.MemoryMaxObjectBytes, d.MemoryBytes, d.MemoryBytes/16)
 	}
 	d.Origin.validate(ps)
+	if d.PeerFill.Enabled {
+		checkAddr(ps, "cdn.peer_fill.listen", d.PeerFill.Listen, true)
+		if d.PeerFill.FirstByteTimeout <= 0 {
+			ps.add("cdn.peer_fill.first_byte_timeout", "must be positive: want e.g. 1s")
+		}
+	}
+}
+
+// PeerFillActive reports whether the node runs the peer listener and
+// fills cache misses from peers: cdn.peer_fill.enabled, with the CDN and
+// the mesh on (the peers are the mesh's verified nodes and the transport
+// is authenticated by its node certificates) and an S3 origin. A folder
+// origin is local disk, cheaper to read than a peer, and each node's own,
+// so a peer's copy could differ from it: peer fill stays off there.
+func (c *Config) PeerFillActive() bool {
+	s3 := c.CDN.Origin.S3.Bucket != "" || len(c.CDN.Origin.S3.Buckets) > 0
+	return c.CDN.Enabled && c.CDN.PeerFill.Enabled && c.Mesh.Enabled && s3
 }
 
 func (o *Origin) validate(ps *Problems) {
@@ -562,6 +579,9 @@ func (c *Config) listeners() []listener {
 	if c.Mesh.Enabled {
 		ls = append(ls, listener{"mesh.bind", "udp", c.Mesh.Bind}, listener{"mesh.bind", "tcp", c.Mesh.Bind},
 			listener{"mesh.link_listen", "udp", c.Mesh.LinkListen})
+	}
+	if c.PeerFillActive() {
+		ls = append(ls, listener{"cdn.peer_fill.listen", "tcp", c.CDN.PeerFill.Listen})
 	}
 	return ls
 }

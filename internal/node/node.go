@@ -83,6 +83,7 @@ type built struct {
 	mongoDB      *embeddedDB
 	mongo        *mongoPart
 	cdn          *cdnPart
+	cdnPeer      *peerFillPart
 	purges       *purgeLog
 	pubsub       *pubsubPart
 	status       *statusPart
@@ -130,6 +131,10 @@ func startOrder(b *built) []Part {
 		opt(b.mongo),
 		// Its routes are on HTTPS: it closes after HTTPS has drained.
 		opt(b.cdn),
+		// After the cache it serves and the mesh whose node map and
+		// certificates admit its clients; it drains and stops before the
+		// cache closes.
+		opt(b.cdnPeer),
 		// After Mongo (its collection is reached through the proxy) and the
 		// cache it purges; it stops before both.
 		opt(b.purges),
@@ -251,7 +256,7 @@ func (n *Node) build() (*built, error) {
 		}
 	}
 	if n.cfg.CDN.Enabled {
-		if b.cdn, err = n.buildCDN(b.mesh); err != nil {
+		if b.cdn, b.cdnPeer, err = n.buildCDN(b.mesh); err != nil {
 			return nil, err
 		}
 		if b.purges, err = n.buildPurgeLog(b.cdn, b.mongo); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -35,6 +36,9 @@ func (n *Node) probes() []probeAddr {
 		ps = append(ps, probeAddr{"mesh.bind", "udp", n.cfg.Mesh.Bind}, probeAddr{"mesh.bind", "tcp", n.cfg.Mesh.Bind},
 			probeAddr{"mesh.link_listen", "udp", n.cfg.Mesh.LinkListen})
 	}
+	if n.cfg.PeerFillActive() {
+		ps = append(ps, probeAddr{"cdn.peer_fill.listen", "tcp", n.cfg.CDN.PeerFill.Listen})
+	}
 	return ps
 }
 
@@ -56,7 +60,9 @@ func (p *cdnPart) Start(context.Context) error { return nil }
 // Stop closes the cache; HTTPS, which serves its routes, has drained.
 func (p *cdnPart) Stop(context.Context) error { return p.cache.Close() }
 
-func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
+// buildCDN builds the cache and, when peer fill runs (see
+// config.PeerFillActive), its peer listener.
+func (n *Node) buildCDN(mp *meshPart) (*cdnPart, *peerFillPart, error) {
 	c := n.cfg.CDN
 	var origin cdn.Origin
 	var originDesc string
@@ -64,18 +70,18 @@ func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
 		s := c.Origin.S3
 		keyID, err := s.AccessKeyID.Resolve()
 		if err != nil {
-			return nil, fmt.Errorf("cdn.origin.s3.access_key_id: %w", err)
+			return nil, nil, fmt.Errorf("cdn.origin.s3.access_key_id: %w", err)
 		}
 		secret, err := s.SecretAccessKey.Resolve()
 		if err != nil {
-			return nil, fmt.Errorf("cdn.origin.s3.secret_access_key: %w", err)
+			return nil, nil, fmt.Errorf("cdn.origin.s3.secret_access_key: %w", err)
 		}
 		o, err := cdn.NewS3Origin(context.Background(), cdn.S3Options{
 			Bucket: s.Bucket, Buckets: s.Buckets, KeyPrefix: s.KeyPrefix, Region: s.Region,
 			Endpoint: s.Endpoint, PathStyle: s.PathStyle, AccessKeyID: keyID, SecretAccessKey: secret, Profile: s.Profile,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("cdn.origin.s3: %w", err)
+			return nil, nil, fmt.Errorf("cdn.origin.s3: %w", err)
 		}
 		origin, originDesc = o, "S3 "+s.Endpoint+" bucket "+s.Bucket
 	} else {
@@ -85,13 +91,29 @@ func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
 		}
 		o, err := cdn.NewDirOrigin(dir)
 		if err != nil {
-			return nil, fmt.Errorf("cdn.origin.dir: %w", err)
+			return nil, nil, fmt.Errorf("cdn.origin.dir: %w", err)
 		}
 		origin, originDesc = o, "folder "+dir
 	}
-	cache, err := cdn.New(cdnOptions(&c, n.cfg.Node.DataDir, origin), n.log.With("part", "cdn"), n.reg)
+	opts := cdnOptions(&c, n.cfg.Node.DataDir, origin)
+	var pt *peerTLS
+	if n.cfg.PeerFillActive() && mp != nil {
+		var err error
+		if pt, err = n.loadPeerTLS(); err != nil {
+			return nil, nil, err
+		}
+		_, port, _ := net.SplitHostPort(c.PeerFill.Listen)
+		opts.Peer = cdn.PeerOptions{
+			Peers:     peerFillPeers(pt, mp.m, port),
+			FirstByte: c.PeerFill.FirstByteTimeout,
+			// The origin is S3: a single-part ETag is the object's MD5,
+			// which checks a copy the owner is still filling.
+			ETagIsMD5: true,
+		}
+	}
+	cache, err := cdn.New(opts, n.log.With("part", "cdn"), n.reg)
 	if err != nil {
-		return nil, fmt.Errorf("cdn: %w", err)
+		return nil, nil, fmt.Errorf("cdn: %w", err)
 	}
 	for pattern, h := range cache.Routes() {
 		n.https.Handle(pattern, h)
@@ -111,7 +133,14 @@ func (n *Node) buildCDN(mp *meshPart) (*cdnPart, error) {
 			}
 		})
 	}
-	return &cdnPart{cache: cache, detail: "media cache at " + c.Prefix + " from " + originDesc, maxBytes: n.cdnMax}, nil
+	var peer *peerFillPart
+	if pt != nil {
+		peer = n.buildPeerFill(cache, pt, mp.m)
+		originDesc += ", peers first"
+	} else if c.PeerFill.Enabled {
+		n.log.Info("cdn peer fill is off: it needs mesh.enabled and an S3 origin", "mesh", n.cfg.Mesh.Enabled, "origin", originDesc)
+	}
+	return &cdnPart{cache: cache, detail: "media cache at " + c.Prefix + " from " + originDesc, maxBytes: n.cdnMax}, peer, nil
 }
 
 // cdnOptions translates the cdn section; see none for its zeros.

@@ -378,7 +378,7 @@ func (a *announcingProbe) Announce(context.Context) error {
 func TestStartOrderDeclared(t *testing.T) {
 	all := &built{
 		https: &httpsPart{}, admin: &adminPart{}, mesh: &meshPart{}, load: &loadReporter{}, rum: &rumPart{}, dns: &dnsPart{},
-		mongoDB: &embeddedDB{}, mongo: &mongoPart{}, cdn: &cdnPart{}, purges: &purgeLog{}, pubsub: &pubsubPart{}, status: &statusPart{},
+		mongoDB: &embeddedDB{}, mongo: &mongoPart{}, cdn: &cdnPart{}, cdnPeer: &peerFillPart{}, purges: &purgeLog{}, pubsub: &pubsubPart{}, status: &statusPart{},
 		demo: &demoPart{}, fleetStorage: &fleetStorage{}, tickets: &ticketsPart{}, acme: &acmePart{},
 		readiness: &readinessReporter{},
 	}
@@ -389,7 +389,7 @@ func TestStartOrderDeclared(t *testing.T) {
 		}
 	}
 	got := partNames(startOrder(all))
-	want := []string{"https", "admin", "mesh", "load", "measured", "dns", "mongo-db", "mongo", "cdn", "cdn-purges", "pubsub", "status", "demo",
+	want := []string{"https", "admin", "mesh", "load", "measured", "dns", "mongo-db", "mongo", "cdn", "cdn-peer", "cdn-purges", "pubsub", "status", "demo",
 		"fleet-storage", "session-tickets", "acme", "readiness"}
 	if !slices.Equal(got, want) {
 		t.Errorf("all parts: got %v\nwant %v", got, want)
