@@ -112,13 +112,20 @@ func TestConflictsResolveReplicates(t *testing.T) {
 			t.Fatal(err)
 		}
 		rn.cut(1, false)
-		var mine []parked
-		testkit.WaitFor(t, 60*time.Second, "each node to park the other's document", func() bool {
-			l1, err1 := listConflicts(t, c.nodes[0])
-			l2, err2 := listConflicts(t, c.nodes[1])
-			mine = l1
-			return err1 == nil && err2 == nil && len(l1) == 1 && len(l2) == 1
-		})
+		var mine, theirs []parked
+		var err1, err2 error
+		parkedBoth := func() bool {
+			mine, err1 = listConflicts(t, c.nodes[0])
+			theirs, err2 = listConflicts(t, c.nodes[1])
+			return err1 == nil && err2 == nil && len(mine) == 1 && len(theirs) == 1
+		}
+		// Generous: under a loaded CI machine this once took over a minute;
+		// on failure say what each node reported, and its replication.
+		if !pollFor(2*time.Minute, parkedBoth) {
+			st1, _ := replStatus(c.nodes[0])
+			st2, _ := replStatus(c.nodes[1])
+			t.Fatalf("each node to park the other's document: node1 %v %+v (repl %+v); node2 %v %+v (repl %+v)", err1, mine, st1, err2, theirs, st2)
+		}
 		id := mine[0].ID
 		if string(mine[0].DocID) != `"`+b+`"` || mine[0].NS != replDB+".users" {
 			t.Fatalf("node1 parked %+v, want node2's document %s", mine[0], b)
@@ -174,5 +181,19 @@ func TestConflictsResolveReplicates(t *testing.T) {
 	t.Logf("both nodes hold %v", docs[0])
 	if _, err := conflictsCLI(t, c.nodes[0], "resolve", "nope:1", "--keep", "stored"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("resolving an unknown conflict: %v, want a 404", err)
+	}
+}
+
+// pollFor polls cond until it holds or d passes.
+func pollFor(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
