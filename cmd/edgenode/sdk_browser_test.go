@@ -24,12 +24,20 @@ func sdkPage(s *web.SDK) string {
 window.T = { states: [], got: [], reloads: 0, errors: [], subscribed: 0 };
 const c = window.C = edgenode.connect({ url: location.origin, minReconnectDelay: 1000 });
 c.on("state", (e) => T.states.push(e.state + "/" + e.transport));
-c.subscribe(new URLSearchParams(location.search).get("channel"), {
+const S = window.S = c.subscribe(new URLSearchParams(location.search).get("channel"), {
   onSubscribed: () => T.subscribed++,
   onMessage: (d) => T.got.push(d.n),
   onMustReload: () => T.reloads++,
   onError: (e) => T.errors.push(e.code),
 });
+// askPresence asks for the channel's presence count, one question at a
+// time and at most 5 a second (questions share the subscribe rate).
+window.askPresence = () => {
+  if (T.asking) return;
+  T.asking = true;
+  S.presence().then((r) => { T.presence = r.count; }, (e) => { T.presenceErr = e.code; })
+    .finally(() => setTimeout(() => { T.asking = false; }, 200));
+};
 </script>`
 }
 
@@ -108,6 +116,24 @@ func TestBrowserSDK(t *testing.T) {
 	}
 	testkit.WaitFor(t, 10*time.Second, "the page's subscription on node2", func() bool { return presence(1, ch) == "1" })
 
+	// Presence from the page (sub.presence(), the websocket presence
+	// frame): 1 with one page on a channel, then 2 once a second page
+	// subscribes (on whichever node the director sends it to: the count
+	// is the cluster's, so it may take a presence report to arrive).
+	const ch3 = "demo/sdk-presence"
+	r1 := b.tab()
+	b.do(r1, "open the first presence page", chromedp.Navigate(d.https.URL+"/page.html?channel="+ch3))
+	b.waitJS(r1, 20*time.Second, "first page subscribed", `window.T && T.subscribed === 1`)
+	b.waitJS(r1, 20*time.Second, "presence 1", `(askPresence(), T.presence === 1)`)
+	r2 := b.tab()
+	b.do(r2, "open the second presence page", chromedp.Navigate(d.https.URL+"/page.html?channel="+ch3))
+	b.waitJS(r2, 20*time.Second, "second page subscribed", `window.T && T.subscribed === 1`)
+	b.waitJS(r1, 20*time.Second, "presence 2 on the first page", `(askPresence(), T.presence === 2)`)
+	b.waitJS(r2, 20*time.Second, "presence 2 on the second page", `(askPresence(), T.presence === 2)`)
+	if e := eval[string](b, r1, `T.presenceErr || ""`); e != "" {
+		t.Fatalf("a presence question was refused: %s", e)
+	}
+
 	// Websockets refused by a proxy on the way: SSE, detected.
 	d.blockWS.Store(true)
 	const ch2 = "demo/sdk-sse"
@@ -122,5 +148,7 @@ func TestBrowserSDK(t *testing.T) {
 	}
 	publish(t, c.nodes[2], tok, ch2, `{"n":1}`)
 	b.waitJS(q, 10*time.Second, "message over SSE", `T.got.length === 1 && T.got[0] === 1`)
+	// SSE has no way to ask: presence is refused at once, with a code.
+	b.waitJS(q, 10*time.Second, "presence refused over SSE", `(askPresence(), T.presenceErr === "sse")`)
 	t.Logf("websockets refused (%d upgrades): states %v", d.refused.Load(), eval[[]string](b, q, `T.states`))
 }

@@ -71,7 +71,7 @@ type conn struct {
 	rmu  sync.Mutex
 	rd   wsReader
 	errs int
-	// The subscribe/unsubscribe token bucket: tokens left at tokensAt
+	// The subscribe/unsubscribe/presence token bucket: tokens left at tokensAt
 	// (unix nanoseconds; 0: full, never used).
 	tokens   float64
 	tokensAt int64
@@ -479,7 +479,7 @@ func (c *conn) onFrame(op byte, payload []byte) error {
 	return nil
 }
 
-// takeToken takes one subscribe/unsubscribe frame from the connection's
+// takeToken takes one subscribe, unsubscribe or presence frame from the connection's
 // token bucket (Options.SubscribeRate, SubscribeBurst); false when it is
 // empty. Only the reader calls it.
 func (c *conn) takeToken(now time.Time) bool {

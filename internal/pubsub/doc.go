@@ -37,6 +37,7 @@
 //	{"type":"subscribe","channel":"demo/private-42","token":"eyJhbGciOi..."}
 //	{"type":"subscribe","channel":"demo/thread-1","since":{"epoch":"k3j5x2ab.41~1767225600","offset":41}}
 //	{"type":"unsubscribe","channel":"demo/thread-1"}
+//	{"type":"presence","channel":"demo/thread-1","id":"8"}
 //	{"type":"ping","id":"7"}
 //
 // Server frames:
@@ -45,6 +46,7 @@
 //	{"type":"subscribed","channel":"demo/thread-1","position":{"epoch":"k3j5x2ab.44~1767225610","offset":44},"recovered":3}
 //	{"type":"message","channel":"demo/thread-1","position":{"epoch":"k3j5x2ab.42~1767225601","offset":42},"data":{"text":"hi"}}
 //	{"type":"unsubscribed","channel":"demo/thread-1"}
+//	{"type":"presence","channel":"demo/thread-1","id":"8","count":10}
 //	{"type":"pong","id":"7"}
 //	{"type":"error","code":"token_expired","reason":"token expired","channel":"demo/private-42"}
 //	{"type":"error","code":"must_reload","reason":"history does not cover the gap: reload the channel's state","channel":"demo/thread-1"}
@@ -59,6 +61,17 @@
 // from the app server. The same error can come later, on a live
 // subscription, when messages were lost between nodes (see Across the
 // cluster); the subscription goes on after it.
+//
+// "presence" asks how many subscriptions a channel has in the whole
+// cluster (the "cluster" count of GET /v1/presence: this node's, plus the
+// peers' as last reported every Options.PresenceInterval). It is answered
+// only for a channel the connection is subscribed to, so it needs exactly
+// the authorization of the subscription (the tenant's public patterns or a
+// token covering the channel) and cannot probe other channels; otherwise
+// the reply is the error not_subscribed. The answer is a count, never who:
+// subscribers are anonymous to each other and the public listener carries
+// no per-user data. SSE has no client-to-server path, so it has no
+// presence.
 //
 // # Positions
 //
@@ -94,7 +107,7 @@
 // Per client (an IPv4 address, or an IPv6 /64: its owner has 2^64
 // addresses to pick from): Options.MaxConnsPerIP websocket and SSE
 // connections, over which the handshake is answered 429. Per connection:
-// Options.MaxSubsPerConn channels, and subscribe plus unsubscribe frames at
+// Options.MaxSubsPerConn channels, and subscribe, unsubscribe and presence frames at
 // Options.SubscribeRate per second with bursts of Options.SubscribeBurst (a
 // token bucket); a frame over the rate is refused with rate_limited and
 // not acted on, and, as every error, counts towards the 64 that close the

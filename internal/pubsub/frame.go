@@ -39,12 +39,13 @@ const (
 	typeSubscribe   = "subscribe"
 	typeUnsubscribe = "unsubscribe"
 	typePing        = "ping"
+	typePresence    = "presence" // also the reply's type
 )
 
 // Error codes sent in error frames (besides the token codes).
 const (
 	codeBadFrame        = "bad_frame"       // not a JSON object of the protocol
-	codeUnknownType     = "unknown_type"    // type is not subscribe, unsubscribe or ping
+	codeUnknownType     = "unknown_type"    // type is not subscribe, unsubscribe, presence or ping
 	codeFrameTooLarge   = "frame_too_large" // over MaxClientFrameBytes
 	codeBinary          = "binary_frame"    // binary frames are not part of the protocol
 	codeBadChannel      = "bad_channel"     // not "{tenant}/{thread}"
@@ -53,7 +54,7 @@ const (
 	codeOrigin          = "origin_not_allowed"
 	codeTooManySubs     = "too_many_subscriptions"
 	codeTooManyChannels = "too_many_channels" // the node's or the tenant's channel cap
-	codeRateLimited     = "rate_limited"      // subscribe/unsubscribe frames over the connection's rate
+	codeRateLimited     = "rate_limited"      // subscribe/unsubscribe/presence frames over the connection's rate
 	codeNotSubscribed   = "not_subscribed"
 	codeMustReload      = "must_reload" // history does not cover the gap
 )
@@ -83,7 +84,7 @@ func decodeClientFrame(b []byte) (clientFrame, string) {
 		if f.Since != nil && !validEpoch(f.Since.Epoch) {
 			return f, codeBadFrame
 		}
-	case typeUnsubscribe:
+	case typeUnsubscribe, typePresence:
 		if f.Channel == "" {
 			return f, codeBadChannel
 		}
@@ -102,6 +103,7 @@ type serverFrame struct {
 	Channel   string    `json:"channel,omitempty"`
 	Position  *Position `json:"position,omitempty"`
 	Recovered *int      `json:"recovered,omitempty"`
+	Count     *int      `json:"count,omitempty"` // presence replies
 	Code      string    `json:"code,omitempty"`
 	Reason    string    `json:"reason,omitempty"`
 }

@@ -19,6 +19,7 @@ func FuzzDecodeClientFrame(f *testing.F) {
 		`{"type":"subscribe","channel":"demo/thread-1","token":"a.b.c","since":{"epoch":"abcdefgh","offset":12},"id":"1"}`,
 		`{"type":"unsubscribe","channel":"demo/thread-1"}`,
 		`{"type":"ping","id":"x"}`,
+		`{"type":"presence","channel":"demo/thread-1","id":"p1"}`, `{"type":"presence"}`,
 		`{"type":"subscribe","channel":"demo/x","channel":"acme/y"}`,
 		`{"Type":"SUBSCRIBE"}`, `{"type":null}`, `{}`, `[]`, `"x"`, ``, ` {`, `{"since":{"offset":1e99}}`,
 	} {
@@ -30,7 +31,7 @@ func FuzzDecodeClientFrame(f *testing.F) {
 			return
 		}
 		switch fr.Type {
-		case typeSubscribe, typeUnsubscribe:
+		case typeSubscribe, typeUnsubscribe, typePresence:
 			if fr.Channel == "" {
 				t.Fatalf("accepted %q without channel", b)
 			}

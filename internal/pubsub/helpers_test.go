@@ -136,6 +136,7 @@ type frame struct {
 	Channel   string          `json:"channel"`
 	Position  *Position       `json:"position"`
 	Recovered *int            `json:"recovered"`
+	Count     *int            `json:"count"`
 	Code      string          `json:"code"`
 	Reason    string          `json:"reason"`
 	Data      json.RawMessage `json:"data"`

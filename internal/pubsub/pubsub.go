@@ -273,7 +273,7 @@ func (p *PubSub) handleClientFrame(c *conn, b []byte) {
 		c.clientError(code, "", f.ID, "")
 		return
 	}
-	if (f.Type == typeSubscribe || f.Type == typeUnsubscribe) && !c.takeToken(time.Now()) {
+	if f.Type != typePing && !c.takeToken(time.Now()) {
 		// Before authorize: a flood must not buy token checks either.
 		p.refuse(codeRateLimited)
 		c.clientError(codeRateLimited, refusalText[codeRateLimited], f.ID, f.Channel)
@@ -284,6 +284,8 @@ func (p *PubSub) handleClientFrame(c *conn, b []byte) {
 		p.subscribe(c, f.Channel, f.Token, f.Since, f.ID)
 	case typeUnsubscribe:
 		p.unsubscribe(c, f.Channel, f.ID)
+	case typePresence:
+		p.presenceFrame(c, f.Channel, f.ID)
 	case typePing:
 		c.enqueue(connFrame(c.kind, serverFrame{Type: typePong, ID: f.ID}))
 	}
@@ -728,6 +730,32 @@ func (p *PubSub) unsubscribe(c *conn, name, id string) {
 		p.noteIdle(s.ch)
 	}
 	c.enqueue(connFrame(c.kind, serverFrame{Type: typeUnsubscribed, ID: id, Channel: name}))
+}
+
+// presenceFrame answers a client's presence frame with the channel's
+// cluster-wide subscriber count, the number GET /v1/presence reports as
+// "cluster". Only a channel the connection is subscribed to may be asked
+// about: its subscription already passed authorize (tenant, token, public
+// patterns), so the same rules hold without checking a token again, and a
+// connection cannot probe channels it may not read. The reply is a count
+// only, never who: the public listener carries no per-user data, and
+// subscribers are anonymous to each other.
+func (p *PubSub) presenceFrame(c *conn, name, id string) {
+	c.mu.Lock()
+	subscribed := false
+	for _, s := range c.subs {
+		if s.ch.name == name {
+			subscribed = true
+			break
+		}
+	}
+	c.mu.Unlock()
+	if !subscribed {
+		c.clientError(codeNotSubscribed, refusalText[codeNotSubscribed], id, name)
+		return
+	}
+	_, cluster := p.Presence(name)
+	c.enqueue(connFrame(c.kind, serverFrame{Type: typePresence, ID: id, Channel: name, Count: &cluster}))
 }
 
 // ---- publishing ----

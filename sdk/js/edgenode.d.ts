@@ -83,6 +83,12 @@ export class Subscription {
   readonly state: "subscribing" | "subscribed" | "failed" | "unsubscribed";
   /** the last position received */
   readonly position: Position | null;
+  /**
+   * The channel's subscriptions in the whole cluster (a count, never who).
+   * Since 1.1.0. Websocket only; rejected with an Error whose `code` is
+   * not_subscribed, sse, disconnected, unsubscribed or the node's error code.
+   */
+  presence(): Promise<{ count: number }>;
   unsubscribe(): void;
 }
 

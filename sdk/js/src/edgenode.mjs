@@ -3,6 +3,7 @@
 //   const c = edgenode.connect({ url: "https://live.example.com" });
 //   const sub = c.subscribe("demo/thread-1", { onMessage(data, ctx) { ... } });
 //   c.on("state", (e) => console.log(e.state));
+//   sub.presence().then(({ count }) => ...);
 //   sub.unsubscribe();
 //
 // One client holds one connection: a websocket (/ws), or Server-Sent Events
@@ -16,7 +17,7 @@
 // tests' JavaScript runtime: no dependency, no build step beyond wrapping
 // the module as a classic script (sdk/js/build).
 
-export const version = "1.0.0";
+export const version = "1.1.0";
 
 // Connection states, as "state" events report them.
 const CONNECTING = "connecting"; // opening a connection
@@ -164,6 +165,19 @@ export class Subscription {
     }
   }
 
+  /**
+   * presence asks the node how many subscriptions the channel has in the
+   * whole cluster: a promise of {count} (a count only, never who). It needs
+   * the subscription to be subscribed over a websocket (SSE has no way to
+   * ask); otherwise, and when the node refuses or the connection ends
+   * before the answer, the promise is rejected with an Error whose code
+   * says why: not_subscribed, sse, disconnected, unsubscribed, or the
+   * node's error code (e.g. rate_limited).
+   */
+  presence() {
+    return this.client._presence(this);
+  }
+
   /** unsubscribe leaves the channel; no callback is called after it. */
   unsubscribe() {
     if (this.state === UNSUBSCRIBED) return;
@@ -216,6 +230,8 @@ export class Client {
     this._conn = null; // the current transport connection
     this._timer = null; // backoff, or the SSE reopen
     this._pingTimer = null;
+    this._asks = new Map(); // presence questions on the air: id -> {sub, resolve, reject}
+    this._askSeq = 0;
     this._attempt = 0; // retries since the last connection that worked
     this._elsewhere = false; // the node said reconnect-elsewhere
     this._probing = false; // this SSE attempt follows a websocket that did not open
@@ -366,6 +382,7 @@ export class Client {
   _drop() {
     const conn = this._conn;
     this._conn = null;
+    this._failAsks(null, "disconnected", "the connection ended before the answer");
     this._env.clearTimeout(this._pingTimer);
     this._pingTimer = null;
     if (conn) conn.close();
@@ -541,10 +558,53 @@ export class Client {
     }, 0);
   }
 
+  // ---- presence ----
+
+  _presence(sub) {
+    const fail = (code, reason) => {
+      const e = new Error("edgenode: presence of " + sub.channel + ": " + reason);
+      e.code = code;
+      return Promise.reject(e);
+    };
+    if (sub.state === UNSUBSCRIBED) return fail("unsubscribed", "unsubscribed");
+    if (this.state === CONNECTED && this.transport === "sse") return fail("sse", "not available over Server-Sent Events");
+    const conn = this._conn;
+    if (sub.state !== SUBSCRIBED || this.state !== CONNECTED || !conn || !conn.send) return fail("not_subscribed", "not subscribed yet");
+    // Ids of their own ("q1", "q2", ...; pings use "p"): the answer, or
+    // the error frame refusing the question, carries it back.
+    const id = "q" + (++this._askSeq);
+    return new Promise((resolve, reject) => {
+      this._asks.set(id, { sub, resolve, reject });
+      conn.send({ type: "presence", channel: sub.channel, id });
+    });
+  }
+
+  // _failAsks rejects the questions of sub (all with sub null).
+  _failAsks(sub, code, reason) {
+    for (const [id, a] of this._asks) {
+      if (sub && a.sub !== sub) continue;
+      this._asks.delete(id);
+      const e = new Error("edgenode: presence of " + a.sub.channel + ": " + reason);
+      e.code = code;
+      a.reject(e);
+    }
+  }
+
   // ---- frames ----
 
   _frame(conn, f) {
     if (conn !== this._conn) return;
+    const ask = typeof f.id === "string" && f.id[0] === "q" ? this._asks.get(f.id) : undefined;
+    if (ask && (f.type === "presence" || f.type === "error")) {
+      this._asks.delete(f.id);
+      if (f.type === "presence") ask.resolve({ count: f.count || 0 });
+      else {
+        const e = new Error("edgenode: presence of " + ask.sub.channel + ": " + (f.reason || f.code));
+        e.code = f.code || "";
+        ask.reject(e);
+      }
+      return;
+    }
     const sub = f.channel ? this._subs.get(f.channel) : null;
     switch (f.type) {
       case "subscribed":
@@ -643,6 +703,7 @@ export class Client {
 
   _forget(sub) {
     sub.state = UNSUBSCRIBED;
+    this._failAsks(sub, "unsubscribed", "unsubscribed before the answer");
     this._env.clearTimeout(sub._refreshTimer);
     this._env.clearTimeout(sub._rateTimer);
     sub._refreshTimer = sub._rateTimer = null;

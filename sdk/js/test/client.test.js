@@ -319,3 +319,41 @@ function testNoGrowthOverManyReconnects() {
     if (env.sockets[i].onmessage || env.sockets[i].onclose) throw new Error("socket " + i + " still holds the client");
   }
 }
+
+// presence: a question with its own id, answered by the frame with that
+// id (count) or refused by an error frame with it (the subscription is not
+// touched: a rate_limited answer does not resend the subscribe); refused
+// at once before "subscribed" and over SSE; every question on the air is
+// rejected when the connection ends or the subscription is left, so none
+// stays pending.
+function testPresence() {
+  const { env, c } = setup({ pingInterval: 1e9 });
+  const sub = c.subscribe("demo/t1", {});
+  const codeOf = (p) => p.then(() => "resolved", (e) => e.code);
+  const early = codeOf(sub.presence());
+  env.ws().open();
+  env.ws().recv({ type: "subscribed", channel: "demo/t1", position: pos(1) });
+  const one = sub.presence();
+  const two = sub.presence();
+  eq(env.ws().sent.slice(1), [
+    { type: "presence", channel: "demo/t1", id: "q1" },
+    { type: "presence", channel: "demo/t1", id: "q2" },
+  ], "presence frames");
+  env.ws().recv({ type: "presence", channel: "demo/t1", id: "q2", count: 7 });
+  env.ws().recv({ type: "error", code: "rate_limited", reason: "slow down", channel: "demo/t1", id: "q1" });
+  eq(env.ws().sent.length, 3, "a refused question resends nothing");
+  eq(sub.state, "subscribed", "a refused question leaves the subscription alone");
+  const lost = codeOf(sub.presence());
+  env.ws().fail(1006);
+  eq(c._asks.size, 0, "questions forgotten when the connection ends");
+  env.advance(30000);
+  env.ws().open();
+  env.ws().recv({ type: "subscribed", channel: "demo/t1", position: pos(1) });
+  const left = codeOf(sub.presence());
+  sub.unsubscribe();
+  const after = codeOf(sub.presence());
+  eq(c._asks.size, 0, "questions forgotten on unsubscribe");
+  return Promise.all([early, one.then((r) => r, (e) => e.code), two, lost, left, after]).then((r) => {
+    eq(r, ["not_subscribed", "rate_limited", { count: 7 }, "disconnected", "unsubscribed", "unsubscribed"], "answers");
+  });
+}
