@@ -140,6 +140,20 @@ func (c *cluster) run() {
 	}
 }
 
+// allUnreachable reports whether no path reaches any of the peers ids:
+// each one's direct path is down and nobody has reached it for longer
+// than deadAfter (a peer relaying for it refreshes seen).
+func (c *cluster) allUnreachable(ids map[string]bool, now time.Time) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	for id := range ids {
+		if ps := c.peers[id]; ps != nil && (ps.direct || now.Sub(ps.seen) <= c.deadAfter) {
+			return false
+		}
+	}
+	return true
+}
+
 // tick decides which direct paths work, resends what went down a path
 // that turned out to be cut, and broadcasts the heartbeat.
 func (c *cluster) tick(now time.Time) {

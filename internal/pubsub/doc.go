@@ -214,8 +214,11 @@
 // the messages after it, or must_reload first when no node's history
 // covers them any more (Options.History messages, Options.HistoryTTL). The
 // first subscriber of a channel on a node gets its "subscribed" once every
-// peer it can reach has answered the sync request (at most
-// Options.SyncTimeout), so the position names what every publisher had
+// peer it can reach has answered the sync request, or stopped being
+// reachable meanwhile (a peer killed as the request went out is not waited
+// for once its path is down and no peer reaches it: about 3.5 heartbeats;
+// edgenode_pubsub_sync_rounds_unreachable_total), and at most
+// Options.SyncTimeout, so the position names what every publisher had
 // published by then, and the publishers send it everything after; later
 // subscribers of a followed channel are answered at once. A resuming
 // subscriber whose position the node's own history does not cover (the

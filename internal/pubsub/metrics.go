@@ -7,26 +7,27 @@ import (
 )
 
 type metrics struct {
-	conns        *prometheus.GaugeVec
-	subs         prometheus.Gauge
-	channels     prometheus.Gauge
-	publishes    *prometheus.CounterVec
-	deliveries   prometheus.Counter
-	drops        *prometheus.CounterVec
-	disconnects  *prometheus.CounterVec
-	refusals     *prometheus.CounterVec
-	recoveries   *prometheus.CounterVec
-	fanout       prometheus.Histogram
-	meshBad      prometheus.Counter
-	peerSent     *prometheus.CounterVec
-	peerDirect   *prometheus.GaugeVec
-	peerReceived *prometheus.CounterVec
-	relayed      prometheus.Counter
-	syncs        *prometheus.CounterVec
-	gaps         *prometheus.CounterVec
-	writerStalls prometheus.Counter
-	connsWS      prometheus.Gauge
-	connsSSE     prometheus.Gauge
+	conns           *prometheus.GaugeVec
+	subs            prometheus.Gauge
+	channels        prometheus.Gauge
+	publishes       *prometheus.CounterVec
+	deliveries      prometheus.Counter
+	drops           *prometheus.CounterVec
+	disconnects     *prometheus.CounterVec
+	refusals        *prometheus.CounterVec
+	recoveries      *prometheus.CounterVec
+	fanout          prometheus.Histogram
+	meshBad         prometheus.Counter
+	peerSent        *prometheus.CounterVec
+	peerDirect      *prometheus.GaugeVec
+	peerReceived    *prometheus.CounterVec
+	relayed         prometheus.Counter
+	syncs           *prometheus.CounterVec
+	syncUnreachable prometheus.Counter
+	gaps            *prometheus.CounterVec
+	writerStalls    prometheus.Counter
+	connsWS         prometheus.Gauge
+	connsSSE        prometheus.Gauge
 }
 
 // Reasons, pre-registered so dashboards see zeros.
@@ -108,6 +109,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "sync_rounds_total",
 			Help: "Sync rounds started, by kind: follow (first subscriber here), fetch (a resume the history here does not cover), repair (a gap).",
 		}, []string{"kind"}),
+		syncUnreachable: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "sync_rounds_unreachable_total",
+			Help: "Sync rounds completed before their timeout because every peer still to answer had become unreachable (a node killed meanwhile).",
+		}),
 		gaps: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "gaps_total",
 			Help: "Gaps in a stream that needed a repair round, by result: repaired, lost (subscribers got must_reload).",
@@ -144,7 +149,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	for _, c := range []prometheus.Collector{m.conns, m.subs, m.channels, m.publishes, m.deliveries, m.drops,
 		m.disconnects, m.refusals, m.recoveries, m.fanout, m.meshBad,
-		m.peerSent, m.peerDirect, m.peerReceived, m.relayed, m.syncs, m.gaps, m.writerStalls} {
+		m.peerSent, m.peerDirect, m.peerReceived, m.relayed, m.syncs, m.syncUnreachable, m.gaps, m.writerStalls} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("pubsub: register metrics: %w", err)
 		}

@@ -443,3 +443,29 @@ func TestInterestRefreshAndExpiry(t *testing.T) {
 		t.Fatal("not forgotten after three digests without it")
 	}
 }
+
+// A node dies (here: cut off from everyone, still in the map) just as a
+// channel's first subscriber arrives on another node: the sync round asks
+// it too, but completes as soon as no path reaches it, not after the
+// round's timeout (a minute here), so the subscriber gets subscribed.
+// Before, every widget reconnecting after a node died waited the whole
+// timeout for the dead node's answer.
+func TestSyncRoundStopsWaitingForUnreachablePeer(t *testing.T) {
+	opts := clusterOptions()
+	opts.SyncTimeout = time.Minute
+	nodes, meshes := newTestCluster(t, 3, opts)
+	waitDirect(t, nodes, meshes)
+	for _, peer := range []string{"n2", "n3"} {
+		meshes[0].cut(peer, true)
+	}
+	meshes[1].cut("n1", true)
+	meshes[2].cut("n1", true)
+	sub := nodes[1].mustDial()
+	sub.subscribe("demo/thread-dead", "", nil) // expects subscribed, within the helper's read deadline
+	if got := testutil.ToFloat64(nodes[1].ps.met.syncUnreachable); got < 1 {
+		t.Fatalf("rounds completed for an unreachable peer: %v", got)
+	}
+	// The live peer still answered: a publish on n3 reaches the subscriber.
+	nodes[2].publish("demo/thread-dead", 1)
+	sub.expectData("1")
+}

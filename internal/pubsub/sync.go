@@ -21,8 +21,12 @@ import (
 //   - repair: a stream has a gap (a message lost between nodes, or sent
 //     while a path was cut): its origin is asked for what is missing.
 //
-// A round completes when every peer asked has answered, or after
-// Options.SyncTimeout.
+// A round completes when every peer asked has answered or become
+// unreachable (no path to it, and no peer has reached it, for longer than
+// a direct path takes to be declared down: a node killed while the round
+// was asked of it), or after Options.SyncTimeout. Without the second
+// rule, every widget reconnecting to a node after another died waited the
+// whole timeout for the dead node's answer.
 type syncRound struct {
 	id       uint64
 	ch       *channel
@@ -108,21 +112,25 @@ func (p *PubSub) startRoundLocked(ch *channel, id uint64, kind roundKind, flags 
 	return r
 }
 
-// expireRounds completes the rounds past their deadline.
+// expireRounds completes the rounds past their deadline, and those whose
+// remaining peers are all unreachable.
 func (p *PubSub) expireRounds(now time.Time) {
 	c := p.cl
-	var late []*syncRound
+	var open []*syncRound
 	c.rmu.Lock()
 	for _, r := range c.rounds {
-		if now.After(r.deadline) {
-			late = append(late, r)
-		}
+		open = append(open, r)
 	}
 	c.rmu.Unlock()
-	for _, r := range late {
+	for _, r := range open {
 		r.ch.mu.Lock()
 		if !r.done {
-			p.completeLocked(r.ch, r, now)
+			if now.After(r.deadline) {
+				p.completeLocked(r.ch, r, now)
+			} else if len(r.waiting) > 0 && c.allUnreachable(r.waiting, now) {
+				p.met.syncUnreachable.Inc()
+				p.completeLocked(r.ch, r, now)
+			}
 		}
 		r.ch.mu.Unlock()
 	}
