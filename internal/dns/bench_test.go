@@ -5,6 +5,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/hashicorp/serf/coordinate"
 	mdns "github.com/miekg/dns"
 
 	"github.com/edgenode/edgenode/internal/dns/geoindex/geotest"
@@ -118,4 +119,33 @@ func BenchmarkUDPRoundTrip(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkHandleCoordinates is BenchmarkHandle's dynamic case with every
+// node carrying a network coordinate, so each answer's second address is
+// the member closest in RTT to the first.
+func BenchmarkHandleCoordinates(b *testing.B) {
+	nodes := fiveNodes()
+	for i := range nodes {
+		c := coordinate.NewCoordinate(coordinate.DefaultConfig())
+		c.Vec[0] = float64(i) * 0.01
+		nodes[i].Coord = c
+	}
+	s, err := New(Options{
+		Zones:     []Zone{testZone()},
+		GeoIPPath: writeDB(b, clientNets),
+		Dynamic:   []DynamicName{{Name: "widget"}},
+	}, nodemap.NewPublisher(nodes), nil, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	client := netip.MustParseAddr("127.0.1.1")
+	pkt := benchQuery(b, "widget.edgenode.test.", mdns.TypeA, ecs("192.0.2.0/24"))
+	out := make([]byte, 0, outBufSize)
+	b.ReportAllocs()
+	for b.Loop() {
+		if s.handle(pkt, client, trUDP, out) == nil {
+			b.Fatal("no answer")
+		}
+	}
 }

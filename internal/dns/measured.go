@@ -3,6 +3,8 @@ package dns
 import (
 	"net/netip"
 	"time"
+
+	"github.com/hashicorp/serf/coordinate"
 )
 
 // Measured steering (see Options.Measured). Two signals refine the map
@@ -46,20 +48,30 @@ func preferred(ns *nodeState, ms *members, ids []string) int32 {
 }
 
 // closestRTT returns the member estimated closest in round trip time to
-// member m by the network coordinates, or -1 when m or every other member
-// has none.
+// member m, or -1 when m or every other member has no coordinates.
 func closestRTT(ms *members, m int32) int32 {
-	if ms.coord == nil || ms.coord[m] == nil {
+	if ms.closest == nil {
 		return -1
 	}
-	best, bestD := int32(-1), time.Duration(1<<62)
-	for i, c := range ms.coord {
-		if int32(i) == m || c == nil || !c.IsCompatibleWith(ms.coord[m]) {
-			continue
+	return ms.closest[m]
+}
+
+// closestByRTT computes closestRTT's table for members with coordinates
+// coords (nil: unknown): once per node map, since coordinates only change
+// with it, instead of a distance per member in every answer.
+func closestByRTT(coords []*coordinate.Coordinate) []int32 {
+	out := make([]int32, len(coords))
+	for m, cm := range coords {
+		best, bestD := int32(-1), time.Duration(1<<62)
+		for i, c := range coords {
+			if i == m || cm == nil || c == nil || !c.IsCompatibleWith(cm) {
+				continue
+			}
+			if d := cm.DistanceTo(c); d < bestD {
+				best, bestD = int32(i), d
+			}
 		}
-		if d := ms.coord[m].DistanceTo(c); d < bestD {
-			best, bestD = int32(i), d
-		}
+		out[m] = best
 	}
-	return best
+	return out
 }

@@ -53,10 +53,12 @@ type members struct {
 	// unready says that no candidate was ready, so the members are
 	// nodes that are not.
 	unready bool
-	// coord are the members' network coordinates (nil: unknown), nil
-	// when none has one. Not in the fingerprint: pick reads them, cached
-	// rankings do not.
-	coord []*coordinate.Coordinate
+	// closest is, for each member, the other member estimated closest in
+	// round trip time by the network coordinates (-1: none), computed
+	// once per node map rather than per answer; nil when no member has
+	// coordinates. Not in the fingerprint: pick reads it, cached rankings
+	// do not.
+	closest []int32
 }
 
 // nodeState is derived from one nodemap.Map. Immutable.
@@ -152,6 +154,7 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 				}
 			}
 			ms.unready = len(cand) > 0 && ready == 0
+			var coords []*coordinate.Coordinate
 			withCoord := false
 			for _, i := range cand {
 				n := &m.Nodes[i]
@@ -164,14 +167,14 @@ func buildNodeState(c *compiled, m *nodemap.Map, answers func(id string) counter
 				ms.x, ms.y, ms.z = append(ms.x, x), append(ms.y, y), append(ms.z, z)
 				ms.placed = append(ms.placed, placed)
 				ms.region = append(ms.region, n.Region)
-				ms.coord = append(ms.coord, n.Coord)
+				coords = append(coords, n.Coord)
 				if n.Coord != nil {
 					withCoord = true
 				}
 				fmt.Fprintf(&fp, "%s|%g|%g|%s\n", n.ID, n.Lat, n.Lon, n.Region)
 			}
-			if !withCoord {
-				ms.coord = nil
+			if withCoord {
+				ms.closest = closestByRTT(coords)
 			}
 			fmt.Fprintf(&fp, "self=%s", ns.selfRegion)
 			ms.fingerprint = fp.String()
