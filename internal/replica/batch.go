@@ -200,10 +200,6 @@ func (r *Replica) compensate(ctx context.Context, ds *docState, ops []*crdt.Op, 
 // restoreUpdate is the update that sets every path ops write back to its
 // value in doc ($unset where doc has none).
 func restoreUpdate(doc bson.D, ops []*crdt.Op) (bson.Raw, error) {
-	base, err := bson.Marshal(doc)
-	if err != nil {
-		return nil, err
-	}
 	var paths []string
 	for _, op := range ops {
 		paths = append(paths, opPaths(op)...)
@@ -218,9 +214,21 @@ func restoreUpdate(doc bson.D, ops []*crdt.Op) (bson.Raw, error) {
 		}
 		return false
 	})
+	u := setToValues(doc, paths)
+	if len(u) == 0 {
+		u = bson.D{{Key: "$set", Value: bson.D{}}}
+	}
+	return bson.Marshal(u)
+}
+
+// setToValues is the update that writes paths to their values in doc:
+// $set where doc has one, $unset where not (nil: no path). The
+// compensation of a refused batch and a conflict's resolution both
+// restore a document's fields this way.
+func setToValues(doc bson.D, paths []string) bson.D {
 	var set, unset bson.D
 	for _, p := range paths {
-		if v, err := bson.Raw(base).LookupErr(strings.Split(p, ".")...); err == nil {
+		if v, ok := lookupPath(doc, p); ok {
 			set = append(set, bson.E{Key: p, Value: v})
 		} else {
 			unset = append(unset, bson.E{Key: p, Value: ""})
@@ -233,10 +241,7 @@ func restoreUpdate(doc bson.D, ops []*crdt.Op) (bson.Raw, error) {
 	if len(unset) > 0 {
 		u = append(u, bson.E{Key: "$unset", Value: unset})
 	}
-	if len(u) == 0 {
-		u = bson.D{{Key: "$set", Value: bson.D{}}}
-	}
-	return bson.Marshal(u)
+	return u
 }
 
 // opPaths lists the field paths an op writes.

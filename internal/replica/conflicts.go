@@ -418,21 +418,7 @@ func reassert(doc bson.D, paths []string) (*crdt.Op, error) {
 	if doc == nil {
 		return &crdt.Op{Kind: crdt.Delete}, nil
 	}
-	var set, unset bson.D
-	for _, p := range paths {
-		if v, ok := lookupPath(doc, p); ok {
-			set = append(set, bson.E{Key: p, Value: v})
-		} else {
-			unset = append(unset, bson.E{Key: p, Value: ""})
-		}
-	}
-	var u bson.D
-	if len(set) > 0 {
-		u = append(u, bson.E{Key: "$set", Value: set})
-	}
-	if len(unset) > 0 {
-		u = append(u, bson.E{Key: "$unset", Value: unset})
-	}
+	u := setToValues(doc, paths)
 	if u == nil {
 		return nil, nil
 	}
