@@ -330,10 +330,16 @@ func (m *Mesh) Drain(ctx context.Context) error {
 // one member, or with an error after ctx or DrainTimeout. Before Start it
 // sets what the node joins with.
 func (m *Mesh) SetReadiness(ctx context.Context, notReady string) error {
-	notReady = clipUTF8(notReady, maxMetaString)
+	return m.setMeta(ctx, "readiness", &m.notReady, notReady)
+}
+
+// setMeta sets one string of this node's metadata (under m.mu) and, when
+// it changed, announces it as SetReadiness describes.
+func (m *Mesh) setMeta(ctx context.Context, what string, field *string, v string) error {
+	v = clipUTF8(v, maxMetaString)
 	m.mu.Lock()
-	changed := m.notReady != notReady
-	m.notReady = notReady
+	changed := *field != v
+	*field = v
 	m.mu.Unlock()
 	if !changed {
 		return nil
@@ -344,7 +350,7 @@ func (m *Mesh) SetReadiness(ctx context.Context, notReady string) error {
 		return nil
 	}
 	if err := ml.UpdateNode(boundedTimeout(ctx, m.o.DrainTimeout)); err != nil {
-		return fmt.Errorf("mesh: announce readiness: %w", err)
+		return fmt.Errorf("mesh: announce %s: %w", what, err)
 	}
 	return nil
 }
@@ -355,23 +361,7 @@ func (m *Mesh) SetReadiness(ctx context.Context, notReady string) error {
 // once the metadata has gone to at least one member, or with an error
 // after ctx or DrainTimeout.
 func (m *Mesh) SetConfigVersion(ctx context.Context, v string) error {
-	v = clipUTF8(v, maxMetaString)
-	m.mu.Lock()
-	changed := m.cfgVer != v
-	m.cfgVer = v
-	m.mu.Unlock()
-	if !changed {
-		return nil
-	}
-	m.signal(m.dirty)
-	ml := m.running()
-	if ml == nil {
-		return nil
-	}
-	if err := ml.UpdateNode(boundedTimeout(ctx, m.o.DrainTimeout)); err != nil {
-		return fmt.Errorf("mesh: announce config version: %w", err)
-	}
-	return nil
+	return m.setMeta(ctx, "config version", &m.cfgVer, v)
 }
 
 // Leave leaves the cluster gracefully: it announces the leave (other nodes
