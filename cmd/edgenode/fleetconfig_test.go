@@ -58,12 +58,13 @@ mongo:
 	// other than the main file's (the node must answer there, not there).
 	p.https = fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1"))
 	p.admin = fmt.Sprintf("127.0.0.1:%d", testkit.FreePort(t, "127.0.0.1"))
-	env := append(os.Environ(),
+	p.env = []string{
 		"EDGENODE_NODE__ID=env-node",
-		"EDGENODE_HTTPS__LISTEN="+p.https,
-		"EDGENODE_ADMIN__LISTEN="+p.admin,
+		"EDGENODE_HTTPS__LISTEN=" + p.https,
+		"EDGENODE_ADMIN__LISTEN=" + p.admin,
 		`EDGENODE_NODE__TAGS=["edge", "fleet"]`,
-	)
+	}
+	env := append(os.Environ(), p.env...)
 
 	out, err := command(env, "check-config", "-print", path).CombinedOutput()
 	if err != nil {
@@ -85,7 +86,7 @@ mongo:
 		}
 	}
 
-	runNodeWithEnv(t, env, path, p)
+	startProc(t, nil, nil, path, p)
 	waitNodeReady(t, p)
 	_, body := get(t, http.DefaultClient, "http://"+p.admin+"/status.json")
 	for _, want := range []string{`"id": "env-node"`, `"region": "site-region"`, `"latitude": 48.1`, `"fleet"`} {
@@ -158,28 +159,4 @@ func command(env []string, args ...string) *exec.Cmd {
 	cmd := exec.Command(binPath, args...)
 	cmd.Env = env
 	return cmd
-}
-
-// runNodeWithEnv starts `run --config path` in env, as spawnNode does.
-func runNodeWithEnv(t *testing.T, env []string, path string, p *nodeProc) {
-	t.Helper()
-	p.out = &testkit.LogBuffer{}
-	p.cmd = command(env, "run", "--config", path)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p.done = make(chan struct{})
-	go func() { p.exitErr = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		select {
-		case <-p.done:
-		default:
-			p.cmd.Process.Kill()
-			<-p.done
-		}
-		if t.Failed() {
-			t.Logf("node output:\n%s", p.out.String())
-		}
-	})
 }

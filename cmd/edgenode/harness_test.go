@@ -144,6 +144,13 @@ func spawnNode(t testing.TB, prefix, args []string, cfg string, p *nodeProc) {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	startProc(t, prefix, args, path, p)
+}
+
+// startProc starts the binary on the config file at path (p.env added to
+// the environment), logging its output when the test fails.
+func startProc(t testing.TB, prefix, args []string, path string, p *nodeProc) {
+	t.Helper()
 	p.cfgPath = path
 	p.out = &testkit.LogBuffer{}
 	bin := binPath
