@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -347,46 +346,10 @@ type psNet struct {
 	slot int
 }
 
-// psNets counts the networks made by this process, so that each has names
-// of its own: a namespace goes away asynchronously.
-var psNets atomic.Int32
-
 func setupPSNet(t *testing.T, n int) *psNet {
 	t.Helper()
-	k := psNets.Add(1)
-	tag := fmt.Sprintf("%d%c", os.Getpid()%100000, 'a'+rune(k%26))
-	pn := &psNet{t: t, sw: "psw" + tag, slot: (os.Getpid() + int(k)) % 40}
-	var hosts []string
-	t.Cleanup(func() {
-		for _, h := range hosts {
-			_ = exec.Command("ip", "link", "del", h).Run()
-		}
-		for _, ns := range append([]string{pn.sw}, pn.ns...) {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-	})
-	runCmd(t, "ip", "netns", "add", pn.sw)
-	runCmd(t, "ip", "-n", pn.sw, "link", "set", "lo", "up")
-	runCmd(t, "ip", "-n", pn.sw, "link", "add", "br0", "type", "bridge")
-	runCmd(t, "ip", "-n", pn.sw, "link", "set", "br0", "up")
-	for i := range n {
-		ns := fmt.Sprintf("ps%s-%d", tag, i)
-		pn.ns = append(pn.ns, ns)
-		runCmd(t, "ip", "netns", "add", ns)
-		runCmd(t, "ip", "-n", ns, "link", "set", "lo", "up")
-		port := fmt.Sprintf("p%d", i)
-		runCmd(t, "ip", "-n", pn.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		runCmd(t, "ip", "-n", pn.sw, "link", "set", port, "master", "br0", "up")
-		runCmd(t, "ip", "-n", ns, "addr", "add", pn.meshIP(i)+"/24", "dev", "eth0")
-		runCmd(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-		host := fmt.Sprintf("pm%sx%d", tag, i)
-		runCmd(t, "ip", "link", "add", host, "type", "veth", "peer", "name", "mgmt", "netns", ns)
-		hosts = append(hosts, host)
-		runCmd(t, "ip", "addr", "add", pn.hostIP(i)+"/30", "dev", host)
-		runCmd(t, "ip", "link", "set", host, "up")
-		runCmd(t, "ip", "-n", ns, "addr", "add", pn.mgmtIP(i)+"/30", "dev", "mgmt")
-		runCmd(t, "ip", "-n", ns, "link", "set", "mgmt", "up")
-	}
+	pn := &psNet{t: t, slot: (os.Getpid() + int(nsNets.Load())) % 40}
+	pn.sw, pn.ns = buildNSNet(t, n, "p", "p", pn.meshIP, pn.hostIP, pn.mgmtIP)
 	return pn
 }
 

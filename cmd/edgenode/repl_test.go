@@ -637,45 +637,62 @@ func needNetns(t *testing.T) {
 }
 
 func setupReplNet(t *testing.T, n int) *replNet {
-	// A name per call, not per process: a namespace's interfaces go away
-	// after `ip netns del` returns, so a second network in the same run
-	// (subtests) must not reuse the names of the first.
-	sfx := fmt.Sprintf("%d%d", os.Getpid()%100000, replNetSeq.Add(1)%10)
-	rn := &replNet{t: t, sw: "rsw" + sfx}
-	t.Cleanup(func() {
-		for i := range rn.ns {
-			_ = exec.Command("ip", "link", "del", fmt.Sprintf("rm%sx%d", sfx, i)).Run()
-		}
-		for _, ns := range append([]string{rn.sw}, rn.ns...) {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-	})
-	runCmd(t, "ip", "netns", "add", rn.sw)
-	runCmd(t, "ip", "-n", rn.sw, "link", "set", "lo", "up")
-	runCmd(t, "ip", "-n", rn.sw, "link", "add", "br0", "type", "bridge")
-	runCmd(t, "ip", "-n", rn.sw, "link", "set", "br0", "up")
-	for i := range n {
-		ns := fmt.Sprintf("rn%s-%d", sfx, i)
-		rn.ns = append(rn.ns, ns)
-		runCmd(t, "ip", "netns", "add", ns)
-		runCmd(t, "ip", "-n", ns, "link", "set", "lo", "up")
-		port := fmt.Sprintf("c%d", i)
-		runCmd(t, "ip", "-n", rn.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns)
-		runCmd(t, "ip", "-n", rn.sw, "link", "set", port, "master", "br0", "up")
-		runCmd(t, "ip", "-n", ns, "addr", "add", rn.meshIP(i)+"/24", "dev", "eth0")
-		runCmd(t, "ip", "-n", ns, "link", "set", "eth0", "up")
-		host := fmt.Sprintf("rm%sx%d", sfx, i)
-		runCmd(t, "ip", "link", "add", host, "type", "veth", "peer", "name", "mgmt", "netns", ns)
-		runCmd(t, "ip", "addr", "add", fmt.Sprintf("10.78.%d.1/30", i), "dev", host)
-		runCmd(t, "ip", "link", "set", host, "up")
-		runCmd(t, "ip", "-n", ns, "addr", "add", rn.mgmtIP(i)+"/30", "dev", "mgmt")
-		runCmd(t, "ip", "-n", ns, "link", "set", "mgmt", "up")
-	}
+	t.Helper()
+	rn := &replNet{t: t}
+	rn.sw, rn.ns = buildNSNet(t, n, "r", "c", rn.meshIP,
+		func(i int) string { return fmt.Sprintf("10.78.%d.1", i) }, rn.mgmtIP)
 	return rn
 }
 
-// replNetSeq numbers the networks setupReplNet makes in this process.
-var replNetSeq atomic.Int32
+// nsNets counts the networks buildNSNet made in this process, so that each
+// has names of its own: a namespace's interfaces go away after `ip netns
+// del` returns, so a second network in the same run (subtests, the next
+// test) must not reuse the first's names.
+var nsNets atomic.Int32
+
+// buildNSNet makes n network namespaces on a bridge of their own (a switch
+// namespace; namespace i's eth0, at meshIP(i)/24, plugs into its port
+// <port><i>) plus a /30 link from this namespace (hostIP(i)) to each
+// (mgmtIP(i)). kind (one letter) keeps the names of different layouts
+// apart. It returns the switch's and the nodes' namespaces; everything is
+// removed when t ends.
+func buildNSNet(t *testing.T, n int, kind, port string, meshIP, hostIP, mgmtIP func(int) string) (sw string, nss []string) {
+	t.Helper()
+	tag := fmt.Sprintf("%s%d%c", kind, os.Getpid()%100000, 'a'+rune(nsNets.Add(1)%26))
+	sw = "sw" + tag
+	var hosts []string
+	t.Cleanup(func() {
+		for _, h := range hosts {
+			_ = exec.Command("ip", "link", "del", h).Run()
+		}
+		for _, ns := range append([]string{sw}, nss...) {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	runCmd(t, "ip", "netns", "add", sw)
+	runCmd(t, "ip", "-n", sw, "link", "set", "lo", "up")
+	runCmd(t, "ip", "-n", sw, "link", "add", "br0", "type", "bridge")
+	runCmd(t, "ip", "-n", sw, "link", "set", "br0", "up")
+	for i := range n {
+		ns := fmt.Sprintf("%s-%d", tag, i)
+		nss = append(nss, ns)
+		runCmd(t, "ip", "netns", "add", ns)
+		runCmd(t, "ip", "-n", ns, "link", "set", "lo", "up")
+		sp := fmt.Sprintf("%s%d", port, i)
+		runCmd(t, "ip", "-n", sw, "link", "add", sp, "type", "veth", "peer", "name", "eth0", "netns", ns)
+		runCmd(t, "ip", "-n", sw, "link", "set", sp, "master", "br0", "up")
+		runCmd(t, "ip", "-n", ns, "addr", "add", meshIP(i)+"/24", "dev", "eth0")
+		runCmd(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+		host := fmt.Sprintf("h%sx%d", tag, i)
+		runCmd(t, "ip", "link", "add", host, "type", "veth", "peer", "name", "mgmt", "netns", ns)
+		hosts = append(hosts, host)
+		runCmd(t, "ip", "addr", "add", hostIP(i)+"/30", "dev", host)
+		runCmd(t, "ip", "link", "set", host, "up")
+		runCmd(t, "ip", "-n", ns, "addr", "add", mgmtIP(i)+"/30", "dev", "mgmt")
+		runCmd(t, "ip", "-n", ns, "link", "set", "mgmt", "up")
+	}
+	return sw, nss
+}
 
 func (rn *replNet) meshIP(i int) string { return fmt.Sprintf("10.77.9.%d", i+1) }
 func (rn *replNet) mgmtIP(i int) string { return fmt.Sprintf("10.78.%d.2", i) }
