@@ -181,14 +181,3 @@ func (r *Replicator) chosenRelayLocked(now time.Time, pid string, p *nodeState, 
 	}
 	return best == r.opts.NodeID
 }
-
-// relaysSnapshot returns the relay streams running now.
-func (r *Replicator) relaysSnapshot() []*sender {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	list := make([]*sender, 0, len(r.relays))
-	for _, s := range r.relays {
-		list = append(list, s)
-	}
-	return list
-}
