@@ -147,7 +147,7 @@ func (c *cluster) allUnreachable(ids map[string]bool, now time.Time) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	for id := range ids {
-		if ps := c.peers[id]; ps != nil && (ps.direct || now.Sub(ps.seen) <= c.deadAfter) {
+		if c.reachableLocked(c.peers[id], now) {
 			return false
 		}
 	}
@@ -440,11 +440,17 @@ func (c *cluster) targets(now time.Time) []string {
 	defer c.mu.RUnlock()
 	var out []string
 	for id, ps := range c.peers {
-		if ps.direct || now.Sub(ps.seen) <= c.deadAfter {
+		if c.reachableLocked(ps, now) {
 			out = append(out, id)
 		}
 	}
 	return out
+}
+
+// reachableLocked reports whether peer ps (nil: unknown) is heard from
+// lately: its direct path works, or a peer reached it within deadAfter.
+func (c *cluster) reachableLocked(ps *peerState, now time.Time) bool {
+	return ps != nil && (ps.direct || now.Sub(ps.seen) <= c.deadAfter)
 }
 
 // speaks reports whether peer id has sent heartbeats: it speaks this
@@ -461,8 +467,7 @@ func (c *cluster) speaks(id string) bool {
 func (c *cluster) routable(id string, now time.Time) bool {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	ps := c.peers[id]
-	return ps != nil && (ps.direct || now.Sub(ps.seen) <= c.deadAfter)
+	return c.reachableLocked(c.peers[id], now)
 }
 
 // onRelay forwards a relay request to its target: one hop, no further.
