@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/nodemap"
@@ -30,8 +31,9 @@ type cluster struct {
 
 	mu      sync.RWMutex
 	peers   map[string]*peerState
-	members map[string]time.Time // live members of the node map, and since when
-	legacy  []string             // members that never sent a heartbeat: nodes from before heartbeats
+	members map[string]time.Time              // live members of the node map, and since when
+	coords  map[string]*coordinate.Coordinate // network coordinates from the node map, this node's included
+	legacy  []string                          // members that never sent a heartbeat: nodes from before heartbeats
 
 	rmu       sync.Mutex
 	rounds    map[uint64]*syncRound
@@ -163,18 +165,23 @@ func (c *cluster) tick(now time.Time) {
 		mp, _ := c.src.Current()
 		gone = map[string]bool{}
 		live = map[string]bool{}
+		coords := map[string]*coordinate.Coordinate{}
 		for _, n := range mp.Nodes {
 			if n.State != nodemap.Dead && !n.Self {
 				live[n.ID] = true
 			}
+			if n.Coord != nil {
+				coords[n.ID] = n.Coord
+			}
 		}
-		c.mu.RLock()
+		c.mu.Lock()
+		c.coords = coords
 		for id := range c.peers {
 			if !live[id] {
 				gone[id] = true
 			}
 		}
-		c.mu.RUnlock()
+		c.mu.Unlock()
 	}
 	var down []*peerState
 	var newDigest []string
@@ -343,13 +350,23 @@ func (c *cluster) send(id, topic string, msg []byte) (relayed bool) {
 // relaysLocked picks the peers to relay through to ps: one whose direct
 // paths to us and to ps work (as its heartbeats say), the same one for a
 // given target while paths hold; if none is known, up to two peers that
-// we reach, which may reach it.
+// we reach, which may reach it. Of several, the one on the shortest path
+// by network coordinates (issue 19); without coordinates, one spread by
+// a hash of the target, so the targets' shares fall on different relays.
 func (c *cluster) relaysLocked(ps *peerState) []string {
 	var cands []string
+	var costs []nodemap.RelayCandidate
+	known := false
 	for id, r := range c.peers {
 		if r != ps && r.direct && r.reach[ps.id] {
 			cands = append(cands, id)
+			cost, ok := nodemap.RelayCost(c.coords[c.self], c.coords[id], c.coords[ps.id])
+			costs = append(costs, nodemap.RelayCandidate{ID: id, Cost: cost, Known: ok})
+			known = known || ok
 		}
+	}
+	if known {
+		return []string{nodemap.PickRelay(costs)}
 	}
 	if len(cands) > 0 {
 		slices.Sort(cands)

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/hashicorp/serf/coordinate"
+
 	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
@@ -28,6 +30,7 @@ type tcpMesh struct {
 	conns    []net.Conn
 	cuts     map[string]bool
 	held     map[string][][]byte // sent during a cut, delivered when it heals
+	coords   map[string]*coordinate.Coordinate
 
 	wg sync.WaitGroup
 }
@@ -120,12 +123,8 @@ func (m *tcpMesh) join(other *tcpMesh) {
 	}
 	m.mu.Lock()
 	m.peers = append(m.peers, p)
-	nodes := []nodemap.Node{{ID: m.self, State: nodemap.Alive, Self: true}}
-	for _, q := range m.peers {
-		nodes = append(nodes, nodemap.Node{ID: q.id, State: nodemap.Alive})
-	}
 	m.mu.Unlock()
-	m.pub.Publish(nodes)
+	m.publishMap()
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
@@ -173,6 +172,27 @@ func (m *tcpMesh) enqueueLocked(p *tcpPeer, b []byte) {
 // cut holds everything m sends to peer id until healed (on false), then
 // delivers it late, as a transport that retransmits after a short cut
 // does. With drop, what was held is lost instead.
+// publishMap publishes the node map: this node and the peers it joined,
+// with their coordinates if setCoords gave them.
+func (m *tcpMesh) publishMap() {
+	m.mu.Lock()
+	nodes := []nodemap.Node{{ID: m.self, State: nodemap.Alive, Self: true, Coord: m.coords[m.self]}}
+	for _, q := range m.peers {
+		nodes = append(nodes, nodemap.Node{ID: q.id, State: nodemap.Alive, Coord: m.coords[q.id]})
+	}
+	m.mu.Unlock()
+	m.pub.Publish(nodes)
+}
+
+// setCoords gives the nodes network coordinates (as the real mesh's
+// Vivaldi estimates would) and republishes the map.
+func (m *tcpMesh) setCoords(coords map[string]*coordinate.Coordinate) {
+	m.mu.Lock()
+	m.coords = coords
+	m.mu.Unlock()
+	m.publishMap()
+}
+
 func (m *tcpMesh) cut(id string, on bool, drop ...bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()

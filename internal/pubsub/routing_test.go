@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/testkit"
@@ -222,6 +223,45 @@ func TestRelayAroundCut(t *testing.T) {
 	// Nothing else is waiting: a ping round trip comes back first.
 	sub.sync()
 	late.sync()
+}
+
+// Around a cut between n1 and n4, where n2 and n3 both reach both, the
+// relay is the one on the shortest path by network coordinates: n2 (near
+// both), not n3 (far from both), which a hash of the target picks without
+// coordinates.
+func TestRelayByCoordinates(t *testing.T) {
+	nodes, meshes := newTestCluster(t, 4, clusterOptions())
+	at := map[string]float64{"n1": 0, "n2": 0.005, "n3": 0.200, "n4": 0.010} // seconds along one axis
+	coords := map[string]*coordinate.Coordinate{}
+	for id, x := range at {
+		c := coordinate.NewCoordinate(coordinate.DefaultConfig())
+		c.Vec[0], c.Height = x, 0
+		coords[id] = c
+	}
+	for _, m := range meshes {
+		m.setCoords(coords)
+	}
+	waitDirect(t, nodes, meshes)
+	const ch = "demo/thread-coords"
+	sub := nodes[3].mustDial()
+	sub.subscribe(ch, "", nil)
+	nodes[0].publish(ch, 1)
+	sub.expectData("1")
+	meshes[0].cut("n4", true, true)
+	meshes[3].cut("n1", true, true)
+	testkit.WaitFor(t, settle, "n1 and n4 to see their direct path down", func() bool {
+		return !nodes[0].direct("n4") && !nodes[3].direct("n1")
+	})
+	for i := 2; i <= 4; i++ {
+		nodes[0].publish(ch, i)
+		sub.expectData(strconv.Itoa(i))
+	}
+	if got := testutil.ToFloat64(nodes[1].ps.met.relayed); got < 3 {
+		t.Errorf("n2 (the short way) relayed %v messages, want 3", got)
+	}
+	if got := testutil.ToFloat64(nodes[2].ps.met.relayed); got != 0 {
+		t.Errorf("n3 (the long way) relayed %v messages, want none", got)
+	}
 }
 
 // A subscriber whose node goes away resumes on another node with its last

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
+
 	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
@@ -44,16 +46,21 @@ func (r *Replicator) membershipLoop() {
 func (r *Replicator) applyMap(m *nodemap.Map) {
 	now := time.Now()
 	present := map[string]nodemap.Node{}
+	var self *coordinate.Coordinate
 	for _, n := range m.Nodes {
 		if n.ID != r.opts.NodeID && !n.Self {
 			present[n.ID] = n
+		} else {
+			self = n.Coord
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.coord = self
 	for id, mn := range present {
 		n := r.node(id)
 		n.inMap, n.mapState, n.goneSince = true, mn.State, time.Time{}
+		n.coord = mn.Coord
 		if r.senders[id] == nil && !r.stopping {
 			s := newSender(r, id)
 			r.senders[id] = s

@@ -4,6 +4,10 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/hashicorp/serf/coordinate"
+
+	"github.com/edgenode/edgenode/internal/nodemap"
 )
 
 // Relays: ops from any peer that has them.
@@ -157,16 +161,17 @@ func (r *Replicator) chosenRelayLocked(now time.Time, pid string, p *nodeState, 
 		if !o.hearsMe(now, timeout) {
 			return false // this node cannot vouch for getting its ops promptly
 		}
-		best := r.opts.NodeID
+		// Of the nodes that hear the origin and that p hears, the one on
+		// the shortest path by network coordinates relays (issue 19); every
+		// candidate computes the same choice from the same map.
+		cands := []nodemap.RelayCandidate{r.relayCandidate(r.opts.NodeID, r.coord, o, p)}
 		for id, x := range r.nodes {
 			if id == pid || id == onode || !x.hearsMe(now, timeout) || x.links == nil || !x.links[onode] || !p.links[id] {
 				continue
 			}
-			if strings.Compare(id, best) < 0 {
-				best = id
-			}
+			cands = append(cands, r.relayCandidate(id, x.coord, o, p))
 		}
-		return best == r.opts.NodeID
+		return nodemap.PickRelay(cands) == r.opts.NodeID
 	}
 	// Nobody streams this origin any more (its node is gone, or it is an
 	// old incarnation): the peer p hears that has the most of it relays.
@@ -180,4 +185,11 @@ func (r *Replicator) chosenRelayLocked(now time.Time, pid string, p *nodeState, 
 		}
 	}
 	return best == r.opts.NodeID
+}
+
+// relayCandidate is node id (coordinate c) as a relay from origin node o
+// to peer p, with the path's estimated cost when every coordinate is known.
+func (r *Replicator) relayCandidate(id string, c *coordinate.Coordinate, o, p *nodeState) nodemap.RelayCandidate {
+	cost, ok := nodemap.RelayCost(o.coord, c, p.coord)
+	return nodemap.RelayCandidate{ID: id, Cost: cost, Known: ok}
 }

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/edgenode/edgenode/internal/nodemap"
 	"github.com/edgenode/edgenode/internal/testkit"
+	"github.com/hashicorp/serf/coordinate"
 )
 
 // TestUnitRelayAroundCut: a and b cannot reach each other, c reaches both.
@@ -123,5 +125,61 @@ func TestUnitRelayFromDeadOrigin(t *testing.T) {
 	testkit.WaitFor(t, time.Minute, "b to get a's ops from c", func() bool { return len(b.core.Remote("a")) == 25 })
 	if got := remoteSeqs(b, "a"); !appliedInOrder(got, 25) {
 		t.Fatalf("b applied %v", got)
+	}
+}
+
+// TestUnitRelayByCoordinates: the link between a and d fails; b and c hear
+// both. By ID b would relay; by the network coordinates the path through c
+// is much shorter (b is far from both), so c relays and b does not.
+func TestUnitRelayByCoordinates(t *testing.T) {
+	n := newFakeNet(t, "a", "b", "c", "d")
+	at := map[string]float64{"a": 0, "b": 0.150, "c": 0.006, "d": 0.010} // seconds along one axis
+	var nodes []nodemap.Node
+	for _, id := range []string{"a", "b", "c", "d"} {
+		c := coordinate.NewCoordinate(coordinate.DefaultConfig())
+		c.Vec[0], c.Height = at[id], 0
+		nodes = append(nodes, nodemap.Node{ID: id, State: nodemap.Alive, Coord: c})
+	}
+	n.pub.Publish(nodes)
+	var cut atomic.Bool
+	n.setDrop(func(from, to, topic string, msg []byte) bool {
+		return cut.Load() && (from == "a" && to == "d" || from == "d" && to == "a")
+	})
+	var fn []*fakeNode
+	for _, id := range []string{"a", "b", "c", "d"} {
+		x := newFakeNode(t, n, id, true, nil)
+		x.start(t)
+		fn = append(fn, x)
+	}
+	a, b, c, d := fn[0], fn[1], fn[2], fn[3]
+	a.core.Write("app.c", 5)
+	testkit.WaitFor(t, time.Minute, "d to apply a's first ops directly and hear a", func() bool {
+		st := d.rep.Status()
+		return len(d.core.Remote("a")) == 5 && slices.ContainsFunc(st.Origins, func(o OriginStatus) bool { return o.Node == "a" })
+	})
+	cut.Store(true)
+	a.core.Write("app.c", 20)
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, x := range fn {
+				t.Logf("%+v", x.rep.Status())
+			}
+		}
+	})
+	testkit.WaitFor(t, time.Minute, "d to get a's ops through c", func() bool {
+		st := d.rep.Status()
+		i := slices.IndexFunc(st.Origins, func(o OriginStatus) bool { return o.Node == "a" })
+		return len(d.core.Remote("a")) == 25 && i >= 0 && st.Origins[i].Via == "c"
+	})
+	testkit.WaitFor(t, time.Minute, "c's status to show it relays a's ops to d", func() bool {
+		st := c.rep.Status()
+		i := slices.IndexFunc(st.Peers, func(p PeerStatus) bool { return p.Node == "d" })
+		return i >= 0 && slices.Equal(st.Peers[i].Relaying, []string{"a"})
+	})
+	if got := counterValue(t, b.rep.met.opsRelayed.WithLabelValues("d")); got != 0 {
+		t.Fatalf("b, the long way round, relayed %v ops to d", got)
+	}
+	if got := remoteSeqs(d, "a"); !appliedInOrder(got, 25) {
+		t.Fatalf("d applied %v", got)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/hashicorp/serf/coordinate"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
@@ -194,6 +195,7 @@ type Replicator struct {
 	client    *syncClient            // the sync this node runs, if any
 	samples   []posSample            // positions over time, for LogRetention
 	skewLog   map[string]time.Time   // by peer: when a refused clock reading was last logged
+	coord     *coordinate.Coordinate // this node's network coordinate, from the node map
 }
 
 // nodeState is what this node knows of a peer.
@@ -214,6 +216,7 @@ type nodeState struct {
 	frozen    crdt.Timestamp
 	links     map[string]bool // the peers it hears directly, from its links message
 	linksAt   time.Time
+	coord     *coordinate.Coordinate // its network coordinate, from the node map (nil: unknown)
 }
 
 // New builds a Replicator for an open replica core (the proxy's, once
