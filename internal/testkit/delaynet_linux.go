@@ -70,10 +70,6 @@ type DelayEndpoint struct {
 // stuck reader from growing the test process without limit.
 const DelayQueueLen = 4096
 
-// delayNets numbers the DelayNets of this process, so that device names
-// (made in this namespace before they move) stay unique across tests.
-var delayNets atomic.Int32
-
 // NewDelayNet creates a TUN device per endpoint, moves it to the
 // endpoint's namespace with its address and brings it up, and starts
 // forwarding with no delay. It needs CAP_NET_ADMIN, /dev/net/tun and
@@ -92,7 +88,6 @@ func NewDelayNet(t testing.TB, eps []DelayEndpoint) *DelayNet {
 		d.close()
 		t.Logf("delaynet: %+v", d.Stats())
 	})
-	tag := fmt.Sprintf("dn%d%c", os.Getpid()%100000, 'a'+rune(delayNets.Add(1)%26))
 	for i, ep := range eps {
 		if !ep.Addr.Addr().Is4() {
 			t.Fatalf("delaynet: endpoint %d: %v is not IPv4", i, ep.Addr)
@@ -102,8 +97,7 @@ func NewDelayNet(t testing.TB, eps []DelayEndpoint) *DelayNet {
 			t.Fatalf("delaynet: address %v twice", ep.Addr)
 		}
 		d.index[a] = i
-		name := fmt.Sprintf("%s%d", tag, i)
-		f, err := openTUN(name)
+		f, name, err := openTUN()
 		if err != nil {
 			t.Fatalf("delaynet: %v", err)
 		}
@@ -134,15 +128,17 @@ func NewDelayNet(t testing.TB, eps []DelayEndpoint) *DelayNet {
 	return d
 }
 
-// openTUN creates TUN device name in this namespace and returns its file,
-// non-blocking so that the runtime poller serves it and Close ends a
-// pending Read. The device lives as long as the file.
-func openTUN(name string) (*os.File, error) {
+// openTUN creates a TUN device in this namespace and returns its file
+// and name. The kernel names it (dn0, dn1, ...: the first free one), so
+// that tests and processes running at the same time never ask for the
+// same name. The file is non-blocking so that the runtime poller serves
+// it and Close ends a pending Read; the device lives as long as the file.
+func openTUN() (*os.File, string, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open /dev/net/tun: %w", err)
+		return nil, "", fmt.Errorf("open /dev/net/tun: %w", err)
 	}
-	ifr, err := unix.NewIfreq(name)
+	ifr, err := unix.NewIfreq("dn%d")
 	if err == nil {
 		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
 		err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
@@ -152,9 +148,10 @@ func openTUN(name string) (*os.File, error) {
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("TUN device %s: %w", name, err)
+		return nil, "", fmt.Errorf("TUN device: %w", err)
 	}
-	return os.NewFile(uintptr(fd), "tun:"+name), nil
+	name := ifr.Name()
+	return os.NewFile(uintptr(fd), "tun:"+name), name, nil
 }
 
 func runIP(t testing.TB, args ...string) {
