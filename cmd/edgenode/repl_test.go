@@ -658,31 +658,48 @@ var nsNets atomic.Int32
 // removed when t ends.
 func buildNSNet(t *testing.T, n int, kind, port string, meshIP, hostIP, mgmtIP func(int) string) (sw string, nss []string) {
 	t.Helper()
-	tag := fmt.Sprintf("%s%d%c", kind, os.Getpid()%100000, 'a'+rune(nsNets.Add(1)%26))
+	tag := nsTag(kind)
 	sw = "sw" + tag
-	var hosts []string
-	t.Cleanup(func() {
-		for _, h := range hosts {
-			_ = exec.Command("ip", "link", "del", h).Run()
-		}
-		for _, ns := range append([]string{sw}, nss...) {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-	})
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", sw).Run() })
 	runCmd(t, "ip", "netns", "add", sw)
 	runCmd(t, "ip", "-n", sw, "link", "set", "lo", "up")
 	runCmd(t, "ip", "-n", sw, "link", "add", "br0", "type", "bridge")
 	runCmd(t, "ip", "-n", sw, "link", "set", "br0", "up")
-	for i := range n {
-		ns := fmt.Sprintf("%s-%d", tag, i)
-		nss = append(nss, ns)
-		runCmd(t, "ip", "netns", "add", ns)
-		runCmd(t, "ip", "-n", ns, "link", "set", "lo", "up")
+	nss = buildNodeNS(t, n, tag, hostIP, mgmtIP)
+	for i, ns := range nss {
 		sp := fmt.Sprintf("%s%d", port, i)
 		runCmd(t, "ip", "-n", sw, "link", "add", sp, "type", "veth", "peer", "name", "eth0", "netns", ns)
 		runCmd(t, "ip", "-n", sw, "link", "set", sp, "master", "br0", "up")
 		runCmd(t, "ip", "-n", ns, "addr", "add", meshIP(i)+"/24", "dev", "eth0")
 		runCmd(t, "ip", "-n", ns, "link", "set", "eth0", "up")
+	}
+	return sw, nss
+}
+
+// nsTag is a tag for the names of a new namespace network of kind.
+func nsTag(kind string) string {
+	return fmt.Sprintf("%s%d%c", kind, os.Getpid()%100000, 'a'+rune(nsNets.Add(1)%26))
+}
+
+// buildNodeNS makes n network namespaces <tag>-<i>, each with a /30 link
+// from this namespace (hostIP(i)) to it (mgmtIP(i), device mgmt), and
+// removes them when t ends.
+func buildNodeNS(t *testing.T, n int, tag string, hostIP, mgmtIP func(int) string) (nss []string) {
+	t.Helper()
+	var hosts []string
+	t.Cleanup(func() {
+		for _, h := range hosts {
+			_ = exec.Command("ip", "link", "del", h).Run()
+		}
+		for _, ns := range nss {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	for i := range n {
+		ns := fmt.Sprintf("%s-%d", tag, i)
+		nss = append(nss, ns)
+		runCmd(t, "ip", "netns", "add", ns)
+		runCmd(t, "ip", "-n", ns, "link", "set", "lo", "up")
 		host := fmt.Sprintf("h%sx%d", tag, i)
 		runCmd(t, "ip", "link", "add", host, "type", "veth", "peer", "name", "mgmt", "netns", ns)
 		hosts = append(hosts, host)
@@ -691,7 +708,7 @@ func buildNSNet(t *testing.T, n int, kind, port string, meshIP, hostIP, mgmtIP f
 		runCmd(t, "ip", "-n", ns, "addr", "add", mgmtIP(i)+"/30", "dev", "mgmt")
 		runCmd(t, "ip", "-n", ns, "link", "set", "mgmt", "up")
 	}
-	return sw, nss
+	return nss
 }
 
 func (rn *replNet) meshIP(i int) string { return fmt.Sprintf("10.77.9.%d", i+1) }

@@ -3,7 +3,8 @@
 // deadline, a log capture that tests can wait on, and the test servers
 // (Tool: versitygw, pebble, ferretdb) found or installed once, and a real
 // external database: FerretDB over its own PostgreSQL server (PGUpstreams,
-// StartPGFerrets).
+// StartPGFerrets), and a network whose links delay packets (DelayNet, on
+// Linux: TUN devices in network namespaces, since tc netem may be missing).
 //
 // Only _test.go files import testkit. The exceptions are the benchmark
 // drivers (under scripts/, and the load tool cmd/edgebench), which start
