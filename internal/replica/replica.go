@@ -100,7 +100,7 @@ type Replica struct {
 	holds  holds
 	drops  drops
 	subs   subscribers
-	cache  *docCache // owned entry by entry by the document lease holders
+	cache  *docCache  // owned entry by entry by the document lease holders
 	groups groupTable // single-document writes waiting for their document (group.go)
 	retry  *retryStore
 	stable atomic.Pointer[crdt.Timestamp]
