@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -248,4 +249,41 @@ func TestGroupCommitRetryRecords(t *testing.T) {
 	if n := readN(t, r, ns, "k")["n"]; num(n) != 1+writers {
 		t.Fatalf("n = %v, want %d", n, 1+writers)
 	}
+}
+
+// TestGroupCommitByteBound: a group stops taking writes once their ops
+// reach maxGroupBytes; the rest go back to the front of the queue and the
+// next leader runs them.
+func TestGroupCommitByteBound(t *testing.T) {
+	r := openTestReplica(t)
+	ns := "app.b"
+	if o := r.Write(context.Background(), ns, []Item{insertItem(t, "big")}, true); o[0].Err != nil {
+		t.Fatal(o[0].Err)
+	}
+	blob := make([]byte, 900<<10) // under the test's 1 MiB document limit
+	const writers = 6             // 5 × 900 KiB reach the 4 MiB bound
+	items := make([]Item, writers)
+	for i := range items {
+		blob[0] = byte(i)
+		items[i] = updateItem(t, "big", bson.D{{Key: "$set", Value: bson.D{{Key: "blob", Value: bson.Binary{Data: blob}}}}})
+	}
+	groups, coalesced := histCount(t, r), testutil.ToFloat64(r.met.coalesced)
+	out := writeAsGroup(t, r, ns, "big", items)
+	for i, o := range out {
+		if o.Err != nil || o.Op == nil {
+			t.Fatalf("writer %d: %+v", i, o)
+		}
+	}
+	if g, c := histCount(t, r)-groups, testutil.ToFloat64(r.met.coalesced)-coalesced; g != 2 || c != writers-2 {
+		t.Fatalf("%d groups, %v coalesced; want 2 groups (5 writes, then 1)", g, c)
+	}
+}
+
+func histCount(t *testing.T, r *Replica) uint64 {
+	t.Helper()
+	var m dto.Metric
+	if err := r.met.groupOps.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetHistogram().GetSampleCount()
 }
