@@ -243,3 +243,25 @@ func rssMiB(b *testing.B, pid int) float64 {
 	b.Fatal("no VmRSS")
 	return 0
 }
+
+// BenchmarkHotDocInc: 32 clients $inc the same document (a comment
+// thread's counter), or one of 10, by _id: the writes a document's lease
+// serializes, which the core stores in groups (one read, one log append,
+// one database write for the writes waiting for one document). The direct
+// paths lose increments on FerretDB (its updates are not atomic per
+// document); they serve as the database's own speed only.
+func BenchmarkHotDocInc(b *testing.B) {
+	e := setupBench(b)
+	for _, docs := range []int{1, 10} {
+		for _, path := range e.paths() {
+			c := path.c
+			b.Run(fmt.Sprintf("%s/docs=%d", path.name, docs), func(b *testing.B) {
+				runConcurrent(b, 32, func(rng *rand.Rand) error {
+					_, err := c.UpdateOne(testCtx, bson.D{{Key: "_id", Value: benchID(rng.IntN(docs))}},
+						bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}})
+					return err
+				})
+			})
+		}
+	}
+}

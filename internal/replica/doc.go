@@ -42,6 +42,16 @@
 //     and re-merging on conflict;
 //  6. marks the op applied in the log.
 //
+// Writes of one document named by its _id wait for their document in a
+// queue rather than on its lease alone (group.go): the writer that finds
+// the document idle leads, and once it holds the lease it takes every
+// write queued for the document (up to 64, and 4 MiB of ops) and runs
+// steps 2-6 once for all of them, in arrival order: one read, one log
+// append (one fsync), one database write. Each write is still its own op
+// with its own clock, log entry, retryable-write record and outcome; one
+// whose op is refused fails alone, and a document the database refuses is
+// undone and each of its writes run again alone.
+//
 // Multi-document writes are processed in chunks of up to 64 documents: one
 // log append (one fsync) per chunk; documents that did not exist are
 // written with one insertMany; where the database can (BatchReads) the
@@ -90,8 +100,9 @@
 //	                         exclusive: DDL (Drop, DDLTurn, peers' DDL)
 //	rank 3  document leases  all of a chunk's at once, in key order
 //	rank 4  leaf mutexes     clock holds, the drops map, subscribers, the
-//	                         lease tables' own maps: held for a few
-//	                         instructions, nothing taken under them, no I/O
+//	                         lease tables' own maps, the per-document
+//	                         write queues: held for a few instructions,
+//	                         nothing taken under them, no I/O
 //
 // A clock hold is a registration, not a turn: a local write takes one
 // after its leases and before its first clock reading, and releases it

@@ -18,6 +18,11 @@ const chunkSize = 64
 
 // Write captures, logs and applies items (see Local).
 func (r *Replica) Write(ctx context.Context, ns string, items []Item, ordered bool) []Outcome {
+	if len(items) == 1 && items[0].Filter == nil {
+		// The hot path (one document named by its _id): stored together
+		// with the other writes waiting for the same document.
+		return []Outcome{r.writeGrouped(ctx, ns, items[0])}
+	}
 	out := make([]Outcome, len(items))
 	logged := false
 	for start := 0; start < len(items); start += chunkSize {
@@ -66,6 +71,14 @@ type chunk struct {
 	undoing  bool // ordered: a document was refused, every later one is undone
 	stopped  bool // ordered: a failure; no later item or chunk runs
 	prefetch bool // states holds documents read in advance (their first use needs no read)
+
+	// A group of writers (group.go) bounds the bytes of its ops: stage
+	// stops once staged reaches maxBytes (0: no bound) and cuts items
+	// and out there, and storeDoc lists in refused the items of a
+	// document the database refused (each is then run again alone).
+	maxBytes int
+	staged   int
+	refused  []int
 }
 
 func (c *chunk) run(ctx context.Context) {
@@ -80,7 +93,13 @@ func (c *chunk) run(ctx context.Context) {
 	defer docs.release()
 	release := r.hold()
 	defer release()
+	c.phases(ctx)
+}
 
+// phases runs stage, append, store and finish; the caller holds the
+// namespace, every document's lease and a clock hold.
+func (c *chunk) phases(ctx context.Context) {
+	r := c.r
 	c.stage(ctx)
 	recs := c.records()
 	if len(c.ops) == 0 {
@@ -121,6 +140,10 @@ func (c *chunk) stage(ctx context.Context) {
 	for i := range c.items {
 		c.stageItem(ctx, i, firstUse)
 		if c.stopped {
+			return
+		}
+		if c.maxBytes > 0 && c.staged >= c.maxBytes && i+1 < len(c.items) {
+			c.items, c.out, c.keys = c.items[:i+1], c.out[:i+1], c.keys[:i+1]
 			return
 		}
 	}
@@ -185,6 +208,7 @@ func (c *chunk) stageItem(ctx context.Context, i int, used map[string]bool) {
 	ds.ops = append(ds.ops, op)
 	ds.stmts = append(ds.stmts, i)
 	c.ops = append(c.ops, op)
+	c.staged += len(op.Doc) + len(op.Update)
 }
 
 // records are the results of the chunk's retryable statements that are
@@ -283,6 +307,7 @@ func (c *chunk) storeDoc(ctx context.Context, ds *docState, inserted bool) {
 		for _, i := range ds.stmts {
 			c.out[i] = Outcome{Done: true, Err: DBError(ae.err)}
 		}
+		c.refused = append(c.refused, ds.stmts...)
 		if c.ordered {
 			c.undoing, c.stopped = true, true
 		}

@@ -16,7 +16,7 @@ import (
 
 func newTestReplica() *Replica {
 	r := &Replica{clock: crdt.NewClock("n1", nil), drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(16)}
-	r.gate.check, r.holds.check, r.drops.check, r.subs.check = &r.check, &r.check, &r.check, &r.check
+	r.gate.check, r.holds.check, r.drops.check, r.subs.check, r.groups.check = &r.check, &r.check, &r.check, &r.check, &r.check
 	r.gate.exitFn = r.gate.exit
 	r.nss = newLeaseTable(rankNamespace, &r.check)
 	r.docs = newLeaseTable(rankDocument, &r.check)
@@ -46,10 +46,10 @@ func TestLockOrderInOrder(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := r.nss.acquire(false, "db.c")
-	docs := r.docs.acquire(true, "db.c\x00sb", "db.c\x00sa")
+	key := docKey("db.c", bson.RawValue{Type: bson.TypeString, Value: []byte{2, 0, 0, 0, 'a', 0}})
+	docs := r.docs.acquire(true, docKey("db.c", bson.RawValue{Type: bson.TypeString, Value: []byte{2, 0, 0, 0, 'b', 0}}), key)
 	unhold := r.hold()
 	_ = r.drops.get("db.c")
-	key := docKey("db.c", bson.RawValue{Type: bson.TypeString, Value: []byte{2, 0, 0, 0, 'a', 0}})
 	_, _ = r.cache.get(key)
 	unhold()
 	docs.release()

@@ -19,6 +19,8 @@ type Metrics struct {
 	replayed      prometheus.Counter
 	retryHits     prometheus.Counter
 	retryEvicted  *prometheus.CounterVec // by what: expired, results, session
+	groupOps      prometheus.Histogram   // single-document writes stored together, per group (group.go)
+	coalesced     prometheus.Counter
 }
 
 // NewMetrics builds the core's metrics and registers them with reg (nil:
@@ -45,11 +47,16 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Statements of retried writes answered with their recorded result instead of being applied again."}),
 		retryEvicted: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_retry_records_evicted_total",
 			Help: "Retryable-write session records removed: expired (after the session timeout), or early because of mongo.retry_records_bytes (results: the results went, a retry gets 217; session: everything went)."}, []string{"what"}),
+		groupOps: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "edgenode_mongoproxy_write_group_ops",
+			Help:    "Single-document writes stored together (one document read, one op log append, one database write) per group; the count is the groups, the sum the writes.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}),
+		coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_coalesced_ops_total",
+			Help: "Single-document writes stored in another writer's group, saving their own read, op log append and database write."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted} {
+	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted, m.groupOps, m.coalesced} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("replica: register metrics: %w", err)
 		}

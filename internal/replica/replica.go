@@ -100,7 +100,8 @@ type Replica struct {
 	holds  holds
 	drops  drops
 	subs   subscribers
-	cache  *docCache // owned entry by entry by the document lease holders
+	cache  *docCache  // owned entry by entry by the document lease holders
+	groups groupTable // single-document writes waiting for their document (group.go)
 	retry  *retryStore
 	stable atomic.Pointer[crdt.Timestamp]
 	// parked counts the records in edgenode_meta.conflicts, so that
@@ -134,7 +135,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 	r := &Replica{node: cfg.Node, client: cfg.Client, olog: olog, clock: crdt.NewClock(cfg.Node, nil), caps: cfg.Capabilities,
 		replicated: cfg.Replicated, maxDoc: cfg.MaxDocumentBytes, maxSkew: cfg.MaxClockSkew, log: log, met: met, fault: cfg.Faults,
 		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCache)}
-	r.gate.check, r.holds.check, r.drops.check, r.subs.check = &r.check, &r.check, &r.check, &r.check
+	r.gate.check, r.holds.check, r.drops.check, r.subs.check, r.groups.check = &r.check, &r.check, &r.check, &r.check, &r.check
 	r.gate.exitFn = r.gate.exit
 	r.nss = newLeaseTable(rankNamespace, &r.check)
 	r.docs = newLeaseTable(rankDocument, &r.check)
