@@ -41,16 +41,25 @@ func TestCapturedWriteStepdown(t *testing.T) {
 	for _, core := range []struct{ name, uri string }{{"core_driver_retries", ""}, {"core_driver_no_retries", "&retryWrites=false"}} {
 		for _, clientRetries := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/client_retries=%v", core.name, clientRetries), func(t *testing.T) {
-				capturedStepdown(t, core.uri, clientRetries)
+				capturedStepdown(t, core.uri, clientRetries, 0)
 			})
 		}
 	}
+	// No primary for longer than the store waits: the client gets the
+	// retryable error, the op stays logged, and the next captured write
+	// stores it first (Settle), once, before it runs.
+	t.Run("no_primary_for_longer", func(t *testing.T) {
+		capturedStepdown(t, "&retryWrites=false&serverSelectionTimeoutMS=300", false, time.Second)
+	})
 }
 
-func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool) {
+// capturedStepdown runs the scenario. storeRetry > 0 shortens how long the
+// store waits for a primary, and the new primary is elected only after
+// the in-flight write was answered.
+func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool, storeRetry time.Duration) {
 	set := newRSSet(t, fmt.Sprintf("capstep%d", dbSeq.Add(1)), 9, 10)
 	db := freshDB("capstep")
-	tp := newProxyAt(t, set.uri()+upstreamExtra, "n1")
+	tp := newProxyAt(t, set.uri()+upstreamExtra, "n1", func(o *Options) { o.StoreRetry = storeRetry })
 	a, b := set.members[0], set.members[1]
 	da, dbb := directTo(t, a), directTo(t, b)
 	waitProxyPrimary(t, tp.Proxy, a.addr)
@@ -111,13 +120,24 @@ func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool) {
 	set.elect(-1)
 	a.release()
 	testkit.WaitFor(t, 30*time.Second, "the former primary to refuse the store", func() bool { return a.refused.Load() > refused })
-	set.elect(1)
+	if storeRetry == 0 {
+		set.elect(1)
+	}
 
 	var inflightErr error
 	select {
 	case inflightErr = <-errc:
 	case <-time.After(90 * time.Second):
 		t.Fatal("the in-flight write was never answered")
+	}
+	if storeRetry > 0 {
+		if inflightErr == nil {
+			t.Fatal("the in-flight write succeeded with no primary anywhere")
+		}
+		if v := counter(t, tp.reg, "edgenode_mongoproxy_unstored_ops"); v != 1 {
+			t.Errorf("unstored_ops = %v after the store gave up, want 1", v)
+		}
+		set.elect(1)
 	}
 	var se mongo.ServerError
 	switch {
@@ -178,8 +198,11 @@ func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool) {
 			t.Errorf("%s = %v, want 0", m, v)
 		}
 	}
-	if c, a := counter(t, tp.reg, "edgenode_mongoproxy_ops_captured_total"), counter(t, tp.reg, "edgenode_mongoproxy_ops_applied_total", "source", "local"); c != a {
+	if c, a := counter(t, tp.reg, "edgenode_mongoproxy_ops_captured_total"), counter(t, tp.reg, "edgenode_mongoproxy_ops_applied_total", "source", "local")+counter(t, tp.reg, "edgenode_mongoproxy_ops_applied_total", "source", "settle"); c != a {
 		t.Errorf("ops captured %v, applied locally %v", c, a)
+	}
+	if v := counter(t, tp.reg, "edgenode_mongoproxy_unstored_ops"); v != 0 {
+		t.Errorf("unstored_ops = %v, want 0", v)
 	}
 	if v := counter(t, tp.reg, "edgenode_mongoproxy_upstream_primary_known"); v != 1 {
 		t.Errorf("upstream_primary_known = %v", v)

@@ -20,6 +20,10 @@ const (
 	CodeBadValue           int32 = 2
 	CodeDuplicateKey       int32 = 11000
 	CodeBSONObjectTooLarge int32 = 10334
+	// CodeNotWritablePrimary: the write is logged, but the database was
+	// between primaries (or unreachable) for longer than StoreRetry. The
+	// front-end answers it as MongoDB does, retryably; see Settle.
+	CodeNotWritablePrimary int32 = 10107
 )
 
 // Error is a write the core refused or could not complete, as the client

@@ -309,12 +309,14 @@ const storeAttempts = 20
 // re-folding on CAS conflicts (the ops are pure and idempotent, so folding
 // them into a newer state is always right) and retrying transient errors
 // (transient: the database unreachable, or between primaries) with a
-// backoff, until storeAttempts or ctx runs out. A write the primary
+// backoff, until storeAttempts, Config.StoreRetry or ctx runs out. A write the primary
 // answered with a state-change error (it stepped down) is re-read and
 // written again on the new primary: if it did take effect after all, the
 // re-read state holds its ops and the fold changes nothing. On success
 // ds.base is the new stored state and ds.ops is empty.
 func (r *Replica) storeOps(ctx context.Context, ds *docState) error {
+	ctx, cancel := context.WithTimeout(ctx, r.storeRetry)
+	defer cancel()
 	backoff := 50 * time.Millisecond
 	// wait reports whether to try again after err, having waited.
 	wait := func(attempt int, err error) bool {
