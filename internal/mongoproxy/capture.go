@@ -503,4 +503,6 @@ func clientError(err error) *mongoError {
 	return errorf(codeInternalError, "edgenode: %v", err)
 }
 
-func fromReplica(e *replica.Error) *mongoError { return &mongoError{Code: e.Code, Msg: e.Msg} }
+func fromReplica(e *replica.Error) *mongoError {
+	return &mongoError{Code: e.Code, Msg: e.Msg, retryable: e.Code == replica.CodeNotWritablePrimary}
+}

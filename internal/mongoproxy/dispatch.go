@@ -130,6 +130,13 @@ func (p *Proxy) dispatchWrite(ctx context.Context, cmd *command, lower string, c
 		return p.refused(admitError(err)), true
 	}
 	defer done()
+	// Logged writes a stepdown left unstored go first: a retry of one is
+	// then answered from its record truthfully, and no write reads their
+	// documents without them.
+	if err := p.core.Settle(ctx); err != nil {
+		p.met.commands.WithLabelValues("refused").Inc()
+		return dispatched{reply: noPrimaryReply(err, true)}, true
+	}
 	p.met.commands.WithLabelValues("captured").Inc()
 	start := time.Now()
 	defer func() { p.met.writeSeconds.Observe(time.Since(start).Seconds()) }()

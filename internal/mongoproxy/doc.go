@@ -29,7 +29,13 @@
 // commands, so its driver reconnects (to the new primary) and retries a
 // retryable operation. A write in flight on a primary that steps down gets
 // the member's own answer (10107 NotWritablePrimary with the
-// RetryableWriteError label). While no primary is known, new connections
+// RetryableWriteError label). A captured write whose database write is in
+// flight at a stepdown is already logged: the core writes it again on the
+// new primary and the client gets its success; only if no primary is known
+// for a minute (replica.DefaultStoreRetry) does it get 10107 with the
+// label, and the op is stored before the next captured write, so that the
+// driver's retry is answered from its record (see package replica,
+// "Stepdowns"). While no primary is known, new connections
 // wait up to 10s for one and then have their first command answered with
 // error 133 naming the cause, captured writes get 10107 with
 // RetryableWriteError, Proxy.Ready fails, and

@@ -46,6 +46,10 @@ var codeNames = map[int32]string{
 type mongoError struct {
 	Code int32
 	Msg  string
+	// retryable: the database was between primaries. The command is
+	// answered with this error as a whole, labelled RetryableWriteError,
+	// as MongoDB answers a write interrupted by a stepdown.
+	retryable bool
 }
 
 func (e *mongoError) Error() string { return e.Msg }
@@ -77,6 +81,9 @@ func errorReply(e *mongoError) []byte {
 	if n, ok := codeNames[e.Code]; ok {
 		b = bsoncore.AppendStringElement(b, "codeName", n)
 	}
+	if e.retryable {
+		b = bsoncore.AppendArrayElement(b, "errorLabels", bsoncore.BuildArray(nil, bsoncore.Value{Type: bsoncore.TypeString, Data: bsoncore.AppendString(nil, labelRetryableWrite)}))
+	}
 	b, _ = bsoncore.AppendDocumentEnd(b, idx)
 	return b
 }
@@ -98,6 +105,15 @@ type writeResult struct {
 
 // reply encodes {n, nModified (updates), upserted, writeErrors, ok: 1}.
 func (r *writeResult) reply() []byte {
+	for _, we := range r.Errors {
+		if we.Err.retryable {
+			// Drivers retry on a command's error and its labels, never on
+			// writeErrors: the whole command fails, retryably. Its
+			// statements that were done are recorded, so a retry
+			// answers them from their records.
+			return errorReply(we.Err)
+		}
+	}
 	idx, b := bsoncore.AppendDocumentStart(nil)
 	b = bsoncore.AppendInt32Element(b, "n", int32(r.N))
 	if r.isUpdate {

@@ -117,6 +117,11 @@ type Options struct {
 	// Faults is a test hook called at the replica core's fault points
 	// (the crash tests stop the process there); nil in production.
 	Faults replica.FaultHook
+	// StoreRetry bounds how long a captured write's database write waits
+	// out transient errors (an election) before the client gets 10107
+	// with RetryableWriteError (0: replica.DefaultStoreRetry). Not a
+	// config key: tests shorten it.
+	StoreRetry time.Duration
 }
 
 // Defaults of Options.MessageTimeout and Options.IdleTimeout.
@@ -325,6 +330,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		Registerer:       p.reg,
 		Faults:           p.opts.Faults,
 		RetryRecordBytes: p.opts.RetryRecordBytes,
+		StoreRetry:       p.opts.StoreRetry,
 	}, p.log)
 	if err != nil {
 		return fail(fmt.Errorf("mongoproxy: %w", err))

@@ -58,6 +58,7 @@ type rsShim struct {
 	addr    string
 	backend string // FerretDB's mongodb:// URI
 	reads   atomic.Int64
+	refused atomic.Int64 // writes answered 10107 (not primary)
 
 	mu   sync.Mutex
 	hold chan struct{} // non-nil: writes wait until it is closed
@@ -220,6 +221,7 @@ func (m *rsShim) conn(c net.Conn) {
 				<-hold
 			}
 			if primary, _, _ := m.set.role(m.idx); !primary {
+				m.refused.Add(1)
 				answer = shimError(10107, "NotWritablePrimary", "not primary", "RetryableWriteError")
 			}
 		case shimReads[name]:

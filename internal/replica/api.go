@@ -36,6 +36,10 @@ type Local interface {
 	// BeginTxn takes a client session's turn for a retryable write
 	// command (see Replica.BeginTxn). Take it before Admit.
 	BeginTxn(ctx context.Context, lsid []byte, txnNumber int64) (*Txn, error)
+	// Settle stores the local ops whose store gave up on a transient
+	// database error (no primary for StoreRetry); see Replica.Settle.
+	// Call it admitted, before the write it admits.
+	Settle(ctx context.Context) error
 }
 
 // Item is one document-level write of a client command.

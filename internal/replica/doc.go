@@ -154,6 +154,22 @@
 // records the form in edgenode_meta.repl {_id: "keys"}), and in snapshots
 // from peers that still send them (keys.go, migrate.go).
 //
+// # Stepdowns
+//
+// A database error that says nothing about the write itself (network,
+// timeout, no primary selectable, MongoDB's state-change codes such as
+// 10107 NotWritablePrimary and 11602, or the RetryableWriteError label)
+// is transient, never a refusal: the store of a logged op re-reads the
+// document and writes it again, on the new primary once one is known, for
+// up to Config.StoreRetry (a minute). If the primary took the write after
+// all, the re-read state holds the ops and the fold changes nothing. When
+// StoreRetry runs out the write's outcome is CodeNotWritablePrimary (the
+// front-end answers it retryably), the op stays logged and unapplied,
+// compaction waits, and Settle, which the front-end calls before each
+// captured write, stores it first (edgenode_mongoproxy_unstored_ops counts
+// such ops meanwhile). A driver's retry of the write therefore finds it
+// recorded and stored, and is not applied again.
+//
 // # Crashes
 //
 // Ops are marked applied in the log after their write. At Open, every op

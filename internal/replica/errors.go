@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/x/mongo/driver/topology"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 )
@@ -19,6 +20,10 @@ const (
 	CodeBadValue           int32 = 2
 	CodeDuplicateKey       int32 = 11000
 	CodeBSONObjectTooLarge int32 = 10334
+	// CodeNotWritablePrimary: the write is logged, but the database was
+	// between primaries (or unreachable) for longer than StoreRetry. The
+	// front-end answers it as MongoDB does, retryably; see Settle.
+	CodeNotWritablePrimary int32 = 10107
 )
 
 // Error is a write the core refused or could not complete, as the client
@@ -72,7 +77,7 @@ func classify(err error) error {
 	if isDuplicateKey(err) {
 		return &applyError{unique: true, err: err}
 	}
-	if mongo.IsNetworkError(err) || mongo.IsTimeout(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if transient(err) {
 		return err
 	}
 	var se mongo.ServerError
@@ -80,6 +85,54 @@ func classify(err error) error {
 		return &applyError{err: err}
 	}
 	return err
+}
+
+// stateChangeCodes are the errors MongoDB answers while the member is not
+// (or stops being) the primary, or is shutting down: the codes its
+// retryable-writes specification calls retryable ("Determining Retryable
+// Errors"). A write answered with one did not take effect there (or will
+// be rolled back), and goes through once a primary is known again.
+var stateChangeCodes = []int{
+	6,     // HostUnreachable
+	7,     // HostNotFound
+	89,    // NetworkTimeout
+	91,    // ShutdownInProgress
+	134,   // ReadConcernMajorityNotAvailableYet
+	189,   // PrimarySteppedDown
+	262,   // ExceededTimeLimit
+	9001,  // SocketException
+	10107, // NotWritablePrimary
+	11600, // InterruptedAtShutdown
+	11602, // InterruptedDueToReplStateChange
+	13435, // NotPrimaryNoSecondaryOk
+	13436, // NotPrimaryOrSecondary
+}
+
+// transient reports an error that says nothing about the write itself:
+// the database was unreachable, slow, between primaries or shutting down
+// (any error labelled RetryableWriteError counts), or the caller gave up.
+// Sending the same write again later may succeed; it must never be taken
+// for a refusal, which would undo a logged op.
+func transient(err error) bool {
+	if mongo.IsNetworkError(err) || mongo.IsTimeout(err) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	if errors.As(err, &topology.ServerSelectionError{}) {
+		return true // no primary selectable (yet)
+	}
+	var le mongo.LabeledError
+	if errors.As(err, &le) && le.HasErrorLabel("RetryableWriteError") {
+		return true
+	}
+	var se mongo.ServerError
+	if errors.As(err, &se) {
+		for _, c := range stateChangeCodes {
+			if se.HasErrorCode(c) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // DBError turns a database error into the client's write error, keeping

@@ -21,6 +21,7 @@ type Metrics struct {
 	retryEvicted  *prometheus.CounterVec // by what: expired, results, session
 	groupOps      prometheus.Histogram   // single-document writes stored together, per group (group.go)
 	coalesced     prometheus.Counter
+	unstored      prometheus.Gauge // local ops logged, their store given up on a transient error (Settle)
 }
 
 // NewMetrics builds the core's metrics and registers them with reg (nil:
@@ -52,11 +53,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64}}),
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_coalesced_ops_total",
 			Help: "Single-document writes stored in another writer's group, saving their own read, op log append and database write."}),
+		unstored: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_unstored_ops",
+			Help: "Local operations logged whose database write gave up on a transient error (no primary for mongo store retry); stored before the next captured write. Non-zero while the database cannot take writes."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted, m.groupOps, m.coalesced} {
+	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted, m.groupOps, m.coalesced, m.unstored} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("replica: register metrics: %w", err)
 		}

@@ -70,7 +70,15 @@ type Config struct {
 	// "Retryable writes".
 	RetryRecordBytes int64
 	SessionTTL       time.Duration
+	// StoreRetry bounds how long the store of a document keeps retrying
+	// transient database errors, an election among them (0:
+	// DefaultStoreRetry). See Settle.
+	StoreRetry time.Duration
 }
+
+// DefaultStoreRetry is Config.StoreRetry's default: longer than a MongoDB
+// election (electionTimeoutMillis, 10s, plus the vote and catch-up).
+const DefaultStoreRetry = time.Minute
 
 // Replica is the replica core: the op log, the clock, the convergent
 // apply, DDL, tombstones and the write gate. See the package
@@ -108,6 +116,11 @@ type Replica struct {
 	// settling them after a peer's batch costs nothing when there are none
 	// (conflicts.go).
 	parked atomic.Int64
+	// unstored counts local ops whose store gave up on a transient error
+	// (they are logged, unapplied); Settle stores them. storeRetry bounds
+	// storeOps.
+	unstored   atomic.Int64
+	storeRetry time.Duration
 }
 
 // Open opens the op log, resumes the clock above its newest timestamp,
@@ -134,7 +147,10 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 	}
 	r := &Replica{node: cfg.Node, client: cfg.Client, olog: olog, clock: crdt.NewClock(cfg.Node, nil), caps: cfg.Capabilities,
 		replicated: cfg.Replicated, maxDoc: cfg.MaxDocumentBytes, maxSkew: cfg.MaxClockSkew, log: log, met: met, fault: cfg.Faults,
-		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCache)}
+		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCache), storeRetry: cfg.StoreRetry}
+	if r.storeRetry <= 0 {
+		r.storeRetry = DefaultStoreRetry
+	}
 	r.gate.check, r.holds.check, r.drops.check, r.subs.check, r.groups.check = &r.check, &r.check, &r.check, &r.check, &r.check
 	r.gate.exitFn = r.gate.exit
 	r.nss = newLeaseTable(rankNamespace, &r.check)

@@ -300,13 +300,49 @@ func (r *Replica) storeDeleted(ctx context.Context, ds *docState) error {
 	return nil
 }
 
+// storeAttempts bounds the writes (and re-reads) storeOps tries for one
+// document. Each one that finds no primary first waits for the driver's
+// server selection, so together they outlast an election.
+const storeAttempts = 20
+
 // storeOps folds ds.ops into the stored state and writes it, re-reading and
 // re-folding on CAS conflicts (the ops are pure and idempotent, so folding
-// them into a newer state is always right) and retrying transient errors a
-// few times. On success ds.base is the new stored state and ds.ops is empty.
+// them into a newer state is always right) and retrying transient errors
+// (transient: the database unreachable, or between primaries) with a
+// backoff, until storeAttempts, Config.StoreRetry or ctx runs out. A write the primary
+// answered with a state-change error (it stepped down) is re-read and
+// written again on the new primary: if it did take effect after all, the
+// re-read state holds its ops and the fold changes nothing. On success
+// ds.base is the new stored state and ds.ops is empty.
 func (r *Replica) storeOps(ctx context.Context, ds *docState) error {
+	ctx, cancel := context.WithTimeout(ctx, r.storeRetry)
+	defer cancel()
 	backoff := 50 * time.Millisecond
+	// wait reports whether to try again after err, having waited.
+	wait := func(attempt int, err error) bool {
+		if attempt+1 >= storeAttempts || ctx.Err() != nil || !transient(err) {
+			return false
+		}
+		r.log.Warn("retrying document write", "ns", ds.ns, "id", ds.id, "attempt", attempt+1, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return false
+		}
+		backoff = min(2*backoff, 2*time.Second)
+		return true
+	}
+	stale := false // ds.base must be read again before the next fold
 	for attempt := 0; ; attempt++ {
+		if stale {
+			if err := r.reload(ctx, ds); err != nil {
+				if wait(attempt, err) {
+					continue
+				}
+				return err
+			}
+			stale = false
+		}
 		next, changed, err := r.foldForStore(ds)
 		if err != nil {
 			return err
@@ -324,22 +360,17 @@ func (r *Replica) storeOps(ctx context.Context, ds *docState) error {
 			return nil
 		}
 		r.cache.forget(ds.key)
+		stale = true
 		var ae *applyError
-		if errors.As(err, &ae) || attempt >= 20 || ctx.Err() != nil {
+		switch {
+		case errors.As(err, &ae):
 			return err
-		}
-		if errors.Is(err, errCAS) {
-			r.met.casRetries.Inc()
-		} else {
-			r.log.Warn("retrying document write", "ns", ds.ns, "id", ds.id, "err", err)
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return ctx.Err()
+		case errors.Is(err, errCAS):
+			if attempt+1 >= storeAttempts || ctx.Err() != nil {
+				return err
 			}
-			backoff = min(2*backoff, 2*time.Second)
-		}
-		if err := r.reload(ctx, ds); err != nil {
+			r.met.casRetries.Inc()
+		case !wait(attempt, err):
 			return err
 		}
 	}
