@@ -182,3 +182,21 @@ func TestCrossNodeDelivery(t *testing.T) {
 	}()
 	checkGoroutines(t, base)
 }
+
+// relayChoice returns the peers n could relay through to target (direct
+// to n, reaching target) and those it would use now.
+func (n *node) relayChoice(target string) (cands, via []string) {
+	c := n.ps.cl
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	ps := c.peers[target]
+	if ps == nil {
+		return nil, nil
+	}
+	for id, r := range c.peers {
+		if r != ps && r.direct && r.reach[target] {
+			cands = append(cands, id)
+		}
+	}
+	return cands, c.relaysLocked(ps)
+}

@@ -3,6 +3,7 @@ package pubsub
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -252,15 +253,21 @@ func TestRelayByCoordinates(t *testing.T) {
 	testkit.WaitFor(t, settle, "n1 and n4 to see their direct path down", func() bool {
 		return !nodes[0].direct("n4") && !nodes[3].direct("n1")
 	})
+	// The choice itself, taken while both n2 and n3 are candidates (a
+	// heartbeat late on a loaded machine can leave only one for a beat,
+	// and then the traffic rightly goes through the other: counting who
+	// relayed what would be flaky).
+	var cands, via []string
+	testkit.WaitFor(t, settle, "n1 to relay to n4 through n2 with both n2 and n3 candidates", func() bool {
+		cands, via = nodes[0].relayChoice("n4")
+		return len(cands) == 2 && slices.Equal(via, []string{"n2"})
+	})
 	for i := 2; i <= 4; i++ {
 		nodes[0].publish(ch, i)
 		sub.expectData(strconv.Itoa(i))
 	}
-	if got := testutil.ToFloat64(nodes[1].ps.met.relayed); got < 3 {
-		t.Errorf("n2 (the short way) relayed %v messages, want 3", got)
-	}
-	if got := testutil.ToFloat64(nodes[2].ps.met.relayed); got != 0 {
-		t.Errorf("n3 (the long way) relayed %v messages, want none", got)
+	if got := testutil.ToFloat64(nodes[1].ps.met.relayed); got < 1 {
+		t.Errorf("n2 (the short way) relayed %v messages", got)
 	}
 }
 

@@ -29,7 +29,12 @@ func TestUnitRelayAroundCut(t *testing.T) {
 	b.start(t)
 	c.start(t)
 	a.core.Write("app.c", 10)
-	testkit.WaitFor(t, time.Minute, "b to apply a's first ops directly", func() bool { return len(b.core.Remote("a")) == 10 })
+	// Each must also have heard the other's heartbeat before the cut (ops
+	// can arrive before the first heartbeat on a loaded machine): a node
+	// never heard has no origin in Status, so no route to show.
+	testkit.WaitFor(t, time.Minute, "b to apply a's first ops directly, a and b to hear each other", func() bool {
+		return len(b.core.Remote("a")) == 10 && hasOrigin(b, "a") && hasOrigin(a, "b")
+	})
 
 	cut.Store(true)
 	a.core.Write("app.c", 40) // right into the cut: in flight to b, lost
@@ -154,8 +159,7 @@ func TestUnitRelayByCoordinates(t *testing.T) {
 	a, b, c, d := fn[0], fn[1], fn[2], fn[3]
 	a.core.Write("app.c", 5)
 	testkit.WaitFor(t, time.Minute, "d to apply a's first ops directly and hear a", func() bool {
-		st := d.rep.Status()
-		return len(d.core.Remote("a")) == 5 && slices.ContainsFunc(st.Origins, func(o OriginStatus) bool { return o.Node == "a" })
+		return len(d.core.Remote("a")) == 5 && hasOrigin(d, "a")
 	})
 	cut.Store(true)
 	a.core.Write("app.c", 20)
@@ -182,4 +186,10 @@ func TestUnitRelayByCoordinates(t *testing.T) {
 	if got := remoteSeqs(d, "a"); !appliedInOrder(got, 25) {
 		t.Fatalf("d applied %v", got)
 	}
+}
+
+// hasOrigin reports whether n has heard node id's heartbeat (its origin is
+// in n's Status).
+func hasOrigin(n *fakeNode, id string) bool {
+	return slices.ContainsFunc(n.rep.Status().Origins, func(o OriginStatus) bool { return o.Node == id })
 }
