@@ -90,6 +90,28 @@ func TestUnitRelayAroundCut(t *testing.T) {
 	}
 }
 
+// TestUnitRelayNeverHeard: a and b are cut from the start, so b never
+// hears a; a's ops reach it through c, and b's status still lists a, with
+// the route.
+func TestUnitRelayNeverHeard(t *testing.T) {
+	n := newFakeNet(t, "a", "b", "c")
+	n.setDrop(func(from, to, topic string, msg []byte) bool {
+		return from == "a" && to == "b" || from == "b" && to == "a"
+	})
+	a := newFakeNode(t, n, "a", true, nil)
+	b := newFakeNode(t, n, "b", true, nil)
+	c := newFakeNode(t, n, "c", true, nil)
+	a.start(t)
+	b.start(t)
+	c.start(t)
+	a.core.Write("app.c", 10)
+	testkit.WaitFor(t, time.Minute, "b to get a's ops through c, its status to show the route", func() bool {
+		st := b.rep.Status()
+		i := slices.IndexFunc(st.Origins, func(o OriginStatus) bool { return o.Node == "a" })
+		return len(b.core.Remote("a")) == 10 && i >= 0 && st.Origins[i].Via == "c" && st.Origins[i].Applied == 10
+	})
+}
+
 // TestUnitRelayOneWayCut: a's messages to b are lost (b's to a arrive):
 // b cannot hear a, so c relays a's ops to b.
 func TestUnitRelayOneWayCut(t *testing.T) {

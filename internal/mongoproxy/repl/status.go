@@ -64,14 +64,20 @@ func (r *Replicator) Status() Status {
 	now := time.Now()
 	r.mu.Lock()
 	for _, n := range r.nodes {
-		if n.origin == "" || !n.inMap {
+		origin := n.origin
+		if origin == "" {
+			// Never heard (cut off before its first heartbeat arrived),
+			// but its ops may come through a relay: show that route.
+			origin = r.relayedOriginLocked(n.id)
+		}
+		if origin == "" || !n.inMap {
 			continue
 		}
-		applied := r.core.Applied(n.origin)
-		o := OriginStatus{Node: n.id, Origin: n.origin, State: n.mapState.String(), Last: n.last, Applied: applied}
+		applied := r.core.Applied(origin)
+		o := OriginStatus{Node: n.id, Origin: origin, State: n.mapState.String(), Last: n.last, Applied: applied}
 		// Direct while this node hears the origin's node; otherwise through
 		// whoever delivered its ops last.
-		if rt, ok := r.routes[n.origin]; ok && rt.from != n.id && !n.hearsMe(now, r.linkTimeout()) {
+		if rt, ok := r.routes[origin]; ok && rt.from != n.id && !n.hearsMe(now, r.linkTimeout()) {
 			o.Via = rt.from
 		}
 		if n.last > applied {
@@ -163,4 +169,17 @@ func (r *Replicator) senderPosition(peer string) (uint64, bool) {
 		return 0, false
 	}
 	return s.position()
+}
+
+// relayedOriginLocked is the incarnation of node id whose ops arrived
+// last through another node ("" if none did); r.mu held.
+func (r *Replicator) relayedOriginLocked(id string) string {
+	var origin string
+	var at time.Time
+	for o, rt := range r.routes {
+		if NodeOf(o) == id && rt.from != id && rt.at.After(at) {
+			origin, at = o, rt.at
+		}
+	}
+	return origin
 }
