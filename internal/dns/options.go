@@ -64,9 +64,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -243,9 +241,6 @@ func (o *Options) withDefaults() Options {
 	}
 	if c.UDPSockets <= 0 {
 		c.UDPSockets = runtime.GOMAXPROCS(0)
-		if n, _ := strconv.Atoi(os.Getenv("EDGENODE_UDPSOCKS")); n > 0 { // EXPERIMENT
-			c.UDPSockets = n
-		}
 	}
 	if c.MaxUDPSize <= 0 {
 		c.MaxUDPSize = DefaultMaxUDPSize

@@ -7,9 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 	"unsafe"
@@ -114,29 +111,10 @@ type udpLoop struct {
 	n, sendOff, sendEnd int
 	errno               unix.Errno
 	readFn, writeFn     func(fd uintptr) bool
-
-	// EXPERIMENT: how to wait when the socket runs dry.
-	waitMode int // 0 poller, 1 spin, 2 raw ppoll, 3 ppoll via Syscall
-	waitN    int
-	pfd      unix.PollFd
-	ts       unix.Timespec
 }
 
 func newUDPLoop(s *Server, u *udpSocket) *udpLoop {
 	l := &udpLoop{s: s, u: u, t: s.m.newTally(trUDP), outSlot: s.opts.MaxUDPSize + 4096}
-	if v := os.Getenv("EDGENODE_UDPWAIT"); v != "" {
-		mode, arg, _ := strings.Cut(v, ":")
-		n, _ := strconv.Atoi(arg)
-		switch mode {
-		case "spin":
-			l.waitMode = 1
-		case "ppoll":
-			l.waitMode = 2
-		case "sppoll":
-			l.waitMode = 3
-		}
-		l.waitN = n
-	}
 	l.in = make([]byte, udpBatch*udpInSize)
 	l.out = make([]byte, udpBatch*l.outSlot)
 	for i := range l.rmsg {
@@ -168,9 +146,6 @@ func newUDPLoop(s *Server, u *udpSocket) *udpLoop {
 // socket is dry, and it cannot be skipped: a datagram arriving between a
 // failed call and the poller's arming would wait for the next one.)
 func (l *udpLoop) recv() error {
-	if l.waitMode != 0 && l.tryRecv() {
-		return nil
-	}
 	if err := l.u.rc.Read(l.readFn); err != nil {
 		return err
 	}
@@ -179,38 +154,6 @@ func (l *udpLoop) recv() error {
 		return l.errno
 	}
 	return nil
-}
-
-// tryRecv: EXPERIMENT.
-func (l *udpLoop) tryRecv() bool {
-	fd := l.u.fd
-	l.recvmmsg(fd)
-	if l.errno != unix.EAGAIN {
-		return l.errno == 0
-	}
-	switch l.waitMode {
-	case 1:
-		for range l.waitN {
-			l.recvmmsg(fd)
-			if l.errno != unix.EAGAIN {
-				return l.errno == 0
-			}
-		}
-	case 2, 3:
-		l.pfd = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
-		l.ts = unix.Timespec{Nsec: int64(l.waitN) * 1000}
-		var r uintptr
-		if l.waitMode == 2 {
-			r, _, _ = unix.RawSyscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&l.pfd)), 1, uintptr(unsafe.Pointer(&l.ts)), 0, 0, 0)
-		} else {
-			r, _, _ = unix.Syscall6(unix.SYS_PPOLL, uintptr(unsafe.Pointer(&l.pfd)), 1, uintptr(unsafe.Pointer(&l.ts)), 0, 0, 0)
-		}
-		if r == 1 {
-			l.recvmmsg(fd)
-			return l.errno == 0
-		}
-	}
-	return false
 }
 
 func (l *udpLoop) recvmmsg(fd int) {
