@@ -30,6 +30,38 @@ import (
 // with every P's goroutine in a system call, sysmon wakes every 20µs to
 // take the Ps back and starts a spinning M for each (4.9 µs of CPU per
 // query where the poller's way took 3.7 µs, in the same run).
+//
+// Other ways to wait were measured beside this one and gdnsd, in the same
+// runs on the 2-core bench machine (commit 1303264 has them behind an
+// environment variable, and scripts/bench-exp; none is kept):
+//
+//   - Spinning: up to 4 or 16 more MSG_DONTWAIT recvmmsg before parking.
+//     Spin:16 made 73-75% of gdnsd's q/s where this code made 88-89%;
+//     spin:4 78-100% where it made 79-107%. The spin burns the CPU the
+//     clients and the other socket's reader need.
+//   - Sleeping in the kernel while keeping the P: a raw (no entersyscall)
+//     ppoll of 20 µs to 1 ms before the poller. The poller's epoll_pwait
+//     and futex calls go (130k and 13k per 5 s to 0.7k and none), system
+//     calls per query fall from 0.27-0.33 to 0.17-0.21 (gdnsd 0.22), and
+//     batches grow (12 to 14-16 answers per sendmmsg), but the CPU per
+//     query does not: the wait's cost is the sleep and wake-up (the context
+//     switch), which ppoll pays as the poller did (8% of the CPU either
+//     way) and gdnsd pays inside its blocking recvmmsg. What it saves is
+//     the runtime's user time in the wait: 3.5% of the CPU went to 1.6%,
+//     about 0.05 µs per query, within the rounds' noise. Q/s: 72-107% of
+//     gdnsd where this code made 79-107%, in the same rounds. It would
+//     also starve the node's other goroutines under a light DNS load: a
+//     reader woken before each timeout keeps its P until sysmon preempts
+//     it (10 ms).
+//   - The same ppoll through Syscall, releasing the P: 56-59% of gdnsd
+//     where this code made 88-89% (sysmon retakes the P after 20 µs, as
+//     with a blocking recvmmsg).
+//   - One socket and reader instead of one per P: 69-95% where this code
+//     made 79-107%, with less CPU per query (larger batches) but one
+//     core's worth of reading; four: 88-93% (90-97%).
+//
+// SO_BUSY_POLL does nothing on loopback (busy polling needs the NAPI id a
+// NIC driver gives its packets) and was not tried.
 
 const (
 	// udpBatch is the most datagrams one recvmmsg or sendmmsg moves.
