@@ -46,8 +46,8 @@ func TestCapturedWriteStepdown(t *testing.T) {
 		}
 	}
 	// No primary for longer than the store waits: the client gets the
-	// retryable error, the op stays logged, and the next captured write
-	// stores it first (Settle), once, before it runs.
+	// retryable error, the op stays logged, and once a primary is elected
+	// the proxy stores it (once) with no write to prompt it.
 	t.Run("no_primary_for_longer", func(t *testing.T) {
 		capturedStepdown(t, "&retryWrites=false&serverSelectionTimeoutMS=300", false, time.Second)
 	})
@@ -83,6 +83,25 @@ func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool, st
 	coll := cl.Database(db).Collection("c")
 	inc := bson.D{{Key: "$inc", Value: bson.D{{Key: "n", Value: 1}}}}
 	id := bson.D{{Key: "_id", Value: "n"}}
+
+	value := func(c *mongo.Client) int64 {
+		raw, err := c.Database(db).Collection("c").FindOne(testCtx, id).Raw()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := raw.Lookup("n").AsInt64OK()
+		return n
+	}
+	// incs counts the $inc ops of the counter the proxy logged.
+	incs := func() int {
+		n := 0
+		for _, op := range localOpsSince(t, tp, 0) {
+			if s, ok := op.ID.StringValueOK(); ok && s == "n" && op.NS == db+".c" && op.Kind == crdt.Update {
+				n++
+			}
+		}
+		return n
+	}
 
 	acked := 0
 	if _, err := coll.InsertOne(testCtx, bson.D{{Key: "_id", Value: "n"}, {Key: "n", Value: 0}}); err != nil {
@@ -151,6 +170,23 @@ func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool, st
 	}
 	t.Logf("in-flight write: %v; the client sent it %d time(s)", inflightErr, updates.Load()-sentBefore)
 
+	if storeRetry > 0 {
+		// Nobody writes: the proxy's settle loop stores the logged op on
+		// its own once the new primary is known.
+		sent := updates.Load()
+		waitProxyPrimary(t, tp.Proxy, b.addr)
+		want := int64(incs())
+		testkit.WaitFor(t, 15*time.Second, "the unstored op to be stored with no write after it", func() bool {
+			return counter(t, tp.reg, "edgenode_mongoproxy_unstored_ops") == 0 && value(dbb) == want
+		})
+		if updates.Load() != sent {
+			t.Fatal("the client sent a write meanwhile")
+		}
+		if v := counter(t, tp.reg, "edgenode_mongoproxy_ops_applied_total", "source", "settle"); v != 1 {
+			t.Errorf("ops applied by settle = %v, want 1", v)
+		}
+	}
+
 	// One more acknowledged increment once the new primary is known, on a
 	// new connection (the old ones went to the former primary).
 	waitProxyPrimary(t, tp.Proxy, b.addr)
@@ -163,25 +199,12 @@ func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool, st
 
 	// Exactly once: every logged $inc of the document is in the new
 	// primary's counter, once, and every acknowledged one was logged.
-	logged := 0
-	for _, op := range localOpsSince(t, tp, 0) {
-		if s, ok := op.ID.StringValueOK(); ok && s == "n" && op.NS == db+".c" && op.Kind == crdt.Update {
-			logged++
-		}
-	}
+	logged := incs()
 	if logged != acked && !(inflightErr != nil && logged == acked+1) {
 		t.Errorf("%d $inc ops logged for %d acknowledged (in-flight: %v)", logged, acked, inflightErr)
 	}
 	rep := tp.Replica()
 	testkit.WaitFor(t, 30*time.Second, "every local op to be applied", func() bool { return rep.Applied(rep.Origin()) == rep.LastSeq() })
-	value := func(c *mongo.Client) int64 {
-		raw, err := c.Database(db).Collection("c").FindOne(testCtx, id).Raw()
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, _ := raw.Lookup("n").AsInt64OK()
-		return n
-	}
 	if got := value(dbb); got != int64(logged) {
 		t.Errorf("the new primary's counter is %d, want %d (each logged $inc once)", got, logged)
 	}
