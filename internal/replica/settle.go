@@ -107,12 +107,20 @@ func (r *Replica) Settle(ctx context.Context) error {
 				return fmt.Errorf("replica: wait for the logged writes being stored: %w", ctx.Err())
 			}
 		}
+		if len(u.ops) == 0 { // another Settle stored them meanwhile
+			u.unlock()
+			u.check.release(rankSettle)
+			return nil
+		}
 		batch := slices.SortedFunc(maps.Values(u.ops), func(a, b *crdt.Op) int { return cmp.Compare(a.Seq, b.Seq) })
 		done := make(chan struct{})
 		u.settling = done
 		u.unlock()
 
 		err := r.applyOps(ctx, batch, "settle")
+		// On failure, those the log marked applied are stored: only the
+		// others are tried again.
+		applied := r.olog.Applied(r.node)
 
 		u.lock()
 		if err == nil {
@@ -120,9 +128,6 @@ func (r *Replica) Settle(ctx context.Context) error {
 				delete(u.ops, op.Seq)
 			}
 		} else {
-			// Those the log marked applied are stored: only the others
-			// are tried again.
-			applied := r.olog.Applied(r.node)
 			maps.DeleteFunc(u.ops, func(seq uint64, _ *crdt.Op) bool { return seq <= applied })
 		}
 		left := len(u.ops)
