@@ -318,7 +318,7 @@ func (c *chunk) storeDoc(ctx context.Context, ds *docState, inserted bool) {
 		// settle loop), and in any case before the next captured write
 		// runs, the client's retry among them, which then finds its
 		// statement recorded.
-		r.met.unstored.Set(float64(r.unstored.add(mine)))
+		r.unstored.add(mine, r.met.unstored)
 		r.log.Warn("a logged local write could not be stored (no primary?); it is stored once the database takes writes again", "ns", c.ns, "id", ds.id, "err", err)
 		for _, i := range ds.stmts {
 			c.out[i] = Outcome{Done: true, Err: errorf(CodeNotWritablePrimary, "edgenode: the write is logged but the database did not take it: %v", err)}

@@ -78,7 +78,7 @@ func TestLockOrderGateUnderNamespace(t *testing.T) {
 // in progress needs the namespace).
 func TestLockOrderSettleUnderNamespace(t *testing.T) {
 	r := newTestReplica()
-	r.unstored.add([]*crdt.Op{{Origin: "n1", Seq: 1}})
+	r.unstored.add([]*crdt.Op{{Origin: "n1", Seq: 1}}, nil)
 	ns := r.nss.acquire(false, "db.c")
 	defer ns.release()
 	mustPanic(t, "taking a settle turn while holding a namespace", func() { _ = r.Settle(t.Context()) })

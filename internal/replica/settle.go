@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 )
 
@@ -52,8 +54,9 @@ func (u *unstoredOps) unlock() {
 	u.check.release(rankLeaf)
 }
 
-// add records ops whose store gave up and returns how many wait now.
-func (u *unstoredOps) add(ops []*crdt.Op) int64 {
+// add records ops whose store gave up; gauge (nil in tests) is set to how
+// many wait now.
+func (u *unstoredOps) add(ops []*crdt.Op, gauge prometheus.Gauge) {
 	u.lock()
 	if u.ops == nil {
 		u.ops = map[uint64]*crdt.Op{}
@@ -61,14 +64,21 @@ func (u *unstoredOps) add(ops []*crdt.Op) int64 {
 	for _, op := range ops {
 		u.ops[op.Seq] = op
 	}
-	n := int64(len(u.ops))
-	u.n.Store(n)
+	u.setLen(gauge)
 	u.unlock()
 	select {
 	case u.added <- struct{}{}:
 	default:
 	}
-	return n
+}
+
+// setLen publishes len(ops), to n and to gauge (nil: none); under mu, so
+// that the gauge's value is never an older count.
+func (u *unstoredOps) setLen(gauge prometheus.Gauge) {
+	u.n.Store(int64(len(u.ops)))
+	if gauge != nil {
+		gauge.Set(float64(len(u.ops)))
+	}
 }
 
 // Unstored returns how many local ops wait for Settle, and a channel that
@@ -131,12 +141,11 @@ func (r *Replica) Settle(ctx context.Context) error {
 			maps.DeleteFunc(u.ops, func(seq uint64, _ *crdt.Op) bool { return seq <= applied })
 		}
 		left := len(u.ops)
-		u.n.Store(int64(left))
+		u.setLen(r.met.unstored)
 		u.settling = nil
 		close(done)
 		u.unlock()
 		u.check.release(rankSettle)
-		r.met.unstored.Set(float64(left))
 		if err != nil {
 			return fmt.Errorf("replica: store logged ops: %w", err)
 		}

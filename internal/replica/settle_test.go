@@ -34,7 +34,7 @@ func TestSettleOneAtATime(t *testing.T) {
 	if err := r.olog.AppendLocal(ctx, ops); err != nil {
 		t.Fatal(err)
 	}
-	r.unstored.add(ops)
+	r.unstored.add(ops, r.met.unstored)
 	if n, _ := r.Unstored(); n != len(ops) {
 		t.Fatalf("Unstored() = %d, want %d", n, len(ops))
 	}
