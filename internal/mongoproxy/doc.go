@@ -33,9 +33,14 @@
 // flight at a stepdown is already logged: the core writes it again on the
 // new primary and the client gets its success; only if no primary is known
 // for a minute (replica.DefaultStoreRetry) does it get 10107 with the
-// label, and the op is stored before the next captured write, so that the
-// driver's retry is answered from its record (see package replica,
-// "Stepdowns"). While no primary is known, new connections
+// label. The op stays logged (edgenode_mongoproxy_unstored_ops counts it)
+// and is stored as soon as a primary is known again, by the proxy's settle
+// loop (settle.go: one goroutine, started by Start and stopped by
+// Shutdown, that waits for the upstream's topology to show a primary and
+// retries with a backoff), and in any case before the next captured write
+// runs, so that the driver's retry is answered from its record and finds
+// the op stored (see package replica, "Stepdowns"). While no primary is
+// known, new connections
 // wait up to 10s for one and then have their first command answered with
 // error 133 naming the cause, captured writes get 10107 with
 // RetryableWriteError, Proxy.Ready fails, and

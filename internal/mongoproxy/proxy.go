@@ -192,6 +192,9 @@ type Proxy struct {
 	closing  atomic.Bool
 	connWG   sync.WaitGroup
 	acceptWG sync.WaitGroup
+	// settleWG waits for the settle loop (settle.go), which runs until
+	// baseCtx is cancelled.
+	settleWG sync.WaitGroup
 	baseCtx  context.Context
 	cancel   context.CancelFunc
 	reqID    atomic.Int32
@@ -346,6 +349,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.state = stateRunning
 	p.acceptWG.Add(1)
 	go p.acceptLoop()
+	p.settleWG.Go(func() { p.settleLoop(p.baseCtx) })
 	primary, _ := p.up.Primary()
 	p.log.Info("mongo proxy listening", "addr", ln.Addr().String(), "upstream", p.upstreamHosts, "primary", primary, "set_name", p.opts.SetName, "node", p.opts.NodeID)
 	return nil
@@ -443,7 +447,10 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 		p.cancel()
 		<-done
 	}
+	// The settle loop stops before the core closes; what it did not
+	// store stays logged, and the next start stores it (replay).
 	p.cancel()
+	p.settleWG.Wait()
 	var errs []error
 	dctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

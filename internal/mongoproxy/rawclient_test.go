@@ -80,9 +80,9 @@ func (r *rawClient) read() (wire.Header, bson.Raw, error) {
 }
 
 // cmd sends body (no flags) and returns the reply to it.
-func (r *rawClient) cmd(body bson.D) bson.Raw {
+func (r *rawClient) cmd(body bson.D, seqs ...wire.Sequence) bson.Raw {
 	r.t.Helper()
-	id, err := r.send(0, body)
+	id, err := r.send(0, body, seqs...)
 	if err != nil {
 		r.t.Fatalf("send %v: %v", body, err)
 	}

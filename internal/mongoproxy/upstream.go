@@ -108,6 +108,14 @@ func (u *upstreamTopology) Primary() (string, error) {
 	return u.primary, nil
 }
 
+// current returns the primary ("" while none is known) and a channel
+// closed when it next changes.
+func (u *upstreamTopology) current() (primary string, changed <-chan struct{}) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.primary, u.changed
+}
+
 // isStale reports whether a connection to addr no longer goes to the
 // primary (false while no primary is known: there is nowhere better).
 func (u *upstreamTopology) isStale(addr string) bool {

@@ -38,8 +38,12 @@ type Local interface {
 	BeginTxn(ctx context.Context, lsid []byte, txnNumber int64) (*Txn, error)
 	// Settle stores the local ops whose store gave up on a transient
 	// database error (no primary for StoreRetry); see Replica.Settle.
-	// Call it admitted, before the write it admits.
+	// Call it admitted, before the write it admits, and from a loop
+	// that runs it once the database has a primary again.
 	Settle(ctx context.Context) error
+	// Unstored is how many local ops wait for Settle, and a channel told
+	// when more do (see Replica.Unstored).
+	Unstored() (n int, added <-chan struct{})
 }
 
 // Item is one document-level write of a client command.

@@ -110,7 +110,7 @@ func (r *Replica) SetStable(ts crdt.Timestamp) { r.stable.Store(&ts) }
 // compact folds the metadata's commutative ops at or below the compaction
 // frontier into the value, once one was given.
 func (r *Replica) compact(st crdt.State) crdt.State {
-	if r.unstored.Load() > 0 {
+	if r.unstored.n.Load() > 0 {
 		// A logged op waits for Settle: folded in later, it must not find
 		// itself at or below a floor (taken for a duplicate, and lost).
 		return st

@@ -96,10 +96,12 @@
 //	rank 1  write gate       shared by each captured write and DDL command,
 //	                         for its whole duration; BlockWrites takes it
 //	                         exclusively for an instant (a barrier)
-//	rank 2  namespace        shared: document writes, peers' applies;
+//	rank 2  settle turn      Settle's (one at a time, taken admitted):
+//	                         held while it stores the unstored ops
+//	rank 3  namespace        shared: document writes, peers' applies;
 //	                         exclusive: DDL (Drop, DDLTurn, peers' DDL)
-//	rank 3  document leases  all of a chunk's at once, in key order
-//	rank 4  leaf mutexes     clock holds, the drops map, subscribers, the
+//	rank 4  document leases  all of a chunk's at once, in key order
+//	rank 5  leaf mutexes     clock holds, the drops map, subscribers, the
 //	                         lease tables' own maps, the per-document
 //	                         write queues: held for a few instructions,
 //	                         nothing taken under them, no I/O
@@ -120,7 +122,8 @@
 // writes in flight, which BlockWrites waits out) for the whole write, and
 // a namespace for the front-end's forwarded DDL command (DDLTurn), so that
 // the command and its record are one step for every other writer of the
-// namespace.
+// namespace, and the settle turn while Settle stores (a second Settle
+// would only store the same ops again).
 //
 // # Storage
 //
@@ -164,11 +167,17 @@
 // up to Config.StoreRetry (a minute). If the primary took the write after
 // all, the re-read state holds the ops and the fold changes nothing. When
 // StoreRetry runs out the write's outcome is CodeNotWritablePrimary (the
-// front-end answers it retryably), the op stays logged and unapplied,
-// compaction waits, and Settle, which the front-end calls before each
-// captured write, stores it first (edgenode_mongoproxy_unstored_ops counts
-// such ops meanwhile). A driver's retry of the write therefore finds it
-// recorded and stored, and is not applied again.
+// front-end answers it retryably), the op stays logged and unapplied, the
+// core keeps it in its set of unstored ops (Unstored;
+// edgenode_mongoproxy_unstored_ops counts them), and compaction waits.
+// Settle stores them (settle.go). The front-end calls it from a loop of
+// its own as soon as the database has a primary again, with no client
+// write needed, and before each captured write, so that a driver's retry
+// of the write finds it recorded and stored, and is not applied again.
+// Settle stores only the ops that gave up (not other writers' ops in
+// flight), one Settle at a time: a Settle called while another stores
+// waits for it (the settle turn, below the write gate) and then stores
+// what is left. A restart stores them too (the replay of unapplied ops).
 //
 // # Crashes
 //

@@ -41,7 +41,7 @@ import (
 // (taken by a leader) or the lead (then it is the leader until its group
 // is done). The leader's own write is always in its group, so it leads
 // once and returns; nobody leads for ever, and nothing but the lease
-// (rank 3, which exists anyway) is held across database I/O: the queue's
+// (rank 4, which exists anyway) is held across database I/O: the queue's
 // mutex is a leaf held for a few instructions.
 const (
 	maxGroupOps   = chunkSize

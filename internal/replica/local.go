@@ -3,7 +3,6 @@ package replica
 import (
 	"context"
 	"errors"
-	"fmt"
 	"slices"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -315,11 +314,12 @@ func (c *chunk) storeDoc(ctx context.Context, ds *docState, inserted bool) {
 	case transient(err):
 		// The database was unreachable or between primaries for
 		// StoreRetry. The ops are logged (and replicating): Settle stores
-		// them before the next captured write runs, the client's retry
-		// among them, which then finds its statement recorded.
-		r.unstored.Add(int64(len(mine)))
-		r.met.unstored.Set(float64(r.unstored.Load()))
-		r.log.Warn("a logged local write could not be stored (no primary?); it is stored before the next write", "ns", c.ns, "id", ds.id, "err", err)
+		// them once the database has a primary again (the front-end's
+		// settle loop), and in any case before the next captured write
+		// runs, the client's retry among them, which then finds its
+		// statement recorded.
+		r.unstored.add(mine, r.met.unstored)
+		r.log.Warn("a logged local write could not be stored (no primary?); it is stored once the database takes writes again", "ns", c.ns, "id", ds.id, "err", err)
 		for _, i := range ds.stmts {
 			c.out[i] = Outcome{Done: true, Err: errorf(CodeNotWritablePrimary, "edgenode: the write is logged but the database did not take it: %v", err)}
 		}
@@ -394,35 +394,6 @@ func (r *Replica) checkSize(op *crdt.Op, next crdt.State) error {
 	}
 	if n := len(raw) + len(next.Meta.EncodeWith(raw)); n > r.maxDoc {
 		return errorf(CodeBSONObjectTooLarge, "edgenode: after this write the document %v of %s would take %d bytes with its replication metadata; the limit is %d (mongo.max_document_bytes): keep large blobs out of the database (the media cache), or make the collection local-only", op.ID, op.NS, n, r.maxDoc)
-	}
-	return nil
-}
-
-// Settle stores the local ops whose store gave up on a transient error
-// (the database had no primary for StoreRetry; their writes were answered
-// with CodeNotWritablePrimary), applying them from the op log as the
-// replay at start does (idempotent: an op already stored changes
-// nothing). The front-end calls it admitted, before each captured write
-// while any are left, so that a driver's retry of such a write, answered
-// from its record, finds it stored, and no later write of the document
-// reads it without them. It costs one atomic load when none are left.
-func (r *Replica) Settle(ctx context.Context) error {
-	n := r.unstored.Load()
-	if n == 0 {
-		return nil
-	}
-	all, err := r.olog.Unapplied()
-	if err != nil {
-		return fmt.Errorf("replica: read unstored ops: %w", err)
-	}
-	mine := slices.DeleteFunc(all, func(op *crdt.Op) bool { return op.Origin != r.node })
-	if err := r.applyOps(ctx, mine, "settle"); err != nil {
-		return fmt.Errorf("replica: store logged ops: %w", err)
-	}
-	// Ops that gave up meanwhile keep the count above zero.
-	if r.unstored.CompareAndSwap(n, 0) {
-		r.met.unstored.Set(0)
-		r.log.Info("logged local writes stored after the database came back", "ops", n)
 	}
 	return nil
 }

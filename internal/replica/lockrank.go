@@ -7,6 +7,8 @@ package replica
 //	rankSession    a client session's turn, held by a retryable write
 //	               command while it runs (BeginTxn)
 //	rankGate       the write gate, shared by captured writes and local DDL
+//	rankSettle     the turn to store the local ops whose store gave up
+//	               (Settle, settle.go), taken admitted
 //	rankNamespace  a namespace: shared by document writes, exclusive for DDL
 //	rankDocument   document leases (several at once only in one call, which
 //	               takes them in ascending key order)
@@ -22,6 +24,7 @@ type rank int
 const (
 	rankSession rank = 1 + iota
 	rankGate
+	rankSettle
 	rankNamespace
 	rankDocument
 	rankLeaf
@@ -33,6 +36,8 @@ func (r rank) String() string {
 		return "session"
 	case rankGate:
 		return "write gate"
+	case rankSettle:
+		return "settle turn"
 	case rankNamespace:
 		return "namespace"
 	case rankDocument:

@@ -47,7 +47,7 @@ func (c *rankChecker) acquire(r rank) {
 	}
 	for _, h := range c.held[g] {
 		if h >= r {
-			panic(fmt.Sprintf("replica: lock order violated: taking a %s while holding a %s (the order is session, write gate, namespace, document leases, leaf mutexes)", r, h))
+			panic(fmt.Sprintf("replica: lock order violated: taking a %s while holding a %s (the order is session, write gate, settle turn, namespace, document leases, leaf mutexes)", r, h))
 		}
 	}
 	c.held[g] = append(c.held[g], r)

@@ -11,12 +11,13 @@ import (
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 )
 
-// The lock order (write gate, namespace, document leases, leaf mutexes) is
+// The lock order (write gate, settle turn, namespace, document leases, leaf mutexes) is
 // checked in race and lockrank builds: taking a turn out of order panics.
 
 func newTestReplica() *Replica {
 	r := &Replica{clock: crdt.NewClock("n1", nil), drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(16)}
 	r.gate.check, r.holds.check, r.drops.check, r.subs.check, r.groups.check = &r.check, &r.check, &r.check, &r.check, &r.check
+	r.unstored.check, r.unstored.added = &r.check, make(chan struct{}, 1)
 	r.gate.exitFn = r.gate.exit
 	r.nss = newLeaseTable(rankNamespace, &r.check)
 	r.docs = newLeaseTable(rankDocument, &r.check)
@@ -70,6 +71,17 @@ func TestLockOrderGateUnderNamespace(t *testing.T) {
 	defer ns.release()
 	mustPanic(t, "taking a write gate while holding a namespace", func() { _, _ = r.Admit() })
 	mustPanic(t, "taking a write gate while holding a namespace", func() { r.BlockWrites("test") })
+}
+
+// Settle takes its turn admitted and before any namespace: a writer that
+// held one while waiting for a Settle could wait for itself (the Settle
+// in progress needs the namespace).
+func TestLockOrderSettleUnderNamespace(t *testing.T) {
+	r := newTestReplica()
+	r.unstored.add([]*crdt.Op{{Origin: "n1", Seq: 1}}, nil)
+	ns := r.nss.acquire(false, "db.c")
+	defer ns.release()
+	mustPanic(t, "taking a settle turn while holding a namespace", func() { _ = r.Settle(t.Context()) })
 }
 
 func TestLockOrderTwoDocumentAcquisitions(t *testing.T) {

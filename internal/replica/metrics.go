@@ -54,7 +54,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		coalesced: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongoproxy_coalesced_ops_total",
 			Help: "Single-document writes stored in another writer's group, saving their own read, op log append and database write."}),
 		unstored: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_unstored_ops",
-			Help: "Local operations logged whose database write gave up on a transient error (no primary for mongo store retry); stored before the next captured write. Non-zero while the database cannot take writes."}),
+			Help: "Local operations logged whose database write gave up on a transient error (no primary for mongo store retry); stored as soon as the database has a primary again. Non-zero while the database cannot take writes."}),
 	}
 	if reg == nil {
 		return m, nil

@@ -116,10 +116,10 @@ type Replica struct {
 	// settling them after a peer's batch costs nothing when there are none
 	// (conflicts.go).
 	parked atomic.Int64
-	// unstored counts local ops whose store gave up on a transient error
-	// (they are logged, unapplied); Settle stores them. storeRetry bounds
-	// storeOps.
-	unstored   atomic.Int64
+	// unstored are the local ops whose store gave up on a transient error
+	// (they are logged, unapplied); Settle stores them (settle.go).
+	// storeRetry bounds storeOps.
+	unstored   unstoredOps
 	storeRetry time.Duration
 }
 
@@ -152,6 +152,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 		r.storeRetry = DefaultStoreRetry
 	}
 	r.gate.check, r.holds.check, r.drops.check, r.subs.check, r.groups.check = &r.check, &r.check, &r.check, &r.check, &r.check
+	r.unstored.check, r.unstored.added = &r.check, make(chan struct{}, 1)
 	r.gate.exitFn = r.gate.exit
 	r.nss = newLeaseTable(rankNamespace, &r.check)
 	r.docs = newLeaseTable(rankDocument, &r.check)
