@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.mongodb.org/mongo-driver/v2/bson"
@@ -42,6 +43,15 @@ import (
 // that is an error is not shared: the cursor is killed and every waiting
 // client sends its own command, as without coalescing.
 //
+// A read never joins a shared read that was sent before the last write any
+// client was answered for: a client that reads after its own acknowledged
+// write (or anyone's) must see it, as on the database itself. Every command
+// that may write (anything but the read-only commands below) moves the
+// proxy's write epoch before its reply reaches the client; a flight
+// remembers the epoch it was sent in, and a read arriving in a later epoch
+// leads a new flight. Under a steady trickle of comments this shares less
+// than it could, never wrongly.
+//
 // The shared read goes over the proxy's own pool (the driver's, as reads
 // on secondaries do) to the primary, with the proxy's credentials; a
 // client is first checked for the find privilege on the namespace, as
@@ -54,6 +64,29 @@ const coalesceTimeout = 2 * time.Minute
 type flights struct {
 	mu sync.Mutex
 	m  map[string]*flight
+	// epoch counts the replies to commands that may have written (see
+	// above); moved by wrote.
+	epoch atomic.Uint64
+	// afterRead, when set (tests only), runs in a leader between its
+	// upstream reply and sharing it: a reply held there was read before
+	// whatever is acknowledged meanwhile.
+	afterRead atomic.Pointer[func()]
+}
+
+// wrote is called before the reply to a command that may have written
+// reaches its client: no read arriving after it joins a shared read sent
+// before it.
+func (f *flights) wrote() { f.epoch.Add(1) }
+
+// readOnlyCommands never write: their replies leave the write epoch alone.
+// Anything not listed (aggregate too: $out, $merge) counts as a write.
+var readOnlyCommands = map[string]bool{
+	"find": true, "count": true, "distinct": true, "getmore": true, "killcursors": true,
+	"hello": true, "ismaster": true, "ping": true, "buildinfo": true, "getnonce": true, "whatsmyuri": true,
+	"saslstart": true, "saslcontinue": true, "authenticate": true, "logout": true, "endsessions": true,
+	"connectionstatus": true, "listcollections": true, "listindexes": true, "listdatabases": true,
+	"getparameter": true, "serverstatus": true, "dbstats": true, "collstats": true, "hostinfo": true,
+	"explain": true, "getlog": true, "getcmdlineopts": true,
 }
 
 // flight is one shared read: its leader sends it, the others wait for
@@ -62,6 +95,7 @@ type flights struct {
 type flight struct {
 	done  chan struct{}
 	reply bson.Raw
+	epoch uint64 // the write epoch it was sent in
 }
 
 // coalesce answers a coalescable read with the reply of an identical read
@@ -83,7 +117,8 @@ func (p *Proxy) coalesce(ctx context.Context, cmd *command, lower string, c *cli
 	key := string(identity) + "\x00" + string(body)
 
 	p.flights.mu.Lock()
-	if f := p.flights.m[key]; f != nil {
+	epoch := p.flights.epoch.Load()
+	if f := p.flights.m[key]; f != nil && f.epoch == epoch {
 		p.flights.mu.Unlock()
 		<-f.done // bounded by the leader's coalesceTimeout
 		if f.reply == nil {
@@ -93,7 +128,9 @@ func (p *Proxy) coalesce(ctx context.Context, cmd *command, lower string, c *cli
 		p.met.commands.WithLabelValues("forwarded").Inc()
 		return dispatched{reply: f.reply}, true
 	}
-	f := &flight{done: make(chan struct{})}
+	// A flight of an earlier epoch is left to its own waiters; this read
+	// leads the one readers arriving from now on join.
+	f := &flight{done: make(chan struct{}), epoch: epoch}
 	if p.flights.m == nil {
 		p.flights.m = map[string]*flight{}
 	}
@@ -104,10 +141,15 @@ func (p *Proxy) coalesce(ctx context.Context, cmd *command, lower string, c *cli
 	if err != nil {
 		p.log.Debug("coalesced read not shared; each client sends its own", "command", cmd.name, "err", err)
 	}
+	if hook := p.flights.afterRead.Load(); hook != nil {
+		(*hook)()
+	}
 	// Out of the table before the waiters wake: a read arriving from now
 	// on is not in flight with this one and leads its own.
 	p.flights.mu.Lock()
-	delete(p.flights.m, key)
+	if p.flights.m[key] == f {
+		delete(p.flights.m, key)
+	}
 	p.flights.mu.Unlock()
 	f.reply = reply
 	close(f.done)

@@ -380,7 +380,14 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	if d.closeErr != nil {
 		return d.closeErr
 	}
+	// A command that may have written moves the write epoch before its
+	// reply reaches the client (coalesce.go: reads after it share nothing
+	// sent before it).
+	mayWrite := !readOnlyCommands[lower]
 	if d.reply != nil {
+		if mayWrite {
+			c.p.flights.wrote()
+		}
 		if m.MoreToCome() {
 			return nil // unacknowledged write: no reply
 		}
@@ -404,6 +411,9 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 	called := false
 	f.onReply = func(body bson.Raw) {
 		called = true
+		if mayWrite {
+			c.p.flights.wrote()
+		}
 		if authCmd && body != nil && authSucceeded(lower, body) {
 			c.authenticated = true
 		}
@@ -412,8 +422,13 @@ func (c *clientConn) handleMsg(h wire.Header, msg []byte) error {
 		}
 	}
 	err = c.forward(msg, h.RequestID, relay, f)
-	if d.after != nil && !called {
-		d.after(nil)
+	if !called {
+		if mayWrite {
+			c.p.flights.wrote() // it may have written before the connection broke
+		}
+		if d.after != nil {
+			d.after(nil)
+		}
 	}
 	if d.purgeAfter {
 		c.p.core.Forget()
