@@ -32,9 +32,11 @@ import (
 //   - P cannot get O's ops directly: O is not the current origin of a
 //     node P hears (the node is cut off from P, dead, or O is an old
 //     incarnation of a node whose data folder was wiped), and
-//   - R is the chosen relay: for a live origin, the peer with the
-//     smallest id among those that P hears and that hear O's node (R
-//     included, if it hears it); for an origin whose node nobody hears
+//   - R is the chosen relay: for a live origin, of the peers that P
+//     hears and that hear O's node (R included, if it hears it), the one
+//     on the shortest path by network coordinates (nodemap.PickRelay:
+//     lowest id within a margin of the best, and lowest id when
+//     coordinates are missing); for an origin whose node nobody hears
 //     (dead, or an old incarnation), the peer P hears that has applied
 //     the most of O (ties: smallest id). Nodes decide from the links and
 //     heartbeats they have, which may differ for a moment: then two relay
