@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -122,4 +123,92 @@ func TestMeasuredDNS(t *testing.T) {
 		}
 		return m.Network == dn.clientNet() && len(m.Nodes) > 0 && m.Nodes[0].ID == "node2" && withRTT == 2
 	})
+}
+
+// TestMeasuredOff: three real nodes on loopback; node1 and node3 measure,
+// node2 has dns.measured.enabled: false. node2 serves none of the widget's
+// routes (404), shows no measured preference on its status page, and its
+// DNS answers ignore the measurements that node1's digest carries over the
+// mesh, while node3's answers follow them (the control: the digest is
+// sent, and with measuring on it steers).
+func TestMeasuredOff(t *testing.T) {
+	c := newCluster(t, 3, "mongo: {enabled: false}\nlog: {level: info}\ndns: {measured: {min_samples: 5}}\n")
+	c.cfgs[1] = mergeYAML(t, c.cfgs[1], "dns: {measured: {enabled: false}}\n")
+	c.startAll()
+	for i := range 3 {
+		testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("node%d to see 3 alive members", i+1), func() bool {
+			st := c.states(i)
+			return st["node1"] == "alive" && st["node2"] == "alive" && st["node3"] == "alive"
+		})
+	}
+	// Before any measurement, each node's DNS leads with itself (the
+	// client's place is unknown: the answering node's region).
+	ip := func(i int) string { return fmt.Sprintf("127.0.0.%d", i+1) }
+	for i := range 3 {
+		testkit.WaitFor(t, 30*time.Second, fmt.Sprintf("node%d's DNS to lead with itself", i+1), func() bool {
+			o := widgetOrder(c.nodes[i].dns)
+			return len(o) == 3 && o[0] == ip(i)
+		})
+	}
+
+	hc := httpsClient(true)
+	defer hc.CloseIdleConnections()
+	do := func(i int, method, path, body string) int {
+		t.Helper()
+		req, err := http.NewRequest(method, "https://"+c.nodes[i].https+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if s := do(0, http.MethodGet, "/.well-known/edgenode/rtt", ""); s != http.StatusNoContent {
+		t.Fatalf("node1 (measuring) rtt: %d, want 204", s)
+	}
+	for _, r := range []struct{ method, path, body string }{
+		{http.MethodGet, "/.well-known/edgenode/rtt", ""},
+		{http.MethodGet, "/.well-known/edgenode/rtt.js", ""},
+		{http.MethodGet, "/.well-known/edgenode/rtt-targets", ""},
+		{http.MethodPost, "/.well-known/edgenode/beacon", `{"node1":5,"node2":40,"node3":40}`},
+	} {
+		if s := do(1, r.method, r.path, r.body); s != http.StatusNotFound {
+			t.Errorf("node2 (not measuring) %s %s: %d, want 404", r.method, r.path, s)
+		}
+	}
+
+	// The test's network (127.0.0.0/24) measures node1 fastest, at node1.
+	for range 6 {
+		if s := do(0, http.MethodPost, "/.well-known/edgenode/beacon", `{"node1":5,"node2":40,"node3":40}`); s != http.StatusNoContent {
+			t.Fatalf("beacon to node1: %d", s)
+		}
+	}
+	testkit.WaitFor(t, 90*time.Second, "node3's DNS to lead with node1 from node1's digest", func() bool {
+		o := widgetOrder(c.nodes[2].dns)
+		return len(o) == 3 && o[0] == ip(0)
+	})
+	// node2 got the same broadcast: it still leads with itself.
+	for range 10 {
+		if o := widgetOrder(c.nodes[1].dns); len(o) != 3 || o[0] != ip(1) {
+			t.Fatalf("node2 (not measuring) answers %v, want itself first", o)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v := metricSum(t, c.nodes[1].admin, "edgenode_dns_measured_answers_total"); v != 0 {
+		t.Errorf("node2 (not measuring): %v measured answers", v)
+	}
+	if v := metricSum(t, c.nodes[2].admin, "edgenode_dns_measured_answers_total"); v == 0 {
+		t.Errorf("node3 (measuring): no measured answers counted")
+	}
+	st, err := statusPage(c.nodes[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Measured) != 0 {
+		t.Errorf("node2 (not measuring) status page shows measured preferences %+v", st.Measured)
+	}
 }

@@ -228,3 +228,80 @@ func sharedFreePort(t *testing.T, ips ...string) int {
 	t.Fatal("no port free on all of", ips)
 	return 0
 }
+
+// TestPeerFillOff: with cdn.peer_fill.enabled: false, on nodes where peer
+// fill would otherwise run (mesh on, verified members, an S3 origin, a peer
+// listen address set), there is no peer listener and every node fills from
+// the origin itself: one origin GET per key on each node, no peer fill of
+// any result counted.
+func TestPeerFillOff(t *testing.T) {
+	endpoint, bucket := startS3(t)
+	s3c := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
+		Credentials:                credentials.NewStaticCredentialsProvider(bkAccess, bkSecret, ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	body := func(key string) string { return strings.Repeat("off "+key+" ", 200) }
+	var keys []string
+	for i := range 8 {
+		k := fmt.Sprintf("off/%d.jpg", i)
+		keys = append(keys, k)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(k), Body: strings.NewReader(body(k))})
+		cancel()
+		if err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+	}
+	port := sharedFreePort(t, "127.0.0.1", "127.0.0.2")
+	c := newCluster(t, 2, fmt.Sprintf(`node: {region: eu}
+mongo: {enabled: false}
+log: {level: info}
+cdn:
+  peer_fill: {enabled: false}
+  origin:
+    s3: {bucket: %s, endpoint: %q, path_style: true, region: us-east-1, access_key_id: %s, secret_access_key: %s}
+`, bucket, endpoint, bkAccess, bkSecret))
+	for i := range c.cfgs {
+		c.cfgs[i] = mergeYAML(t, c.cfgs[i], fmt.Sprintf("cdn: {peer_fill: {listen: \"127.0.0.%d:%d\"}}\n", i+1, port))
+	}
+	c.startAll()
+	// As in TestPeerFillCluster: with peer fill on, these members would
+	// be asked.
+	for i := range 2 {
+		testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("node%d to see 2 alive, verified members", i+1), func() bool {
+			ms := c.members(i)
+			for _, id := range []string{"node1", "node2"} {
+				if m := ms[id]; m.State != "alive" || !m.Verified {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	for i := range 2 {
+		addr := fmt.Sprintf("127.0.0.%d:%d", i+1, port)
+		if conn, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+			conn.Close()
+			t.Errorf("node%d listens on its peer fill address %s with peer fill off", i+1, addr)
+		}
+	}
+	hc := httpsClient(true)
+	for i := range 2 {
+		for _, k := range keys {
+			resp, got := get(t, hc, "https://"+c.nodes[i].https+"/media/"+k)
+			if resp.StatusCode != 200 || got != body(k) {
+				t.Fatalf("node%d %s: %d, %d bytes", i+1, k, resp.StatusCode, len(got))
+			}
+		}
+	}
+	for i := range 2 {
+		if got := metricSum(t, c.nodes[i].admin, "edgenode_cdn_origin_requests_total"); got != float64(len(keys)) {
+			t.Errorf("node%d: %v origin GETs for %d keys, want one per key (each node fills itself)", i+1, got, len(keys))
+		}
+		if got := metricSum(t, c.nodes[i].admin, "edgenode_cdn_peer_fills_total"); got != 0 {
+			t.Errorf("node%d: %v peer fills counted with peer fill off", i+1, got)
+		}
+	}
+}

@@ -248,6 +248,87 @@ func (f *fleet) slowCase(t *testing.T, o, a *fleetNode, key string, body []byte)
 	}
 }
 
+// The owner answers, but not with a copy: an error status (500), a 404 for
+// a key the origin has (say, a negative entry of its own), or a 200
+// without the fetch time (wrong bytes, which must not be used). The asker
+// fills from the origin, counts the fallback as an error, and caches the
+// origin's object, not the owner's answer: the next request is a hit with
+// the right bytes and no further origin GET.
+func TestPeerFillOwnerErrorFallsBackToOrigin(t *testing.T) {
+	cases := []struct {
+		name  string
+		owner http.HandlerFunc
+	}{
+		{"500", func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "owner broken", http.StatusInternalServerError)
+		}},
+		{"404", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set(HeaderFetchedAt, time.Now().UTC().Format(time.RFC3339Nano))
+			http.NotFound(w, r)
+		}},
+		{"200 without fetch time", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Length", "5")
+			w.Write([]byte("wrong"))
+		}},
+	}
+	f := newFleet(t, 5*time.Second)
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			key := "err" + strconv.Itoa(i) + ".bin"
+			body := randBytes(40_000)
+			f.e.put(key, body, "application/octet-stream")
+			o, a := f.owner(key), f.other(key)
+			asked := 0
+			f.setPeer(o.id, func(http.Handler) http.Handler {
+				return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					f.mu.Lock()
+					asked++
+					f.mu.Unlock()
+					tc.owner(w, r)
+				})
+			})
+			before, okBefore := peerCount(a, peerError), peerCount(a, peerOK)
+			r := f.get(a, key)
+			if r.status != 200 || r.err != nil || !bytes.Equal(r.body, body) {
+				t.Fatalf("owner answering %s: status %d, err %v, %d bytes (want %d)", tc.name, r.status, r.err, len(r.body), len(body))
+			}
+			f.mu.Lock()
+			n := asked
+			f.mu.Unlock()
+			if n != 1 {
+				t.Errorf("owner asked %d times, want 1", n)
+			}
+			if v := peerCount(a, peerError) - before; v != 1 {
+				t.Errorf("peer fills error = %v, want 1", v)
+			}
+			if v := peerCount(a, peerOK) - okBefore; v != 0 {
+				t.Errorf("peer fills ok = %v, want 0", v)
+			}
+			if c := f.e.count.count(f.e.bucket, key); c != 1 {
+				t.Errorf("%d origin GETs, want 1 (the asker's fallback)", c)
+			}
+			// What was cached is the origin's object: a hit, right bytes.
+			waitIdle(t, a.cache)
+			r = f.get(a, key)
+			if r.status != 200 || r.err != nil || !bytes.Equal(r.body, body) {
+				t.Fatalf("again: status %d, err %v, %d bytes (want %d)", r.status, r.err, len(r.body), len(body))
+			}
+			if x := r.header.Get("X-Cache"); x != "HIT" {
+				t.Errorf("again: X-Cache %q, want a hit", x)
+			}
+			if c := f.e.count.count(f.e.bucket, key); c != 1 {
+				t.Errorf("again: %d origin GETs, want still 1", c)
+			}
+			f.mu.Lock()
+			n = asked
+			f.mu.Unlock()
+			if n != 1 {
+				t.Errorf("again: owner asked %d times, want still 1", n)
+			}
+		})
+	}
+}
+
 // A peer that sends the right length but wrong bytes: the asker's fill
 // fails its MD5 check (no client gets a complete bad copy), is counted,
 // and the next request fills from the origin with the right bytes.
