@@ -77,10 +77,16 @@ type Archiver struct {
 	wg     sync.WaitGroup
 }
 
-// New returns an archiver of src's own ops. reg may be nil.
-func New(opts Options, src Source, reg prometheus.Registerer) *Archiver {
+// New returns an archiver of src's own ops. reg may be nil; a failed
+// registration of its metrics (a second Archiver on one registry) is an
+// error.
+func New(opts Options, src Source, reg prometheus.Registerer) (*Archiver, error) {
 	opts.defaults()
-	return &Archiver{opts: opts, src: src, origin: src.Origin(), met: newMetrics(reg)}
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Archiver{opts: opts, src: src, origin: src.Origin(), met: met}, nil
 }
 
 // Floor is the trim floor (see repl.Options.TrimFloor): this node's ops
@@ -361,7 +367,7 @@ type metrics struct {
 	archived                              prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		segments: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongo_archive_segments_total", Help: "Op-log segments written to the archive."}),
 		ops:      prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongo_archive_ops_total", Help: "This node's ops written to the archive."}),
@@ -371,7 +377,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		archived: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongo_archive_position", Help: "Seq of this node's last op in the archive."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.segments, m.ops, m.bytes, m.bases, m.failures, m.archived)
+		for _, c := range []prometheus.Collector{m.segments, m.ops, m.bytes, m.bases, m.failures, m.archived} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("archive: register metrics: %w", err)
+			}
+		}
 	}
-	return m
+	return m, nil
 }
