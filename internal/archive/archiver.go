@@ -302,7 +302,7 @@ func (a *Archiver) baseLoop(ctx context.Context, last time.Time) {
 			if n, err := Prune(ctx, a.opts.Store, a.opts.Node, a.origin, time.Now().Add(-a.opts.Retention)); err != nil {
 				a.opts.Log.Warn("op-log archive: retention", "err", err)
 			} else if n > 0 {
-				a.opts.Log.Info("op-log archive: retention deleted old objects", "objects", n)
+				a.opts.Log.Info("op-log archive: retention deleted old base snapshots and segments", "deleted", n)
 			}
 		}
 	}
@@ -312,7 +312,7 @@ func (a *Archiver) baseLoop(ctx context.Context, last time.Time) {
 // that no restore to a time at or after cutoff needs: its base snapshots
 // older than the newest complete base at or before cutoff, and its
 // segments whose ops every base kept already holds. It returns how many
-// objects it deleted.
+// base snapshots and segments it deleted.
 func Prune(ctx context.Context, st Store, node, origin string, cutoff time.Time) (int, error) {
 	bases, err := listBases(ctx, st)
 	if err != nil {
