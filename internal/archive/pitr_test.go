@@ -193,13 +193,13 @@ func TestPlanRestoreNamesMissingOps(t *testing.T) {
 	}
 }
 
-// TestPruneKeepsTheRetentionWindow: a node's ops and bases over ten days;
+// TestArchivePruneKeepsTheRetentionWindow: a node's ops and bases over ten days;
 // pruning to a 3-day window deletes the bases older than the newest one
 // before the window and the segments every kept base holds, keeps what a
 // restore to any time in the window needs (restores to the window's start
 // and to later times apply the right ops), and a restore to before the
 // window is refused.
-func TestPruneKeepsTheRetentionWindow(t *testing.T) {
+func TestArchivePruneKeepsTheRetentionWindow(t *testing.T) {
 	ctx := context.Background()
 	st := &backup.DirStore{Root: t.TempDir()}
 	now := time.Now()
@@ -298,11 +298,11 @@ func TestPruneKeepsTheRetentionWindow(t *testing.T) {
 	}
 }
 
-// TestSegmentCutBySize: with a size bound of about ten ops and an
+// TestArchiveSegmentCutBySize: with a size bound of about ten ops and an
 // interval of an hour, segments are cut as soon as their ops reach the
 // bound (at the op that reaches it, not later); what is left waits for
 // the interval (or, here, the stop).
-func TestSegmentCutBySize(t *testing.T) {
+func TestArchiveSegmentCutBySize(t *testing.T) {
 	ctx := context.Background()
 	st := &backup.DirStore{Root: t.TempDir()}
 	src := newSource(time.Time{})
@@ -364,12 +364,12 @@ func TestSegmentCutBySize(t *testing.T) {
 	}
 }
 
-// TestTrimFloorKeepsUnarchivedOps: replication trims the op log (every
+// TestArchiveTrimFloorKeepsUnarchivedOps: replication trims the op log (every
 // 10 ms, keeping 1 ms) with the archiver's position as its floor
 // (repl.Options.TrimFloor, as the node wires them): ops leave the log up
 // to the archived position and never past it, while a segment waits to
 // be cut; once it is, they go too.
-func TestTrimFloorKeepsUnarchivedOps(t *testing.T) {
+func TestArchiveTrimFloorKeepsUnarchivedOps(t *testing.T) {
 	ctx := context.Background()
 	st := &backup.DirStore{Root: t.TempDir()}
 	src := newSource(time.Time{})
