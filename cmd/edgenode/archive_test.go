@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,8 +27,10 @@ import (
 // (versitygw) with mongo.archive; a document is deleted by mistake; a
 // restore to just before the delete has it back and nothing written
 // after that time, as JSON dumps and as a seeded data folder a node
-// serves; a segment cut short or with a byte changed is named and
-// nothing is restored.
+// serves; a restore --to-op the delete itself (in the middle of its
+// segment) has the delete and nothing after it; a segment cut short or
+// with a byte changed is named and nothing is restored; so is a missing
+// segment, by the ops it held.
 func TestArchivePointInTimeRestore(t *testing.T) {
 	endpoint, bucket := startS3(t)
 	archiveCfg := fmt.Sprintf(`mongo:
@@ -63,6 +66,10 @@ cdn: {enabled: false}
 	if _, err := docs.UpdateOne(ctx, bson.D{{Key: "_id", Value: "d05"}}, bson.D{{Key: "$set", Value: bson.D{{Key: "v", Value: "before"}}}}); err != nil {
 		t.Fatal(err)
 	}
+	// Ops 1-21 in the first segment, the later ones in a second.
+	testkit.WaitFor(t, 60*time.Second, "the first 21 ops archived", func() bool {
+		return metricSum(t, p.admin, "edgenode_mongo_archive_ops_total") >= 21
+	})
 	// The restore point: clocks are in milliseconds, so it is a few of
 	// them after the last good write and before the mistake.
 	time.Sleep(20 * time.Millisecond)
@@ -112,6 +119,36 @@ cdn: {enabled: false}
 			t.Errorf("the dump holds %s, written after the restore point:\n%s", after, dumped)
 		}
 	}
+	// Each origin's ops applied are printed; the node's origin is the
+	// one of its ops 1-24: 20 inserts, the update (21), the delete (22),
+	// an insert and an update.
+	m := regexp.MustCompile(`origin (\S+): 21 op\(s\) applied above the base's position 0\n`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("restore --to-time: no line of the origin's 21 ops applied:\n%s", out)
+	}
+	origin := m[1]
+
+	// Up to and including the delete (op 22, first of its segment's
+	// three): d03 is gone, the later insert and update are not there.
+	toOp := fmt.Sprintf("%s:22", origin)
+	dumpOp := filepath.Join(t.TempDir(), "dump")
+	code, out = edgenodeCmd(t, nil, "restore", "--config", cfgFile, "--to-op", toOp, "--dump", dumpOp)
+	if code != 0 || !strings.Contains(out, "origin "+origin+": 22 op(s) applied") || !strings.Contains(out, "restore done in") {
+		t.Fatalf("restore --to-op %s --dump: exit %d, want 22 op(s) applied:\n%s", toOp, code, out)
+	}
+	t.Logf("restore --to-op %s --dump:\n%s", toOp, out)
+	if b, err = os.ReadFile(filepath.Join(dumpOp, "app.docs.json")); err != nil {
+		t.Fatal(err)
+	}
+	dumped = string(b)
+	if n := strings.Count(dumped, "\n"); n != 19 || strings.Contains(dumped, `"d03"`) || !strings.Contains(dumped, `"v":"before"`) {
+		t.Errorf("restore --to-op the delete: %d documents, want 19 without d03 and with d05 before its last update:\n%s", n, dumped)
+	}
+	for _, after := range []string{`"late"`, `"after"`} {
+		if strings.Contains(dumped, after) {
+			t.Errorf("restore --to-op the delete holds %s, written after it:\n%s", after, dumped)
+		}
+	}
 
 	// The same point as a data folder a new node serves (standalone:
 	// nothing brings it forward).
@@ -150,8 +187,8 @@ cdn: {enabled: false}
 		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
 	})
 	list, err := s3c.ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(bucket), Prefix: aws.String("pitr/ops/")})
-	if err != nil || len(list.Contents) == 0 {
-		t.Fatalf("listing the segments: %v", err)
+	if err != nil || len(list.Contents) != 2 {
+		t.Fatalf("listing the segments: %v, want two (ops 1-21 and 22-24)", err)
 	}
 	last := aws.ToString(list.Contents[len(list.Contents)-1].Key)
 	obj, err := s3c.GetObject(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(last)})
@@ -178,5 +215,18 @@ cdn: {enabled: false}
 		if _, err := os.Stat(dump); err == nil {
 			t.Errorf("a refused restore (segment %s) wrote %s", damage.what, dump)
 		}
+	}
+
+	// A missing segment (ops 1-21): the restore names the ops missing.
+	if _, err := s3c.DeleteObject(ctx, &s3.DeleteObjectInput{Bucket: aws.String(bucket), Key: list.Contents[0].Key}); err != nil {
+		t.Fatal(err)
+	}
+	dump = filepath.Join(t.TempDir(), "dump")
+	code, out = edgenodeCmd(t, nil, "restore", "--config", cfgFile, "--to-time", time.Now().UTC().Format(time.RFC3339Nano), "--dump", dump)
+	if want := fmt.Sprintf("ops %s:1 to %s:21 are missing", origin, origin); code == 0 || !strings.Contains(out, want) || !strings.Contains(out, "nothing was restored") {
+		t.Errorf("restore without the first segment: exit %d, want a refusal naming %q:\n%s", code, want, out)
+	}
+	if _, err := os.Stat(dump); err == nil {
+		t.Errorf("a refused restore (a segment missing) wrote %s", dump)
 	}
 }

@@ -120,19 +120,30 @@ func backupCommand(args []string, stdout, stderr io.Writer) int {
 // restoreCommand seeds a stopped, new or wiped node from a backup:
 //
 //	edgenode restore --from DIR|s3://BUCKET/PREFIX [--config FILE] [--data DIR]
+const restoreUsage = `usage:
+  edgenode restore --from DIR|s3://BUCKET/PREFIX [--config FILE] [--data DIR] [--check] [--force]
+      seed a stopped, new or wiped node from a backup (the newest there)
+  edgenode restore --to-time T|--to-op ORIGIN:SEQ [--from DIR|s3://BUCKET/PREFIX] [--config FILE] [--data DIR | --dump DIR] [--check]
+      point-in-time restore from the op-log archive (--from, default mongo.archive.target)
+`
+
 func restoreCommand(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("restore", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	cfgPath := fs.String("config", "", "the node's config file")
 	dataDir := fs.String("data", "", "the node's data folder (overrides node.data_dir); must hold no op log")
 	fs.StringVar(dataDir, "data-dir", "", "same as --data")
-	from := fs.String("from", "", "the backup: its folder, or a folder or s3://BUCKET/PREFIX of backups (the newest is taken) (required)")
-	check := fs.Bool("check", false, "only check the backup (checksums, sizes, counts); change nothing")
+	from := fs.String("from", "", "the backup: its folder, or a folder or s3://BUCKET/PREFIX of backups (the newest is taken); required unless --to-time/--to-op, which read the op-log archive here (default mongo.archive.target)")
+	check := fs.Bool("check", false, "only check the backup, or with --to-time/--to-op the base snapshot and segments the restore needs (checksums, sizes, counts); change nothing")
 	force := fs.Bool("force", false, "restore a backup older than mongo.log_retention (see the README's Backups)")
 	toTime := fs.String("to-time", "", "point-in-time restore from the op-log archive (--from, default mongo.archive.target): the database as it was at this time (RFC 3339, or unix milliseconds)")
 	toOp := fs.String("to-op", "", "point-in-time restore up to and including the archived op ORIGIN:SEQ")
 	dump := fs.String("dump", "", "with --to-time/--to-op: write the restored documents as Extended JSON into this folder (one DB.COLLECTION.json per collection) instead of seeding the data folder")
 	s3opts := s3Flags(fs)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), restoreUsage)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}

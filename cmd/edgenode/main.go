@@ -7,6 +7,8 @@
 //	                                              parked unique-key collisions (admin API client)
 //	edgenode backup --to DIR|s3://...             back up the running node's Mongo replica
 //	edgenode restore --from DIR|s3://...          seed a stopped, new or wiped node from a backup
+//	edgenode restore --to-time T|--to-op ORIGIN:SEQ [--dump DIR]
+//	                                              point-in-time restore from the op-log archive (mongo.archive)
 //	edgenode version                              print the version
 //
 // A config is the main file, then the drop-ins DIR/conf.d/*.yaml beside it
@@ -89,6 +91,12 @@ func usage(w io.Writer) {
                                                 copy the running node's Mongo replica and op-log position
   edgenode restore --from DIR|s3://BUCKET/PREFIX [--config FILE] [--data DIR]
                                                 seed a stopped, new or wiped node from the newest backup there
+  edgenode restore --to-time T|--to-op ORIGIN:SEQ [--from DIR|s3://BUCKET/PREFIX] [--config FILE]
+                   [--data DIR | --dump DIR] [--check]
+                                                point-in-time restore from the op-log archive (--from, default
+                                                mongo.archive.target): the database as it was at time T (RFC 3339
+                                                or unix ms), or up to and including op ORIGIN:SEQ, into a new or
+                                                wiped data folder, or as Extended JSON files into --dump DIR
   edgenode version                              print the version
 `)
 }

@@ -77,10 +77,16 @@ type Archiver struct {
 	wg     sync.WaitGroup
 }
 
-// New returns an archiver of src's own ops. reg may be nil.
-func New(opts Options, src Source, reg prometheus.Registerer) *Archiver {
+// New returns an archiver of src's own ops. reg may be nil; a failed
+// registration of its metrics (a second Archiver on one registry) is an
+// error.
+func New(opts Options, src Source, reg prometheus.Registerer) (*Archiver, error) {
 	opts.defaults()
-	return &Archiver{opts: opts, src: src, origin: src.Origin(), met: newMetrics(reg)}
+	met, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Archiver{opts: opts, src: src, origin: src.Origin(), met: met}, nil
 }
 
 // Floor is the trim floor (see repl.Options.TrimFloor): this node's ops
@@ -296,7 +302,7 @@ func (a *Archiver) baseLoop(ctx context.Context, last time.Time) {
 			if n, err := Prune(ctx, a.opts.Store, a.opts.Node, a.origin, time.Now().Add(-a.opts.Retention)); err != nil {
 				a.opts.Log.Warn("op-log archive: retention", "err", err)
 			} else if n > 0 {
-				a.opts.Log.Info("op-log archive: retention deleted old objects", "objects", n)
+				a.opts.Log.Info("op-log archive: retention deleted old base snapshots and segments", "deleted", n)
 			}
 		}
 	}
@@ -306,7 +312,7 @@ func (a *Archiver) baseLoop(ctx context.Context, last time.Time) {
 // that no restore to a time at or after cutoff needs: its base snapshots
 // older than the newest complete base at or before cutoff, and its
 // segments whose ops every base kept already holds. It returns how many
-// objects it deleted.
+// base snapshots and segments it deleted.
 func Prune(ctx context.Context, st Store, node, origin string, cutoff time.Time) (int, error) {
 	bases, err := listBases(ctx, st)
 	if err != nil {
@@ -361,7 +367,7 @@ type metrics struct {
 	archived                              prometheus.Gauge
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		segments: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongo_archive_segments_total", Help: "Op-log segments written to the archive."}),
 		ops:      prometheus.NewCounter(prometheus.CounterOpts{Name: "edgenode_mongo_archive_ops_total", Help: "This node's ops written to the archive."}),
@@ -371,7 +377,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		archived: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongo_archive_position", Help: "Seq of this node's last op in the archive."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.segments, m.ops, m.bytes, m.bases, m.failures, m.archived)
+		for _, c := range []prometheus.Collector{m.segments, m.ops, m.bytes, m.bases, m.failures, m.archived} {
+			if err := reg.Register(c); err != nil {
+				return nil, fmt.Errorf("archive: register metrics: %w", err)
+			}
+		}
 	}
-	return m
+	return m, nil
 }

@@ -360,7 +360,10 @@ func (p *mongoPart) startArchive(ctx context.Context, src archive.Source) (*arch
 	}
 	o := archiveOptions(p.cfg)
 	o.Store, o.Log = st, p.log.With("part", "mongo-archive")
-	a := archive.New(o, src, p.reg)
+	a, err := archive.New(o, src, p.reg)
+	if err != nil {
+		return nil, fmt.Errorf("mongo.archive: %w", err)
+	}
 	if err := a.Start(ctx); err != nil {
 		return nil, fmt.Errorf("mongo.archive: %w", err)
 	}
