@@ -167,18 +167,7 @@ func (c *cluster) states(i int) map[string]string {
 
 // widget asks node i's DNS for the dynamic name and returns the addresses.
 func (c *cluster) widget(i int) []string {
-	q := new(mdns.Msg)
-	q.SetQuestion("widget.edgenode.test.", mdns.TypeA)
-	r, _, err := (&mdns.Client{Timeout: 2 * time.Second}).Exchange(q, c.nodes[i].dns)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*mdns.A); ok {
-			out = append(out, a.A.String())
-		}
-	}
+	out := widgetOrder(c.nodes[i].dns)
 	sort.Strings(out)
 	return out
 }
@@ -286,4 +275,22 @@ func TestClusterMembershipFailureAndDrain(t *testing.T) {
 	if st := c.states(2); st["node2"] != "" {
 		t.Errorf("node3 still lists node2 after it left: %v", st)
 	}
+}
+
+// widgetOrder asks the DNS server at addr for the widget name and returns
+// the addresses in answer order.
+func widgetOrder(addr string) []string {
+	q := new(mdns.Msg)
+	q.SetQuestion("widget.edgenode.test.", mdns.TypeA)
+	r, _, err := (&mdns.Client{Timeout: 2 * time.Second}).Exchange(q, addr)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, rr := range r.Answer {
+		if a, ok := rr.(*mdns.A); ok {
+			out = append(out, a.A.String())
+		}
+	}
+	return out
 }

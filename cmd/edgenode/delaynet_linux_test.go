@@ -13,8 +13,6 @@ import (
 	"testing"
 	"time"
 
-	mdns "github.com/miekg/dns"
-
 	"github.com/edgenode/edgenode/internal/testkit"
 )
 
@@ -133,24 +131,6 @@ func rtts(p *nodeProc) map[string]float64 {
 	for _, m := range st.Members {
 		if m.RTTMS != nil {
 			out[m.ID] = *m.RTTMS
-		}
-	}
-	return out
-}
-
-// widgetOrder asks the DNS server at addr for the widget name and returns
-// the addresses in answer order.
-func widgetOrder(addr string) []string {
-	q := new(mdns.Msg)
-	q.SetQuestion("widget.edgenode.test.", mdns.TypeA)
-	r, _, err := (&mdns.Client{Timeout: 2 * time.Second}).Exchange(q, addr)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, rr := range r.Answer {
-		if a, ok := rr.(*mdns.A); ok {
-			out = append(out, a.A.String())
 		}
 	}
 	return out

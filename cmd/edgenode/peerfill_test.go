@@ -32,50 +32,14 @@ import (
 // node that is not in the node map.
 func TestPeerFillCluster(t *testing.T) {
 	endpoint, bucket := startS3(t)
-	s3c := s3.New(s3.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
-		Credentials:                credentials.NewStaticCredentialsProvider(bkAccess, bkSecret, ""),
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
 	body := func(key string) string { return strings.Repeat("media "+key+" ", 200) }
 	var keys, later []string
 	for i := range 12 {
 		keys = append(keys, fmt.Sprintf("pics/%d.jpg", i))
 		later = append(later, fmt.Sprintf("late/%d.jpg", i))
 	}
-	for _, k := range append(append([]string{}, keys...), later...) {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(k), Body: strings.NewReader(body(k))})
-		cancel()
-		if err != nil {
-			t.Fatalf("put %s: %v", k, err)
-		}
-	}
-
-	port := sharedFreePort(t, "127.0.0.1", "127.0.0.2", "127.0.0.3")
-	c := newCluster(t, 3, fmt.Sprintf(`node: {region: eu}
-mongo: {enabled: false}
-log: {level: info}
-cdn:
-  origin:
-    s3: {bucket: %s, endpoint: %q, path_style: true, region: us-east-1, access_key_id: %s, secret_access_key: %s}
-`, bucket, endpoint, bkAccess, bkSecret))
-	for i := range c.cfgs {
-		c.cfgs[i] = mergeYAML(t, c.cfgs[i], fmt.Sprintf("cdn: {peer_fill: {listen: \"127.0.0.%d:%d\"}}\n", i+1, port))
-	}
-	c.startAll()
-	for i := range 3 {
-		testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("node%d to see 3 alive, verified members", i+1), func() bool {
-			ms := c.members(i)
-			for _, id := range []string{"node1", "node2", "node3"} {
-				if m := ms[id]; m.State != "alive" || !m.Verified {
-					return false
-				}
-			}
-			return true
-		})
-	}
+	putObjects(t, endpoint, bucket, body, append(append([]string{}, keys...), later...)...)
+	c, port := peerFillCluster(t, 3, endpoint, bucket, "")
 
 	hc := httpsClient(true)
 	fetch := func(i int, key string) {
@@ -236,50 +200,15 @@ func sharedFreePort(t *testing.T, ips ...string) int {
 // any result counted.
 func TestPeerFillOff(t *testing.T) {
 	endpoint, bucket := startS3(t)
-	s3c := s3.New(s3.Options{
-		Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
-		Credentials:                credentials.NewStaticCredentialsProvider(bkAccess, bkSecret, ""),
-		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
-		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
-	})
 	body := func(key string) string { return strings.Repeat("off "+key+" ", 200) }
 	var keys []string
 	for i := range 8 {
-		k := fmt.Sprintf("off/%d.jpg", i)
-		keys = append(keys, k)
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(k), Body: strings.NewReader(body(k))})
-		cancel()
-		if err != nil {
-			t.Fatalf("put %s: %v", k, err)
-		}
+		keys = append(keys, fmt.Sprintf("off/%d.jpg", i))
 	}
-	port := sharedFreePort(t, "127.0.0.1", "127.0.0.2")
-	c := newCluster(t, 2, fmt.Sprintf(`node: {region: eu}
-mongo: {enabled: false}
-log: {level: info}
-cdn:
-  peer_fill: {enabled: false}
-  origin:
-    s3: {bucket: %s, endpoint: %q, path_style: true, region: us-east-1, access_key_id: %s, secret_access_key: %s}
-`, bucket, endpoint, bkAccess, bkSecret))
-	for i := range c.cfgs {
-		c.cfgs[i] = mergeYAML(t, c.cfgs[i], fmt.Sprintf("cdn: {peer_fill: {listen: \"127.0.0.%d:%d\"}}\n", i+1, port))
-	}
-	c.startAll()
+	putObjects(t, endpoint, bucket, body, keys...)
 	// As in TestPeerFillCluster: with peer fill on, these members would
 	// be asked.
-	for i := range 2 {
-		testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("node%d to see 2 alive, verified members", i+1), func() bool {
-			ms := c.members(i)
-			for _, id := range []string{"node1", "node2"} {
-				if m := ms[id]; m.State != "alive" || !m.Verified {
-					return false
-				}
-			}
-			return true
-		})
-	}
+	c, port := peerFillCluster(t, 2, endpoint, bucket, "peer_fill: {enabled: false}")
 	for i := range 2 {
 		addr := fmt.Sprintf("127.0.0.%d:%d", i+1, port)
 		if conn, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
@@ -304,4 +233,64 @@ cdn:
 			t.Errorf("node%d: %v peer fills counted with peer fill off", i+1, got)
 		}
 	}
+}
+
+// putObjects stores body(key) under each key in the versitygw bucket.
+func putObjects(t *testing.T, endpoint, bucket string, body func(string) string, keys ...string) {
+	t.Helper()
+	s3c := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true,
+		Credentials:                credentials.NewStaticCredentialsProvider(bkAccess, bkSecret, ""),
+		RequestChecksumCalculation: aws.RequestChecksumCalculationWhenRequired,
+		ResponseChecksumValidation: aws.ResponseChecksumValidationWhenRequired,
+	})
+	for _, k := range keys {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := s3c.PutObject(ctx, &s3.PutObjectInput{Bucket: aws.String(bucket), Key: aws.String(k), Body: strings.NewReader(body(k))})
+		cancel()
+		if err != nil {
+			t.Fatalf("put %s: %v", k, err)
+		}
+	}
+}
+
+// peerFillCluster starts n nodes (127.0.0.1..n, mesh on, Mongo off) on the
+// S3 origin, each with its peer fill listener on one shared port and
+// cdnExtra (a YAML fragment inside cdn:) in its config, and waits until
+// every node sees every member alive and verified: the members peer fill
+// would ask.
+func peerFillCluster(t *testing.T, n int, endpoint, bucket, cdnExtra string) (*cluster, int) {
+	t.Helper()
+	var addrs, ids []string
+	for i := range n {
+		addrs = append(addrs, fmt.Sprintf("127.0.0.%d", i+1))
+		ids = append(ids, fmt.Sprintf("node%d", i+1))
+	}
+	port := sharedFreePort(t, addrs...)
+	if cdnExtra != "" {
+		cdnExtra = "  " + cdnExtra + "\n"
+	}
+	c := newCluster(t, n, fmt.Sprintf(`node: {region: eu}
+mongo: {enabled: false}
+log: {level: info}
+cdn:
+%s  origin:
+    s3: {bucket: %s, endpoint: %q, path_style: true, region: us-east-1, access_key_id: %s, secret_access_key: %s}
+`, cdnExtra, bucket, endpoint, bkAccess, bkSecret))
+	for i := range c.cfgs {
+		c.cfgs[i] = mergeYAML(t, c.cfgs[i], fmt.Sprintf("cdn: {peer_fill: {listen: \"127.0.0.%d:%d\"}}\n", i+1, port))
+	}
+	c.startAll()
+	for i := range n {
+		testkit.WaitFor(t, 60*time.Second, fmt.Sprintf("node%d to see %d alive, verified members", i+1, n), func() bool {
+			ms := c.members(i)
+			for _, id := range ids {
+				if m := ms[id]; m.State != "alive" || !m.Verified {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	return c, port
 }

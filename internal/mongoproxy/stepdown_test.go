@@ -133,14 +133,7 @@ func capturedStepdown(t *testing.T, upstreamExtra string, clientRetries bool, st
 		_, err := coll.UpdateOne(testCtx, id, inc)
 		errc <- err
 	}()
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the captured write's store did not reach the primary")
-	}
-	set.elect(-1)
-	a.release()
-	testkit.WaitFor(t, 30*time.Second, "the former primary to refuse the store", func() bool { return a.refused.Load() > refused })
+	stepDownUnderStore(t, set, a, held, refused)
 	if storeRetry == 0 {
 		set.elect(1)
 	}
@@ -307,14 +300,7 @@ func TestRetryAfterStoreGaveUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-held:
-	case <-time.After(30 * time.Second):
-		t.Fatal("the captured write's store did not reach the primary")
-	}
-	set.elect(-1)
-	a.release()
-	testkit.WaitFor(t, 30*time.Second, "the former primary to refuse the store", func() bool { return a.refused.Load() > refused })
+	stepDownUnderStore(t, set, a, held, refused)
 	h, reply, err := rc.read()
 	if err != nil || h.ResponseTo != reqID {
 		t.Fatalf("reply to the write: %v (answers %d, sent %d)", err, h.ResponseTo, reqID)
@@ -361,4 +347,20 @@ func TestRetryAfterStoreGaveUp(t *testing.T) {
 	if got := value(cl); got != 1 {
 		t.Errorf("the counter read through the proxy is %d, want 1", got)
 	}
+}
+
+// stepDownUnderStore waits until the captured write's store reaches the
+// primary a (held there by holdWrites), makes the set primaryless, lets
+// the held write go, and waits until a has refused it (its refusals were
+// refused before).
+func stepDownUnderStore(t *testing.T, set *rsSet, a *rsShim, held <-chan struct{}, refused int64) {
+	t.Helper()
+	select {
+	case <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the captured write's store did not reach the primary")
+	}
+	set.elect(-1)
+	a.release()
+	testkit.WaitFor(t, 30*time.Second, "the former primary to refuse the store", func() bool { return a.refused.Load() > refused })
 }

@@ -12,6 +12,7 @@ package nodemap
 import (
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -173,14 +174,6 @@ func sorted(nodes []Node) []Node {
 	for i := range out {
 		out[i].Tags = slices.Clone(out[i].Tags)
 	}
-	slices.SortFunc(out, func(a, b Node) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Node) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }

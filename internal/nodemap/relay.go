@@ -2,6 +2,7 @@ package nodemap
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/serf/coordinate"
@@ -47,15 +48,7 @@ func PickRelay(cands []RelayCandidate) string {
 	if len(cands) == 0 {
 		return ""
 	}
-	slices.SortFunc(cands, func(a, b RelayCandidate) int {
-		switch {
-		case a.ID < b.ID:
-			return -1
-		case a.ID > b.ID:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(cands, func(a, b RelayCandidate) int { return strings.Compare(a.ID, b.ID) })
 	best := cands[0]
 	for _, c := range cands[1:] {
 		switch {
