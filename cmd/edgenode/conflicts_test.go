@@ -121,7 +121,7 @@ func TestConflictsResolveReplicates(t *testing.T) {
 		}
 		// Generous: under a loaded CI machine this once took over a minute;
 		// on failure say what each node reported, and its replication.
-		if !pollFor(2*time.Minute, parkedBoth) {
+		if !testkit.Poll(2*time.Minute, parkedBoth) {
 			st1, _ := replStatus(c.nodes[0])
 			st2, _ := replStatus(c.nodes[1])
 			t.Fatalf("each node to park the other's document: node1 %v %+v (repl %+v); node2 %v %+v (repl %+v)", err1, mine, st1, err2, theirs, st2)
@@ -181,19 +181,5 @@ func TestConflictsResolveReplicates(t *testing.T) {
 	t.Logf("both nodes hold %v", docs[0])
 	if _, err := conflictsCLI(t, c.nodes[0], "resolve", "nope:1", "--keep", "stored"); err == nil || !strings.Contains(err.Error(), "404") {
 		t.Fatalf("resolving an unknown conflict: %v, want a 404", err)
-	}
-}
-
-// pollFor polls cond until it holds or d passes.
-func pollFor(d time.Duration, cond func() bool) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }

@@ -65,17 +65,14 @@ func reload(t *testing.T, p *nodeProc, cfg, result string) {
 // moves, but reaches the test through a pipe a moment later (CI saw the
 // one-shot check miss it).
 func logged(p *nodeProc, substrs ...string) bool {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		all := true
+	return testkit.Poll(10*time.Second, func() bool {
 		for _, s := range substrs {
-			all = all && p.out.Contains(s)
+			if !p.out.Contains(s) {
+				return false
+			}
 		}
-		if all || time.Now().After(deadline) {
-			return all
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 // dnsA is the A records the node answers for name over UDP.

@@ -57,7 +57,7 @@ func (l *LogBuffer) Count(substr string) int {
 // output so far if that does not happen within timeout.
 func (l *LogBuffer) WaitFor(t testing.TB, timeout time.Duration, substr string) {
 	t.Helper()
-	if !poll(timeout, func() bool { return l.Contains(substr) }) {
+	if !Poll(timeout, func() bool { return l.Contains(substr) }) {
 		t.Fatalf("timed out after %v waiting for %q in the log:\n%s", timeout, substr, indent(l.String()))
 	}
 }

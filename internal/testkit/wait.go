@@ -14,13 +14,14 @@ import (
 // a server does not hammer it.
 func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	if !poll(timeout, cond) {
+	if !Poll(timeout, cond) {
 		t.Fatalf("timed out after %v waiting for %s", timeout, what)
 	}
 }
 
-// poll reports whether cond held before timeout passed.
-func poll(timeout time.Duration, cond func() bool) bool {
+// Poll reports whether cond held before timeout passed, polling as WaitFor
+// does: for a test that reports a missed state with t.Errorf and goes on.
+func Poll(timeout time.Duration, cond func() bool) bool {
 	deadline := time.Now().Add(timeout)
 	interval := 2 * time.Millisecond
 	for {
