@@ -409,6 +409,11 @@ type Mongo struct {
 	// larger writes get error 10334, so that replication (8 MiB mesh
 	// messages) can always carry them.
 	MaxDocumentBytes ByteSize `yaml:"max_document_bytes"`
+	// DocCacheBytes bounds the memory of the documents the proxy keeps as
+	// last read or written (charged at about three times their stored
+	// size), so that the next write to one, or a peer's op for it, is one
+	// database write without a read first; 0: no cache.
+	DocCacheBytes ByteSize `yaml:"doc_cache_bytes"`
 	// MaxLag: once this node has known for longer than this of a live
 	// peer's ops it has not applied, replication reports it not ready
 	// (writes are still accepted); 0 never does.
@@ -603,6 +608,7 @@ func Default() Config {
 			Replicate:        []string{"*"},
 			MaxConns:         4096,
 			MaxDocumentBytes: 15 << 19,
+			DocCacheBytes:    64 << 20,
 			MaxLag:           30 * time.Second,
 			LogRetention:     10 * time.Minute,
 			ForgetPeerAfter:  24 * time.Hour,

@@ -362,6 +362,9 @@ func (m *Mongo) validate(ps *Problems) {
 	if m.MaxConns <= 0 {
 		ps.add("mongo.max_conns", "must be positive: want e.g. 4096")
 	}
+	if m.DocCacheBytes < 0 {
+		ps.add("mongo.doc_cache_bytes", "must not be negative: want e.g. 64MiB (0: no document cache)")
+	}
 	if m.MaxDocumentBytes < 64<<10 || m.MaxDocumentBytes > 15<<19 {
 		ps.add("mongo.max_document_bytes", "%d is out of range: want 65536 to 7864320 (7.5 MiB: replication carries a document in one 8 MiB mesh message)", int64(m.MaxDocumentBytes))
 	}

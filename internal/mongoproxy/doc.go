@@ -118,8 +118,9 @@
 // [github.com/edgenode/edgenode/internal/mongoproxy/crdt], which the core
 // applies and never reimplements.
 //
-// The core keeps the stored state of recently written documents in memory
-// (Options.DocCache), so consecutive writes to a hot document skip the read.
+// The core keeps the stored state of recently read or written documents in
+// memory, bounded by bytes (Options.DocCacheBytes), so consecutive writes
+// to a hot document, and a peer's ops for a cached one, skip the read.
 // This assumes the proxy is the only writer of its replicated collections,
 // which it must be anyway for them to replicate. A forwarded drop or
 // dropDatabase drops that cache.

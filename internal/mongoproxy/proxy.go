@@ -81,11 +81,12 @@ type Options struct {
 	// initial-sync chunk, or a peer's stream would stop at it. Default
 	// DefaultMaxDocumentBytes (the mesh's 8 MiB message less headroom).
 	MaxDocumentBytes int
-	// DocCache is how many recently written documents the proxy keeps in
-	// memory so that the next write to them skips the read (default 4096;
-	// negative disables it). It assumes the proxy is the only writer of its
+	// DocCacheBytes bounds the memory of the documents the proxy keeps,
+	// as last read or written, so that the next write to one, or a peer's
+	// op for it, skips the read (default DefaultDocCacheBytes; negative
+	// disables it). It assumes the proxy is the only writer of its
 	// replicated collections, which it must be anyway for them to replicate.
-	DocCache int
+	DocCacheBytes int64
 	// MessageTimeout bounds how long a client message may take to arrive
 	// once its first byte has, and how long a reply may take to be taken by
 	// the client (default 30s). A client that trickles a message, or stops
@@ -146,6 +147,12 @@ const DefaultMaxClockSkew = time.Minute
 // leaving room in the mesh's 8 MiB messages for framing and for the
 // smaller items that share an initial-sync chunk.
 const DefaultMaxDocumentBytes = 15 << 19
+
+// DefaultDocCacheBytes is Options.DocCacheBytes's default: 64 MiB holds
+// some 50,000 small documents (a counter, 320 bytes stored with its
+// metadata) or 24,000 comments (850 bytes), so a working set that size is
+// written, and caught up after a partition, without reading it first.
+const DefaultDocCacheBytes = 64 << 20
 
 // Proxy is the Mongo wire-protocol proxy. See the package documentation.
 type Proxy struct {
@@ -221,8 +228,8 @@ func New(opts Options, log *slog.Logger, reg prometheus.Registerer) (*Proxy, err
 	if opts.MaxDocumentBytes <= 0 {
 		opts.MaxDocumentBytes = DefaultMaxDocumentBytes
 	}
-	if opts.DocCache == 0 {
-		opts.DocCache = 4096
+	if opts.DocCacheBytes == 0 {
+		opts.DocCacheBytes = DefaultDocCacheBytes
 	}
 	if opts.RetryRecordBytes == 0 {
 		opts.RetryRecordBytes = DefaultRetryRecordBytes
@@ -327,7 +334,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		Capabilities:     p.capabilities(ctx, client),
 		HoldWrites:       p.opts.HoldWrites,
 		MaxDocumentBytes: p.opts.MaxDocumentBytes,
-		DocCache:         p.opts.DocCache,
+		DocCacheBytes:    p.opts.DocCacheBytes,
 		MaxClockSkew:     p.opts.MaxClockSkew,
 		Metrics:          p.rmet,
 		Registerer:       p.reg,

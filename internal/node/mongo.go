@@ -127,6 +127,7 @@ func (p *mongoPart) Start(ctx context.Context) error {
 		LocalOnly:        c.LocalOnly,
 		MaxConns:         c.MaxConns,
 		MaxDocumentBytes: int(c.MaxDocumentBytes),
+		DocCacheBytes:    docCacheBytes(&c),
 		HoldWrites:       hold,
 		SyncDatabase:     syncDB,
 		MaxClockSkew:     c.MaxClockSkew,
@@ -297,6 +298,14 @@ func otherSeeds(m *config.Mesh) []string {
 // clientIdleTimeout is mongo.client_idle_timeout in the proxy's terms (its
 // 0 is the default, a negative value never closes).
 func clientIdleTimeout(c *config.Mongo) time.Duration { return none(c.ClientIdleTimeout) }
+
+// docCacheBytes is mongo.doc_cache_bytes for the proxy (0 there: none).
+func docCacheBytes(c *config.Mongo) int64 {
+	if c.DocCacheBytes == 0 {
+		return -1
+	}
+	return int64(c.DocCacheBytes)
+}
 
 func retryRecordsBytes(c *config.Mongo) int64 {
 	if c.RetryRecordsBytes == 0 {

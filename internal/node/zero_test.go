@@ -39,6 +39,7 @@ var zeroMeansNone = map[string]func(c *config.Config) bool{
 	"mongo.log_retention":           func(c *config.Config) bool { return replOptions(c).LogRetention < 0 },
 	"mongo.client_idle_timeout":     func(c *config.Config) bool { return clientIdleTimeout(&c.Mongo) < 0 },
 	"mongo.retry_records_bytes":     func(c *config.Config) bool { return retryRecordsBytes(&c.Mongo) < 0 },
+	"mongo.doc_cache_bytes":         func(c *config.Config) bool { return docCacheBytes(&c.Mongo) < 0 },
 	// archive.Options.Retention: 0 is none (never deleted) there too.
 	"mongo.archive.retention":    func(c *config.Config) bool { return archiveOptions(c).Retention == 0 },
 	"cdn.stale_while_revalidate": func(c *config.Config) bool { return cdnOptions(&c.CDN, "", nil).StaleWhileRevalidate < 0 },

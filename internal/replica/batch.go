@@ -105,7 +105,7 @@ func (r *Replica) prefetchTombstones(ctx context.Context, ns string, want map[st
 			_ = tc.Close(ctx)
 			return fmt.Errorf("tombstone %q: %w", k, err)
 		}
-		ds := &docState{key: k, ns: ns, id: want[k], base: crdt.State{Meta: meta}}
+		ds := &docState{key: k, ns: ns, id: want[k], base: crdt.State{Meta: meta}, size: len(tc.Current)}
 		ds.cur = ds.base
 		found[k] = ds
 	}
@@ -158,7 +158,7 @@ func (r *Replica) insertFresh(ctx context.Context, ns string, order []*docState)
 		}
 		ds.inserted, ds.ops = ds.ops, nil
 		ds.base, ds.cur = nexts[i], nexts[i]
-		ds.inColl, ds.hasMeta = true, true
+		ds.inColl, ds.hasMeta, ds.size = true, true, len(docs[i].(bson.Raw))
 		r.cache.remember(ds)
 		out[ds] = true
 	}

@@ -99,7 +99,7 @@ func openBenchReplica(b *testing.B) *Replica {
 	}
 	b.Cleanup(func() { _ = client.Disconnect(context.Background()) })
 	r, err := Open(ctx, Config{Node: "n1", DataDir: dir, Client: client, Replicated: func(db, coll string) bool { return db == "app" },
-		Capabilities: Detect(ctx, client), MaxDocumentBytes: 1 << 20, DocCache: 4096, MaxClockSkew: time.Minute}, log)
+		Capabilities: Detect(ctx, client), MaxDocumentBytes: 1 << 20, DocCacheBytes: 64 << 20, MaxClockSkew: time.Minute}, log)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -15,7 +15,8 @@ import (
 // checked in race and lockrank builds: taking a turn out of order panics.
 
 func newTestReplica() *Replica {
-	r := &Replica{clock: crdt.NewClock("n1", nil), drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(16)}
+	met, _ := NewMetrics(nil)
+	r := &Replica{clock: crdt.NewClock("n1", nil), drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(16<<10, met)}
 	r.gate.check, r.holds.check, r.drops.check, r.subs.check, r.groups.check = &r.check, &r.check, &r.check, &r.check, &r.check
 	r.unstored.check, r.unstored.added = &r.check, make(chan struct{}, 1)
 	r.gate.exitFn = r.gate.exit

@@ -21,7 +21,10 @@ type Metrics struct {
 	retryEvicted  *prometheus.CounterVec // by what: expired, results, session
 	groupOps      prometheus.Histogram   // single-document writes stored together, per group (group.go)
 	coalesced     prometheus.Counter
-	unstored      prometheus.Gauge // local ops logged, their store given up on a transient error (Settle)
+	unstored      prometheus.Gauge       // local ops logged, their store given up on a transient error (Settle)
+	cacheLookups  *prometheus.CounterVec // by result: hit, miss (cache.go)
+	cacheBytes    prometheus.Gauge
+	cacheDocs     prometheus.Gauge
 }
 
 // NewMetrics builds the core's metrics and registers them with reg (nil:
@@ -55,11 +58,17 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Help: "Single-document writes stored in another writer's group, saving their own read, op log append and database write."}),
 		unstored: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_unstored_ops",
 			Help: "Local operations logged whose database write gave up on a transient error (no primary for mongo store retry); stored as soon as the database has a primary again. Non-zero while the database cannot take writes."}),
+		cacheLookups: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgenode_mongoproxy_doc_cache_lookups_total",
+			Help: "Document reads before a write or a peer's op, by result: hit (served from the document cache, no database read) or miss."}, []string{"result"}),
+		cacheBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_doc_cache_bytes",
+			Help: "Memory charged to the document cache (an estimate: about three times each document's stored size), bounded by mongo.doc_cache_bytes."}),
+		cacheDocs: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgenode_mongoproxy_doc_cache_documents",
+			Help: "Documents in the document cache."}),
 	}
 	if reg == nil {
 		return m, nil
 	}
-	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted, m.groupOps, m.coalesced, m.unstored} {
+	for _, c := range []prometheus.Collector{m.opsCaptured, m.opsApplied, m.casRetries, m.lateApplies, m.conflicts, m.parked, m.compensations, m.replayed, m.retryHits, m.retryEvicted, m.groupOps, m.coalesced, m.unstored, m.cacheLookups, m.cacheBytes, m.cacheDocs} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("replica: register metrics: %w", err)
 		}

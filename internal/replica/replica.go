@@ -52,9 +52,9 @@ type Config struct {
 	// MaxDocumentBytes caps a replicated document as stored (with its
 	// metadata) and the op of each write (required, > 0).
 	MaxDocumentBytes int
-	// DocCache is how many stored documents the core keeps in memory
-	// (0 or less: none).
-	DocCache int
+	// DocCacheBytes bounds the stored documents the core keeps in memory
+	// (see docCache; 0 or less: none).
+	DocCacheBytes int64
 	// MaxClockSkew bounds how far ahead of the wall clock a peer's clock
 	// reading may be (required, > 0).
 	MaxClockSkew time.Duration
@@ -147,7 +147,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Replica, error) {
 	}
 	r := &Replica{node: cfg.Node, client: cfg.Client, olog: olog, clock: crdt.NewClock(cfg.Node, nil), caps: cfg.Capabilities,
 		replicated: cfg.Replicated, maxDoc: cfg.MaxDocumentBytes, maxSkew: cfg.MaxClockSkew, log: log, met: met, fault: cfg.Faults,
-		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCache), storeRetry: cfg.StoreRetry}
+		drops: drops{m: map[string]crdt.Timestamp{}}, cache: newDocCache(cfg.DocCacheBytes, met), storeRetry: cfg.StoreRetry}
 	if r.storeRetry <= 0 {
 		r.storeRetry = DefaultStoreRetry
 	}

@@ -39,7 +39,7 @@ func openTestReplica(t *testing.T) *Replica {
 	}
 	t.Cleanup(func() { _ = client.Disconnect(context.Background()) })
 	r, err := Open(ctx, Config{Node: "n1", DataDir: dir, Client: client, Replicated: func(db, coll string) bool { return db == "app" },
-		Capabilities: Detect(ctx, client), MaxDocumentBytes: 1 << 20, DocCache: 16, MaxClockSkew: time.Minute}, log)
+		Capabilities: Detect(ctx, client), MaxDocumentBytes: 1 << 20, DocCacheBytes: 64 << 10, MaxClockSkew: time.Minute}, log)
 	if err != nil {
 		t.Fatal(err)
 	}

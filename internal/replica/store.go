@@ -36,6 +36,9 @@ type docState struct {
 	inserted []*crdt.Op
 	// stmts are the indexes of the items whose ops these are.
 	stmts []int
+	// size is base's stored size in bytes (the document with its metadata,
+	// or its tombstone), as last read or written: what the cache charges.
+	size int
 }
 
 func idFilter(id bson.RawValue) bson.D { return bson.D{{Key: "_id", Value: id}} }
@@ -100,12 +103,13 @@ func (ds *docState) setStored(raw bson.Raw) error {
 	d = slices.DeleteFunc(d, func(e bson.E) bool { return e.Key == crdt.MetaField })
 	ds.base = crdt.State{Doc: d, Meta: meta}
 	ds.inColl = true
+	ds.size = len(raw)
 	return nil
 }
 
 func (r *Replica) loadTombstone(ctx context.Context, ds *docState) error {
 	ds.inColl, ds.hasMeta = false, false
-	ds.base = crdt.State{}
+	ds.base, ds.size = crdt.State{}, 0
 	raw, err := r.metaColl(tombstoneColl).FindOne(ctx, bson.D{{Key: "_id", Value: ds.key}}).Raw()
 	if errors.Is(err, mongo.ErrNoDocuments) {
 		return nil
@@ -117,7 +121,7 @@ func (r *Replica) loadTombstone(ctx context.Context, ds *docState) error {
 	if err != nil {
 		return fmt.Errorf("tombstone of %s %v: %w", ds.ns, ds.id, err)
 	}
-	ds.base.Meta = meta
+	ds.base.Meta, ds.size = meta, len(raw)
 	return nil
 }
 
@@ -253,6 +257,7 @@ func (r *Replica) store(ctx context.Context, ds *docState) error {
 	if err != nil {
 		return &applyError{err: fmt.Errorf("encode %s %v: %w", ds.ns, ds.id, err)}
 	}
+	ds.size = len(full)
 	if ds.inColl {
 		res, err := c.ReplaceOne(ctx, ds.casFilter(r.caps), full)
 		if err != nil {
@@ -284,7 +289,9 @@ func (r *Replica) store(ctx context.Context, ds *docState) error {
 }
 
 func (r *Replica) storeDeleted(ctx context.Context, ds *docState) error {
-	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: bson.Raw(encodeMeta(ds.cur.Meta, nil))}}
+	m := encodeMeta(ds.cur.Meta, nil)
+	tomb := bson.D{{Key: "_id", Value: ds.key}, {Key: "ns", Value: ds.ns}, {Key: "id", Value: ds.id}, {Key: "m", Value: bson.Raw(m)}}
+	ds.size = len(ds.key) + len(ds.id.Value) + len(m)
 	if _, err := r.metaColl(tombstoneColl).ReplaceOne(ctx, bson.D{{Key: "_id", Value: ds.key}}, tomb, options.Replace().SetUpsert(true)); err != nil {
 		return classify(err)
 	}
