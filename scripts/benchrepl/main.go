@@ -619,6 +619,25 @@ func catchUpRun(nodes []*node, part time.Duration, rate int) (row, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), part)
 	done, failed := load(ctx, nodes[:2], rate)
 	cancel()
+	// The two writing nodes replicate to each other too, and when the load
+	// is more than their databases take they end it behind each other. The
+	// measure is node3's catch-up, alone: node3 stays cut off until the
+	// other two have applied each other's ops (else three backlogs share
+	// the machine, and the figure is the cluster's).
+	settleStart := time.Now()
+	settled := false
+	for !settled && time.Since(settleStart) < 10*time.Minute {
+		settled = true
+		for _, n := range nodes[:2] {
+			if lag, err := lagOps(n); err != nil || lag > 0 {
+				settled = false
+			}
+		}
+		if !settled {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	settle := time.Since(settleStart)
 	if err := n3.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		return row{}, err
 	}
@@ -644,7 +663,7 @@ func catchUpRun(nodes []*node, part time.Duration, rate int) (row, error) {
 	took := last.Sub(start)
 	opsPerSec := float64(done) / took.Seconds()
 	return row{measure: fmt.Sprintf("catch-up after a %v partition (%d ops behind)", part, done), target: ">= 5,000 ops/s",
-		figure: fmt.Sprintf("%.0f ops/s (%d ops in %v from resume; %d writes failed)", opsPerSec, done, took.Round(time.Millisecond), failed),
+		figure: fmt.Sprintf("%.0f ops/s (%d ops in %v from resume; %d writes failed; resumed once the others had applied each other's ops, %v after the load)", opsPerSec, done, took.Round(time.Millisecond), failed, settle.Round(100*time.Millisecond)),
 		key:    fmt.Sprintf("catch-up after a %v partition", part), short: fmt.Sprintf("%.0f ops/s", opsPerSec), num: opsPerSec}, nil
 }
 
