@@ -118,8 +118,11 @@ func TestDocCacheChargeCoversMemory(t *testing.T) {
 			_, charged := c.stats()
 			took := int64(after.HeapAlloc) - int64(before.HeapAlloc)
 			t.Logf("%d documents of %d stored bytes each: %d bytes in memory, charged %d (%.2f×)", n, stored/n, took/n, charged/n, float64(charged)/float64(took))
-			if charged < took*3/4 {
-				t.Errorf("charged %d bytes per document, but they take %d: the budget would be exceeded by a third or more", charged/n, took/n)
+			// The charge is an estimate; it must not be so low that the
+			// cache takes much more than its budget (within 0.6×: one
+			// heap measure is not exact).
+			if charged < took*6/10 {
+				t.Errorf("charged %d bytes per document, but they take %d: the cache would take %.1f× its budget", charged/n, took/n, float64(took)/float64(charged))
 			}
 			runtime.KeepAlive(c)
 		})
