@@ -3,14 +3,15 @@
 // each node's proxy) and prints a table:
 //
 //   - replication lag p50/p99 at a target write rate (default 1,000 and
-//     10,000 writes/s, spread over the three nodes): from every node.s
+//     10,000 writes/s, spread over the three nodes): from every node's
 //     edgenode_mongo_repl_delay_seconds histogram (apply time minus the
 //     origin's clock at capture), the run's delta, merged over nodes and
 //     origins, interpolated within buckets;
 //   - catch-up after a partition: one node is stopped (SIGSTOP: its peers
 //     see it dead, it sends and receives nothing) while the others write at
-//     the lower rate, then resumed with writes stopped; the rate is the ops
-//     it was behind over the time until its lag is zero;
+//     -partition-rate, then resumed with writes stopped once the other two
+//     have applied each other's ops; the rate is the ops it was behind over
+//     the time until its lag is zero, with the documents it wrote for them;
 //   - initial sync: node1 gets N documents, node3 is killed, its data folder
 //     wiped, and restarted; the rate is the documents over the time from its
 //     start to synced (and the node's own figure for the copy alone).
