@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgenode/edgenode/internal/mongoproxy/crdt"
 )
@@ -24,9 +25,10 @@ import (
 // version-conditional write notices (Capabilities.VersionedWrites) and
 // re-reads.
 type docCache struct {
-	docs   *leaseTable
-	budget int64 // 0: disabled
-	met    *Metrics
+	docs         *leaseTable
+	budget       int64 // 0: disabled
+	met          *Metrics
+	hits, misses prometheus.Counter // met.cacheLookups' two children, resolved once (every write looks up)
 
 	// mu guards lru and used: held for a map operation and the evictions
 	// it causes, never across I/O.
@@ -44,23 +46,22 @@ type cachedDoc struct {
 // Sizes behind an entry's charge. A decoded document (bson.D, boxed
 // values, the metadata's entries) takes about three times its stored BSON
 // in memory (TestDocCacheChargeCoversMemory: 3.0× for the replication
-// bench's counters, 319 bytes stored; 3.5× for a comment, 843); entryOverhead covers the key, the LRU element and
-// the map slot. An entry over maxEntryShare of the budget is not kept: one
-// large document would otherwise push out many small hot ones.
+// bench's counters, 319 bytes stored; 3.5× for a comment, 843).
+// entryOverhead covers the key, the LRU element and the map slot. An entry
+// over maxEntryShare of the budget is not kept: one large document would
+// otherwise push out many small hot ones.
 const (
-	decodedFactor  = 3
-	entryOverhead  = 256
-	unknownSize    = 1 << 10
-	maxEntryShare  = 16
-	minCacheBudget = 64 << 10
+	decodedFactor = 3
+	entryOverhead = 256
+	maxEntryShare = 16
 )
 
 // newDocCache returns a cache of at most budget bytes (by the charge
 // above); budget <= 0 disables it.
 func newDocCache(budget int64, met *Metrics) *docCache {
-	c := &docCache{budget: max(budget, 0), met: met}
+	c := &docCache{budget: max(budget, 0), met: met,
+		hits: met.cacheLookups.WithLabelValues("hit"), misses: met.cacheLookups.WithLabelValues("miss")}
 	if c.budget > 0 {
-		c.budget = max(c.budget, minCacheBudget)
 		// Bounded by bytes below, not by count.
 		c.lru, _ = simplelru.NewLRU[string, cachedDoc](1<<62, func(_ string, v cachedDoc) { c.used -= v.cost })
 	}
@@ -84,9 +85,9 @@ func (c *docCache) get(key string) (cachedDoc, bool) {
 	d, ok := c.lru.Get(key)
 	c.mu.Unlock()
 	if ok {
-		c.met.cacheLookups.WithLabelValues("hit").Inc()
+		c.hits.Inc()
 	} else {
-		c.met.cacheLookups.WithLabelValues("miss").Inc()
+		c.misses.Inc()
 	}
 	return d, ok
 }
@@ -96,11 +97,7 @@ func (c *docCache) remember(ds *docState) {
 		return
 	}
 	c.owned(ds.key)
-	size := int64(ds.size)
-	if size <= 0 {
-		size = unknownSize
-	}
-	cost := decodedFactor*size + int64(len(ds.key)) + entryOverhead
+	cost := decodedFactor*int64(ds.size) + int64(len(ds.key)) + entryOverhead
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cost > c.budget/maxEntryShare {
