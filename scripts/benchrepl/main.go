@@ -497,57 +497,51 @@ func load(ctx context.Context, nodes []*node, rate int) (done, failed int64) {
 type histogram map[float64]float64
 
 func scrapeDelay(n *node) (histogram, error) {
+	h := histogram{}
+	err := samples(n, "edgenode_mongo_repl_delay_seconds_bucket", func(labels string, v float64) {
+		le := math.Inf(1)
+		if _, rest, ok := strings.Cut(labels, `le="`); ok {
+			if b, _, ok := strings.Cut(rest, `"`); ok {
+				if f, err := strconv.ParseFloat(b, 64); err == nil {
+					le = f
+				}
+			}
+		}
+		h[le] += v
+	})
+	return h, err
+}
+
+// samples calls fn with the labels ("" or `{...}`) and value of each sample
+// of the metric name on n's /metrics.
+func samples(n *node, name string, fn func(labels string, v float64)) error {
 	resp, err := httpc.Get("http://" + n.admin + "/metrics")
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
-	h := histogram{}
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, "edgenode_mongo_repl_delay_seconds_bucket{") {
+		rest, ok := strings.CutPrefix(sc.Text(), name)
+		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
 			continue
 		}
-		i := strings.Index(line, `le="`)
-		j := strings.Index(line[i+4:], `"`)
-		le, err := strconv.ParseFloat(line[i+4:i+4+j], 64)
+		i := strings.LastIndexByte(rest, ' ')
+		v, err := strconv.ParseFloat(rest[i+1:], 64)
 		if err != nil {
-			le = math.Inf(1)
+			return fmt.Errorf("%s%s: %w", name, rest, err)
 		}
-		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
-		if err != nil {
-			continue
-		}
-		h[le] += v
+		fn(strings.TrimSpace(rest[:i]), v)
 	}
-	return h, sc.Err()
+	return sc.Err()
 }
 
 // metricSum is the sum of a metric's samples (every label set) on n.
 func metricSum(n *node, name string) (float64, error) {
-	resp, err := httpc.Get("http://" + n.admin + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
 	var sum float64
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err != nil {
-			return 0, fmt.Errorf("%s: %w", line, err)
-		}
-		sum += v
-	}
-	return sum, sc.Err()
+	err := samples(n, name, func(_ string, v float64) { sum += v })
+	return sum, err
 }
 
 func scrapeAll(nodes []*node) (histogram, error) {
@@ -656,18 +650,14 @@ func catchUpRun(nodes []*node, part time.Duration, rate int) (row, error) {
 	// other two have applied each other's ops (else three backlogs share
 	// the machine, and the figure is the cluster's).
 	settleStart := time.Now()
-	settled := false
-	for !settled && time.Since(settleStart) < 10*time.Minute {
-		settled = true
+	testkit.Poll(10*time.Minute, func() bool {
 		for _, n := range nodes[:2] {
 			if lag, err := lagOps(n); err != nil || lag > 0 {
-				settled = false
+				return false
 			}
 		}
-		if !settled {
-			time.Sleep(100 * time.Millisecond)
-		}
-	}
+		return true
+	})
 	settle := time.Since(settleStart)
 	if err := n3.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		return row{}, err
@@ -738,16 +728,8 @@ func syncRun(bin string, nodes []*node, docs int) (row, error) {
 	}
 	took := time.Since(start)
 	inner := ""
-	if resp, err := httpc.Get("http://" + n3.admin + "/metrics"); err == nil {
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			if v, ok := strings.CutPrefix(sc.Text(), "edgenode_mongo_repl_initial_sync_docs_per_second "); ok {
-				if f, err := strconv.ParseFloat(v, 64); err == nil {
-					inner = fmt.Sprintf("; copy alone %.0f docs/s", f)
-				}
-			}
-		}
-		resp.Body.Close()
+	if f, err := metricSum(n3, "edgenode_mongo_repl_initial_sync_docs_per_second"); err == nil && f > 0 {
+		inner = fmt.Sprintf("; copy alone %.0f docs/s", f)
 	}
 	rate := float64(total) / took.Seconds()
 	return row{measure: fmt.Sprintf("initial sync (%d documents, wiped node3)", total), target: ">= 10,000 docs/s",
