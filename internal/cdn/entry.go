@@ -37,10 +37,11 @@ type entry struct {
 	removed     bool
 }
 
-// memObject is the bytes of a small object held in the memory tier; never
-// mutated. A pointer, so that passing it as an io.ReaderAt allocates
-// nothing.
-type memObject struct{ b []byte }
+// memObject is the bytes of a small object held in the memory tier, and
+// the header block of its 200 for the transport's fast path (see
+// AppendFast); never mutated. A pointer, so that passing it as an
+// io.ReaderAt allocates nothing.
+type memObject struct{ b, head []byte }
 
 func (m *memObject) ReadAt(p []byte, off int64) (int, error) {
 	if off >= int64(len(m.b)) {

@@ -225,9 +225,17 @@ func (c *conn) terminate(reason string) {
 // closeRaw closes the socket under any TLS layer: no close_notify, so it
 // never blocks (the websocket close frame is the goodbye that matters).
 func closeRaw(nc net.Conn) {
-	if tc, ok := nc.(*tls.Conn); ok {
-		_ = tc.NetConn().Close()
-		return
+	for c := nc; ; {
+		if tc, ok := c.(*tls.Conn); ok {
+			_ = tc.NetConn().Close()
+			return
+		}
+		// The transport may hand over a wrapper of the TLS connection.
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			break
+		}
+		c = u.NetConn()
 	}
 	_ = nc.Close()
 }

@@ -107,8 +107,8 @@ type countedConn struct {
 	l    *limitListener
 	addr netip.Addr
 	once sync.Once
-	// handshakeCounted: the TLS handshake on this connection was counted.
-	handshakeCounted atomic.Bool
+	// asyncStarted: connState looked at this connection once.
+	asyncStarted atomic.Bool
 
 	// Writes below TLS: direct, corked (HTTP/1.1, see cork) or handed to
 	// a writer goroutine (HTTP/2, see startAsync). wmu orders them, as

@@ -134,11 +134,27 @@ type Server struct {
 	h3         *h3State // nil without UDPConn
 
 	date dateCache
+
+	// The TCP listener's own accept loop (acceptLoop) does the TLS
+	// handshakes; HTTP/2 connections go to net/http through httpLn,
+	// HTTP/1.1 ones to the fast path first (fast.go), which hands them to
+	// net/http through httpLn when it declines a request.
+	tlsConf   *tls.Config
+	httpLn    *connListener
+	fast      map[string]*fastRoute // by ServeMux pattern; written only before Serve
+	closing   atomic.Bool           // Shutdown or a failed Serve began
+	fastConns sync.WaitGroup        // handshaking and fast-path connections
+	fastMu    sync.Mutex
+	h1conns   map[*h1conn]struct{}
 }
 
 // connKey is the request context key of the connection under TLS (a
 // *countedConn), for HTTP/1.1 responses to cork it.
 type connKey struct{}
+
+// replayKey is the request context key of a connection the fast path
+// handed to net/http (a *replayConn), whose TLS state ServeHTTP restores.
+type replayKey struct{}
 
 // New builds a Server; Serve starts it.
 func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server, error) {
@@ -153,7 +169,8 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 		return nil, err
 	}
 	s := &Server{opts: opts, log: logger, metrics: met, mux: http.NewServeMux(), drainers: map[int]func(){},
-		ticketConf: &tls.Config{}}
+		ticketConf: &tls.Config{}, httpLn: newConnListener(opts.Listener.Addr()), fast: map[string]*fastRoute{},
+		h1conns: map[*h1conn]struct{}{}}
 	opts.Certs.onLoad = func(ok bool) {
 		if ok {
 			s.metrics.certLoads.WithLabelValues("ok").Inc()
@@ -185,6 +202,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	if opts.ACME != nil {
 		tlsConf.NextProtos = append(tlsConf.NextProtos, acmeTLS1)
 	}
+	s.tlsConf = tlsConf
 	s.srv = &http.Server{
 		Handler:           s,
 		TLSConfig:         tlsConf,
@@ -197,6 +215,10 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 		MaxHeaderBytes: 2 * opts.Limits.MaxHeaderBytes,
 		ConnState:      s.connState,
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			if rc, ok := c.(*replayConn); ok {
+				ctx = context.WithValue(ctx, replayKey{}, rc)
+				c = rc.Conn
+			}
 			if tc, ok := c.(*tls.Conn); ok {
 				if cc, ok := tc.NetConn().(*countedConn); ok {
 					return context.WithValue(ctx, connKey{}, cc)
@@ -255,8 +277,19 @@ func (s *Server) UDPAddr() net.Addr {
 }
 
 // Handle registers a route, with http.ServeMux patterns ("GET /media/{key...}").
-// Routes must be registered before Serve.
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+// Routes must be registered before Serve. A FastHandler also answers from
+// the HTTP/1.1 fast path (fast.go).
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
+	if fh, ok := h.(FastHandler); ok {
+		route := &fastRoute{h: fh, requests: map[string]prometheus.Counter{},
+			duration: s.metrics.duration.WithLabelValues(pattern)}
+		for _, m := range []string{http.MethodGet, http.MethodHead} {
+			route.requests[m] = s.metrics.requests.WithLabelValues(pattern, m, "200", "1.1")
+		}
+		s.fast[pattern] = route
+	}
+}
 
 // Addr is the listening address.
 func (s *Server) Addr() net.Addr { return s.opts.Listener.Addr() }
@@ -265,15 +298,16 @@ func (s *Server) Addr() net.Addr { return s.opts.Listener.Addr() }
 // Shutdown; it returns nil after a Shutdown. When one listener fails, the
 // other is closed and the error returned.
 func (s *Server) Serve() error {
-	n := 1
-	errc := make(chan error, 2)
+	n := 2
+	errc := make(chan error, 3)
 	go func() {
-		err := s.srv.ServeTLS(s.ln, "", "")
+		err := s.srv.Serve(s.httpLn)
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}
 		errc <- err
 	}()
+	go func() { errc <- s.acceptLoop() }()
 	if s.h3 != nil {
 		n++
 		go func() { errc <- s.h3.serve() }()
@@ -282,7 +316,10 @@ func (s *Server) Serve() error {
 	for range n {
 		if err := <-errc; err != nil && first == nil {
 			first = err
+			s.closing.Store(true)
+			s.ln.Close()
 			s.srv.Close()
+			s.closeFast()
 			if s.h3 != nil {
 				s.h3.close()
 			}
@@ -301,9 +338,16 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	} else {
 		h3done <- nil
 	}
+	s.closing.Store(true)
+	s.ln.Close() // the accept loop ends; net/http's Shutdown closes httpLn
 	err := s.srv.Shutdown(ctx)
+	s.fastMu.Lock()
+	for h := range s.h1conns {
+		h.wakeIdle()
+	}
+	s.fastMu.Unlock()
 	done := make(chan struct{})
-	go func() { s.hijacked.Wait(); close(done) }()
+	go func() { s.hijacked.Wait(); s.fastConns.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-ctx.Done():
@@ -313,6 +357,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	if err != nil {
 		s.srv.Close()
+		s.closeFast()
 	}
 	if herr := <-h3done; err == nil {
 		err = herr
@@ -375,6 +420,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor >= 2 {
 		// HTTP/2 and HTTP/3 run each request on a new goroutine.
 		growStack(0)
+	} else if r.TLS == nil {
+		// net/http fills TLS in only for a *tls.Conn, and a connection the
+		// fast path handed over is a *replayConn.
+		if rc, ok := r.Context().Value(replayKey{}).(*replayConn); ok {
+			r.TLS = &rc.state
+		}
 	}
 	if s.h3 != nil && r.ProtoMajor < 3 {
 		if v := s.h3.altSvcValue(); v != "" {
@@ -465,37 +516,21 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// connState counts handshakes once per connection: when the connection first
-// carries a request, or when it closes without ever having done so.
+// connState starts an HTTP/2 connection's writer (see startAsync). net/http's
+// HTTP/2 server reports its connection active as it starts, before its
+// first frame; only HTTP/2 connections reach net/http as a *tls.Conn (the
+// fast path hands HTTP/1.1 ones over as a *replayConn).
 func (s *Server) connState(c net.Conn, st http.ConnState) {
 	tc, ok := c.(*tls.Conn)
-	if !ok {
+	if !ok || st != http.StateActive {
 		return
 	}
 	cc, ok := tc.NetConn().(*countedConn)
-	if !ok {
+	if !ok || !cc.asyncStarted.CompareAndSwap(false, true) {
 		return
 	}
-	if st == http.StateActive && !cc.handshakeCounted.Load() && tc.ConnectionState().NegotiatedProtocol == "h2" {
-		// net/http's HTTP/2 server reports its connection active as it
-		// starts, before its first frame.
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
 		cc.startAsync()
-	}
-	switch st {
-	case http.StateActive, http.StateClosed, http.StateHijacked:
-		// The flag lives on the connection itself: no map to look up on
-		// every keep-alive request.
-		if cc.handshakeCounted.CompareAndSwap(false, true) {
-			cs := tc.ConnectionState()
-			if cs.HandshakeComplete {
-				s.metrics.handshakes.WithLabelValues(tls.VersionName(cs.Version), "ok").Inc()
-				if cs.DidResume {
-					s.metrics.resumed.WithLabelValues("tcp").Inc()
-				}
-			} else {
-				s.metrics.handshakes.WithLabelValues("unknown", "error").Inc()
-			}
-		}
 	}
 }
 
