@@ -63,10 +63,14 @@ type h1conn struct {
 
 	buf  []byte // read buffer: buf[r:w] is unread
 	r, w int
-	out  []byte
 	req  http.Request // reused for ServeMux lookups
 	url  url.URL
 }
+
+// outBufs hold responses while they are written. Pooled, not kept per
+// connection: an idle connection holds only its 4 KiB read buffer, as
+// net/http's do, even after a 64 KiB answer.
+var outBufs = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
 // h1State is the connection's place in its loop, for Shutdown: only an
 // idle connection (waiting for a request) may be closed under it.
@@ -182,7 +186,13 @@ func (h *h1conn) answer(fh *fastHead) bool {
 	if route == nil {
 		return false
 	}
-	out := append(h.out[:0], "HTTP/1.1 200 OK\r\n"...)
+	bp := outBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 128<<10 {
+			outBufs.Put(bp)
+		}
+	}()
+	out := append((*bp)[:0], "HTTP/1.1 200 OK\r\n"...)
 	out, body, ok := route.h.AppendFast(out, method, h.url.Path)
 	if !ok {
 		return false
@@ -201,9 +211,7 @@ func (h *h1conn) answer(fh *fastHead) bool {
 	if uerr := h.cc.uncork(); err == nil {
 		err = uerr
 	}
-	if cap(out) <= 64<<10+4<<10 {
-		h.out = out[:0] // keep the buffer for the next response, unless huge
-	}
+	*bp = out[:0]
 	route.requests[method].Inc()
 	route.duration.Observe(time.Since(start).Seconds())
 	if err != nil {
@@ -225,7 +233,7 @@ func (h *h1conn) handOff() {
 	if h.r < h.w {
 		rc.buf = append([]byte(nil), h.buf[h.r:h.w]...)
 	}
-	h.buf, h.out = nil, nil
+	h.buf = nil
 	if !h.s.httpLn.push(rc) {
 		_ = h.tc.Close()
 	}
