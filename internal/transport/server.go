@@ -21,6 +21,14 @@
 // the server does not offer extended CONNECT on HTTP/2, which is what they
 // get, and streaming responses (SSE, long polls) work over all three.
 //
+// Connections: the TCP listener's own accept loop does the TLS handshakes
+// (accept.go). HTTP/2 connections go to net/http; HTTP/1.1 ones start on
+// the fast path (fast.go), which answers GET and HEAD requests that a
+// FastHandler (the CDN's memory tier) holds ready, and hands the connection
+// with the bytes it read to net/http at the first request it does not
+// answer. Every request net/http serves goes through ServeHTTP, wherever
+// the connection started.
+//
 // Speed (docs/https-edge-profile.md has the profiles): a system call costs
 // more than anything else per small response, so the connection under TLS
 // gathers writes. On HTTP/1.1 it is corked for the length of one
