@@ -51,9 +51,16 @@ func transientAccept(err error) bool {
 // HTTP/1.1 to the fast path, a TLS-ALPN-01 validator to nothing (the
 // handshake was all it wanted).
 func (s *Server) serveConn(c net.Conn) {
+	if !s.track(c, true) {
+		_ = c.Close()
+		s.fastConns.Done()
+		return
+	}
 	tc := tls.Server(c, s.tlsConf)
 	_ = tc.SetDeadline(time.Now().Add(s.opts.Limits.ReadHeaderTimeout))
-	if err := tc.Handshake(); err != nil {
+	err := tc.Handshake()
+	s.track(c, false)
+	if err != nil {
 		s.handshakeFailed(c, err)
 		_ = tc.Close()
 		s.fastConns.Done()
@@ -114,6 +121,24 @@ func looksLikeHTTP(hdr [5]byte) bool {
 	return false
 }
 
+// track adds a connection to, or removes it from, the set of handshakes
+// in progress, which Shutdown closes: a handshake stalled by its client
+// must not hold a shutdown for ReadHeaderTimeout. Adding fails once the
+// server is closing.
+func (s *Server) track(c net.Conn, add bool) bool {
+	s.fastMu.Lock()
+	defer s.fastMu.Unlock()
+	if !add {
+		delete(s.handshaking, c)
+		return true
+	}
+	if s.closing.Load() {
+		return false
+	}
+	s.handshaking[c] = struct{}{}
+	return true
+}
+
 func (s *Server) isDraining() bool { return s.closing.Load() }
 
 // closeFast closes every connection the fast path holds (Shutdown past its
@@ -124,8 +149,17 @@ func (s *Server) closeFast() {
 	for h := range s.h1conns {
 		conns = append(conns, h)
 	}
+	s.closeHandshakesLocked()
 	s.fastMu.Unlock()
 	for _, h := range conns {
 		h.close()
+	}
+}
+
+// closeHandshakesLocked ends the handshakes in progress (their goroutines
+// then count a failed handshake and return). Called with fastMu held.
+func (s *Server) closeHandshakesLocked() {
+	for c := range s.handshaking {
+		_ = c.Close()
 	}
 }

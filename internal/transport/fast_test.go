@@ -286,3 +286,27 @@ func TestFastPathShutdown(t *testing.T) {
 		t.Fatal("a new connection after Shutdown")
 	}
 }
+
+// TestShutdownEndsStalledHandshakes: a client that opens a TCP connection
+// and never completes its TLS handshake does not hold Shutdown for the
+// handshake timeout (10 s here).
+func TestShutdownEndsStalledHandshakes(t *testing.T) {
+	e := startFast(t, nil)
+	raw, err := net.Dial("tcp", e.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	// Make sure the server has accepted it and is in the handshake.
+	io.WriteString(raw, "\x16\x03\x01")
+	time.Sleep(100 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("Shutdown waited %v for a stalled handshake", d)
+	}
+}

@@ -147,13 +147,14 @@ type Server struct {
 	// handshakes; HTTP/2 connections go to net/http through httpLn,
 	// HTTP/1.1 ones to the fast path first (fast.go), which hands them to
 	// net/http through httpLn when it declines a request.
-	tlsConf   *tls.Config
-	httpLn    *connListener
-	fast      map[string]*fastRoute // by ServeMux pattern; written only before Serve
-	closing   atomic.Bool           // Shutdown or a failed Serve began
-	fastConns sync.WaitGroup        // handshaking and fast-path connections
-	fastMu    sync.Mutex
-	h1conns   map[*h1conn]struct{}
+	tlsConf     *tls.Config
+	httpLn      *connListener
+	fast        map[string]*fastRoute // by ServeMux pattern; written only before Serve
+	closing     atomic.Bool           // Shutdown or a failed Serve began
+	fastConns   sync.WaitGroup        // handshaking and fast-path connections
+	fastMu      sync.Mutex
+	h1conns     map[*h1conn]struct{}
+	handshaking map[net.Conn]struct{}
 }
 
 // connKey is the request context key of the connection under TLS (a
@@ -178,7 +179,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	}
 	s := &Server{opts: opts, log: logger, metrics: met, mux: http.NewServeMux(), drainers: map[int]func(){},
 		ticketConf: &tls.Config{}, httpLn: newConnListener(opts.Listener.Addr()), fast: map[string]*fastRoute{},
-		h1conns: map[*h1conn]struct{}{}}
+		h1conns: map[*h1conn]struct{}{}, handshaking: map[net.Conn]struct{}{}}
 	opts.Certs.onLoad = func(ok bool) {
 		if ok {
 			s.metrics.certLoads.WithLabelValues("ok").Inc()
@@ -353,6 +354,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for h := range s.h1conns {
 		h.wakeIdle()
 	}
+	s.closeHandshakesLocked()
 	s.fastMu.Unlock()
 	done := make(chan struct{})
 	go func() { s.hijacked.Wait(); s.fastConns.Wait(); close(done) }()
