@@ -92,7 +92,17 @@ func (h *h1conn) serve() {
 			h.close()
 			return
 		}
-		if res == headDecline || !h.answer(&fh) {
+		if res == headDecline {
+			h.handOff()
+			return
+		}
+		answered, err := h.answer(&fh)
+		if err != nil {
+			// Answered as far as the client let us.
+			h.close()
+			return
+		}
+		if !answered {
 			h.handOff()
 			return
 		}
@@ -126,20 +136,27 @@ func (h *h1conn) readHead() (fastHead, headResult, error) {
 				h.r = 0
 			}
 		}
+		// One deadline per wait that changes it: the idle wait's (none
+		// without an IdleTimeout, which also clears a head's), then the
+		// head's from its first byte on.
 		var dl time.Time
+		set := false
 		switch {
 		case h.r < h.w && !partial:
-			partial = true
+			partial, set = true, true
 			dl = time.Now().Add(lim.ReadHeaderTimeout)
-		case h.r == h.w && lim.IdleTimeout > 0:
-			dl = time.Now().Add(lim.IdleTimeout)
+		case h.r == h.w:
+			set = true
+			if lim.IdleTimeout > 0 {
+				dl = time.Now().Add(lim.IdleTimeout)
+			}
 		}
-		if !h.setState(h1Idle, dl, h.r == h.w) {
+		if !h.setState(h1Idle, set, dl, h.r == h.w) {
 			return fastHead{}, 0, net.ErrClosed
 		}
 		n, err := h.tc.Read(h.buf[h.w:])
 		h.w += n
-		if !h.setState(h1Active, time.Time{}, false) {
+		if !h.setState(h1Active, false, time.Time{}, false) {
 			return fastHead{}, 0, net.ErrClosed
 		}
 		if err != nil {
@@ -151,11 +168,11 @@ func (h *h1conn) readHead() (fastHead, headResult, error) {
 	}
 }
 
-// setState moves the connection to st; with a non-zero dl it also sets the
-// read deadline, under mu so that a Shutdown's deadline cannot be
-// overwritten by a later one. It reports false once the server is
-// draining and the connection has nothing of a request yet (empty).
-func (h *h1conn) setState(st h1State, dl time.Time, empty bool) bool {
+// setState moves the connection to st; with set it also sets the read
+// deadline to dl (zero: none), under mu so that a Shutdown's deadline
+// cannot be overwritten by a later one. It reports false once the server
+// is draining and the connection has nothing of a request yet (empty).
+func (h *h1conn) setState(st h1State, set bool, dl time.Time, empty bool) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state == h1Done {
@@ -165,15 +182,15 @@ func (h *h1conn) setState(st h1State, dl time.Time, empty bool) bool {
 		return false
 	}
 	h.state = st
-	if !dl.IsZero() {
+	if set {
 		_ = h.tc.SetReadDeadline(dl)
 	}
 	return true
 }
 
 // answer writes the response to fh if its route has a FastHandler that
-// answers it; false (nothing written) otherwise.
-func (h *h1conn) answer(fh *fastHead) bool {
+// answers it; false (nothing written) otherwise. An error is the write's.
+func (h *h1conn) answer(fh *fastHead) (bool, error) {
 	start := time.Now()
 	method := http.MethodGet
 	if string(fh.method) == http.MethodHead {
@@ -184,7 +201,7 @@ func (h *h1conn) answer(fh *fastHead) bool {
 	_, pattern := h.s.mux.Handler(&h.req)
 	route := h.s.fast[pattern]
 	if route == nil {
-		return false
+		return false, nil
 	}
 	bp := outBufs.Get().(*[]byte)
 	defer func() {
@@ -195,7 +212,7 @@ func (h *h1conn) answer(fh *fastHead) bool {
 	out := append((*bp)[:0], "HTTP/1.1 200 OK\r\n"...)
 	out, body, ok := route.h.AppendFast(out, method, h.url.Path)
 	if !ok {
-		return false
+		return false, nil
 	}
 	if h.s.h3 != nil {
 		if v := h.s.h3.altSvcValue(); v != "" {
@@ -214,12 +231,7 @@ func (h *h1conn) answer(fh *fastHead) bool {
 	*bp = out[:0]
 	route.requests[method].Inc()
 	route.duration.Observe(time.Since(start).Seconds())
-	if err != nil {
-		// Answered as far as the client let us: the next read fails and
-		// closes the connection.
-		_ = h.tc.SetReadDeadline(time.Now())
-	}
-	return true
+	return true, err
 }
 
 // handOff gives the connection, with the bytes read and not answered, to

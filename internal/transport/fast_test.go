@@ -310,3 +310,25 @@ func TestShutdownEndsStalledHandshakes(t *testing.T) {
 		t.Fatalf("Shutdown waited %v for a stalled handshake", d)
 	}
 }
+
+// TestFastPathNoIdleTimeout: without an IdleTimeout an idle connection
+// stays open, also after a head that came in pieces (whose
+// ReadHeaderTimeout deadline must not outlive it).
+func TestFastPathNoIdleTimeout(t *testing.T) {
+	e := startFast(t, func(l *transport.Limits) {
+		l.ReadHeaderTimeout = 300 * time.Millisecond
+		l.IdleTimeout = 0
+	})
+	c, br := e.dial(t)
+	io.WriteString(c, "GET /obj/a HTTP/1.1\r\nHo")
+	time.Sleep(50 * time.Millisecond)
+	io.WriteString(c, "st: x\r\n\r\n")
+	if code, _ := readResp(t, br, "GET"); code != 200 {
+		t.Fatalf("first: %d", code)
+	}
+	time.Sleep(700 * time.Millisecond)
+	io.WriteString(c, "GET /obj/b HTTP/1.1\r\nHost: x\r\n\r\n")
+	if code, body := readResp(t, br, "GET"); code != 200 || body != "obj:/obj/b" {
+		t.Fatalf("after an idle wait: %d %q", code, body)
+	}
+}
