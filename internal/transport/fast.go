@@ -92,18 +92,18 @@ func (h *h1conn) serve() {
 			h.close()
 			return
 		}
-		if res == headDecline {
-			h.handOff()
+		if res != headOK {
+			h.handOff(res.reason())
 			return
 		}
-		answered, err := h.answer(&fh)
+		declined, err := h.answer(&fh)
 		if err != nil {
 			// Answered as far as the client let us.
 			h.close()
 			return
 		}
-		if !answered {
-			h.handOff()
+		if declined != "" {
+			h.handOff(declined)
 			return
 		}
 		h.r += fh.n
@@ -124,13 +124,13 @@ func (h *h1conn) readHead() (fastHead, headResult, error) {
 			fh, res := parseFastHead(h.buf[h.r:h.w])
 			if res != headMore {
 				if res == headOK && fh.n > lim.MaxHeaderBytes {
-					res = headDecline // net/http answers 431 and counts it
+					res = headTooLong // net/http answers 431 and counts it
 				}
 				return fh, res, nil
 			}
 			if h.w == len(h.buf) {
 				if h.r == 0 {
-					return fastHead{}, headDecline, nil // too long for the fast path
+					return fastHead{}, headTooLong, nil // too long for the fast path
 				}
 				h.w = copy(h.buf, h.buf[h.r:h.w])
 				h.r = 0
@@ -189,8 +189,9 @@ func (h *h1conn) setState(st h1State, set bool, dl time.Time, empty bool) bool {
 }
 
 // answer writes the response to fh if its route has a FastHandler that
-// answers it; false (nothing written) otherwise. An error is the write's.
-func (h *h1conn) answer(fh *fastHead) (bool, error) {
+// answers it; otherwise it writes nothing and says why. An error is the
+// write's.
+func (h *h1conn) answer(fh *fastHead) (handoffReason, error) {
 	start := time.Now()
 	method := http.MethodGet
 	if string(fh.method) == http.MethodHead {
@@ -201,7 +202,7 @@ func (h *h1conn) answer(fh *fastHead) (bool, error) {
 	_, pattern := h.s.mux.Handler(&h.req)
 	route := h.s.fast[pattern]
 	if route == nil {
-		return false, nil
+		return handoffRoute, nil
 	}
 	bp := outBufs.Get().(*[]byte)
 	defer func() {
@@ -212,7 +213,7 @@ func (h *h1conn) answer(fh *fastHead) (bool, error) {
 	out := append((*bp)[:0], "HTTP/1.1 200 OK\r\n"...)
 	out, body, ok := route.h.AppendFast(out, method, h.url.Path)
 	if !ok {
-		return false, nil
+		return handoffHandler, nil
 	}
 	if h.s.h3 != nil {
 		if v := h.s.h3.altSvcValue(); v != "" {
@@ -231,15 +232,17 @@ func (h *h1conn) answer(fh *fastHead) (bool, error) {
 	*bp = out[:0]
 	route.requests[method].Inc()
 	route.duration.Observe(time.Since(start).Seconds())
-	return true, err
+	h.s.metrics.fastAnswers.Inc()
+	return "", err
 }
 
 // handOff gives the connection, with the bytes read and not answered, to
 // net/http. From here on net/http owns it, as if it had accepted it.
-func (h *h1conn) handOff() {
+func (h *h1conn) handOff(why handoffReason) {
 	if !h.finish() {
 		return
 	}
+	h.s.metrics.handoff[why].Inc()
 	_ = h.tc.SetReadDeadline(time.Time{})
 	rc := &replayConn{Conn: h.tc, state: h.tc.ConnectionState()}
 	if h.r < h.w {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/transport"
 )
@@ -136,42 +137,18 @@ func TestFastPathPipelinedHandOff(t *testing.T) {
 	if f, s, tl := e.obj.fast.Load(), e.obj.slow.Load(), e.obj.sawTLS.Load(); f != 2 || s != 3 || tl != 3 {
 		t.Fatalf("fast %d, net/http %d (with TLS state %d); want 2, 3, 3", f, s, tl)
 	}
+	m := e.srv.Metrics()
 	route := func(method string) float64 {
-		return counterValue(t, e.reg, "edgenode_http_requests_total",
-			map[string]string{"route": "GET /obj/{p...}", "method": method, "code": "200", "proto": "1.1"})
+		return testutil.ToFloat64(m.Requests.WithLabelValues("GET /obj/{p...}", method, "200", "1.1"))
 	}
 	if g, h := route("GET"), route("HEAD"); g != 3 || h != 1 {
 		t.Fatalf("requests counted: GET %v, HEAD %v; want 3, 1", g, h)
 	}
-}
-
-// counterValue sums the counter name's series whose labels include want.
-func counterValue(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	answers := testutil.ToFloat64(m.FastAnswers)
+	handoffs := testutil.ToFloat64(m.FastHandoffs.WithLabelValues("handler"))
+	if answers != 2 || handoffs != 1 {
+		t.Fatalf("fast answers %v, hand-offs by the handler %v; want 2, 1", answers, handoffs)
 	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			l := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				l[lp.GetName()] = lp.GetValue()
-			}
-			for k, wv := range want {
-				if l[k] != wv {
-					continue series
-				}
-			}
-			v += m.GetCounter().GetValue()
-		}
-	}
-	return v
 }
 
 // TestFastPathRequestSmuggling plays the attacker: a request whose body is
@@ -197,6 +174,9 @@ func TestFastPathRequestSmuggling(t *testing.T) {
 			if e.obj.fast.Load() != 0 {
 				t.Fatalf("the fast path answered %d requests", e.obj.fast.Load())
 			}
+			if n := testutil.ToFloat64(e.srv.Metrics().FastHandoffs.WithLabelValues("head")); n != 1 {
+				t.Fatalf("hand-offs for the head: %v, want 1", n)
+			}
 			c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 			if b, err := br.ReadByte(); err == nil {
 				t.Fatalf("a third response began (%q): the body was taken for a request", b)
@@ -221,6 +201,9 @@ func TestFastPathHeadLimits(t *testing.T) {
 	}
 	if e.obj.fast.Load() != 0 {
 		t.Fatalf("the fast path answered %d", e.obj.fast.Load())
+	}
+	if n := testutil.ToFloat64(e.srv.Metrics().FastHandoffs.WithLabelValues("long")); n != 1 {
+		t.Fatalf("hand-offs for a long head: %v, want 1", n)
 	}
 
 	// MaxHeaderBytes below the fast path's buffer: the fast path defers to
@@ -250,7 +233,7 @@ func TestFastPathSlowHead(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("cut after %v", d)
 	}
-	hits := counterValue(t, e.reg, "edgenode_http_limit_hits_total", map[string]string{"limit": "read_header_timeout"})
+	hits := testutil.ToFloat64(e.srv.Metrics().LimitHits.WithLabelValues("read_header_timeout"))
 	if hits != 1 {
 		t.Fatalf("read_header_timeout hits %v, want 1", hits)
 	}

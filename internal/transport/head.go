@@ -18,7 +18,15 @@ const (
 	headMore    headResult = iota // no complete head yet: read more
 	headOK                        // a head the fast path may answer
 	headDecline                   // a complete head net/http must handle
+	headTooLong                   // (readHead) over the buffer or MaxHeaderBytes
 )
+
+func (r headResult) reason() handoffReason {
+	if r == headTooLong {
+		return handoffLong
+	}
+	return handoffHead
+}
 
 // parseFastHead parses the request head at the start of b. It accepts only
 // what net/http would parse the same way and answer without looking at

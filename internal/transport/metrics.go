@@ -20,7 +20,24 @@ type metrics struct {
 	quicOpen  prometheus.Gauge
 	resumed   *prometheus.CounterVec
 	ticketSet prometheus.Counter
+
+	// The HTTP/1.1 fast path (fast.go): requests it answered, and
+	// connections it handed to net/http, by why. Resolved once: the fast
+	// path looks up no label per request.
+	fastAnswers  prometheus.Counter
+	fastHandoffs *prometheus.CounterVec
+	handoff      map[handoffReason]prometheus.Counter
 }
+
+// handoffReason says why the fast path gave a connection to net/http.
+type handoffReason string
+
+const (
+	handoffHead    handoffReason = "head"    // a request the fast path does not parse (method, path, fields...)
+	handoffLong    handoffReason = "long"    // a head longer than its 4 KiB buffer or MaxHeaderBytes
+	handoffRoute   handoffReason = "route"   // routed to a handler without a fast path
+	handoffHandler handoffReason = "handler" // the handler declined (a miss, an object not in memory...)
+)
 
 // newMetrics makes the server's metrics and registers them on reg. As in
 // every package, a registration that fails (a second Server on one
@@ -59,12 +76,22 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		ticketSet: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgenode_tls_ticket_key_updates_total", Help: "Times the session-ticket keys were replaced (cluster-shared keys).",
 		}),
+		fastAnswers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "edgenode_http_fast_answers_total", Help: "HTTP/1.1 requests answered by the fast path (also counted in edgenode_http_requests_total).",
+		}),
+		fastHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_http_fast_handoffs_total", Help: "HTTP/1.1 connections the fast path handed to net/http, by reason (head, long, route, handler).",
+		}, []string{"reason"}),
+		handoff: map[handoffReason]prometheus.Counter{},
+	}
+	for _, r := range []handoffReason{handoffHead, handoffLong, handoffRoute, handoffHandler} {
+		m.handoff[r] = m.fastHandoffs.WithLabelValues(string(r))
 	}
 	for _, l := range []string{"header_size", "body_size", "conns_per_ip", "read_header_timeout"} {
 		m.limitHits.WithLabelValues(l)
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits,
-		m.certLoads, m.websockets, m.quicOpen, m.resumed, m.ticketSet} {
+		m.certLoads, m.websockets, m.quicOpen, m.resumed, m.ticketSet, m.fastAnswers, m.fastHandoffs} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("transport: register metrics: %w", err)
 		}
