@@ -151,12 +151,12 @@ func (h *h1conn) readHead() (fastHead, headResult, error) {
 				dl = time.Now().Add(lim.IdleTimeout)
 			}
 		}
-		if !h.setState(h1Idle, set, dl, h.r == h.w) {
+		if !h.setState(h1Idle, set, dl) {
 			return fastHead{}, 0, net.ErrClosed
 		}
 		n, err := h.tc.Read(h.buf[h.w:])
 		h.w += n
-		if !h.setState(h1Active, false, time.Time{}, false) {
+		if !h.setState(h1Active, false, time.Time{}) {
 			return fastHead{}, 0, net.ErrClosed
 		}
 		if err != nil {
@@ -170,15 +170,16 @@ func (h *h1conn) readHead() (fastHead, headResult, error) {
 
 // setState moves the connection to st; with set it also sets the read
 // deadline to dl (zero: none), under mu so that a Shutdown's deadline
-// cannot be overwritten by a later one. It reports false once the server
-// is draining and the connection has nothing of a request yet (empty).
-func (h *h1conn) setState(st h1State, set bool, dl time.Time, empty bool) bool {
+// cannot be overwritten by a later one. It reports false when the
+// connection would wait for more bytes while the server drains: requests
+// already read are answered, no new ones are waited for.
+func (h *h1conn) setState(st h1State, set bool, dl time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state == h1Done {
 		return false
 	}
-	if st == h1Idle && empty && h.s.isDraining() {
+	if st == h1Idle && h.s.isDraining() {
 		return false
 	}
 	h.state = st

@@ -349,13 +349,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.closing.Store(true)
 	s.ln.Close() // the accept loop ends; net/http's Shutdown closes httpLn
-	err := s.srv.Shutdown(ctx)
 	s.fastMu.Lock()
 	for h := range s.h1conns {
 		h.wakeIdle()
 	}
 	s.closeHandshakesLocked()
 	s.fastMu.Unlock()
+	err := s.srv.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { s.hijacked.Wait(); s.fastConns.Wait(); close(done) }()
 	select {
