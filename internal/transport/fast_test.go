@@ -298,8 +298,11 @@ func TestShutdownEndsStalledHandshakes(t *testing.T) {
 // stays open, also after a head that came in pieces (whose
 // ReadHeaderTimeout deadline must not outlive it).
 func TestFastPathNoIdleTimeout(t *testing.T) {
+	// The head's second piece comes 50 ms after its first, well within
+	// the 1 s ReadHeaderTimeout even on a loaded machine; the idle wait
+	// after it outlasts that deadline.
 	e := startFast(t, func(l *transport.Limits) {
-		l.ReadHeaderTimeout = 300 * time.Millisecond
+		l.ReadHeaderTimeout = time.Second
 		l.IdleTimeout = 0
 	})
 	c, br := e.dial(t)
@@ -309,7 +312,7 @@ func TestFastPathNoIdleTimeout(t *testing.T) {
 	if code, _ := readResp(t, br, "GET"); code != 200 {
 		t.Fatalf("first: %d", code)
 	}
-	time.Sleep(700 * time.Millisecond)
+	time.Sleep(1300 * time.Millisecond)
 	io.WriteString(c, "GET /obj/b HTTP/1.1\r\nHost: x\r\n\r\n")
 	if code, body := readResp(t, br, "GET"); code != 200 || body != "obj:/obj/b" {
 		t.Fatalf("after an idle wait: %d %q", code, body)
