@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/edgenode/edgenode/internal/testkit"
 	"github.com/edgenode/edgenode/internal/transport"
 )
 
@@ -46,7 +47,7 @@ func TestFastPathSameAnswer(t *testing.T) {
 			// Miss, then a hit that reads the object into the memory tier.
 			for range 2 {
 				roundTrip(t, slow, "GET /media/"+key+" HTTP/1.1\r\nHost: x\r\n\r\n")
-				c.settle(t)
+				testkit.WaitFor(t, settleTimeout, "fill", func() bool { return c.running.Load() == 0 })
 			}
 			for _, method := range []string{"GET", "HEAD"} {
 				req := method + " /media/" + key + " HTTP/1.1\r\nHost: example.test\r\nUser-Agent: t\r\n\r\n"
@@ -81,18 +82,6 @@ func TestFastPathSameAnswer(t *testing.T) {
 			}
 		}
 		conn.Close()
-	}
-}
-
-// settle waits for fills to end (the entry is indexed when its fill has).
-func (c *Cache) settle(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for c.running.Load() != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("fill did not end")
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -327,18 +327,7 @@ func (c *Cache) serveObject(w http.ResponseWriter, r *http.Request, oh *objHeade
 		http.Error(w, "precondition failed", http.StatusPreconditionFailed)
 		return
 	}
-	h["Content-Type"] = oh.hCtype
-	h["ETag"] = oh.hETag
-	h["Last-Modified"] = oh.hLastMod
-	h["Accept-Ranges"] = hBytes
-	h["X-Content-Type-Options"] = hNosniff
-	if oh.hCSP != nil {
-		h["Content-Security-Policy"] = oh.hCSP
-	}
-	if c.hdrCacheControl != nil {
-		h["Cache-Control"] = c.hdrCacheControl
-	}
-	h["X-Cache"] = xcache
+	c.setObjectFields(h, oh, xcache)
 
 	if rh := r.Header["Range"]; len(rh) > 0 && ifRangeAllows(r, oh) {
 		ranges, ok, err := parseRanges(rh[0], oh.size, c.opts.MaxRanges)
@@ -369,6 +358,24 @@ func (c *Cache) serveObject(w http.ResponseWriter, r *http.Request, oh *objHeade
 	if r.Method != http.MethodHead {
 		c.copyBody(w, r, src, path, 0, oh.size)
 	}
+}
+
+// setObjectFields sets the fields of an answer with the object (a 200 or a
+// 206). The fast path's header block (fastHead) is made by this too, so the
+// two cannot drift apart.
+func (c *Cache) setObjectFields(h http.Header, oh *objHeaders, xcache []string) {
+	h["Content-Type"] = oh.hCtype
+	h["ETag"] = oh.hETag
+	h["Last-Modified"] = oh.hLastMod
+	h["Accept-Ranges"] = hBytes
+	h["X-Content-Type-Options"] = hNosniff
+	if oh.hCSP != nil {
+		h["Content-Security-Policy"] = oh.hCSP
+	}
+	if c.hdrCacheControl != nil {
+		h["Cache-Control"] = c.hdrCacheControl
+	}
+	h["X-Cache"] = xcache
 }
 
 func contentRange(rg httpRange, size int64) string {
