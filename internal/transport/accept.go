@@ -49,11 +49,12 @@ func transientAccept(err error) bool {
 // serveConn does the TLS handshake within ReadHeaderTimeout (as net/http
 // did) and dispatches on the protocol chosen by ALPN: HTTP/2 to net/http,
 // HTTP/1.1 to the fast path, a TLS-ALPN-01 validator to nothing (the
-// handshake was all it wanted).
+// handshake was all it wanted). The goroutine running it is counted in
+// fastConns until the connection is closed or handed to net/http.
 func (s *Server) serveConn(c net.Conn) {
+	defer s.fastConns.Done()
 	if !s.track(c, true) {
 		_ = c.Close()
-		s.fastConns.Done()
 		return
 	}
 	tc := tls.Server(c, s.tlsConf)
@@ -63,7 +64,6 @@ func (s *Server) serveConn(c net.Conn) {
 	if err != nil {
 		s.handshakeFailed(c, err)
 		_ = tc.Close()
-		s.fastConns.Done()
 		return
 	}
 	_ = tc.SetDeadline(time.Time{})
@@ -75,10 +75,8 @@ func (s *Server) serveConn(c net.Conn) {
 	switch cs.NegotiatedProtocol {
 	case acmeTLS1:
 		_ = tc.Close()
-		s.fastConns.Done()
 		return
 	case "h2":
-		s.fastConns.Done()
 		if !s.httpLn.push(tc) {
 			_ = tc.Close()
 		}
@@ -90,7 +88,6 @@ func (s *Server) serveConn(c net.Conn) {
 	if s.closing.Load() {
 		s.fastMu.Unlock()
 		_ = tc.Close()
-		s.fastConns.Done()
 		return
 	}
 	s.h1conns[h] = struct{}{}
@@ -138,8 +135,6 @@ func (s *Server) track(c net.Conn, add bool) bool {
 	s.handshaking[c] = struct{}{}
 	return true
 }
-
-func (s *Server) isDraining() bool { return s.closing.Load() }
 
 // closeFast closes every connection the fast path holds (Shutdown past its
 // deadline, or a failed Serve).

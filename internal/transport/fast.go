@@ -85,7 +85,6 @@ const (
 // serve answers requests until one is declined (then net/http takes over),
 // the client goes away, a timeout passes, or the server shuts down.
 func (h *h1conn) serve() {
-	defer h.s.fastConns.Done()
 	for {
 		fh, res, err := h.readHead()
 		if err != nil {
@@ -160,7 +159,7 @@ func (h *h1conn) readHead() (fastHead, headResult, error) {
 			return fastHead{}, 0, net.ErrClosed
 		}
 		if err != nil {
-			if partial && errors.Is(err, os.ErrDeadlineExceeded) && !h.s.isDraining() {
+			if partial && errors.Is(err, os.ErrDeadlineExceeded) && !h.s.closing.Load() {
 				h.s.metrics.limitHits.WithLabelValues("read_header_timeout").Inc()
 			}
 			return fastHead{}, 0, err
@@ -179,7 +178,7 @@ func (h *h1conn) setState(st h1State, set bool, dl time.Time) bool {
 	if h.state == h1Done {
 		return false
 	}
-	if st == h1Idle && h.s.isDraining() {
+	if st == h1Idle && h.s.closing.Load() {
 		return false
 	}
 	h.state = st
@@ -316,11 +315,10 @@ func (c *replayConn) NetConn() net.Conn { return c.Conn }
 // HTTP/2 ones straight after their handshake, HTTP/1.1 ones when the fast
 // path declines a request.
 type connListener struct {
-	addr   net.Addr
-	conns  chan net.Conn
-	mu     sync.Mutex
-	closed bool
-	done   chan struct{}
+	addr  net.Addr
+	conns chan net.Conn
+	once  sync.Once
+	done  chan struct{} // closed by Close
 }
 
 func newConnListener(addr net.Addr) *connListener {
@@ -347,12 +345,7 @@ func (l *connListener) Accept() (net.Conn, error) {
 }
 
 func (l *connListener) Close() error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.closed {
-		l.closed = true
-		close(l.done)
-	}
+	l.once.Do(func() { close(l.done) })
 	return nil
 }
 
