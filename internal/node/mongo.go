@@ -300,12 +300,7 @@ func otherSeeds(m *config.Mesh) []string {
 func clientIdleTimeout(c *config.Mongo) time.Duration { return none(c.ClientIdleTimeout) }
 
 // docCacheBytes is mongo.doc_cache_bytes for the proxy (0 there: none).
-func docCacheBytes(c *config.Mongo) int64 {
-	if c.DocCacheBytes == 0 {
-		return -1
-	}
-	return int64(c.DocCacheBytes)
-}
+func docCacheBytes(c *config.Mongo) int64 { return none(int64(c.DocCacheBytes)) }
 
 func retryRecordsBytes(c *config.Mongo) int64 {
 	if c.RetryRecordsBytes == 0 {

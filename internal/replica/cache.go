@@ -100,11 +100,14 @@ func (c *docCache) remember(ds *docState) {
 	cost := decodedFactor*int64(ds.size) + int64(len(ds.key)) + entryOverhead
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// The older state goes first: Add would replace it without the eviction
+	// callback (its cost would stay counted), and an entry too large to
+	// keep must not leave an older, smaller state behind.
+	c.lru.Remove(ds.key)
 	if cost > c.budget/maxEntryShare {
-		c.lru.Remove(ds.key) // an older, smaller state must not stay behind
+		c.gauges()
 		return
 	}
-	c.lru.Remove(ds.key) // (Add would replace it without the eviction callback: its cost would stay counted)
 	c.lru.Add(ds.key, cachedDoc{st: ds.base, inColl: ds.inColl, hasMeta: ds.hasMeta, cost: cost})
 	c.used += cost
 	for c.used > c.budget {

@@ -15,6 +15,9 @@ func cacheDoc(key string, n int) *docState {
 	return &docState{key: key, base: crdt.State{Doc: bson.D{{Key: "_id", Value: key}}}, inColl: true, size: n}
 }
 
+// testKey is the document key of _id id in db.c, as the core makes it.
+func testKey(id string) string { return docKey("db.c", bsonString(id)) }
+
 // testCache is a cache of budget bytes with its own lease table.
 func testCache(budget int64) *docCache {
 	met, _ := NewMetrics(nil)
@@ -42,26 +45,26 @@ func TestDocCacheBoundedByBytes(t *testing.T) {
 	// 1,000-byte documents are charged 3,000 bytes and some overhead: a
 	// MiB holds about 320 of them, whatever their count.
 	for i := range 1000 {
-		remember(c, cacheDoc(fmt.Sprintf("db.c\x00s%04d", i), 1000))
+		remember(c, cacheDoc(testKey(fmt.Sprintf("%04d", i)), 1000))
 	}
 	n, used := c.stats()
 	if used > 1<<20 || n < 300 || n > 350 {
 		t.Fatalf("after 1,000 documents of 1,000 bytes: %d entries charged %d bytes; want about 320 within 1 MiB", n, used)
 	}
-	if cached(c, "db.c\x00s0000") || !cached(c, "db.c\x00s0999") {
+	if cached(c, testKey("0000")) || !cached(c, testKey("0999")) {
 		t.Fatal("the oldest document stayed or the newest went")
 	}
 	// Writing a cached document again replaces its charge, not adds to it.
 	for range 10 {
-		remember(c, cacheDoc("db.c\x00s0999", 1000))
+		remember(c, cacheDoc(testKey("0999"), 1000))
 	}
 	if n2, used2 := c.stats(); n2 != n || used2 != used {
 		t.Fatalf("rewriting one document changed the cache from %d entries / %d bytes to %d / %d", n, used, n2, used2)
 	}
 	// A document over a sixteenth of the budget is not kept, and its older
 	// (smaller) state goes with it: a later read must not see that.
-	remember(c, cacheDoc("db.c\x00s0999", 30000))
-	if cached(c, "db.c\x00s0999") {
+	remember(c, cacheDoc(testKey("0999"), 30000))
+	if cached(c, testKey("0999")) {
 		t.Fatal("a document charged over a sixteenth of the budget was kept (or its older state stayed)")
 	}
 	c.purge()
@@ -72,8 +75,8 @@ func TestDocCacheBoundedByBytes(t *testing.T) {
 
 func TestDocCacheOff(t *testing.T) {
 	c := testCache(0)
-	remember(c, cacheDoc("db.c\x00sa", 10))
-	if cached(c, "db.c\x00sa") {
+	remember(c, cacheDoc(testKey("a"), 10))
+	if cached(c, testKey("a")) {
 		t.Fatal("a disabled cache kept a document")
 	}
 }
