@@ -23,7 +23,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
@@ -44,6 +43,9 @@ import (
 	"syscall"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
@@ -496,52 +498,49 @@ func load(ctx context.Context, nodes []*node, rate int) (done, failed int64) {
 // origins: cumulative counts per upper bound.
 type histogram map[float64]float64
 
+// scrapeDelay is n's replication delay histogram: cumulative counts by
+// upper bound, +Inf included.
 func scrapeDelay(n *node) (histogram, error) {
+	fams, err := families(n)
+	if err != nil {
+		return nil, err
+	}
 	h := histogram{}
-	err := samples(n, "edgenode_mongo_repl_delay_seconds_bucket", func(labels string, v float64) {
-		le := math.Inf(1)
-		if _, rest, ok := strings.Cut(labels, `le="`); ok {
-			if b, _, ok := strings.Cut(rest, `"`); ok {
-				if f, err := strconv.ParseFloat(b, 64); err == nil {
-					le = f
-				}
+	for _, m := range fams["edgenode_mongo_repl_delay_seconds"].GetMetric() {
+		hm := m.GetHistogram()
+		for _, b := range hm.GetBucket() {
+			if !math.IsInf(b.GetUpperBound(), 1) {
+				h[b.GetUpperBound()] += float64(b.GetCumulativeCount())
 			}
 		}
-		h[le] += v
-	})
-	return h, err
+		h[math.Inf(1)] += float64(hm.GetSampleCount())
+	}
+	return h, nil
 }
 
-// samples calls fn with the labels ("" or `{...}`) and value of each sample
-// of the metric name on n's /metrics.
-func samples(n *node, name string, fn func(labels string, v float64)) error {
+// families is n's /metrics, parsed.
+func families(n *node) (map[string]*dto.MetricFamily, error) {
 	resp, err := httpc.Get("http://" + n.admin + "/metrics")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), name)
-		if !ok || rest == "" || (rest[0] != '{' && rest[0] != ' ') {
-			continue
-		}
-		i := strings.LastIndexByte(rest, ' ')
-		v, err := strconv.ParseFloat(rest[i+1:], 64)
-		if err != nil {
-			return fmt.Errorf("%s%s: %w", name, rest, err)
-		}
-		fn(strings.TrimSpace(rest[:i]), v)
-	}
-	return sc.Err()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	return parser.TextToMetricFamilies(resp.Body)
 }
 
-// metricSum is the sum of a metric's samples (every label set) on n.
+// metricSum is the sum of a counter's or gauge's samples (every label set)
+// on n.
 func metricSum(n *node, name string) (float64, error) {
+	fams, err := families(n)
+	if err != nil {
+		return 0, err
+	}
 	var sum float64
-	err := samples(n, name, func(_ string, v float64) { sum += v })
-	return sum, err
+	for _, m := range fams[name].GetMetric() {
+		sum += m.GetCounter().GetValue() + m.GetGauge().GetValue() + m.GetUntyped().GetValue()
+	}
+	return sum, nil
 }
 
 func scrapeAll(nodes []*node) (histogram, error) {
