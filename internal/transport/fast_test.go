@@ -87,6 +87,21 @@ func startFast(t *testing.T, limits func(*transport.Limits)) *fastEnv {
 	return e
 }
 
+// shutdownWithin shuts the server down and fails unless that took less
+// than d (the limits at play here are 10 s or more).
+func (e *fastEnv) shutdownWithin(t *testing.T, d time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*d)
+	defer cancel()
+	start := time.Now()
+	if err := e.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if took := time.Since(start); took > d {
+		t.Fatalf("Shutdown took %v", took)
+	}
+}
+
 func (e *fastEnv) dial(t *testing.T) (*tls.Conn, *bufio.Reader) {
 	t.Helper()
 	c, err := tls.Dial("tcp", e.addr, &tls.Config{InsecureSkipVerify: true, ServerName: "example.test", NextProtos: []string{"http/1.1"}})
@@ -253,15 +268,7 @@ func TestFastPathShutdown(t *testing.T) {
 	c, br := e.dial(t)
 	io.WriteString(c, "GET /obj/a HTTP/1.1\r\nHost: x\r\n\r\n")
 	readResp(t, br, "GET")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	start := time.Now()
-	if err := e.srv.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Shutdown took %v", d)
-	}
+	e.shutdownWithin(t, 5*time.Second)
 	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("idle connection after Shutdown: %v, want EOF", err)
 	}
@@ -283,15 +290,7 @@ func TestShutdownEndsStalledHandshakes(t *testing.T) {
 	// Make sure the server has accepted it and is in the handshake.
 	io.WriteString(raw, "\x16\x03\x01")
 	time.Sleep(100 * time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	start := time.Now()
-	if err := e.srv.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("Shutdown waited %v for a stalled handshake", d)
-	}
+	e.shutdownWithin(t, 5*time.Second)
 }
 
 // TestFastPathNoIdleTimeout: without an IdleTimeout an idle connection
