@@ -10,6 +10,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // entry is one cached object. Its fields are immutable once it is in the
@@ -38,10 +40,14 @@ type entry struct {
 }
 
 // memObject is the bytes of a small object held in the memory tier, and
-// the header block of its 200 for the transport's fast path (see
-// AppendFast); never mutated. A pointer, so that passing it as an
-// io.ReaderAt allocates nothing.
-type memObject struct{ b, head []byte }
+// the header of its 200 for the transport's fast paths, as an HTTP/1.1
+// header block (AppendFast) and as HTTP/2 fields (AppendFastFields); never
+// mutated. A pointer, so that passing it as an io.ReaderAt allocates
+// nothing.
+type memObject struct {
+	b, head []byte
+	fields  []hpack.HeaderField
+}
 
 func (m *memObject) ReadAt(p []byte, off int64) (int, error) {
 	if off >= int64(len(m.b)) {

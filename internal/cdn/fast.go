@@ -2,9 +2,13 @@ package cdn
 
 import (
 	"bytes"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
+
+	"golang.org/x/net/http2/hpack"
 )
 
 // AppendFast answers the transport's HTTP/1.1 fast path (transport.FastHandler):
@@ -16,36 +20,63 @@ import (
 // revalidating entry, an object only on disk, a bad key) returns ok false
 // and the request goes through ServeHTTP as usual. No allocation on a hit.
 func (c *Cache) AppendFast(dst []byte, method, path string) (head, body []byte, ok bool) {
-	if method != http.MethodGet && method != http.MethodHead {
+	m := c.fastHit(method, path)
+	if m == nil {
 		return dst, nil, false
+	}
+	return append(dst, m.head...), m.b, true
+}
+
+// AppendFastFields is AppendFast for the transport's HTTP/2 server: the
+// same answer, its header as HTTP/2 fields (lowercase names).
+func (c *Cache) AppendFastFields(dst []hpack.HeaderField, method, path string) (fields []hpack.HeaderField, body []byte, ok bool) {
+	m := c.fastHit(method, path)
+	if m == nil {
+		return dst, nil, false
+	}
+	return append(dst, m.fields...), m.b, true
+}
+
+// fastHit is the memory-tier object of a fresh hit for a GET or HEAD of
+// path, counted as a hit, or nil.
+func (c *Cache) fastHit(method, path string) *memObject {
+	if method != http.MethodGet && method != http.MethodHead {
+		return nil
 	}
 	key, found := strings.CutPrefix(path, c.opts.Prefix)
 	if !found || ValidateKey(key) != nil {
-		return dst, nil, false
+		return nil
 	}
 	now := time.Now().UnixNano()
 	c.mu.Lock()
 	e, ok := c.idx.Get(key)
 	if !ok || e.mem == nil || now-e.validated >= int64(c.opts.TTL) {
 		c.mu.Unlock()
-		return dst, nil, false
+		return nil
 	}
 	m := e.mem
 	c.mem.Get(e) // recency
 	c.mu.Unlock()
 	c.m.hit.Inc()
 	c.m.memHits.Inc()
-	return append(dst, m.head...), m.b, true
+	return m
 }
 
-// fastHead is the header block of a 200 hit for oh, for AppendFast: the
-// fields serveObject sets, written as net/http writes a header (one
-// "Name: value\r\n" per value). Built once per object in the memory tier.
-func (c *Cache) fastHead(oh *objHeaders) []byte {
+// fastHead is the header of a 200 hit for oh: the fields serveObject
+// sets, written as net/http writes a header (one "Name: value\r\n" per
+// value) for AppendFast, and as HTTP/2 fields in the same order for
+// AppendFastFields. Built once per object in the memory tier.
+func (c *Cache) fastHead(oh *objHeaders) (head []byte, fields []hpack.HeaderField) {
 	h := http.Header{}
 	c.setObjectFields(h, oh, xHit)
 	h["Content-Length"] = oh.hLen
 	var b bytes.Buffer
 	_ = h.Write(&b) // a bytes.Buffer does not fail
-	return b.Bytes()
+	keys := slices.Sorted(maps.Keys(h))
+	for _, k := range keys {
+		for _, v := range h[k] {
+			fields = append(fields, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
+		}
+	}
+	return b.Bytes(), fields
 }

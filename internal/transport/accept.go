@@ -77,6 +77,10 @@ func (s *Server) serveConn(c net.Conn) {
 		_ = tc.Close()
 		return
 	case "h2":
+		if s.h2 != nil {
+			s.h2.ServeConn(tc, &cs)
+			return
+		}
 		if !s.httpLn.push(tc) {
 			_ = tc.Close()
 		}
@@ -148,6 +152,9 @@ func (s *Server) closeFast() {
 	s.fastMu.Unlock()
 	for _, h := range conns {
 		h.close()
+	}
+	if s.h2 != nil {
+		s.h2.Close()
 	}
 }
 

@@ -11,23 +11,29 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http2/hpack"
 )
 
 // FastHandler is a route handler that can answer some requests from memory
 // without net/http (the CDN's memory tier). Server.Handle notices it; on
 // HTTP/1.1 connections, a GET or HEAD that ServeMux routes to the handler
 // and that parseFastHead accepts is answered by AppendFast when it says ok,
-// with the transport's own fields (Date, Alt-Svc) added. Everything else
-// goes through net/http and ServeHTTP as before.
+// with the transport's own fields (Date, Alt-Svc) added; on HTTP/2
+// connections (internal/h2), one that came without a body and without the
+// same fields is answered by AppendFastFields (fast2.go). Everything else
+// goes through ServeHTTP as before.
 //
 // AppendFast appends the response's header fields ("Name: value\r\n" each;
 // no status line, no Date, no final CRLF) to dst and returns them with the
 // body; the answer is a 200 and must be exactly what ServeHTTP would send
 // for the same request, which has no Range, conditional, body or upgrade
-// fields. The body is only read, never kept.
+// fields. The body is only read, never changed: HTTP/2 may hold it while
+// the client's flow-control window is closed. AppendFastFields is the same
+// answer with its fields as HTTP/2 sends them (lowercase names).
 type FastHandler interface {
 	http.Handler
 	AppendFast(dst []byte, method, path string) (head, body []byte, ok bool)
+	AppendFastFields(dst []hpack.HeaderField, method, path string) (fields []hpack.HeaderField, body []byte, ok bool)
 }
 
 // Why a fast path: net/http spends most of an HTTP/1.1 10 KiB cache hit
@@ -41,9 +47,10 @@ type FastHandler interface {
 
 // fastRoute is one route with a FastHandler, and its metrics resolved once.
 type fastRoute struct {
-	h        FastHandler
-	requests map[string]prometheus.Counter // by method, code 200, proto 1.1
-	duration prometheus.Observer
+	h         FastHandler
+	requests  map[string]prometheus.Counter // by method, code 200, proto 1.1
+	requests2 map[string]prometheus.Counter // the same, proto 2
+	duration  prometheus.Observer
 }
 
 // readBufSize bounds a head the fast path reads; a longer one goes to

@@ -139,7 +139,7 @@ func cutLine(b []byte) (line, rest []byte, ok bool) {
 // cleanPath: "/" followed by segments of unreserved characters and the
 // sub-delims net/url keeps as they are (RFC 3986), no empty segment, no "." or ".." segment. Such a
 // path is its own unescaped and cleaned form, so ServeMux routes it as is.
-func cleanPath(p []byte) bool {
+func cleanPath[T string | []byte](p T) bool {
 	if len(p) == 0 || p[0] != '/' {
 		return false
 	}

@@ -24,9 +24,15 @@ type metrics struct {
 	// The HTTP/1.1 fast path (fast.go): requests it answered, and
 	// connections it handed to net/http, by why. Resolved once: the fast
 	// path looks up no label per request.
-	fastAnswers  prometheus.Counter
-	fastHandoffs *prometheus.CounterVec
-	handoff      map[handoffReason]prometheus.Counter
+	fastAnswersVec *prometheus.CounterVec
+	fastAnswers    prometheus.Counter // proto 1.1
+	fastAnswers2   prometheus.Counter // proto 2 (fast2.go)
+	fastHandoffs   *prometheus.CounterVec
+	handoff        map[handoffReason]prometheus.Counter
+
+	// HTTP/2 connections the server ended with an error, by GOAWAY code
+	// (ENHANCE_YOUR_CALM: a client past the stream limits).
+	h2Errors *prometheus.CounterVec
 }
 
 // handoffReason says why the fast path gave a connection to net/http.
@@ -76,14 +82,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		ticketSet: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "edgenode_tls_ticket_key_updates_total", Help: "Times the session-ticket keys were replaced (cluster-shared keys).",
 		}),
-		fastAnswers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "edgenode_http_fast_answers_total", Help: "HTTP/1.1 requests answered by the fast path (also counted in edgenode_http_requests_total).",
-		}),
+		fastAnswersVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_http_fast_answers_total", Help: "Requests answered by the fast paths, by protocol (1.1, 2; also counted in edgenode_http_requests_total).",
+		}, []string{"proto"}),
+		h2Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgenode_http2_connection_errors_total", Help: "HTTP/2 connections ended by the server with an error, by GOAWAY code.",
+		}, []string{"code"}),
 		fastHandoffs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgenode_http_fast_handoffs_total", Help: "HTTP/1.1 connections the fast path handed to net/http, by reason (head, long, route, handler).",
 		}, []string{"reason"}),
 		handoff: map[handoffReason]prometheus.Counter{},
 	}
+	m.fastAnswers = m.fastAnswersVec.WithLabelValues("1.1")
+	m.fastAnswers2 = m.fastAnswersVec.WithLabelValues("2")
 	for _, r := range []handoffReason{handoffHead, handoffLong, handoffRoute, handoffHandler} {
 		m.handoff[r] = m.fastHandoffs.WithLabelValues(string(r))
 	}
@@ -91,7 +102,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		m.limitHits.WithLabelValues(l)
 	}
 	for _, c := range []prometheus.Collector{m.requests, m.duration, m.handshakes, m.connsOpen, m.limitHits,
-		m.certLoads, m.websockets, m.quicOpen, m.resumed, m.ticketSet, m.fastAnswers, m.fastHandoffs} {
+		m.certLoads, m.websockets, m.quicOpen, m.resumed, m.ticketSet, m.fastAnswersVec, m.fastHandoffs, m.h2Errors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("transport: register metrics: %w", err)
 		}

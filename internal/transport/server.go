@@ -54,7 +54,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgenode/edgenode/internal/h2"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http2"
 )
 
 // Limits protect the listener; zero values mean "no limit" except where noted.
@@ -99,6 +101,11 @@ type Options struct {
 	// AltSvcMaxAge is how long clients may remember the Alt-Svc entry;
 	// 0 means 24h.
 	AltSvcMaxAge time.Duration
+
+	// NetHTTP2 serves HTTP/2 with net/http's server instead of edgenode's
+	// own (internal/h2), which answers memory-tier hits without a
+	// goroutine per request. A way back, should the own server misbehave.
+	NetHTTP2 bool
 
 	// ACME, when set, is asked first at every TLS handshake (certificates
 	// managed for the fleet, TLS-ALPN-01 challenges); when it returns no
@@ -148,6 +155,7 @@ type Server struct {
 	// HTTP/1.1 ones to the fast path first (fast.go), which hands them to
 	// net/http through httpLn when it declines a request.
 	tlsConf     *tls.Config
+	h2          *h2.Server // nil with Options.NetHTTP2
 	httpLn      *connListener
 	fast        map[string]*fastRoute // by ServeMux pattern; written only before Serve
 	closing     atomic.Bool           // Shutdown or a failed Serve began
@@ -251,6 +259,21 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	if opts.UDPConn != nil {
 		s.h3 = newH3(s, tlsConf)
 	}
+	if !opts.NetHTTP2 {
+		s.h2 = h2.New(h2.Options{
+			Handler: s,
+			Fast:    s.answerH2,
+			// As net/http's: twice the limit, which ServeHTTP checks and
+			// counts (431).
+			MaxHeaderListSize: uint32(2 * opts.Limits.MaxHeaderBytes),
+			IdleTimeout:       opts.Limits.IdleTimeout,
+			Date:              func() string { return s.date.get(time.Now())[0] },
+			OnConnError: func(code http2.ErrCode) {
+				s.metrics.h2Errors.WithLabelValues(code.String()).Inc()
+			},
+			Log: logger,
+		})
+	}
 	return s, nil
 }
 
@@ -291,10 +314,11 @@ func (s *Server) UDPAddr() net.Addr {
 func (s *Server) Handle(pattern string, h http.Handler) {
 	s.mux.Handle(pattern, h)
 	if fh, ok := h.(FastHandler); ok {
-		route := &fastRoute{h: fh, requests: map[string]prometheus.Counter{},
+		route := &fastRoute{h: fh, requests: map[string]prometheus.Counter{}, requests2: map[string]prometheus.Counter{},
 			duration: s.metrics.duration.WithLabelValues(pattern)}
 		for _, m := range []string{http.MethodGet, http.MethodHead} {
 			route.requests[m] = s.metrics.requests.WithLabelValues(pattern, m, "200", "1.1")
+			route.requests2[m] = s.metrics.requests.WithLabelValues(pattern, m, "200", "2")
 		}
 		s.fast[pattern] = route
 	}
@@ -355,6 +379,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 	s.closeHandshakesLocked()
 	s.fastMu.Unlock()
+	if s.h2 != nil {
+		s.h2.Shutdown()
+	}
 	err := s.srv.Shutdown(ctx)
 	done := make(chan struct{})
 	go func() { s.hijacked.Wait(); s.fastConns.Wait(); close(done) }()

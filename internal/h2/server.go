@@ -1,0 +1,189 @@
+// Package h2 serves HTTP/2 (RFC 9113) on connections that the caller has
+// accepted and handshaken with ALPN "h2": the transport's own server for the
+// protocol, instead of net/http's.
+//
+// Why a server of its own: net/http's HTTP/2 server runs every request on a
+// goroutine of its own and hands each response to the connection's serve
+// loop frame by frame (HEADERS, DATA, the empty DATA that ends the stream),
+// a third of its CPU per small response (docs/https-edge-profile.md). Here
+// the connection's goroutine reads frames and answers the requests that
+// Options.Fast holds ready (the CDN's memory tier) in place, without a
+// goroutine, a header map or a hand-off: a batch of requests read together
+// is answered with one write(2). Every other request runs Options.Handler
+// on a goroutine, with a ResponseWriter that does what net/http's does
+// (Flush, trailers, Content-Length and Content-Type when the handler sets
+// none, deadlines through http.ResponseController).
+//
+// The connection is a small state machine under one mutex (conn.mu) that
+// is never held across network I/O: the frames to send gather in an output
+// buffer, and whichever goroutine finds no one writing becomes the writer
+// until the buffer is empty (conn.flushLocked). The reader stops reading
+// while the buffer is full, so a peer that floods control frames without
+// reading the answers holds nothing but its own connection.
+//
+// Limits against the known attacks: concurrent streams are counted until
+// their handler returns, not until the peer resets them (rapid reset,
+// CVE-2023-44487), and a peer that keeps opening streams past the limit is
+// sent GOAWAY ENHANCE_YOUR_CALM; header lists are bounded while they are
+// decoded, CONTINUATION floods included (x/net's Framer); receive windows
+// bound what a peer can make the server buffer; an idle connection is closed
+// after IdleTimeout and a stalled write after WriteTimeout.
+package h2
+
+import (
+	"context"
+	"crypto/tls"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultMaxConcurrentStreams = 128
+	DefaultStreamWindow         = 256 << 10
+	DefaultConnWindow           = 1 << 20
+	DefaultWriteTimeout         = 30 * time.Second
+)
+
+// Options configure a Server. Handler and MaxHeaderListSize are required.
+type Options struct {
+	Handler http.Handler
+	// Fast, when set, is offered each GET or HEAD request that came without
+	// a body before Handler is: see FastFunc.
+	Fast FastFunc
+	// MaxHeaderListSize bounds a request's header list (RFC 9113
+	// SETTINGS_MAX_HEADER_LIST_SIZE: names, values and 32 bytes per field);
+	// a larger one gets 431 without reaching Handler.
+	MaxHeaderListSize uint32
+	// MaxConcurrentStreams is advertised to clients and enforced.
+	MaxConcurrentStreams uint32
+	// StreamWindow and ConnWindow are the receive windows for request
+	// bodies: what a client may send before the handler reads it.
+	StreamWindow, ConnWindow int32
+	// IdleTimeout closes a connection with no open stream (0: never);
+	// it also bounds the wait for the client's connection preface.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds one write to the connection.
+	WriteTimeout time.Duration
+	// Date returns the Date header's value for a handler's response that
+	// has none (a cached, once-a-second string); nil formats it each time.
+	Date func() string
+	// ConnContext, when set, derives each connection's base context (the
+	// parent of its requests' contexts).
+	ConnContext func(ctx context.Context, c net.Conn) context.Context
+	// OnConnError, when set, is told why the server ended a connection with
+	// an error (the GOAWAY code), for metrics.
+	OnConnError func(code http2.ErrCode)
+	Log         *slog.Logger
+}
+
+// FastFunc answers a GET or HEAD request that came without a body from
+// memory, or declines it (ok false) and the request goes to Handler. It
+// must not block. It appends the response's header fields, lowercase names
+// and no pseudo-fields, to hdr and returns them with the body; the answer
+// is a 200 (HEAD sends no body). body is only read, and must not change
+// while the connection sends it (it may be held while the client's flow
+// control window is closed).
+type FastFunc func(req *FastRequest, hdr []hpack.HeaderField) (fields []hpack.HeaderField, body []byte, ok bool)
+
+// FastRequest is a request offered to Options.Fast. Its strings are valid
+// only for the call.
+type FastRequest struct {
+	Method, Authority, Path string
+	// Fields are the regular header fields, names lowercase.
+	Fields []hpack.HeaderField
+}
+
+// Server serves HTTP/2 connections. Its zero value is not usable: use New.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	shutdown bool
+}
+
+// New returns a Server for opts, with defaults for its zero fields.
+func New(opts Options) *Server {
+	if opts.MaxConcurrentStreams == 0 {
+		opts.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	if opts.StreamWindow <= 0 {
+		opts.StreamWindow = DefaultStreamWindow
+	}
+	if opts.ConnWindow <= 0 {
+		opts.ConnWindow = DefaultConnWindow
+	}
+	if opts.ConnWindow < opts.StreamWindow {
+		opts.ConnWindow = opts.StreamWindow
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.MaxHeaderListSize == 0 {
+		opts.MaxHeaderListSize = 64 << 10
+	}
+	if opts.Date == nil {
+		opts.Date = func() string { return time.Now().UTC().Format(http.TimeFormat) }
+	}
+	lg := opts.Log
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: opts, log: lg, conns: map[*conn]struct{}{}}
+}
+
+// ServeConn serves c, whose handshake is done (state is its TLS state),
+// until the connection ends and every handler it started has returned.
+// It closes c.
+func (s *Server) ServeConn(c net.Conn, state *tls.ConnectionState) {
+	cn := newConn(s, c, state)
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		_ = c.Close()
+		return
+	}
+	s.conns[cn] = struct{}{}
+	s.mu.Unlock()
+	cn.serve()
+	s.mu.Lock()
+	delete(s.conns, cn)
+	s.mu.Unlock()
+}
+
+// Shutdown sends GOAWAY on every connection: each ends once its streams
+// have (the caller waits for its ServeConn calls to return). Connections
+// served after it are closed at once.
+func (s *Server) Shutdown() {
+	for _, c := range s.snapshot(true) {
+		c.goAway()
+	}
+}
+
+// Close ends every connection now.
+func (s *Server) Close() {
+	for _, c := range s.snapshot(true) {
+		c.closeNow()
+	}
+}
+
+func (s *Server) snapshot(shutdown bool) []*conn {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if shutdown {
+		s.shutdown = true
+	}
+	out := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		out = append(out, c)
+	}
+	return out
+}

@@ -1,0 +1,53 @@
+package transport
+
+import (
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/edgenode/edgenode/internal/h2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// answerH2 is the HTTP/2 server's fast answer (h2.Options.Fast): the
+// HTTP/1.1 fast path's rules for which requests it may answer, and the
+// same answer, from the route's FastHandler.
+func (s *Server) answerH2(req *h2.FastRequest, dst []hpack.HeaderField) ([]hpack.HeaderField, []byte, bool) {
+	start := time.Now()
+	if req.Authority == "" || !cleanPath(req.Path) || !fastFields(req.Fields) {
+		return dst, nil, false
+	}
+	r := http.Request{Method: req.Method, Host: req.Authority, URL: &url.URL{Path: req.Path}}
+	_, pattern := s.mux.Handler(&r)
+	route := s.fast[pattern]
+	if route == nil {
+		return dst, nil, false
+	}
+	fields, body, ok := route.h.AppendFastFields(dst, req.Method, req.Path)
+	if !ok {
+		return dst, nil, false
+	}
+	if s.h3 != nil {
+		if v := s.h3.altSvcValue(); v != "" {
+			fields = append(fields, hpack.HeaderField{Name: "alt-svc", Value: v})
+		}
+	}
+	fields = append(fields, hpack.HeaderField{Name: "date", Value: s.date.get(start)[0]})
+	route.requests2[req.Method].Inc()
+	route.duration.Observe(time.Since(start).Seconds())
+	s.metrics.fastAnswers2.Inc()
+	return fields, body, true
+}
+
+// fastFields reports whether a request's fields leave its answer as the
+// fast path gives it: no Range or conditional field (HTTP/2 has no
+// Upgrade, Connection or Transfer-Encoding, and the request has no body).
+func fastFields(fields []hpack.HeaderField) bool {
+	for _, f := range fields {
+		if f.Name == "range" || f.Name == "expect" || strings.HasPrefix(f.Name, "if-") {
+			return false
+		}
+	}
+	return true
+}
