@@ -100,6 +100,7 @@ func newConn(s *Server, nc net.Conn, state *tls.ConnectionState) *conn {
 	c.br = bufio.NewReaderSize(nc, 16<<10)
 	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.SetReuseFrames()
+	c.fr.SetMaxReadFrameSize(peerMaxFrame) // the default we advertise
 	c.fr.MaxHeaderListSize = s.opts.MaxHeaderListSize
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
 	c.enc = hpack.NewEncoder(&c.encBuf)

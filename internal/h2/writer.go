@@ -333,6 +333,12 @@ func (c *conn) sendData(st *stream, p []byte, end bool) error {
 		}
 		n := min(int64(len(p)), st.sendWin, c.sendWin, int64(outHigh))
 		if n <= 0 && len(p) > 0 {
+			if len(c.out) > 0 && !c.writing {
+				// What went before must leave before this waits: the
+				// client may be waiting for it to open its window.
+				c.flushLocked()
+				continue
+			}
 			if c.sendWin <= 0 {
 				c.cond.Wait()
 			} else {

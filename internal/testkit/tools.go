@@ -21,7 +21,7 @@ var installTools struct {
 	err  error
 }
 
-// Tool finds the test server name (versitygw, pebble, ferretdb) in
+// Tool finds the test server name (versitygw, pebble, ferretdb, h2spec) in
 // $TOOLS_DIR, <repo>/tools or PATH, taking the first candidate usable
 // accepts (nil: any executable file); when none is, it runs
 // scripts/install-test-tools once per test binary and looks again. CI

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/edgenode/edgenode/internal/transport"
+	"golang.org/x/net/http2/hpack"
 )
 
 // objHandler serves "obj:"+path for GET and HEAD of /obj/..., from
@@ -48,6 +49,17 @@ func (h *objHandler) AppendFast(dst []byte, method, path string) ([]byte, []byte
 	h.fast.Add(1)
 	body := "obj:" + path
 	dst = append(dst, "Content-Length: "+strconv.Itoa(len(body))+"\r\nContent-Type: text/plain\r\n"...)
+	return dst, []byte(body), true
+}
+
+func (h *objHandler) AppendFastFields(dst []hpack.HeaderField, method, path string) ([]hpack.HeaderField, []byte, bool) {
+	if strings.HasSuffix(path, "/slow") {
+		return dst, nil, false
+	}
+	h.fast.Add(1)
+	body := "obj:" + path
+	dst = append(dst, hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(body))},
+		hpack.HeaderField{Name: "content-type", Value: "text/plain"})
 	return dst, []byte(body), true
 }
 
