@@ -131,7 +131,19 @@ func (c *conn) serve() {
 		c.writeGoAway(c.lastStream, code, nil)
 	}
 	c.flushLocked()
+	for c.writing && !c.closed {
+		c.cond.Wait() // a handler's goroutine is sending the last bytes
+	}
+	linger := !c.closed && c.werr == nil && code == http2.ErrCodeNo && (err == nil || errors.Is(err, os.ErrDeadlineExceeded))
 	c.mu.Unlock()
+	if linger {
+		// Closing with the client's frames (window updates, its own
+		// GOAWAY) unread makes the kernel send a reset, which can destroy
+		// the last responses in flight. So read and drop what the client
+		// still sends until it closes, for a second at most.
+		_ = c.nc.SetReadDeadline(time.Now().Add(time.Second))
+		_, _ = io.Copy(io.Discard, c.br)
+	}
 }
 
 // start reads the client's preface and sends the server's.
