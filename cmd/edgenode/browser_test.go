@@ -21,6 +21,7 @@ import (
 
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
@@ -439,7 +440,10 @@ func TestBrowserDemoAndStatus(t *testing.T) {
 
 // metricValue is the value of an unlabelled gauge or counter on the node's
 // /metrics, "" when it is not there.
-func metricValue(t *testing.T, admin, name string) string {
+// metricValue is the value of the one series of name on the admin
+// listener's /metrics, or of the one whose labels include the given
+// name/value pairs; "" when there is not exactly one.
+func metricValue(t *testing.T, admin, name string, labels ...string) string {
 	t.Helper()
 	resp, err := http.Get("http://" + admin + "/metrics")
 	if err != nil {
@@ -452,10 +456,27 @@ func metricValue(t *testing.T, admin, name string) string {
 		return ""
 	}
 	mf := fams[name]
-	if mf == nil || len(mf.GetMetric()) != 1 {
+	if mf == nil {
 		return ""
 	}
-	m := mf.GetMetric()[0]
+	var found []*dto.Metric
+	for _, m := range mf.GetMetric() {
+		match := true
+		for i := 0; i+1 < len(labels); i += 2 {
+			has := false
+			for _, lp := range m.GetLabel() {
+				has = has || lp.GetName() == labels[i] && lp.GetValue() == labels[i+1]
+			}
+			match = match && has
+		}
+		if match {
+			found = append(found, m)
+		}
+	}
+	if len(found) != 1 {
+		return ""
+	}
+	m := found[0]
 	v := m.GetGauge().GetValue()
 	if m.Counter != nil {
 		v = m.GetCounter().GetValue()

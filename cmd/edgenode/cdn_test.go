@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -38,8 +39,18 @@ func TestEmbeddedNodeMedia(t *testing.T) {
 	if resp.StatusCode != 200 || body != "hello, media\n" || resp.Header.Get("X-Cache") != "HIT" || resp.Header.Get("ETag") != etag || resp.ProtoMajor != 1 {
 		t.Errorf("HTTP/1.1 hit: %s %d %q %v", resp.Proto, resp.StatusCode, body, resp.Header)
 	}
-	if v := metricValue(t, p.admin, "edgenode_http_fast_answers_total"); v != "1" {
+	if v := metricValue(t, p.admin, "edgenode_http_fast_answers_total", "proto", "1.1"); v != "1" {
 		t.Errorf("fast-path answers after one HTTP/1.1 hit: %q, want 1", v)
+	}
+	// The same hit over HTTP/2 comes from the HTTP/2 server's fast answer.
+	before := metricValue(t, p.admin, "edgenode_http_fast_answers_total", "proto", "2")
+	resp, body = get(t, c, url)
+	if resp.StatusCode != 200 || body != "hello, media\n" || resp.Header.Get("X-Cache") != "HIT" || resp.Header.Get("ETag") != etag || resp.ProtoMajor != 2 {
+		t.Errorf("HTTP/2 hit: %s %d %q %v", resp.Proto, resp.StatusCode, body, resp.Header)
+	}
+	after := metricValue(t, p.admin, "edgenode_http_fast_answers_total", "proto", "2")
+	if b, err1 := strconv.ParseFloat(before, 64); err1 != nil || after != strconv.FormatFloat(b+1, 'g', -1, 64) {
+		t.Errorf("HTTP/2 fast answers: %q before the hit, %q after", before, after)
 	}
 	req, _ := http.NewRequest("GET", url, nil)
 	req.Header.Set("Range", "bytes=0-4")
