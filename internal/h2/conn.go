@@ -21,7 +21,7 @@ const (
 	// outHigh is how much output may gather before writers wait for it to
 	// drain and the reader stops reading: a bound on what one connection
 	// holds, and the back-pressure against control-frame floods.
-	outHigh = 256 << 10
+	outHigh = 64 << 10
 	// maxWindow is the largest flow-control window (2^31-1).
 	maxWindow = 1<<31 - 1
 	// peerMaxFrame is the frame size a client accepts until it says more
@@ -78,9 +78,10 @@ type conn struct {
 
 	out     []byte // frames to send
 	spare   []byte
-	writing bool  // a goroutine is writing out
-	werr    error // the first write error; then nothing more is sent
-	closed  bool  // the connection is closed (or closing): no more frames
+	cork    Corker // nc, when it can gather the TLS records of a write
+	writing bool   // a goroutine is writing out
+	werr    error  // the first write error; then nothing more is sent
+	closed  bool   // the connection is closed (or closing): no more frames
 
 	goingAway  bool   // GOAWAY sent (or being sent): no new streams
 	goAwayLast uint32 // the last stream GOAWAY let in
@@ -92,6 +93,7 @@ func newConn(s *Server, nc net.Conn, state *tls.ConnectionState) *conn {
 		streams: map[uint32]*stream{}, sendWin: 65535, peerInitWin: 65535, maxFrame: peerMaxFrame,
 		recvWin: int64(s.opts.ConnWindow)}
 	c.cond = sync.NewCond(&c.mu)
+	c.cork, _ = nc.(Corker)
 	ctx := context.Background()
 	if s.opts.ConnContext != nil {
 		ctx = s.opts.ConnContext(ctx, nc)
@@ -565,9 +567,20 @@ func (c *conn) flushLocked() {
 	for len(c.out) > 0 && c.werr == nil && !c.closed {
 		buf := c.out
 		c.out = c.spare[:0]
+		c.spare = nil
 		c.mu.Unlock()
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+		if c.cork != nil {
+			// TLS makes a record of each 16 KiB and writes each on its
+			// own: corked, the batch leaves in one system call.
+			c.cork.Cork()
+		}
 		_, err := c.nc.Write(buf)
+		if c.cork != nil {
+			if uerr := c.cork.Uncork(); err == nil {
+				err = uerr
+			}
+		}
 		c.mu.Lock()
 		c.spare = buf[:0]
 		if err != nil {
@@ -591,9 +604,13 @@ func (c *conn) flushLocked() {
 			st.cond.Broadcast()
 		}
 	}
-	// Keep big buffers from pinning memory on idle connections.
-	if cap(c.spare) > 2*outHigh {
-		c.spare = nil
+	// Idle: the buffers go back to the server's pool rather than stay
+	// with a connection that may not write again for minutes.
+	c.s.putBuf(c.spare)
+	c.spare = nil
+	if len(c.out) == 0 {
+		c.s.putBuf(c.out)
+		c.out = nil
 	}
 }
 

@@ -12,6 +12,9 @@ import (
 // frame into a buffer of their own before writing it to an io.Writer.
 
 func (c *conn) frameHeader(length int, t http2.FrameType, flags http2.Flags, id uint32) {
+	if c.out == nil {
+		c.out = c.s.getBuf()
+	}
 	c.out = append(c.out, byte(length>>16), byte(length>>8), byte(length), byte(t), byte(flags),
 		byte(id>>24)&0x7f, byte(id>>16), byte(id>>8), byte(id))
 }

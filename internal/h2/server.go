@@ -108,6 +108,39 @@ type Server struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	shutdown bool
+
+	bufs     sync.Pool // *[]byte: output buffers of connections that are writing
+	copyBufs sync.Pool // *[]byte: ResponseWriter.ReadFrom's
+}
+
+func (s *Server) copyBuf() *[]byte {
+	if p, ok := s.copyBufs.Get().(*[]byte); ok {
+		return p
+	}
+	b := make([]byte, 16<<10)
+	return &b
+}
+
+// Corker is what ServeConn's connection may also implement (the
+// transport's does) to gather the TLS records of one Write into a single
+// system call: Cork before the Write, Uncork (which sends) after.
+type Corker interface {
+	Cork()
+	Uncork() error
+}
+
+func (s *Server) getBuf() []byte {
+	if p, ok := s.bufs.Get().(*[]byte); ok {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, 16<<10)
+}
+
+func (s *Server) putBuf(b []byte) {
+	if b != nil && cap(b) <= 4*outHigh {
+		b = b[:0]
+		s.bufs.Put(&b)
+	}
 }
 
 // New returns a Server for opts, with defaults for its zero fields.

@@ -78,7 +78,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	case "h2":
 		if s.h2 != nil {
-			s.h2.ServeConn(tc, &cs)
+			s.h2.ServeConn(&h2Conn{Conn: tc, cc: c.(*countedConn)}, &cs)
 			return
 		}
 		if !s.httpLn.push(tc) {
@@ -165,3 +165,14 @@ func (s *Server) closeHandshakesLocked() {
 		_ = c.Close()
 	}
 }
+
+// h2Conn is an HTTP/2 connection as the h2 server gets it: its writes can
+// be corked (h2.Corker), so the TLS records of one batch of frames leave
+// in one system call.
+type h2Conn struct {
+	*tls.Conn
+	cc *countedConn
+}
+
+func (c *h2Conn) Cork()         { c.cc.cork() }
+func (c *h2Conn) Uncork() error { return c.cc.uncork() }
