@@ -442,6 +442,21 @@ func (c *Cache) copyBody(w http.ResponseWriter, r *http.Request, src io.ReaderAt
 			}
 		}
 	}
+	if r.ProtoMajor == 2 {
+		// The transport's HTTP/2 server (internal/h2) reads into its own
+		// buffers, sized so that each read is one DATA frame that fills
+		// one TLS record; net/http's HTTP/2 writer has no ReadFrom.
+		if rf := innerReaderFrom(w); rf != nil {
+			sr := &sourceReader{r: io.NewSectionReader(src, off, n)}
+			if _, err := rf.ReadFrom(sr); err != nil && sr.err != nil {
+				if r.Context().Err() == nil {
+					c.log.Warn("aborting a response: source failed", "err", sr.err)
+				}
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
+	}
 	pool := &c.bufs
 	if r.ProtoMajor >= 2 {
 		pool = &c.smallBufs
@@ -467,8 +482,24 @@ func (c *Cache) copyBody(w http.ResponseWriter, r *http.Request, src io.ReaderAt
 	}
 }
 
-// innerReaderFrom finds net/http's own response writer (an io.ReaderFrom
-// that uses sendfile) below wrappers that expose Unwrap, as the
+// sourceReader remembers the error of the source (as opposed to the
+// client's) when a ReadFrom copies it.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
+
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
+
+// innerReaderFrom finds the response writer that can read a body itself
+// (an io.ReaderFrom: net/http's HTTP/1.1 one uses sendfile, internal/h2's
+// sizes its reads to its frames) below wrappers that expose Unwrap, as the
 // transport's status recorder does. Such wrappers must not transform the
 // body; headers and status are still written through the outer writer.
 func innerReaderFrom(w http.ResponseWriter) io.ReaderFrom {

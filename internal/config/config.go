@@ -139,8 +139,12 @@ type HTTPS struct {
 	AppServer string `yaml:"app_server"`
 	Limits    Limits `yaml:"limits"`
 	// HTTP3 serves HTTP/3 on UDP at the same address as Listen.
-	HTTP3          bool           `yaml:"http3"`
-	AltSvcPort     int            `yaml:"alt_svc_port"`
+	HTTP3      bool `yaml:"http3"`
+	AltSvcPort int  `yaml:"alt_svc_port"`
+	// HTTP2Server is which server speaks HTTP/2: "edgenode" (internal/h2,
+	// the default) or "net/http" (Go's own, the way back should ours
+	// misbehave). Empty means "edgenode".
+	HTTP2Server    string         `yaml:"http2_server"`
 	SessionTickets SessionTickets `yaml:"session_tickets"`
 	ACME           ACME           `yaml:"acme"`
 	// FleetStorage is where the fleet keeps ACME certificates and
@@ -156,6 +160,12 @@ type HTTPS struct {
 	// DATA_DIR/fleet.secret when it is empty.
 	FleetSecret Secret `yaml:"fleet_secret"`
 }
+
+// The values of https.http2_server.
+const (
+	HTTP2Edgenode = "edgenode"
+	HTTP2NetHTTP  = "net/http"
+)
 
 // MinFleetSecretLen is the shortest https.fleet_secret accepted, in
 // characters: the secret is a key, and should be random.
@@ -559,6 +569,7 @@ func Default() Config {
 			Listen:            "127.0.0.1:8443",
 			CertCheckInterval: 5 * time.Second,
 			HTTP3:             true,
+			HTTP2Server:       HTTP2Edgenode,
 			SessionTickets:    SessionTickets{Rotation: 24 * time.Hour},
 			ACME: ACME{
 				CA:                 "https://acme-v02.api.letsencrypt.org/directory",

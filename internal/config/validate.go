@@ -99,6 +99,11 @@ func (h *HTTPS) validate(ps *Problems) {
 		}
 	}
 	h.Limits.validate(ps)
+	switch h.HTTP2Server {
+	case "", HTTP2Edgenode, HTTP2NetHTTP:
+	default:
+		ps.add("https.http2_server", "%q is not a server: want %q (the default) or %q", h.HTTP2Server, HTTP2Edgenode, HTTP2NetHTTP)
+	}
 	if h.AltSvcPort < 0 || h.AltSvcPort > 65535 {
 		ps.add("https.alt_svc_port", "%d is not a port: want 0 (the listen port) to 65535", h.AltSvcPort)
 	}

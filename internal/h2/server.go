@@ -117,7 +117,7 @@ func (s *Server) copyBuf() *[]byte {
 	if p, ok := s.copyBufs.Get().(*[]byte); ok {
 		return p
 	}
-	b := make([]byte, 16<<10)
+	b := make([]byte, dataChunk) // each Write one DATA frame, one TLS record
 	return &b
 }
 

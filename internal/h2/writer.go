@@ -168,8 +168,9 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 func (w *responseWriter) WriteString(s string) (int, error) { return w.Write([]byte(s)) }
 
 // ReadFrom copies r to the response through a buffer from the server's
-// pool: io.Copy (http.ServeContent's, the CDN's) would otherwise make a
-// 32 KiB buffer for every response.
+// pool, a DATA frame's worth at a time: io.Copy (http.ServeContent's, the
+// CDN's) would otherwise make a 32 KiB buffer for every response, and
+// write frames that do not fill TLS records.
 func (w *responseWriter) ReadFrom(r io.Reader) (int64, error) {
 	bp := w.c.s.copyBuf()
 	defer w.c.s.copyBufs.Put(bp)

@@ -134,6 +134,7 @@ func (n *Node) buildHTTPS(acme *fleet.Manager) (*httpsPart, error) {
 		App:        app,
 		AltSvcPort: h.AltSvcPort,
 		Limits:     httpsLimits(&h.Limits),
+		NetHTTP2:   h.HTTP2Server == config.HTTP2NetHTTP,
 	}
 	if n.httpsUDP != nil {
 		opts.UDPConn = n.httpsUDP

@@ -22,18 +22,21 @@
 // get, and streaming responses (SSE, long polls) work over all three.
 //
 // Connections: the TCP listener's own accept loop does the TLS handshakes
-// (accept.go). HTTP/2 connections go to net/http; HTTP/1.1 ones start on
-// the fast path (fast.go), which answers GET and HEAD requests that a
-// FastHandler (the CDN's memory tier) holds ready, and hands the connection
-// with the bytes it read to net/http at the first request it does not
-// answer. Every request net/http serves goes through ServeHTTP, wherever
-// the connection started.
+// (accept.go). HTTP/2 connections go to internal/h2, the server of our own,
+// which answers GET and HEAD requests that a FastHandler (the CDN's memory
+// tier) holds ready on the connection's goroutine (fast2.go) and runs
+// ServeHTTP for the rest (Options.NetHTTP2 sends them to net/http's
+// instead). HTTP/1.1 ones start on the fast path (fast.go), which answers
+// the same requests, and hands the connection with the bytes it read to
+// net/http at the first request it does not answer. Every request that is
+// not a fast answer goes through ServeHTTP, whichever server read it.
 //
 // Speed (docs/https-edge-profile.md has the profiles): a system call costs
 // more than anything else per small response, so the connection under TLS
 // gathers writes. On HTTP/1.1 it is corked for the length of one
 // ResponseWriter Write (the TLS records net/http makes of it leave in one
-// write(2)); on HTTP/2 a writer goroutine, running only while there is
+// write(2)); internal/h2 corks each batch of frames it writes (h2Conn); on
+// net/http's HTTP/2 a writer goroutine, running only while there is
 // something to write, sends everything gathered since its last write(2).
 // The Date header is formatted once a second.
 package transport
