@@ -19,6 +19,9 @@ import (
 // header: a response that fits goes out in one piece with a Content-Length.
 const bufSize = 8 << 10
 
+// sniffLen is how much of a body http.DetectContentType looks at.
+const sniffLen = 512
+
 // runHandler runs the Handler for st on its own goroutine.
 func (c *conn) runHandler(st *stream, req *http.Request) {
 	defer c.handlers.Done()
@@ -77,6 +80,9 @@ type responseWriter struct {
 	st  *stream
 	req *http.Request
 	hdr http.Header
+	// snap is hdr as it was at WriteHeader: what the response's HEADERS
+	// carry. As with net/http, later changes only reach the trailers.
+	snap http.Header
 
 	code        int
 	wroteHeader bool // WriteHeader called (or implied)
@@ -86,6 +92,7 @@ type responseWriter struct {
 	declared    int64 // the handler's Content-Length, or -1
 	closeConn   bool  // the handler asked for Connection: close
 	trailers    []string
+	headSniff   []byte // a HEAD response's first bytes, for Content-Type
 }
 
 func (w *responseWriter) Header() http.Header { return w.hdr }
@@ -111,6 +118,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	w.code = code
+	w.snap = w.hdr.Clone()
 	w.declared = -1
 	if cl := w.hdr.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
@@ -147,6 +155,9 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 	}
 	w.written += int64(len(p))
 	if w.req.Method == http.MethodHead {
+		if n := min(len(p), sniffLen-len(w.headSniff)); n > 0 {
+			w.headSniff = append(w.headSniff, p[:n]...)
+		}
 		return len(p), nil
 	}
 	if !w.sentHeader && len(w.buf)+len(p) <= bufSize {
@@ -156,7 +167,7 @@ func (w *responseWriter) Write(p []byte) (int, error) {
 		w.buf = append(w.buf, p...)
 		return len(p), nil
 	}
-	if err := w.send(false); err != nil {
+	if err := w.send(false, p); err != nil {
 		return 0, err
 	}
 	if err := w.c.sendData(w.st, p, false); err != nil {
@@ -201,12 +212,13 @@ func (w *responseWriter) FlushError() error {
 	if !w.wroteHeader {
 		w.WriteHeader(http.StatusOK)
 	}
-	return w.send(false)
+	return w.send(false, nil)
 }
 
 // send sends the header if it has not gone, then the held body; end ends
-// the stream with them (the handler has returned).
-func (w *responseWriter) send(end bool) error {
+// the stream with them (the handler has returned). next is what the caller
+// sends right after, for Content-Type when nothing is held.
+func (w *responseWriter) send(end bool, next []byte) error {
 	c, st := w.c, w.st
 	body := w.buf
 	w.buf = w.buf[:0]
@@ -222,8 +234,15 @@ func (w *responseWriter) send(end bool) error {
 		c.mu.Unlock()
 		return err
 	}
+	sniff := body
+	switch {
+	case w.req.Method == http.MethodHead:
+		sniff = w.headSniff
+	case len(sniff) == 0:
+		sniff = next
+	}
 	headOnly := end && len(body) == 0 && len(w.trailers) == 0
-	c.writeHeaders(st.id, w.code, w.fields(body, end), headOnly)
+	c.writeHeaders(st.id, w.code, w.fields(sniff, end), headOnly)
 	if headOnly {
 		st.localEnded = true
 		if st.remoteEnded {
@@ -252,10 +271,10 @@ func (w *responseWriter) finish() {
 	}
 	hasTrailers := len(w.trailers) > 0 || w.hasPrefixedTrailers()
 	if !hasTrailers {
-		_ = w.send(true)
+		_ = w.send(true, nil)
 		return
 	}
-	if err := w.send(false); err != nil {
+	if err := w.send(false, nil); err != nil {
 		return
 	}
 	var fields []hpack.HeaderField
@@ -297,9 +316,13 @@ func (w *responseWriter) hasPrefixedTrailers() bool {
 // fields is the response's header fields: the handler's, less what
 // HTTP/2 forbids, plus Content-Type (sniffed from body, as net/http does),
 // Content-Length (when the whole body is known) and Date.
-func (w *responseWriter) fields(body []byte, end bool) []hpack.HeaderField {
-	fields := make([]hpack.HeaderField, 0, len(w.hdr)+3)
-	for k, vs := range w.hdr {
+func (w *responseWriter) fields(sniff []byte, end bool) []hpack.HeaderField {
+	h := w.snap
+	if !w.wroteHeader {
+		h = w.hdr // an informational response: the fields set so far
+	}
+	fields := make([]hpack.HeaderField, 0, len(h)+3)
+	for k, vs := range h {
 		switch k {
 		case "Connection", "Proxy-Connection", "Keep-Alive", "Transfer-Encoding", "Upgrade":
 			continue
@@ -314,14 +337,14 @@ func (w *responseWriter) fields(body []byte, end bool) []hpack.HeaderField {
 	if !w.wroteHeader {
 		return fields // an informational response
 	}
-	if _, ok := w.hdr["Content-Type"]; !ok && w.bodyAllowed() && len(body) > 0 {
-		fields = append(fields, hpack.HeaderField{Name: "content-type", Value: http.DetectContentType(body)})
+	if _, ok := h["Content-Type"]; !ok && w.bodyAllowed() && len(sniff) > 0 {
+		fields = append(fields, hpack.HeaderField{Name: "content-type", Value: http.DetectContentType(sniff)})
 	}
 	if end && w.declared < 0 && w.bodyAllowed() && len(w.trailers) == 0 &&
 		(w.req.Method != http.MethodHead || w.written > 0) {
 		fields = append(fields, hpack.HeaderField{Name: "content-length", Value: strconv.FormatInt(w.written, 10)})
 	}
-	if _, ok := w.hdr["Date"]; !ok {
+	if _, ok := h["Date"]; !ok {
 		fields = append(fields, hpack.HeaderField{Name: "date", Value: w.c.s.opts.Date()})
 	}
 	return fields
