@@ -10,8 +10,6 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http2/hpack"
 )
 
 // entry is one cached object. Its fields are immutable once it is in the
@@ -41,12 +39,11 @@ type entry struct {
 
 // memObject is the bytes of a small object held in the memory tier, and
 // the header of its 200 for the transport's fast paths, as an HTTP/1.1
-// header block (AppendFast) and as HTTP/2 fields (AppendFastFields); never
+// header block (AppendFast) and as an HPACK block (AppendFastBlock); never
 // mutated. A pointer, so that passing it as an io.ReaderAt allocates
 // nothing.
 type memObject struct {
-	b, head []byte
-	fields  []hpack.HeaderField
+	b, head, h2block []byte
 }
 
 func (m *memObject) ReadAt(p []byte, off int64) (int, error) {

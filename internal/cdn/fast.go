@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/edgenode/edgenode/internal/h2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -27,14 +28,15 @@ func (c *Cache) AppendFast(dst []byte, method, path string) (head, body []byte, 
 	return append(dst, m.head...), m.b, true
 }
 
-// AppendFastFields is AppendFast for the transport's HTTP/2 server: the
-// same answer, its header as HTTP/2 fields (lowercase names).
-func (c *Cache) AppendFastFields(dst []hpack.HeaderField, method, path string) (fields []hpack.HeaderField, body []byte, ok bool) {
+// AppendFastBlock is AppendFast for the transport's HTTP/2 server: the
+// same answer, its header as an HPACK block that uses no table state
+// (h2.AppendLiteral), made once per object.
+func (c *Cache) AppendFastBlock(dst []byte, method, path string) (block, body []byte, ok bool) {
 	m := c.fastHit(method, path)
 	if m == nil {
 		return dst, nil, false
 	}
-	return append(dst, m.fields...), m.b, true
+	return append(dst, m.h2block...), m.b, true
 }
 
 // fastHit is the memory-tier object of a fresh hit for a GET or HEAD of
@@ -64,9 +66,9 @@ func (c *Cache) fastHit(method, path string) *memObject {
 
 // fastHead is the header of a 200 hit for oh: the fields serveObject
 // sets, written as net/http writes a header (one "Name: value\r\n" per
-// value) for AppendFast, and as HTTP/2 fields in the same order for
-// AppendFastFields. Built once per object in the memory tier.
-func (c *Cache) fastHead(oh *objHeaders) (head []byte, fields []hpack.HeaderField) {
+// value) for AppendFast, and as an HPACK block of the same fields in the
+// same order for AppendFastBlock. Built once per object in the memory tier.
+func (c *Cache) fastHead(oh *objHeaders) (head, h2block []byte) {
 	h := http.Header{}
 	c.setObjectFields(h, oh, xHit)
 	h["Content-Length"] = oh.hLen
@@ -75,8 +77,8 @@ func (c *Cache) fastHead(oh *objHeaders) (head []byte, fields []hpack.HeaderFiel
 	keys := slices.Sorted(maps.Keys(h))
 	for _, k := range keys {
 		for _, v := range h[k] {
-			fields = append(fields, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
+			h2block = h2.AppendLiteral(h2block, hpack.HeaderField{Name: strings.ToLower(k), Value: v})
 		}
 	}
-	return b.Bytes(), fields
+	return b.Bytes(), h2block
 }

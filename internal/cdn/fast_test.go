@@ -65,6 +65,25 @@ func TestFastPathSameAnswer(t *testing.T) {
 				}
 			}
 		}
+		// HTTP/2: the HTTP/2 server's fast answer (AppendFastBlock) against
+		// ServeHTTP through the same server, field for field.
+		h2c := h2Client()
+		for _, key := range []string{"f/a.png", "f/b.svg"} {
+			for _, method := range []string{"GET", "HEAD"} {
+				before := testutil.ToFloat64(c.m.memHits)
+				want := h2RoundTrip(t, h2c, method, slow, key)
+				got := h2RoundTrip(t, h2c, method, fast, key)
+				if n := testutil.ToFloat64(c.m.memHits) - before; n != 2 {
+					t.Fatalf("h2 %s %s: %v memory hits, want 2 (one per path)", method, key, n)
+				}
+				if want.status != 200 || got.status != want.status || !bytes.Equal(got.body, want.body) {
+					t.Fatalf("h2 %s %s: fast %d (%d bytes), handler %d (%d bytes)", method, key, got.status, len(got.body), want.status, len(want.body))
+				}
+				if !slices.Equal(got.fields, want.fields) {
+					t.Fatalf("h2 %s %s (Cache-Control %q):\nfast:    %q\nhandler: %q", method, key, cc, got.fields, want.fields)
+				}
+			}
+		}
 		// One connection: a fast hit, then requests the fast path declines,
 		// then a hit again (net/http's, since the connection was handed over).
 		conn := dialH1(t, fast)
@@ -120,6 +139,46 @@ func serveCache(t *testing.T, c *Cache, fast bool) string {
 		}
 	})
 	return ln.Addr().String()
+}
+
+// h2Client is an HTTP/2-only client that trusts any certificate.
+func h2Client() *http.Client {
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetHTTP2(true)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+// h2RoundTrip fetches /media/key over HTTP/2: the status, the header fields
+// (Date left out, "Name: value" sorted) and the body.
+func h2RoundTrip(t *testing.T, c *http.Client, method, addr, key string) rawResp {
+	t.Helper()
+	req, _ := http.NewRequest(method, "https://"+addr+"/media/"+key, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("%s", resp.Proto)
+	}
+	r := rawResp{status: resp.StatusCode}
+	if r.body, err = io.ReadAll(resp.Body); err != nil {
+		t.Fatal(err)
+	}
+	for k, vs := range resp.Header {
+		if k == "Date" {
+			continue
+		}
+		for _, v := range vs {
+			r.fields = append(r.fields, k+": "+v)
+		}
+	}
+	if resp.ContentLength >= 0 { // the client moves Content-Length out of Header
+		r.fields = append(r.fields, "Content-Length: "+strconv.FormatInt(resp.ContentLength, 10))
+	}
+	slices.Sort(r.fields)
+	return r
 }
 
 type rawResp struct {

@@ -167,7 +167,7 @@ func (c *Cache) serveEntryLocked(w http.ResponseWriter, r *http.Request, e *entr
 		b := make([]byte, e.size)
 		if _, err := h.f.ReadAt(b, 0); err == nil || (errors.Is(err, io.EOF) && e.size == 0) {
 			m := &memObject{b: b}
-			m.head, m.fields = c.fastHead(&e.hdr)
+			m.head, m.h2block = c.fastHead(&e.hdr)
 			c.mu.Lock()
 			c.addMemLocked(e, m)
 			c.mu.Unlock()

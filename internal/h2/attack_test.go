@@ -104,7 +104,6 @@ func TestRapidReset(t *testing.T) {
 	var running, peak atomic.Int64
 	release := make(chan struct{})
 	var once sync.Once
-	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	ts := serve(t, h2.Options{MaxConcurrentStreams: limit, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		n := running.Add(1)
 		for {
@@ -116,6 +115,9 @@ func TestRapidReset(t *testing.T) {
 		<-release // a handler slow to notice the reset
 		running.Add(-1)
 	})})
+	// Registered after serve's: runs first, so the server's cleanup does not
+	// wait for handlers that were never released.
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	c := dialRaw(t, ts.addr)
 	go func() {
 		for id := uint32(1); id < 2000; id += 2 {

@@ -52,10 +52,10 @@ type conn struct {
 	// Read side: the serve goroutine only.
 	br         *bufio.Reader
 	fr         *http2.Framer
-	lastStream uint32 // highest client stream opened
-	refused    int    // streams refused since the last one completed
-	fastFields []hpack.HeaderField
-	deadline   time.Time // read deadline in force (zero: none)
+	lastStream uint32     // highest client stream opened
+	refused    int        // streams refused since the last one completed
+	fast       FastAnswer // reused by every fast answer
+	deadline   time.Time  // read deadline in force (zero: none)
 
 	handlers sync.WaitGroup
 
@@ -136,13 +136,21 @@ func (c *conn) serve() {
 	for c.writing && !c.closed {
 		c.cond.Wait() // a handler's goroutine is sending the last bytes
 	}
-	linger := !c.closed && c.werr == nil && code == http2.ErrCodeNo && (err == nil || errors.Is(err, os.ErrDeadlineExceeded))
+	// Not when the client closed or broke the connection: then there is
+	// nothing to wait for.
+	linger := !c.closed && c.werr == nil && (err == nil || code != http2.ErrCodeNo || errors.Is(err, os.ErrDeadlineExceeded))
 	c.mu.Unlock()
 	if linger {
 		// Closing with the client's frames (window updates, its own
-		// GOAWAY) unread makes the kernel send a reset, which can destroy
-		// the last responses in flight. So read and drop what the client
+		// GOAWAY, the rest of a flood) unread makes the kernel send a
+		// reset, which can destroy the last responses and the GOAWAY in
+		// flight. So end the sending side (TLS close_notify, which a
+		// client reads as the end), then read and drop what the client
 		// still sends until it closes, for a second at most.
+		if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+			_ = c.nc.SetWriteDeadline(time.Now().Add(time.Second))
+			_ = cw.CloseWrite()
+		}
 		_ = c.nc.SetReadDeadline(time.Now().Add(time.Second))
 		_, _ = io.Copy(io.Discard, c.br)
 	}
@@ -203,12 +211,15 @@ func (c *conn) readLoop() (http2.ErrCode, error) {
 				c.cond.Wait()
 			}
 			done := c.closed || (c.goingAway || c.peerGone) && c.active == 0
-			idle := c.active == 0
+			if !done {
+				// Under mu, so that it cannot undo the wake-up of a
+				// streamGone that comes after this check.
+				c.setReadDeadline(c.active == 0)
+			}
 			c.mu.Unlock()
 			if done {
 				return http2.ErrCodeNo, nil
 			}
-			c.setReadDeadline(idle)
 		}
 		f, err := c.fr.ReadFrame()
 		if err != nil {
@@ -226,13 +237,15 @@ func (c *conn) readLoop() (http2.ErrCode, error) {
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				c.mu.Lock()
-				going, idle := c.goingAway, c.active == 0
-				c.mu.Unlock()
-				if going && !idle {
+				more := c.goingAway && c.active > 0 && !c.closed
+				if more {
 					// Shutdown woke the reader: keep reading (window
 					// updates, bodies) until the streams end.
 					c.deadline = time.Time{}
 					_ = c.nc.SetReadDeadline(time.Time{})
+				}
+				c.mu.Unlock()
+				if more {
 					continue
 				}
 				return http2.ErrCodeNo, err
@@ -486,7 +499,7 @@ func (c *conn) closeStream(st *stream) {
 	st.remoteEnded, st.localEnded = true, true
 	delete(c.streams, st.id)
 	if !st.handlerRunning {
-		c.active--
+		c.streamGone()
 	}
 	if st.fastBody != nil {
 		st.fastBody = nil
@@ -503,6 +516,16 @@ func (c *conn) closeStream(st *stream) {
 	}
 	st.cond.Broadcast()
 	c.cond.Broadcast()
+}
+
+// streamGone takes a stream off the concurrency count. The last one of a
+// connection that is going away wakes the reader, which may be waiting
+// for a frame that will not come, to end the connection.
+func (c *conn) streamGone() {
+	c.active--
+	if c.active == 0 && (c.goingAway || c.peerGone) {
+		_ = c.nc.SetReadDeadline(time.Now())
+	}
 }
 
 // wakeSenders tells every waiting sender that a window may have opened, and

@@ -84,11 +84,18 @@ func (c *conn) writeData(id uint32, p []byte, end bool) {
 // lock, so header blocks reach the wire in the order the encoder's dynamic
 // table saw them.
 func (c *conn) writeHeaders(id uint32, status int, fields []hpack.HeaderField, end bool) {
+	c.writeHeadersBlock(id, status, fields, nil, end)
+}
+
+// writeHeadersBlock is writeHeaders with fields already encoded without
+// table state (FastAnswer.Block) after the others.
+func (c *conn) writeHeadersBlock(id uint32, status int, fields []hpack.HeaderField, block []byte, end bool) {
 	c.encBuf.Reset()
 	_ = c.enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(status)})
 	for _, f := range fields {
 		_ = c.enc.WriteField(f)
 	}
+	c.encBuf.Write(block)
 	c.writeBlock(id, c.encBuf.Bytes(), end)
 }
 

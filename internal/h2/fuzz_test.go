@@ -213,14 +213,18 @@ func FuzzConn(f *testing.F) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(fuzzPageBody)
 	})
-	fast := func(req *FastRequest, hdr []hpack.HeaderField) ([]hpack.HeaderField, []byte, bool) {
+	fast := func(req *FastRequest, a *FastAnswer) bool {
 		switch req.Path {
 		case "/fast":
-			return append(hdr, hpack.HeaderField{Name: "content-type", Value: "text/plain"}), fuzzFastBody, true
+			a.Block = AppendLiteral(a.Block, hpack.HeaderField{Name: "content-type", Value: "text/plain"})
+			a.Fields = append(a.Fields, hpack.HeaderField{Name: "x-n", Value: "1"})
+			a.Body = fuzzFastBody
+			return true
 		case "/small":
-			return hdr, []byte("small"), true
+			a.Body = []byte("small")
+			return true
 		}
-		return hdr, nil, false
+		return false
 	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		// A server of its own each time, so an input's outcome depends on

@@ -29,10 +29,11 @@ func TestH2Spec(t *testing.T) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Write(page)
 	})
-	fast := func(_ *h2.FastRequest, hdr []hpack.HeaderField) ([]hpack.HeaderField, []byte, bool) {
-		hdr = append(hdr, hpack.HeaderField{Name: "content-type", Value: "text/plain"},
-			hpack.HeaderField{Name: "content-length", Value: "9000"})
-		return hdr, page, true
+	fast := func(_ *h2.FastRequest, a *h2.FastAnswer) bool {
+		a.Block = h2.AppendLiteral(a.Block, hpack.HeaderField{Name: "content-type", Value: "text/plain"})
+		a.Fields = append(a.Fields, hpack.HeaderField{Name: "content-length", Value: "9000"})
+		a.Body = page
+		return true
 	}
 	for _, tc := range []struct {
 		name string
@@ -61,4 +62,42 @@ func failures(out string) string {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// TestAppendLiteral: the fields a fast answer's block carries decode, with
+// a real HPACK decoder, to what went in (short and long, Huffman-friendly
+// or not), and leave the decoder's dynamic table empty.
+func TestAppendLiteral(t *testing.T) {
+	in := []hpack.HeaderField{
+		{Name: "content-type", Value: "image/png"},
+		{Name: "etag", Value: `"0123456789abcdef"`},
+		{Name: "x-long", Value: strings.Repeat("v", 300)},
+		{Name: "x-binaryish", Value: "\x7e\x7f~|{}^`"},
+		{Name: "x-empty", Value: ""},
+	}
+	var block []byte
+	for _, f := range in {
+		block = h2.AppendLiteral(block, f)
+	}
+	var got []hpack.HeaderField
+	dec := hpack.NewDecoder(4096, func(f hpack.HeaderField) { got = append(got, f) })
+	if _, err := dec.Write(block); err != nil {
+		t.Fatal(err)
+	}
+	if err := dec.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(in) {
+		t.Fatalf("%d fields, want %d", len(got), len(in))
+	}
+	for i := range in {
+		if got[i].Name != in[i].Name || got[i].Value != in[i].Value {
+			t.Fatalf("field %d: %q, want %q", i, got[i], in[i])
+		}
+	}
+	// Nothing was added to the table: a fresh decoder's first field at
+	// dynamic index 62 does not exist.
+	if _, err := dec.Write([]byte{0x80 | 62}); err == nil {
+		t.Fatal("the block added to the dynamic table")
+	}
 }

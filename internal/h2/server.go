@@ -85,12 +85,59 @@ type Options struct {
 
 // FastFunc answers a GET or HEAD request that came without a body from
 // memory, or declines it (ok false) and the request goes to Handler. It
-// must not block. It appends the response's header fields, lowercase names
-// and no pseudo-fields, to hdr and returns them with the body; the answer
-// is a 200 (HEAD sends no body). body is only read, and must not change
-// while the connection sends it (it may be held while the client's flow
-// control window is closed).
-type FastFunc func(req *FastRequest, hdr []hpack.HeaderField) (fields []hpack.HeaderField, body []byte, ok bool)
+// must not block. It fills in a (whose slices it may reuse: the connection
+// hands the same FastAnswer back, emptied). The answer is a 200; HEAD
+// sends no body.
+type FastFunc func(req *FastRequest, a *FastAnswer) (ok bool)
+
+// FastAnswer is a fast answer's header and body.
+type FastAnswer struct {
+	// Block is header fields already HPACK-encoded without the dynamic
+	// table (AppendLiteral), so that they can be made once per object and
+	// sent on any connection as they are: no encoding per request.
+	Block []byte
+	// Fields are header fields (lowercase names) that change between
+	// answers (Date): the connection's encoder encodes them.
+	Fields []hpack.HeaderField
+	// Body is only read, and must not change while the connection sends
+	// it (it may be held while the client's flow-control window is closed).
+	Body []byte
+}
+
+// AppendLiteral appends f to dst as an HPACK "literal header field
+// without indexing" with a literal name (RFC 7541 §6.2.2), Huffman-coded:
+// a representation that neither reads nor changes any dynamic table, for
+// FastAnswer.Block. f.Name must be lowercase.
+func AppendLiteral(dst []byte, f hpack.HeaderField) []byte {
+	dst = append(dst, 0x00)
+	dst = appendString(dst, f.Name)
+	return appendString(dst, f.Value)
+}
+
+// appendString is an HPACK string literal, Huffman-coded when shorter.
+func appendString(dst []byte, s string) []byte {
+	if n := hpack.HuffmanEncodeLength(s); n < uint64(len(s)) {
+		dst = appendInt(dst, 0x80, n)
+		return hpack.AppendHuffmanString(dst, s)
+	}
+	dst = appendInt(dst, 0, uint64(len(s)))
+	return append(dst, s...)
+}
+
+// appendInt is an HPACK integer with a 7-bit prefix (RFC 7541 §5.1);
+// flag is the prefix byte's first bit.
+func appendInt(dst []byte, flag byte, n uint64) []byte {
+	if n < 127 {
+		return append(dst, flag|byte(n))
+	}
+	dst = append(dst, flag|127)
+	n -= 127
+	for n >= 128 {
+		dst = append(dst, byte(n&0x7f|0x80))
+		n >>= 7
+	}
+	return append(dst, byte(n))
+}
 
 // FastRequest is a request offered to Options.Fast. Its strings are valid
 // only for the call.

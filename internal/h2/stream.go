@@ -272,17 +272,19 @@ func (c *conn) newRequest(st *stream, rq *request, f *http2.MetaHeadersFrame) (*
 // answer. It reports whether it answered.
 func (c *conn) answerFast(id uint32, rq *request, regular []hpack.HeaderField) bool {
 	fr := FastRequest{Method: rq.method, Authority: rq.authority, Path: rq.path, Fields: regular}
-	fields, body, ok := c.s.opts.Fast(&fr, c.fastFields[:0])
-	c.fastFields = fields[:0]
-	if !ok {
+	a := &c.fast
+	a.Block, a.Fields, a.Body = a.Block[:0], a.Fields[:0], nil
+	if !c.s.opts.Fast(&fr, a) {
 		return false
 	}
+	body := a.Body
+	a.Body = nil
 	if rq.method == http.MethodHead || len(body) == 0 {
-		c.writeHeaders(id, http.StatusOK, fields, true)
+		c.writeHeadersBlock(id, http.StatusOK, a.Fields, a.Block, true)
 		c.refused = 0
 		return true
 	}
-	c.writeHeaders(id, http.StatusOK, fields, false)
+	c.writeHeadersBlock(id, http.StatusOK, a.Fields, a.Block, false)
 	c.refused = 0
 	if n := int64(len(body)); n <= c.peerInitWin && n <= c.sendWin {
 		c.writeData(id, body, true)

@@ -57,7 +57,7 @@ func (c *conn) handlerDone(st *stream, completed bool) {
 	}
 	switch {
 	case st.closed:
-		c.active--
+		c.streamGone()
 	case !completed || !st.localEnded:
 		c.resetStream(st.id, http2.ErrCodeInternal)
 	case !st.remoteEnded:

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/net/http2/hpack"
 )
 
 // FastHandler is a route handler that can answer some requests from memory
@@ -20,7 +19,7 @@ import (
 // and that parseFastHead accepts is answered by AppendFast when it says ok,
 // with the transport's own fields (Date, Alt-Svc) added; on HTTP/2
 // connections (internal/h2), one that came without a body and without the
-// same fields is answered by AppendFastFields (fast2.go). Everything else
+// same fields is answered by AppendFastBlock (fast2.go). Everything else
 // goes through ServeHTTP as before.
 //
 // AppendFast appends the response's header fields ("Name: value\r\n" each;
@@ -28,12 +27,13 @@ import (
 // body; the answer is a 200 and must be exactly what ServeHTTP would send
 // for the same request, which has no Range, conditional, body or upgrade
 // fields. The body is only read, never changed: HTTP/2 may hold it while
-// the client's flow-control window is closed. AppendFastFields is the same
-// answer with its fields as HTTP/2 sends them (lowercase names).
+// the client's flow-control window is closed. AppendFastBlock is the same
+// answer with its fields as an HPACK block that uses no table state
+// (h2.AppendLiteral: lowercase names), which can be made once per object.
 type FastHandler interface {
 	http.Handler
 	AppendFast(dst []byte, method, path string) (head, body []byte, ok bool)
-	AppendFastFields(dst []hpack.HeaderField, method, path string) (fields []hpack.HeaderField, body []byte, ok bool)
+	AppendFastBlock(dst []byte, method, path string) (block, body []byte, ok bool)
 }
 
 // Why a fast path: net/http spends most of an HTTP/1.1 10 KiB cache hit

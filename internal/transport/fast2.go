@@ -13,31 +13,32 @@ import (
 // answerH2 is the HTTP/2 server's fast answer (h2.Options.Fast): the
 // HTTP/1.1 fast path's rules for which requests it may answer, and the
 // same answer, from the route's FastHandler.
-func (s *Server) answerH2(req *h2.FastRequest, dst []hpack.HeaderField) ([]hpack.HeaderField, []byte, bool) {
+func (s *Server) answerH2(req *h2.FastRequest, a *h2.FastAnswer) bool {
 	start := time.Now()
 	if req.Authority == "" || !cleanPath(req.Path) || !fastFields(req.Fields) {
-		return dst, nil, false
+		return false
 	}
 	r := http.Request{Method: req.Method, Host: req.Authority, URL: &url.URL{Path: req.Path}}
 	_, pattern := s.mux.Handler(&r)
 	route := s.fast[pattern]
 	if route == nil {
-		return dst, nil, false
+		return false
 	}
-	fields, body, ok := route.h.AppendFastFields(dst, req.Method, req.Path)
+	block, body, ok := route.h.AppendFastBlock(a.Block, req.Method, req.Path)
 	if !ok {
-		return dst, nil, false
+		return false
 	}
+	a.Block, a.Body = block, body
 	if s.h3 != nil {
 		if v := s.h3.altSvcValue(); v != "" {
-			fields = append(fields, hpack.HeaderField{Name: "alt-svc", Value: v})
+			a.Fields = append(a.Fields, hpack.HeaderField{Name: "alt-svc", Value: v})
 		}
 	}
-	fields = append(fields, hpack.HeaderField{Name: "date", Value: s.date.get(start)[0]})
+	a.Fields = append(a.Fields, hpack.HeaderField{Name: "date", Value: s.date.get(start)[0]})
 	route.requests2[req.Method].Inc()
 	route.duration.Observe(time.Since(start).Seconds())
 	s.metrics.fastAnswers2.Inc()
-	return fields, body, true
+	return true
 }
 
 // fastFields reports whether a request's fields leave its answer as the

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/edgenode/edgenode/internal/h2"
 	"github.com/edgenode/edgenode/internal/transport"
 	"golang.org/x/net/http2/hpack"
 )
@@ -52,14 +53,14 @@ func (h *objHandler) AppendFast(dst []byte, method, path string) ([]byte, []byte
 	return dst, []byte(body), true
 }
 
-func (h *objHandler) AppendFastFields(dst []hpack.HeaderField, method, path string) ([]hpack.HeaderField, []byte, bool) {
+func (h *objHandler) AppendFastBlock(dst []byte, method, path string) ([]byte, []byte, bool) {
 	if strings.HasSuffix(path, "/slow") {
 		return dst, nil, false
 	}
 	h.fast.Add(1)
 	body := "obj:" + path
-	dst = append(dst, hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(body))},
-		hpack.HeaderField{Name: "content-type", Value: "text/plain"})
+	dst = h2.AppendLiteral(dst, hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(body))})
+	dst = h2.AppendLiteral(dst, hpack.HeaderField{Name: "content-type", Value: "text/plain"})
 	return dst, []byte(body), true
 }
 
