@@ -99,7 +99,9 @@ func newConn(s *Server, nc net.Conn, state *tls.ConnectionState) *conn {
 		ctx = s.opts.ConnContext(ctx, nc)
 	}
 	c.ctx, c.cancel = context.WithCancel(ctx)
-	c.br = bufio.NewReaderSize(nc, 16<<10)
+	// 4 KiB, like net/http's: it stays with an idle connection, and a DATA
+	// frame larger than it is read past it, straight into the Framer's buffer.
+	c.br = bufio.NewReaderSize(nc, 4<<10)
 	c.fr = http2.NewFramer(nil, c.br)
 	c.fr.SetReuseFrames()
 	c.fr.SetMaxReadFrameSize(peerMaxFrame) // the default we advertise
