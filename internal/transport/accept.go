@@ -87,7 +87,6 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	h := &h1conn{s: s, tc: tc, cc: c.(*countedConn), buf: make([]byte, readBufSize)}
-	h.req.URL = &h.url
 	s.fastMu.Lock()
 	if s.closing.Load() {
 		s.fastMu.Unlock()

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"sync"
 	"time"
@@ -70,8 +69,6 @@ type h1conn struct {
 
 	buf  []byte // read buffer: buf[r:w] is unread
 	r, w int
-	req  http.Request // reused for ServeMux lookups
-	url  url.URL
 }
 
 // outBufs hold responses while they are written. Pooled, not kept per
@@ -204,10 +201,8 @@ func (h *h1conn) answer(fh *fastHead) (handoffReason, error) {
 	if string(fh.method) == http.MethodHead {
 		method = http.MethodHead
 	}
-	h.url.Path = string(fh.path)
-	h.req.Method, h.req.Host = method, string(fh.host)
-	_, pattern := h.s.mux.Handler(&h.req)
-	route := h.s.fast[pattern]
+	path := string(fh.path)
+	route := h.s.fastRouteFor(method, string(fh.host), path)
 	if route == nil {
 		return handoffRoute, nil
 	}
@@ -218,7 +213,7 @@ func (h *h1conn) answer(fh *fastHead) (handoffReason, error) {
 		}
 	}()
 	out := append((*bp)[:0], "HTTP/1.1 200 OK\r\n"...)
-	out, body, ok := route.h.AppendFast(out, method, h.url.Path)
+	out, body, ok := route.h.AppendFast(out, method, path)
 	if !ok {
 		return handoffHandler, nil
 	}

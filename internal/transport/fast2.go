@@ -1,8 +1,6 @@
 package transport
 
 import (
-	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -18,9 +16,7 @@ func (s *Server) answerH2(req *h2.FastRequest, a *h2.FastAnswer) bool {
 	if req.Authority == "" || !cleanPath(req.Path) || !fastFields(req.Fields) {
 		return false
 	}
-	r := http.Request{Method: req.Method, Host: req.Authority, URL: &url.URL{Path: req.Path}}
-	_, pattern := s.mux.Handler(&r)
-	route := s.fast[pattern]
+	route := s.fastRouteFor(req.Method, req.Authority, req.Path)
 	if route == nil {
 		return false
 	}

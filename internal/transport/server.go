@@ -161,6 +161,7 @@ type Server struct {
 	h2          *h2.Server // nil with Options.NetHTTP2
 	httpLn      *connListener
 	fast        map[string]*fastRoute // by ServeMux pattern; written only before Serve
+	routes      *routeCache           // the fast paths' ServeMux lookups
 	closing     atomic.Bool           // Shutdown or a failed Serve began
 	fastConns   sync.WaitGroup        // handshaking and fast-path connections
 	fastMu      sync.Mutex
@@ -190,7 +191,7 @@ func New(opts Options, logger *slog.Logger, reg prometheus.Registerer) (*Server,
 	}
 	s := &Server{opts: opts, log: logger, metrics: met, mux: http.NewServeMux(), drainers: map[int]func(){},
 		ticketConf: &tls.Config{}, httpLn: newConnListener(opts.Listener.Addr()), fast: map[string]*fastRoute{},
-		h1conns: map[*h1conn]struct{}{}, handshaking: map[net.Conn]struct{}{}}
+		h1conns: map[*h1conn]struct{}{}, handshaking: map[net.Conn]struct{}{}, routes: newRouteCache()}
 	opts.Certs.onLoad = func(ok bool) {
 		if ok {
 			s.metrics.certLoads.WithLabelValues("ok").Inc()
