@@ -596,7 +596,8 @@ func TestHandlerContextCanceled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("handler: %v", err)
 	}
-	if d := time.Since(start); d > time.Second {
+	// A bound for "it ends", loose enough for a loaded CI machine.
+	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("r.Context() done %v after the cancel", d)
 	}
 	if err := <-errc; !errors.Is(err, context.Canceled) {
@@ -648,8 +649,8 @@ func TestHandlerWriteDeadline(t *testing.T) {
 	var res result
 	select {
 	case res = <-done:
-	case <-time.After(2 * time.Second):
-		t.Fatal("the handler's Write still blocked 2 s after it started, past its 200 ms deadline")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler's Write still blocked 10 s after it started, past its 200 ms deadline")
 	}
 	if !errors.Is(res.err, os.ErrDeadlineExceeded) || res.n != 0 {
 		t.Fatalf("Write: %d, %v; want 0, os.ErrDeadlineExceeded", res.n, res.err)
