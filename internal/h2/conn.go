@@ -65,7 +65,6 @@ type conn struct {
 	// plus the reset ones whose handler still runs (the concurrency limit).
 	streams map[uint32]*stream
 	active  int
-	pending []*stream // fast answers waiting for a send window
 
 	sendWin     int64 // connection send window
 	peerInitWin int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -76,16 +75,14 @@ type conn struct {
 	enc    *hpack.Encoder
 	encBuf bytes.Buffer
 
-	out     []byte // frames to send
-	spare   []byte
+	out     []byte // frames to send (nil: none, a pool buffer on first use)
 	cork    Corker // nc, when it can gather the TLS records of a write
 	writing bool   // a goroutine is writing out
 	werr    error  // the first write error; then nothing more is sent
 	closed  bool   // the connection is closed (or closing): no more frames
 
-	goingAway  bool   // GOAWAY sent (or being sent): no new streams
-	goAwayLast uint32 // the last stream GOAWAY let in
-	peerGone   bool   // the client sent GOAWAY
+	goingAway bool // GOAWAY sent (or being sent): no new streams
+	peerGone  bool // the client sent GOAWAY
 }
 
 func newConn(s *Server, nc net.Conn, state *tls.ConnectionState) *conn {
@@ -130,10 +127,7 @@ func (c *conn) serve() {
 		c.s.log.Debug("http2 connection error", "remote", c.remote, "code", code.String(), "err", err)
 	}
 	c.mu.Lock()
-	if !c.goingAway || code != http2.ErrCodeNo {
-		c.goingAway = true
-		c.writeGoAway(c.lastStream, code, nil)
-	}
+	c.goAwayLocked(code)
 	c.flushLocked()
 	for c.writing && !c.closed {
 		c.cond.Wait() // a handler's goroutine is sending the last bytes
@@ -182,7 +176,6 @@ func (c *conn) start() (http2.ErrCode, error) {
 	if o.ConnWindow > 65535 {
 		c.writeWindowUpdate(0, uint32(o.ConnWindow-65535))
 	}
-	c.recvWin = int64(o.ConnWindow)
 	c.mu.Unlock()
 	// The first frame must be the client's SETTINGS.
 	f, err := c.fr.ReadFrame()
@@ -387,9 +380,6 @@ func (c *conn) onWindowUpdate(f *http2.WindowUpdateFrame) (http2.ErrCode, error)
 		return http2.ErrCodeNo, nil
 	}
 	st.sendWin += int64(f.Increment)
-	if st.fastBody != nil {
-		c.pumpPending()
-	}
 	st.cond.Broadcast()
 	return http2.ErrCodeNo, nil
 }
@@ -503,10 +493,6 @@ func (c *conn) closeStream(st *stream) {
 	if !st.handlerRunning {
 		c.streamGone()
 	}
-	if st.fastBody != nil {
-		st.fastBody = nil
-		c.dropPending(st)
-	}
 	// Bytes the handler never read go back to the connection window.
 	if len(st.buf) > 0 {
 		c.returnConnWindow(int64(len(st.buf)))
@@ -530,10 +516,8 @@ func (c *conn) streamGone() {
 	}
 }
 
-// wakeSenders tells every waiting sender that a window may have opened, and
-// sends what fast answers can go.
+// wakeSenders tells every waiting sender that a window may have opened.
 func (c *conn) wakeSenders() {
-	c.pumpPending()
 	c.cond.Broadcast()
 	for _, st := range c.streams {
 		st.cond.Broadcast()
@@ -544,15 +528,32 @@ func (c *conn) wakeSenders() {
 // let in, the streams finish, then the reader ends the connection.
 func (c *conn) goAway() {
 	c.mu.Lock()
-	if !c.goingAway && !c.closed {
-		c.goingAway = true
-		c.goAwayLast = c.lastStream
-		c.writeGoAway(c.lastStream, http2.ErrCodeNo, nil)
-		c.flushLocked()
-	}
+	c.goAwayLocked(http2.ErrCodeNo)
+	c.flushLocked()
 	c.mu.Unlock()
 	// Wake the reader, which may be waiting for a frame that never comes.
 	_ = c.nc.SetReadDeadline(time.Now())
+}
+
+// goAwayLocked sends GOAWAY with code and the last stream let in, once
+// for a graceful close (an error code may follow one).
+func (c *conn) goAwayLocked(code http2.ErrCode) {
+	if c.closed || c.goingAway && code == http2.ErrCodeNo {
+		return
+	}
+	c.goingAway = true
+	c.writeGoAway(c.lastStream, code, nil)
+}
+
+// failStreamsLocked makes every open stream's writes and reads fail with
+// err (a reset keeps its own error).
+func (c *conn) failStreamsLocked(err error) {
+	for _, st := range c.streams {
+		if st.resetErr == nil {
+			st.resetErr = err
+		}
+		st.cond.Broadcast()
+	}
 }
 
 // closeNow closes the connection: handlers see their writes fail and their
@@ -564,12 +565,7 @@ func (c *conn) closeNow() {
 		return
 	}
 	c.closed = true
-	for _, st := range c.streams {
-		if st.resetErr == nil {
-			st.resetErr = errConnClosed
-		}
-		st.cond.Broadcast()
-	}
+	c.failStreamsLocked(errConnClosed)
 	writing := c.writing
 	c.cond.Broadcast()
 	c.mu.Unlock()
@@ -590,9 +586,10 @@ func (c *conn) flushLocked() {
 	}
 	c.writing = true
 	for len(c.out) > 0 && c.werr == nil && !c.closed {
+		// Frames appended during the write go to a buffer of their own
+		// (frameHeader takes one from the pool); this one goes back after.
 		buf := c.out
-		c.out = c.spare[:0]
-		c.spare = nil
+		c.out = nil
 		c.mu.Unlock()
 		_ = c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
 		if c.cork != nil {
@@ -607,14 +604,11 @@ func (c *conn) flushLocked() {
 			}
 		}
 		c.mu.Lock()
-		c.spare = buf[:0]
+		c.s.putBuf(buf)
 		if err != nil {
 			c.werr = err
 		}
 		c.cond.Broadcast()
-	}
-	if c.werr != nil || c.closed {
-		c.out = c.out[:0]
 	}
 	c.writing = false
 	if c.werr != nil && !c.closed {
@@ -622,18 +616,12 @@ func (c *conn) flushLocked() {
 		// ends (its close fails every handler's writes).
 		_ = c.nc.SetReadDeadline(time.Now())
 		c.goingAway = true
-		for _, st := range c.streams {
-			if st.resetErr == nil {
-				st.resetErr = errConnClosed
-			}
-			st.cond.Broadcast()
-		}
+		c.failStreamsLocked(errConnClosed)
 	}
-	// Idle: the buffers go back to the server's pool rather than stay
-	// with a connection that may not write again for minutes.
-	c.s.putBuf(c.spare)
-	c.spare = nil
-	if len(c.out) == 0 {
+	// Nothing more will be written (or nothing is left): the buffer goes
+	// back to the pool rather than stay with a connection that may not
+	// write again for minutes.
+	if c.out != nil {
 		c.s.putBuf(c.out)
 		c.out = nil
 	}

@@ -228,6 +228,7 @@ func (s *Server) ServeConn(c net.Conn, state *tls.ConnectionState) {
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
+		cn.cancel()
 		_ = c.Close()
 		return
 	}
@@ -243,24 +244,23 @@ func (s *Server) ServeConn(c net.Conn, state *tls.ConnectionState) {
 // have (the caller waits for its ServeConn calls to return). Connections
 // served after it are closed at once.
 func (s *Server) Shutdown() {
-	for _, c := range s.snapshot(true) {
+	for _, c := range s.stop() {
 		c.goAway()
 	}
 }
 
 // Close ends every connection now.
 func (s *Server) Close() {
-	for _, c := range s.snapshot(true) {
+	for _, c := range s.stop() {
 		c.closeNow()
 	}
 }
 
-func (s *Server) snapshot(shutdown bool) []*conn {
+// stop refuses connections from now on and returns those being served.
+func (s *Server) stop() []*conn {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if shutdown {
-		s.shutdown = true
-	}
+	s.shutdown = true
 	out := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		out = append(out, c)

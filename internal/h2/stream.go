@@ -30,8 +30,7 @@ type stream struct {
 
 	handlerRunning bool
 
-	sendWin  int64
-	fastBody []byte // a fast answer's body waiting for a send window
+	sendWin int64
 
 	recvWin    int64
 	unacked    int64 // body bytes read by the handler, not yet returned
@@ -42,8 +41,14 @@ type stream struct {
 	trailer    http.Header // declared trailer fields, filled at the end
 
 	readDeadline, writeDeadline time.Time
-	timers                      [2]*time.Timer
+	timers                      [2]*time.Timer // by readDL, writeDL
 }
+
+// The indexes of stream.timers.
+const (
+	readDL = iota
+	writeDL
+)
 
 func (c *conn) newStream(id uint32) *stream {
 	st := &stream{id: id, cond: sync.NewCond(&c.mu), sendWin: c.peerInitWin,
@@ -128,7 +133,7 @@ func (c *conn) onTrailers(st *stream, f *http2.MetaHeadersFrame) (http2.ErrCode,
 		return http2.ErrCodeNo, nil
 	}
 	for _, hf := range f.RegularFields() {
-		k := http.CanonicalHeaderKey(hf.Name)
+		k := canonicalKey(hf.Name)
 		if _, ok := st.trailer[k]; ok {
 			st.trailer[k] = append(st.trailer[k], hf.Value)
 		}
@@ -251,14 +256,10 @@ func (c *conn) newRequest(st *stream, rq *request, f *http2.MetaHeadersFrame) (*
 		}
 		req.ContentLength = st.declared
 		req.Body = &body{c: c, st: st}
-		if vs := h["Trailer"]; len(vs) > 0 {
+		if names := trailerNames(h["Trailer"]); len(names) > 0 {
 			st.trailer = http.Header{}
-			for _, v := range vs {
-				for name := range strings.SplitSeq(v, ",") {
-					if name = textproto.TrimString(name); name != "" {
-						st.trailer[http.CanonicalHeaderKey(name)] = nil
-					}
-				}
+			for _, k := range names {
+				st.trailer[k] = nil
 			}
 			req.Trailer = st.trailer
 		}
@@ -291,51 +292,32 @@ func (c *conn) answerFast(id uint32, rq *request, regular []hpack.HeaderField) b
 		c.sendWin -= n
 		return true
 	}
-	// The client's window is smaller than the body: the rest waits for its
-	// WINDOW_UPDATEs as an open stream of its own.
+	// The client's window is smaller than the body: the rest goes as a
+	// handler's body does, from a goroutine that waits in sendData for the
+	// client's WINDOW_UPDATEs (rare: browsers open megabytes).
 	st := c.newStream(id)
 	st.remoteEnded = true
-	st.fastBody = body
-	c.pending = append(c.pending, st)
-	c.pumpPending()
+	st.handlerRunning = true
+	c.handlers.Add(1)
+	go func() {
+		defer c.handlers.Done()
+		err := c.sendData(st, body, true)
+		c.handlerDone(st, err == nil)
+	}()
 	return true
 }
 
-// pumpPending sends what the windows allow of the fast answers waiting.
-func (c *conn) pumpPending() {
-	for i := 0; i < len(c.pending); {
-		st := c.pending[i]
-		n := min(int64(len(st.fastBody)), st.sendWin, c.sendWin)
-		if n <= 0 {
-			if c.sendWin <= 0 {
-				return
+// trailerNames is the field names a Trailer header declares, canonical.
+func trailerNames(vs []string) []string {
+	var names []string
+	for _, v := range vs {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				names = append(names, http.CanonicalHeaderKey(name))
 			}
-			i++
-			continue
-		}
-		end := n == int64(len(st.fastBody))
-		c.writeData(st.id, st.fastBody[:n], end)
-		st.fastBody = st.fastBody[n:]
-		st.sendWin -= n
-		c.sendWin -= n
-		if !end {
-			i++
-			continue
-		}
-		st.fastBody = nil
-		c.pending = append(c.pending[:i], c.pending[i+1:]...)
-		st.localEnded = true
-		c.closeStream(st)
-	}
-}
-
-func (c *conn) dropPending(st *stream) {
-	for i, p := range c.pending {
-		if p == st {
-			c.pending = append(c.pending[:i], c.pending[i+1:]...)
-			return
 		}
 	}
+	return names
 }
 
 // body is a request body: the DATA the reader buffered for its stream.

@@ -104,7 +104,7 @@ func (w *responseWriter) WriteHeader(code int) {
 	if w.wroteHeader {
 		return
 	}
-	if code >= 100 && code <= 199 && code != http.StatusSwitchingProtocols {
+	if code <= 199 && code != http.StatusSwitchingProtocols {
 		// An informational response (103 Early Hints): sent now, with the
 		// fields set so far.
 		c := w.c
@@ -118,7 +118,6 @@ func (w *responseWriter) WriteHeader(code int) {
 	}
 	w.wroteHeader = true
 	w.code = code
-	w.snap = w.hdr.Clone()
 	w.declared = -1
 	if cl := w.hdr.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n >= 0 {
@@ -127,16 +126,9 @@ func (w *responseWriter) WriteHeader(code int) {
 			w.hdr.Del("Content-Length")
 		}
 	}
-	for _, v := range w.hdr["Trailer"] {
-		for name := range strings.SplitSeq(v, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				w.trailers = append(w.trailers, http.CanonicalHeaderKey(name))
-			}
-		}
-	}
-	if strings.EqualFold(w.hdr.Get("Connection"), "close") {
-		w.closeConn = true
-	}
+	w.snap = w.hdr.Clone()
+	w.trailers = trailerNames(w.hdr["Trailer"])
+	w.closeConn = strings.EqualFold(w.hdr.Get("Connection"), "close")
 }
 
 func (w *responseWriter) bodyAllowed() bool {
@@ -249,18 +241,15 @@ func (w *responseWriter) send(end bool, next []byte) error {
 			c.closeStream(st)
 		}
 	}
-	if w.closeConn && !c.goingAway {
-		c.goingAway = true
-		c.goAwayLast = c.lastStream
-		c.writeGoAway(c.lastStream, http2.ErrCodeNo, nil)
+	if w.closeConn {
+		c.goAwayLocked(http2.ErrCodeNo)
 	}
-	c.mu.Unlock()
 	if headOnly {
-		c.mu.Lock()
 		c.flushLocked()
 		c.mu.Unlock()
 		return nil
 	}
+	c.mu.Unlock()
 	return c.sendData(st, body, end)
 }
 
@@ -416,14 +405,14 @@ func (c *conn) sendData(st *stream, p []byte, end bool) error {
 // SetWriteDeadline and SetReadDeadline bound the handler's waits for the
 // client's flow-control window and for its request body
 // (http.ResponseController finds them).
-func (w *responseWriter) SetWriteDeadline(t time.Time) error { return w.setDeadline(1, t) }
-func (w *responseWriter) SetReadDeadline(t time.Time) error  { return w.setDeadline(0, t) }
+func (w *responseWriter) SetWriteDeadline(t time.Time) error { return w.setDeadline(writeDL, t) }
+func (w *responseWriter) SetReadDeadline(t time.Time) error  { return w.setDeadline(readDL, t) }
 
 func (w *responseWriter) setDeadline(which int, t time.Time) error {
 	c, st := w.c, w.st
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if which == 0 {
+	if which == readDL {
 		st.readDeadline = t
 	} else {
 		st.writeDeadline = t
