@@ -13,5 +13,5 @@ type Metrics struct {
 func (s *Server) Metrics() Metrics {
 	m := s.metrics
 	return Metrics{Requests: m.requests, Handshakes: m.handshakes, LimitHits: m.limitHits, Resumed: m.resumed, QUICOpen: m.quicOpen,
-		FastHandoffs: m.fastHandoffs, FastAnswers: m.fastAnswers}
+		FastHandoffs: m.fastHandoffs, FastAnswers: m.fastAnswers["1.1"]}
 }

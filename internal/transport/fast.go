@@ -46,10 +46,17 @@ type FastHandler interface {
 
 // fastRoute is one route with a FastHandler, and its metrics resolved once.
 type fastRoute struct {
-	h         FastHandler
-	requests  map[string]prometheus.Counter // by method, code 200, proto 1.1
-	requests2 map[string]prometheus.Counter // the same, proto 2
-	duration  prometheus.Observer
+	h        FastHandler
+	requests map[[2]string]prometheus.Counter // by proto ("1.1", "2") and method, code 200
+	duration prometheus.Observer
+}
+
+// answered counts a fast answer over proto, as ServeHTTP counts an answer,
+// and in edgenode_http_fast_answers_total.
+func (r *fastRoute) answered(m *metrics, proto, method string, start time.Time) {
+	r.requests[[2]string{proto, method}].Inc()
+	r.duration.Observe(time.Since(start).Seconds())
+	m.fastAnswers[proto].Inc()
 }
 
 // readBufSize bounds a head the fast path reads; a longer one goes to
@@ -232,9 +239,7 @@ func (h *h1conn) answer(fh *fastHead) (handoffReason, error) {
 		err = uerr
 	}
 	*bp = out[:0]
-	route.requests[method].Inc()
-	route.duration.Observe(time.Since(start).Seconds())
-	h.s.metrics.fastAnswers.Inc()
+	route.answered(h.s.metrics, "1.1", method, start)
 	return "", err
 }
 

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"strings"
 	"time"
 
 	"github.com/edgenode/edgenode/internal/h2"
@@ -31,18 +30,16 @@ func (s *Server) answerH2(req *h2.FastRequest, a *h2.FastAnswer) bool {
 		}
 	}
 	a.Fields = append(a.Fields, hpack.HeaderField{Name: "date", Value: s.date.get(start)[0]})
-	route.requests2[req.Method].Inc()
-	route.duration.Observe(time.Since(start).Seconds())
-	s.metrics.fastAnswers2.Inc()
+	route.answered(s.metrics, "2", req.Method, start)
 	return true
 }
 
 // fastFields reports whether a request's fields leave its answer as the
-// fast path gives it: no Range or conditional field (HTTP/2 has no
-// Upgrade, Connection or Transfer-Encoding, and the request has no body).
+// fast path gives it (HTTP/2 has no Upgrade, Connection or
+// Transfer-Encoding, and the request has no body).
 func fastFields(fields []hpack.HeaderField) bool {
 	for _, f := range fields {
-		if f.Name == "range" || f.Name == "expect" || strings.HasPrefix(f.Name, "if-") {
+		if changesAnswer(f.Name) {
 			return false
 		}
 	}

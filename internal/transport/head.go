@@ -104,9 +104,8 @@ func parseFastHead(b []byte) (fastHead, headResult) {
 			if !equalFold(value, "keep-alive") {
 				return h, headDecline
 			}
-		case equalFold(name, "range"), len(name) > 3 && equalFold(name[:3], "if-"),
-			equalFold(name, "content-length"), equalFold(name, "transfer-encoding"),
-			equalFold(name, "expect"), equalFold(name, "upgrade"):
+		case changesAnswer(name), equalFold(name, "content-length"), equalFold(name, "transfer-encoding"),
+			equalFold(name, "upgrade"):
 			return h, headDecline
 		}
 	}
@@ -224,7 +223,14 @@ func trimOWS(b []byte) []byte {
 }
 
 // equalFold compares b with the lower-case ASCII string s, ignoring case.
-func equalFold(b []byte, s string) bool {
+// changesAnswer reports whether a request field named name can change a
+// fast answer (a range, a condition, an expectation): both fast paths
+// decline such requests.
+func changesAnswer[T string | []byte](name T) bool {
+	return equalFold(name, "range") || equalFold(name, "expect") || len(name) > 3 && equalFold(name[:3], "if-")
+}
+
+func equalFold[T string | []byte](b T, s string) bool {
 	if len(b) != len(s) {
 		return false
 	}

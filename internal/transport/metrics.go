@@ -25,8 +25,7 @@ type metrics struct {
 	// connections it handed to net/http, by why. Resolved once: the fast
 	// path looks up no label per request.
 	fastAnswersVec *prometheus.CounterVec
-	fastAnswers    prometheus.Counter // proto 1.1
-	fastAnswers2   prometheus.Counter // proto 2 (fast2.go)
+	fastAnswers    map[string]prometheus.Counter // by proto: 1.1 (fast.go), 2 (fast2.go)
 	fastHandoffs   *prometheus.CounterVec
 	handoff        map[handoffReason]prometheus.Counter
 
@@ -93,8 +92,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 		handoff: map[handoffReason]prometheus.Counter{},
 	}
-	m.fastAnswers = m.fastAnswersVec.WithLabelValues("1.1")
-	m.fastAnswers2 = m.fastAnswersVec.WithLabelValues("2")
+	m.fastAnswers = map[string]prometheus.Counter{}
+	for _, p := range []string{"1.1", "2"} {
+		m.fastAnswers[p] = m.fastAnswersVec.WithLabelValues(p)
+	}
 	for _, r := range []handoffReason{handoffHead, handoffLong, handoffRoute, handoffHandler} {
 		m.handoff[r] = m.fastHandoffs.WithLabelValues(string(r))
 	}

@@ -318,11 +318,12 @@ func (s *Server) UDPAddr() net.Addr {
 func (s *Server) Handle(pattern string, h http.Handler) {
 	s.mux.Handle(pattern, h)
 	if fh, ok := h.(FastHandler); ok {
-		route := &fastRoute{h: fh, requests: map[string]prometheus.Counter{}, requests2: map[string]prometheus.Counter{},
+		route := &fastRoute{h: fh, requests: map[[2]string]prometheus.Counter{},
 			duration: s.metrics.duration.WithLabelValues(pattern)}
-		for _, m := range []string{http.MethodGet, http.MethodHead} {
-			route.requests[m] = s.metrics.requests.WithLabelValues(pattern, m, "200", "1.1")
-			route.requests2[m] = s.metrics.requests.WithLabelValues(pattern, m, "200", "2")
+		for _, p := range []string{"1.1", "2"} {
+			for _, m := range []string{http.MethodGet, http.MethodHead} {
+				route.requests[[2]string{p, m}] = s.metrics.requests.WithLabelValues(pattern, m, "200", p)
+			}
 		}
 		s.fast[pattern] = route
 	}
