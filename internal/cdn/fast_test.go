@@ -49,38 +49,33 @@ func TestFastPathSameAnswer(t *testing.T) {
 				roundTrip(t, slow, "GET /media/"+key+" HTTP/1.1\r\nHost: x\r\n\r\n")
 				testkit.WaitFor(t, settleTimeout, "fill", func() bool { return c.running.Load() == 0 })
 			}
-			for _, method := range []string{"GET", "HEAD"} {
-				req := method + " /media/" + key + " HTTP/1.1\r\nHost: example.test\r\nUser-Agent: t\r\n\r\n"
-				before := testutil.ToFloat64(c.m.memHits)
-				want := roundTrip(t, slow, req)
-				got := roundTrip(t, fast, req)
-				if n := testutil.ToFloat64(c.m.memHits) - before; n != 2 {
-					t.Fatalf("%s %s: %v memory hits, want 2 (one per path)", method, key, n)
-				}
-				if want.status != 200 || got.status != want.status || !bytes.Equal(got.body, want.body) {
-					t.Fatalf("%s %s: fast %d (%d bytes), net/http %d (%d bytes)", method, key, got.status, len(got.body), want.status, len(want.body))
-				}
-				if !slices.Equal(got.fields, want.fields) {
-					t.Fatalf("%s %s (Cache-Control %q):\nfast:     %q\nnet/http: %q", method, key, cc, got.fields, want.fields)
-				}
-			}
 		}
-		// HTTP/2: the HTTP/2 server's fast answer (AppendFastBlock) against
-		// ServeHTTP through the same server, field for field.
+		// Each protocol's fast answer (AppendFast over HTTP/1.1,
+		// AppendFastBlock over HTTP/2) against ServeHTTP's, field for field.
 		h2c := h2Client()
-		for _, key := range []string{"f/a.png", "f/b.svg"} {
-			for _, method := range []string{"GET", "HEAD"} {
-				before := testutil.ToFloat64(c.m.memHits)
-				want := h2RoundTrip(t, h2c, method, slow, key)
-				got := h2RoundTrip(t, h2c, method, fast, key)
-				if n := testutil.ToFloat64(c.m.memHits) - before; n != 2 {
-					t.Fatalf("h2 %s %s: %v memory hits, want 2 (one per path)", method, key, n)
-				}
-				if want.status != 200 || got.status != want.status || !bytes.Equal(got.body, want.body) {
-					t.Fatalf("h2 %s %s: fast %d (%d bytes), handler %d (%d bytes)", method, key, got.status, len(got.body), want.status, len(want.body))
-				}
-				if !slices.Equal(got.fields, want.fields) {
-					t.Fatalf("h2 %s %s (Cache-Control %q):\nfast:    %q\nhandler: %q", method, key, cc, got.fields, want.fields)
+		for _, p := range []struct {
+			name  string
+			fetch func(method, addr, key string) rawResp
+		}{
+			{"HTTP/1.1", func(method, addr, key string) rawResp {
+				return roundTrip(t, addr, method+" /media/"+key+" HTTP/1.1\r\nHost: example.test\r\nUser-Agent: t\r\n\r\n")
+			}},
+			{"HTTP/2", func(method, addr, key string) rawResp { return h2RoundTrip(t, h2c, method, addr, key) }},
+		} {
+			for _, key := range []string{"f/a.png", "f/b.svg"} {
+				for _, method := range []string{"GET", "HEAD"} {
+					before := testutil.ToFloat64(c.m.memHits)
+					want := p.fetch(method, slow, key)
+					got := p.fetch(method, fast, key)
+					if n := testutil.ToFloat64(c.m.memHits) - before; n != 2 {
+						t.Fatalf("%s %s %s: %v memory hits, want 2 (one per path)", p.name, method, key, n)
+					}
+					if want.status != 200 || got.status != want.status || !bytes.Equal(got.body, want.body) {
+						t.Fatalf("%s %s %s: fast %d (%d bytes), handler %d (%d bytes)", p.name, method, key, got.status, len(got.body), want.status, len(want.body))
+					}
+					if !slices.Equal(got.fields, want.fields) {
+						t.Fatalf("%s %s %s (Cache-Control %q):\nfast:    %q\nhandler: %q", p.name, method, key, cc, got.fields, want.fields)
+					}
 				}
 			}
 		}

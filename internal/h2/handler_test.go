@@ -366,6 +366,15 @@ func TestHandlerAutomaticFields(t *testing.T) {
 		{name: "sniffed html", method: "GET",
 			handler: func(w http.ResponseWriter) error { _, err := io.WriteString(w, html); return err },
 			status:  200, body: html, ctype: "text/html; charset=utf-8", clen: strconv.Itoa(len(html))},
+		// An invalid Content-Length is dropped (and the right one sent), not
+		// sent as it was: the header snapshot used to keep it.
+		{name: "invalid content-length dropped", method: "GET",
+			handler: func(w http.ResponseWriter) error {
+				w.Header().Set("Content-Length", "abc")
+				_, err := io.WriteString(w, "plain words")
+				return err
+			},
+			status: 200, body: "plain words", ctype: "text/plain; charset=utf-8", clen: "11"},
 		{name: "sniffed text", method: "GET",
 			handler: func(w http.ResponseWriter) error { _, err := io.WriteString(w, "plain words"); return err },
 			status:  200, body: "plain words", ctype: "text/plain; charset=utf-8", clen: "11"},

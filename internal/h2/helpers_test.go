@@ -1,13 +1,8 @@
 package h2_test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"math/big"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -15,25 +10,22 @@ import (
 	"time"
 
 	"github.com/edgenode/edgenode/internal/h2"
+	"github.com/edgenode/edgenode/internal/transport"
 )
 
-// testCert is a self-signed certificate for 127.0.0.1 and example.test,
-// made in memory.
+// testCert is the transport's self-signed certificate (127.0.0.1 among
+// its names), made in a temporary folder.
 func testCert(t testing.TB) tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	certFile, keyFile, err := transport.EnsureSelfSigned(t.TempDir(), []string{"example.test"}, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "example.test"},
-		DNSNames: []string{"example.test"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return cert
 }
 
 // testServer serves opts on a real TLS listener on 127.0.0.1, the way the
